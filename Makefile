@@ -1,0 +1,50 @@
+# llm2vec.cu build. `make` builds the binary and the tests, `make test` runs every test,
+# `make run` runs the main job on the bundled stories260K model. Missing Debian packages are
+# installed by scripts/install_deps.sh the first time (and whenever that script changes).
+
+CXX      ?= g++
+BUILD    := build
+CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -MMD -MP
+LDLIBS   := -lopenblas -lpthread
+GTEST    := -lgtest -lgtest_main
+
+LIB_SRCS  := $(filter-out train/main.cpp,$(wildcard host/*.cpp model/*.cpp data/*.cpp train/*.cpp))
+LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))
+TEST_SRCS := $(wildcard test/test_*.cpp)
+TEST_BINS := $(patsubst test/%.cpp,$(BUILD)/test/%,$(TEST_SRCS))
+MAIN_BIN  := $(BUILD)/llm2vec
+DEPS_OK   := $(BUILD)/.deps-ok
+
+.PHONY: all test run deps clean
+all: $(MAIN_BIN) $(TEST_BINS)
+
+deps: $(DEPS_OK)
+$(DEPS_OK): scripts/install_deps.sh
+	@bash scripts/install_deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(BUILD)/%.o: %.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/lib/libl2v.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(MAIN_BIN): $(BUILD)/train/main.o $(BUILD)/lib/libl2v.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/test/%: $(BUILD)/test/%.o $(BUILD)/lib/libl2v.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
+
+test: $(TEST_BINS)
+	@bash scripts/run_tests.sh $(TEST_BINS)
+
+run: $(MAIN_BIN)
+	./$(MAIN_BIN) demo --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin \
+	    --text assets/stories260K/sentences.txt
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,90 @@
+// The fp32 CPU reference of every op of the LLM2Vec training step: forward and backward.
+// These are plain functions on plain arrays (row-major, no strides), and the signatures are the ones
+// the CUDA backend implements with kernels (cuda/), so a test can run both on the same inputs.
+//
+// Shape letters: B batch, T sequence, N = B*T rows, C hidden, H query heads, KV key/value heads,
+// D head dim, F SwiGLU width, V vocabulary, IC/OC in/out features, R LoRA rank.
+// Backward functions OVERWRITE their outputs unless the comment says "accumulates (+=)".
+#pragma once
+#include <cstdint>
+
+namespace l2v::cpu {
+
+// out[n, :] = table[ids[n], :]. ids must lie in [0, V) (checked by the caller, on the host).
+void embedding_forward(float* out, const int* ids, const float* table, int N, int C);
+
+// Hugging Face LlamaRMSNorm: out = weight * x / sqrt(mean(x^2) + eps); saves rstd[n] = 1/sqrt(...).
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+// dinp accumulates (+=): the input of every norm is the residual stream, whose gradient is a sum.
+void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int N, int C);
+
+// RoPE in Hugging Face's rotate_half convention on x [N, nh*D] (row n is position n % T):
+//   out[i]     = x[i] cos[t,i] - x[i+D/2] sin[t,i]
+//   out[i+D/2] = x[i+D/2] cos[t,i] + x[i] sin[t,i]      for i < D/2,
+// with cos/sin tables [T, D/2] (see rope_tables). out may alias x.
+void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D);
+// The inverse rotation (the Jacobian is orthogonal). dx may alias dout.
+void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+                   int D);
+// cos/sin [T, D/2] at positions 0..T-1 from inverse frequencies inv_freq [D/2], in fp32 as transformers.
+void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D);
+
+// Scaled dot-product attention, flash-attention style: the T x T probabilities are never returned;
+// the backward recomputes them from q, k and the saved log-sum-exp.
+//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), out [N, H*D], lse [B, H, T].
+//   key_mask [B, T]: 1 = a real token, 0 = padding (never attended to); nullptr = all real.
+//   causal: query i sees keys j <= i; otherwise all keys (LLM2Vec's bidirectional attention).
+//   Scores are scaled by 1/sqrt(D). A query row with no visible key gets out = 0 and lse = -inf.
+//   dropout_p > 0: each probability is kept with probability 1-p (dropout_keep_attention(seed, stream,
+//   b*H+h, i, j, p)) and scaled by 1/(1-p), as torch.nn.functional.dropout on the softmax output.
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                       const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                       uint64_t seed, uint32_t stream);
+// dq, dk, dv overwritten. `out` and `lse` are the forward's outputs.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                        int H, int KV, int D, bool causal, float dropout_p, uint64_t seed, uint32_t stream);
+
+// SwiGLU: out = silu(gate) * up, element-wise over n values.
+void swiglu_forward(float* out, const float* gate, const float* up, long n);
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n);
+
+// out [N, OC] = inp [N, IC] * weight[OC, IC]^T (+ bias[OC] when bias != nullptr). (nn.Linear)
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC);
+// dinp [N, IC] = dout * weight, or += when accumulate. Base weights are frozen: no weight gradient.
+void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+                           bool accumulate);
+
+// LoRA branch (PEFT semantics), added to the base layer's output:
+//   out += scale * dropout(inp) A^T B^T,  A [R, IC], B [OC, R], scale = alpha / R.
+// Saves xa [N, R] = dropout(inp) A^T for the backward. Dropout on inp is element-wise with
+// dropout_keep_elementwise(seed, stream, n*IC + c, p) and 1/(1-p) scaling; `scratch` [N, IC] holds the
+// dropped input when dropout_p > 0 (unused otherwise, may be nullptr then).
+void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+                  float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC, int R);
+// Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] (gradient accumulation over micro-batches).
+void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+                   const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
+                   float* scratch, int N, int IC, int OC, int R);
+// weight [OC, IC] += sign * scale * B A  (sign = +1 merges the adapter into the base weight, -1 unmerges).
+void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC, int R);
+
+// out = a + b over n values (the residual connection). out may alias a or b.
+void residual_forward(float* out, const float* a, const float* b, long n);
+
+// Per-row cross-entropy of logits [N, V] against targets [N]; rows whose target is `ignore_index` get
+// loss 0. losses [N]. Computed with a max-shifted log-sum-exp.
+void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V, int ignore_index);
+// dlogits [N, V] = dloss * (softmax(logits) - onehot(target)) for rows with a target, 0 for ignored rows.
+// dloss is the gradient of the total loss w.r.t. each row's loss (1 / #targets for a mean).
+void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss, int N,
+                                   int V, int ignore_index);
+
+// AdamW as torch.optim.AdamW (decoupled weight decay, bias correction), step counted from 1:
+//   p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+//   p -= lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps)
+void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, int step);
+
+}  // namespace l2v::cpu
