@@ -1,0 +1,111 @@
+#include "host/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "host/cpu_ops.h"
+
+namespace l2v {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+
+  void* alloc(size_t bytes) override {
+    // 64-byte alignment keeps OpenBLAS and the vectorised loops on aligned rows.
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, rounded);
+    return p;
+  }
+  void release(void* ptr) override { std::free(ptr); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+
+  void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
+    cpu::embedding_forward(out, ids, table, N, C);
+  }
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                       float eps) override {
+    cpu::rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+  }
+  void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                        int N, int C) override {
+    cpu::rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
+  }
+  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+                    int D) override {
+    cpu::rope_forward(out, x, cos, sin, N, T, nh, D);
+  }
+  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+                     int D) override {
+    cpu::rope_backward(dx, dout, cos, sin, N, T, nh, D);
+  }
+  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                         const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                         uint64_t seed, uint32_t stream) override {
+    cpu::attention_forward(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, seed, stream);
+  }
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                          int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
+                          uint32_t stream) override {
+    cpu::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p,
+                            seed, stream);
+  }
+  void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
+    cpu::swiglu_forward(out, gate, up, n);
+  }
+  void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                       long n) override {
+    cpu::swiglu_backward(dgate, dup, dout, gate, up, n);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                      int OC) override {
+    cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+                             bool accumulate) override {
+    cpu::matmul_backward_input(dinp, dout, weight, N, IC, OC, accumulate);
+  }
+  void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+                    float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
+                    int R) override {
+    cpu::lora_forward(out, xa, inp, A, B, scale, dropout_p, seed, stream, scratch, N, IC, OC, R);
+  }
+  void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+                     const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
+                     float* scratch, int N, int IC, int OC, int R) override {
+    cpu::lora_backward(dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, seed, stream, scratch, N, IC, OC, R);
+  }
+  void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+                  int R) override {
+    cpu::lora_merge(weight, A, B, scale, sign, IC, OC, R);
+  }
+  void residual_forward(float* out, const float* a, const float* b, long n) override {
+    cpu::residual_forward(out, a, b, n);
+  }
+  void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V,
+                            int ignore_index) override {
+    cpu::crossentropy_forward(losses, logits, targets, N, V, ignore_index);
+  }
+  void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss, int N,
+                                     int V, int ignore_index) override {
+    cpu::crossentropy_softmax_backward(dlogits, logits, targets, dloss, N, V, ignore_index);
+  }
+  void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, int step) override {
+    cpu::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace l2v

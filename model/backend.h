@@ -1,0 +1,65 @@
+// The seam between the model schedule (model/model.cpp, written once) and the hardware. A backend
+// owns memory and implements every op of host/cpu_ops.h with the same signature and semantics; the
+// CPU backend (host/cpu_backend.h) forwards to those reference functions, the CUDA backend launches
+// kernels on device pointers. All pointers passed to ops are backend memory.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace l2v {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void release(void* ptr) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void zero(void* dst, size_t bytes) = 0;
+
+  // Ops: see host/cpu_ops.h for the contract of each.
+  virtual void embedding_forward(float* out, const int* ids, const float* table, int N, int C) = 0;
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                               float eps) = 0;
+  virtual void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight,
+                                const float* rstd, int N, int C) = 0;
+  virtual void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+                            int D) = 0;
+  virtual void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T,
+                             int nh, int D) = 0;
+  virtual void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                                 const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
+                                 float dropout_p, uint64_t seed, uint32_t stream) = 0;
+  virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
+                                  const float* lse, const float* q, const float* k, const float* v,
+                                  const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
+                                  float dropout_p, uint64_t seed, uint32_t stream) = 0;
+  virtual void swiglu_forward(float* out, const float* gate, const float* up, long n) = 0;
+  virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                               long n) = 0;
+  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                              int OC) = 0;
+  virtual void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+                                     bool accumulate) = 0;
+  virtual void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+                            float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
+                            int R) = 0;
+  virtual void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp,
+                             const float* xa, const float* A, const float* B, float scale, float dropout_p,
+                             uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC, int R) = 0;
+  virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+                          int R) = 0;
+  virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;
+  virtual void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V,
+                                    int ignore_index) = 0;
+  virtual void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss,
+                                             int N, int V, int ignore_index) = 0;
+  virtual void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
+                            float beta2, float eps, float weight_decay, int step) = 0;
+};
+
+}  // namespace l2v
