@@ -12,6 +12,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // True when backend memory is ordinary host memory (lets loaders convert straight into it).
+  virtual bool is_host_memory() const = 0;
 
   // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error.
   virtual void* alloc(size_t bytes) = 0;

@@ -1,0 +1,436 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <stdexcept>
+
+#include "host/cpu_ops.h"
+
+namespace l2v {
+namespace {
+
+constexpr int kIgnoreIndex = -100;
+
+// Dropout streams: every dropout site of one step gets its own Philox stream, so no two sites share
+// random bits and each one can be regenerated independently (backward, recomputation, GPU).
+uint32_t attention_stream(int layer) { return (uint32_t)layer * 16u; }
+uint32_t lora_stream(int layer, int linear) { return (uint32_t)layer * 16u + 1u + (uint32_t)linear; }
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+float* load_tensor(Model& m, const TensorSource& src, const std::string& name, std::vector<int64_t> shape) {
+  if (!src.has(name)) throw std::runtime_error(src.describe() + ": missing tensor '" + name + "'");
+  std::vector<int64_t> actual = src.shape(name);
+  if (actual != shape)
+    throw std::runtime_error(src.describe() + ": tensor '" + name + "' has shape " + shape_str(actual) +
+                             ", expected " + shape_str(shape));
+  size_t n = 1;
+  for (int64_t d : shape) n *= (size_t)d;
+  float* dst = m.alloc_floats(n);
+  if (m.backend->is_host_memory()) {
+    src.read_f32(name, dst, n);  // straight from the (mmap'ed) file into the weights: no staging copy
+  } else {
+    std::vector<float> host(n);
+    src.read_f32(name, host.data(), n);
+    m.backend->upload(dst, host.data(), n * sizeof(float));
+  }
+  return dst;
+}
+
+void check_ready(const Model& m) {
+  if (!m.backend) throw std::runtime_error("model used before load_model");
+}
+
+}  // namespace
+
+const char* linear_name(int id) {
+  static const char* names[kNumLinears] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                           "down_proj"};
+  return names[id];
+}
+
+bool parse_linear_name(const std::string& name, int* id) {
+  for (int i = 0; i < kNumLinears; ++i)
+    if (name == linear_name(i)) {
+      *id = i;
+      return true;
+    }
+  return false;
+}
+
+// PEFT's name for a LoRA tensor of a LlamaForCausalLM-style model, e.g.
+// base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
+static std::string peft_name(int layer, int id, const char* which) {
+  const char* block = id <= kO ? "self_attn" : "mlp";
+  return "base_model.model.model.layers." + std::to_string(layer) + "." + block + "." + linear_name(id) + "." +
+         which + ".weight";
+}
+
+Model::~Model() {
+  release_activations();
+  for (void* p : weight_memory_) backend->release(p);
+}
+
+float* Model::alloc_floats(size_t n, bool activation) {
+  void* p = backend->alloc(std::max<size_t>(n, 1) * sizeof(float));
+  (activation ? activation_memory_ : weight_memory_).push_back(p);
+  return static_cast<float*>(p);
+}
+
+int* Model::alloc_ints(size_t n, bool activation) {
+  void* p = backend->alloc(std::max<size_t>(n, 1) * sizeof(int));
+  (activation ? activation_memory_ : weight_memory_).push_back(p);
+  return static_cast<int*>(p);
+}
+
+void Model::release_activations() {
+  for (void* p : activation_memory_) backend->release(p);
+  activation_memory_.clear();
+  acts = Activations{};
+}
+
+void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend& backend) {
+  m.config = c;
+  m.backend = &backend;
+  const int C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int QD = c.num_attention_heads * c.head_dim, KVD = c.num_key_value_heads * c.head_dim;
+  m.embed = load_tensor(m, src, "model.embed_tokens.weight", {V, C});
+  m.layers.assign(c.num_hidden_layers, LayerWeights{});
+  const int in_dims[kNumLinears] = {C, C, C, QD, C, C, F};
+  const int out_dims[kNumLinears] = {QD, KVD, KVD, C, F, F, C};
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& L = m.layers[l];
+    L.attn_norm = load_tensor(m, src, p + "input_layernorm.weight", {C});
+    L.mlp_norm = load_tensor(m, src, p + "post_attention_layernorm.weight", {C});
+    for (int id = 0; id < kNumLinears; ++id) {
+      Linear& lin = L.linear[id];
+      lin.in = in_dims[id];
+      lin.out = out_dims[id];
+      const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
+      lin.weight = load_tensor(m, src, name + ".weight", {lin.out, lin.in});
+      bool has_bias = (id <= kV && c.qkv_bias) || (id == kO && c.o_bias);
+      if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
+    }
+  }
+  m.final_norm = load_tensor(m, src, "model.norm.weight", {C});
+  // Tied checkpoints may or may not store lm_head.weight; the embedding is the truth then.
+  m.lm_head = c.tie_word_embeddings ? m.embed : load_tensor(m, src, "lm_head.weight", {V, C});
+}
+
+void add_lora(Model& m, const LoraConfig& lora, uint64_t seed) {
+  check_ready(m);
+  if (m.lora_merged) throw std::runtime_error("add_lora: unmerge the current adapter first");
+  if (lora.r <= 0) throw std::runtime_error("add_lora: LoRA rank must be positive");
+  m.lora = lora;
+  m.trainable.clear();
+  m.release_activations();  // the LoRA intermediates are sized by the rank
+  std::mt19937_64 rng(seed);
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    for (int id = 0; id < kNumLinears; ++id) {
+      Linear& lin = m.layers[l].linear[id];
+      lin.lora_A = lin.lora_B = lin.grad_A = lin.grad_B = nullptr;
+      if (!lora.targets[id]) continue;
+      const size_t na = (size_t)lora.r * lin.in, nb = (size_t)lin.out * lora.r;
+      lin.lora_A = m.alloc_floats(na);
+      lin.lora_B = m.alloc_floats(nb);  // zero: the adapter starts as the identity
+      lin.grad_A = m.alloc_floats(na);
+      lin.grad_B = m.alloc_floats(nb);
+      std::vector<float> a(na);
+      const float bound = 1.0f / std::sqrt((float)lin.in);
+      std::uniform_real_distribution<float> U(-bound, bound);
+      for (float& x : a) x = U(rng);
+      m.backend->upload(lin.lora_A, a.data(), na * sizeof(float));
+      m.trainable.push_back({peft_name((int)l, id, "lora_A"), lin.lora_A, lin.grad_A, na, {lora.r, lin.in}});
+      m.trainable.push_back({peft_name((int)l, id, "lora_B"), lin.lora_B, lin.grad_B, nb, {lin.out, lora.r}});
+    }
+  }
+}
+
+void load_lora_weights(Model& m, const TensorSource& src) {
+  for (TrainableParam& p : m.trainable) {
+    if (!src.has(p.name)) throw std::runtime_error(src.describe() + ": missing adapter tensor '" + p.name + "'");
+    if (src.shape(p.name) != p.shape)
+      throw std::runtime_error(src.describe() + ": adapter tensor '" + p.name + "' has shape " +
+                               shape_str(src.shape(p.name)) + ", expected " + shape_str(p.shape));
+    std::vector<float> host(p.count);
+    src.read_f32(p.name, host.data(), p.count);
+    m.backend->upload(p.value, host.data(), p.count * sizeof(float));
+  }
+}
+
+static void merge_sign(Model& m, float sign) {
+  for (LayerWeights& L : m.layers)
+    for (Linear& lin : L.linear)
+      if (lin.lora_A)
+        m.backend->lora_merge(lin.weight, lin.lora_A, lin.lora_B, m.lora.scale(), sign, lin.in, lin.out, m.lora.r);
+}
+
+void merge_lora(Model& m) {
+  if (m.lora_merged || m.lora.r == 0) throw std::runtime_error("merge_lora: no unmerged adapter");
+  merge_sign(m, +1.0f);
+  m.lora_merged = true;
+}
+
+void unmerge_lora(Model& m) {
+  if (!m.lora_merged) throw std::runtime_error("unmerge_lora: the adapter is not merged");
+  merge_sign(m, -1.0f);
+  m.lora_merged = false;
+}
+
+void zero_grads(Model& m) {
+  for (TrainableParam& p : m.trainable) m.backend->zero(p.grad, p.count * sizeof(float));
+}
+
+std::vector<float> download_floats(const Model& m, const float* ptr, size_t n) {
+  std::vector<float> out(n);
+  m.backend->download(out.data(), ptr, n * sizeof(float));
+  return out;
+}
+
+namespace {
+
+// (Re)allocates activations and scratch for a batch shape; a no-op when the shape is unchanged.
+void ensure_activations(Model& m, int B, int T, bool recompute) {
+  Activations& a = m.acts;
+  if (a.B == B && a.T == T && a.recompute == recompute) return;
+  m.release_activations();
+  const ModelConfig& c = m.config;
+  const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+  const size_t L = c.num_hidden_layers, R = std::max(m.lora.r, 1);
+  auto f = [&](size_t n) { return m.alloc_floats(n, true); };
+  a.B = B;
+  a.T = T;
+  a.recompute = recompute;
+  a.ids = m.alloc_ints(N, true);
+  a.key_mask = m.alloc_ints(N, true);
+  a.targets = m.alloc_ints(N, true);
+  a.resid = f((L + 1) * N * C);
+  a.layers.resize(recompute ? 1 : L);
+  for (LayerActivations& la : a.layers) {
+    la.x1 = f(N * C);
+    la.rstd1 = f(N);
+    la.q = f(N * QD);
+    la.k = f(N * KVD);
+    la.v = f(N * KVD);
+    la.att = f(N * QD);
+    la.lse = f((size_t)B * c.num_attention_heads * T);
+    la.h_mid = f(N * C);
+    la.x2 = f(N * C);
+    la.rstd2 = f(N);
+    la.gate = f(N * F);
+    la.up = f(N * F);
+    la.act = f(N * F);
+    for (float*& xa : la.xa) xa = f(N * R);
+  }
+  a.final_hidden = f(N * C);
+  a.rstd_final = f(N);
+  a.logits = f(N * V);
+  a.losses = f(N);
+  a.d_resid = f(N * C);
+  a.d_x = f(N * C);
+  a.d_hidden = f(N * C);
+  a.d_q = f(N * QD);
+  a.d_k = f(N * KVD);
+  a.d_v = f(N * KVD);
+  a.d_att = f(N * QD);
+  a.d_gate = f(N * F);
+  a.d_up = f(N * F);
+  a.d_act = f(N * F);
+  a.d_logits = f(N * V);
+  a.tmp = f(N * std::max({C, F, QD}));
+  a.lora_scratch = f(N * std::max({C, F, QD}));
+}
+
+void ensure_rope(Model& m, int T) {
+  if (m.rope_len >= T) return;
+  const int D = m.config.head_dim;
+  std::vector<float> inv = rope_inv_freq(m.config), cos((size_t)T * D / 2), sin((size_t)T * D / 2);
+  cpu::rope_tables(cos.data(), sin.data(), inv.data(), T, D);  // host tables, uploaded once
+  m.rope_cos = m.alloc_floats(cos.size());
+  m.rope_sin = m.alloc_floats(sin.size());
+  m.backend->upload(m.rope_cos, cos.data(), cos.size() * sizeof(float));
+  m.backend->upload(m.rope_sin, sin.data(), sin.size() * sizeof(float));
+  m.rope_len = T;
+}
+
+bool lora_active(const Model& m, const Linear& lin) { return lin.lora_A && !m.lora_merged; }
+
+float lora_dropout(const Model& m, const ForwardOptions& opt) { return opt.training ? m.lora.dropout : 0.0f; }
+
+// out = inp W^T + b, plus the LoRA branch of this linear layer.
+void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, float* out, float* xa, const float* inp,
+                    int N) {
+  const Linear& lin = m.layers[layer].linear[id];
+  m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
+  if (lora_active(m, lin))
+    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt), opt.seed,
+                            lora_stream(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+}
+
+// dinp (+)= dout W, and the adapter's gradients.
+void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, float* dinp, const float* dout,
+                     const float* inp, const float* xa, int N, bool accumulate) {
+  const Linear& lin = m.layers[layer].linear[id];
+  m.backend->matmul_backward_input(dinp, dout, lin.weight, N, lin.in, lin.out, accumulate);
+  if (lora_active(m, lin))
+    m.backend->lora_backward(dinp, lin.grad_A, lin.grad_B, dout, inp, xa, lin.lora_A, lin.lora_B, m.lora.scale(),
+                             lora_dropout(m, opt), opt.seed, lora_stream(layer, id), m.acts.lora_scratch, N,
+                             lin.in, lin.out, m.lora.r);
+}
+
+float attn_dropout(const ForwardOptions& opt) { return opt.training ? opt.attn_dropout : 0.0f; }
+
+void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations& s) {
+  const ModelConfig& c = m.config;
+  Backend& be = *m.backend;
+  Activations& a = m.acts;
+  const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
+  const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  const float* h = a.resid + (size_t)l * N * C;
+  float* h_next = a.resid + (size_t)(l + 1) * N * C;
+  const LayerWeights& w = m.layers[l];
+
+  be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
+  linear_forward(m, opt, l, kQ, s.q, s.xa[kQ], s.x1, N);
+  linear_forward(m, opt, l, kK, s.k, s.xa[kK], s.x1, N);
+  linear_forward(m, opt, l, kV, s.v, s.xa[kV], s.x1, N);
+  be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
+  be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
+  be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
+                       opt.seed, attention_stream(l));
+  linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
+  be.residual_forward(s.h_mid, h, a.tmp, (long)N * C);
+
+  be.rmsnorm_forward(s.x2, s.rstd2, s.h_mid, w.mlp_norm, N, C, c.rms_norm_eps);
+  linear_forward(m, opt, l, kGate, s.gate, s.xa[kGate], s.x2, N);
+  linear_forward(m, opt, l, kUp, s.up, s.xa[kUp], s.x2, N);
+  be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
+  linear_forward(m, opt, l, kDown, a.tmp, s.xa[kDown], s.act, N);
+  be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);
+}
+
+// On entry a.d_resid holds dL/d(output of layer l); on exit dL/d(input of layer l).
+void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActivations& s) {
+  const ModelConfig& c = m.config;
+  Backend& be = *m.backend;
+  Activations& a = m.acts;
+  const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
+  const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  const float* h = a.resid + (size_t)l * N * C;
+  const LayerWeights& w = m.layers[l];
+
+  // MLP block: h_next = h_mid + down(swiglu(gate(x2), up(x2))), x2 = norm(h_mid).
+  linear_backward(m, opt, l, kDown, a.d_act, a.d_resid, s.act, s.xa[kDown], N, false);
+  be.swiglu_backward(a.d_gate, a.d_up, a.d_act, s.gate, s.up, (long)N * c.intermediate_size);
+  linear_backward(m, opt, l, kGate, a.d_x, a.d_gate, s.x2, s.xa[kGate], N, false);
+  linear_backward(m, opt, l, kUp, a.d_x, a.d_up, s.x2, s.xa[kUp], N, true);
+  be.rmsnorm_backward(a.d_resid, a.d_x, s.h_mid, w.mlp_norm, s.rstd2, N, C);
+
+  // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
+  linear_backward(m, opt, l, kO, a.d_att, a.d_resid, s.att, s.xa[kO], N, false);
+  be.attention_backward(a.d_q, a.d_k, a.d_v, a.d_att, s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D,
+                        opt.causal, attn_dropout(opt), opt.seed, attention_stream(l));
+  be.rope_backward(a.d_q, a.d_q, m.rope_cos, m.rope_sin, N, T, H, D);
+  be.rope_backward(a.d_k, a.d_k, m.rope_cos, m.rope_sin, N, T, KV, D);
+  linear_backward(m, opt, l, kQ, a.d_x, a.d_q, s.x1, s.xa[kQ], N, false);
+  linear_backward(m, opt, l, kK, a.d_x, a.d_k, s.x1, s.xa[kK], N, true);
+  linear_backward(m, opt, l, kV, a.d_x, a.d_v, s.x1, s.xa[kV], N, true);
+  be.rmsnorm_backward(a.d_resid, a.d_x, h, w.attn_norm, s.rstd1, N, C);
+}
+
+}  // namespace
+
+void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, const ForwardOptions& opt) {
+  check_ready(m);
+  const ModelConfig& c = m.config;
+  if (B <= 0 || T <= 0) throw std::runtime_error("model_forward: empty batch");
+  for (long i = 0; i < (long)B * T; ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size)
+      throw std::runtime_error("model_forward: token id " + std::to_string(ids[i]) + " at position " +
+                               std::to_string(i) + " is outside the vocabulary [0, " +
+                               std::to_string(c.vocab_size) + ")");
+    if (key_mask && key_mask[i] != 0 && key_mask[i] != 1)
+      throw std::runtime_error("model_forward: attention mask values must be 0 or 1");
+  }
+  if (opt.attn_dropout < 0.0f || opt.attn_dropout >= 1.0f)
+    throw std::runtime_error("model_forward: attention dropout must be in [0, 1)");
+  ensure_activations(m, B, T, opt.recompute);
+  ensure_rope(m, T);
+  m.last_forward = opt;
+  Activations& a = m.acts;
+  const int N = B * T;
+  m.backend->upload(a.ids, ids, (size_t)N * sizeof(int));
+  if (key_mask) {
+    m.backend->upload(a.key_mask, key_mask, (size_t)N * sizeof(int));
+  } else {
+    std::vector<int> ones(N, 1);
+    m.backend->upload(a.key_mask, ones.data(), (size_t)N * sizeof(int));
+  }
+  m.backend->embedding_forward(a.resid, a.ids, m.embed, N, c.hidden_size);
+  for (int l = 0; l < c.num_hidden_layers; ++l) layer_forward(m, opt, l, a.layers[opt.recompute ? 0 : l]);
+  m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final, a.resid + (size_t)c.num_hidden_layers * N * c.hidden_size,
+                             m.final_norm, N, c.hidden_size, c.rms_norm_eps);
+}
+
+void lm_head_forward(Model& m) {
+  const Activations& a = m.acts;
+  m.backend->matmul_forward(a.logits, a.final_hidden, m.lm_head, nullptr, a.B * a.T, m.config.hidden_size,
+                            m.config.vocab_size);
+}
+
+void model_backward(Model& m, const float* d_final_hidden) {
+  Activations& a = m.acts;
+  if (a.B == 0) throw std::runtime_error("model_backward: no forward pass to differentiate");
+  const ForwardOptions& opt = m.last_forward;
+  const ModelConfig& c = m.config;
+  const int N = a.B * a.T, C = c.hidden_size, L = c.num_hidden_layers;
+  m.backend->zero(a.d_resid, (size_t)N * C * sizeof(float));
+  m.backend->rmsnorm_backward(a.d_resid, d_final_hidden, a.resid + (size_t)L * N * C, m.final_norm, a.rstd_final, N,
+                              C);
+  for (int l = L - 1; l >= 0; --l) {
+    LayerActivations& s = a.layers[opt.recompute ? 0 : l];
+    // Recomputation regenerates the same activations: the dropout masks are a function of (seed, stream).
+    if (opt.recompute) layer_forward(m, opt, l, s);
+    layer_backward(m, opt, l, s);
+  }
+}
+
+float mntp_loss(Model& m, const int* labels, bool backward) {
+  Activations& a = m.acts;
+  if (a.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
+  const int B = a.B, T = a.T, N = B * T, V = m.config.vocab_size;
+  std::vector<int> targets(N, kIgnoreIndex);
+  int count = 0;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t + 1 < T; ++t) {
+      int y = labels[b * T + t + 1];
+      if (y == kIgnoreIndex) continue;
+      if (y < 0 || y >= V)
+        throw std::runtime_error("mntp_loss: label " + std::to_string(y) + " outside the vocabulary");
+      targets[b * T + t] = y;
+      ++count;
+    }
+  if (count == 0) return 0.0f;
+  m.backend->upload(a.targets, targets.data(), (size_t)N * sizeof(int));
+  lm_head_forward(m);
+  m.backend->crossentropy_forward(a.losses, a.logits, a.targets, N, V, kIgnoreIndex);
+  std::vector<float> losses = download_floats(m, a.losses, N);
+  double sum = 0.0;
+  for (float x : losses) sum += x;
+  if (backward) {
+    const float dloss = 1.0f / (float)count;
+    m.backend->crossentropy_softmax_backward(a.d_logits, a.logits, a.targets, dloss, N, V, kIgnoreIndex);
+    m.backend->matmul_backward_input(a.d_hidden, a.d_logits, m.lm_head, N, m.config.hidden_size, V, false);
+    model_backward(m, a.d_hidden);
+  }
+  return (float)(sum / count);
+}
+
+}  // namespace l2v

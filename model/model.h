@@ -1,0 +1,152 @@
+// The Llama-family transformer with the LLM2Vec changes (bidirectional attention, LoRA, dropout),
+// its forward and backward schedule written once against the Backend interface (model/backend.h).
+//
+// Gradients flow to the trainable parameters only (LoRA A/B); base weights are frozen and no gradient
+// is ever computed for them. The backward pass starts from a gradient w.r.t. the final hidden states,
+// so any head (the LM head for MNTP here, a pooling head later) plugs in on top.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/tensor_source.h"
+
+namespace l2v {
+
+// The linear layers of a decoder layer, in Hugging Face / PEFT naming order.
+enum LinearId : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinears };
+const char* linear_name(int id);  // "q_proj", ..., "down_proj"
+bool parse_linear_name(const std::string& name, int* id);
+
+struct LoraConfig {
+  int r = 0;  // 0: no adapter
+  float alpha = 16.0f;
+  float dropout = 0.0f;  // PEFT lora_dropout, on the adapter's input, only in training
+  std::array<bool, kNumLinears> targets{true, true, true, true, true, true, true};
+  float scale() const { return r > 0 ? alpha / (float)r : 0.0f; }
+};
+
+struct Linear {
+  float* weight = nullptr;  // [out, in]
+  float* bias = nullptr;    // [out] or nullptr
+  int in = 0, out = 0;
+  // LoRA adapter of this layer, or nullptrs when it is not targeted.
+  float* lora_A = nullptr;  // [r, in]
+  float* lora_B = nullptr;  // [out, r]
+  float* grad_A = nullptr;
+  float* grad_B = nullptr;
+};
+
+struct LayerWeights {
+  float* attn_norm = nullptr;  // [C]
+  float* mlp_norm = nullptr;   // [C]
+  std::array<Linear, kNumLinears> linear;
+};
+
+// A trainable tensor (value and gradient in backend memory), named as PEFT names it on disk.
+struct TrainableParam {
+  std::string name;
+  float* value;
+  float* grad;
+  size_t count;
+  std::vector<int64_t> shape;
+};
+
+struct ForwardOptions {
+  bool causal = false;        // false: LLM2Vec's bidirectional attention (the key-padding mask stays)
+  bool training = false;      // enables attention dropout and LoRA dropout
+  float attn_dropout = 0.0f;  // probability, used only when training
+  uint64_t seed = 0;          // keys every dropout mask of the step (vary it per step)
+  bool recompute = false;     // keep only layer inputs; the backward re-runs each layer's forward
+};
+
+// Per-layer saved activations of one forward pass (backend memory).
+struct LayerActivations {
+  float *x1, *rstd1, *q, *k, *v, *att, *lse, *h_mid, *x2, *rstd2, *gate, *up, *act;
+  std::array<float*, kNumLinears> xa;  // LoRA intermediates dropout(x) A^T [N, r]
+};
+
+struct Activations {
+  int B = 0, T = 0;
+  bool recompute = false;
+  int* ids = nullptr;        // [N]
+  int* key_mask = nullptr;   // [N]
+  float* resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L
+  std::vector<LayerActivations> layers;  // L of them, or 1 reused by every layer when recomputing
+  float* final_hidden = nullptr;  // [N, C] after the final norm
+  float* rstd_final = nullptr;
+  float* logits = nullptr;        // [N, V]
+  int* targets = nullptr;         // [N] shifted MNTP targets
+  float* losses = nullptr;        // [N]
+  // backward scratch, shared by all layers
+  float *d_resid, *d_x, *d_hidden, *d_q, *d_k, *d_v, *d_att, *d_gate, *d_up, *d_act, *d_logits, *tmp;
+  float* lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
+};
+
+struct Model {
+  ModelConfig config;
+  Backend* backend = nullptr;
+  float* embed = nullptr;       // [V, C]
+  std::vector<LayerWeights> layers;
+  float* final_norm = nullptr;  // [C]
+  float* lm_head = nullptr;     // [V, C]; == embed when tied
+  LoraConfig lora;
+  bool lora_merged = false;
+  std::vector<TrainableParam> trainable;  // LoRA A/B (and, later, head parameters)
+  float *rope_cos = nullptr, *rope_sin = nullptr;
+  int rope_len = 0;
+  Activations acts;
+  ForwardOptions last_forward;  // the options of the forward pass the backward differentiates
+
+  Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  ~Model();
+
+  // Zeroed backend memory released with the model; `activation` memory is released on re-allocation.
+  float* alloc_floats(size_t n, bool activation = false);
+  int* alloc_ints(size_t n, bool activation = false);
+  void release_activations();
+
+ private:
+  std::vector<void*> weight_memory_;
+  std::vector<void*> activation_memory_;
+};
+
+// Loads base weights (Hugging Face names) from `src` into backend memory. Every missing tensor or
+// wrong shape is a std::runtime_error naming the tensor and src.describe().
+void load_model(Model& m, const ModelConfig& config, const TensorSource& src, Backend& backend);
+
+// Adds a fresh adapter as PEFT initialises it: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
+// B = 0 (so the adapted model starts equal to the base model). Replaces any previous adapter.
+void add_lora(Model& m, const LoraConfig& lora, uint64_t seed);
+// Overwrites the adapter's A/B from tensors named as in PEFT's adapter_model.safetensors.
+void load_lora_weights(Model& m, const TensorSource& src);
+// W += scale*B*A for every adapted layer (and the inverse). After merging, the forward skips the branch.
+void merge_lora(Model& m);
+void unmerge_lora(Model& m);
+
+void zero_grads(Model& m);
+
+// Forward pass over a batch of token ids [B, T] with key_mask [B, T] (1 = token, 0 = padding), both host
+// arrays; ids are validated against the vocabulary. Result: m.acts.final_hidden [B*T, C].
+void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, const ForwardOptions& opt);
+// logits [B*T, V] = final_hidden * lm_head^T into m.acts.logits.
+void lm_head_forward(Model& m);
+// Accumulates the trainable parameters' gradients given d_final_hidden [B*T, C] (backend memory) for
+// the last model_forward.
+void model_backward(Model& m, const float* d_final_hidden);
+
+// MNTP loss: the logits at position t predict labels[t+1] (Hugging Face's causal-LM shift; LLM2Vec's
+// masked next-token prediction), cross-entropy averaged over labels != -100. labels is a host [B, T]
+// array. Runs the LM head on the last forward. With backward=true also accumulates gradients.
+// A batch without any label returns 0 and leaves the gradients untouched.
+float mntp_loss(Model& m, const int* labels, bool backward);
+
+// Host copy of a backend buffer of n floats.
+std::vector<float> download_floats(const Model& m, const float* ptr, size_t n);
+
+}  // namespace l2v
