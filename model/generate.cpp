@@ -1,5 +1,6 @@
 #include "model/generate.h"
 
+#include <cmath>
 #include <stdexcept>
 
 namespace l2v {
