@@ -1,0 +1,475 @@
+// fp32 CPU reference of the LLM2Vec training ops (see cpu_ops.h for the contract of each function).
+// GEMMs go through OpenBLAS; everything else is a plain loop parallelised with OpenMP. Every result is
+// independent of the number of threads: each output element is written by exactly one iteration and
+// no reduction is split across threads, so the reference is reproducible bit for bit.
+#include "host/cpu_ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "host/philox.h"
+
+namespace l2v::cpu {
+
+namespace {
+
+void require(bool ok, const char* fn, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string("l2v::cpu::") + fn + ": " + what);
+}
+
+void require_dropout_p(float p, const char* fn) {
+  // p == 1 would need a 1/(1-p) = inf scale; torch special-cases it, the training step never uses it.
+  require(p >= 0.0f && p < 1.0f, fn, "dropout probability must lie in [0, 1), got " + std::to_string(p));
+}
+
+// Row-major C [M, N] = alpha * op(A) [M, K] * op(B) [K, N] + beta * C. Empty shapes are handled here
+// because OpenBLAS rejects a leading dimension of 0 (and K == 0 must still apply beta to C).
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+          int ldb, float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (long i = 0; i < (long)M * N; ++i) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+              alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+inline void axpy(float* y, float a, const float* x, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// dst[i] = src[i] * keep(i) / (1-p) for the element-wise dropout of the LoRA input, i = n*IC + c.
+void apply_elementwise_dropout(float* dst, const float* src, long n, float p, uint64_t seed, uint32_t stream) {
+  const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i)
+    dst[i] = dropout_keep_elementwise(seed, stream, (uint64_t)i, p) ? src[i] * keep_scale : 0.0f;
+}
+
+void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p) {
+  require(B > 0 && T > 0 && H > 0 && KV > 0 && D > 0, fn, "B, T, H, KV and D must be positive");
+  require(H % KV == 0, fn, "H (" + std::to_string(H) + ") must be a multiple of KV (" + std::to_string(KV) + ")");
+  require_dropout_p(dropout_p, fn);
+}
+
+}  // namespace
+
+void embedding_forward(float* out, const int* ids, const float* table, int N, int C) {
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) std::memcpy(out + (long)n * C, table + (long)ids[n] * C, sizeof(float) * C);
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+  require(C > 0, "rmsnorm_forward", "C must be positive");
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + (long)n * C;
+    float* o = out + (long)n * C;
+    // The mean of squares is accumulated in double so the reference is at least as accurate as
+    // torch's pairwise fp32 reduction; it is then rounded to fp32 like torch's `variance`.
+    double ss = 0.0;
+    for (int c = 0; c < C; ++c) ss += (double)x[c] * x[c];
+    const float r = 1.0f / std::sqrt((float)(ss / C) + eps);
+    rstd[n] = r;
+    // Same order as LlamaRMSNorm: weight * (x * rstd).
+    for (int c = 0; c < C; ++c) o[c] = weight[c] * (x[c] * r);
+  }
+}
+
+void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                      int N, int C) {
+  require(C > 0, "rmsnorm_backward", "C must be positive");
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + (long)n * C;
+    const float* dy = dout + (long)n * C;
+    float* dx = dinp + (long)n * C;
+    double acc = 0.0;
+    for (int c = 0; c < C; ++c) acc += (double)(weight[c] * dy[c]) * x[c];
+    const float r = rstd[n];
+    // dx = r * (w dy) - x * r^3 * mean(w dy x): the second term is the gradient through rstd.
+    const float coef = r * r * r * (float)(acc / C);
+    for (int c = 0; c < C; ++c) dx[c] += r * (weight[c] * dy[c]) - x[c] * coef;
+  }
+}
+
+void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D) {
+  require(D % 2 == 0 && T > 0, "rope_forward", "D must be even and T positive");
+  const int half = D / 2;
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    const float* c = cos + (long)(n % T) * half;
+    const float* s = sin + (long)(n % T) * half;
+    for (int h = 0; h < nh; ++h) {
+      const long base = ((long)n * nh + h) * D;
+      for (int i = 0; i < half; ++i) {
+        // Both halves are read before either is written, which is what makes out == x safe.
+        const float x0 = x[base + i], x1 = x[base + i + half];
+        out[base + i] = x0 * c[i] - x1 * s[i];
+        out[base + i + half] = x1 * c[i] + x0 * s[i];
+      }
+    }
+  }
+}
+
+void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+                   int D) {
+  require(D % 2 == 0 && T > 0, "rope_backward", "D must be even and T positive");
+  const int half = D / 2;
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    const float* c = cos + (long)(n % T) * half;
+    const float* s = sin + (long)(n % T) * half;
+    for (int h = 0; h < nh; ++h) {
+      const long base = ((long)n * nh + h) * D;
+      for (int i = 0; i < half; ++i) {
+        // Transpose of the rotation [[c, -s], [s, c]].
+        const float d0 = dout[base + i], d1 = dout[base + i + half];
+        dx[base + i] = d0 * c[i] + d1 * s[i];
+        dx[base + i + half] = d1 * c[i] - d0 * s[i];
+      }
+    }
+  }
+}
+
+void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D) {
+  require(D % 2 == 0, "rope_tables", "D must be even");
+  const int half = D / 2;
+#pragma omp parallel for
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < half; ++i) {
+      // transformers multiplies fp32 positions by fp32 inv_freq: the angle is rounded to fp32 first.
+      // cos/sin of that fp32 angle are then evaluated in double and rounded once, i.e. (almost always)
+      // correctly rounded, which is within torch's own 1-ulp error of what torch returns.
+      const float angle = (float)t * inv_freq[i];
+      cos[(long)t * half + i] = (float)std::cos((double)angle);
+      sin[(long)t * half + i] = (float)std::sin((double)angle);
+    }
+  }
+}
+
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const int* key_mask,
+                       int B, int T, int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
+                       uint32_t stream) {
+  check_attention_shape("attention_forward", B, T, H, KV, D, dropout_p);
+  const int group = H / KV;
+  const long q_stride = (long)H * D, kv_stride = (long)KV * D;
+  const float sm_scale = 1.0f / std::sqrt((float)D);
+  const bool dropout = dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
+  const long rows = (long)B * H * T;  // row r = (b*H + h)*T + i, which is also the lse index
+
+#pragma omp parallel
+  {
+    std::vector<float> p(T);  // this thread's scores, then unnormalised probabilities, of one query row
+    // Causal rows have unequal lengths: dynamic scheduling keeps both threads busy.
+#pragma omp for schedule(dynamic, 8)
+    for (long r = 0; r < rows; ++r) {
+      const int i = (int)(r % T), bh = (int)(r / T);
+      const int h = bh % H, b = bh / H, g = h / group;
+      const float* qi = q + ((long)b * T + i) * q_stride + (long)h * D;
+      float* oi = out + ((long)b * T + i) * q_stride + (long)h * D;
+      const float* kb = k + (long)b * T * kv_stride + (long)g * D;
+      const float* vb = v + (long)b * T * kv_stride + (long)g * D;
+      const int* km = key_mask ? key_mask + (long)b * T : nullptr;
+      const int jend = causal ? i + 1 : T;
+
+      std::fill(oi, oi + D, 0.0f);
+      float mx = -INFINITY;
+      bool any = false;
+      for (int j = 0; j < jend; ++j) {
+        if (km && km[j] == 0) {
+          p[j] = -INFINITY;  // exp(-inf) = 0 below: hidden keys drop out of the softmax
+          continue;
+        }
+        p[j] = dot(qi, kb + (long)j * kv_stride, D) * sm_scale;
+        mx = std::max(mx, p[j]);
+        any = true;
+      }
+      if (!any) {
+        lse[r] = -INFINITY;
+        continue;
+      }
+      float sum = 0.0f;
+      for (int j = 0; j < jend; ++j) {
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      lse[r] = mx + std::log(sum);
+      const float inv_sum = 1.0f / sum;
+      for (int j = 0; j < jend; ++j) {
+        if (p[j] == 0.0f) continue;
+        float w = p[j] * inv_sum;
+        if (dropout) {
+          if (!dropout_keep_attention(seed, stream, (uint32_t)bh, (uint32_t)i, (uint32_t)j, dropout_p)) continue;
+          w *= keep_scale;
+        }
+        axpy(oi, w, vb + (long)j * kv_stride, D);
+      }
+    }
+  }
+}
+
+// Two passes so that every output is owned by one iteration (race-free and deterministic under GQA,
+// where several query heads feed one kv head), at the price of computing the probabilities twice:
+//   pass 1, per query row (b, h, i): Di and dq_i;
+//   pass 2, per key row (b, kv head g, j): dk_j and dv_j, summed over the query heads of group g.
+// Both passes evaluate ds_ij with the same operations in the same order, so they agree exactly.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, const float* k, const float* v, const int* key_mask, int B, int T, int H,
+                        int KV, int D, bool causal, float dropout_p, uint64_t seed, uint32_t stream) {
+  check_attention_shape("attention_backward", B, T, H, KV, D, dropout_p);
+  const int group = H / KV;
+  const long q_stride = (long)H * D, kv_stride = (long)KV * D;
+  const float sm_scale = 1.0f / std::sqrt((float)D);
+  const bool dropout = dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
+  const long rows = (long)B * H * T;
+  std::vector<float> Dsum(rows);  // Di = dout_i . out_i = sum_j P_ij dP_ij, per query row
+
+#pragma omp parallel for schedule(dynamic, 8)
+  for (long r = 0; r < rows; ++r) {
+    const int i = (int)(r % T), bh = (int)(r / T);
+    const int h = bh % H, b = bh / H, g = h / group;
+    const long qoff = ((long)b * T + i) * q_stride + (long)h * D;
+    const float* qi = q + qoff;
+    const float* doi = dout + qoff;
+    float* dqi = dq + qoff;
+    const float* kb = k + (long)b * T * kv_stride + (long)g * D;
+    const float* vb = v + (long)b * T * kv_stride + (long)g * D;
+    const int* km = key_mask ? key_mask + (long)b * T : nullptr;
+
+    std::fill(dqi, dqi + D, 0.0f);
+    const float L = lse[r];
+    if (L == -INFINITY) {  // no visible key: the output was a constant 0
+      Dsum[r] = 0.0f;
+      continue;
+    }
+    const float Di = dot(doi, out + qoff, D);
+    Dsum[r] = Di;
+    const int jend = causal ? i + 1 : T;
+    for (int j = 0; j < jend; ++j) {
+      if (km && km[j] == 0) continue;
+      const float* kj = kb + (long)j * kv_stride;
+      const float P = std::exp(dot(qi, kj, D) * sm_scale - L);
+      float dP = 0.0f;  // a dropped probability receives no gradient through the output
+      if (!dropout || dropout_keep_attention(seed, stream, (uint32_t)bh, (uint32_t)i, (uint32_t)j, dropout_p))
+        dP = dot(doi, vb + (long)j * kv_stride, D) * keep_scale;
+      const float ds = P * (dP - Di);
+      axpy(dqi, ds * sm_scale, kj, D);
+    }
+  }
+
+  const long key_rows = (long)B * KV * T;  // key row = (b*KV + g)*T + j
+#pragma omp parallel for schedule(dynamic, 8)
+  for (long r = 0; r < key_rows; ++r) {
+    const int j = (int)(r % T), bg = (int)(r / T);
+    const int g = bg % KV, b = bg / KV;
+    const long kvoff = ((long)b * T + j) * kv_stride + (long)g * D;
+    const float* kj = k + kvoff;
+    const float* vj = v + kvoff;
+    float* dkj = dk + kvoff;
+    float* dvj = dv + kvoff;
+
+    std::fill(dkj, dkj + D, 0.0f);
+    std::fill(dvj, dvj + D, 0.0f);
+    if (key_mask && key_mask[(long)b * T + j] == 0) continue;  // a padding key is never attended to
+    // Every query that sees key j has at least one visible key, so its lse is finite.
+    for (int h = g * group; h < (g + 1) * group; ++h) {
+      const int bh = b * H + h;
+      for (int i = causal ? j : 0; i < T; ++i) {
+        const long qoff = ((long)b * T + i) * q_stride + (long)h * D;
+        const float* qi = q + qoff;
+        const float* doi = dout + qoff;
+        const long row = (long)bh * T + i;
+        const float P = std::exp(dot(qi, kj, D) * sm_scale - lse[row]);
+        float dP = 0.0f;
+        if (!dropout || dropout_keep_attention(seed, stream, (uint32_t)bh, (uint32_t)i, (uint32_t)j, dropout_p)) {
+          axpy(dvj, P * keep_scale, doi, D);
+          dP = dot(doi, vj, D) * keep_scale;
+        }
+        const float ds = P * (dP - Dsum[row]);
+        axpy(dkj, ds * sm_scale, qi, D);
+      }
+    }
+  }
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, long n) {
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];  // torch's silu: x / (1 + exp(-x))
+  }
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float one_plus_e = 1.0f + std::exp(-g);
+    const float sig = 1.0f / one_plus_e;
+    // Order of torch's silu_backward applied to d(silu) = dout * up.
+    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+    dup[i] = dout[i] * (g / one_plus_e);  // the forward's silu value, as autograd saves it
+  }
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC) {
+  if (bias) {
+#pragma omp parallel for
+    for (int n = 0; n < N; ++n) std::memcpy(out + (long)n * OC, bias, sizeof(float) * OC);
+  }
+  gemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+}
+
+void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+                           bool accumulate) {
+  gemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, accumulate ? 1.0f : 0.0f, dinp, IC);
+}
+
+void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+                  float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC, int R) {
+  require_dropout_p(dropout_p, "lora_forward");
+  const float* x = inp;
+  if (dropout_p > 0.0f) {
+    require(scratch != nullptr, "lora_forward", "dropout_p > 0 needs a scratch buffer [N, IC]");
+    apply_elementwise_dropout(scratch, inp, (long)N * IC, dropout_p, seed, stream);
+    x = scratch;
+  }
+  gemm(false, true, N, R, IC, 1.0f, x, IC, A, IC, 0.0f, xa, R);
+  gemm(false, true, N, OC, R, scale, xa, R, B, R, 1.0f, out, OC);
+}
+
+void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+                   const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
+                   float* scratch, int N, int IC, int OC, int R) {
+  require_dropout_p(dropout_p, "lora_backward");
+  const bool dropout = dropout_p > 0.0f;
+  require(!dropout || scratch != nullptr, "lora_backward", "dropout_p > 0 needs a scratch buffer [N, IC]");
+
+  gemm(true, false, OC, R, N, scale, dout, OC, xa, R, 1.0f, dB, R);
+  std::vector<float> dxa((size_t)N * R);
+  gemm(false, false, N, R, OC, scale, dout, OC, B, R, 0.0f, dxa.data(), R);
+
+  if (!dropout) {
+    gemm(true, false, R, IC, N, 1.0f, dxa.data(), R, inp, IC, 1.0f, dA, IC);
+    gemm(false, false, N, IC, R, 1.0f, dxa.data(), R, A, IC, 1.0f, dinp, IC);
+    return;
+  }
+  // scratch first holds dxa A, whose masked value goes into dinp; the same sweep over the mask then
+  // replaces it by the dropped input that dA needs, so Philox runs once per element in this backward.
+  gemm(false, false, N, IC, R, 1.0f, dxa.data(), R, A, IC, 0.0f, scratch, IC);
+  const float keep_scale = 1.0f / (1.0f - dropout_p);
+  const long n = (long)N * IC;
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    if (dropout_keep_elementwise(seed, stream, (uint64_t)i, dropout_p)) {
+      dinp[i] += scratch[i] * keep_scale;
+      scratch[i] = inp[i] * keep_scale;
+    } else {
+      scratch[i] = 0.0f;
+    }
+  }
+  gemm(true, false, R, IC, N, 1.0f, dxa.data(), R, scratch, IC, 1.0f, dA, IC);
+}
+
+void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC, int R) {
+  gemm(false, false, OC, IC, R, sign * scale, B, R, A, IC, 1.0f, weight, IC);
+}
+
+void residual_forward(float* out, const float* a, const float* b, long n) {
+#pragma omp parallel for simd
+  for (long i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V, int ignore_index) {
+  for (int n = 0; n < N; ++n)
+    require(targets[n] == ignore_index || (targets[n] >= 0 && targets[n] < V), "crossentropy_forward",
+            "target " + std::to_string(targets[n]) + " of row " + std::to_string(n) + " is outside [0, " +
+                std::to_string(V) + ")");
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    if (targets[n] == ignore_index) {
+      losses[n] = 0.0f;
+      continue;
+    }
+    const float* l = logits + (long)n * V;
+    const float mx = *std::max_element(l, l + V);
+    double sum = 0.0;
+    for (int c = 0; c < V; ++c) sum += std::exp(l[c] - mx);
+    losses[n] = (float)(std::log(sum) + mx - l[targets[n]]);
+  }
+}
+
+void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss, int N,
+                                   int V, int ignore_index) {
+  for (int n = 0; n < N; ++n)
+    require(targets[n] == ignore_index || (targets[n] >= 0 && targets[n] < V), "crossentropy_softmax_backward",
+            "target " + std::to_string(targets[n]) + " of row " + std::to_string(n) + " is outside [0, " +
+                std::to_string(V) + ")");
+#pragma omp parallel for
+  for (int n = 0; n < N; ++n) {
+    float* d = dlogits + (long)n * V;
+    if (targets[n] == ignore_index) {
+      std::fill(d, d + V, 0.0f);
+      continue;
+    }
+    const float* l = logits + (long)n * V;
+    const float mx = *std::max_element(l, l + V);
+    double sum = 0.0;
+    for (int c = 0; c < V; ++c) {
+      d[c] = std::exp(l[c] - mx);  // the exponentials are kept in dlogits, normalised below
+      sum += d[c];
+    }
+    const float inv_sum = (float)(1.0 / sum);
+    for (int c = 0; c < V; ++c) d[c] = dloss * (d[c] * inv_sum - (c == targets[n] ? 1.0f : 0.0f));
+  }
+}
+
+// Mirrors torch.optim.AdamW's single-tensor path operation by operation. The hyper-parameters are Python
+// floats (doubles) in torch: scalar expressions are evaluated in double and rounded to fp32 where torch
+// hands them to an fp32 kernel.
+void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, int step) {
+  require(step >= 1, "adamw_update", "step counts from 1, got " + std::to_string(step));
+  const float decay = (float)(1.0 - (double)lr * weight_decay);  // param.mul_(1 - lr*wd)
+  const float w1 = (float)(1.0 - (double)beta1);                  // exp_avg.lerp_(grad, 1 - beta1)
+  const float w2 = (float)(1.0 - (double)beta2);                  // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+  const double bias_correction1 = 1.0 - std::pow((double)beta1, step);
+  const double bias_correction2 = 1.0 - std::pow((double)beta2, step);
+  const float neg_step_size = (float)(-((double)lr / bias_correction1));
+  const float bias_correction2_sqrt = (float)std::sqrt(bias_correction2);
+  // torch's vectorised lerp is fma(w, end - start, start) for |w| < 0.5 and fma(w - 1, end - start, end)
+  // otherwise (better accuracy near either end).
+  const bool small_w1 = std::fabs(w1) < 0.5f;
+  const float lerp_coef = small_w1 ? w1 : w1 - 1.0f;
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    const float g = grad[i];
+    const float p = param[i] * decay;
+    const float mi = std::fma(lerp_coef, g - m[i], small_w1 ? m[i] : g);
+    const float vi = v[i] * beta2 + w2 * g * g;
+    const float denom = std::sqrt(vi) / bias_correction2_sqrt + eps;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = p + neg_step_size * mi / denom;  // addcdiv_: self + (value * t1) / t2
+  }
+}
+
+}  // namespace l2v::cpu
