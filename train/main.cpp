@@ -93,7 +93,10 @@ std::vector<std::vector<float>> mean_pool(const std::vector<float>& hidden, cons
       for (int c = 0; c < C; ++c) out[b][c] += hidden[((size_t)b * T + t) * C + c];
     }
     double norm = 0.0;
-    for (float& x : out[b]) norm += (double)(x /= (float)count) * x;
+    for (float& x : out[b]) {
+      x /= (float)count;
+      norm += (double)x * x;
+    }
     for (float& x : out[b]) x /= (float)std::sqrt(norm);
   }
   return out;
