@@ -60,9 +60,10 @@ Llama2cCheckpoint::Llama2cCheckpoint(const std::string& path) {
     return at;
   };
   auto layer_name = [](int l, const char* rest) { return "model.layers." + std::to_string(l) + "." + rest; };
-  // One [L, rows, cols] block: layer l's matrix becomes tensor `rest` of layer l.
+  // One [L, rows, cols] block (cols 0: a [L, rows] block of vectors); layer l's slice becomes tensor
+  // `rest` of layer l.
   auto per_layer = [&](const char* rest, int64_t rows, int64_t cols, int rope_heads) {
-    const uint64_t per = mul(static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), path);
+    const uint64_t per = mul(static_cast<uint64_t>(rows), static_cast<uint64_t>(cols > 0 ? cols : 1), path);
     const uint64_t base = take(mul(per, static_cast<uint64_t>(L), path));
     for (int l = 0; l < L; ++l) {
       Tensor t;
