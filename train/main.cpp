@@ -30,14 +30,15 @@ const char* kUsage =
     "  --model PATH      checkpoint: a Hugging Face model directory or a llama2.c .bin file (required)\n"
     "  --tokenizer PATH  llama2.c tokenizer .bin (required)\n"
     "  --text PATH       demo: one sentence per line (required for demo)\n"
-    "  --steps N         generate: number of tokens (default 256)\n"
+    "  --steps N         generate: number of tokens to generate (default 255, what llama2.c's\n"
+    "                    run.c prints with -n 256: its step count includes the BOS position)\n"
     "  -h, --help        this text\n"
     "\n"
     "Runs on the CPU backend (fp32 reference ops, OpenBLAS + OpenMP).\n";
 
 struct Args {
   std::string command, model, tokenizer, text;
-  int steps = 256;
+  int steps = 255;
 };
 
 Args parse_args(int argc, char** argv) {

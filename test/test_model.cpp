@@ -1,0 +1,529 @@
+// Whole-model tests of the schedule in model/model.cpp on the CPU backend: LoRA gradients against
+// finite differences, exact properties of bidirectional/causal attention, padding, LoRA merging,
+// dropout determinism, recomputation, config/checkpoint errors, and greedy decoding of the real
+// stories260K model against the text published with it.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/llama2c_tokenizer.h"
+#include "host/cpu_backend.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "test/test_util.h"
+
+namespace l2v {
+namespace {
+
+// Named in-memory tensors: lets a test build a random model of any config without files.
+class MemoryTensors : public TensorSource {
+ public:
+  void add(const std::string& name, std::vector<int64_t> shape, std::vector<float> data) {
+    tensors_[name] = {std::move(shape), std::move(data)};
+  }
+  void erase(const std::string& name) { tensors_.erase(name); }
+  bool has(const std::string& name) const override { return tensors_.count(name) > 0; }
+  std::vector<int64_t> shape(const std::string& name) const override { return tensors_.at(name).first; }
+  void read_f32(const std::string& name, float* dst, size_t count) const override {
+    const auto& d = tensors_.at(name).second;
+    if (count != d.size()) throw std::runtime_error("count mismatch for " + name);
+    std::memcpy(dst, d.data(), count * sizeof(float));
+  }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> n;
+    for (const auto& kv : tensors_) n.push_back(kv.first);
+    return n;
+  }
+  std::string describe() const override { return "memory-tensors"; }
+
+ private:
+  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors_;
+};
+
+ModelConfig tiny_config(bool qkv_bias) {
+  nlohmann::json j = {{"model_type", qkv_bias ? "qwen2" : "llama"},
+                      {"vocab_size", 32},
+                      {"hidden_size", 16},
+                      {"intermediate_size", 24},
+                      {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", !qkv_bias}};
+  return parse_hf_config(j, "tiny");
+}
+
+// Random weights with O(1) activations, Hugging Face names.
+MemoryTensors random_weights(const ModelConfig& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  MemoryTensors t;
+  const int C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int QD = c.num_attention_heads * c.head_dim, KVD = c.num_key_value_heads * c.head_dim;
+  auto mat = [&](int out, int in) { return test::randn((size_t)out * in, rng, 1.0f / std::sqrt((float)in)); };
+  auto norm = [&]() { return test::randu(C, rng, 0.8f, 1.2f); };
+  t.add("model.embed_tokens.weight", {V, C}, test::randn((size_t)V * C, rng, 1.0f));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    t.add(p + "input_layernorm.weight", {C}, norm());
+    t.add(p + "post_attention_layernorm.weight", {C}, norm());
+    t.add(p + "self_attn.q_proj.weight", {QD, C}, mat(QD, C));
+    t.add(p + "self_attn.k_proj.weight", {KVD, C}, mat(KVD, C));
+    t.add(p + "self_attn.v_proj.weight", {KVD, C}, mat(KVD, C));
+    t.add(p + "self_attn.o_proj.weight", {C, QD}, mat(C, QD));
+    if (c.qkv_bias) {
+      t.add(p + "self_attn.q_proj.bias", {QD}, test::randn(QD, rng, 0.3f));
+      t.add(p + "self_attn.k_proj.bias", {KVD}, test::randn(KVD, rng, 0.3f));
+      t.add(p + "self_attn.v_proj.bias", {KVD}, test::randn(KVD, rng, 0.3f));
+    }
+    t.add(p + "mlp.gate_proj.weight", {F, C}, mat(F, C));
+    t.add(p + "mlp.up_proj.weight", {F, C}, mat(F, C));
+    t.add(p + "mlp.down_proj.weight", {C, F}, mat(C, F));
+  }
+  t.add("model.norm.weight", {C}, norm());
+  if (!c.tie_word_embeddings) t.add("lm_head.weight", {V, C}, mat(V, C));
+  return t;
+}
+
+// Gives every LoRA B a random nonzero value (PEFT starts from B = 0, where dA would be 0 too).
+void randomize_lora(Model& m, unsigned seed) {
+  std::mt19937 rng(seed);
+  for (TrainableParam& p : m.trainable) {
+    std::vector<float> v = test::randn(p.count, rng, 0.2f);
+    m.backend->upload(p.value, v.data(), p.count * sizeof(float));
+  }
+}
+
+struct TinyModel {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Model model;
+  TinyModel(bool qkv_bias = false, unsigned seed = 1) {
+    ModelConfig c = tiny_config(qkv_bias);
+    MemoryTensors w = random_weights(c, seed);
+    load_model(model, c, w, *backend);
+  }
+};
+
+struct Batch {
+  int B, T;
+  std::vector<int> ids, mask, labels;
+};
+
+// Row 0 full, row 1 left-padded by 2, row 2 right-padded by 3; padding ids are arbitrary tokens.
+Batch padded_batch(int V, unsigned seed) {
+  std::mt19937 rng(seed);
+  Batch b{3, 9, {}, {}, {}};
+  b.ids.resize(27);
+  b.mask.assign(27, 1);
+  b.labels.assign(27, -100);
+  for (int& x : b.ids) x = (int)(rng() % V);
+  for (int t = 0; t < 2; ++t) b.mask[1 * 9 + t] = 0;
+  for (int t = 6; t < 9; ++t) b.mask[2 * 9 + t] = 0;
+  for (int i = 0; i < 27; ++i)
+    if (b.mask[i] && i % 9 != 0 && rng() % 3 == 0) b.labels[i] = (int)(rng() % V);
+  b.labels[0 * 9 + 4] = 3;
+  b.labels[1 * 9 + 5] = 7;
+  b.labels[2 * 9 + 2] = 11;
+  return b;
+}
+
+std::vector<float> hidden(Model& m) {
+  return download_floats(m, m.acts.final_hidden, (size_t)m.acts.B * m.acts.T * m.config.hidden_size);
+}
+
+std::vector<float> all_grads(Model& m) {
+  std::vector<float> g;
+  for (const TrainableParam& p : m.trainable) {
+    std::vector<float> x = download_floats(m, p.grad, p.count);
+    g.insert(g.end(), x.begin(), x.end());
+  }
+  return g;
+}
+
+float loss_and_grads(Model& m, const Batch& b, const ForwardOptions& opt) {
+  zero_grads(m);
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+  return mntp_loss(m, b.labels.data(), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradients of the whole model w.r.t. every LoRA parameter against central differences of the MNTP
+// loss, with attention dropout and LoRA dropout active (fixed seed: the loss is then a deterministic
+// function of the parameters, so the check also proves that backward regenerates the forward's masks).
+struct GradCase {
+  bool causal, qkv_bias, dropout, recompute;
+};
+
+class ModelGrad : public ::testing::TestWithParam<GradCase> {};
+
+TEST_P(ModelGrad, LoraGradientsMatchFiniteDifferences) {
+  const GradCase gc = GetParam();
+  TinyModel tm(gc.qkv_bias, 3);
+  Model& m = tm.model;
+  LoraConfig lc;
+  lc.r = 2;
+  lc.alpha = 4.0f;
+  lc.dropout = gc.dropout ? 0.2f : 0.0f;
+  add_lora(m, lc, 5);
+  randomize_lora(m, 6);
+  Batch b = padded_batch(m.config.vocab_size, 7);
+  ForwardOptions opt;
+  opt.causal = gc.causal;
+  opt.training = true;
+  opt.attn_dropout = gc.dropout ? 0.3f : 0.0f;
+  opt.seed = 99;
+  opt.recompute = gc.recompute;
+  loss_and_grads(m, b, opt);
+  auto loss = [&]() {
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+    return (double)mntp_loss(m, b.labels.data(), false);
+  };
+  // Numeric derivative by Richardson extrapolation of central differences, (4 D(h/2) - D(h)) / 3, which
+  // cancels the h^2 truncation term (the gradients here reach ~2, and curvature made a plain central
+  // difference with h = 1e-2 off by ~1e-3). With h = 2e-2, fp32 roundoff of the loss (~1e-6 absolute)
+  // contributes ~1e-4 after division. Tolerance 2e-4 + 1e-2 |g|: a wrong term (a missing scale, sign,
+  // head or mask) shows up as an O(1) relative error.
+  auto perturbed = [&](float* x, float v) {
+    const float x0 = *x;
+    *x = v;
+    double l = loss();
+    *x = x0;
+    return l;
+  };
+  size_t checked = 0;
+  double max_abs = 0.0;
+  for (TrainableParam& p : m.trainable) {
+    std::vector<float> analytic = download_floats(m, p.grad, p.count);
+    for (size_t k = 0; k < 6; ++k) {
+      const size_t i = (k * 7919 + 13) % p.count;
+      float* x = p.value + i;
+      auto central = [&](double h) {
+        const float xp = (float)(*x + h), xm = (float)(*x - h);
+        return (perturbed(x, xp) - perturbed(x, xm)) / ((double)xp - (double)xm);
+      };
+      const double numeric = (4.0 * central(1e-2) - central(2e-2)) / 3.0;
+      EXPECT_NEAR(analytic[i], numeric, 2e-4 + 1e-2 * std::fabs(numeric)) << p.name << "[" << i << "]";
+      max_abs = std::max(max_abs, std::fabs(numeric));
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, m.trainable.size() * 6);
+  EXPECT_GT(max_abs, 1e-2) << "vacuous: all gradients ~0";
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ModelGrad,
+                         ::testing::Values(GradCase{false, false, false, false}, GradCase{true, false, false, false},
+                                           GradCase{false, true, true, false}, GradCase{true, true, true, true}));
+
+// ---------------------------------------------------------------------------------------------
+TEST(ModelProperties, BidirectionalSeesTheFutureCausalDoesNot) {
+  TinyModel tm;
+  Model& m = tm.model;
+  const int T = 8, C = m.config.hidden_size;
+  std::vector<int> ids = {1, 5, 9, 2, 30, 7, 11, 4}, changed = ids;
+  changed[T - 1] = 20;
+  for (bool causal : {true, false}) {
+    ForwardOptions opt;
+    opt.causal = causal;
+    model_forward(m, ids.data(), nullptr, 1, T, opt);
+    std::vector<float> a = hidden(m);
+    model_forward(m, changed.data(), nullptr, 1, T, opt);
+    std::vector<float> b = hidden(m);
+    double diff0 = 0.0;
+    for (int c = 0; c < C; ++c) diff0 = std::max(diff0, (double)std::fabs(a[c] - b[c]));
+    if (causal)
+      EXPECT_EQ(0.0, diff0) << "causal: position 0 must not depend on the last token";
+    else
+      EXPECT_GT(diff0, 1e-3) << "bidirectional: position 0 must depend on the last token";
+    // The last position itself always changes.
+    double diff_last = 0.0;
+    for (int c = 0; c < C; ++c) diff_last = std::max(diff_last, (double)std::fabs(a[(T - 1) * C + c] - b[(T - 1) * C + c]));
+    EXPECT_GT(diff_last, 1e-3);
+  }
+}
+
+TEST(ModelProperties, PaddingTokensDoNotChangeRealOutputs) {
+  TinyModel tm(true);
+  Model& m = tm.model;
+  Batch b = padded_batch(m.config.vocab_size, 11);
+  const int C = m.config.hidden_size;
+  for (bool causal : {true, false}) {
+    ForwardOptions opt;
+    opt.causal = causal;
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+    std::vector<float> ref = hidden(m);
+    std::vector<int> other = b.ids;
+    for (size_t i = 0; i < other.size(); ++i)
+      if (!b.mask[i]) other[i] = (other[i] + 13) % m.config.vocab_size;
+    model_forward(m, other.data(), b.mask.data(), b.B, b.T, opt);
+    std::vector<float> got = hidden(m);
+    for (size_t i = 0; i < b.mask.size(); ++i) {
+      if (!b.mask[i]) continue;
+      for (int c = 0; c < C; ++c) {
+        ASSERT_EQ(ref[i * C + c], got[i * C + c]) << "token " << i << " causal=" << causal;
+      }
+    }
+  }
+}
+
+TEST(ModelProperties, RightPaddingEqualsTheUnpaddedSequence) {
+  // Positions are 0..T-1 on every row (as Hugging Face without explicit position ids), so a
+  // right-padded row must reproduce the unpadded sequence at its real positions.
+  TinyModel tm;
+  Model& m = tm.model;
+  const int C = m.config.hidden_size;
+  std::vector<int> ids = {1, 5, 9, 2, 30}, padded = {1, 5, 9, 2, 30, 17, 3}, mask = {1, 1, 1, 1, 1, 0, 0};
+  for (bool causal : {true, false}) {
+    ForwardOptions opt;
+    opt.causal = causal;
+    model_forward(m, ids.data(), nullptr, 1, 5, opt);
+    std::vector<float> ref = hidden(m);
+    model_forward(m, padded.data(), mask.data(), 1, 7, opt);
+    std::vector<float> got = hidden(m);
+    std::vector<double> want(ref.begin(), ref.end());
+    EXPECT_TRUE(test::AllClose(got.data(), want.data(), 5 * C, 1e-5, 1e-5)) << "causal=" << causal;
+  }
+}
+
+TEST(ModelProperties, LoraWithZeroBEqualsTheBaseModel) {
+  TinyModel tm(true);
+  Model& m = tm.model;
+  Batch b = padded_batch(m.config.vocab_size, 12);
+  ForwardOptions opt;
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+  std::vector<float> base = hidden(m);
+  LoraConfig lc;
+  lc.r = 4;
+  add_lora(m, lc, 3);  // PEFT init: A random, B = 0
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+  std::vector<float> adapted = hidden(m);
+  ASSERT_EQ(base.size(), adapted.size());
+  EXPECT_EQ(0, std::memcmp(base.data(), adapted.data(), base.size() * sizeof(float)));
+}
+
+TEST(ModelProperties, MergedEqualsUnmergedAndUnmergeRestoresWeights) {
+  TinyModel tm(true);
+  Model& m = tm.model;
+  LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8.0f;
+  add_lora(m, lc, 3);
+  randomize_lora(m, 4);
+  Batch b = padded_batch(m.config.vocab_size, 13);
+  const Linear& q0 = m.layers[0].linear[kQ];
+  std::vector<float> w_before = download_floats(m, q0.weight, (size_t)q0.in * q0.out);
+  for (bool causal : {true, false}) {
+    ForwardOptions opt;
+    opt.causal = causal;
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+    std::vector<float> unmerged = hidden(m);
+    merge_lora(m);
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+    std::vector<float> merged = hidden(m);
+    unmerge_lora(m);
+    std::vector<double> want(unmerged.begin(), unmerged.end());
+    // Merging reassociates x(W + sBA)^T vs xW^T + s(xA^T)B^T: equal up to fp32 rounding.
+    EXPECT_TRUE(test::AllClose(merged.data(), want.data(), want.size(), 2e-5, 2e-5)) << "causal=" << causal;
+  }
+  std::vector<float> w_after = download_floats(m, q0.weight, w_before.size());
+  std::vector<double> want(w_before.begin(), w_before.end());
+  EXPECT_TRUE(test::AllClose(w_after.data(), want.data(), want.size(), 1e-6, 1e-6));
+  EXPECT_THROW(unmerge_lora(m), std::runtime_error);
+}
+
+TEST(ModelProperties, DropoutIsDeterministicPerSeedAndOffOutsideTraining) {
+  TinyModel tm;
+  Model& m = tm.model;
+  LoraConfig lc;
+  lc.r = 2;
+  lc.dropout = 0.1f;
+  add_lora(m, lc, 3);
+  randomize_lora(m, 4);
+  Batch b = padded_batch(m.config.vocab_size, 14);
+  ForwardOptions opt;
+  opt.training = true;
+  opt.attn_dropout = 0.3f;
+  opt.seed = 1234;
+  loss_and_grads(m, b, opt);
+  std::vector<float> h1 = hidden(m), g1 = all_grads(m);
+  loss_and_grads(m, b, opt);
+  std::vector<float> h2 = hidden(m), g2 = all_grads(m);
+  EXPECT_EQ(0, std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
+  opt.seed = 1235;
+  loss_and_grads(m, b, opt);
+  std::vector<float> h3 = hidden(m);
+  EXPECT_NE(0, std::memcmp(h1.data(), h3.data(), h1.size() * sizeof(float)));
+  // training=false: dropout rates are ignored and the result equals a run with no dropout at all.
+  ForwardOptions eval = opt, none;
+  eval.training = false;
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, eval);
+  std::vector<float> he = hidden(m);
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, none);
+  std::vector<float> hn = hidden(m);
+  EXPECT_EQ(0, std::memcmp(he.data(), hn.data(), he.size() * sizeof(float)));
+  EXPECT_NE(0, std::memcmp(h1.data(), he.data(), h1.size() * sizeof(float)));
+}
+
+TEST(ModelProperties, RecomputationGivesBitIdenticalGradients) {
+  TinyModel tm(true);
+  Model& m = tm.model;
+  LoraConfig lc;
+  lc.r = 2;
+  lc.dropout = 0.1f;
+  add_lora(m, lc, 3);
+  randomize_lora(m, 4);
+  Batch b = padded_batch(m.config.vocab_size, 15);
+  ForwardOptions opt;
+  opt.training = true;
+  opt.attn_dropout = 0.2f;
+  opt.seed = 77;
+  float l1 = loss_and_grads(m, b, opt);
+  std::vector<float> g1 = all_grads(m);
+  opt.recompute = true;
+  float l2 = loss_and_grads(m, b, opt);
+  std::vector<float> g2 = all_grads(m);
+  EXPECT_EQ(l1, l2);
+  ASSERT_EQ(g1.size(), g2.size());
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
+}
+
+TEST(ModelProperties, GradientsAccumulateOverMicroBatches) {
+  TinyModel tm;
+  Model& m = tm.model;
+  LoraConfig lc;
+  lc.r = 2;
+  add_lora(m, lc, 3);
+  randomize_lora(m, 4);
+  Batch b = padded_batch(m.config.vocab_size, 16);
+  ForwardOptions opt;
+  loss_and_grads(m, b, opt);
+  std::vector<float> once = all_grads(m);
+  model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
+  mntp_loss(m, b.labels.data(), true);  // no zero_grads: adds a second copy
+  std::vector<float> twice = all_grads(m);
+  std::vector<double> want(once.size());
+  for (size_t i = 0; i < once.size(); ++i) want[i] = 2.0 * once[i];
+  EXPECT_TRUE(test::AllClose(twice.data(), want.data(), want.size(), 1e-7, 1e-6));
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(ModelErrors, ConfigErrorsNameTheField) {
+  nlohmann::json good = {{"model_type", "llama"}, {"vocab_size", 32}, {"hidden_size", 16},
+                         {"intermediate_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                         {"rms_norm_eps", 1e-5}};
+  EXPECT_NO_THROW(parse_hf_config(good, "cfg.json"));
+  auto message = [](const nlohmann::json& j) {
+    try {
+      parse_hf_config(j, "cfg.json");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const char* field : {"vocab_size", "hidden_size", "num_hidden_layers", "rms_norm_eps", "model_type"}) {
+    nlohmann::json j = good;
+    j.erase(field);
+    std::string msg = message(j);
+    EXPECT_NE(msg.find(field), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cfg.json"), std::string::npos) << msg;
+  }
+  nlohmann::json j = good;
+  j["model_type"] = "gpt2";
+  EXPECT_NE(message(j).find("gpt2"), std::string::npos);
+  j = good;
+  j["hidden_size"] = "sixteen";
+  EXPECT_NE(message(j).find("hidden_size"), std::string::npos);
+  j = good;
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(message(j).find("num_key_value_heads"), std::string::npos);
+  j = good;
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  EXPECT_NE(message(j).find("yarn"), std::string::npos);
+  j = good;
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  EXPECT_NE(message(j).find("low_freq_factor"), std::string::npos);
+}
+
+TEST(ModelErrors, MissingOrMisshapenTensorsNameTheTensor) {
+  ModelConfig c = tiny_config(true);
+  auto message = [&](MemoryTensors& w) {
+    auto be = make_cpu_backend();
+    Model m;
+    try {
+      load_model(m, c, w, *be);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  MemoryTensors w = random_weights(c, 1);
+  w.erase("model.layers.1.self_attn.k_proj.bias");
+  std::string msg = message(w);
+  EXPECT_NE(msg.find("model.layers.1.self_attn.k_proj.bias"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("memory-tensors"), std::string::npos) << msg;
+  w = random_weights(c, 1);
+  w.add("model.layers.0.mlp.up_proj.weight", {16, 24}, std::vector<float>(16 * 24));
+  msg = message(w);
+  EXPECT_NE(msg.find("model.layers.0.mlp.up_proj.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[24, 16]"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, BadTokenIdsAndMasksAreRejected) {
+  TinyModel tm;
+  Model& m = tm.model;
+  std::vector<int> ids = {1, 2, 32}, mask = {1, 1, 1};
+  EXPECT_THROW(model_forward(m, ids.data(), mask.data(), 1, 3, ForwardOptions{}), std::runtime_error);
+  ids[2] = 3;
+  mask[1] = 2;
+  EXPECT_THROW(model_forward(m, ids.data(), mask.data(), 1, 3, ForwardOptions{}), std::runtime_error);
+}
+
+// ---------------------------------------------------------------------------------------------
+std::string asset(const std::string& name) {
+  for (std::string dir : {"assets/stories260K/", "../shared/data/llama2c/"}) {
+    std::ifstream f(dir + name);
+    if (f) return dir + name;
+  }
+  return "assets/stories260K/" + name;
+}
+
+// The published greedy sample of stories260K: a causal forward pass, the llama2.c checkpoint import
+// (including the RoPE row permutation) and the tokenizer's decoding must all be right to reproduce it.
+TEST(Stories260K, GreedyDecodingFromBosReproducesThePublishedText) {
+  Checkpoint ck = open_checkpoint(asset("stories260K.bin"));
+  auto be = make_cpu_backend();
+  Model m;
+  load_model(m, ck.config, *ck.tensors, *be);
+  Llama2cTokenizer tok = load_llama2c_tokenizer(asset("tok512.bin"), ck.config.vocab_size);
+  std::ifstream f(asset("greedy_from_bos.txt"));
+  ASSERT_TRUE(f);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string expected = ss.str();
+  // llama2.c's run.c with -n 256 counts the BOS position among its 256 steps: 255 generated tokens.
+  std::vector<GreedyStep> steps = greedy_decode(m, {1}, 255);
+  std::string text;
+  int prev = 1;
+  float min_margin = INFINITY;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    text += decode_piece(tok, prev, steps[i].token);
+    prev = steps[i].token;
+    min_margin = std::min(min_margin, steps[i].margin);
+    if (expected.compare(0, text.size(), text) != 0) {
+      FAIL() << "diverges at step " << i << " (top-1/top-2 logit margin " << steps[i].margin << ")\n got: " << text
+             << "\nwant: " << expected.substr(0, text.size());
+    }
+  }
+  EXPECT_EQ(expected, text);
+  std::printf("smallest top-1/top-2 logit margin over 255 steps: %.4f\n", min_margin);
+}
+
+}  // namespace
+}  // namespace l2v
