@@ -64,6 +64,8 @@ void matmul_backward_input(float* dinp, const float* dout, const float* weight, 
 void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
                   float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC, int R);
 // Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] (gradient accumulation over micro-batches).
+// The dropped input is regenerated from (seed, stream) into `scratch`: its contents on entry are not
+// used, so one scratch buffer can serve every layer.
 void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
                    const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
                    float* scratch, int N, int IC, int OC, int R);

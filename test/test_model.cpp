@@ -507,22 +507,31 @@ TEST(Stories260K, GreedyDecodingFromBosReproducesThePublishedText) {
   std::stringstream ss;
   ss << f.rdbuf();
   std::string expected = ss.str();
+  // run.c ends its output with a newline of its own after the last token.
+  ASSERT_FALSE(expected.empty());
+  ASSERT_EQ('\n', expected.back());
+  expected.pop_back();
   // llama2.c's run.c with -n 256 counts the BOS position among its 256 steps: 255 generated tokens.
   std::vector<GreedyStep> steps = greedy_decode(m, {1}, 255);
   std::string text;
   int prev = 1;
   float min_margin = INFINITY;
+  size_t min_step = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     text += decode_piece(tok, prev, steps[i].token);
     prev = steps[i].token;
-    min_margin = std::min(min_margin, steps[i].margin);
+    if (steps[i].margin < min_margin) {
+      min_margin = steps[i].margin;
+      min_step = i;
+    }
     if (expected.compare(0, text.size(), text) != 0) {
       FAIL() << "diverges at step " << i << " (top-1/top-2 logit margin " << steps[i].margin << ")\n got: " << text
              << "\nwant: " << expected.substr(0, text.size());
     }
   }
   EXPECT_EQ(expected, text);
-  std::printf("smallest top-1/top-2 logit margin over 255 steps: %.4f\n", min_margin);
+  // Reported, not asserted: shows how close the nearest tie came (see the closing note of the issue).
+  std::printf("smallest top-1/top-2 logit margin over 255 steps: %.5f at step %zu\n", min_margin, min_step);
 }
 
 }  // namespace
