@@ -195,11 +195,18 @@ std::vector<float> download_floats(const Model& m, const float* ptr, size_t n) {
 
 namespace {
 
-// (Re)allocates activations and scratch for a batch shape; a no-op when the shape is unchanged.
+// Sizes activations and scratch for B*T rows. Every buffer is laid out by the current row count, so
+// a smaller batch reuses the allocation (greedy decoding grows T by one per step).
 void ensure_activations(Model& m, int B, int T, bool recompute) {
   Activations& a = m.acts;
-  if (a.B == B && a.T == T && a.recompute == recompute) return;
+  const size_t rows = (size_t)B * T;
+  if (rows <= a.capacity_rows && a.recompute == recompute) {
+    a.B = B;
+    a.T = T;
+    return;
+  }
   m.release_activations();
+  a.capacity_rows = rows;
   const ModelConfig& c = m.config;
   const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;

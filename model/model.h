@@ -71,6 +71,7 @@ struct LayerActivations {
 
 struct Activations {
   int B = 0, T = 0;
+  size_t capacity_rows = 0;  // B*T the buffers were allocated for
   bool recompute = false;
   int* ids = nullptr;        // [N]
   int* key_mask = nullptr;   // [N]
