@@ -153,13 +153,17 @@ void add_lora(Model& m, const LoraConfig& lora, uint64_t seed) {
 }
 
 void load_lora_weights(Model& m, const TensorSource& src) {
+  const std::string outer = "base_model.model.model.", inner = "base_model.model.";
   for (TrainableParam& p : m.trainable) {
-    if (!src.has(p.name)) throw std::runtime_error(src.describe() + ": missing adapter tensor '" + p.name + "'");
-    if (src.shape(p.name) != p.shape)
-      throw std::runtime_error(src.describe() + ": adapter tensor '" + p.name + "' has shape " +
-                               shape_str(src.shape(p.name)) + ", expected " + shape_str(p.shape));
+    std::string name = p.name;
+    if (!src.has(name)) name = inner + p.name.substr(outer.size());
+    if (!src.has(name))
+      throw std::runtime_error(src.describe() + ": missing adapter tensor '" + p.name + "' (or '" + name + "')");
+    if (src.shape(name) != p.shape)
+      throw std::runtime_error(src.describe() + ": adapter tensor '" + name + "' has shape " +
+                               shape_str(src.shape(name)) + ", expected " + shape_str(p.shape));
     std::vector<float> host(p.count);
-    src.read_f32(p.name, host.data(), p.count);
+    src.read_f32(name, host.data(), p.count);
     m.backend->upload(p.value, host.data(), p.count * sizeof(float));
   }
 }

@@ -6,6 +6,7 @@
 // so any head (the LM head for MNTP here, a pooling head later) plugs in on top.
 #pragma once
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,8 +26,12 @@ struct LoraConfig {
   int r = 0;  // 0: no adapter
   float alpha = 16.0f;
   float dropout = 0.0f;  // PEFT lora_dropout, on the adapter's input, only in training
+  bool use_rslora = false;  // PEFT use_rslora: scale alpha / sqrt(r) instead of alpha / r
   std::array<bool, kNumLinears> targets{true, true, true, true, true, true, true};
-  float scale() const { return r > 0 ? alpha / (float)r : 0.0f; }
+  float scale() const {
+    if (r <= 0) return 0.0f;
+    return use_rslora ? alpha / std::sqrt((float)r) : alpha / (float)r;
+  }
 };
 
 struct Linear {
@@ -124,7 +129,10 @@ void load_model(Model& m, const ModelConfig& config, const TensorSource& src, Ba
 // Adds a fresh adapter as PEFT initialises it: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
 // B = 0 (so the adapted model starts equal to the base model). Replaces any previous adapter.
 void add_lora(Model& m, const LoraConfig& lora, uint64_t seed);
-// Overwrites the adapter's A/B from tensors named as in PEFT's adapter_model.safetensors.
+// Overwrites the adapter's A/B from tensors named as in PEFT's adapter_model.safetensors. Both layouts
+// in use are accepted: PEFT wrapping the whole causal LM (base_model.model.model.layers.…, what
+// TrainableParam::name holds and what we write) and llm2vec's, which wraps the inner decoder
+// (base_model.model.layers.…, the published LLM2Vec adapters).
 void load_lora_weights(Model& m, const TensorSource& src);
 // W += scale*B*A for every adapted layer (and the inverse). After merging, the forward skips the branch.
 void merge_lora(Model& m);

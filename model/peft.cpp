@@ -29,6 +29,15 @@ LoraConfig load_peft_adapter_config(const std::string& path) {
       throw std::runtime_error(path + ": peft_type '" + j.value("peft_type", "") + "' is not LORA");
     if (j.value("bias", "none") != "none")
       throw std::runtime_error(path + ": bias '" + j.value("bias", "") + "' is not supported (only \"none\")");
+    // Options that change the adapter's function and that we do not implement are refused, not ignored.
+    if (j.value("use_dora", false)) throw std::runtime_error(path + ": use_dora=true is not supported");
+    if (j.value("fan_in_fan_out", false)) throw std::runtime_error(path + ": fan_in_fan_out=true is not supported");
+    for (const char* key : {"rank_pattern", "alpha_pattern"})
+      if (j.contains(key) && !j.at(key).is_null() && !j.at(key).empty())
+        throw std::runtime_error(path + ": a non-empty " + key + " is not supported");
+    if (j.contains("layers_to_transform") && !j.at("layers_to_transform").is_null())
+      throw std::runtime_error(path + ": layers_to_transform is not supported");
+    c.use_rslora = j.value("use_rslora", false);
     c.r = need("r").get<int>();
     c.alpha = need("lora_alpha").get<float>();
     c.dropout = j.value("lora_dropout", 0.0f);
