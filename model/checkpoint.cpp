@@ -1,7 +1,12 @@
 #include "model/checkpoint.h"
 
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "model/llama2c.h"
 #include "model/safetensors.h"
@@ -25,6 +30,35 @@ Checkpoint open_checkpoint(const std::string& path) {
   }
   throw std::runtime_error(path +
                            ": not a checkpoint (expected a Hugging Face model directory or a llama2.c .bin file)");
+}
+
+void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir + ": cannot create directory: " + ec.message());
+
+  std::vector<std::string> names = tensors.names();
+  std::vector<std::vector<float>> data(names.size());
+  std::vector<SafetensorsEntry> entries;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::vector<int64_t> shape = tensors.shape(names[i]);
+    size_t n = 1;
+    for (int64_t d : shape) n *= (size_t)d;
+    data[i].resize(n);
+    tensors.read_f32(names[i], data[i].data(), n);
+    entries.push_back({names[i], "F32", shape, data[i].data()});
+  }
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), entries, {{"format", "pt"}});
+
+  const std::string path = (fs::path(dir) / "config.json").string();
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream out(tmp);
+    out << to_hf_config_json(config).dump(2) << "\n";
+    if (!out.flush()) throw std::runtime_error(tmp + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(path + ": rename failed");
 }
 
 }  // namespace l2v

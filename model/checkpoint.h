@@ -17,4 +17,8 @@ struct Checkpoint {
 
 Checkpoint open_checkpoint(const std::string& path);
 
+// Writes `tensors` as a Hugging Face model directory: config.json and model.safetensors (F32), each
+// written atomically (temp file + rename). Creates `dir` if needed.
+void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir);
+
 }  // namespace l2v

@@ -1,6 +1,7 @@
 // llm2vec: the one binary of llm2vec.cu. Subcommands so far:
 //   demo      embed sentences with mean pooling, causal vs bidirectional, and print cosine similarities
 //   generate  greedy decoding from BOS with the causal model (a check of the forward pass)
+//   convert   write any supported checkpoint (e.g. a llama2.c .bin) as a Hugging Face model directory
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -25,11 +26,14 @@ const char* kUsage =
     "  demo      embed the lines of a text file with mean pooling, once with causal and once with\n"
     "            bidirectional attention (no training), and print their cosine similarities\n"
     "  generate  greedy decoding from BOS with causal attention\n"
+    "  convert   write the checkpoint as a Hugging Face model directory (config.json +\n"
+    "            model.safetensors, F32), loadable by transformers' LlamaForCausalLM etc.\n"
     "\n"
     "options:\n"
     "  --model PATH      checkpoint: a Hugging Face model directory or a llama2.c .bin file (required)\n"
-    "  --tokenizer PATH  llama2.c tokenizer .bin (required)\n"
+    "  --tokenizer PATH  llama2.c tokenizer .bin (required for demo and generate)\n"
     "  --text PATH       demo: one sentence per line (required for demo)\n"
+    "  --out DIR         convert: output directory (required for convert)\n"
     "  --steps N         generate: number of tokens to generate (default 255, what llama2.c's\n"
     "                    run.c prints with -n 256: its step count includes the BOS position)\n"
     "  -h, --help        this text\n"
@@ -37,7 +41,7 @@ const char* kUsage =
     "Runs on the CPU backend (fp32 reference ops, OpenBLAS + OpenMP).\n";
 
 struct Args {
-  std::string command, model, tokenizer, text;
+  std::string command, model, tokenizer, text, out;
   int steps = 255;
 };
 
@@ -45,8 +49,9 @@ Args parse_args(int argc, char** argv) {
   Args a;
   if (argc < 2) throw std::invalid_argument("missing command");
   a.command = argv[1];
+  if (a.command == "-h" || a.command == "--help") throw std::invalid_argument("");
   std::map<std::string, std::string*> strings = {
-      {"--model", &a.model}, {"--tokenizer", &a.tokenizer}, {"--text", &a.text}};
+      {"--model", &a.model}, {"--tokenizer", &a.tokenizer}, {"--text", &a.text}, {"--out", &a.out}};
   for (int i = 2; i < argc; ++i) {
     std::string key = argv[i];
     if (key == "-h" || key == "--help") throw std::invalid_argument("");
@@ -65,9 +70,11 @@ Args parse_args(int argc, char** argv) {
       throw std::invalid_argument("unknown option " + key);
     }
   }
-  if (a.command != "demo" && a.command != "generate") throw std::invalid_argument("unknown command " + a.command);
+  if (a.command != "demo" && a.command != "generate" && a.command != "convert")
+    throw std::invalid_argument("unknown command " + a.command);
   if (a.model.empty()) throw std::invalid_argument("--model is required");
-  if (a.tokenizer.empty()) throw std::invalid_argument("--tokenizer is required");
+  if (a.command != "convert" && a.tokenizer.empty()) throw std::invalid_argument("--tokenizer is required");
+  if (a.command == "convert" && a.out.empty()) throw std::invalid_argument("--out is required for convert");
   if (a.command == "demo" && a.text.empty()) throw std::invalid_argument("--text is required for demo");
   return a;
 }
@@ -172,6 +179,12 @@ int main(int argc, char** argv) {
   }
   try {
     l2v::Checkpoint ck = l2v::open_checkpoint(args.model);
+    if (args.command == "convert") {
+      l2v::save_hf_checkpoint(ck.config, *ck.tensors, args.out);
+      std::printf("wrote %s/config.json and %s/model.safetensors (%zu tensors)\n", args.out.c_str(),
+                  args.out.c_str(), ck.tensors->names().size());
+      return 0;
+    }
     auto backend = l2v::make_cpu_backend();
     l2v::Model model;
     l2v::load_model(model, ck.config, *ck.tensors, *backend);
