@@ -2,6 +2,11 @@
 # `make run` runs the main job on the bundled stories260K model. Missing Debian packages are
 # installed by scripts/install_deps.sh the first time (and whenever that script changes).
 
+# Build in parallel on every core unless the caller chose -j.
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc)
+endif
+
 CXX      ?= g++
 BUILD    := build
 CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -MMD -MP
