@@ -21,6 +21,8 @@ MAIN_BIN  := $(BUILD)/llm2vec
 DEPS_OK   := $(BUILD)/.deps-ok
 
 .PHONY: all test run deps clean
+# Keep the test objects make would otherwise delete as intermediates (and rebuild every time).
+.SECONDARY:
 all: $(MAIN_BIN) $(TEST_BINS)
 
 deps: $(DEPS_OK)
