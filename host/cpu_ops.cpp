@@ -108,8 +108,11 @@ void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const fl
   }
 }
 
-void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D) {
-  require(D % 2 == 0 && T > 0, "rope_forward", "D must be even and T positive");
+namespace {
+// Rotates each (x[i], x[i+D/2]) pair of every head by the angle of position n % T; sin_sign = -1
+// rotates backwards, which is the transpose of the forward rotation (its Jacobian), i.e. the backward.
+void rope_rotate(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D,
+                 float sin_sign) {
   const int half = D / 2;
 #pragma omp parallel for
   for (int n = 0; n < N; ++n) {
@@ -119,32 +122,24 @@ void rope_forward(float* out, const float* x, const float* cos, const float* sin
       const long base = ((long)n * nh + h) * D;
       for (int i = 0; i < half; ++i) {
         // Both halves are read before either is written, which is what makes out == x safe.
-        const float x0 = x[base + i], x1 = x[base + i + half];
-        out[base + i] = x0 * c[i] - x1 * s[i];
-        out[base + i + half] = x1 * c[i] + x0 * s[i];
+        const float x0 = x[base + i], x1 = x[base + i + half], si = sin_sign * s[i];
+        out[base + i] = x0 * c[i] - x1 * si;
+        out[base + i + half] = x1 * c[i] + x0 * si;
       }
     }
   }
+}
+}  // namespace
+
+void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D) {
+  require(D % 2 == 0 && T > 0, "rope_forward", "D must be even and T positive");
+  rope_rotate(out, x, cos, sin, N, T, nh, D, 1.0f);
 }
 
 void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
                    int D) {
   require(D % 2 == 0 && T > 0, "rope_backward", "D must be even and T positive");
-  const int half = D / 2;
-#pragma omp parallel for
-  for (int n = 0; n < N; ++n) {
-    const float* c = cos + (long)(n % T) * half;
-    const float* s = sin + (long)(n % T) * half;
-    for (int h = 0; h < nh; ++h) {
-      const long base = ((long)n * nh + h) * D;
-      for (int i = 0; i < half; ++i) {
-        // Transpose of the rotation [[c, -s], [s, c]].
-        const float d0 = dout[base + i], d1 = dout[base + i + half];
-        dx[base + i] = d0 * c[i] + d1 * s[i];
-        dx[base + i + half] = d1 * c[i] - d0 * s[i];
-      }
-    }
-  }
+  rope_rotate(dx, dout, cos, sin, N, T, nh, D, -1.0f);
 }
 
 void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D) {

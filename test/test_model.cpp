@@ -91,9 +91,15 @@ MemoryTensors random_weights(const ModelConfig& c, unsigned seed) {
   return t;
 }
 
-// Gives every LoRA B a random nonzero value (PEFT starts from B = 0, where dA would be 0 too).
-void randomize_lora(Model& m, unsigned seed) {
-  std::mt19937 rng(seed);
+// Adds an adapter and gives every A and B a random nonzero value (PEFT starts from B = 0, where the
+// gradient of A would be 0 too).
+void add_random_lora(Model& m, int r, float alpha, float dropout, unsigned seed) {
+  LoraConfig lc;
+  lc.r = r;
+  lc.alpha = alpha;
+  lc.dropout = dropout;
+  add_lora(m, lc, seed);
+  std::mt19937 rng(seed + 1);
   for (TrainableParam& p : m.trainable) {
     std::vector<float> v = test::randn(p.count, rng, 0.2f);
     m.backend->upload(p.value, v.data(), p.count * sizeof(float));
@@ -166,12 +172,7 @@ TEST_P(ModelGrad, LoraGradientsMatchFiniteDifferences) {
   const GradCase gc = GetParam();
   TinyModel tm(gc.qkv_bias, 3);
   Model& m = tm.model;
-  LoraConfig lc;
-  lc.r = 2;
-  lc.alpha = 4.0f;
-  lc.dropout = gc.dropout ? 0.2f : 0.0f;
-  add_lora(m, lc, 5);
-  randomize_lora(m, 6);
+  add_random_lora(m, 2, 4.0f, gc.dropout ? 0.2f : 0.0f, 5);
   Batch b = padded_batch(m.config.vocab_size, 7);
   ForwardOptions opt;
   opt.causal = gc.causal;
@@ -310,11 +311,7 @@ TEST(ModelProperties, LoraWithZeroBEqualsTheBaseModel) {
 TEST(ModelProperties, MergedEqualsUnmergedAndUnmergeRestoresWeights) {
   TinyModel tm(true);
   Model& m = tm.model;
-  LoraConfig lc;
-  lc.r = 4;
-  lc.alpha = 8.0f;
-  add_lora(m, lc, 3);
-  randomize_lora(m, 4);
+  add_random_lora(m, 4, 8.0f, 0.0f, 3);
   Batch b = padded_batch(m.config.vocab_size, 13);
   const Linear& q0 = m.layers[0].linear[kQ];
   std::vector<float> w_before = download_floats(m, q0.weight, (size_t)q0.in * q0.out);
@@ -340,11 +337,7 @@ TEST(ModelProperties, MergedEqualsUnmergedAndUnmergeRestoresWeights) {
 TEST(ModelProperties, DropoutIsDeterministicPerSeedAndOffOutsideTraining) {
   TinyModel tm;
   Model& m = tm.model;
-  LoraConfig lc;
-  lc.r = 2;
-  lc.dropout = 0.1f;
-  add_lora(m, lc, 3);
-  randomize_lora(m, 4);
+  add_random_lora(m, 2, 16.0f, 0.1f, 3);
   Batch b = padded_batch(m.config.vocab_size, 14);
   ForwardOptions opt;
   opt.training = true;
@@ -374,11 +367,7 @@ TEST(ModelProperties, DropoutIsDeterministicPerSeedAndOffOutsideTraining) {
 TEST(ModelProperties, RecomputationGivesBitIdenticalGradients) {
   TinyModel tm(true);
   Model& m = tm.model;
-  LoraConfig lc;
-  lc.r = 2;
-  lc.dropout = 0.1f;
-  add_lora(m, lc, 3);
-  randomize_lora(m, 4);
+  add_random_lora(m, 2, 16.0f, 0.1f, 3);
   Batch b = padded_batch(m.config.vocab_size, 15);
   ForwardOptions opt;
   opt.training = true;
@@ -397,10 +386,7 @@ TEST(ModelProperties, RecomputationGivesBitIdenticalGradients) {
 TEST(ModelProperties, GradientsAccumulateOverMicroBatches) {
   TinyModel tm;
   Model& m = tm.model;
-  LoraConfig lc;
-  lc.r = 2;
-  add_lora(m, lc, 3);
-  randomize_lora(m, 4);
+  add_random_lora(m, 2, 16.0f, 0.0f, 3);
   Batch b = padded_batch(m.config.vocab_size, 16);
   ForwardOptions opt;
   loss_and_grads(m, b, opt);
