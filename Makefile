@@ -10,7 +10,7 @@ endif
 CXX      ?= g++
 BUILD    := build
 CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -MMD -MP
-LDLIBS   := -lopenblas -lpthread
+LDLIBS   := -lopenblas -lpcre2-8 -lutf8proc -lpthread
 GTEST    := -lgtest -lgtest_main
 
 LIB_SRCS  := $(filter-out train/main.cpp,$(wildcard host/*.cpp model/*.cpp data/*.cpp train/*.cpp))

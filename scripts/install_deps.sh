@@ -3,7 +3,8 @@
 # Called by the Makefile before building; safe to run again (does nothing when all are present).
 set -euo pipefail
 
-packages=(g++ make nlohmann-json3-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libbenchmark-dev)
+packages=(g++ make nlohmann-json3-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libbenchmark-dev
+          libpcre2-dev libutf8proc-dev)
 
 missing=()
 for p in "${packages[@]}"; do
