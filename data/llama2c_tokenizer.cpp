@@ -66,8 +66,8 @@ struct Reader {
 }  // namespace
 
 Llama2cTokenizer load_llama2c_tokenizer(const std::string& path, int vocab_size) {
-    // ids 0..2 are fixed control tokens that encode/decode rely on.
-    if (vocab_size < 3)
+    // ids 0..2 are fixed control tokens that encode/decode rely on. 0 = as many as the file holds.
+    if (vocab_size < 0 || (vocab_size != 0 && vocab_size < 3))
         throw load_error(path, "vocab_size must be at least 3 (<unk>, <s>, </s>), got " +
                                    std::to_string(vocab_size));
 
@@ -83,10 +83,12 @@ Llama2cTokenizer load_llama2c_tokenizer(const std::string& path, int vocab_size)
         throw load_error(path, "max_token_length must be positive, got " +
                                    std::to_string(tok.max_token_length));
 
+    const bool read_all = vocab_size == 0;
     tok.pieces.reserve(vocab_size);
     tok.scores.reserve(vocab_size);
-    for (int id = 0; id < vocab_size; ++id) {
-        const std::string entry = "token " + std::to_string(id) + " of " + std::to_string(vocab_size);
+    for (int id = 0; read_all ? r.pos < data.size() : id < vocab_size; ++id) {
+        const std::string entry =
+            "token " + std::to_string(id) + (read_all ? std::string() : " of " + std::to_string(vocab_size));
         tok.scores.push_back(r.f32("the score of " + entry));
         const int32_t len = r.i32("the length of " + entry);
         // The exporter sets max_token_length to the longest piece, so a longer one means a corrupt file
@@ -97,6 +99,8 @@ Llama2cTokenizer load_llama2c_tokenizer(const std::string& path, int vocab_size)
                                        std::to_string(tok.max_token_length) + "]");
         tok.pieces.push_back(r.bytes(static_cast<size_t>(len), "the piece of " + entry));
     }
+    vocab_size = tok.vocab_size();
+    if (vocab_size < 3) throw load_error(path, "holds " + std::to_string(vocab_size) + " tokens, fewer than 3");
     if (r.pos != data.size())
         throw load_error(path, std::to_string(data.size() - r.pos) + " trailing bytes after " +
                                    std::to_string(vocab_size) +

@@ -40,7 +40,7 @@ struct Llama2cTokenizer {
 };
 
 // Reads a llama2.c tokenizer file that must hold exactly `vocab_size` entries (vocab_size >= 3, for the
-// fixed <unk>/<s>/</s> ids). Throws std::runtime_error naming the file if it cannot be opened, is
+// fixed <unk>/<s>/</s> ids), or, with vocab_size = 0, every entry the file holds. Throws std::runtime_error naming the file if it cannot be opened, is
 // truncated, has trailing bytes (i.e. the vocab_size does not match), or holds inconsistent lengths.
 Llama2cTokenizer load_llama2c_tokenizer(const std::string& path, int vocab_size);
 

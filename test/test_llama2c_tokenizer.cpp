@@ -285,7 +285,10 @@ TEST_F(BadTokenizerFile, CorruptLengthsAndArguments) {
     std::string big = bytes;
     big.replace(8, 4, reinterpret_cast<const char*>(&huge), 4);
     expect_error(write_temp("huge_len.bin", big), kVocab, "length of token 0");
-    expect_error(find_data("tok512.bin"), 0, "vocab_size");
+    expect_error(find_data("tok512.bin"), -1, "vocab_size");
+    expect_error(find_data("tok512.bin"), 2, "vocab_size");
+    // vocab_size 0 reads every entry the file holds.
+    EXPECT_EQ(kVocab, l2v::load_llama2c_tokenizer(find_data("tok512.bin"), 0).vocab_size());
 }
 
 }  // namespace
