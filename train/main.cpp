@@ -1,82 +1,46 @@
-// llm2vec: the one binary of llm2vec.cu. Subcommands so far:
-//   demo      embed sentences with mean pooling, causal vs bidirectional, and print cosine similarities
-//   generate  greedy decoding from BOS with the causal model (a check of the forward pass)
-//   convert   write any supported checkpoint (e.g. a llama2.c .bin) as a Hugging Face model directory
+// llm2vec: the one binary of llm2vec.cu. Each subcommand declares its options in the table at the
+// bottom; `llm2vec <command> --help` prints them.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <map>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "data/llama2c_tokenizer.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
 #include "host/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "train/cli.h"
 
+namespace l2v {
 namespace {
 
-const char* kUsage =
-    "usage: llm2vec <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  demo      embed the lines of a text file with mean pooling, once with causal and once with\n"
-    "            bidirectional attention (no training), and print their cosine similarities\n"
-    "  generate  greedy decoding from BOS with causal attention\n"
-    "  convert   write the checkpoint as a Hugging Face model directory (config.json +\n"
-    "            model.safetensors, F32), loadable by transformers' LlamaForCausalLM etc.\n"
-    "\n"
-    "options:\n"
-    "  --model PATH      checkpoint: a Hugging Face model directory or a llama2.c .bin file (required)\n"
-    "  --tokenizer PATH  llama2.c tokenizer .bin (required for demo and generate)\n"
-    "  --text PATH       demo: one sentence per line (required for demo)\n"
-    "  --out DIR         convert: output directory (required for convert)\n"
-    "  --steps N         generate: number of tokens to generate (default 255, what llama2.c's\n"
-    "                    run.c prints with -n 256: its step count includes the BOS position)\n"
-    "  -h, --help        this text\n"
-    "\n"
-    "Runs on the CPU backend (fp32 reference ops, OpenBLAS + OpenMP).\n";
-
-struct Args {
-  std::string command, model, tokenizer, text, out;
-  int steps = 255;
+struct LoadedModel {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Checkpoint checkpoint;
+  Model model;
 };
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  if (argc < 2) throw std::invalid_argument("missing command");
-  a.command = argv[1];
-  if (a.command == "-h" || a.command == "--help") throw std::invalid_argument("");
-  std::map<std::string, std::string*> strings = {
-      {"--model", &a.model}, {"--tokenizer", &a.tokenizer}, {"--text", &a.text}, {"--out", &a.out}};
-  for (int i = 2; i < argc; ++i) {
-    std::string key = argv[i];
-    if (key == "-h" || key == "--help") throw std::invalid_argument("");
-    if (i + 1 >= argc) throw std::invalid_argument("option " + key + " needs a value");
-    std::string value = argv[++i];
-    if (strings.count(key)) {
-      *strings[key] = value;
-    } else if (key == "--steps") {
-      try {
-        a.steps = std::stoi(value);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("--steps needs an integer, got '" + value + "'");
-      }
-      if (a.steps <= 0) throw std::invalid_argument("--steps must be positive");
-    } else {
-      throw std::invalid_argument("unknown option " + key);
-    }
-  }
-  if (a.command != "demo" && a.command != "generate" && a.command != "convert")
-    throw std::invalid_argument("unknown command " + a.command);
-  if (a.model.empty()) throw std::invalid_argument("--model is required");
-  if (a.command != "convert" && a.tokenizer.empty()) throw std::invalid_argument("--tokenizer is required");
-  if (a.command == "convert" && a.out.empty()) throw std::invalid_argument("--out is required for convert");
-  if (a.command == "demo" && a.text.empty()) throw std::invalid_argument("--text is required for demo");
-  return a;
+void load(LoadedModel& lm, const std::string& path) {
+  lm.checkpoint = open_checkpoint(path);
+  load_model(lm.model, lm.checkpoint.config, *lm.checkpoint.tensors, *lm.backend);
+  const ModelConfig& c = lm.checkpoint.config;
+  std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d (backend: %s)\n", path.c_str(),
+              c.model_type.c_str(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
+              c.num_key_value_heads, c.vocab_size, lm.backend->name());
+}
+
+std::unique_ptr<Tokenizer> load_matching_tokenizer(const std::string& path, const ModelConfig& c) {
+  std::unique_ptr<Tokenizer> tok = load_tokenizer(path);
+  if (tok->vocab_size() > c.vocab_size)
+    throw std::runtime_error(path + ": the tokenizer has " + std::to_string(tok->vocab_size()) +
+                             " ids but the model's vocabulary has " + std::to_string(c.vocab_size));
+  return tok;
 }
 
 std::vector<std::string> read_lines(const std::string& path) {
@@ -125,15 +89,18 @@ void print_similarities(const char* title, const std::vector<std::vector<float>>
   }
 }
 
-int run_demo(const Args& a, l2v::Model& model, const l2v::Llama2cTokenizer& tok) {
-  std::vector<std::string> sentences = read_lines(a.text);
+int run_demo(const ParsedOptions& o) {
+  LoadedModel lm;
+  load(lm, o.required("--model"));
+  std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
+  std::vector<std::string> sentences = read_lines(o.required("--text"));
   std::vector<std::vector<int>> encoded;
   int T = 0;
   for (const std::string& s : sentences) {
-    encoded.push_back(l2v::encode(tok, s, /*bos=*/true, /*eos=*/false));
+    encoded.push_back(tok->encode(s, /*add_special_tokens=*/true));
     T = std::max(T, (int)encoded.back().size());
   }
-  const int B = (int)sentences.size(), C = model.config.hidden_size;
+  const int B = (int)sentences.size(), C = lm.model.config.hidden_size;
   // Right padding with a key-padding mask; the padding id is irrelevant (never attended to, never pooled).
   std::vector<int> ids((size_t)B * T, 0), mask((size_t)B * T, 0);
   for (int b = 0; b < B; ++b)
@@ -143,58 +110,148 @@ int run_demo(const Args& a, l2v::Model& model, const l2v::Llama2cTokenizer& tok)
     }
   for (int b = 0; b < B; ++b) std::printf("s%-3d (%2zu tokens) %s\n", b + 1, encoded[b].size(), sentences[b].c_str());
   for (bool causal : {true, false}) {
-    l2v::ForwardOptions opt;
+    ForwardOptions opt;
     opt.causal = causal;
-    l2v::model_forward(model, ids.data(), mask.data(), B, T, opt);
-    std::vector<float> hidden = l2v::download_floats(model, model.acts.final_hidden, (size_t)B * T * C);
+    model_forward(lm.model, ids.data(), mask.data(), B, T, opt);
+    std::vector<float> hidden = download_floats(lm.model, lm.model.acts.final_hidden, (size_t)B * T * C);
     print_similarities(causal ? "causal attention (Uni)" : "bidirectional attention (Bi, untrained)",
                        mean_pool(hidden, mask, B, T, C));
   }
   return 0;
 }
 
-int run_generate(const Args& a, l2v::Model& model, const l2v::Llama2cTokenizer& tok) {
-  if (model.config.bos_token_id < 0) throw std::runtime_error(a.model + ": the model config names no BOS token");
-  std::vector<l2v::GreedyStep> steps = l2v::greedy_decode(model, {model.config.bos_token_id}, a.steps);
-  int prev = model.config.bos_token_id;
-  for (const l2v::GreedyStep& s : steps) {
-    std::fputs(l2v::decode_piece(tok, prev, s.token).c_str(), stdout);
-    prev = s.token;
-  }
-  std::printf("\n");
+int run_generate(const ParsedOptions& o) {
+  LoadedModel lm;
+  load(lm, o.required("--model"));
+  std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
+  const int bos = tok->bos_id() >= 0 ? tok->bos_id() : lm.checkpoint.config.bos_token_id;
+  if (bos < 0) throw std::runtime_error("neither the tokenizer nor the model config names a BOS token");
+  const int steps = (int)o.get_int("--steps", 255, 1);
+  std::vector<int> ids;
+  for (const GreedyStep& s : greedy_decode(lm.model, {bos}, steps)) ids.push_back(s.token);
+  std::printf("%s\n", tok->decode(ids, /*skip_special_tokens=*/true).c_str());
   return 0;
 }
 
+int run_convert(const ParsedOptions& o) {
+  Checkpoint ck = open_checkpoint(o.required("--model"));
+  const std::string out = o.required("--out");
+  save_hf_checkpoint(ck.config, *ck.tensors, out);
+  std::printf("wrote %s/config.json and %s/model.safetensors (%zu tensors)\n", out.c_str(), out.c_str(),
+              ck.tensors->names().size());
+  return 0;
+}
+
+int run_prepare_command(const ParsedOptions& o) {
+  std::unique_ptr<Tokenizer> tok = load_tokenizer(o.required("--tokenizer"));
+  PrepareOptions opt;
+  std::stringstream inputs(o.required("--input"));
+  for (std::string item; std::getline(inputs, item, ',');)
+    if (!item.empty()) opt.inputs.push_back(item);
+  opt.format = parse_prepare_format(o.get("--format", "wikitext"));
+  opt.output_prefix = o.required("--out");
+  opt.shard_tokens = (uint64_t)o.get_int("--shard-tokens", (int64_t)opt.shard_tokens, 1);
+  opt.skip_bad_lines = o.has("--skip-bad-lines");
+  opt.progress = !o.has("--quiet");
+  PrepareReport r = run_prepare(opt, *tok);
+  std::printf("prepared %llu records, %llu tokens into %zu shard(s)%s\n", (unsigned long long)r.records,
+              (unsigned long long)r.tokens, r.shards.size(),
+              r.bad_lines ? (", skipped " + std::to_string(r.bad_lines) + " bad line(s)").c_str() : "");
+  for (const std::string& s : r.shards) std::printf("  %s\n", s.c_str());
+  return 0;
+}
+
+struct Command {
+  const char* name;
+  const char* summary;
+  std::vector<OptionSpec> options;
+  int (*run)(const ParsedOptions&);
+};
+
+const OptionSpec kModel{"--model", "PATH", "checkpoint: a Hugging Face model directory or a llama2.c .bin file"};
+const OptionSpec kTokenizer{"--tokenizer", "PATH",
+                            "tokenizer.json, a directory holding one, or a llama2.c tokenizer .bin"};
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"demo",
+       "embed the lines of a text file with mean pooling, once with causal and once with\n"
+       "bidirectional attention (no training), and print their cosine similarities",
+       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}},
+       run_demo},
+      {"generate",
+       "greedy decoding from BOS with causal attention",
+       {kModel, kTokenizer,
+        {"--steps", "N",
+         "tokens to generate (default 255, what llama2.c's run.c prints with -n 256:\n"
+         "its step count includes the BOS position)"}},
+       run_generate},
+      {"convert",
+       "write the checkpoint as a Hugging Face model directory (config.json +\n"
+       "model.safetensors, F32), loadable by transformers",
+       {kModel, {"--out", "DIR", "output directory"}},
+       run_convert},
+      {"prepare",
+       "tokenize raw text into shards (PREFIX-000000.bin, ...) for training",
+       {kTokenizer,
+        {"--input", "FILES", "comma-separated input files"},
+        {"--format", "F",
+         "wikitext (articles at ' = Title = ' headings; default), lines (one document\n"
+         "per line), sentences (one sentence per line, SimCSE), supervised (JSONL with\n"
+         "query, positive, negative, optional instruction and dataset)"},
+        {"--out", "PREFIX", "output path prefix"},
+        {"--shard-tokens", "N", "start a new shard after N tokens (default 268435456)"},
+        {"--skip-bad-lines", "", "report bad input lines and skip them (default: stop at the first)"},
+        {"--quiet", "", "no progress line"}},
+       run_prepare_command},
+  };
+  return table;
+}
+
+std::string usage() {
+  std::string out = "usage: llm2vec <command> [options]    (llm2vec <command> --help for its options)\n\ncommands:\n";
+  for (const Command& c : commands()) {
+    std::string summary = c.summary;
+    for (size_t p = summary.find('\n'); p != std::string::npos; p = summary.find('\n', p + 1))
+      summary.insert(p + 1, std::string(12, ' '));
+    char name[16];
+    std::snprintf(name, sizeof name, "  %-10s", c.name);
+    out += name + summary + "\n";
+  }
+  return out + "\nRuns on the CPU backend (fp32 reference ops, OpenBLAS + OpenMP).\n";
+}
+
 }  // namespace
+}  // namespace l2v
 
 int main(int argc, char** argv) {
-  Args args;
-  try {
-    args = parse_args(argc, argv);
-  } catch (const std::invalid_argument& e) {
-    bool help = std::strlen(e.what()) == 0;
-    if (!help) std::fprintf(stderr, "llm2vec: %s\n\n", e.what());
-    std::fputs(kUsage, help ? stdout : stderr);
-    return help ? 0 : 2;
+  using namespace l2v;
+  const std::string name = argc > 1 ? argv[1] : "";
+  if (name == "-h" || name == "--help") {
+    std::fputs(usage().c_str(), stdout);
+    return 0;
+  }
+  const Command* cmd = nullptr;
+  for (const Command& c : commands())
+    if (name == c.name) cmd = &c;
+  if (!cmd) {
+    std::fprintf(stderr, "llm2vec: %s\n\n%s", name.empty() ? "missing command" : ("unknown command " + name).c_str(),
+                 usage().c_str());
+    return 2;
   }
   try {
-    l2v::Checkpoint ck = l2v::open_checkpoint(args.model);
-    if (args.command == "convert") {
-      l2v::save_hf_checkpoint(ck.config, *ck.tensors, args.out);
-      std::printf("wrote %s/config.json and %s/model.safetensors (%zu tensors)\n", args.out.c_str(),
-                  args.out.c_str(), ck.tensors->names().size());
+    ParsedOptions opts = parse_options(argc, argv, 2, cmd->options);
+    if (opts.help) {
+      std::printf("usage: llm2vec %s [options]\n\n%s\n\noptions:\n%s", cmd->name, cmd->summary,
+                  options_help(cmd->options).c_str());
       return 0;
     }
-    auto backend = l2v::make_cpu_backend();
-    l2v::Model model;
-    l2v::load_model(model, ck.config, *ck.tensors, *backend);
-    l2v::Llama2cTokenizer tok = l2v::load_llama2c_tokenizer(args.tokenizer, ck.config.vocab_size);
-    std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d (backend: %s)\n", args.model.c_str(),
-                ck.config.model_type.c_str(), ck.config.num_hidden_layers, ck.config.hidden_size,
-                ck.config.num_attention_heads, ck.config.num_key_value_heads, ck.config.vocab_size, backend->name());
-    return args.command == "demo" ? run_demo(args, model, tok) : run_generate(args, model, tok);
+    return cmd->run(opts);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "llm2vec %s: %s\n\noptions:\n%s", cmd->name, e.what(), options_help(cmd->options).c_str());
+    return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "llm2vec: error: %s\n", e.what());
+    std::fprintf(stderr, "llm2vec %s: error: %s\n", cmd->name, e.what());
     return 1;
   }
 }
