@@ -17,10 +17,12 @@ LIB_SRCS  := $(filter-out train/main.cpp,$(wildcard host/*.cpp model/*.cpp data/
 LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))
 TEST_SRCS := $(wildcard test/test_*.cpp)
 TEST_BINS := $(patsubst test/%.cpp,$(BUILD)/test/%,$(TEST_SRCS))
+BENCH_SRCS := $(wildcard bench/*.cpp)
+BENCH_BINS := $(patsubst bench/%.cpp,$(BUILD)/bench/%,$(BENCH_SRCS))
 MAIN_BIN  := $(BUILD)/llm2vec
 DEPS_OK   := $(BUILD)/.deps-ok
 
-.PHONY: all test run deps clean
+.PHONY: all test run deps clean bench
 # Keep the test objects make would otherwise delete as intermediates (and rebuild every time).
 .SECONDARY:
 all: $(MAIN_BIN) $(TEST_BINS)
@@ -43,6 +45,12 @@ $(MAIN_BIN): $(BUILD)/train/main.o $(BUILD)/lib/libl2v.a
 
 $(BUILD)/test/%: $(BUILD)/test/%.o $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
+
+# Google Benchmark programs, built by `make bench` only; run them from the repository root.
+bench: $(BENCH_BINS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ -lbenchmark $(LDLIBS)
 
 test: $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <array>
-#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -44,19 +43,62 @@ void BpeMergeMap::set(int left, int right, Merge m) {
 }
 
 // Words already merged, keyed by their text. Sharded so that threads encoding in parallel rarely
-// wait on the same lock. A full shard is emptied rather than frozen, so the cache keeps following
-// the text's current vocabulary over a long run.
+// wait on the same lock; each shard is an open-addressing table that compares a stored hash before
+// the bytes and never allocates to look up. A full shard is emptied rather than frozen, so the
+// cache keeps following the text's current vocabulary over a long run.
 struct BpeWordCache {
-  static constexpr size_t kShards = 64;
-  static constexpr size_t kShardCapacity = 4096;
-  static constexpr size_t kMaxWordBytes = 128;  // longer words are rare and would only bloat it
+  static constexpr size_t kShards = 16;
+  static constexpr size_t kSlots = 8192;            // per shard, a power of two
+  static constexpr size_t kShardCapacity = kSlots / 2;
+  static constexpr size_t kMaxWordBytes = 128;      // longer words are rare and would only bloat it
+  struct Entry {
+    uint64_t hash = 0;  // 0: empty slot
+    std::string word;
+    std::vector<int> ids;
+  };
   struct Shard {
     std::mutex mutex;
-    std::unordered_map<std::string, std::vector<int>> words;
+    std::vector<Entry> slots{kSlots};
+    size_t size = 0;
   };
   std::array<Shard, kShards> shards;
 
-  Shard& shard(std::string_view word) { return shards[std::hash<std::string_view>()(word) % kShards]; }
+  static uint64_t hash_of(std::string_view w) {
+    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, finished with a mixer for the low bits
+    for (unsigned char c : w) h = (h ^ c) * 0x100000001b3ull;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 32;
+    return h | 1;
+  }
+  Shard& shard(uint64_t h) { return shards[(h >> 56) % kShards]; }
+  // Appends the cached ids of `w` to `out`; false if absent. Caller holds the shard's lock.
+  static bool lookup(const Shard& s, uint64_t h, std::string_view w, std::vector<int>& out) {
+    for (size_t i = h & (kSlots - 1);; i = (i + 1) & (kSlots - 1)) {
+      const Entry& e = s.slots[i];
+      if (e.hash == 0) return false;
+      if (e.hash == h && e.word == w) {
+        out.insert(out.end(), e.ids.begin(), e.ids.end());
+        return true;
+      }
+    }
+  }
+  static void insert(Shard& s, uint64_t h, std::string_view w, const int* ids, size_t n) {
+    if (s.size >= kShardCapacity) {
+      for (Entry& e : s.slots) e.hash = 0;
+      s.size = 0;
+    }
+    for (size_t i = h & (kSlots - 1);; i = (i + 1) & (kSlots - 1)) {
+      Entry& e = s.slots[i];
+      if (e.hash == h && e.word == w) return;  // another thread got there first
+      if (e.hash != 0) continue;
+      e.hash = h;
+      e.word.assign(w);
+      e.ids.assign(ids, ids + n);
+      ++s.size;
+      return;
+    }
+  }
 };
 
 BpeModel::BpeModel() : cache(std::make_unique<BpeWordCache>()) { std::fill(std::begin(byte_token), std::end(byte_token), -1); }
@@ -150,8 +192,17 @@ BpeModel parse_bpe_model(const json& j, const std::string& where) {
   const json& merges = j["merges"];
   m.merges.reserve(merges.size());
   const size_t prefix_len = m.continuing_subword_prefix.size();
+  // The metaspace cut is exact only if the "▁" always stays a symbol of its own before merging (it
+  // is in the vocabulary, so never spelled as bytes or unk), no affix or ignore_merges shortcut
+  // depends on where the word starts or ends, and no merge joins "x" + "▁y".
+  const std::string metaspace = "\xE2\x96\x81";
+  m.split_at_metaspace = m.vocab_id(metaspace) >= 0 && m.continuing_subword_prefix.empty() &&
+                         m.end_of_word_suffix.empty() && !m.ignore_merges;
   for (size_t i = 0; i < merges.size(); ++i) {
     const auto [a, b] = merge_parts(merges[i], i, where);
+    if (b.compare(0, metaspace.size(), metaspace) == 0 &&
+        (a.size() < metaspace.size() || a.compare(a.size() - metaspace.size(), metaspace.size(), metaspace) != 0))
+      m.split_at_metaspace = false;
     const int a_id = m.vocab_id(a), b_id = m.vocab_id(b);
     if (a_id < 0) fail(where, "merge #" + std::to_string(i) + " uses \"" + a + "\", which is not in the vocabulary");
     if (b_id < 0) fail(where, "merge #" + std::to_string(i) + " uses \"" + b + "\", which is not in the vocabulary");
@@ -296,18 +347,17 @@ void merge_word(const BpeModel& m, std::string_view w, std::vector<Symbol>& syms
 
 }  // namespace
 
-void bpe_tokenize(const BpeModel& m, std::string_view word, std::vector<int>& out) {
-  if (word.empty()) return;
+namespace {
+
+void tokenize_word(const BpeModel& m, std::string_view word, std::vector<int>& out) {
   const bool cacheable = word.size() <= BpeWordCache::kMaxWordBytes;
+  uint64_t h = 0;
   BpeWordCache::Shard* shard = nullptr;
   if (cacheable) {
-    shard = &m.cache->shard(word);
+    h = BpeWordCache::hash_of(word);
+    shard = &m.cache->shard(h);
     std::lock_guard<std::mutex> lock(shard->mutex);
-    auto it = shard->words.find(std::string(word));
-    if (it != shard->words.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    if (BpeWordCache::lookup(*shard, h, word, out)) return;
   }
   if (m.ignore_merges) {
     const int id = m.vocab_id(word);
@@ -324,9 +374,27 @@ void bpe_tokenize(const BpeModel& m, std::string_view word, std::vector<int>& ou
     if (s.len != 0) out.push_back(s.id);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(shard->mutex);
-    if (shard->words.size() >= BpeWordCache::kShardCapacity) shard->words.clear();
-    shard->words.emplace(std::string(word), std::vector<int>(out.begin() + first, out.end()));
+    BpeWordCache::insert(*shard, h, word, out.data() + first, out.size() - first);
   }
+}
+
+}  // namespace
+
+void bpe_tokenize(const BpeModel& m, std::string_view word, std::vector<int>& out) {
+  if (word.empty()) return;
+  if (!m.split_at_metaspace) {
+    tokenize_word(m, word, out);
+    return;
+  }
+  // Cut before each "▁" (E2 96 81) that follows a character other than "▁".
+  size_t start = 0;
+  for (size_t p = 1; p + 3 <= word.size(); ++p) {
+    if (word.compare(p, 3, "\xE2\x96\x81") != 0) continue;
+    if (p >= 3 && word.compare(p - 3, 3, "\xE2\x96\x81") == 0) continue;
+    tokenize_word(m, word.substr(start, p - start), out);
+    start = p;
+  }
+  tokenize_word(m, word.substr(start), out);
 }
 
 }  // namespace l2v

@@ -75,6 +75,11 @@ struct BpeModel {
   // U+0800 as a one-character token (-1 if absent), the alphabet of byte-level vocabularies.
   int byte_token[256];
   std::vector<int> small_char_id;
+  // SentencePiece-style vocabularies (no pre-tokenizer, so a whole sentence is one "word"): when no
+  // merge joins a token not ending in "▁" to one starting with "▁", no merge ever crosses a "▁"
+  // that follows another character, and cutting the word there gives the same ids while letting
+  // the cache work on real words. Decided from the merges when loading.
+  bool split_at_metaspace = false;
   std::unique_ptr<BpeWordCache> cache;
   std::string where;  // the file, for errors raised while encoding
 

@@ -304,10 +304,11 @@ void run_stages(const std::vector<PreTokenizer>& stages, size_t k, std::string_v
   } else {
     pieces.emplace_back(0, s.size());
   }
+  const std::array<std::string, 256>& chars = byte_level_tables().chars;
   std::string mapped;
   for (const auto& [b, e] : pieces) {
     mapped.clear();
-    for (size_t i = b; i < e; ++i) mapped += byte_level_char(static_cast<unsigned char>(s[i]));
+    for (size_t i = b; i < e; ++i) mapped += chars[static_cast<unsigned char>(s[i])];
     run_stages(stages, k + 1, mapped, word);
   }
 }

@@ -33,8 +33,9 @@ bool is_white_space(uint32_t cp);
 // NFC of valid UTF-8 text as tokenizers computes it. utf8proc provides the algorithm and its
 // Unicode 15 data; characters assigned after Unicode 9 that would take part in normalisation are
 // kept as they are, which is how Unicode 9 tables see them (unassigned). Returns false and leaves
-// `out` untouched when `text` is already NFC by a quick check (every code point below U+0300), so
-// callers can skip the copy. Throws std::runtime_error if utf8proc fails.
+// `out` untouched when a quick check shows `text` is already NFC (no code point that has a
+// combining class or a canonical decomposition or can be composed onto its predecessor), so callers
+// can skip the copy. Throws std::runtime_error if utf8proc fails.
 bool nfc(std::string_view text, std::string& out);
 
 }  // namespace l2v
