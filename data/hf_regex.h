@@ -31,8 +31,6 @@ class HfRegex {
   // Thread-safe.
   void find_all(std::string_view s, std::vector<MatchSpan>& out) const;
 
-  const std::string& pattern() const { return pattern_; }
-
  private:
   std::string pattern_;  // as written in tokenizer.json
   std::string where_;

@@ -75,7 +75,6 @@ class HfTokenizer final : public Tokenizer {
 
   // The token string of an id as tokenizers' id_to_token gives it ("" if the id names no token).
   const std::string& id_to_token(int id) const;
-  const std::vector<AddedToken>& added_tokens() const { return added_; }
 
  private:
   void load_config(const std::string& config_path);

@@ -9,6 +9,13 @@ implementation the C++ port must match token for token) and writes test/fixtures
                        decoded / decoded_skip = decode(ids_special, skip_special_tokens=False / True).
   decode_<name>.jsonl  decoding of id sequences no text produces (random ids, lone byte tokens, special
                        tokens in the middle): {"ids", "decoded", "decoded_skip"}.
+  variants/            components the two real files do not use, each checked the same way:
+                       <name>.tokenizer.json + <name>.jsonl for small BPE tokenizers trained here
+                       (byte-level GPT-2 style with lstrip/rstrip/normalized added tokens and a regex
+                       normalizer; ##/</w> affixes with fused unk and Split behaviors; byte fallback
+                       with missing byte tokens, ignore_merges and inverted splits), and
+                       llama3-style.json (Qwen2.5 with Llama-3's normalizer, pre-tokenizer and
+                       post-processor, as overrides the test applies to the bundled file) + .jsonl.
   README.md            versions and line counts.
 
 Texts: WikiText-2 test lines (whole paragraphs, headings, blank lines) and sentences cut from other
@@ -133,7 +140,7 @@ def synthetic_lines(rng):
         for frag in group:
             out += [frag, " " + frag + " "]
     groups = list(FRAGMENTS)
-    while len(out) < 1000:
+    while len(out) < 950:
         # Mostly one theme per line, plus a random mix, so each theme is seen both alone and in context.
         n = rng.randint(2, 10)
         if rng.random() < 0.5:
@@ -185,6 +192,146 @@ def decode_cases(tok, rng):
     return cases
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Variants: components and options the two bundled files do not exercise
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Llama-3's tokenizer.json components around Qwen2.5's vocabulary (both byte-level BPE): no normalizer,
+# the Llama-3 split regex (digits in groups of three), ByteLevel post-processing, then a template adding a
+# BOS (<|endoftext|> standing in for <|begin_of_text|>).
+LLAMA3_OVERRIDE = {
+    "normalizer": None,
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+    "post_processor": {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing",
+         "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                  {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643], "tokens": ["<|endoftext|>"]}}}]},
+}
+
+
+def train_texts(rng):
+    path = find_data("assets/wikitext-2/wiki.valid.raw", "../shared/data/wikitext-2/wiki.valid.raw")
+    with open(path, encoding="utf-8") as f:
+        lines = [l for l in f.read().split("\n") if len(l) > 3]
+    return rng.sample(lines, 400)
+
+
+def variant_bytelevel(texts):
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, show_progress=False, special_tokens=["<bos>", "<eos>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True),
+                            AddedToken("<sep>", rstrip=True, normalized=False, special=True)])
+    tok.add_tokens([AddedToken("foo  bar", normalized=True), AddedToken("New York", normalized=False),
+                    AddedToken("  pad", lstrip=True, rstrip=True, normalized=False)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B:1 <eos>:1",
+        special_tokens=[("<bos>", tok.token_to_id("<bos>")), ("<eos>", tok.token_to_id("<eos>"))])
+    tok.decoder = decoders.ByteLevel()
+    extra = ["<mask>", "a <mask> b", "a   <mask>   b", "<sep>", "x <sep>   y", "x<sep>\n\ny", "foo  bar", "foo   bar",
+             "foo bar", "afoo  barb", "New York", "new york", "New  York", "  pad  ", "a  pad  b", "<bos>text<eos>",
+             " <mask><sep> ", "<mask><mask>", "tab\t<sep>\tafter"]
+    return tok, extra
+
+
+def variant_affixes(texts):
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=True, continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
+        pre_tokenizers.Split("-", behavior="merged_with_previous"),
+        pre_tokenizers.Split(Regex(r"[.,!?;:]"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\d"), behavior="merged_with_next")])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, limit_alphabet=30, show_progress=False,
+                                                       special_tokens=["[UNK]"], continuing_subword_prefix="##",
+                                                       end_of_word_suffix="</w>"))
+    tok.decoder = decoders.Sequence([decoders.Replace("</w>", " "), decoders.Replace("##", ""), decoders.Strip(" ", 0, 1)])
+    extra = ["well-known co-operation", "x-y-z", "a1b2c3", "123", "end.", "Zürich 中文 qqq", "QQQ XYZ", "!!!", "- -",
+             "ünïcödé wörds", "a--b"]
+    return tok, extra
+
+
+def variant_byte_fallback(texts):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="contiguous"),
+        pre_tokenizers.Split("▁", behavior="merged_with_next"),
+        pre_tokenizers.Split(Regex(r"[\p{L}\p{N}▁]+"), behavior="removed", invert=True)])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, limit_alphabet=40, show_progress=False,
+                                                       special_tokens=["<unk>"]))
+    # Byte tokens for ASCII and for the bytes of U+0080..U+00FF only: other characters outside the
+    # alphabet cannot be spelled in bytes and fall back to <unk>. ignore_merges makes whole words in the
+    # vocabulary one token.
+    d = json.loads(tok.to_str())
+    vocab = d["model"]["vocab"]
+    for b in list(range(0x80)) + [0xC2, 0xC3] + list(range(0x80, 0xC0)):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    d["model"]["ignore_merges"] = True
+    d["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    tok = Tokenizer.from_str(json.dumps(d))
+    extra = ["café crème brûlée", "naïve 中文 emoji 🦙 here", "über 12345 and 6", "a,b;c", "ÿ þ ß", "€5", "x\u0000y",
+             "done!!!", "▁literal", "<unk>", "  lead", "<0x41>"]
+    return tok, extra
+
+
+VARIANTS = {"bytelevel": variant_bytelevel, "affixes": variant_affixes, "byte-fallback": variant_byte_fallback}
+
+
+def write_encodings(tok, texts, path):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for text in texts:
+            ids = tok.encode(text, add_special_tokens=False).ids
+            ids_special = tok.encode(text, add_special_tokens=True).ids
+            f.write(dump({"text": text, "ids": ids, "ids_special": ids_special,
+                          "decoded": tok.decode(ids_special, skip_special_tokens=False),
+                          "decoded_skip": tok.decode(ids_special, skip_special_tokens=True)}) + "\n")
+
+
+def write_variants(texts):
+    """Returns {name: number of texts}."""
+    os.makedirs(f"{OUT_DIR}/variants", exist_ok=True)
+    rng = random.Random(99)
+    training = train_texts(rng)
+    sample = rng.sample(texts, 150)
+    counts = {}
+    for name, build in VARIANTS.items():
+        # BpeTrainer breaks some ties in hash order, so a trained file is kept once written (delete it
+        # to train again); the encodings are always rewritten from it.
+        path = f"{OUT_DIR}/variants/{name}.tokenizer.json"
+        trained, extra = build(training)
+        if os.path.exists(path):
+            tok = Tokenizer.from_file(path)
+        else:
+            tok = trained
+            with open(path, "w", encoding="utf-8", newline="\n") as f:
+                f.write(tok.to_str(pretty=True) + "\n")
+        write_encodings(tok, sample + extra, f"{OUT_DIR}/variants/{name}.jsonl")
+        counts[name] = len(sample) + len(extra)
+    base = json.loads(open(tokenizer_path("qwen2.5"), encoding="utf-8").read())
+    base.update(LLAMA3_OVERRIDE)
+    tok = Tokenizer.from_str(json.dumps(base))
+    with open(f"{OUT_DIR}/variants/llama3-style.json", "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps({"base": "qwen2.5", "override": LLAMA3_OVERRIDE}, indent=1, ensure_ascii=False) + "\n")
+    llama_texts = sample + ["1234567", "12 345 6789 0", "DON'T it'S", " \n\n x", "a\r\n\r\nb", "<|endoftext|>x"]
+    write_encodings(tok, llama_texts, f"{OUT_DIR}/variants/llama3-style.jsonl")
+    counts["llama3-style"] = len(llama_texts)
+    return counts
+
+
 def dump(obj):
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -209,6 +356,7 @@ def write_fixtures():
                 f.write(dump({"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
                               "decoded_skip": tok.decode(ids, skip_special_tokens=True)}) + "\n")
         counts[name] = (len(texts), len(cases))
+    variant_counts = write_variants(texts)
     with open(f"{OUT_DIR}/README.md", "w", encoding="utf-8", newline="\n") as f:
         f.write("# Hugging Face tokenizer fixtures (generated, do not edit)\n\n"
                 "Written by `scripts/make_tokenizer_fixtures.py` with `tokenizers` "
@@ -219,8 +367,13 @@ def write_fixtures():
                 "script builds.\n\n| tokenizer | encoded texts | decoded id sequences |\n| --- | --- | --- |\n")
         for name, (n_texts, n_cases) in counts.items():
             f.write(f"| {name} | {n_texts} | {n_cases} |\n")
+        f.write("\n| variant (variants/) | encoded texts |\n| --- | --- |\n")
+        for name, n in variant_counts.items():
+            f.write(f"| {name} | {n} |\n")
     for name, (n_texts, n_cases) in counts.items():
         print(f"{name}: {n_texts} texts, {n_cases} decode cases")
+    for name, n in variant_counts.items():
+        print(f"variant {name}: {n} texts")
 
 
 # ---------------------------------------------------------------------------------------------------------

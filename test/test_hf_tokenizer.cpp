@@ -21,6 +21,7 @@
 
 #include <unistd.h>
 
+#include "data/hf_pipeline.h"
 #include "data/hf_regex.h"
 #include "data/tokenizer.h"
 #include "data/unicode.h"
@@ -71,11 +72,10 @@ std::string escaped(const std::string& s) { return json(s).dump(-1, ' ', true); 
 
 std::string ids_str(const std::vector<int>& ids) { return json(ids).dump(); }
 
-// Compares every fixture line; reports the first mismatches in full and the counts.
-void check_encodings(const std::string& name) {
-  const l2v::HfTokenizer& tok = tokenizer(name);
-  const std::vector<json> rows = read_jsonl(kFixtures + name + ".jsonl");
-  ASSERT_GT(rows.size(), 1000u);
+// Compares every line of a fixture file; reports the first mismatches in full and the counts.
+void check_encodings(const l2v::Tokenizer& tok, const std::string& name, const std::string& fixture, size_t min_rows) {
+  const std::vector<json> rows = read_jsonl(fixture);
+  ASSERT_GE(rows.size(), min_rows) << fixture;
   size_t bad = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     const json& r = rows[i];
@@ -99,6 +99,8 @@ void check_encodings(const std::string& name) {
   EXPECT_EQ(bad, 0u);
 }
 
+void check_encodings(const std::string& name) { check_encodings(tokenizer(name), name, kFixtures + name + ".jsonl", 1000); }
+
 void check_decodings(const std::string& name) {
   const l2v::HfTokenizer& tok = tokenizer(name);
   const std::vector<json> rows = read_jsonl(kFixtures + "decode_" + name + ".jsonl");
@@ -118,8 +120,49 @@ void check_decodings(const std::string& name) {
   EXPECT_EQ(bad, 0u);
 }
 
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() / ("test_hf_tokenizer_" + std::to_string(::getpid()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string write(const std::string& name, const std::string& text) const {
+    const fs::path p = path_ / name;
+    std::ofstream(p, std::ios::binary) << text;
+    return p.string();
+  }
+
+ private:
+  fs::path path_;
+};
+
 TEST(HfTokenizerFixtures, MistralEncodeDecode) { check_encodings(kMistral); }
 TEST(HfTokenizerFixtures, QwenEncodeDecode) { check_encodings(kQwen); }
+// Small tokenizers trained by the fixture script for what the real files do not use: lstrip/rstrip
+// and normalized added tokens, a regex normalizer, ByteLevel with its own regex and prefix space
+// (bytelevel); ##/</w> affixes, fused unk, Removed/MergedWithPrevious/MergedWithNext splits, Replace
+// and Strip decoders (affixes); byte fallback with missing byte tokens, unfused unk, ignore_merges,
+// Contiguous and inverted splits (byte-fallback).
+TEST(HfTokenizerFixtures, Variants) {
+  for (const std::string name : {"bytelevel", "affixes", "byte-fallback"}) {
+    const auto tok = l2v::load_hf_tokenizer(kFixtures + "variants/" + name + ".tokenizer.json");
+    check_encodings(*tok, "variant " + name, kFixtures + "variants/" + name + ".jsonl", 150);
+  }
+}
+
+// Llama-3's components (no normalizer, its split regex, ByteLevel + TemplateProcessing post-processor
+// adding a BOS) on Qwen2.5's byte-level vocabulary.
+TEST(HfTokenizerFixtures, Llama3StyleOnQwenVocabulary) {
+  const json variant = json::parse(read_file(kFixtures + "variants/llama3-style.json"));
+  json j = json::parse(read_file(tokenizer_dir(variant["base"].get<std::string>()) + "/tokenizer.json"));
+  for (const auto& [key, value] : variant["override"].items()) j[key] = value;
+  TempDir dir;
+  const auto tok = l2v::load_hf_tokenizer(dir.write("tokenizer.json", j.dump()));
+  EXPECT_EQ(tok->bos_id(), 151643);  // no tokenizer_config.json: the template's token before $A
+  check_encodings(*tok, "llama3-style", kFixtures + "variants/llama3-style.jsonl", 150);
+}
+
 TEST(HfTokenizerFixtures, MistralDecodeIdSequences) { check_decodings(kMistral); }
 TEST(HfTokenizerFixtures, QwenDecodeIdSequences) { check_decodings(kQwen); }
 
@@ -206,23 +249,6 @@ TEST(HfTokenizer, RefusesInvalidUtf8AndUnknownIds) {
 }
 
 // ---- Malformed and unsupported files
-
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() / ("test_hf_tokenizer_" + std::to_string(::getpid()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& text) const {
-    const fs::path p = path_ / name;
-    std::ofstream(p, std::ios::binary) << text;
-    return p.string();
-  }
-
- private:
-  fs::path path_;
-};
 
 // A minimal valid tokenizer.json: a byte-level-free BPE over a few characters.
 json tiny_tokenizer() {
@@ -376,6 +402,21 @@ TEST(HfUnicode, NfcKeepsCharactersNewerThanUnicode9) {
   // Unicode 9 tables do not know U+1DF6 and leave the text as it is.
   ASSERT_TRUE(l2v::nfc("a\xE1\xB7\xB6\xCC\x96", out));
   EXPECT_EQ(out, "a\xE1\xB7\xB6\xCC\x96");
+}
+
+TEST(HfByteLevel, Gpt2Alphabet) {
+  // Printable Latin-1 bytes stand for themselves; the others are numbered from U+0100 in byte order.
+  EXPECT_EQ(l2v::byte_level_char('A'), "A");
+  EXPECT_EQ(l2v::byte_level_char(0), "\xC4\x80");      // U+0100
+  EXPECT_EQ(l2v::byte_level_char(' '), "\xC4\xA0");    // U+0120 "Ġ"
+  EXPECT_EQ(l2v::byte_level_char('\n'), "\xC4\x8A");   // U+010A "Ċ"
+  EXPECT_EQ(l2v::byte_level_char(0xAD), "\xC5\x83");   // U+0143, the last one
+  for (int b = 0; b < 256; ++b) {
+    size_t i = 0;
+    EXPECT_EQ(l2v::byte_level_byte(l2v::next_code_point(l2v::byte_level_char(b), i)), b);
+  }
+  EXPECT_EQ(l2v::byte_level_byte(0x144), -1);
+  EXPECT_EQ(l2v::byte_level_byte(' '), -1);
 }
 
 TEST(HfRegex, TranslatesOnigurumaSpaces) {
