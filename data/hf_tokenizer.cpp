@@ -232,6 +232,11 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
   }
   for (int id : {bos_, eos_, pad_, unk_})
     if (id >= 0) special_[id] = true;
+  // The fingerprint is that of the file, unless tokenizer_config.json adds tokens the file does not.
+  if (extra_bos_ || extra_eos_) {
+    const std::string keyed = bytes + (extra_bos_ ? "\n+add_bos_token" : "") + (extra_eos_ ? "\n+add_eos_token" : "");
+    fingerprint_ = fnv1a64(keyed.data(), keyed.size());
+  }
 }
 
 void HfTokenizer::load_config(const std::string& config_path) {

@@ -15,6 +15,9 @@
 // tokenizer_config.json next to tokenizer.json, when present, names the BOS/EOS/PAD tokens and gives
 // add_bos_token/add_eos_token; those flags are applied only when the post-processor adds no special
 // tokens itself (a TemplateProcessing settles it, as in tokenizers, which ignores the config).
+//
+// fingerprint() is fnv1a64 of the tokenizer.json bytes; only when tokenizer_config.json's flags add
+// BOS/EOS is it taken over the bytes followed by a note of those flags, since they change the ids.
 #pragma once
 #include <array>
 #include <memory>

@@ -123,7 +123,9 @@ void check_decodings(const std::string& name) {
 class TempDir {
  public:
   TempDir() {
-    path_ = fs::temp_directory_path() / ("test_hf_tokenizer_" + std::to_string(::getpid()));
+    static int count = 0;
+    path_ = fs::temp_directory_path() /
+            ("test_hf_tokenizer_" + std::to_string(::getpid()) + "_" + std::to_string(count++));
     fs::create_directories(path_);
   }
   ~TempDir() { fs::remove_all(path_); }
@@ -281,6 +283,32 @@ TEST(HfTokenizerErrors, TinyTokenizerLoads) {
   EXPECT_EQ(tok->encode("abba", false), (std::vector<int>{2, 1, 0}));
   EXPECT_EQ(tok->decode({2, 1, 0}, false), "ab b a");  // no decoder: tokens joined by spaces
   EXPECT_EQ(tok->bos_id(), -1);
+}
+
+TEST(HfTokenizer, ConfigAddsBosWhenThePostProcessorDoesNot) {
+  TempDir dir;
+  json j = tiny_tokenizer();
+  j["added_tokens"] = json::parse(R"([{"id": 3, "content": "<s>", "single_word": false, "lstrip": false,
+                                       "rstrip": false, "normalized": false, "special": true}])");
+  const std::string path = dir.write("tokenizer.json", j.dump());
+  const std::string bytes = j.dump();
+  dir.write("tokenizer_config.json", R"({"bos_token": "<s>", "add_bos_token": true, "eos_token": null})");
+  const auto tok = l2v::load_hf_tokenizer(path);
+  EXPECT_EQ(tok->encode("ab", true), (std::vector<int>{3, 2}));
+  EXPECT_EQ(tok->encode("ab", false), (std::vector<int>{2}));
+  EXPECT_EQ(tok->bos_id(), 3);
+  EXPECT_TRUE(tok->is_special(3));
+  EXPECT_NE(tok->fingerprint(), l2v::fnv1a64(bytes.data(), bytes.size()));  // the flag changes the ids
+
+  // A TemplateProcessing settles it: the config flag adds nothing more (tokenizers ignores it).
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [3], "tokens": ["<s>"]}}})");
+  const std::string bytes2 = j.dump();
+  dir.write("tokenizer.json", bytes2);
+  const auto tok2 = l2v::load_hf_tokenizer(path);
+  EXPECT_EQ(tok2->encode("ab", true), (std::vector<int>{3, 2}));
+  EXPECT_EQ(tok2->fingerprint(), l2v::fnv1a64(bytes2.data(), bytes2.size()));
 }
 
 TEST(HfTokenizerErrors, MissingFile) {
