@@ -84,6 +84,29 @@ TEST_F(Prepare, WikiTextArticlesRoundTripThroughShards) {
   EXPECT_EQ(60u, d);
 }
 
+// The Hugging Face tokenizers share a word cache between threads: parallel preparation must still give
+// exactly the sequential encodings.
+TEST_F(Prepare, ParallelHuggingFaceTokenizationEqualsSequential) {
+  for (const char* name : {"mistral-7b-v0.1", "qwen2.5"}) {
+    std::unique_ptr<Tokenizer> hf = load_tokenizer(asset(std::string("tokenizers/") + name, std::string("tokenizers/") + name));
+    PrepareOptions o = options(name);
+    o.batch_records = 64;
+    PrepareReport r = run_prepare(o, *hf);
+    ShardSet set(r.shards);
+    set.check_tokenizer((uint32_t)hf->vocab_size(), hf->fingerprint());
+    TextReader reader(wiki, TextLayout::kWikiText);
+    std::vector<TextRecord> batch;
+    std::vector<BadLine> bad;
+    uint64_t d = 0;
+    while (reader.next_batch(batch, 100, bad))
+      for (const TextRecord& rec : batch) {
+        std::vector<int> want = hf->encode(rec.text, true);
+        ASSERT_EQ(std::vector<int32_t>(want.begin(), want.end()), set.doc(d++).to_vector()) << name << " doc " << d - 1;
+      }
+    EXPECT_EQ(60u, d);
+  }
+}
+
 TEST_F(Prepare, ShardsRollOverAndOutputDoesNotDependOnThreads) {
   PrepareOptions one = options("one");
   PrepareReport a = run_prepare(one, *tok);
