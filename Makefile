@@ -62,4 +62,7 @@ run: $(MAIN_BIN)
 clean:
 	rm -rf $(BUILD)
 
+# The CUDA-on-CPU emulator and its tests (adds them to all, test and TEST_BINS).
+include host/emu/emu.mk
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,49 @@
+# The CUDA-on-CPU emulator (host/emu/) and the test binaries that run kernels on it. Included by the
+# main Makefile after its own variables and rules (it uses CXX, CXXFLAGS, BUILD, GTEST, LDLIBS, DEPS_OK).
+#
+#   build/emu/libl2v_emu.a     the emulator (CUDA runtime + cuBLAS subset, scheduler, fibers)
+#   build/test/<t>             a test of EMU_TESTS, compiled with EMU_CXXFLAGS and linked with the emulator
+#   build/asan/<t>             the same under AddressSanitizer (its own objects under build/asan/)
+#
+# A test that runs kernels adds its name (test/<name>.cpp) to EMU_TESTS, and to EMU_ASAN_TESTS for an
+# ASan twin. Objects of emulated builds live under build/emu/ and build/asan/ (never mixed with the
+# normal library's), since the same source means different things with and without L2V_EMULATE.
+
+CUDA_HOME      ?= /usr/local/cuda
+EMU_SRCS       := $(wildcard host/emu/*.cpp)
+# -isystem: the CUDA headers are not ours to keep -Werror clean.
+EMU_CXXFLAGS   := $(CXXFLAGS) -isystem $(CUDA_HOME)/include -DL2V_EMULATE
+EMU_ASAN_FLAGS := -fsanitize=address -fno-omit-frame-pointer
+EMU_LIB        := $(BUILD)/emu/libl2v_emu.a
+EMU_ASAN_LIB   := $(BUILD)/asan/libl2v_emu.a
+EMU_TESTS      := test_emulator
+EMU_ASAN_TESTS := test_emulator
+EMU_TEST_BINS  := $(EMU_TESTS:%=$(BUILD)/test/%) $(EMU_ASAN_TESTS:%=$(BUILD)/asan/%)
+
+$(BUILD)/emu/%.o: %.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/asan/%.o: %.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) $(EMU_ASAN_FLAGS) -c $< -o $@
+
+$(EMU_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/emu/%.o)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(EMU_ASAN_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/asan/%.o)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+# These explicit rules take precedence over the Makefile's generic $(BUILD)/test/% rule. The normal
+# library comes along for the fp32 CPU reference (host/cpu_ops.h) that kernel tests compare against.
+$(EMU_TESTS:%=$(BUILD)/test/%): $(BUILD)/test/%: $(BUILD)/emu/test/%.o $(EMU_LIB) $(BUILD)/lib/libl2v.a
+	$(CXX) $(EMU_CXXFLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
+
+$(EMU_ASAN_TESTS:%=$(BUILD)/asan/%): $(BUILD)/asan/%: $(BUILD)/asan/test/%.o $(EMU_ASAN_LIB) $(BUILD)/lib/libl2v.a
+	$(CXX) $(EMU_CXXFLAGS) $(EMU_ASAN_FLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
+
+all: $(EMU_TEST_BINS)
+test: $(EMU_TEST_BINS)
+TEST_BINS := $(filter-out $(EMU_TEST_BINS),$(TEST_BINS)) $(EMU_TEST_BINS)
