@@ -91,13 +91,9 @@ class CpuBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, long n) override {
     cpu::residual_forward(out, a, b, n);
   }
-  void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V,
-                            int ignore_index) override {
-    cpu::crossentropy_forward(losses, logits, targets, N, V, ignore_index);
-  }
-  void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss, int N,
-                                     int V, int ignore_index) override {
-    cpu::crossentropy_softmax_backward(dlogits, logits, targets, dloss, N, V, ignore_index);
+  void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
+                            const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
+    cpu::lm_head_crossentropy(losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss);
   }
   void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step) override {

@@ -437,6 +437,23 @@ void crossentropy_softmax_backward(float* dlogits, const float* logits, const in
   }
 }
 
+void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
+                          const int* targets, int M, int N, int C, int V, float dloss) {
+  for (int k = 0; k < M; ++k)
+    require(rows[k] >= 0 && rows[k] < N, "lm_head_crossentropy",
+            "row " + std::to_string(rows[k]) + " is outside [0, " + std::to_string(N) + ")");
+  // The reference composes the unfused ops on the gathered rows: [M, V] logits, never [N, V].
+  std::vector<float> x((size_t)M * C), logits((size_t)M * V);
+  for (int k = 0; k < M; ++k) std::copy(hidden + (long)rows[k] * C, hidden + (long)(rows[k] + 1) * C, x.data() + (long)k * C);
+  matmul_forward(logits.data(), x.data(), lm_head, nullptr, M, C, V);
+  crossentropy_forward(losses, logits.data(), targets, M, V, -1);
+  if (!d_hidden) return;
+  crossentropy_softmax_backward(logits.data(), logits.data(), targets, dloss, M, V, -1);
+  matmul_backward_input(x.data(), logits.data(), lm_head, M, C, V, false);
+  std::fill(d_hidden, d_hidden + (long)N * C, 0.0f);
+  for (int k = 0; k < M; ++k) std::copy(x.data() + (long)k * C, x.data() + (long)(k + 1) * C, d_hidden + (long)rows[k] * C);
+}
+
 // Mirrors torch.optim.AdamW's single-tensor path operation by operation. The hyper-parameters are Python
 // floats (doubles) in torch: scalar expressions are evaluated in double and rounded to fp32 where torch
 // hands them to an fp32 kernel.

@@ -83,6 +83,15 @@ void crossentropy_forward(float* losses, const float* logits, const int* targets
 void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss, int N,
                                    int V, int ignore_index);
 
+// The MNTP head, fused, on the labelled rows only (the CUDA version computes the LM head in chunks and
+// never materialises [N, V] logits): for k < M, row n = rows[k] of hidden [N, C]:
+//   losses[k] = cross-entropy(hidden[n] · lm_head^T, targets[k])   (lm_head [V, C], targets in [0, V))
+// and, when d_hidden != nullptr, d_hidden [N, C] is overwritten: row rows[k] gets
+//   dloss * (softmax(logits) - onehot(targets[k])) · lm_head, every other row 0.
+// rows must be distinct. (The LM head weight itself is frozen: no gradient for it.)
+void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
+                          const int* targets, int M, int N, int C, int V, float dloss);
+
 // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction), step counted from 1:
 //   p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps)

@@ -56,10 +56,8 @@ class Backend {
   virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;
-  virtual void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V,
-                                    int ignore_index) = 0;
-  virtual void crossentropy_softmax_backward(float* dlogits, const float* logits, const int* targets, float dloss,
-                                             int N, int V, int ignore_index) = 0;
+  virtual void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
+                                    const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
   virtual void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
                             float beta2, float eps, float weight_decay, int step) = 0;
 };

@@ -212,7 +212,7 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   m.release_activations();
   a.capacity_rows = rows;
   const ModelConfig& c = m.config;
-  const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size;
   const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
   const size_t L = c.num_hidden_layers, R = std::max(m.lora.r, 1);
   auto f = [&](size_t n) { return m.alloc_floats(n, true); };
@@ -221,6 +221,7 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   a.recompute = recompute;
   a.ids = m.alloc_ints(N, true);
   a.key_mask = m.alloc_ints(N, true);
+  a.loss_rows = m.alloc_ints(N, true);
   a.targets = m.alloc_ints(N, true);
   a.resid = f((L + 1) * N * C);
   a.layers.resize(recompute ? 1 : L);
@@ -242,7 +243,6 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   }
   a.final_hidden = f(N * C);
   a.rstd_final = f(N);
-  a.logits = f(N * V);
   a.losses = f(N);
   a.d_resid = f(N * C);
   a.d_x = f(N * C);
@@ -254,7 +254,6 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   a.d_gate = f(N * F);
   a.d_up = f(N * F);
   a.d_act = f(N * F);
-  a.d_logits = f(N * V);
   a.tmp = f(N * std::max({C, F, QD}));
   a.lora_scratch = f(N * std::max({C, F, QD}));
 }
@@ -391,7 +390,8 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
 }
 
 void lm_head_forward(Model& m) {
-  const Activations& a = m.acts;
+  Activations& a = m.acts;
+  if (!a.logits) a.logits = m.alloc_floats(a.capacity_rows * (size_t)m.config.vocab_size, true);
   m.backend->matmul_forward(a.logits, a.final_hidden, m.lm_head, nullptr, a.B * a.T, m.config.hidden_size,
                             m.config.vocab_size);
 }
@@ -417,31 +417,28 @@ float mntp_loss(Model& m, const int* labels, bool backward) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
   const int B = a.B, T = a.T, N = B * T, V = m.config.vocab_size;
-  std::vector<int> targets(N, kIgnoreIndex);
-  int count = 0;
+  std::vector<int> rows, targets;
   for (int b = 0; b < B; ++b)
     for (int t = 0; t + 1 < T; ++t) {
       int y = labels[b * T + t + 1];
       if (y == kIgnoreIndex) continue;
       if (y < 0 || y >= V)
         throw std::runtime_error("mntp_loss: label " + std::to_string(y) + " outside the vocabulary");
-      targets[b * T + t] = y;
-      ++count;
+      rows.push_back(b * T + t);
+      targets.push_back(y);
     }
-  if (count == 0) return 0.0f;
-  m.backend->upload(a.targets, targets.data(), (size_t)N * sizeof(int));
-  lm_head_forward(m);
-  m.backend->crossentropy_forward(a.losses, a.logits, a.targets, N, V, kIgnoreIndex);
-  std::vector<float> losses = download_floats(m, a.losses, N);
+  const int M = (int)rows.size();
+  if (M == 0) return 0.0f;
+  m.backend->upload(a.loss_rows, rows.data(), (size_t)M * sizeof(int));
+  m.backend->upload(a.targets, targets.data(), (size_t)M * sizeof(int));
+  const float dloss = 1.0f / (float)M;
+  m.backend->lm_head_crossentropy(a.losses, backward ? a.d_hidden : nullptr, a.final_hidden, m.lm_head, a.loss_rows,
+                                  a.targets, M, N, m.config.hidden_size, V, dloss);
+  std::vector<float> losses = download_floats(m, a.losses, M);
   double sum = 0.0;
   for (float x : losses) sum += x;
-  if (backward) {
-    const float dloss = 1.0f / (float)count;
-    m.backend->crossentropy_softmax_backward(a.d_logits, a.logits, a.targets, dloss, N, V, kIgnoreIndex);
-    m.backend->matmul_backward_input(a.d_hidden, a.d_logits, m.lm_head, N, m.config.hidden_size, V, false);
-    model_backward(m, a.d_hidden);
-  }
-  return (float)(sum / count);
+  if (backward) model_backward(m, a.d_hidden);
+  return (float)(sum / M);
 }
 
 }  // namespace l2v

@@ -84,11 +84,12 @@ struct Activations {
   std::vector<LayerActivations> layers;  // L of them, or 1 reused by every layer when recomputing
   float* final_hidden = nullptr;  // [N, C] after the final norm
   float* rstd_final = nullptr;
-  float* logits = nullptr;        // [N, V]
-  int* targets = nullptr;         // [N] shifted MNTP targets
+  float* logits = nullptr;        // [N, V], allocated by the first lm_head_forward only
+  int* loss_rows = nullptr;       // [N] MNTP: the rows whose logits predict a label
+  int* targets = nullptr;         // [N] MNTP: the label each of those rows predicts
   float* losses = nullptr;        // [N]
   // backward scratch, shared by all layers
-  float *d_resid, *d_x, *d_hidden, *d_q, *d_k, *d_v, *d_att, *d_gate, *d_up, *d_act, *d_logits, *tmp;
+  float *d_resid, *d_x, *d_hidden, *d_q, *d_k, *d_v, *d_att, *d_gate, *d_up, *d_act, *tmp;
   float* lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
 };
 
@@ -151,7 +152,8 @@ void model_backward(Model& m, const float* d_final_hidden);
 
 // MNTP loss: the logits at position t predict labels[t+1] (Hugging Face's causal-LM shift; LLM2Vec's
 // masked next-token prediction), cross-entropy averaged over labels != -100. labels is a host [B, T]
-// array. Runs the LM head on the last forward. With backward=true also accumulates gradients.
+// array. Runs the LM head of the last forward on the labelled rows only (the backend's fused
+// lm_head_crossentropy). With backward=true also accumulates gradients.
 // A batch without any label returns 0 and leaves the gradients untouched.
 float mntp_loss(Model& m, const int* labels, bool backward);
 

@@ -1149,4 +1149,36 @@ TEST(AdamW, SeveralStepsMatchDoubleRecursion) {
   EXPECT_TRUE(AllWithin(p.data(), pd.data(), tol.data(), n));
 }
 
+// The fused MNTP head on the labelled rows equals the unfused LM head + cross-entropy over all rows,
+// and its d_hidden is the finite-difference gradient of the summed row losses.
+TEST(LmHeadCrossEntropy, EqualsTheUnfusedHeadOnLabelledRowsAndMatchesFiniteDifferences) {
+  std::mt19937 rng(42);
+  const int N = 7, C = 12, V = 23;
+  std::vector<float> hidden = randn((size_t)N * C, rng), head = randn((size_t)V * C, rng, 0.5f);
+  const std::vector<int> rows = {5, 0, 3}, targets = {22, 1, 7};
+  const int M = (int)rows.size();
+  const float dloss = 0.25f;
+  std::vector<float> losses(M), d_hidden((size_t)N * C, 123.0f);
+  cpu::lm_head_crossentropy(losses.data(), d_hidden.data(), hidden.data(), head.data(), rows.data(), targets.data(),
+                            M, N, C, V, dloss);
+  std::vector<float> logits((size_t)N * V), full(N);
+  std::vector<int> all_targets(N, -100);
+  for (int k = 0; k < M; ++k) all_targets[rows[k]] = targets[k];
+  cpu::matmul_forward(logits.data(), hidden.data(), head.data(), nullptr, N, C, V);
+  cpu::crossentropy_forward(full.data(), logits.data(), all_targets.data(), N, V, -100);
+  for (int k = 0; k < M; ++k) EXPECT_NEAR(full[rows[k]], losses[k], 1e-5 * (1 + std::fabs(full[rows[k]])));
+  for (int n : {1, 2, 4, 6})
+    for (int c = 0; c < C; ++c) EXPECT_EQ(0.0f, d_hidden[(size_t)n * C + c]) << "unlabelled row " << n;
+  auto loss = [&]() {
+    std::vector<float> l(M);
+    cpu::lm_head_crossentropy(l.data(), nullptr, hidden.data(), head.data(), rows.data(), targets.data(), M, N, C, V,
+                              dloss);
+    double sum = 0.0;
+    for (float x : l) sum += dloss * x;
+    return sum;
+  };
+  l2v::test::GradCheckResult r = grad_check(hidden.data(), hidden.size(), d_hidden.data(), loss, 1e-3, 2e-3, 2e-3);
+  EXPECT_TRUE(GradOk(r, 1e-3));
+}
+
 }  // namespace
