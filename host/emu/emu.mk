@@ -5,8 +5,7 @@
 #   build/test/<t>             a test of EMU_TESTS, compiled with EMU_CXXFLAGS and linked with the emulator
 #   build/asan/<t>             the same under AddressSanitizer (its own objects under build/asan/)
 #
-# A test that runs kernels adds its name (test/<name>.cpp) to EMU_TESTS, and to EMU_ASAN_TESTS for an
-# ASan twin. Objects of emulated builds live under build/emu/ and build/asan/ (never mixed with the
+# Kernel tests are the files test/test_cuda_*.cpp: each is built for the emulator and as an ASan twin. Objects of emulated builds live under build/emu/ and build/asan/ (never mixed with the
 # normal library's), since the same source means different things with and without L2V_EMULATE.
 
 CUDA_HOME      ?= /usr/local/cuda
@@ -16,8 +15,10 @@ EMU_CXXFLAGS   := $(CXXFLAGS) -isystem $(CUDA_HOME)/include -DL2V_EMULATE
 EMU_ASAN_FLAGS := -fsanitize=address -fno-omit-frame-pointer
 EMU_LIB        := $(BUILD)/emu/libl2v_emu.a
 EMU_ASAN_LIB   := $(BUILD)/asan/libl2v_emu.a
-EMU_TESTS      := test_emulator
-EMU_ASAN_TESTS := test_emulator
+# Every kernel test (test/test_cuda_*.cpp) runs on the emulator, and again under ASan.
+EMU_KERNEL_TESTS := $(patsubst test/%.cpp,%,$(wildcard test/test_cuda_*.cpp))
+EMU_TESTS      := test_emulator $(EMU_KERNEL_TESTS)
+EMU_ASAN_TESTS := test_emulator $(EMU_KERNEL_TESTS)
 EMU_TEST_BINS  := $(EMU_TESTS:%=$(BUILD)/test/%) $(EMU_ASAN_TESTS:%=$(BUILD)/asan/%)
 
 $(BUILD)/emu/%.o: %.cpp | $(DEPS_OK)
