@@ -95,6 +95,12 @@ class CpuBackend final : public Backend {
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
     cpu::lm_head_crossentropy(losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss);
   }
+  float global_norm(const float* const* tensors, const long* sizes, int count) override {
+    return cpu::global_norm(tensors, sizes, count);
+  }
+  void scale(float* x, long n, float s) override { cpu::scale(x, n, s); }
+  void range_push(const char*) override {}
+  void range_pop() override {}
   void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step) override {
     cpu::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);

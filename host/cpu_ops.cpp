@@ -484,4 +484,20 @@ void adamw_update(float* param, const float* grad, float* m, float* v, long n, f
   }
 }
 
+float global_norm(const float* const* tensors, const long* sizes, int count) {
+  double sum = 0.0;
+  for (int t = 0; t < count; ++t) {
+    double part = 0.0;
+#pragma omp parallel for reduction(+ : part)
+    for (long i = 0; i < sizes[t]; ++i) part += (double)tensors[t][i] * tensors[t][i];
+    sum += part;
+  }
+  return (float)std::sqrt(sum);
+}
+
+void scale(float* x, long n, float s) {
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) x[i] *= s;
+}
+
 }  // namespace l2v::cpu

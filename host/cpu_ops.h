@@ -98,4 +98,10 @@ void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, c
 void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1, float beta2,
                   float eps, float weight_decay, int step);
 
+// Global L2 norm of several tensors (gradient clipping), accumulated in double:
+// sqrt(sum over tensors t, elements i of tensors[t][i]^2).
+float global_norm(const float* const* tensors, const long* sizes, int count);
+// x *= s over n values (clipping scales every gradient by one factor).
+void scale(float* x, long n, float s);
+
 }  // namespace l2v::cpu

@@ -58,6 +58,12 @@ class Backend {
   virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;
   virtual void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                                     const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
+  // Returns the global L2 norm on the host (the optimizer needs it to decide the clipping factor).
+  virtual float global_norm(const float* const* tensors, const long* sizes, int count) = 0;
+  virtual void scale(float* x, long n, float s) = 0;
+  // NVTX-style ranges around layers and major ops, for profilers (nsys); nothing on the CPU.
+  virtual void range_push(const char* name) = 0;
+  virtual void range_pop() = 0;
   virtual void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
                             float beta2, float eps, float weight_decay, int step) = 0;
 };

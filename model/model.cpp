@@ -42,6 +42,15 @@ float* load_tensor(Model& m, const TensorSource& src, const std::string& name, s
   return dst;
 }
 
+// A profiler range (NVTX on the CUDA backend) for the rest of the scope.
+struct Range {
+  Backend& be;
+  Range(Backend& b, const char* name) : be(b) { be.range_push(name); }
+  ~Range() { be.range_pop(); }
+  Range(const Range&) = delete;
+  Range& operator=(const Range&) = delete;
+};
+
 void check_ready(const Model& m) {
   if (!m.backend) throw std::runtime_error("model used before load_model");
 }
@@ -306,24 +315,29 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   const float* h = a.resid + (size_t)l * N * C;
   float* h_next = a.resid + (size_t)(l + 1) * N * C;
   const LayerWeights& w = m.layers[l];
-
-  be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
-  linear_forward(m, opt, l, kQ, s.q, s.xa[kQ], s.x1, N);
-  linear_forward(m, opt, l, kK, s.k, s.xa[kK], s.x1, N);
-  linear_forward(m, opt, l, kV, s.v, s.xa[kV], s.x1, N);
-  be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
-  be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
-  be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
-                       opt.seed, attention_stream(l));
-  linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
-  be.residual_forward(s.h_mid, h, a.tmp, (long)N * C);
-
-  be.rmsnorm_forward(s.x2, s.rstd2, s.h_mid, w.mlp_norm, N, C, c.rms_norm_eps);
-  linear_forward(m, opt, l, kGate, s.gate, s.xa[kGate], s.x2, N);
-  linear_forward(m, opt, l, kUp, s.up, s.xa[kUp], s.x2, N);
-  be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
-  linear_forward(m, opt, l, kDown, a.tmp, s.xa[kDown], s.act, N);
-  be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);
+  Range layer_range(be, "layer forward");
+  {
+    Range range(be, "attention block");
+    be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
+    linear_forward(m, opt, l, kQ, s.q, s.xa[kQ], s.x1, N);
+    linear_forward(m, opt, l, kK, s.k, s.xa[kK], s.x1, N);
+    linear_forward(m, opt, l, kV, s.v, s.xa[kV], s.x1, N);
+    be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
+    be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
+    be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
+                         opt.seed, attention_stream(l));
+    linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
+    be.residual_forward(s.h_mid, h, a.tmp, (long)N * C);
+  }
+  {
+    Range range(be, "mlp block");
+    be.rmsnorm_forward(s.x2, s.rstd2, s.h_mid, w.mlp_norm, N, C, c.rms_norm_eps);
+    linear_forward(m, opt, l, kGate, s.gate, s.xa[kGate], s.x2, N);
+    linear_forward(m, opt, l, kUp, s.up, s.xa[kUp], s.x2, N);
+    be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
+    linear_forward(m, opt, l, kDown, a.tmp, s.xa[kDown], s.act, N);
+    be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);
+  }
 }
 
 // On entry a.d_resid holds dL/d(output of layer l); on exit dL/d(input of layer l).
@@ -335,6 +349,7 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   const float* h = a.resid + (size_t)l * N * C;
   const LayerWeights& w = m.layers[l];
+  Range layer_range(be, "layer backward");
 
   // MLP block: h_next = h_mid + down(swiglu(gate(x2), up(x2))), x2 = norm(h_mid).
   linear_backward(m, opt, l, kDown, a.d_act, a.d_resid, s.act, s.xa[kDown], N, false);
@@ -391,6 +406,7 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
 
 void lm_head_forward(Model& m) {
   Activations& a = m.acts;
+  Range range(*m.backend, "lm head");
   if (!a.logits) a.logits = m.alloc_floats(a.capacity_rows * (size_t)m.config.vocab_size, true);
   m.backend->matmul_forward(a.logits, a.final_hidden, m.lm_head, nullptr, a.B * a.T, m.config.hidden_size,
                             m.config.vocab_size);
@@ -432,6 +448,7 @@ float mntp_loss(Model& m, const int* labels, bool backward) {
   m.backend->upload(a.loss_rows, rows.data(), (size_t)M * sizeof(int));
   m.backend->upload(a.targets, targets.data(), (size_t)M * sizeof(int));
   const float dloss = 1.0f / (float)M;
+  Range range(*m.backend, "mntp loss");
   m.backend->lm_head_crossentropy(a.losses, backward ? a.d_hidden : nullptr, a.final_hidden, m.lm_head, a.loss_rows,
                                   a.targets, M, N, m.config.hidden_size, V, dloss);
   std::vector<float> losses = download_floats(m, a.losses, M);
