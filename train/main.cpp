@@ -17,16 +17,40 @@
 #include "model/model.h"
 #include "train/cli.h"
 
+#if defined(L2V_WITH_CUDA)
+#include "cuda/cuda_backend.h"
+#endif
+
 namespace l2v {
 namespace {
 
+#if defined(L2V_WITH_CUDA)
+constexpr const char* kDefaultBackend = "cuda";
+#else
+constexpr const char* kDefaultBackend = "cpu";
+#endif
+
+std::unique_ptr<Backend> make_backend(const std::string& name) {
+  if (name == "cpu") return make_cpu_backend();
+  if (name == "cuda") {
+#if defined(L2V_WITH_CUDA)
+    return make_cuda_backend();
+#else
+    throw UsageError("this binary was built without CUDA (use build/llm2vec_cuda, built when nvcc is present)");
+#endif
+  }
+  throw UsageError("unknown backend '" + name + "' (cpu or cuda)");
+}
+
 struct LoadedModel {
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  std::unique_ptr<Backend> backend;
   Checkpoint checkpoint;
   Model model;
 };
 
-void load(LoadedModel& lm, const std::string& path) {
+void load(LoadedModel& lm, const ParsedOptions& o) {
+  const std::string path = o.required("--model");
+  lm.backend = make_backend(o.get("--backend", kDefaultBackend));
   lm.checkpoint = open_checkpoint(path);
   load_model(lm.model, lm.checkpoint.config, *lm.checkpoint.tensors, *lm.backend);
   const ModelConfig& c = lm.checkpoint.config;
@@ -91,7 +115,7 @@ void print_similarities(const char* title, const std::vector<std::vector<float>>
 
 int run_demo(const ParsedOptions& o) {
   LoadedModel lm;
-  load(lm, o.required("--model"));
+  load(lm, o);
   std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
   std::vector<std::string> sentences = read_lines(o.required("--text"));
   std::vector<std::vector<int>> encoded;
@@ -122,7 +146,7 @@ int run_demo(const ParsedOptions& o) {
 
 int run_generate(const ParsedOptions& o) {
   LoadedModel lm;
-  load(lm, o.required("--model"));
+  load(lm, o);
   std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
   const int bos = tok->bos_id() >= 0 ? tok->bos_id() : lm.checkpoint.config.bos_token_id;
   if (bos < 0) throw std::runtime_error("neither the tokenizer nor the model config names a BOS token");
@@ -171,17 +195,18 @@ struct Command {
 const OptionSpec kModel{"--model", "PATH", "checkpoint: a Hugging Face model directory or a llama2.c .bin file"};
 const OptionSpec kTokenizer{"--tokenizer", "PATH",
                             "tokenizer.json, a directory holding one, or a llama2.c tokenizer .bin"};
+const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default ") + kDefaultBackend + ")"};
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"demo",
        "embed the lines of a text file with mean pooling, once with causal and once with\n"
        "bidirectional attention (no training), and print their cosine similarities",
-       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}},
+       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}, kBackend},
        run_demo},
       {"generate",
        "greedy decoding from BOS with causal attention",
-       {kModel, kTokenizer,
+       {kModel, kTokenizer, kBackend,
         {"--steps", "N",
          "tokens to generate (default 255, what llama2.c's run.c prints with -n 256:\n"
          "its step count includes the BOS position)"}},
@@ -218,7 +243,8 @@ std::string usage() {
     std::snprintf(name, sizeof name, "  %-10s", c.name);
     out += name + summary + "\n";
   }
-  return out + "\nRuns on the CPU backend (fp32 reference ops, OpenBLAS + OpenMP).\n";
+  return out + "\nBackends: cpu (fp32 reference ops, OpenBLAS + OpenMP)" +
+         (std::string(kDefaultBackend) == "cuda" ? ", cuda (default)" : " (this build has no CUDA)") + ".\n";
 }
 
 }  // namespace
