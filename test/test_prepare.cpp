@@ -44,6 +44,22 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// The shards hold every WikiText article of the file, in order, each tokenized on its own (with the
+// tokenizer's special tokens) exactly as a sequential encode gives it.
+void expect_articles(const ShardSet& set, const Tokenizer& tok, const std::string& what) {
+  TextReader reader(asset("wikitext-2/wiki.valid.raw", "wikitext-2/wiki.valid.raw"), TextLayout::kWikiText);
+  std::vector<TextRecord> batch;
+  std::vector<BadLine> bad;
+  uint64_t d = 0;
+  while (reader.next_batch(batch, 100, bad))
+    for (const TextRecord& rec : batch) {
+      std::vector<int> want = tok.encode(rec.text, true);
+      ASSERT_EQ(std::vector<int32_t>(want.begin(), want.end()), set.doc(d++).to_vector()) << what << " doc " << d - 1;
+    }
+  EXPECT_EQ(60u, d);
+  EXPECT_EQ(60u, set.num_docs());
+}
+
 class Prepare : public ::testing::Test {
  protected:
   std::unique_ptr<Tokenizer> tok = load_tokenizer(asset("stories260K/tok512.bin", "llama2c/tok512.bin"));
@@ -69,19 +85,8 @@ TEST_F(Prepare, WikiTextArticlesRoundTripThroughShards) {
   EXPECT_EQ(ShardKind::kDocuments, set.kind());
   ASSERT_EQ(60u, set.num_docs());
   EXPECT_EQ(r.tokens, set.num_tokens());
-  // Every document is its article tokenized with BOS, in file order.
-  TextReader reader(wiki, TextLayout::kWikiText);
-  std::vector<TextRecord> batch;
-  std::vector<BadLine> bad;
-  uint64_t d = 0;
-  while (reader.next_batch(batch, 100, bad))
-    for (const TextRecord& rec : batch) {
-      std::vector<int> want = tok->encode(rec.text, true);
-      std::vector<int32_t> got = set.doc(d++).to_vector();
-      ASSERT_EQ(std::vector<int32_t>(want.begin(), want.end()), got) << "document " << d - 1;
-      EXPECT_EQ(tok->bos_id(), got.front());
-    }
-  EXPECT_EQ(60u, d);
+  expect_articles(set, *tok, "tok512");
+  for (uint64_t d = 0; d < set.num_docs(); ++d) EXPECT_EQ(tok->bos_id(), set.doc(d)[0]);
 }
 
 // The Hugging Face tokenizers share a word cache between threads: parallel preparation must still give
@@ -94,16 +99,7 @@ TEST_F(Prepare, ParallelHuggingFaceTokenizationEqualsSequential) {
     PrepareReport r = run_prepare(o, *hf);
     ShardSet set(r.shards);
     set.check_tokenizer((uint32_t)hf->vocab_size(), hf->fingerprint());
-    TextReader reader(wiki, TextLayout::kWikiText);
-    std::vector<TextRecord> batch;
-    std::vector<BadLine> bad;
-    uint64_t d = 0;
-    while (reader.next_batch(batch, 100, bad))
-      for (const TextRecord& rec : batch) {
-        std::vector<int> want = hf->encode(rec.text, true);
-        ASSERT_EQ(std::vector<int32_t>(want.begin(), want.end()), set.doc(d++).to_vector()) << name << " doc " << d - 1;
-      }
-    EXPECT_EQ(60u, d);
+    expect_articles(set, *hf, name);
   }
 }
 
