@@ -1,0 +1,501 @@
+// The GEMM launchers (cuda/matmul.cuh, cuda/lora.cuh, cuda/lm_head.cuh) run on the CUDA-on-CPU emulator
+// and are compared with the fp32 CPU reference (host/cpu_ops.h) on random inputs of awkward shapes, for
+// T = float and T = __nv_bfloat16.
+//
+// Tolerances. Every output is a sum of products; `mag` is the same op applied to the absolute values of
+// its inputs (the CPU reference run on |inputs|), which bounds |each term| summed. An fp32 dot product of
+// length K is off by at most ~K u32 mag (u32 = 2^-24), for the GPU and the reference alike, hence
+//   |got - ref| <= (2 K u32 + r u_T) mag
+// with K the longest chain of fp32 additions behind the element, r the number of roundings to T on the
+// way (bf16 operands or intermediates, the rounded result), u_T = 0 for fp32 and 2^-8 for bf16 (bf16's
+// unit roundoff). bf16 tests round the activation inputs to bf16 first and give the reference those
+// values, so the bound covers only what the GPU path rounds. Dropout masks must be identical: the
+// dropped input in scratch is compared bit for bit. The losses of the MNTP head use fp32 logits for both
+// types and get an fp32 bound (see LmHead). The worst errors seen, as |got - ref| / mag and as a fraction
+// of the tolerance, are printed at the end.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda/lm_head.cuh"
+#include "cuda/lora.cuh"
+#include "cuda/matmul.cuh"
+#include "host/cpu_ops.h"
+#include "test/test_util.h"
+
+namespace {
+
+namespace cpu = l2v::cpu;
+namespace lc = l2v::cuda;
+using bf16 = __nv_bfloat16;
+using l2v::test::randn;
+
+constexpr double kU32 = l2v::test::kU32;  // 2^-24
+constexpr double kUBf16 = 1.0 / 256.0;    // 2^-8
+
+template <typename T>
+struct Prec;
+template <>
+struct Prec<float> {
+  static constexpr double u = 0.0;  // nothing is rounded beyond fp32
+  static constexpr const char* name = "fp32";
+};
+template <>
+struct Prec<bf16> {
+  static constexpr double u = kUBf16;
+  static constexpr const char* name = "bf16";
+};
+
+float to_f(float x) { return x; }
+float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T>
+T from_f(float x) {
+  if constexpr (std::is_same<T, float>::value) {
+    return x;
+  } else {
+    return __float2bfloat16_rn(x);
+  }
+}
+
+// The values a T array holds for these floats (the reference's inputs in the bf16 tests).
+template <typename T>
+std::vector<float> rounded(std::vector<float> v) {
+  for (float& x : v) x = to_f(from_f<T>(x));
+  return v;
+}
+
+std::vector<float> absv(std::vector<float> v) {
+  for (float& x : v) x = std::fabs(x);
+  return v;
+}
+
+// A cudaMalloc'ed array of T, filled from / read back as floats.
+template <typename T>
+struct Dev {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) {
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(n, 1) * sizeof(T)));
+    // Garbage (NaN for floats) until written: a launcher that reads what it should not shows.
+    CUDA_CHECK(cudaMemset(ptr, 0xFF, std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  explicit Dev(const std::vector<float>& host) : Dev(host.size()) { upload(host); }
+  ~Dev() { cudaFree(ptr); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void upload(const std::vector<float>& host) {
+    std::vector<T> t(host.size());
+    for (size_t i = 0; i < host.size(); ++i) t[i] = from_f<T>(host[i]);
+    CUDA_CHECK(cudaMemcpy(ptr, t.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<float> get() const {
+    std::vector<T> t(n);
+    CUDA_CHECK(cudaMemcpy(t.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = to_f(t[i]);
+    return out;
+  }
+};
+
+struct IntDev {
+  int* ptr = nullptr;
+  explicit IntDev(const std::vector<int>& host) {
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(host.size(), 1) * sizeof(int)));
+    CUDA_CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice));
+  }
+  ~IntDev() { cudaFree(ptr); }
+  IntDev(const IntDev&) = delete;
+  IntDev& operator=(const IntDev&) = delete;
+};
+
+// Bytes for a launcher's scratch or workspace (never a null pointer, even for 0 bytes).
+struct Bytes {
+  void* ptr = nullptr;
+  explicit Bytes(size_t n) { CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(n, 1))); }
+  ~Bytes() { cudaFree(ptr); }
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+};
+
+// The worst errors per comparison family, printed when the tests end.
+struct Worst {
+  double rel = 0.0;    // max |got - ref| / mag
+  double of_tol = 0.0; // max |got - ref| / tol
+  double abs = 0.0;    // max |got - ref|
+};
+std::map<std::string, Worst>& worst_table() {
+  static std::map<std::string, Worst> table;
+  return table;
+}
+
+class WorstReport : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::printf("\nWorst observed errors (|got - ref| / mag, fraction of the tolerance, |got - ref|):\n");
+    for (const auto& [family, w] : worst_table())
+      std::printf("  %-34s %10.3e  %6.3f  %10.3e\n", family.c_str(), w.rel, w.of_tol, w.abs);
+  }
+};
+const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(new WorstReport);
+
+// |got - ref| <= tol_factor * mag element-wise (tol_factor per element when given as a vector).
+::testing::AssertionResult Close(const std::string& family, const std::vector<float>& got,
+                                 const std::vector<float>& ref, const std::vector<float>& mag,
+                                 const std::vector<double>& tol_factor) {
+  if (got.size() != ref.size() || ref.size() != mag.size() || tol_factor.size() != ref.size())
+    return ::testing::AssertionFailure() << "size mismatch";
+  Worst& w = worst_table()[family];
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs((double)got[i] - ref[i]);
+    const double tol = tol_factor[i] * mag[i];
+    if (!(err <= tol)) {
+      if (bad++ == 0) first_bad = i;
+      continue;
+    }
+    w.abs = std::max(w.abs, err);
+    if (mag[i] > 0) w.rel = std::max(w.rel, err / mag[i]);
+    if (tol > 0) w.of_tol = std::max(w.of_tol, err / tol);
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  const size_t i = first_bad;
+  return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance; first ["
+                                       << i << "] got " << got[i] << " want " << ref[i] << " tol "
+                                       << tol_factor[i] * mag[i];
+}
+
+::testing::AssertionResult Close(const std::string& family, const std::vector<float>& got,
+                                 const std::vector<float>& ref, const std::vector<float>& mag, double tol_factor) {
+  return Close(family, got, ref, mag, std::vector<double>(ref.size(), tol_factor));
+}
+
+// Bit-for-bit equality (the dropped input: identical masks, identical fp32 scaling).
+::testing::AssertionResult Identical(const std::vector<float>& got, const std::vector<float>& want) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0)
+      return ::testing::AssertionFailure() << "element " << i << ": got " << got[i] << " want " << want[i];
+  }
+  return ::testing::AssertionSuccess();
+}
+
+template <typename T>
+class Gemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(cublasCreate(&handle_), CUBLAS_STATUS_SUCCESS);
+    // A stream of its own: the launchers must put their kernels on the handle's stream.
+    CUDA_CHECK(cudaStreamCreate(&stream_));
+    ASSERT_EQ(cublasSetStream(handle_, stream_), CUBLAS_STATUS_SUCCESS);
+  }
+  void TearDown() override {
+    cublasDestroy(handle_);
+    cudaStreamDestroy(stream_);
+  }
+  void sync() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  std::string family(const char* op) const { return std::string(op) + " " + Prec<T>::name; }
+
+  cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::mt19937 rng_{20240611};
+};
+
+using StorageTypes = ::testing::Types<float, bf16>;
+TYPED_TEST_SUITE(Gemm, StorageTypes);
+
+TYPED_TEST(Gemm, MatmulForward) {
+  using T = TypeParam;
+  struct Shape {
+    int N, IC, OC;
+  };
+  for (const Shape s : {Shape{1, 7, 5}, Shape{37, 129, 67}, Shape{64, 96, 33}, Shape{5, 1, 3}}) {
+    for (bool with_bias : {false, true}) {
+      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+      const auto w = rounded<T>(randn((size_t)s.OC * s.IC, this->rng_, 0.3f));
+      const auto bias = rounded<T>(randn(s.OC, this->rng_));
+      std::vector<float> ref((size_t)s.N * s.OC), mag(ref.size());
+      cpu::matmul_forward(ref.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.N, s.IC, s.OC);
+      cpu::matmul_forward(mag.data(), absv(inp).data(), absv(w).data(), with_bias ? absv(bias).data() : nullptr, s.N,
+                          s.IC, s.OC);
+      Dev<T> d_inp(inp), d_w(w), d_bias(bias), d_out(ref.size());
+      lc::matmul_forward_cuda<T>(this->handle_, d_out.ptr, d_inp.ptr, d_w.ptr, with_bias ? d_bias.ptr : nullptr, s.N,
+                                 s.IC, s.OC);
+      this->sync();
+      // K = IC (+1 for the bias); one rounding of the result to T.
+      EXPECT_TRUE(Close(this->family("matmul_forward"), d_out.get(), ref, mag, 2 * (s.IC + 1) * kU32 + Prec<T>::u))
+          << "N " << s.N << " IC " << s.IC << " OC " << s.OC << " bias " << with_bias;
+    }
+  }
+}
+
+TYPED_TEST(Gemm, MatmulBackwardInput) {
+  using T = TypeParam;
+  struct Shape {
+    int N, IC, OC;
+  };
+  for (const Shape s : {Shape{1, 7, 5}, Shape{37, 129, 67}, Shape{64, 33, 96}}) {
+    for (bool accumulate : {false, true}) {
+      const auto dout = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
+      const auto w = rounded<T>(randn((size_t)s.OC * s.IC, this->rng_, 0.3f));
+      const auto dinp0 = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+      std::vector<float> ref = dinp0, mag = absv(dinp0);
+      cpu::matmul_backward_input(ref.data(), dout.data(), w.data(), s.N, s.IC, s.OC, accumulate);
+      cpu::matmul_backward_input(mag.data(), absv(dout).data(), absv(w).data(), s.N, s.IC, s.OC, accumulate);
+      Dev<T> d_dout(dout), d_w(w), d_dinp(dinp0);
+      if (!accumulate) CUDA_CHECK(cudaMemset(d_dinp.ptr, 0xFF, d_dinp.n * sizeof(T)));  // overwritten, never read
+      lc::matmul_backward_input_cuda<T>(this->handle_, d_dinp.ptr, d_dout.ptr, d_w.ptr, s.N, s.IC, s.OC, accumulate);
+      this->sync();
+      EXPECT_TRUE(Close(this->family("matmul_backward_input"), d_dinp.get(), ref, mag,
+                        2 * (s.OC + 1) * kU32 + Prec<T>::u))
+          << "N " << s.N << " IC " << s.IC << " OC " << s.OC << " accumulate " << accumulate;
+    }
+  }
+}
+
+struct LoraShape {
+  int N, IC, OC, R;
+};
+const LoraShape kLoraShapes[] = {{1, 9, 7, 1}, {37, 129, 67, 4}, {50, 96, 130, 16}, {3, 5, 2, 16}};
+
+TYPED_TEST(Gemm, LoraForward) {
+  using T = TypeParam;
+  const uint64_t seed = 0x5EEDull;
+  const uint32_t rng_stream = 77;
+  for (const LoraShape s : kLoraShapes) {
+    for (float p : {0.0f, 0.3f}) {
+      const float scale = 16.0f / s.R;
+      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+      const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
+      const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
+      const auto out0 = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
+      std::vector<float> ref = out0, xa_ref((size_t)s.N * s.R), scratch_ref((size_t)s.N * s.IC);
+      cpu::lora_forward(ref.data(), xa_ref.data(), inp.data(), A.data(), B.data(), scale, p, seed, rng_stream,
+                        scratch_ref.data(), s.N, s.IC, s.OC, s.R);
+      std::vector<float> mag = absv(out0), xa_mag(xa_ref.size()), scratch_mag(scratch_ref.size());
+      cpu::lora_forward(mag.data(), xa_mag.data(), absv(inp).data(), absv(A).data(), absv(B).data(), scale, p, seed,
+                        rng_stream, scratch_mag.data(), s.N, s.IC, s.OC, s.R);
+
+      Dev<T> d_inp(inp), d_out(out0), d_xa(xa_ref.size()), d_scratch(scratch_ref.size());
+      Dev<float> d_A(A), d_B(B);
+      Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
+      lc::lora_forward_cuda<T>(this->handle_, d_out.ptr, d_xa.ptr, d_inp.ptr, d_A.ptr, d_B.ptr, scale, p, seed,
+                               rng_stream, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N, s.IC, s.OC, s.R);
+      this->sync();
+      const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +
+                                std::to_string(s.OC) + " R " + std::to_string(s.R) + " p " + std::to_string(p);
+      if (p > 0) {
+        EXPECT_TRUE(Identical(d_scratch.get(), rounded<T>(scratch_ref))) << "dropped input, " << where;
+      }
+      // xa: K = IC; bf16 rounds the dropped input, A and xa. out: K = IC + R + 1; bf16 rounds those, B and
+      // the result.
+      EXPECT_TRUE(Close(this->family("lora_forward xa"), d_xa.get(), xa_ref, xa_mag, 2 * s.IC * kU32 + 3 * Prec<T>::u))
+          << where;
+      EXPECT_TRUE(Close(this->family("lora_forward out"), d_out.get(), ref, mag,
+                        2 * (s.IC + s.R + 1) * kU32 + 5 * Prec<T>::u))
+          << where;
+    }
+  }
+}
+
+TYPED_TEST(Gemm, LoraBackward) {
+  using T = TypeParam;
+  const uint64_t seed = 0xD20Full;
+  const uint32_t rng_stream = 3;
+  for (const LoraShape s : kLoraShapes) {
+    for (float p : {0.0f, 0.3f}) {
+      const float scale = 16.0f / s.R;
+      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+      const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
+      const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
+      const auto dout = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
+      // xa as the forward saved it (in T).
+      std::vector<float> out_unused((size_t)s.N * s.OC), xa((size_t)s.N * s.R), scratch((size_t)s.N * s.IC);
+      cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, rng_stream,
+                        scratch.data(), s.N, s.IC, s.OC, s.R);
+      xa = rounded<T>(xa);
+      const auto dinp0 = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+      const auto dA0 = randn((size_t)s.R * s.IC, this->rng_), dB0 = randn((size_t)s.OC * s.R, this->rng_);
+
+      std::vector<float> dinp = dinp0, dA = dA0, dB = dB0;
+      cpu::lora_backward(dinp.data(), dA.data(), dB.data(), dout.data(), inp.data(), xa.data(), A.data(), B.data(),
+                         scale, p, seed, rng_stream, scratch.data(), s.N, s.IC, s.OC, s.R);
+      std::vector<float> dinp_mag = absv(dinp0), dA_mag = absv(dA0), dB_mag = absv(dB0), scratch_mag(scratch.size());
+      cpu::lora_backward(dinp_mag.data(), dA_mag.data(), dB_mag.data(), absv(dout).data(), absv(inp).data(),
+                         absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, rng_stream,
+                         scratch_mag.data(), s.N, s.IC, s.OC, s.R);
+
+      Dev<T> d_inp(inp), d_dout(dout), d_xa(xa), d_dinp(dinp0), d_scratch(scratch.size());
+      Dev<float> d_A(A), d_B(B), d_dA(dA0), d_dB(dB0);
+      Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
+      lc::lora_backward_cuda<T>(this->handle_, d_dinp.ptr, d_dA.ptr, d_dB.ptr, d_dout.ptr, d_inp.ptr, d_xa.ptr, d_A.ptr,
+                                d_B.ptr, scale, p, seed, rng_stream, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N,
+                                s.IC, s.OC, s.R);
+      this->sync();
+      const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +
+                                std::to_string(s.OC) + " R " + std::to_string(s.R) + " p " + std::to_string(p);
+      if (p > 0) {
+        EXPECT_TRUE(Identical(d_scratch.get(), rounded<T>(scratch))) << "regenerated dropped input, " << where;
+      }
+      // dB: K = N + 1, fp32 out of T operands that are the reference's own inputs: no rounding.
+      EXPECT_TRUE(Close(this->family("lora_backward dB"), d_dB.get(), dB, dB_mag, 2 * (s.N + 1) * kU32)) << where;
+      // dA: K = OC + N + 1; bf16 rounds B, dxa and the dropped input.
+      EXPECT_TRUE(Close(this->family("lora_backward dA"), d_dA.get(), dA, dA_mag,
+                        2 * (s.OC + s.N + 1) * kU32 + 3 * Prec<T>::u))
+          << where;
+      // dinp: K = OC + R + 2; bf16 rounds B, dxa, A, dxa A (with dropout) and the result.
+      EXPECT_TRUE(Close(this->family("lora_backward dinp"), d_dinp.get(), dinp, dinp_mag,
+                        2 * (s.OC + s.R + 2) * kU32 + 5 * Prec<T>::u))
+          << where;
+    }
+  }
+}
+
+TYPED_TEST(Gemm, LoraMergeAndUnmerge) {
+  using T = TypeParam;
+  for (const LoraShape s : kLoraShapes) {
+    for (float sign : {1.0f, -1.0f}) {
+      const float scale = 16.0f / s.R;
+      const auto w0 = rounded<T>(randn((size_t)s.OC * s.IC, this->rng_));
+      const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
+      const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
+      std::vector<float> ref = w0, mag = absv(w0);
+      cpu::lora_merge(ref.data(), A.data(), B.data(), scale, sign, s.IC, s.OC, s.R);
+      cpu::lora_merge(mag.data(), absv(A).data(), absv(B).data(), scale, 1.0f, s.IC, s.OC, s.R);
+      Dev<T> d_w(w0);
+      Dev<float> d_A(A), d_B(B);
+      const size_t bytes = lc::lora_workspace_bytes<T>(0, s.IC, s.OC, s.R);
+      if (std::is_same<T, float>::value) {
+        EXPECT_EQ(bytes, 0u) << "fp32 merges with the master weights in place";
+      }
+      Bytes ws(bytes);
+      lc::lora_merge_cuda<T>(this->handle_, d_w.ptr, d_A.ptr, d_B.ptr, scale, sign, ws.ptr, s.IC, s.OC, s.R);
+      this->sync();
+      // K = R + 1; bf16 rounds A, B and the result.
+      EXPECT_TRUE(Close(this->family("lora_merge"), d_w.get(), ref, mag, 2 * (s.R + 1) * kU32 + 3 * Prec<T>::u))
+          << "IC " << s.IC << " OC " << s.OC << " R " << s.R << " sign " << sign;
+    }
+  }
+}
+
+TYPED_TEST(Gemm, LoraRejectsBadArguments) {
+  using T = TypeParam;
+  Dev<T> x(12), out(6), xa(2);
+  Dev<float> A(4), B(6);
+  Bytes ws(lc::lora_workspace_bytes<T>(2, 2, 3, 2));
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, out.ptr, xa.ptr, x.ptr, A.ptr, B.ptr, 1.0f, 1.0f, 1, 1, x.ptr,
+                                        ws.ptr, 2, 2, 3, 2),
+               std::invalid_argument);  // p = 1
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, out.ptr, xa.ptr, x.ptr, A.ptr, B.ptr, 1.0f, 0.1f, 1, 1, nullptr,
+                                        ws.ptr, 2, 2, 3, 2),
+               std::invalid_argument);  // dropout without scratch
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, out.ptr, xa.ptr, x.ptr, A.ptr, B.ptr, 1.0f, 0.0f, 1, 1, nullptr,
+                                        nullptr, 2, 2, 3, 2),
+               std::invalid_argument);  // no workspace (it holds at least dxa)
+}
+
+// The fused MNTP head. Loss bound (both types: the logits are fp32 from exact products of T values):
+// every logit is off by at most 2 C u32 m, m = max_v sum_c |h_c||W_vc| (GPU and reference), which moves
+// log-sum-exp - logit[target] by at most twice that; the fp32 sum of V exponentials adds (V + 64) u32
+// (the reference sums in double), the final additions a few u32 |loss|. d_hidden = dlogits W with
+// |d dlogits_v| <= dloss p_v (loss bound) + rounding, so its mag is dloss (p + onehot) |W| and its factor
+// the loss bound + 2 V u32, plus 2 u_T for bf16 (dlogits and the result are rounded).
+struct HeadShape {
+  int M, N, C, V, chunk;
+};
+
+TYPED_TEST(Gemm, LmHeadCrossEntropy) {
+  using T = TypeParam;
+  const float dloss = 0.37f;
+  for (const HeadShape s : {HeadShape{1, 1, 8, 17, 1}, HeadShape{23, 37, 48, 301, 5}, HeadShape{23, 37, 48, 301, 1},
+                            HeadShape{23, 37, 48, 301, 64}, HeadShape{40, 40, 33, 1000, 16},
+                            HeadShape{7, 50, 19, 3, 3}}) {
+    const std::string where = "M " + std::to_string(s.M) + " N " + std::to_string(s.N) + " C " + std::to_string(s.C) +
+                              " V " + std::to_string(s.V) + " chunk " + std::to_string(s.chunk);
+    const auto hidden = rounded<T>(randn((size_t)s.N * s.C, this->rng_));
+    const auto head = rounded<T>(randn((size_t)s.V * s.C, this->rng_, 2.0f / std::sqrt((float)s.C)));
+    std::vector<int> perm(s.N);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), this->rng_);
+    const std::vector<int> rows(perm.begin(), perm.begin() + s.M);
+    std::vector<int> targets(s.M);
+    std::uniform_int_distribution<int> target_dist(0, s.V - 1);
+    for (int& t : targets) t = target_dist(this->rng_);
+
+    std::vector<float> losses(s.M), d_hidden((size_t)s.N * s.C);
+    cpu::lm_head_crossentropy(losses.data(), d_hidden.data(), hidden.data(), head.data(), rows.data(), targets.data(),
+                              s.M, s.N, s.C, s.V, dloss);
+    // Bounds from the gathered rows: m per row, and p = softmax from the reference's dlogits.
+    std::vector<float> x((size_t)s.M * s.C), logits((size_t)s.M * s.V), m_abs((size_t)s.M * s.V);
+    for (int k = 0; k < s.M; ++k)
+      std::copy_n(hidden.begin() + (long)rows[k] * s.C, s.C, x.begin() + (long)k * s.C);
+    cpu::matmul_forward(logits.data(), x.data(), head.data(), nullptr, s.M, s.C, s.V);
+    cpu::matmul_forward(m_abs.data(), absv(x).data(), absv(head).data(), nullptr, s.M, s.C, s.V);
+    std::vector<float> p_plus_onehot((size_t)s.M * s.V);
+    cpu::crossentropy_softmax_backward(p_plus_onehot.data(), logits.data(), targets.data(), 1.0f, s.M, s.V, -1);
+    for (int k = 0; k < s.M; ++k) p_plus_onehot[(size_t)k * s.V + targets[k]] += 2.0f;  // p - 1 -> p + 1
+    std::vector<float> dx_mag((size_t)s.M * s.C);
+    cpu::matmul_backward_input(dx_mag.data(), p_plus_onehot.data(), absv(head).data(), s.M, s.C, s.V, false);
+    std::vector<double> loss_tol(s.M), dh_factor((size_t)s.N * s.C, 0.0);
+    std::vector<float> loss_mag(s.M, 1.0f), dh_mag((size_t)s.N * s.C, 0.0f);
+    for (int k = 0; k < s.M; ++k) {
+      const double m = *std::max_element(m_abs.begin() + (long)k * s.V, m_abs.begin() + (long)(k + 1) * s.V);
+      loss_tol[k] = 4 * s.C * kU32 * m + (s.V + 64) * kU32 + 4 * kU32 * std::fabs(losses[k]);
+      for (int c = 0; c < s.C; ++c) {
+        const size_t i = (size_t)rows[k] * s.C + c;
+        dh_mag[i] = dloss * dx_mag[(size_t)k * s.C + c];
+        dh_factor[i] = loss_tol[k] + 2 * s.V * kU32 + 2 * Prec<T>::u;
+      }
+    }
+
+    Dev<T> d_hid(hidden), d_head(head), d_dh((size_t)s.N * s.C);
+    Dev<float> d_losses(s.M), d_losses_fwd(s.M);
+    IntDev d_rows(rows), d_targets(targets);
+    Bytes scratch(lc::lm_head_crossentropy_scratch_bytes<T>(s.chunk, s.C, s.V));
+    lc::lm_head_crossentropy_cuda<T>(this->handle_, d_losses.ptr, d_dh.ptr, d_hid.ptr, d_head.ptr, d_rows.ptr,
+                                     d_targets.ptr, s.M, s.N, s.C, s.V, dloss, scratch.ptr, s.chunk);
+    lc::lm_head_crossentropy_cuda<T>(this->handle_, d_losses_fwd.ptr, static_cast<T*>(nullptr), d_hid.ptr,
+                                     d_head.ptr, d_rows.ptr, d_targets.ptr, s.M, s.N, s.C, s.V, dloss, scratch.ptr,
+                                     s.chunk);
+    this->sync();
+    const std::vector<float> got_losses = d_losses.get();
+    // mag 1 per loss: the factor is the absolute bound itself.
+    EXPECT_TRUE(Close(this->family("lm_head losses"), got_losses, losses, loss_mag, loss_tol)) << where;
+    EXPECT_TRUE(Identical(d_losses_fwd.get(), got_losses)) << "forward-only losses, " << where;
+    const std::vector<float> got_dh = d_dh.get();
+    std::vector<bool> labelled(s.N, false);
+    for (int r : rows) labelled[r] = true;
+    for (int n = 0; n < s.N; ++n) {
+      if (labelled[n]) continue;
+      for (int c = 0; c < s.C; ++c) {
+        const float v = got_dh[(size_t)n * s.C + c];
+        ASSERT_TRUE(v == 0.0f && !std::signbit(v)) << "unlabelled row " << n << " col " << c << " = " << v << ", "
+                                                   << where;
+      }
+    }
+    EXPECT_TRUE(Close(this->family("lm_head d_hidden"), got_dh, d_hidden, dh_mag, dh_factor)) << where;
+  }
+}
+
+TYPED_TEST(Gemm, LmHeadRejectsBadArguments) {
+  using T = TypeParam;
+  Dev<T> h(8), w(12), dh(8);
+  Dev<float> losses(2);
+  IntDev rows({0, 1}), targets({0, 2});
+  Bytes scratch(lc::lm_head_crossentropy_scratch_bytes<T>(2, 4, 3));
+  EXPECT_THROW(lc::lm_head_crossentropy_cuda<T>(this->handle_, losses.ptr, dh.ptr, h.ptr, w.ptr, rows.ptr, targets.ptr,
+                                                2, 2, 4, 3, 1.0f, scratch.ptr, 0),
+               std::invalid_argument);  // chunk 0
+  EXPECT_THROW(lc::lm_head_crossentropy_cuda<T>(this->handle_, losses.ptr, dh.ptr, h.ptr, w.ptr, rows.ptr, targets.ptr,
+                                                3, 2, 4, 3, 1.0f, scratch.ptr, 2),
+               std::invalid_argument);  // more labelled rows than rows
+}
+
+}  // namespace
