@@ -30,8 +30,9 @@ float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float 
     throw std::runtime_error("adamw_step: the gradient norm is " + std::to_string(norm) +
                              " (NaN or infinite loss/gradients); parameters left unchanged");
   if (cfg.max_grad_norm > 0.0f) {
-    // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6), applied when < 1.
-    const float coef = cfg.max_grad_norm / (norm + 1e-6f);
+    // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6), applied when < 1; torch
+    // evaluates `scalar / tensor` as reciprocal(tensor) * scalar, in fp32, and so do we (bit-identical).
+    const float coef = (1.0f / (norm + 1e-6f)) * cfg.max_grad_norm;
     if (coef < 1.0f)
       for (const TrainableParam& p : model.trainable) be.scale(p.grad, (long)p.count, coef);
   }
