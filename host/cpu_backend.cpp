@@ -91,6 +91,10 @@ class CpuBackend final : public Backend {
   void residual_forward(float* out, const float* a, const float* b, long n) override {
     cpu::residual_forward(out, a, b, n);
   }
+  void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                                const float* weight, int N, int C, float eps) override {
+    cpu::residual_rmsnorm_forward(resid_out, norm_out, rstd, a, b, weight, N, C, eps);
+  }
   void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
     cpu::lm_head_crossentropy(losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss);

@@ -437,6 +437,12 @@ void crossentropy_softmax_backward(float* dlogits, const float* logits, const in
   }
 }
 
+void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                              const float* weight, int N, int C, float eps) {
+  residual_forward(resid_out, a, b, (long)N * C);
+  rmsnorm_forward(norm_out, rstd, resid_out, weight, N, C, eps);
+}
+
 void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
                           const int* targets, int M, int N, int C, int V, float dloss) {
   for (int k = 0; k < M; ++k)

@@ -74,6 +74,10 @@ void lora_merge(float* weight, const float* A, const float* B, float scale, floa
 
 // out = a + b over n values (the residual connection). out may alias a or b.
 void residual_forward(float* out, const float* a, const float* b, long n);
+// resid_out = a + b (N x C), then norm_out = rmsnorm(resid_out) with rstd saved: the residual add and the
+// norm that follows it in one pass over the residual stream (on the GPU; composed here).
+void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                              const float* weight, int N, int C, float eps);
 
 // Per-row cross-entropy of logits [N, V] against targets [N]; rows whose target is `ignore_index` get
 // loss 0. losses [N]. Computed with a max-shifted log-sum-exp.

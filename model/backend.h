@@ -56,6 +56,8 @@ class Backend {
   virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;
+  virtual void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a,
+                                        const float* b, const float* weight, int N, int C, float eps) = 0;
   virtual void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                                     const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
   // Returns the global L2 norm on the host (the optimizer needs it to decide the clipping factor).

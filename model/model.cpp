@@ -327,11 +327,11 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
                          opt.seed, attention_stream(l));
     linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
-    be.residual_forward(s.h_mid, h, a.tmp, (long)N * C);
   }
   {
     Range range(be, "mlp block");
-    be.rmsnorm_forward(s.x2, s.rstd2, s.h_mid, w.mlp_norm, N, C, c.rms_norm_eps);
+    // h_mid = h + o and x2 = norm(h_mid) in one pass over the residual stream.
+    be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
     linear_forward(m, opt, l, kGate, s.gate, s.xa[kGate], s.x2, N);
     linear_forward(m, opt, l, kUp, s.up, s.xa[kUp], s.x2, N);
     be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
