@@ -64,5 +64,7 @@ clean:
 
 # The CUDA-on-CPU emulator and its tests (adds them to all, test and TEST_BINS).
 include host/emu/emu.mk
+# The nvcc build of the kernels and the llm2vec_cuda binary, whenever nvcc is present.
+include cuda/cuda.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

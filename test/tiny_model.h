@@ -43,10 +43,12 @@ class MemoryTensors : public TensorSource {
   std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors_;
 };
 
-inline ModelConfig tiny_config(bool qkv_bias) {
+// hidden_size / 4 heads is the head dim: 16 gives D = 4 (CPU tests), 32 gives D = 8 (a head dim the
+// CUDA attention kernels are compiled for).
+inline ModelConfig tiny_config(bool qkv_bias, int hidden_size = 16) {
   nlohmann::json j = {{"model_type", qkv_bias ? "qwen2" : "llama"},
                       {"vocab_size", 32},
-                      {"hidden_size", 16},
+                      {"hidden_size", hidden_size},
                       {"intermediate_size", 24},
                       {"num_hidden_layers", 2},
                       {"num_attention_heads", 4},
@@ -107,9 +109,10 @@ inline void add_random_lora(Model& m, int r, float alpha, float dropout, unsigne
 struct TinyModel {
   std::unique_ptr<Backend> backend;
   Model model;
-  explicit TinyModel(bool qkv_bias = false, unsigned seed = 1, std::unique_ptr<Backend> be = make_cpu_backend())
+  explicit TinyModel(bool qkv_bias = false, unsigned seed = 1, std::unique_ptr<Backend> be = make_cpu_backend(),
+                     int hidden_size = 16)
       : backend(std::move(be)) {
-    ModelConfig c = tiny_config(qkv_bias);
+    ModelConfig c = tiny_config(qkv_bias, hidden_size);
     MemoryTensors w = random_weights(c, seed);
     load_model(model, c, w, *backend);
   }

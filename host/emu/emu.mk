@@ -1,7 +1,8 @@
 # The CUDA-on-CPU emulator (host/emu/) and the test binaries that run kernels on it. Included by the
 # main Makefile after its own variables and rules (it uses CXX, CXXFLAGS, BUILD, GTEST, LDLIBS, DEPS_OK).
 #
-#   build/emu/libl2v_emu.a     the emulator (CUDA runtime + cuBLAS subset, scheduler, fibers)
+#   build/emu/libl2v_emu.a     the emulator (CUDA runtime + cuBLAS subset, scheduler, fibers) and the
+#                              CUDA backend (cuda/*.cu) compiled for it
 #   build/test/<t>             a test of EMU_TESTS, compiled with EMU_CXXFLAGS and linked with the emulator
 #   build/asan/<t>             the same under AddressSanitizer (its own objects under build/asan/)
 #
@@ -29,11 +30,22 @@ $(BUILD)/asan/%.o: %.cpp | $(DEPS_OK)
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_CXXFLAGS) $(EMU_ASAN_FLAGS) -c $< -o $@
 
-$(EMU_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/emu/%.o)
+# The CUDA sources (the backend and the kernels it includes) compile as C++ for the emulator.
+EMU_CUDA_SRCS  := $(wildcard cuda/*.cu)
+
+$(BUILD)/emu/cuda/%.o: cuda/%.cu | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/asan/cuda/%.o: cuda/%.cu | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) $(EMU_ASAN_FLAGS) -x c++ -c $< -o $@
+
+$(EMU_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/emu/%.o) $(EMU_CUDA_SRCS:%.cu=$(BUILD)/emu/%.o)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(EMU_ASAN_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/asan/%.o)
+$(EMU_ASAN_LIB): $(EMU_SRCS:%.cpp=$(BUILD)/asan/%.o) $(EMU_CUDA_SRCS:%.cu=$(BUILD)/asan/%.o)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 

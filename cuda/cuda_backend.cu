@@ -1,0 +1,220 @@
+#include "cuda/cuda_backend.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/adamw.cuh"
+#include "cuda/attention.cuh"
+#include "cuda/elementwise.cuh"
+#include "cuda/embedding.cuh"
+#include "cuda/launch.h"
+#include "cuda/lm_head.cuh"
+#include "cuda/lora.cuh"
+#include "cuda/matmul.cuh"
+#include "cuda/rmsnorm.cuh"
+#include "cuda/rope.cuh"
+#include "cuda/swiglu.cuh"
+
+namespace l2v {
+namespace {
+
+// Rows of the MNTP head processed per chunk: bounds its scratch to kLmHeadChunk x V fp32 logits.
+constexpr int kLmHeadChunk = 1024;
+
+// Device scratch that grows on demand and is reused across calls (no allocation on the hot path once
+// the largest shape has been seen).
+class DeviceScratch {
+ public:
+  ~DeviceScratch() { cudaFree(ptr_); }
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      CUDA_CHECK(cudaFree(ptr_));
+      ptr_ = nullptr;
+      CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+      size_ = bytes;
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() {
+    CUDA_CHECK(cudaStreamCreate(&stream_));
+    CUBLAS_CHECK(cublasCreate(&cublas_));
+    CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  }
+  ~CudaBackend() override {
+    norm_list_.reset();
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  const char* name() const override { return "cuda"; }
+  bool is_host_memory() const override { return false; }
+
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, bytes == 0 ? 1 : bytes));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    return p;
+  }
+  void release(void* ptr) override { cudaFree(ptr); }
+  // Host buffers are pageable and may be reused right after the call: wait for the copy.
+  void upload(void* dst, const void* src, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void zero(void* dst, size_t bytes) override { CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_)); }
+
+  void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
+    cuda::embedding_forward_cuda(out, ids, table, N, C, stream_);
+  }
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+                       float eps) override {
+    cuda::rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps, stream_);
+  }
+  void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                        int N, int C) override {
+    cuda::rmsnorm_backward_cuda(dinp, dout, inp, weight, rstd, N, C, stream_);
+  }
+  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+                    int D) override {
+    cuda::rope_forward_cuda(out, x, cos, sin, N, T, nh, D, stream_);
+  }
+  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+                     int D) override {
+    cuda::rope_backward_cuda(dx, dout, cos, sin, N, T, nh, D, stream_);
+  }
+  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                         const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                         uint64_t seed, uint32_t stream) override {
+    cuda::attention_forward_cuda(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, seed, stream,
+                                 stream_);
+  }
+  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                          int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
+                          uint32_t stream) override {
+    float* scratch = static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T, H, KV, D)));
+    cuda::attention_backward_cuda(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p,
+                                  seed, stream, scratch, stream_);
+  }
+  void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
+    cuda::swiglu_forward_cuda(out, gate, up, n, stream_);
+  }
+  void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                       long n) override {
+    cuda::swiglu_backward_cuda(dgate, dup, dout, gate, up, n, stream_);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+                      int OC) override {
+    cuda::matmul_forward_cuda(cublas_, out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+                             bool accumulate) override {
+    cuda::matmul_backward_input_cuda(cublas_, dinp, dout, weight, N, IC, OC, accumulate);
+  }
+  void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+                    float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
+                    int R) override {
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(N, IC, OC, R));
+    cuda::lora_forward_cuda(cublas_, out, xa, inp, A, B, scale, dropout_p, seed, stream, scratch, ws, N, IC, OC, R);
+  }
+  void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+                     const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
+                     float* scratch, int N, int IC, int OC, int R) override {
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(N, IC, OC, R));
+    cuda::lora_backward_cuda(cublas_, dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, seed, stream, scratch, ws,
+                             N, IC, OC, R);
+  }
+  void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+                  int R) override {
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(1, IC, OC, R));
+    cuda::lora_merge_cuda(cublas_, weight, A, B, scale, sign, ws, IC, OC, R);
+  }
+  void residual_forward(float* out, const float* a, const float* b, long n) override {
+    cuda::residual_forward_cuda(out, a, b, n, stream_);
+  }
+  void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                                const float* weight, int N, int C, float eps) override {
+    cuda::residual_rmsnorm_forward_cuda(resid_out, norm_out, rstd, a, b, weight, N, C, eps, stream_);
+  }
+  void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
+                            const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
+    void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<float>(kLmHeadChunk, C, V));
+    cuda::lm_head_crossentropy_cuda(cublas_, losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss,
+                                    scratch, kLmHeadChunk);
+  }
+  float global_norm(const float* const* tensors, const long* sizes, int count) override {
+    // The optimizer asks for the norm of the same gradient list every step: keep its device copy.
+    std::vector<float*> ptrs(count);
+    for (int i = 0; i < count; ++i) ptrs[i] = const_cast<float*>(tensors[i]);
+    std::vector<long> sz(sizes, sizes + count);
+    if (!norm_list_ || ptrs != norm_ptrs_ || sz != norm_sizes_) {
+      norm_list_.reset();
+      norm_list_ = std::make_unique<cuda::DeviceTensorList>(ptrs, sz);
+      norm_ptrs_ = ptrs;
+      norm_sizes_ = sz;
+    }
+    float* norm = static_cast<float*>(norm_scratch_.get(sizeof(float) + sizeof(double) * cuda::kNormMaxBlocks));
+    double* partials = reinterpret_cast<double*>(reinterpret_cast<char*>(norm) + sizeof(double));
+    cuda::global_norm_cuda(norm, partials, *norm_list_, stream_);
+    float host = 0.0f;
+    download(&host, norm, sizeof(float));
+    return host;
+  }
+  void scale(float* x, long n, float s) override { cuda::scale_cuda(x, n, s, stream_); }
+  void range_push(const char* name) override {
+#if !defined(L2V_EMULATE)
+    nvtxRangePushA(name);
+#else
+    (void)name;
+#endif
+  }
+  void range_pop() override {
+#if !defined(L2V_EMULATE)
+    nvtxRangePop();
+#endif
+  }
+  void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, int step) override {
+    cuda::adamw_update_cuda(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step, stream_);
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_;
+  std::unique_ptr<cuda::DeviceTensorList> norm_list_;
+  std::vector<float*> norm_ptrs_;
+  std::vector<long> norm_sizes_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend() {
+  int devices = 0;
+  const cudaError_t err = cudaGetDeviceCount(&devices);
+  if (err != cudaSuccess || devices == 0) {
+    cudaGetLastError();  // clear it
+    throw std::runtime_error(std::string("no CUDA GPU is available (cudaGetDeviceCount: ") +
+                             (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") +
+                             "). The CUDA backend needs an NVIDIA GPU and driver; use --backend cpu on this machine.");
+  }
+  return std::make_unique<CudaBackend>();
+}
+
+}  // namespace l2v

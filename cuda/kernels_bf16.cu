@@ -1,0 +1,53 @@
+// The bf16 instantiations of every kernel family: the production precision (bf16 weights and
+// activations, fp32 accumulation). The CUDA backend runs in fp32 for now (its Backend interface carries
+// fp32 buffers); compiling these here keeps the bf16 kernels building with -Werror for sm_80/sm_90 and
+// puts them in the resource report. They are executed and checked against the CPU reference in the
+// emulator tests (test/test_cuda_*.cpp).
+#include "cuda/attention.cuh"
+#include "cuda/elementwise.cuh"
+#include "cuda/embedding.cuh"
+#include "cuda/lm_head.cuh"
+#include "cuda/lora.cuh"
+#include "cuda/matmul.cuh"
+#include "cuda/rmsnorm.cuh"
+#include "cuda/rope.cuh"
+#include "cuda/swiglu.cuh"
+
+namespace l2v::cuda {
+
+using bf16 = __nv_bfloat16;
+
+template void embedding_forward_cuda<bf16>(bf16*, const int*, const bf16*, int, int, cudaStream_t);
+template void rmsnorm_forward_cuda<bf16>(bf16*, float*, const bf16*, const float*, int, int, float, cudaStream_t);
+template void residual_rmsnorm_forward_cuda<bf16>(bf16*, bf16*, float*, const bf16*, const bf16*, const float*, int,
+                                                  int, float, cudaStream_t);
+template void rmsnorm_backward_cuda<bf16>(bf16*, const bf16*, const bf16*, const float*, const float*, int, int,
+                                          cudaStream_t);
+template void rope_forward_cuda<bf16>(bf16*, const bf16*, const float*, const float*, int, int, int, int,
+                                      cudaStream_t);
+template void rope_backward_cuda<bf16>(bf16*, const bf16*, const float*, const float*, int, int, int, int,
+                                       cudaStream_t);
+template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
+template void swiglu_backward_cuda<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, long, cudaStream_t);
+template void residual_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
+template void scale_cuda<bf16>(bf16*, long, float, cudaStream_t);
+template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);
+template void convert_cuda<float, bf16>(float*, const bf16*, long, cudaStream_t);
+template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, const int*, int, int,
+                                           int, int, int, bool, float, uint64_t, uint32_t, cudaStream_t);
+template void attention_backward_cuda<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const float*, const bf16*,
+                                            const bf16*, const bf16*, const int*, int, int, int, int, int, bool, float,
+                                            uint64_t, uint32_t, float*, cudaStream_t);
+template void matmul_forward_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, const bf16*, int, int, int);
+template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);
+template void lora_forward_cuda<bf16>(cublasHandle_t, bf16*, bf16*, const bf16*, const float*, const float*, float,
+                                      float, uint64_t, uint32_t, bf16*, void*, int, int, int, int);
+template void lora_backward_cuda<bf16>(cublasHandle_t, bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
+                                       const float*, const float*, float, float, uint64_t, uint32_t, bf16*, void*, int,
+                                       int, int, int);
+template void lora_merge_cuda<bf16>(cublasHandle_t, bf16*, const float*, const float*, float, float, void*, int, int,
+                                    int);
+template void lm_head_crossentropy_cuda<bf16>(cublasHandle_t, float*, bf16*, const bf16*, const bf16*, const int*,
+                                              const int*, int, int, int, int, float, void*, int);
+
+}  // namespace l2v::cuda

@@ -1,0 +1,147 @@
+// The whole training step through the CUDA backend (kernels + cuBLAS, executed by the CPU emulator)
+// against the fp32 CPU backend: forward, MNTP loss, backward into the LoRA gradients, gradient clipping
+// and AdamW, with attention and LoRA dropout on; recomputation; and the Hugging Face / llm2vec / PEFT
+// fixtures through the CUDA backend directly.
+#include <gtest/gtest.h>
+
+#include "cuda/cuda_backend.h"
+#include "model/checkpoint.h"
+#include "model/peft.h"
+#include "model/safetensors.h"
+#include "test/tiny_model.h"
+#include "train/optimizer.h"
+
+namespace l2v {
+namespace {
+
+using test::Batch;
+
+// max |a - b| / max |b|: fp32 on both sides, so differences are summation order only.
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double err = 0.0, scale = 0.0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    err = std::max(err, (double)std::fabs(a[i] - b[i]));
+    scale = std::max(scale, (double)std::fabs(b[i]));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+std::vector<float> all_values(Model& m) {
+  std::vector<float> out;
+  for (const TrainableParam& p : m.trainable) {
+    std::vector<float> x = download_floats(m, p.value, p.count);
+    out.insert(out.end(), x.begin(), x.end());
+  }
+  return out;
+}
+
+struct StepResult {
+  std::vector<float> hidden, grads, params;
+  float loss = 0.0f, norm = 0.0f;
+};
+
+StepResult train_steps(std::unique_ptr<Backend> backend, bool causal, bool recompute, int steps) {
+  test::TinyModel tm(/*qkv_bias=*/true, /*seed=*/21, std::move(backend), /*hidden_size=*/32);
+  Model& m = tm.model;
+  test::add_random_lora(m, 4, 8.0f, 0.1f, 5);
+  Batch b = test::padded_batch(m.config.vocab_size, 9);
+  AdamWState st = adamw_init(m);
+  AdamWConfig cfg;
+  cfg.max_grad_norm = 0.5f;  // small enough that clipping acts
+  cfg.weight_decay = 0.01f;
+  ForwardOptions opt;
+  opt.causal = causal;
+  opt.training = true;
+  opt.attn_dropout = 0.2f;
+  opt.recompute = recompute;
+  StepResult r;
+  for (int s = 0; s < steps; ++s) {
+    opt.seed = 100 + s;
+    r.loss = test::loss_and_grads(m, b, opt);
+    r.hidden = test::hidden(m);
+    r.grads = test::all_grads(m);
+    r.norm = adamw_step(m, st, cfg, 1e-2f);
+  }
+  r.params = all_values(m);
+  return r;
+}
+
+class CudaTrainingStep : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+
+TEST_P(CudaTrainingStep, MatchesTheCpuBackend) {
+  const auto [causal, recompute] = GetParam();
+  StepResult cpu = train_steps(make_cpu_backend(), causal, recompute, 3);
+  StepResult gpu = train_steps(make_cuda_backend(), causal, recompute, 3);
+  // fp32 everywhere; three steps of forward, backward and AdamW: only summation order differs.
+  EXPECT_LT(rel_err(gpu.hidden, cpu.hidden), 1e-5);
+  EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * std::fabs(cpu.loss));
+  EXPECT_LT(rel_err(gpu.grads, cpu.grads), 1e-4);
+  EXPECT_NEAR(gpu.norm, cpu.norm, 1e-5 * cpu.norm);
+  EXPECT_LT(rel_err(gpu.params, cpu.params), 1e-5);
+  std::printf("causal=%d recompute=%d: hidden %.2e, loss %.2e, grads %.2e, params %.2e (relative to max)\n", causal,
+              recompute, rel_err(gpu.hidden, cpu.hidden), std::fabs(gpu.loss - cpu.loss) / std::fabs(cpu.loss),
+              rel_err(gpu.grads, cpu.grads), rel_err(gpu.params, cpu.params));
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, CudaTrainingStep,
+                         ::testing::Values(std::make_tuple(false, false), std::make_tuple(true, false),
+                                           std::make_tuple(false, true)));
+
+// The reference fixtures (transformers, llm2vec's bidirectional classes, PEFT) through the CUDA backend.
+TEST(CudaFixtures, BidirectionalLoraForwardAndGradientsMatchPeft) {
+  for (const char* name : {"stories260k", "qwen2_tiny"}) {
+    const std::string dir = std::string("test/fixtures/") + name + "/";
+    std::unique_ptr<Backend> backend = make_cuda_backend();
+    Checkpoint ck = open_checkpoint(dir + "model");
+    Model m;
+    load_model(m, ck.config, *ck.tensors, *backend);
+    load_peft_adapter(m, dir + "adapter");
+    SafetensorsCheckpoint ref(dir + "reference.safetensors");
+    auto ints = [&](const char* n) {
+      std::vector<int64_t> v = ref.read_i64(n);
+      return std::vector<int>(v.begin(), v.end());
+    };
+    auto floats = [&](const std::string& n) {
+      std::vector<int64_t> shape = ref.shape(n);
+      size_t count = 1;
+      for (int64_t d : shape) count *= (size_t)d;
+      std::vector<float> v(count);
+      ref.read_f32(n, v.data(), count);
+      return v;
+    };
+    std::vector<int> ids = ints("input_ids"), mask = ints("attention_mask"), labels = ints("labels");
+    const int B = (int)ref.shape("input_ids")[0], T = (int)ref.shape("input_ids")[1], C = ck.config.hidden_size;
+    ForwardOptions opt;
+    opt.training = true;
+    zero_grads(m);
+    model_forward(m, ids.data(), mask.data(), B, T, opt);
+    const float loss = mntp_loss(m, labels.data(), true);
+    std::vector<float> h = download_floats(m, m.acts.final_hidden, (size_t)B * T * C), want_h = floats("bidir.lora.hidden");
+    double err = 0.0, scale = 0.0;
+    for (size_t i = 0; i < h.size(); ++i) {
+      if (!mask[i / C]) continue;
+      err = std::max(err, (double)std::fabs(h[i] - want_h[i]));
+      scale = std::max(scale, (double)std::fabs(want_h[i]));
+    }
+    EXPECT_LT(err, 2e-5 * scale) << name;
+    const float want_loss = floats("bidir.lora.loss")[0];
+    EXPECT_NEAR(loss, want_loss, 2e-5 * want_loss) << name;
+    double worst = 0.0;
+    for (const TrainableParam& p : m.trainable) {
+      std::vector<float> g = download_floats(m, p.grad, p.count), want = floats("bidir.grad." + p.name);
+      double e = 0.0, s = 0.0;
+      for (size_t i = 0; i < g.size(); ++i) {
+        e = std::max(e, (double)std::fabs(g[i] - want[i]));
+        s = std::max(s, (double)std::fabs(want[i]));
+      }
+      EXPECT_LE(e, 1e-4 * s) << name << " " << p.name;
+      worst = std::max(worst, s > 0 ? e / s : e);
+    }
+    std::printf("%s through the CUDA backend: hidden %.2e, loss %.7f vs %.7f, grads %.2e (relative)\n", name,
+                err / scale, loss, want_loss, worst);
+  }
+}
+
+}  // namespace
+}  // namespace l2v
