@@ -41,10 +41,12 @@ size_t weight_copy_bytes(int IC, int OC, int R) {
   return kCopiesWeights<T> ? align_up(sizeof(T) * (size_t)R * IC) + align_up(sizeof(T) * (size_t)OC * R) : 0;
 }
 
-// A and B rounded to bf16 in one launch (two arrays, one grid-stride loop over both).
+// A and B rounded to T (bf16) in one launch (two arrays, one grid-stride loop over both). A template so
+// that the header can be included by several translation units without duplicate kernel symbols.
+template <typename T>
 __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
-    lora_weights_to_bf16_kernel(__nv_bfloat16* __restrict__ a16, const float* __restrict__ A, long na,
-                                __nv_bfloat16* __restrict__ b16, const float* __restrict__ B, long nb) {
+    lora_weights_to_bf16_kernel(T* __restrict__ a16, const float* __restrict__ A, long na, T* __restrict__ b16,
+                                const float* __restrict__ B, long nb) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < na + nb; i += (long)gridDim.x * blockDim.x) {
     if (i < na) {
       a16[i] = __float2bfloat16_rn(A[i]);
@@ -70,7 +72,7 @@ Operands<T> prepare(cudaStream_t stream, void* workspace, const float* A, const 
     T* a16 = reinterpret_cast<T*>(ws);
     T* b16 = reinterpret_cast<T*>(ws + align_up(sizeof(T) * (size_t)R * IC));
     const long na = (long)R * IC, nb = (long)OC * R;
-    l2v::launch("lora_weights_to_bf16", lora_weights_to_bf16_kernel, dim3(gemm_detail::elementwise_grid(na + nb)),
+    l2v::launch("lora_weights_to_bf16", lora_weights_to_bf16_kernel<T>, dim3(gemm_detail::elementwise_grid(na + nb)),
                 dim3(gemm_detail::kElementwiseBlock), 0, stream, a16, A, na, b16, B, nb);
     return {a16, b16, dxa};
   } else {

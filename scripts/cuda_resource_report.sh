@@ -6,17 +6,14 @@
 set -euo pipefail
 out=$1
 shift
-awk '
-  /Compiling entry function/ {
-    match($0, /function .([^'"'"']+)/, m); fn = m[1];
-    match($0, /for .(sm_[0-9]+a?)/, a); arch = a[1];
-  }
-  /bytes stack frame/ && fn != "" { stack = $1; spill_st = $5; spill_ld = $9 }
-  /Used [0-9]+ registers/ && fn != "" {
-    match($0, /Used ([0-9]+) registers/, r);
-    smem = 0; if (match($0, /([0-9]+) bytes smem/, s)) smem = s[1];
-    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", arch, r[1], smem, stack, spill_st, spill_ld, fn;
-    fn = "";
+# ptxas prints, per kernel and architecture: "Compiling entry function 'NAME' for 'sm_XX'", then
+# "N bytes stack frame, S bytes spill stores, L bytes spill loads", then "Used R registers, ... M bytes smem".
+perl -ne '
+  if (/Compiling entry function .(\S+). for .(sm_\w+)./) { ($fn, $arch) = ($1, $2); ($stack, $st, $ld) = (0, 0, 0); }
+  elsif (defined $fn && /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/) { ($stack, $st, $ld) = ($1, $2, $3); }
+  elsif (defined $fn && /Used (\d+) registers/) {
+    my $regs = $1; my $smem = /(\d+) bytes smem/ ? $1 : 0;
+    print join("\t", $arch, $regs, $smem, $stack, $st, $ld, $fn), "\n"; undef $fn;
   }
 ' "$@" | sort -u | while IFS=$'\t' read -r arch regs smem stack st ld fn; do
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$arch" "$regs" "$smem" "$stack" "$st" "$ld" "$(echo "$fn" | c++filt)"
