@@ -35,7 +35,7 @@ $(CUDA_REPORT): $(CUDA_OBJS) scripts/cuda_resource_report.sh
 .PHONY: cuda
 cuda: $(CUDA_BIN) $(CUDA_REPORT)
 all: cuda
-# test/test_cuda_binary.cpp runs the binary.
+# test/test_gpu_binary.cpp runs the binary.
 test: cuda
 
 endif

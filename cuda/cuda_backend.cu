@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/adamw.cuh"
@@ -42,6 +43,9 @@ class DeviceScratch {
   size_t size_ = 0;
 };
 
+// T is the tensor storage type (float or __nv_bfloat16); the interface's float* tensor handles are
+// reinterpreted as T*, fp32 buffers are used as they are.
+template <typename T>
 class CudaBackend final : public Backend {
  public:
   CudaBackend() {
@@ -55,7 +59,7 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
 
-  const char* name() const override { return "cuda"; }
+  const char* name() const override { return std::is_same<T, float>::value ? "cuda (fp32)" : "cuda (bf16)"; }
   bool is_host_memory() const override { return false; }
 
   void* alloc(size_t bytes) override {
@@ -79,84 +83,108 @@ class CudaBackend final : public Backend {
   }
   void zero(void* dst, size_t bytes) override { CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_)); }
 
+  size_t tensor_element_bytes() const override { return sizeof(T); }
+  // Conversions run on the device through an fp32 staging buffer (round to nearest even, as torch).
+  void upload_tensor(float* dst, const float* host, size_t n) override {
+    if constexpr (std::is_same<T, float>::value) {
+      upload(dst, host, n * sizeof(float));
+    } else {
+      float* staging = static_cast<float*>(staging_.get(n * sizeof(float)));
+      upload(staging, host, n * sizeof(float));
+      cuda::convert_cuda(t(dst), staging, (long)n, stream_);
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+  }
+  void download_tensor(float* host, const float* src, size_t n) override {
+    if constexpr (std::is_same<T, float>::value) {
+      download(host, src, n * sizeof(float));
+    } else {
+      float* staging = static_cast<float*>(staging_.get(n * sizeof(float)));
+      cuda::convert_cuda(staging, t(src), (long)n, stream_);
+      download(host, staging, n * sizeof(float));
+    }
+  }
+
   void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
-    cuda::embedding_forward_cuda(out, ids, table, N, C, stream_);
+    cuda::embedding_forward_cuda(t(out), ids, t(table), N, C, stream_);
   }
   void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
                        float eps) override {
-    cuda::rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps, stream_);
+    cuda::rmsnorm_forward_cuda(t(out), rstd, t(inp), weight, N, C, eps, stream_);
   }
   void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
                         int N, int C) override {
-    cuda::rmsnorm_backward_cuda(dinp, dout, inp, weight, rstd, N, C, stream_);
+    cuda::rmsnorm_backward_cuda(t(dinp), t(dout), t(inp), weight, rstd, N, C, stream_);
   }
-  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T_, int nh,
                     int D) override {
-    cuda::rope_forward_cuda(out, x, cos, sin, N, T, nh, D, stream_);
+    cuda::rope_forward_cuda(t(out), t(x), cos, sin, N, T_, nh, D, stream_);
   }
-  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T_, int nh,
                      int D) override {
-    cuda::rope_backward_cuda(dx, dout, cos, sin, N, T, nh, D, stream_);
+    cuda::rope_backward_cuda(t(dx), t(dout), cos, sin, N, T_, nh, D, stream_);
   }
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                         const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                         const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
                          uint64_t seed, uint32_t stream) override {
-    cuda::attention_forward_cuda(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, seed, stream,
-                                 stream_);
+    cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, seed,
+                                 stream, stream_);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T_,
                           int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
                           uint32_t stream) override {
-    float* scratch = static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T, H, KV, D)));
-    cuda::attention_backward_cuda(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p,
-                                  seed, stream, scratch, stream_);
+    float* scratch =
+        static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T_, H, KV, D)));
+    cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
+                                  D, causal, dropout_p, seed, stream, scratch, stream_);
   }
   void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
-    cuda::swiglu_forward_cuda(out, gate, up, n, stream_);
+    cuda::swiglu_forward_cuda(t(out), t(gate), t(up), n, stream_);
   }
   void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                        long n) override {
-    cuda::swiglu_backward_cuda(dgate, dup, dout, gate, up, n, stream_);
+    cuda::swiglu_backward_cuda(t(dgate), t(dup), t(dout), t(gate), t(up), n, stream_);
   }
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
                       int OC) override {
-    cuda::matmul_forward_cuda(cublas_, out, inp, weight, bias, N, IC, OC);
+    cuda::matmul_forward_cuda(cublas_, t(out), t(inp), t(weight), t(bias), N, IC, OC);
   }
   void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
                              bool accumulate) override {
-    cuda::matmul_backward_input_cuda(cublas_, dinp, dout, weight, N, IC, OC, accumulate);
+    cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
   void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
                     float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
                     int R) override {
-    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(N, IC, OC, R));
-    cuda::lora_forward_cuda(cublas_, out, xa, inp, A, B, scale, dropout_p, seed, stream, scratch, ws, N, IC, OC, R);
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
+    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, seed, stream, t(scratch), ws, N, IC,
+                            OC, R);
   }
   void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
                      const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
                      float* scratch, int N, int IC, int OC, int R) override {
-    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(N, IC, OC, R));
-    cuda::lora_backward_cuda(cublas_, dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, seed, stream, scratch, ws,
-                             N, IC, OC, R);
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
+    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, seed, stream,
+                             t(scratch), ws, N, IC, OC, R);
   }
   void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {
-    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<float>(1, IC, OC, R));
-    cuda::lora_merge_cuda(cublas_, weight, A, B, scale, sign, ws, IC, OC, R);
+    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(1, IC, OC, R));
+    cuda::lora_merge_cuda(cublas_, t(weight), A, B, scale, sign, ws, IC, OC, R);
   }
   void residual_forward(float* out, const float* a, const float* b, long n) override {
-    cuda::residual_forward_cuda(out, a, b, n, stream_);
+    cuda::residual_forward_cuda(t(out), t(a), t(b), n, stream_);
   }
   void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
                                 const float* weight, int N, int C, float eps) override {
-    cuda::residual_rmsnorm_forward_cuda(resid_out, norm_out, rstd, a, b, weight, N, C, eps, stream_);
+    cuda::residual_rmsnorm_forward_cuda(t(resid_out), t(norm_out), rstd, t(a), t(b), weight, N, C, eps, stream_);
   }
   void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
-    void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<float>(kLmHeadChunk, C, V));
-    cuda::lm_head_crossentropy_cuda(cublas_, losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss,
-                                    scratch, kLmHeadChunk);
+    void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<T>(kLmHeadChunk, C, V));
+    cuda::lm_head_crossentropy_cuda(cublas_, losses, t(d_hidden), t(hidden), t(lm_head), rows, targets, M, N, C, V,
+                                    dloss, scratch, kLmHeadChunk);
   }
   float global_norm(const float* const* tensors, const long* sizes, int count) override {
     // The optimizer asks for the norm of the same gradient list every step: keep its device copy.
@@ -176,6 +204,7 @@ class CudaBackend final : public Backend {
     download(&host, norm, sizeof(float));
     return host;
   }
+  // Only fp32 buffers (gradients) are scaled.
   void scale(float* x, long n, float s) override { cuda::scale_cuda(x, n, s, stream_); }
   void range_push(const char* name) override {
 #if !defined(L2V_EMULATE)
@@ -195,9 +224,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  static T* t(float* p) { return reinterpret_cast<T*>(p); }
+  static const T* t(const float* p) { return reinterpret_cast<const T*>(p); }
+
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_;
+  DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
   std::unique_ptr<cuda::DeviceTensorList> norm_list_;
   std::vector<float*> norm_ptrs_;
   std::vector<long> norm_sizes_;
@@ -205,7 +237,13 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() {
+CudaPrecision parse_cuda_precision(const std::string& name) {
+  if (name == "fp32") return CudaPrecision::kFp32;
+  if (name == "bf16") return CudaPrecision::kBf16;
+  throw std::invalid_argument("unknown CUDA precision '" + name + "' (fp32 or bf16)");
+}
+
+std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision) {
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   if (err != cudaSuccess || devices == 0) {
@@ -214,7 +252,8 @@ std::unique_ptr<Backend> make_cuda_backend() {
                              (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") +
                              "). The CUDA backend needs an NVIDIA GPU and driver; use --backend cpu on this machine.");
   }
-  return std::make_unique<CudaBackend>();
+  if (precision == CudaPrecision::kFp32) return std::make_unique<CudaBackend<float>>();
+  return std::make_unique<CudaBackend<__nv_bfloat16>>();
 }
 
 }  // namespace l2v

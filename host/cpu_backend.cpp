@@ -27,6 +27,11 @@ class CpuBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
   void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  size_t tensor_element_bytes() const override { return sizeof(float); }
+  void upload_tensor(float* dst, const float* host, size_t n) override { std::memcpy(dst, host, n * sizeof(float)); }
+  void download_tensor(float* host, const float* src, size_t n) override {
+    std::memcpy(host, src, n * sizeof(float));
+  }
 
   void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
     cpu::embedding_forward(out, ids, table, N, C);

@@ -15,6 +15,15 @@ class Backend {
   // True when backend memory is ordinary host memory (lets loaders convert straight into it).
   virtual bool is_host_memory() const = 0;
 
+  // Two classes of buffers. "Tensors" — activations, their gradients and the frozen base weights of the
+  // linear layers and embeddings — are stored in the backend's precision: fp32 on the CPU, fp32 or bf16 on
+  // CUDA; their float* pointers are handles, only ever read through ops and upload_tensor/download_tensor.
+  // Everything else is always fp32: norm weights, RoPE tables, rstd, lse, losses, the LoRA master weights,
+  // their gradients and the optimizer moments.
+  virtual size_t tensor_element_bytes() const = 0;
+  virtual void upload_tensor(float* dst, const float* host, size_t n) = 0;     // converts from fp32
+  virtual void download_tensor(float* host, const float* src, size_t n) = 0;   // converts to fp32
+
   // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error.
   virtual void* alloc(size_t bytes) = 0;
   virtual void release(void* ptr) = 0;

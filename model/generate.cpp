@@ -16,7 +16,7 @@ std::vector<GreedyStep> greedy_decode(Model& m, const std::vector<int>& prompt, 
     const int T = (int)tokens.size();
     model_forward(m, tokens.data(), nullptr, 1, T, opt);
     lm_head_forward(m);
-    std::vector<float> last = download_floats(m, m.acts.logits + (size_t)(T - 1) * V, V);
+    std::vector<float> last = download_tensor(m, tensor_offset(m, m.acts.logits, (size_t)(T - 1) * V), V);
     int best = 0;
     for (int v = 1; v < V; ++v)
       if (last[v] > last[best]) best = v;

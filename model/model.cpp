@@ -23,7 +23,10 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-float* load_tensor(Model& m, const TensorSource& src, const std::string& name, std::vector<int64_t> shape) {
+// Loads a checkpoint tensor into a backend tensor (as_tensor: linear weights, biases, embeddings) or an
+// fp32 buffer (norm weights).
+float* load_tensor(Model& m, const TensorSource& src, const std::string& name, std::vector<int64_t> shape,
+                   bool as_tensor = true) {
   if (!src.has(name)) throw std::runtime_error(src.describe() + ": missing tensor '" + name + "'");
   std::vector<int64_t> actual = src.shape(name);
   if (actual != shape)
@@ -31,13 +34,15 @@ float* load_tensor(Model& m, const TensorSource& src, const std::string& name, s
                              ", expected " + shape_str(shape));
   size_t n = 1;
   for (int64_t d : shape) n *= (size_t)d;
-  float* dst = m.alloc_floats(n);
-  if (m.backend->is_host_memory()) {
+  const bool fp32 = !as_tensor || m.backend->tensor_element_bytes() == sizeof(float);
+  float* dst = as_tensor ? m.alloc_tensor(n) : m.alloc_floats(n);
+  if (m.backend->is_host_memory() && fp32) {
     src.read_f32(name, dst, n);  // straight from the (mmap'ed) file into the weights: no staging copy
   } else {
     std::vector<float> host(n);
     src.read_f32(name, host.data(), n);
-    m.backend->upload(dst, host.data(), n * sizeof(float));
+    if (as_tensor) m.backend->upload_tensor(dst, host.data(), n);
+    else m.backend->upload(dst, host.data(), n * sizeof(float));
   }
   return dst;
 }
@@ -85,6 +90,12 @@ Model::~Model() {
   for (void* p : weight_memory_) backend->release(p);
 }
 
+float* Model::alloc_tensor(size_t n, bool activation) {
+  void* p = backend->alloc(std::max<size_t>(n, 1) * backend->tensor_element_bytes());
+  (activation ? activation_memory_ : weight_memory_).push_back(p);
+  return static_cast<float*>(p);
+}
+
 float* Model::alloc_floats(size_t n, bool activation) {
   void* p = backend->alloc(std::max<size_t>(n, 1) * sizeof(float));
   (activation ? activation_memory_ : weight_memory_).push_back(p);
@@ -115,8 +126,8 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = m.layers[l];
-    L.attn_norm = load_tensor(m, src, p + "input_layernorm.weight", {C});
-    L.mlp_norm = load_tensor(m, src, p + "post_attention_layernorm.weight", {C});
+    L.attn_norm = load_tensor(m, src, p + "input_layernorm.weight", {C}, false);
+    L.mlp_norm = load_tensor(m, src, p + "post_attention_layernorm.weight", {C}, false);
     for (int id = 0; id < kNumLinears; ++id) {
       Linear& lin = L.linear[id];
       lin.in = in_dims[id];
@@ -127,7 +138,7 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
       if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
     }
   }
-  m.final_norm = load_tensor(m, src, "model.norm.weight", {C});
+  m.final_norm = load_tensor(m, src, "model.norm.weight", {C}, false);
   // Tied checkpoints may or may not store lm_head.weight; the embedding is the truth then.
   m.lm_head = c.tie_word_embeddings ? m.embed : load_tensor(m, src, "lm_head.weight", {V, C});
 }
@@ -200,9 +211,23 @@ void zero_grads(Model& m) {
   for (TrainableParam& p : m.trainable) m.backend->zero(p.grad, p.count * sizeof(float));
 }
 
+float* tensor_offset(const Model& m, float* base, size_t elements) {
+  return reinterpret_cast<float*>(reinterpret_cast<char*>(base) + elements * m.backend->tensor_element_bytes());
+}
+
+const float* tensor_offset(const Model& m, const float* base, size_t elements) {
+  return tensor_offset(m, const_cast<float*>(base), elements);
+}
+
 std::vector<float> download_floats(const Model& m, const float* ptr, size_t n) {
   std::vector<float> out(n);
   m.backend->download(out.data(), ptr, n * sizeof(float));
+  return out;
+}
+
+std::vector<float> download_tensor(const Model& m, const float* ptr, size_t n) {
+  std::vector<float> out(n);
+  m.backend->download_tensor(out.data(), ptr, n);
   return out;
 }
 
@@ -224,7 +249,8 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size;
   const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
   const size_t L = c.num_hidden_layers, R = std::max(m.lora.r, 1);
-  auto f = [&](size_t n) { return m.alloc_floats(n, true); };
+  auto f = [&](size_t n) { return m.alloc_tensor(n, true); };
+  auto f32 = [&](size_t n) { return m.alloc_floats(n, true); };
   a.B = B;
   a.T = T;
   a.recompute = recompute;
@@ -236,23 +262,23 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   a.layers.resize(recompute ? 1 : L);
   for (LayerActivations& la : a.layers) {
     la.x1 = f(N * C);
-    la.rstd1 = f(N);
+    la.rstd1 = f32(N);
     la.q = f(N * QD);
     la.k = f(N * KVD);
     la.v = f(N * KVD);
     la.att = f(N * QD);
-    la.lse = f((size_t)B * c.num_attention_heads * T);
+    la.lse = f32((size_t)B * c.num_attention_heads * T);
     la.h_mid = f(N * C);
     la.x2 = f(N * C);
-    la.rstd2 = f(N);
+    la.rstd2 = f32(N);
     la.gate = f(N * F);
     la.up = f(N * F);
     la.act = f(N * F);
     for (float*& xa : la.xa) xa = f(N * R);
   }
   a.final_hidden = f(N * C);
-  a.rstd_final = f(N);
-  a.losses = f(N);
+  a.rstd_final = f32(N);
+  a.losses = f32(N);
   a.d_resid = f(N * C);
   a.d_x = f(N * C);
   a.d_hidden = f(N * C);
@@ -312,8 +338,8 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   Activations& a = m.acts;
   const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  const float* h = a.resid + (size_t)l * N * C;
-  float* h_next = a.resid + (size_t)(l + 1) * N * C;
+  const float* h = tensor_offset(m, a.resid, (size_t)l * N * C);
+  float* h_next = tensor_offset(m, a.resid, (size_t)(l + 1) * N * C);
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer forward");
   {
@@ -347,7 +373,7 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   Activations& a = m.acts;
   const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  const float* h = a.resid + (size_t)l * N * C;
+  const float* h = tensor_offset(m, a.resid, (size_t)l * N * C);
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer backward");
 
@@ -400,14 +426,14 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
   }
   m.backend->embedding_forward(a.resid, a.ids, m.embed, N, c.hidden_size);
   for (int l = 0; l < c.num_hidden_layers; ++l) layer_forward(m, opt, l, a.layers[opt.recompute ? 0 : l]);
-  m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final, a.resid + (size_t)c.num_hidden_layers * N * c.hidden_size,
+  m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final, tensor_offset(m, a.resid, (size_t)c.num_hidden_layers * N * c.hidden_size),
                              m.final_norm, N, c.hidden_size, c.rms_norm_eps);
 }
 
 void lm_head_forward(Model& m) {
   Activations& a = m.acts;
   Range range(*m.backend, "lm head");
-  if (!a.logits) a.logits = m.alloc_floats(a.capacity_rows * (size_t)m.config.vocab_size, true);
+  if (!a.logits) a.logits = m.alloc_tensor(a.capacity_rows * (size_t)m.config.vocab_size, true);
   m.backend->matmul_forward(a.logits, a.final_hidden, m.lm_head, nullptr, a.B * a.T, m.config.hidden_size,
                             m.config.vocab_size);
 }
@@ -418,8 +444,8 @@ void model_backward(Model& m, const float* d_final_hidden) {
   const ForwardOptions& opt = m.last_forward;
   const ModelConfig& c = m.config;
   const int N = a.B * a.T, C = c.hidden_size, L = c.num_hidden_layers;
-  m.backend->zero(a.d_resid, (size_t)N * C * sizeof(float));
-  m.backend->rmsnorm_backward(a.d_resid, d_final_hidden, a.resid + (size_t)L * N * C, m.final_norm, a.rstd_final, N,
+  m.backend->zero(a.d_resid, (size_t)N * C * m.backend->tensor_element_bytes());
+  m.backend->rmsnorm_backward(a.d_resid, d_final_hidden, tensor_offset(m, a.resid, (size_t)L * N * C), m.final_norm, a.rstd_final, N,
                               C);
   for (int l = L - 1; l >= 0; --l) {
     LayerActivations& s = a.layers[opt.recompute ? 0 : l];

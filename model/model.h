@@ -114,6 +114,9 @@ struct Model {
   ~Model();
 
   // Zeroed backend memory released with the model; `activation` memory is released on re-allocation.
+  // alloc_tensor holds n elements in the backend's tensor precision, alloc_floats n fp32 values (see
+  // model/backend.h for which buffers are which).
+  float* alloc_tensor(size_t n, bool activation = false);
   float* alloc_floats(size_t n, bool activation = false);
   int* alloc_ints(size_t n, bool activation = false);
   void release_activations();
@@ -157,7 +160,13 @@ void model_backward(Model& m, const float* d_final_hidden);
 // A batch without any label returns 0 and leaves the gradients untouched.
 float mntp_loss(Model& m, const int* labels, bool backward);
 
-// Host copy of a backend buffer of n floats.
+// The tensor `elements` elements past `base`: tensor handles are float* but hold the backend's tensor
+// precision, so plain pointer arithmetic would be wrong for bf16.
+float* tensor_offset(const Model& m, float* base, size_t elements);
+const float* tensor_offset(const Model& m, const float* base, size_t elements);
+
+// Host fp32 copies of n values of a backend buffer: an fp32 buffer, or a tensor (converted).
 std::vector<float> download_floats(const Model& m, const float* ptr, size_t n);
+std::vector<float> download_tensor(const Model& m, const float* ptr, size_t n);
 
 }  // namespace l2v

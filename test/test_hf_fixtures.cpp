@@ -83,12 +83,12 @@ class HfFixture : public ::testing::TestWithParam<const char*> {
     opt.causal = causal;
     opt.training = training;  // with zero dropout rates: must equal eval mode
     model_forward(model_, ids_.data(), mask_.data(), B_, T_, opt);
-    return download_floats(model_, model_.acts.final_hidden, (size_t)B_ * T_ * model_.config.hidden_size);
+    return download_tensor(model_, model_.acts.final_hidden, (size_t)B_ * T_ * model_.config.hidden_size);
   }
 
   std::vector<float> logits() {
     lm_head_forward(model_);
-    return download_floats(model_, model_.acts.logits, (size_t)B_ * T_ * model_.config.vocab_size);
+    return download_tensor(model_, model_.acts.logits, (size_t)B_ * T_ * model_.config.vocab_size);
   }
 
   std::string dir_;

@@ -189,7 +189,7 @@ TEST(ModelProperties, MergedEqualsUnmergedAndUnmergeRestoresWeights) {
   add_random_lora(m, 4, 8.0f, 0.0f, 3);
   Batch b = padded_batch(m.config.vocab_size, 13);
   const Linear& q0 = m.layers[0].linear[kQ];
-  std::vector<float> w_before = download_floats(m, q0.weight, (size_t)q0.in * q0.out);
+  std::vector<float> w_before = download_tensor(m, q0.weight, (size_t)q0.in * q0.out);
   for (bool causal : {true, false}) {
     ForwardOptions opt;
     opt.causal = causal;
@@ -203,7 +203,7 @@ TEST(ModelProperties, MergedEqualsUnmergedAndUnmergeRestoresWeights) {
     // Merging reassociates x(W + sBA)^T vs xW^T + s(xA^T)B^T: equal up to fp32 rounding.
     EXPECT_TRUE(test::AllClose(merged.data(), want.data(), want.size(), 2e-5, 2e-5)) << "causal=" << causal;
   }
-  std::vector<float> w_after = download_floats(m, q0.weight, w_before.size());
+  std::vector<float> w_after = download_tensor(m, q0.weight, w_before.size());
   std::vector<double> want(w_before.begin(), w_before.end());
   EXPECT_TRUE(test::AllClose(w_after.data(), want.data(), want.size(), 1e-6, 1e-6));
   EXPECT_THROW(unmerge_lora(m), std::runtime_error);

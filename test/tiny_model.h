@@ -142,7 +142,7 @@ inline Batch padded_batch(int V, unsigned seed) {
 }
 
 inline std::vector<float> hidden(Model& m) {
-  return download_floats(m, m.acts.final_hidden, (size_t)m.acts.B * m.acts.T * m.config.hidden_size);
+  return download_tensor(m, m.acts.final_hidden, (size_t)m.acts.B * m.acts.T * m.config.hidden_size);
 }
 
 inline std::vector<float> all_grads(Model& m) {

@@ -30,11 +30,14 @@ constexpr const char* kDefaultBackend = "cuda";
 constexpr const char* kDefaultBackend = "cpu";
 #endif
 
-std::unique_ptr<Backend> make_backend(const std::string& name) {
-  if (name == "cpu") return make_cpu_backend();
+std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision) {
+  if (name == "cpu") {
+    if (precision != "fp32") throw UsageError("the cpu backend computes in fp32 only (--precision fp32)");
+    return make_cpu_backend();
+  }
   if (name == "cuda") {
 #if defined(L2V_WITH_CUDA)
-    return make_cuda_backend();
+    return make_cuda_backend(parse_cuda_precision(precision));
 #else
     throw UsageError("this binary was built without CUDA (use build/llm2vec_cuda, built when nvcc is present)");
 #endif
@@ -50,7 +53,8 @@ struct LoadedModel {
 
 void load(LoadedModel& lm, const ParsedOptions& o) {
   const std::string path = o.required("--model");
-  lm.backend = make_backend(o.get("--backend", kDefaultBackend));
+  const std::string backend = o.get("--backend", kDefaultBackend);
+  lm.backend = make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
   lm.checkpoint = open_checkpoint(path);
   load_model(lm.model, lm.checkpoint.config, *lm.checkpoint.tensors, *lm.backend);
   const ModelConfig& c = lm.checkpoint.config;
@@ -137,7 +141,7 @@ int run_demo(const ParsedOptions& o) {
     ForwardOptions opt;
     opt.causal = causal;
     model_forward(lm.model, ids.data(), mask.data(), B, T, opt);
-    std::vector<float> hidden = download_floats(lm.model, lm.model.acts.final_hidden, (size_t)B * T * C);
+    std::vector<float> hidden = download_tensor(lm.model, lm.model.acts.final_hidden, (size_t)B * T * C);
     print_similarities(causal ? "causal attention (Uni)" : "bidirectional attention (Bi, untrained)",
                        mean_pool(hidden, mask, B, T, C));
   }
@@ -196,17 +200,20 @@ const OptionSpec kModel{"--model", "PATH", "checkpoint: a Hugging Face model dir
 const OptionSpec kTokenizer{"--tokenizer", "PATH",
                             "tokenizer.json, a directory holding one, or a llama2.c tokenizer .bin"};
 const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default ") + kDefaultBackend + ")"};
+const OptionSpec kPrecision{"--precision", "P",
+                            "storage of activations and base weights: bf16 (cuda default, fp32\n"
+                            "accumulation) or fp32 (cpu: fp32 only)"};
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"demo",
        "embed the lines of a text file with mean pooling, once with causal and once with\n"
        "bidirectional attention (no training), and print their cosine similarities",
-       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}, kBackend},
+       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}, kBackend, kPrecision},
        run_demo},
       {"generate",
        "greedy decoding from BOS with causal attention",
-       {kModel, kTokenizer, kBackend,
+       {kModel, kTokenizer, kBackend, kPrecision,
         {"--steps", "N",
          "tokens to generate (default 255, what llama2.c's run.c prints with -n 256:\n"
          "its step count includes the BOS position)"}},
