@@ -23,12 +23,14 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cuda/attention.cuh"
 #include "cuda/launch.h"
 #include "host/cpu_ops.h"
 #include "host/philox.h"
+#include "test/cuda_test_util.h"
 
 namespace {
 
@@ -37,28 +39,7 @@ namespace emu = l2v::emu;
 constexpr double kFp32Tol = 1e-5;
 constexpr double kBf16Tol = 2e-2;
 
-// A cudaMalloc'ed array, freed at the end of the scope.
-template <typename T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(n, 1) * sizeof(T)));
-    // NaN in every float and bf16: an output element the kernels do not write shows.
-    CUDA_CHECK(cudaMemset(ptr, 0xFF, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  std::vector<T> download() const {
-    std::vector<T> host(n);
-    CUDA_CHECK(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-};
+using l2v::test::Dev, l2v::test::Raw, l2v::test::rounded;
 
 enum class Padding {
   kNone,
@@ -101,30 +82,6 @@ std::vector<int> make_mask(const Shape& s) {
   return mask;
 }
 
-float round_bf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
-
-template <typename T>
-std::vector<T> to_storage(const std::vector<float>& x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return x;
-  } else {
-    std::vector<T> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = __float2bfloat16(x[i]);
-    return y;
-  }
-}
-
-template <typename T>
-std::vector<float> to_float(const std::vector<T>& x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return x;
-  } else {
-    std::vector<float> y(x.size());
-    for (size_t i = 0; i < x.size(); ++i) y[i] = __bfloat162float(x[i]);
-    return y;
-  }
-}
-
 struct Inputs {
   std::vector<float> q, k, v, dout;
   std::vector<int> mask;
@@ -138,10 +95,8 @@ Inputs make_inputs(const Shape& s, bool bf16, uint32_t seed) {
   const size_t N = (size_t)s.B * s.T;
   auto fill = [&](size_t n, float scale) {
     std::vector<float> x(n);
-    for (float& e : x) {
-      e = scale * normal(rng);
-      if (bf16) e = round_bf16(e);
-    }
+    for (float& e : x) e = scale * normal(rng);
+    if (bf16) x = rounded<__nv_bfloat16>(std::move(x));
     return x;
   };
   Inputs in;
@@ -180,12 +135,12 @@ Results run_cpu(const Shape& s, const Inputs& in) {
 template <typename T>
 Results run_cuda(const Shape& s, const Inputs& in) {
   const size_t N = (size_t)s.B * s.T;
-  DeviceArray<T> q(to_storage<T>(in.q)), k(to_storage<T>(in.k)), v(to_storage<T>(in.v));
-  DeviceArray<T> dout(to_storage<T>(in.dout));
-  DeviceArray<int> mask(in.mask);
-  DeviceArray<T> out(N * s.H * s.D), dq(N * s.H * s.D), dk(N * s.KV * s.D), dv(N * s.KV * s.D);
-  DeviceArray<float> lse((size_t)s.B * s.H * s.T);
-  DeviceArray<float> scratch(l2v::cuda::attention_backward_scratch_bytes(s.B, s.T, s.H, s.KV, s.D) / sizeof(float));
+  Dev<T> q(in.q), k(in.k), v(in.v);
+  Dev<T> dout(in.dout);
+  Raw<int> mask(in.mask);
+  Dev<T> out(N * s.H * s.D), dq(N * s.H * s.D), dk(N * s.KV * s.D), dv(N * s.KV * s.D);
+  Dev<float> lse((size_t)s.B * s.H * s.T);
+  Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(s.B, s.T, s.H, s.KV, s.D) / sizeof(float));
   l2v::cuda::attention_forward_cuda<T>(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, s.B, s.T, s.H, s.KV, s.D,
                                        s.causal, s.dropout_p, kSeed, kStream, nullptr);
   l2v::cuda::attention_backward_cuda<T>(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr,
@@ -193,11 +148,11 @@ Results run_cuda(const Shape& s, const Inputs& in) {
                                         scratch.ptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   Results r;
-  r.out = to_float(out.download());
-  r.lse = lse.download();
-  r.dq = to_float(dq.download());
-  r.dk = to_float(dk.download());
-  r.dv = to_float(dv.download());
+  r.out = out.get();
+  r.lse = lse.get();
+  r.dq = dq.get();
+  r.dk = dk.get();
+  r.dv = dv.get();
   return r;
 }
 
@@ -340,7 +295,7 @@ TEST(CudaAttention, AllPaddingRowsGiveZeroOutputAndGradients) {
 }
 
 TEST(CudaAttention, RejectsUnsupportedArguments) {
-  DeviceArray<float> x(4 * 32 * 128), lse(4 * 32), scratch(4 * 32);
+  Dev<float> x(4 * 32 * 128), lse(4 * 32), scratch(4 * 32);
   auto forward = [&](int H, int KV, int D, float p) {
     l2v::cuda::attention_forward_cuda<float>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr, 1, 4, H, KV, D, false, p,
                                              0, 0, nullptr);

@@ -19,7 +19,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <map>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -30,6 +29,7 @@
 #include "cuda/lora.cuh"
 #include "cuda/matmul.cuh"
 #include "host/cpu_ops.h"
+#include "test/cuda_test_util.h"
 #include "test/test_util.h"
 
 namespace {
@@ -37,85 +37,12 @@ namespace {
 namespace cpu = l2v::cpu;
 namespace lc = l2v::cuda;
 using bf16 = __nv_bfloat16;
-using l2v::test::randn;
-
-constexpr double kU32 = l2v::test::kU32;  // 2^-24
-constexpr double kUBf16 = 1.0 / 256.0;    // 2^-8
-
-template <typename T>
-struct Prec;
-template <>
-struct Prec<float> {
-  static constexpr double u = 0.0;  // nothing is rounded beyond fp32
-  static constexpr const char* name = "fp32";
-};
-template <>
-struct Prec<bf16> {
-  static constexpr double u = kUBf16;
-  static constexpr const char* name = "bf16";
-};
-
-float to_f(float x) { return x; }
-float to_f(bf16 x) { return __bfloat162float(x); }
-template <typename T>
-T from_f(float x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return x;
-  } else {
-    return __float2bfloat16_rn(x);
-  }
-}
-
-// The values a T array holds for these floats (the reference's inputs in the bf16 tests).
-template <typename T>
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = to_f(from_f<T>(x));
-  return v;
-}
+using l2v::test::Dev, l2v::test::kU32, l2v::test::Prec, l2v::test::Raw, l2v::test::randn, l2v::test::rounded;
 
 std::vector<float> absv(std::vector<float> v) {
   for (float& x : v) x = std::fabs(x);
   return v;
 }
-
-// A cudaMalloc'ed array of T, filled from / read back as floats.
-template <typename T>
-struct Dev {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count) : n(count) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(n, 1) * sizeof(T)));
-    // Garbage (NaN for floats) until written: a launcher that reads what it should not shows.
-    CUDA_CHECK(cudaMemset(ptr, 0xFF, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit Dev(const std::vector<float>& host) : Dev(host.size()) { upload(host); }
-  ~Dev() { cudaFree(ptr); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const std::vector<float>& host) {
-    std::vector<T> t(host.size());
-    for (size_t i = 0; i < host.size(); ++i) t[i] = from_f<T>(host[i]);
-    CUDA_CHECK(cudaMemcpy(ptr, t.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<float> get() const {
-    std::vector<T> t(n);
-    CUDA_CHECK(cudaMemcpy(t.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; ++i) out[i] = to_f(t[i]);
-    return out;
-  }
-};
-
-struct IntDev {
-  int* ptr = nullptr;
-  explicit IntDev(const std::vector<int>& host) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(host.size(), 1) * sizeof(int)));
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice));
-  }
-  ~IntDev() { cudaFree(ptr); }
-  IntDev(const IntDev&) = delete;
-  IntDev& operator=(const IntDev&) = delete;
-};
 
 // Bytes for a launcher's scratch or workspace (never a null pointer, even for 0 bytes).
 struct Bytes {
@@ -127,50 +54,26 @@ struct Bytes {
 };
 
 // The worst errors per comparison family, printed when the tests end.
-struct Worst {
-  double rel = 0.0;    // max |got - ref| / mag
-  double of_tol = 0.0; // max |got - ref| / tol
-  double abs = 0.0;    // max |got - ref|
-};
-std::map<std::string, Worst>& worst_table() {
-  static std::map<std::string, Worst> table;
-  return table;
-}
+const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(
+    new l2v::test::WorstReport("|got - ref| / mag, fraction of the tolerance, |got - ref|",
+                               [](const std::string& family, const l2v::test::Worst& w) {
+                                 std::printf("  %-34s %10.3e  %6.3f  %10.3e\n", family.c_str(), w.rel, w.of_tol,
+                                             w.abs);
+                               }));
 
-class WorstReport : public ::testing::Environment {
- public:
-  void TearDown() override {
-    std::printf("\nWorst observed errors (|got - ref| / mag, fraction of the tolerance, |got - ref|):\n");
-    for (const auto& [family, w] : worst_table())
-      std::printf("  %-34s %10.3e  %6.3f  %10.3e\n", family.c_str(), w.rel, w.of_tol, w.abs);
-  }
-};
-const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(new WorstReport);
-
-// |got - ref| <= tol_factor * mag element-wise (tol_factor per element when given as a vector).
+// |got - ref| <= tol_factor * mag element-wise (tol_factor per element when given as a vector); the
+// relative error recorded is |got - ref| / mag.
 ::testing::AssertionResult Close(const std::string& family, const std::vector<float>& got,
                                  const std::vector<float>& ref, const std::vector<float>& mag,
                                  const std::vector<double>& tol_factor) {
   if (got.size() != ref.size() || ref.size() != mag.size() || tol_factor.size() != ref.size())
     return ::testing::AssertionFailure() << "size mismatch";
-  Worst& w = worst_table()[family];
-  size_t bad = 0, first_bad = 0;
+  std::vector<double> tol(ref.size()), rel_scale(ref.size());
   for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs((double)got[i] - ref[i]);
-    const double tol = tol_factor[i] * mag[i];
-    if (!(err <= tol)) {
-      if (bad++ == 0) first_bad = i;
-      continue;
-    }
-    w.abs = std::max(w.abs, err);
-    if (mag[i] > 0) w.rel = std::max(w.rel, err / mag[i]);
-    if (tol > 0) w.of_tol = std::max(w.of_tol, err / tol);
+    tol[i] = tol_factor[i] * mag[i];
+    rel_scale[i] = mag[i];
   }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  const size_t i = first_bad;
-  return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance; first ["
-                                       << i << "] got " << got[i] << " want " << ref[i] << " tol "
-                                       << tol_factor[i] * mag[i];
+  return l2v::test::CloseRecorded(family, got, ref, tol, rel_scale);
 }
 
 ::testing::AssertionResult Close(const std::string& family, const std::vector<float>& got,
@@ -457,7 +360,7 @@ TYPED_TEST(Gemm, LmHeadCrossEntropy) {
 
     Dev<T> d_hid(hidden), d_head(head), d_dh((size_t)s.N * s.C);
     Dev<float> d_losses(s.M), d_losses_fwd(s.M);
-    IntDev d_rows(rows), d_targets(targets);
+    Raw<int> d_rows(rows), d_targets(targets);
     Bytes scratch(lc::lm_head_crossentropy_scratch_bytes<T>(s.chunk, s.C, s.V));
     lc::lm_head_crossentropy_cuda<T>(this->handle_, d_losses.ptr, d_dh.ptr, d_hid.ptr, d_head.ptr, d_rows.ptr,
                                      d_targets.ptr, s.M, s.N, s.C, s.V, dloss, scratch.ptr, s.chunk);
@@ -488,7 +391,7 @@ TYPED_TEST(Gemm, LmHeadRejectsBadArguments) {
   using T = TypeParam;
   Dev<T> h(8), w(12), dh(8);
   Dev<float> losses(2);
-  IntDev rows({0, 1}), targets({0, 2});
+  Raw<int> rows({0, 1}), targets({0, 2});
   Bytes scratch(lc::lm_head_crossentropy_scratch_bytes<T>(2, 4, 3));
   EXPECT_THROW(lc::lm_head_crossentropy_cuda<T>(this->handle_, losses.ptr, dh.ptr, h.ptr, w.ptr, rows.ptr, targets.ptr,
                                                 2, 2, 4, 3, 1.0f, scratch.ptr, 0),

@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -37,6 +36,7 @@
 #include "cuda/rope.cuh"
 #include "cuda/swiglu.cuh"
 #include "host/cpu_ops.h"
+#include "test/cuda_test_util.h"
 #include "test/test_util.h"
 
 namespace {
@@ -45,95 +45,13 @@ namespace cpu = l2v::cpu;
 namespace lc = l2v::cuda;
 namespace emu = l2v::emu;
 using bf16 = __nv_bfloat16;
-using l2v::test::randn;
-
-constexpr double kU32 = l2v::test::kU32;  // 2^-24
-constexpr double kUBf16 = 1.0 / 256.0;    // 2^-8: bf16's unit roundoff (8 significant bits)
-
-template <typename T>
-struct Prec;
-template <>
-struct Prec<float> {
-  static constexpr double u = 0.0;
-  static constexpr const char* name = "fp32";
-};
-template <>
-struct Prec<bf16> {
-  static constexpr double u = kUBf16;
-  static constexpr const char* name = "bf16";
-};
-
-float to_f(float x) { return x; }
-float to_f(bf16 x) { return __bfloat162float(x); }
-template <typename T>
-T from_f(float x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return x;
-  } else {
-    return __float2bfloat16_rn(x);
-  }
-}
-
-// The values a T array holds for these floats (the reference's inputs in the bf16 tests).
-template <typename T>
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = to_f(from_f<T>(x));
-  return v;
-}
+using l2v::test::Dev, l2v::test::kU32, l2v::test::Prec, l2v::test::Raw, l2v::test::randn, l2v::test::rounded;
 
 uint32_t bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
   return u;
 }
-
-// A cudaMalloc'ed array of `n` T starting `offset` elements into its allocation (offset 1 makes every
-// pointer misaligned for 16-byte packs, which sends the launchers to their element-wise kernels). Filled
-// from / read back as floats; NaN-poisoned until written.
-template <typename T>
-struct Dev {
-  T* base = nullptr;
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count, size_t offset = 0) : n(count) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&base), (n + offset + 1) * sizeof(T)));
-    CUDA_CHECK(cudaMemset(base, 0xFF, (n + offset + 1) * sizeof(T)));
-    ptr = base + offset;
-  }
-  explicit Dev(const std::vector<float>& host, size_t offset = 0) : Dev(host.size(), offset) { upload(host); }
-  ~Dev() { cudaFree(base); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const std::vector<float>& host) {
-    std::vector<T> t(host.size());
-    for (size_t i = 0; i < host.size(); ++i) t[i] = from_f<T>(host[i]);
-    CUDA_CHECK(cudaMemcpy(ptr, t.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<float> get() const {
-    std::vector<T> t(n);
-    CUDA_CHECK(cudaMemcpy(t.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; ++i) out[i] = to_f(t[i]);
-    return out;
-  }
-};
-
-template <typename T>
-struct Raw {  // an array of plain values (ints, doubles) with no conversion
-  T* ptr = nullptr;
-  explicit Raw(size_t n) { CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(n, 1) * sizeof(T))); }
-  explicit Raw(const std::vector<T>& host) : Raw(host.size()) {
-    CUDA_CHECK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~Raw() { cudaFree(ptr); }
-  Raw(const Raw&) = delete;
-  Raw& operator=(const Raw&) = delete;
-  T get1() const {
-    T v;
-    CUDA_CHECK(cudaMemcpy(&v, ptr, sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-};
 
 // Runs the scope under an emulator scheduling order, then restores the previous one.
 struct ScheduleScope {
@@ -144,46 +62,23 @@ struct ScheduleScope {
 
 // ---- Comparison and the worst-error table.
 
-struct Worst {
-  double abs = 0.0;     // max |got - ref|
-  double rel = 0.0;     // max |got - ref| / |ref| over elements with |ref| >= 1e-3
-  double of_tol = 0.0;  // max |got - ref| / tol
-};
-std::map<std::string, Worst>& worst_table() {
-  static std::map<std::string, Worst> table;
-  return table;
-}
+using l2v::test::worst_table;
 
-class WorstReport : public ::testing::Environment {
- public:
-  void TearDown() override {
-    std::printf("\nWorst observed errors (|got - ref|, relative to |ref|, fraction of the tolerance):\n");
-    for (const auto& [family, w] : worst_table())
-      std::printf("  %-40s %10.3e  %10.3e  %6.3f\n", family.c_str(), w.abs, w.rel, w.of_tol);
-  }
-};
-const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(new WorstReport);
+const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(
+    new l2v::test::WorstReport("|got - ref|, relative to |ref|, fraction of the tolerance",
+                               [](const std::string& family, const l2v::test::Worst& w) {
+                                 std::printf("  %-40s %10.3e  %10.3e  %6.3f\n", family.c_str(), w.abs, w.rel,
+                                             w.of_tol);
+                               }));
 
-// |got - ref| <= tol element-wise (NaN fails), recording the worst errors under `family`.
+// |got - ref| <= tol element-wise (NaN fails), recording the worst errors under `family`; the relative
+// error recorded is |got - ref| / |ref| over the elements with |ref| >= 1e-3.
 ::testing::AssertionResult Close(const std::string& family, const std::vector<float>& got,
                                  const std::vector<float>& ref, const std::vector<double>& tol) {
   if (got.size() != ref.size() || tol.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
-  Worst& w = worst_table()[family];
-  size_t bad = 0, first_bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::fabs((double)got[i] - ref[i]);
-    if (!(err <= tol[i])) {
-      if (bad++ == 0) first_bad = i;
-      continue;
-    }
-    w.abs = std::max(w.abs, err);
-    if (std::fabs(ref[i]) >= 1e-3) w.rel = std::max(w.rel, err / std::fabs(ref[i]));
-    if (tol[i] > 0) w.of_tol = std::max(w.of_tol, err / tol[i]);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  const size_t i = first_bad;
-  return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance; first ["
-                                       << i << "] got " << got[i] << " want " << ref[i] << " tol " << tol[i];
+  std::vector<double> rel_scale(ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) rel_scale[i] = std::fabs(ref[i]) >= 1e-3 ? std::fabs(ref[i]) : 0.0;
+  return l2v::test::CloseRecorded(family, got, ref, tol, rel_scale);
 }
 
 // |got - ref| <= atol + rtol |ref|.
