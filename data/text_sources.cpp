@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/unicode.h"
+
 namespace l2v {
 namespace {
 
@@ -29,32 +31,6 @@ void open_input(std::ifstream& in, const std::string& path, size_t& size) {
 
 }  // namespace
 
-bool valid_utf8(const std::string& s) {
-  const unsigned char* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t i = 0, n = s.size();
-  while (i < n) {
-    unsigned c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    unsigned cp, min;
-    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; min = 0x80; }
-    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; min = 0x800; }
-    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; min = 0x10000; }
-    else return false;
-    if (i + len > n) return false;
-    for (int k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
-}
-
 TextReader::TextReader(const std::string& path, TextLayout layout) : path_(path), layout_(layout) {
   open_input(in_, path, file_size_);
 }
@@ -71,7 +47,7 @@ bool TextReader::next_batch(std::vector<TextRecord>& out, size_t max_records, st
     }
     ++line_;
     bytes_read_ += line.size() + 1;
-    if (!valid_utf8(line)) {
+    if (!is_valid_utf8(line)) {
       bad.push_back({line_, "not valid UTF-8"});
       continue;
     }
@@ -110,7 +86,7 @@ bool SupervisedReader::next_batch(std::vector<SupervisedRecord>& out, size_t max
     ++line_;
     bytes_read_ += line.size() + 1;
     if (trim(line).empty()) continue;
-    if (!valid_utf8(line)) {
+    if (!is_valid_utf8(line)) {
       bad.push_back({line_, "not valid UTF-8"});
       continue;
     }

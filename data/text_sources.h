@@ -33,9 +33,6 @@ struct BadLine {
   std::string reason;
 };
 
-// True when `s` is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF).
-bool valid_utf8(const std::string& s);
-
 class TextReader {
  public:
   TextReader(const std::string& path, TextLayout layout);

@@ -10,6 +10,30 @@
 
 namespace l2v {
 
+namespace {
+
+// The length of the UTF-8 sequence that lead byte c starts (0: c can never start one) and the allowed
+// range of its second byte (Unicode Table 3-7), which excludes overlongs, surrogates and code points
+// past U+10FFFF.
+int lead_byte_ranges(unsigned char c, unsigned char& lo, unsigned char& hi) {
+  lo = 0x80;
+  hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) return 2;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
 bool is_valid_utf8(std::string_view s) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
@@ -28,21 +52,9 @@ bool is_valid_utf8(std::string_view s) {
       ++i;
       continue;
     }
-    // Second-byte ranges per lead byte (Unicode Table 3-7), which exclude overlongs, surrogates and
-    // code points past U+10FFFF.
-    unsigned char lo = 0x80, hi = 0xBF;
-    int len;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
+    unsigned char lo, hi;
+    const int len = lead_byte_ranges(c, lo, hi);
+    if (len == 0) {
       return false;
     }
     if (i + len > n) return false;
@@ -95,19 +107,8 @@ std::string utf8_lossy(std::string_view bytes) {
       ++i;
       continue;
     }
-    unsigned char lo = 0x80, hi = 0xBF;
-    int len = 0;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    }
+    unsigned char lo, hi;
+    const int len = lead_byte_ranges(c, lo, hi);
     if (len == 0) {  // a byte that can never start a sequence
       out += kReplacement;
       ++i;

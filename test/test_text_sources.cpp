@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "data/text_sources.h"
+#include "data/unicode.h"
 
 namespace l2v {
 namespace {
@@ -110,13 +111,13 @@ TEST(TextSources, SupervisedJsonlReportsEveryBadLine) {
 }
 
 TEST(TextSources, Utf8Validation) {
-  EXPECT_TRUE(valid_utf8("plain ascii"));
-  EXPECT_TRUE(valid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));  // é € 😀
-  EXPECT_FALSE(valid_utf8("\xc0\xaf"));                                   // overlong '/'
-  EXPECT_FALSE(valid_utf8("\xed\xa0\x80"));                               // surrogate U+D800
-  EXPECT_FALSE(valid_utf8("\xf4\x90\x80\x80"));                           // above U+10FFFF
-  EXPECT_FALSE(valid_utf8("\xe2\x82"));                                   // truncated
-  EXPECT_FALSE(valid_utf8("\x80"));                                       // stray continuation
+  EXPECT_TRUE(is_valid_utf8("plain ascii"));
+  EXPECT_TRUE(is_valid_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));  // é € 😀
+  EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));                                   // overlong '/'
+  EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));                               // surrogate U+D800
+  EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));                           // above U+10FFFF
+  EXPECT_FALSE(is_valid_utf8("\xe2\x82"));                                   // truncated
+  EXPECT_FALSE(is_valid_utf8("\x80"));                                       // stray continuation
 }
 
 TEST(TextSources, MissingFileIsAClearError) {
