@@ -1,6 +1,8 @@
 // Checkpoint I/O: safetensors reading/writing (single file, sharded index, error handling, 16-bit float
 // conversion) and the llama2.c import of the real stories260K model.
 #include <gtest/gtest.h>
+
+#include "test/temp_dir.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,16 +26,9 @@ namespace {
 
 class Checkpoints : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("l2v_test_checkpoints_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  std::string path(const std::string& name) const { return tmp_ / name; }
+  l2v::test::TempDir tmp_{"test_checkpoints"};
+  const fs::path& dir_ = tmp_.path;
 };
 
 void write_bytes(const std::string& path, const std::string& bytes) {

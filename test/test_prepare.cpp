@@ -14,6 +14,7 @@
 #include "data/shard.h"
 #include "data/text_sources.h"
 #include "data/tokenizer.h"
+#include "test/temp_dir.h"
 
 namespace l2v {
 namespace {
@@ -25,19 +26,6 @@ std::string asset(const std::string& rel, const std::string& shared_rel) {
   return "../shared/data/" + shared_rel;
 }
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("l2v_prepare_" + std::to_string(getpid()) + "_" +
-                                               ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> files() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -64,7 +52,7 @@ class Prepare : public ::testing::Test {
  protected:
   std::unique_ptr<Tokenizer> tok = load_tokenizer(asset("stories260K/tok512.bin", "llama2c/tok512.bin"));
   std::string wiki = asset("wikitext-2/wiki.valid.raw", "wikitext-2/wiki.valid.raw");
-  TempDir dir;
+  test::TempDir dir{"prepare"};
 
   PrepareOptions options(const std::string& prefix) {
     PrepareOptions o;

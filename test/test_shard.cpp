@@ -5,6 +5,8 @@
 // concatenate-and-cut reference.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "test/temp_dir.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,16 +32,9 @@ using Docs = std::vector<std::vector<int32_t>>;
 
 class ShardTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("l2v_test_shard_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
+  std::string path(const std::string& name) const { return tmp_ / name; }
+  l2v::test::TempDir tmp_{"test_shard"};
+  const fs::path& dir_ = tmp_.path;
 };
 
 // Random documents of 0..max_len ids below vocab; every third one is empty, the first and last included.
