@@ -29,7 +29,8 @@ struct LatentAttentionTensor {
   size_t count = 0;
 };
 
-// The tensors, in a fixed order, for hidden size C; the flat array holds them back to back.
+// The tensors, in a fixed order (latents; block 0: norm, norm_context, to_q, to_kv, to_out; block 1:
+// norm, net.0, net.2; weight before bias), for hidden size C; the flat array holds them back to back.
 std::vector<LatentAttentionTensor> latent_attention_tensors(const LatentAttentionConfig& cfg, int C);
 size_t latent_attention_param_count(const LatentAttentionConfig& cfg, int C);
 
@@ -37,13 +38,17 @@ size_t latent_attention_param_count(const LatentAttentionConfig& cfg, int C);
 // ~ U(-1/sqrt(in), 1/sqrt(in)). Deterministic in seed.
 void latent_attention_init(float* params, const LatentAttentionConfig& cfg, int C, uint64_t seed);
 
-// What the backward needs from the forward (host memory, reused across calls).
+// What the backward needs from the forward (host memory, reused across calls): about
+// M * (2C + 2*heads*D + heads*r + 2*mult*C) floats (D = the effective dim_head) plus the latents' keys
+// and values.
 struct LatentAttentionCache {
   int M = 0;
   std::vector<float> data;  // implementation-defined layout
 };
 
-// out [M, C] = z for the M rows of x [M, C]. With cache != nullptr, keeps what the backward needs.
+// out [M, C] = z for the M rows of x [M, C]. With cache != nullptr, keeps what the backward needs;
+// without, the rows are processed in bounded chunks (inference). Each row's z depends on that row only
+// (up to fp32 rounding: the GEMMs may round a row differently depending on its place in the batch).
 void latent_attention_forward(float* out, LatentAttentionCache* cache, const float* x, const float* params,
                               const LatentAttentionConfig& cfg, int M, int C);
 // dx [M, C] (overwritten) and dparams (ACCUMULATED, flat layout) from dout [M, C], for the forward that
