@@ -131,11 +131,24 @@ EmbedBatch build_embed_batch(const std::vector<std::vector<int>>& texts, const s
     throw std::invalid_argument("build_embed_batch: " + std::to_string(n_instruction.size()) +
                                 " instruction counts for " + std::to_string(texts.size()) + " texts");
   if (opt.max_length < 1) throw std::invalid_argument("build_embed_batch: max_length must be positive");
-  const int bos = tok.bos_id();
+  const int bos = tok.bos_id(), eos = tok.eos_id();
+  if (opt.append_eos && eos < 0) throw std::invalid_argument("build_embed_batch: append_eos, but the tokenizer has no EOS");
+  std::vector<std::vector<int>> with_eos;
+  if (opt.append_eos) {
+    with_eos.reserve(texts.size());
+    for (const std::vector<int>& t : texts) {
+      with_eos.emplace_back(t.begin(), t.begin() + std::min(t.size(), (size_t)opt.max_length));
+      if (!t.empty() && with_eos.back().back() != eos) {
+        if ((int)with_eos.back().size() == opt.max_length) with_eos.back().pop_back();
+        with_eos.back().push_back(eos);
+      }
+    }
+  }
+  const std::vector<std::vector<int>>& seqs = opt.append_eos ? with_eos : texts;
   std::vector<int> length(texts.size()), start(texts.size());
   int T = 0;
   for (size_t i = 0; i < texts.size(); ++i) {
-    const std::vector<int>& t = texts[i];
+    const std::vector<int>& t = seqs[i];
     const int n = n_instruction.empty() ? 0 : n_instruction[i];
     const std::string what = "build_embed_batch: text " + std::to_string(i);
     if (t.empty()) throw std::invalid_argument(what + " is empty");
@@ -159,7 +172,7 @@ EmbedBatch build_embed_batch(const std::vector<std::vector<int>>& texts, const s
   for (size_t i = 0; i < texts.size(); ++i) {
     const size_t row = i * T + (opt.padding_side == PaddingSide::kLeft ? T - length[i] : 0);
     for (int k = 0; k < length[i]; ++k) {
-      batch.ids[row + k] = texts[i][k];
+      batch.ids[row + k] = seqs[i][k];
       batch.key_mask[row + k] = 1;
       batch.embed_mask[row + k] = k >= start[i];
     }

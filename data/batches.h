@@ -63,6 +63,10 @@ struct PadOptions {
   // default, used by llm2vec's tokenize(); the BOS survives).
   int max_length = 512;  // llm2vec's LLM2Vec.max_length default, used for supervised training
   PaddingSide padding_side = PaddingSide::kLeft;
+  // eos_token pooling: end every text with the tokenizer's EOS (unless it already ends with it), as
+  // llm2vec's prepare_for_tokenization appends " </s>". Unlike llm2vec, which appends before truncating
+  // and so loses the EOS of long texts, the EOS replaces the last id that fits: it is always pooled.
+  bool append_eos = false;
 };
 constexpr int kSimcseMaxLength = 128;  // llm2vec's SimCSE configs (max_seq_length 128)
 

@@ -1,13 +1,11 @@
 #include "model/checkpoint.h"
 
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "model/atomic_write.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
 
@@ -51,14 +49,48 @@ void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, 
   }
   write_safetensors((fs::path(dir) / "model.safetensors").string(), entries, {{"format", "pt"}});
 
-  const std::string path = (fs::path(dir) / "config.json").string();
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(tmp);
-    out << to_hf_config_json(config).dump(2) << "\n";
-    if (!out.flush()) throw std::runtime_error(tmp + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(path + ": rename failed");
+  write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_config_json(config).dump(2) + "\n");
 }
+
+namespace {
+
+// The weights of a loaded model seen as a TensorSource (downloaded to fp32 on demand).
+class ModelWeightsSource : public TensorSource {
+ public:
+  explicit ModelWeightsSource(const Model& m) : m_(m), weights_(model_weights(m)) {}
+  bool has(const std::string& name) const override { return find(name) != nullptr; }
+  std::vector<int64_t> shape(const std::string& name) const override { return get(name).shape; }
+  void read_f32(const std::string& name, float* dst, size_t count) const override {
+    const NamedWeight& w = get(name);
+    size_t n = 1;
+    for (int64_t d : w.shape) n *= (size_t)d;
+    if (n != count) throw std::runtime_error("model weights: '" + name + "' has " + std::to_string(n) + " values");
+    std::vector<float> host = w.tensor ? download_tensor(m_, w.data, n) : download_floats(m_, w.data, n);
+    std::copy(host.begin(), host.end(), dst);
+  }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> out;
+    for (const NamedWeight& w : weights_) out.push_back(w.name);
+    return out;
+  }
+  std::string describe() const override { return "the loaded model"; }
+
+ private:
+  const NamedWeight* find(const std::string& name) const {
+    for (const NamedWeight& w : weights_)
+      if (w.name == name) return &w;
+    return nullptr;
+  }
+  const NamedWeight& get(const std::string& name) const {
+    if (const NamedWeight* w = find(name)) return *w;
+    throw std::runtime_error("model weights: no tensor '" + name + "'");
+  }
+  const Model& m_;
+  std::vector<NamedWeight> weights_;
+};
+
+}  // namespace
+
+void save_model_hf(const Model& m, const std::string& dir) { save_hf_checkpoint(m.config, ModelWeightsSource(m), dir); }
 
 }  // namespace l2v

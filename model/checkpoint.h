@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "model/model.h"
 #include "model/tensor_source.h"
 
 namespace l2v {
@@ -20,5 +21,9 @@ Checkpoint open_checkpoint(const std::string& path);
 // Writes `tensors` as a Hugging Face model directory: config.json and model.safetensors (F32), each
 // written atomically (temp file + rename). Creates `dir` if needed.
 void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir);
+
+// The model's current base weights (after merge_and_unload_lora: the merged model) as a Hugging Face
+// model directory, like save_hf_checkpoint.
+void save_model_hf(const Model& m, const std::string& dir);
 
 }  // namespace l2v

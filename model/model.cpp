@@ -207,6 +207,37 @@ void unmerge_lora(Model& m) {
   m.lora_merged = false;
 }
 
+void merge_and_unload_lora(Model& m) {
+  merge_lora(m);
+  for (LayerWeights& L : m.layers)
+    for (Linear& lin : L.linear) lin.lora_A = lin.lora_B = lin.grad_A = lin.grad_B = nullptr;
+  m.trainable.clear();
+  m.lora = LoraConfig{};
+  m.lora_merged = false;
+  m.release_activations();
+}
+
+std::vector<NamedWeight> model_weights(const Model& m) {
+  const ModelConfig& c = m.config;
+  std::vector<NamedWeight> out;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, m.embed, true});
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const LayerWeights& L = m.layers[l];
+    out.push_back({p + "input_layernorm.weight", {c.hidden_size}, L.attn_norm, false});
+    for (int id = 0; id < kNumLinears; ++id) {
+      const Linear& lin = L.linear[id];
+      const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
+      out.push_back({name + ".weight", {lin.out, lin.in}, lin.weight, true});
+      if (lin.bias) out.push_back({name + ".bias", {lin.out}, lin.bias, true});
+    }
+    out.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}, L.mlp_norm, false});
+  }
+  out.push_back({"model.norm.weight", {c.hidden_size}, m.final_norm, false});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, m.lm_head, true});
+  return out;
+}
+
 void zero_grads(Model& m) {
   for (TrainableParam& p : m.trainable) m.backend->zero(p.grad, p.count * sizeof(float));
 }

@@ -141,6 +141,20 @@ void load_lora_weights(Model& m, const TensorSource& src);
 // W += scale*B*A for every adapted layer (and the inverse). After merging, the forward skips the branch.
 void merge_lora(Model& m);
 void unmerge_lora(Model& m);
+// PEFT's merge_and_unload: merges the adapter into the base weights and drops it (no LoRA, nothing
+// trainable left), so a new adapter can be added on top — how llm2vec chains its stages.
+void merge_and_unload_lora(Model& m);
+
+// A base weight of the model under its Hugging Face name; `tensor` says whether it is stored in the
+// backend's tensor precision (linear weights, embeddings) or as fp32 (norms, biases).
+struct NamedWeight {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data;
+  bool tensor;
+};
+// Every base weight in checkpoint order (the LM head only when untied): what a saved model must hold.
+std::vector<NamedWeight> model_weights(const Model& m);
 
 void zero_grads(Model& m);
 

@@ -1,11 +1,13 @@
 #include "model/peft.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
+#include "model/atomic_write.h"
 #include "model/safetensors.h"
 
 namespace l2v {
@@ -63,6 +65,65 @@ void load_peft_adapter(Model& m, const std::string& dir) {
   add_lora(m, c, /*seed=*/0);
   SafetensorsCheckpoint weights((fs::path(dir) / "adapter_model.safetensors").string());
   load_lora_weights(m, weights);
+}
+
+PeftLayout parse_peft_layout(const std::string& name) {
+  if (name == "llm2vec") return PeftLayout::kInnerModel;
+  if (name == "causal_lm") return PeftLayout::kCausalLM;
+  throw std::runtime_error("unknown adapter layout '" + name + "' (llm2vec or causal_lm)");
+}
+
+void save_peft_adapter(const Model& m, const std::string& dir, const std::string& base_model_name_or_path,
+                       PeftLayout layout) {
+  namespace fs = std::filesystem;
+  if (m.lora.r <= 0 || m.lora_merged) throw std::runtime_error("save_peft_adapter: the model has no unmerged adapter");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir + ": cannot create directory: " + ec.message());
+  // TrainableParam names use the causal-LM layout; the inner-model layout drops one "model.".
+  const std::string outer = "base_model.model.model.", inner = "base_model.model.";
+  std::vector<std::vector<float>> data;
+  data.reserve(m.trainable.size());  // entries point into data: no reallocation
+  std::vector<SafetensorsEntry> entries;
+  for (const TrainableParam& p : m.trainable) {
+    if (p.name.rfind(outer, 0) != 0) continue;  // not a LoRA tensor
+    data.push_back(download_floats(m, p.value, p.count));
+    entries.push_back({layout == PeftLayout::kCausalLM ? p.name : inner + p.name.substr(outer.size()), "F32", p.shape,
+                       data.back().data()});
+  }
+  write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), entries, {{"format", "pt"}});
+
+  nlohmann::json targets = nlohmann::json::array();
+  std::vector<std::string> sorted;
+  for (int id = 0; id < kNumLinears; ++id)
+    if (m.lora.targets[id]) sorted.push_back(linear_name(id));
+  std::sort(sorted.begin(), sorted.end());  // PEFT stores target_modules as a sorted list
+  for (const std::string& t : sorted) targets.push_back(t);
+  nlohmann::json j = {{"alpha_pattern", nlohmann::json::object()},
+                      {"auto_mapping", nullptr},
+                      {"base_model_name_or_path", base_model_name_or_path},
+                      {"bias", "none"},
+                      {"fan_in_fan_out", false},
+                      {"inference_mode", true},
+                      {"init_lora_weights", true},
+                      {"layer_replication", nullptr},
+                      {"layers_pattern", nullptr},
+                      {"layers_to_transform", nullptr},
+                      {"loftq_config", nlohmann::json::object()},
+                      {"lora_alpha", m.lora.alpha},
+                      {"lora_dropout", m.lora.dropout},
+                      {"megatron_config", nullptr},
+                      {"megatron_core", "megatron.core"},
+                      {"modules_to_save", nullptr},
+                      {"peft_type", "LORA"},
+                      {"r", m.lora.r},
+                      {"rank_pattern", nlohmann::json::object()},
+                      {"revision", nullptr},
+                      {"target_modules", targets},
+                      {"task_type", nullptr},
+                      {"use_dora", false},
+                      {"use_rslora", m.lora.use_rslora}};
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(), j.dump(2) + "\n");
 }
 
 }  // namespace l2v

@@ -14,4 +14,17 @@ LoraConfig load_peft_adapter_config(const std::string& path);
 // Adds the adapter found in directory `dir` to the model (config + weights).
 void load_peft_adapter(Model& m, const std::string& dir);
 
+// Where the adapter's tensor names start.
+enum class PeftLayout {
+  kInnerModel,  // base_model.model.layers.…: PEFT wrapping AutoModel (LlamaModel), what llm2vec trains and loads
+  kCausalLM,    // base_model.model.model.layers.…: PEFT wrapping AutoModelForCausalLM
+};
+PeftLayout parse_peft_layout(const std::string& name);  // "llm2vec" | "causal_lm"
+
+// Writes the model's current (unmerged) LoRA adapter to `dir` as PEFT writes it: adapter_config.json
+// (peft 0.12's fields) and adapter_model.safetensors (F32, PEFT's tensor names for `layout`), each
+// atomically. Only the LoRA tensors are written (not a pooling head).
+void save_peft_adapter(const Model& m, const std::string& dir, const std::string& base_model_name_or_path,
+                       PeftLayout layout);
+
 }  // namespace l2v

@@ -3,19 +3,27 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "data/npy.h"
 #include "data/prepare.h"
+#include "data/sts.h"
 #include "data/tokenizer.h"
 #include "host/cpu_backend.h"
 #include "model/checkpoint.h"
+#include "model/encoder.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "train/cli.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
 
 #if defined(L2V_WITH_CUDA)
 #include "cuda/cuda_backend.h"
@@ -176,8 +184,24 @@ int run_prepare_command(const ParsedOptions& o) {
   std::stringstream inputs(o.required("--input"));
   for (std::string item; std::getline(inputs, item, ',');)
     if (!item.empty()) opt.inputs.push_back(item);
-  opt.format = parse_prepare_format(o.get("--format", "wikitext"));
   opt.output_prefix = o.required("--out");
+  const std::string format = o.get("--format", "wikitext");
+  if (format == "sick") {
+    // SICK's TRAIN split turned into (premise, entailed, contradicted) triples, kept next to the shards.
+    std::vector<SickTriple> triples;
+    for (const std::string& in : opt.inputs) {
+      std::vector<SickTriple> t = sick_triples(read_sick(in, "TRAIN"));
+      triples.insert(triples.end(), t.begin(), t.end());
+    }
+    const std::string jsonl = opt.output_prefix + "-triples.jsonl";
+    write_supervised_jsonl(triples, jsonl, o.get("--instruction", ""), "sick");
+    std::printf("%zu SICK TRAIN triples -> %s\n", triples.size(), jsonl.c_str());
+    opt.inputs = {jsonl};
+    opt.format = PrepareFormat::kSupervised;
+  } else {
+    if (o.has("--instruction")) throw UsageError("--instruction applies to --format sick only");
+    opt.format = parse_prepare_format(format);
+  }
   opt.shard_tokens = (uint64_t)o.get_int("--shard-tokens", (int64_t)opt.shard_tokens, 1);
   opt.skip_bad_lines = o.has("--skip-bad-lines");
   opt.progress = !o.has("--quiet");
@@ -186,6 +210,170 @@ int run_prepare_command(const ParsedOptions& o) {
               (unsigned long long)r.tokens, r.shards.size(),
               r.bad_lines ? (", skipped " + std::to_string(r.bad_lines) + " bad line(s)").c_str() : "");
   for (const std::string& s : r.shards) std::printf("  %s\n", s.c_str());
+  return 0;
+}
+
+// ---- train ----
+
+std::vector<OptionSpec> train_options() {
+  std::vector<OptionSpec> spec = {{"--config", "PATH", "JSON config (llm2vec train_configs style); options below override it"}};
+  for (const ConfigKey& k : train_config_keys()) {
+    const char* value = k.type == 'i' ? "N" : k.type == 'f' ? "X" : k.type == 'b' ? "true|false" : k.type == 'l' ? "A,B" : "S";
+    std::string help = k.help;
+    if (!k.fallback.is_null()) {
+      const std::string d = k.fallback.is_string() ? k.fallback.get<std::string>() : k.fallback.dump();
+      if (!d.empty() && d != "[]" && help.find("default") == std::string::npos) help += " (default " + d + ")";
+    }
+    spec.push_back({"--" + k.name, value, help});
+  }
+  return spec;
+}
+
+int run_train(const ParsedOptions& o) {
+  std::vector<std::pair<std::string, std::string>> overrides;
+  for (const auto& [name, value] : o.values)
+    if (name != "--config") overrides.push_back({name.substr(2), value});
+  std::vector<std::string> notes;
+  TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, &notes);
+  for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
+  std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision);
+  TrainResult r = run_training(cfg, *backend);
+  return r.interrupted ? 130 : 0;
+}
+
+// ---- embed / eval ----
+
+EncoderSpec encoder_spec(const ParsedOptions& o) {
+  const std::string model = o.required("--model");
+  EncoderSpec spec;
+  if (has_encoder_spec(model)) {
+    spec = read_encoder_spec(model);
+  } else {
+    spec.model_name_or_path = model;
+    spec.tokenizer = model;
+  }
+  if (o.has("--tokenizer")) spec.tokenizer = o.required("--tokenizer");
+  if (o.has("--peft")) {
+    spec.adapters.clear();
+    std::stringstream list(o.required("--peft"));
+    for (std::string item; std::getline(list, item, ',');)
+      if (!item.empty()) spec.adapters.push_back(item);
+  }
+  if (o.has("--pooling_mode")) spec.pooling = parse_pooling_mode(o.required("--pooling_mode"));
+  if (spec.pooling == PoolingMode::kLatentAttention && spec.pooling_head.empty())
+    throw UsageError("latent_attention pooling needs a trained output directory as --model");
+  if (o.has("--causal")) spec.bidirectional = false;
+  if (o.has("--max_length")) spec.max_length = (int)o.get_int("--max_length", 512, 1);
+  if (o.has("--no-skip-instruction")) spec.skip_instruction = false;
+  if (spec.tokenizer == spec.model_name_or_path && std::filesystem::is_regular_file(spec.model_name_or_path))
+    throw UsageError("a llama2.c checkpoint holds no tokenizer: give --tokenizer");
+  return spec;
+}
+
+std::unique_ptr<Backend> backend_for(const ParsedOptions& o) {
+  const std::string backend = o.get("--backend", kDefaultBackend);
+  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
+}
+
+void normalize_rows(std::vector<float>& x, int dim) {
+  for (size_t r = 0; r < x.size() / dim; ++r) {
+    double s = 0.0;
+    for (int c = 0; c < dim; ++c) s += (double)x[r * dim + c] * x[r * dim + c];
+    const double inv = s > 0.0 ? 1.0 / std::sqrt(s) : 0.0;
+    for (int c = 0; c < dim; ++c) x[r * dim + c] = (float)(x[r * dim + c] * inv);
+  }
+}
+
+int run_embed(const ParsedOptions& o) {
+  const EncoderSpec spec = encoder_spec(o);
+  const std::string input = o.required("--input"), output = o.required("--output");
+  const bool jsonl = output.size() > 6 && output.substr(output.size() - 6) == ".jsonl";
+  if (!jsonl && !(output.size() > 4 && output.substr(output.size() - 4) == ".npy"))
+    throw UsageError("--output must end in .npy or .jsonl");
+  const bool with_instructions = o.has("--instructions");
+  std::vector<EncoderInput> inputs;
+  {
+    std::ifstream file;
+    if (input != "-") {
+      file.open(input);
+      if (!file) throw std::runtime_error(input + ": cannot open");
+    }
+    std::istream& in = input == "-" ? std::cin : file;
+    size_t line_no = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) throw std::runtime_error(input + ":" + std::to_string(line_no) + ": empty line (one text per line)");
+      EncoderInput e;
+      const size_t tab = line.find('\t');
+      if (with_instructions) {
+        if (tab == std::string::npos)
+          throw std::runtime_error(input + ":" + std::to_string(line_no) + ": expected instruction<TAB>text");
+        e.instruction = line.substr(0, tab);
+        e.text = line.substr(tab + 1);
+      } else {
+        e.text = line;
+      }
+      inputs.push_back(std::move(e));
+    }
+  }
+  if (inputs.empty()) throw std::runtime_error(input + ": no texts");
+  std::unique_ptr<Backend> backend = backend_for(o);
+  Encoder enc(spec, *backend);
+  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 16, 1), !o.has("--quiet"));
+  if (o.has("--normalize")) normalize_rows(emb, enc.dim());
+  if (jsonl) {
+    std::string text;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      nlohmann::json j = {{"text", inputs[i].text},
+                          {"embedding", std::vector<float>(emb.begin() + i * enc.dim(), emb.begin() + (i + 1) * enc.dim())}};
+      if (!inputs[i].instruction.empty()) j["instruction"] = inputs[i].instruction;
+      text += j.dump() + "\n";
+    }
+    write_bytes_atomic(output, text);
+  } else {
+    write_npy_f32(output, emb.data(), inputs.size(), enc.dim());
+  }
+  std::fprintf(stderr, "wrote %zu embeddings of dimension %d to %s\n", inputs.size(), enc.dim(), output.c_str());
+  return 0;
+}
+
+int run_eval_sts(const ParsedOptions& o) {
+  const EncoderSpec spec = encoder_spec(o);
+  const std::string data = o.required("--data"), format = o.get("--format", "sick");
+  const std::string split = o.get("--split", "TEST");
+  std::vector<StsPair> pairs;
+  if (format == "sick") pairs = read_sick(data, split);
+  else if (format == "tsv") pairs = read_sts_tsv(data);
+  else throw UsageError("--format must be sick or tsv");
+  std::unique_ptr<Backend> backend = backend_for(o);
+  Encoder enc(spec, *backend);
+  // Each distinct sentence is embedded once.
+  std::map<std::string, size_t> index;
+  std::vector<EncoderInput> inputs;
+  for (const StsPair& p : pairs)
+    for (const std::string* s : {&p.a, &p.b})
+      if (index.emplace(*s, inputs.size()).second) inputs.push_back({"", *s});
+  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 32, 1), !o.has("--quiet"));
+  normalize_rows(emb, enc.dim());
+  std::vector<double> cosine, gold;
+  for (const StsPair& p : pairs) {
+    const float* a = &emb[index[p.a] * enc.dim()];
+    const float* b = &emb[index[p.b] * enc.dim()];
+    double dot = 0.0;
+    for (int c = 0; c < enc.dim(); ++c) dot += (double)a[c] * b[c];
+    cosine.push_back(dot);
+    gold.push_back(p.score);
+  }
+  const double rho = spearman(cosine, gold);
+  const std::string name = format == "sick" ? "SICK-R (" + split + ")" : data;
+  std::printf("%s: %zu pairs, %zu sentences, Spearman %.4f\n", name.c_str(), pairs.size(), inputs.size(), rho);
+  if (o.has("--json-out")) {
+    nlohmann::json j = {{"data", data}, {"split", split}, {"pairs", pairs.size()}, {"spearman", rho},
+                        {"model", o.required("--model")}, {"pooling_mode", pooling_mode_name(spec.pooling)},
+                        {"bidirectional", spec.bidirectional}};
+    write_bytes_atomic(o.required("--json-out"), j.dump(2) + "\n");
+  }
   return 0;
 }
 
@@ -230,12 +418,55 @@ const std::vector<Command>& commands() {
         {"--format", "F",
          "wikitext (articles at ' = Title = ' headings; default), lines (one document\n"
          "per line), sentences (one sentence per line, SimCSE), supervised (JSONL with\n"
-         "query, positive, negative, optional instruction and dataset)"},
+         "query, positive, negative, optional instruction and dataset), sick (SICK.txt:\n"
+         "its TRAIN split as entailment/contradiction triples, also written to\n"
+         "PREFIX-triples.jsonl)"},
         {"--out", "PREFIX", "output path prefix"},
+        {"--instruction", "TEXT", "sick: the instruction given to every query (default none)"},
         {"--shard-tokens", "N", "start a new shard after N tokens (default 268435456)"},
         {"--skip-bad-lines", "", "report bad input lines and skip them (default: stop at the first)"},
         {"--quiet", "", "no progress line"}},
        run_prepare_command},
+      {"train",
+       "one stage of the LLM2Vec recipe (mntp, simcse, supervised) from a JSON config and\n"
+       "--key value overrides; see the keys below",
+       train_options(),
+       run_train},
+      {"embed",
+       "embed texts (one per line, or instruction<TAB>text with --instructions) with a\n"
+       "trained model or a base checkpoint",
+       {{"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
+        {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
+        {"--peft", "DIRS", "comma-separated adapters merged in order (replaces the directory's chain)"},
+        {"--pooling_mode", "MODE", "mean | weighted_mean | eos_token | last_token | bos_token (default: trained)"},
+        {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
+        {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"},
+        {"--no-skip-instruction", "", "pool the instruction tokens too"},
+        {"--input", "FILE", "texts, one per line; - for stdin"},
+        {"--instructions", "", "input lines are instruction<TAB>text"},
+        {"--output", "FILE", "embeddings: .npy (float32 [n, dim]) or .jsonl"},
+        {"--normalize", "", "L2-normalise the embeddings"},
+        {"--batch-size", "N", "texts per forward pass (default 16)"},
+        {"--quiet", "", "no progress lines"},
+        kBackend, kPrecision},
+       run_embed},
+      {"eval sts",
+       "Spearman correlation between cosine similarities and gold scores of sentence\n"
+       "pairs (SICK-R and STS-style TSV)",
+       {{"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
+        {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
+        {"--peft", "DIRS", "comma-separated adapters merged in order"},
+        {"--pooling_mode", "MODE", "override the pooling mode"},
+        {"--causal", "", "causal attention"},
+        {"--max_length", "N", "truncate texts to N tokens"},
+        {"--data", "FILE", "SICK.txt (or SICK_semeval2014_all.txt with --split ALL), or a TSV"},
+        {"--format", "F", "sick (default) | tsv (sentence1<TAB>sentence2<TAB>score)"},
+        {"--split", "S", "sick: TRAIN | TRIAL | TEST (default) | ALL"},
+        {"--json-out", "FILE", "also write the result as JSON"},
+        {"--batch-size", "N", "sentences per forward pass (default 32)"},
+        {"--quiet", "", "no progress lines"},
+        kBackend, kPrecision},
+       run_eval_sts},
   };
   return table;
 }
@@ -259,7 +490,12 @@ std::string usage() {
 
 int main(int argc, char** argv) {
   using namespace l2v;
-  const std::string name = argc > 1 ? argv[1] : "";
+  std::string name = argc > 1 ? argv[1] : "";
+  int first = 2;
+  if (name == "eval" && argc > 2 && argv[2][0] != '-') {  // two-word commands: "eval sts"
+    name += std::string(" ") + argv[2];
+    first = 3;
+  }
   if (name == "-h" || name == "--help") {
     std::fputs(usage().c_str(), stdout);
     return 0;
@@ -273,7 +509,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    ParsedOptions opts = parse_options(argc, argv, 2, cmd->options);
+    ParsedOptions opts = parse_options(argc, argv, first, cmd->options);
     if (opts.help) {
       std::printf("usage: llm2vec %s [options]\n\n%s\n\noptions:\n%s", cmd->name, cmd->summary,
                   options_help(cmd->options).c_str());

@@ -1,0 +1,104 @@
+#include "model/encoder.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "model/peft.h"
+#include "model/safetensors.h"
+
+namespace l2v {
+namespace fs = std::filesystem;
+
+bool has_encoder_spec(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "llm2vec_run.json"); }
+
+EncoderSpec read_encoder_spec(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "llm2vec_run.json").string();
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open (not an `llm2vec train` output directory?)");
+  EncoderSpec s;
+  try {
+    nlohmann::json j;
+    in >> j;
+    auto resolve = [&](const std::string& p) { return (fs::path(dir) / p).lexically_normal().string(); };
+    s.model_name_or_path = resolve(j.at("model_name_or_path").get<std::string>());
+    s.tokenizer = resolve(j.at("tokenizer").get<std::string>());
+    for (const auto& a : j.at("adapters")) s.adapters.push_back(resolve(a.get<std::string>()));
+    s.pooling = parse_pooling_mode(j.at("pooling_mode").get<std::string>());
+    if (j.contains("pooling_head")) s.pooling_head = resolve(j.at("pooling_head").get<std::string>());
+    s.bidirectional = j.at("bidirectional").get<bool>();
+    s.skip_instruction = j.at("skip_instruction").get<bool>();
+    s.max_length = j.at("max_length").get<int>();
+    s.padding_side = parse_padding_side(j.at("padding_side").get<std::string>());
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": " + e.what());
+  }
+  return s;
+}
+
+Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
+  base_ = open_checkpoint(spec.model_name_or_path);
+  tok_ = load_tokenizer(spec.tokenizer);
+  if (tok_->vocab_size() > base_.config.vocab_size)
+    throw std::runtime_error(spec.tokenizer + ": the tokenizer has more ids than the model's vocabulary");
+  load_model(model_, base_.config, *base_.tensors, backend);
+  for (const std::string& dir : spec.adapters) {
+    load_peft_adapter(model_, dir);
+    merge_and_unload_lora(model_);
+  }
+  head_.mode = spec.pooling;
+  if (spec.pooling == PoolingMode::kLatentAttention) {
+    if (spec.pooling_head.empty()) throw std::runtime_error("latent_attention pooling needs a pooling head file");
+    head_.latent = read_pooling_head_config(spec.pooling_head);
+    add_pooling_head(model_, head_, 0);
+    load_pooling_head(model_, head_, SafetensorsCheckpoint(spec.pooling_head));
+  }
+}
+
+std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress) {
+  if (batch_size < 1) throw std::runtime_error("embed: batch size must be positive");
+  const int C = dim();
+  PadOptions pad;
+  pad.max_length = spec_.max_length;
+  pad.padding_side = spec_.padding_side;
+  pad.append_eos = spec_.pooling == PoolingMode::kEosToken;
+  std::vector<float> out(inputs.size() * (size_t)C);
+  ForwardOptions opt;
+  opt.causal = !spec_.bidirectional;
+  for (size_t start = 0; start < inputs.size(); start += batch_size) {
+    const size_t end = std::min(inputs.size(), start + (size_t)batch_size);
+    std::vector<std::vector<int>> ids;
+    std::vector<int> n_instruction;
+    for (size_t i = start; i < end; ++i) {
+      const EncoderInput& in = inputs[i];
+      if (in.instruction.empty()) {
+        ids.push_back(tok_->encode(in.text, true));
+        n_instruction.push_back(0);
+        continue;
+      }
+      std::string instruction = in.instruction;
+      while (!instruction.empty() && std::isspace((unsigned char)instruction.back())) instruction.pop_back();
+      while (!instruction.empty() && std::isspace((unsigned char)instruction.front())) instruction.erase(0, 1);
+      ids.push_back(tok_->encode(instruction + " " + in.text, true));
+      const int text_tokens = (int)tok_->encode(in.text, false).size();
+      n_instruction.push_back(spec_.skip_instruction ? std::max(0, (int)ids.back().size() - text_tokens) : 0);
+    }
+    EmbedBatch b;
+    try {
+      b = build_embed_batch(ids, n_instruction, *tok_, pad);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("embed: texts " + std::to_string(start + 1) + ".." + std::to_string(end) + ": " + e.what());
+    }
+    model_forward(model_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+    const std::vector<float> pooled = pool_forward(model_, head_, b, tok_->bos_id(), tok_->eos_id(), nullptr);
+    std::copy(pooled.begin(), pooled.end(), out.begin() + start * C);
+    if (progress && ((start / batch_size) % 20 == 19 || end == inputs.size()))
+      std::fprintf(stderr, "embedded %zu/%zu texts\n", end, inputs.size());
+  }
+  return out;
+}
+
+}  // namespace l2v

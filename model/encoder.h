@@ -1,0 +1,59 @@
+// Inference with a trained LLM2Vec model: texts in, embeddings out. Loads the base checkpoint, merges
+// the adapter chain into it (PEFT's merge_and_unload, so inference runs at base-model cost), and pools
+// with the trained pooling mode (and latent-attention head).
+//
+// Instructions follow llm2vec's encode(): an (instruction, text) pair is fed as
+// `instruction.strip() + " " + text`, and only the trailing len(tokenize(text, no special tokens))
+// positions are pooled (everything before — BOS and instruction — is attended to but not pooled) when
+// skip_instruction is set.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/batches.h"
+#include "data/tokenizer.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
+#include "model/pooler.h"
+
+namespace l2v {
+
+struct EncoderSpec {
+  std::string model_name_or_path, tokenizer;
+  std::vector<std::string> adapters;  // merged in order
+  PoolingMode pooling = PoolingMode::kMean;
+  std::string pooling_head;           // latent_attention: the head's safetensors file
+  bool bidirectional = true;
+  bool skip_instruction = true;
+  int max_length = 512;
+  PaddingSide padding_side = PaddingSide::kLeft;
+};
+
+// Reads <dir>/llm2vec_run.json written by `llm2vec train`; relative paths in it are resolved against dir.
+EncoderSpec read_encoder_spec(const std::string& dir);
+bool has_encoder_spec(const std::string& dir);
+
+struct EncoderInput {
+  std::string instruction;  // empty: none
+  std::string text;
+};
+
+class Encoder {
+ public:
+  Encoder(const EncoderSpec& spec, Backend& backend);
+  int dim() const { return model_.config.hidden_size; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward.
+  // progress: a line on stderr every few batches.
+  std::vector<float> embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress);
+
+ private:
+  EncoderSpec spec_;
+  Checkpoint base_;
+  std::unique_ptr<Tokenizer> tok_;
+  Model model_;
+  PoolingHead head_;
+};
+
+}  // namespace l2v

@@ -1,0 +1,58 @@
+// The pooling step between the model's final hidden states and a text's embedding, forward and
+// backward, for every mode of model/pooling.h. The simple modes are weighted sums; the latent mode adds
+// NV-Embed's latent-attention block (model/latent_attention.h) whose parameters live in the model's
+// backend memory and train as TrainableParams next to the LoRA tensors (full training, not LoRA), so the
+// optimizer, gradient clipping and checkpoints treat them like every other trainable tensor.
+//
+// Runs on the host in fp32: the last forward's final hidden states are downloaded, and the gradient
+// w.r.t. them is uploaded back (see model/pooling.h for why).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/batches.h"
+#include "model/latent_attention.h"
+#include "model/model.h"
+#include "model/pooling.h"
+#include "model/tensor_source.h"
+
+namespace l2v {
+
+struct PoolingHead {
+  PoolingMode mode = PoolingMode::kMean;
+  LatentAttentionConfig latent;  // used by kLatentAttention only
+  float* params = nullptr;       // backend fp32 [latent_attention_param_count], latent only
+  float* grads = nullptr;
+  size_t count = 0;
+};
+
+// For kLatentAttention: allocates the block's parameters in the model's backend memory, initialised as
+// torch does (seed), and appends them to m.trainable under their NV-Embed names. Call after add_lora
+// (which clears m.trainable). Nothing to do for the other modes.
+void add_pooling_head(Model& m, PoolingHead& head, uint64_t seed);
+// Overwrites the latent block's parameters from `src` (names and shapes as latent_attention_tensors).
+void load_pooling_head(Model& m, PoolingHead& head, const TensorSource& src);
+// Writes the latent block as safetensors (F32; the head's shape parameters in the metadata).
+void save_pooling_head(const Model& m, const PoolingHead& head, const std::string& path);
+// The latent config stored by save_pooling_head in `path`'s metadata.
+LatentAttentionConfig read_pooling_head_config(const std::string& path);
+
+// What pool_backward needs from pool_forward.
+struct PoolCache {
+  int B = 0, T = 0;
+  std::vector<float> weights;     // [B*T]
+  std::vector<int> rows;          // latent: the pooled positions b*T+t
+  LatentAttentionCache latent;
+};
+
+// Pooled embeddings [B, C] (host) of `batch`, whose forward pass was m's last. bos_id / eos_id are the
+// tokens the bos_token / eos_token modes check for. With cache != nullptr, keeps what pool_backward needs.
+std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
+                                PoolCache* cache);
+// Writes d_final_hidden [B*T, C] (a backend tensor the caller allocated) from d_pooled [B, C], and
+// accumulates the latent block's parameter gradients.
+void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
+                   float* d_final_hidden);
+
+}  // namespace l2v

@@ -1,0 +1,614 @@
+#include "train/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+
+#include "data/loader.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+#include "model/atomic_write.h"
+#include "model/checkpoint.h"
+#include "model/peft.h"
+#include "model/pooler.h"
+#include "model/safetensors.h"
+#include "train/comm.h"
+#include "train/losses.h"
+#include "train/optimizer.h"
+
+namespace l2v {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_stop_signal(int) { g_interrupted = true; }
+
+// Installs the stop handlers for a scope and restores the previous ones.
+struct SignalScope {
+  struct sigaction old_int {}, old_term {};
+  SignalScope() {
+    g_interrupted = false;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Hugging Face's get_linear_schedule_with_warmup / get_constant_schedule_with_warmup, evaluated for
+// the optimizer step `step` (0-based): the first warmup step runs at lr 0, as there.
+double learning_rate_at(const TrainConfig& c, int step) {
+  if (step < c.warmup_steps) return c.learning_rate * step / std::max(1, c.warmup_steps);
+  if (!c.linear_decay) return c.learning_rate;
+  return c.learning_rate * std::max(0.0, (double)(c.max_steps - step) / std::max(1, c.max_steps - c.warmup_steps));
+}
+
+std::string format_duration(double seconds) {
+  const long s = (long)std::llround(std::max(0.0, seconds));
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  return buf;
+}
+
+// A path as seen from `dir` (for files that must stay valid when the directory moves with its inputs).
+std::string relative_to(const std::string& path, const std::string& dir) {
+  return fs::relative(fs::absolute(path), fs::absolute(dir)).string();
+}
+
+// Removes instruction tokens from each query (use_instructions=false): the leading BOS stays, the
+// positions between it and the first pooled position go, and the batch is padded again.
+EmbedBatch without_instructions(const EmbedBatch& b, const Tokenizer& tok, const PadOptions& pad) {
+  std::vector<std::vector<int>> texts(b.B);
+  for (int r = 0; r < b.B; ++r) {
+    bool pooled_seen = false, first = true;
+    for (int t = 0; t < b.T; ++t) {
+      const size_t i = (size_t)r * b.T + t;
+      if (!b.key_mask[i]) continue;
+      const bool bos = first && b.ids[i] == tok.bos_id();
+      first = false;
+      pooled_seen |= b.embed_mask[i] != 0;
+      if (bos || pooled_seen) texts[r].push_back(b.ids[i]);
+    }
+  }
+  return build_embed_batch(texts, {}, tok, pad);
+}
+
+// skip_instruction=false: the instruction is pooled too (everything but a leading BOS).
+void pool_instructions_too(EmbedBatch& b, const Tokenizer& tok) {
+  for (int r = 0; r < b.B; ++r) {
+    bool first = true;
+    for (int t = 0; t < b.T; ++t) {
+      const size_t i = (size_t)r * b.T + t;
+      if (!b.key_mask[i]) continue;
+      b.embed_mask[i] = !(first && b.ids[i] == tok.bos_id());
+      first = false;
+    }
+  }
+}
+
+long count_tokens(const std::vector<int>& key_mask) {
+  long n = 0;
+  for (int k : key_mask) n += k;
+  return n;
+}
+
+class Trainer {
+ public:
+  Trainer(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks)
+      : cfg_(cfg), backend_(backend), hooks_(hooks), comm_(make_single_process_comm()) {}
+  ~Trainer() {
+    if (d_hidden_) backend_.release(d_hidden_);
+  }
+
+  TrainResult run();
+
+ private:
+  void prepare_output_dir();
+  void load_model_and_data();
+  double micro_step(uint64_t micro, long* tokens);
+  double mntp_micro_step(uint64_t micro, long* tokens);
+  double simcse_micro_step(uint64_t micro, long* tokens);
+  double supervised_micro_step(uint64_t micro, long* tokens);
+  void forward(const EmbedBatch& b, uint64_t seed);
+  float* d_hidden_buffer(size_t elements);
+  // Gathers the local pooled vectors of each role across ranks, computes the loss and returns the
+  // gradient w.r.t. this rank's rows.
+  double contrastive(const std::vector<const float*>& local, int n, ContrastiveResult* grads_out,
+                     std::vector<std::vector<float>>* d_local);
+  nlohmann::json loader_state() const;
+  void restore(const std::string& checkpoint_dir);
+  std::string save_checkpoint(int step);
+  void export_outputs();
+  void log_step(const nlohmann::json& entry);
+
+  const TrainConfig& cfg_;
+  Backend& backend_;
+  TrainHooks hooks_;
+  std::unique_ptr<Comm> comm_;
+  Checkpoint base_;
+  std::unique_ptr<Tokenizer> tok_;
+  Model m_;
+  PoolingHead head_;
+  AdamWState adam_;
+  std::unique_ptr<ShardSet> shards_;
+  std::unique_ptr<MntpLoader> mntp_;
+  std::unique_ptr<SimcseLoader> simcse_;
+  std::unique_ptr<SupervisedLoader> supervised_;
+  PadOptions pad_;
+  int start_step_ = 0;
+  float* d_hidden_ = nullptr;
+  size_t d_hidden_capacity_ = 0;
+  std::ofstream log_;
+};
+
+void Trainer::prepare_output_dir() {
+  std::error_code ec;
+  fs::create_directories(cfg_.output_dir, ec);
+  if (ec) throw std::runtime_error(cfg_.output_dir + ": cannot create the output directory: " + ec.message());
+  std::vector<fs::path> checkpoints;
+  for (const auto& e : fs::directory_iterator(cfg_.output_dir))
+    if (e.path().filename().string().rfind("checkpoint-", 0) == 0) checkpoints.push_back(e.path());
+  const bool has_state = !checkpoints.empty() || fs::exists(fs::path(cfg_.output_dir) / "latest");
+  if (has_state && cfg_.resume_from_checkpoint.empty() && !cfg_.overwrite_output_dir)
+    throw std::runtime_error(cfg_.output_dir +
+                             " holds checkpoints of an earlier run: pass resume_from_checkpoint=latest to continue it "
+                             "or overwrite_output_dir=true to start over");
+  if (cfg_.overwrite_output_dir) {
+    for (const fs::path& p : checkpoints) fs::remove_all(p);
+    for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(fs::path(cfg_.output_dir) / f);
+  }
+}
+
+void Trainer::load_model_and_data() {
+  if (cfg_.tokenizer == cfg_.model_name_or_path && fs::is_regular_file(cfg_.model_name_or_path))
+    throw std::runtime_error(cfg_.model_name_or_path +
+                             " is a llama2.c checkpoint, which holds no tokenizer: set tokenizer (--tokenizer PATH)");
+  base_ = open_checkpoint(cfg_.model_name_or_path);
+  tok_ = load_tokenizer(cfg_.tokenizer);
+  if (tok_->vocab_size() > base_.config.vocab_size)
+    throw std::runtime_error(cfg_.tokenizer + ": the tokenizer has " + std::to_string(tok_->vocab_size()) +
+                             " ids but the model's vocabulary has " + std::to_string(base_.config.vocab_size));
+  load_model(m_, base_.config, *base_.tensors, backend_);
+  for (const std::string& dir : cfg_.peft_model_name_or_path) {
+    load_peft_adapter(m_, dir);
+    merge_and_unload_lora(m_);
+  }
+  add_lora(m_, cfg_.lora, cfg_.seed);
+  if (cfg_.stage != Stage::kMntp) {
+    head_.mode = cfg_.pooling;
+    head_.latent = cfg_.latent;
+    add_pooling_head(m_, head_, splitmix64(cfg_.seed ^ 0x6c6174656e74ull));
+  }
+  adam_ = adamw_init(m_);
+
+  shards_ = std::make_unique<ShardSet>(cfg_.dataset_file_path);
+  const ShardKind want = cfg_.stage == Stage::kMntp ? ShardKind::kDocuments
+                         : cfg_.stage == Stage::kSimcse ? ShardKind::kSentences
+                                                        : ShardKind::kTriples;
+  if (shards_->kind() != want)
+    throw std::runtime_error(cfg_.dataset_file_path + ": the " + stage_name(cfg_.stage) + " stage needs " +
+                             (want == ShardKind::kDocuments ? "document shards (prepare --format wikitext or lines)"
+                              : want == ShardKind::kSentences ? "sentence shards (prepare --format sentences)"
+                                                              : "supervised triple shards (prepare --format supervised)"));
+  LoaderConfig lc;
+  lc.batch_size = (uint64_t)cfg_.batch_size;
+  lc.seed = cfg_.seed;
+  lc.world_size = comm_->world_size();
+  lc.rank = comm_->rank();
+  pad_.max_length = cfg_.max_seq_length;
+  pad_.padding_side = parse_padding_side(cfg_.padding_side);
+  pad_.append_eos = cfg_.pooling == PoolingMode::kEosToken;
+  if (cfg_.stage == Stage::kMntp) {
+    MntpOptions mo;
+    mo.mask_probability = cfg_.mlm_probability;
+    mo.collator = parse_mntp_collator(cfg_.data_collator_type);
+    mo.mask_token_id = resolve_mask_token(*tok_, cfg_.mask_token_type);
+    mntp_ = std::make_unique<MntpLoader>(*shards_, *tok_, (uint64_t)cfg_.max_seq_length, mo, lc);
+  } else if (cfg_.stage == Stage::kSimcse) {
+    simcse_ = std::make_unique<SimcseLoader>(*shards_, *tok_, pad_, lc);
+  } else {
+    supervised_ = std::make_unique<SupervisedLoader>(*shards_, *tok_, pad_, lc);
+  }
+}
+
+float* Trainer::d_hidden_buffer(size_t elements) {
+  if (elements > d_hidden_capacity_) {
+    if (d_hidden_) backend_.release(d_hidden_);
+    d_hidden_capacity_ = elements + elements / 4;
+    d_hidden_ = static_cast<float*>(backend_.alloc(d_hidden_capacity_ * backend_.tensor_element_bytes()));
+  }
+  return d_hidden_;
+}
+
+void Trainer::forward(const EmbedBatch& b, uint64_t seed) {
+  ForwardOptions opt;
+  opt.causal = !cfg_.bidirectional;
+  opt.training = true;
+  opt.attn_dropout = cfg_.attention_dropout;
+  opt.seed = seed;
+  opt.recompute = cfg_.gradient_checkpointing;
+  model_forward(m_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+}
+
+double Trainer::mntp_micro_step(uint64_t micro, long* tokens) {
+  MntpBatch b = mntp_->next();
+  ForwardOptions opt;
+  opt.causal = !cfg_.bidirectional;
+  opt.training = true;
+  opt.attn_dropout = cfg_.attention_dropout;
+  opt.seed = splitmix64(cfg_.seed ^ splitmix64(micro));
+  opt.recompute = cfg_.gradient_checkpointing;
+  model_forward(m_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+  *tokens += count_tokens(b.key_mask);
+  return mntp_loss(m_, b.labels.data(), /*backward=*/true);
+}
+
+double Trainer::contrastive(const std::vector<const float*>& local, int n, ContrastiveResult* r,
+                            std::vector<std::vector<float>>* d_local) {
+  const int C = m_.config.hidden_size;
+  std::vector<std::vector<float>> full(local.size());
+  int offset = 0;
+  for (size_t g = 0; g < local.size(); ++g)
+    full[g] = comm_->all_gather_rows(std::vector<float>(local[g], local[g] + (size_t)n * C), C, &offset);
+  ContrastiveInput in;
+  in.n = (int)(full[0].size() / C);
+  in.dim = C;
+  in.queries = full[0].data();
+  in.positives = full[1].data();
+  in.negatives = local.size() > 2 ? full[2].data() : nullptr;
+  *r = contrastive_loss(in, cfg_.loss_scale, cfg_.in_batch_negatives, /*gradients=*/true);
+  const std::vector<float>* grads[3] = {&r->d_queries, &r->d_positives, &r->d_negatives};
+  d_local->assign(local.size(), {});
+  for (size_t g = 0; g < local.size(); ++g)
+    (*d_local)[g].assign(grads[g]->begin() + (size_t)offset * C, grads[g]->begin() + (size_t)(offset + n) * C);
+  return r->loss;
+}
+
+double Trainer::simcse_micro_step(uint64_t micro, long* tokens) {
+  SimcseBatch b = simcse_->next();
+  const int C = m_.config.hidden_size, P = b.pairs;
+  forward(b.rows, splitmix64(cfg_.seed ^ splitmix64(micro)));
+  *tokens += count_tokens(b.rows.key_mask);
+  PoolCache cache;
+  const std::vector<float> pooled = pool_forward(m_, head_, b.rows, tok_->bos_id(), tok_->eos_id(), &cache);
+  std::vector<float> q((size_t)P * C), d((size_t)P * C);
+  for (int i = 0; i < P; ++i) {
+    std::copy_n(&pooled[(size_t)i * C], C, &q[(size_t)i * C]);
+    std::copy_n(&pooled[(size_t)b.positive_of[i] * C], C, &d[(size_t)i * C]);
+  }
+  ContrastiveResult r;
+  std::vector<std::vector<float>> grads;
+  const double loss = contrastive({q.data(), d.data()}, P, &r, &grads);
+  std::vector<float> d_pooled(pooled.size(), 0.0f);
+  for (int i = 0; i < P; ++i) {
+    std::copy_n(&grads[0][(size_t)i * C], C, &d_pooled[(size_t)i * C]);
+    std::copy_n(&grads[1][(size_t)i * C], C, &d_pooled[(size_t)b.positive_of[i] * C]);
+  }
+  float* dh = d_hidden_buffer((size_t)b.rows.B * b.rows.T * C);
+  pool_backward(m_, head_, cache, d_pooled, dh);
+  model_backward(m_, dh);
+  return loss;
+}
+
+double Trainer::supervised_micro_step(uint64_t micro, long* tokens) {
+  SupervisedBatch b = supervised_->next();
+  if (!cfg_.use_instructions) b.queries = without_instructions(b.queries, *tok_, pad_);
+  if (!cfg_.skip_instruction) pool_instructions_too(b.queries, *tok_);
+  std::vector<const EmbedBatch*> groups = {&b.queries, &b.positives};
+  if (cfg_.hard_negatives && b.negatives.B > 0) groups.push_back(&b.negatives);
+  if (!cfg_.in_batch_negatives && groups.size() < 3)
+    throw std::runtime_error(cfg_.dataset_file_path + ": in_batch_negatives=false needs hard negatives in the data");
+  const int C = m_.config.hidden_size, n = b.queries.B;
+  const size_t G = groups.size();
+  auto seed_of = [&](size_t g) { return splitmix64(cfg_.seed ^ splitmix64(micro * 4 + g)); };
+  std::vector<std::vector<float>> pooled(G);
+  PoolCache last_cache;
+  for (size_t g = 0; g < G; ++g) {
+    forward(*groups[g], seed_of(g));
+    *tokens += count_tokens(groups[g]->key_mask);
+    pooled[g] = pool_forward(m_, head_, *groups[g], tok_->bos_id(), tok_->eos_id(), g + 1 == G ? &last_cache : nullptr);
+  }
+  std::vector<const float*> local;
+  for (const auto& p : pooled) local.push_back(p.data());
+  ContrastiveResult r;
+  std::vector<std::vector<float>> grads;
+  const double loss = contrastive(local, n, &r, &grads);
+  // The last group's activations are still there; the others are recomputed with their seeds.
+  for (size_t g = G; g-- > 0;) {
+    PoolCache recomputed;
+    PoolCache* cache = &last_cache;
+    if (g + 1 != G) {
+      forward(*groups[g], seed_of(g));
+      pool_forward(m_, head_, *groups[g], tok_->bos_id(), tok_->eos_id(), &recomputed);
+      cache = &recomputed;
+    }
+    float* dh = d_hidden_buffer((size_t)groups[g]->B * groups[g]->T * C);
+    pool_backward(m_, head_, *cache, grads[g], dh);
+    model_backward(m_, dh);
+  }
+  return loss;
+}
+
+double Trainer::micro_step(uint64_t micro, long* tokens) {
+  switch (cfg_.stage) {
+    case Stage::kMntp: return mntp_micro_step(micro, tokens);
+    case Stage::kSimcse: return simcse_micro_step(micro, tokens);
+    case Stage::kSupervised: return supervised_micro_step(micro, tokens);
+  }
+  return 0.0;
+}
+
+nlohmann::json Trainer::loader_state() const {
+  if (mntp_) return mntp_->save();
+  if (simcse_) return simcse_->save();
+  return supervised_->save();
+}
+
+// The config keys a resumed run may change without breaking the continuation.
+bool resumable_difference(const std::string& key) {
+  return key == "resume_from_checkpoint" || key == "overwrite_output_dir" || key == "logging_steps" ||
+         key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps";
+}
+
+void Trainer::restore(const std::string& dir) {
+  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  std::ifstream in(state_path);
+  if (!in) throw std::runtime_error(state_path + ": cannot open (not a checkpoint directory?)");
+  nlohmann::json st;
+  try {
+    in >> st;
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(state_path + ": not valid JSON: " + e.what());
+  }
+  const nlohmann::json& old = st.at("config");
+  for (auto it = cfg_.resolved.begin(); it != cfg_.resolved.end(); ++it) {
+    if (resumable_difference(it.key())) continue;
+    if (!old.contains(it.key()) || old.at(it.key()) != it.value())
+      throw std::runtime_error(state_path + ": the checkpoint was trained with " + it.key() + " = " +
+                               (old.contains(it.key()) ? old.at(it.key()).dump() : "(unset)") + ", this run has " +
+                               it.value().dump() + "; resume with the same configuration");
+  }
+  SafetensorsCheckpoint tensors((fs::path(dir) / "state.safetensors").string());
+  for (size_t i = 0; i < m_.trainable.size(); ++i) {
+    const TrainableParam& p = m_.trainable[i];
+    std::vector<float> host(p.count);
+    const std::pair<const char*, float*> parts[3] = {{"", p.value}, {".exp_avg", adam_.m[i]}, {".exp_avg_sq", adam_.v[i]}};
+    for (const auto& [suffix, dst] : parts) {
+      const std::string name = p.name + suffix;
+      if (!tensors.has(name) || tensors.shape(name) != p.shape)
+        throw std::runtime_error(dir + "/state.safetensors: missing or mis-shaped '" + name + "'");
+      tensors.read_f32(name, host.data(), p.count);
+      backend_.upload(dst, host.data(), p.count * sizeof(float));
+    }
+  }
+  adam_.step = st.at("adam_step").get<int>();
+  start_step_ = st.at("step").get<int>();
+  if (mntp_) mntp_->restore(st.at("loader"), state_path);
+  if (simcse_) simcse_->restore(st.at("loader"), state_path);
+  if (supervised_) supervised_->restore(st.at("loader"), state_path);
+  if (start_step_ > cfg_.max_steps)
+    throw std::runtime_error(state_path + ": the checkpoint is at step " + std::to_string(start_step_) +
+                             ", beyond max_steps " + std::to_string(cfg_.max_steps));
+}
+
+std::string Trainer::save_checkpoint(int step) {
+  const std::string name = "checkpoint-" + std::to_string(step);
+  const fs::path final_dir = fs::path(cfg_.output_dir) / name;
+  const fs::path tmp = fs::path(cfg_.output_dir) / (".tmp-" + name);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  std::vector<std::vector<float>> data;
+  data.reserve(m_.trainable.size() * 3);
+  std::vector<SafetensorsEntry> entries;
+  for (size_t i = 0; i < m_.trainable.size(); ++i) {
+    const TrainableParam& p = m_.trainable[i];
+    const std::pair<const char*, const float*> parts[3] = {{"", p.value}, {".exp_avg", adam_.m[i]}, {".exp_avg_sq", adam_.v[i]}};
+    for (const auto& [suffix, src] : parts) {
+      data.push_back(download_floats(m_, src, p.count));
+      entries.push_back({p.name + suffix, "F32", p.shape, data.back().data()});
+    }
+  }
+  write_safetensors((tmp / "state.safetensors").string(), entries, {{"format", "pt"}});
+  nlohmann::json st = {{"step", step}, {"adam_step", adam_.step}, {"loader", loader_state()}, {"config", cfg_.resolved}};
+  write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
+  fs::remove_all(final_dir);  // only after a crash between this rename and `latest`: a complete copy
+  fs::rename(tmp, final_dir);
+  write_file_atomic((fs::path(cfg_.output_dir) / "latest").string(), name + "\n");
+  // Keep the newest save_total_limit checkpoints.
+  std::vector<std::pair<int, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(cfg_.output_dir)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("checkpoint-", 0) == 0) all.push_back({std::atoi(f.c_str() + 11), e.path()});
+  }
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + cfg_.save_total_limit < all.size(); ++i)
+    if (all[i].second != final_dir) fs::remove_all(all[i].second);
+  return final_dir.string();
+}
+
+void Trainer::log_step(const nlohmann::json& entry) {
+  log_ << entry.dump() << "\n";
+  log_.flush();
+}
+
+void Trainer::export_outputs() {
+  const std::string& out = cfg_.output_dir;
+  save_peft_adapter(m_, out, cfg_.model_name_or_path, parse_peft_layout(cfg_.adapter_layout));
+  nlohmann::json l2v_cfg = {{"pooling_mode", pooling_mode_name(cfg_.pooling)},
+                            {"max_length", cfg_.max_seq_length},
+                            {"skip_instruction", cfg_.skip_instruction}};
+  write_file_atomic((fs::path(out) / "llm2vec_config.json").string(), l2v_cfg.dump(2) + "\n");
+  nlohmann::json run = {{"stage", stage_name(cfg_.stage)},
+                        {"model_name_or_path", relative_to(cfg_.model_name_or_path, out)},
+                        {"tokenizer", relative_to(cfg_.tokenizer, out)},
+                        {"bidirectional", cfg_.bidirectional},
+                        {"pooling_mode", pooling_mode_name(cfg_.pooling)},
+                        {"max_length", cfg_.max_seq_length},
+                        {"skip_instruction", cfg_.skip_instruction},
+                        {"padding_side", cfg_.padding_side}};
+  nlohmann::json adapters = nlohmann::json::array();
+  for (const std::string& a : cfg_.peft_model_name_or_path) adapters.push_back(relative_to(a, out));
+  adapters.push_back(".");
+  run["adapters"] = adapters;
+  if (head_.mode == PoolingMode::kLatentAttention) {
+    save_pooling_head(m_, head_, (fs::path(out) / "pooling_head.safetensors").string());
+    run["pooling_head"] = "pooling_head.safetensors";
+  }
+  write_file_atomic((fs::path(out) / "llm2vec_run.json").string(), run.dump(2) + "\n");
+  if (cfg_.save_merged_model) {
+    merge_and_unload_lora(m_);
+    save_model_hf(m_, (fs::path(out) / "merged").string());
+  }
+}
+
+TrainResult Trainer::run() {
+  prepare_output_dir();
+  load_model_and_data();
+  const fs::path out(cfg_.output_dir);
+  std::string resume_dir;
+  if (cfg_.resume_from_checkpoint == "latest") {
+    std::ifstream latest(out / "latest");
+    std::string name;
+    if (!(latest >> name)) throw std::runtime_error((out / "latest").string() + ": no checkpoint to resume from");
+    resume_dir = (out / name).string();
+  } else if (!cfg_.resume_from_checkpoint.empty()) {
+    resume_dir = cfg_.resume_from_checkpoint;
+  }
+  if (!resume_dir.empty()) restore(resume_dir);
+  write_file_atomic((out / "train_config.json").string(), cfg_.resolved.dump(2) + "\n");
+
+  // The log keeps the steps up to the checkpoint being resumed (a crashed run may have logged more).
+  const std::string log_path = (out / "train_log.jsonl").string();
+  {
+    std::string kept;
+    std::ifstream old(log_path);
+    for (std::string line; std::getline(old, line);) {
+      try {
+        if (nlohmann::json::parse(line).at("step").get<int>() <= start_step_) kept += line + "\n";
+      } catch (const std::exception&) {
+      }
+    }
+    write_file_atomic(log_path, kept);
+  }
+  log_.open(log_path, std::ios::app);
+  if (!log_) throw std::runtime_error(log_path + ": cannot open for writing");
+
+  size_t trainable_count = 0;
+  for (const TrainableParam& p : m_.trainable) trainable_count += p.count;
+  if (hooks_.progress)
+    std::printf("%s stage: %s, %s attention, %zu trainable parameters (LoRA r=%d%s), %llu %s, steps %d..%d\n",
+                stage_name(cfg_.stage), cfg_.model_name_or_path.c_str(), cfg_.bidirectional ? "bidirectional" : "causal",
+                trainable_count, cfg_.lora.r,
+                head_.mode == PoolingMode::kLatentAttention ? " + latent-attention head" : "",
+                (unsigned long long)(cfg_.stage == Stage::kSupervised ? shards_->num_triples() : shards_->num_docs()),
+                cfg_.stage == Stage::kSupervised ? "triples" : cfg_.stage == Stage::kSimcse ? "sentences" : "documents",
+                start_step_ + 1, cfg_.max_steps);
+
+  AdamWConfig ac;
+  ac.beta1 = cfg_.adam_beta1;
+  ac.beta2 = cfg_.adam_beta2;
+  ac.eps = cfg_.adam_epsilon;
+  ac.weight_decay = cfg_.weight_decay;
+  ac.max_grad_norm = cfg_.max_grad_norm;
+
+  SignalScope signals;
+  TrainResult result;
+  result.steps_done = start_step_;
+  const auto t0 = std::chrono::steady_clock::now();
+  double window_tokens = 0, window_start = 0;
+  std::string last_checkpoint;
+  for (int step = start_step_; step < cfg_.max_steps; ++step) {
+    zero_grads(m_);
+    double loss_sum = 0.0;
+    long tokens = 0;
+    for (int k = 0; k < cfg_.gradient_accumulation_steps; ++k) {
+      const uint64_t micro = (uint64_t)step * cfg_.gradient_accumulation_steps + k;
+      const double loss = micro_step(micro, &tokens);
+      if (!std::isfinite(loss))
+        throw std::runtime_error("step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) +
+                                 "; stopped before updating the parameters" +
+                                 (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
+      loss_sum += loss;
+    }
+    comm_->allreduce_sum_grads(m_);
+    // Average over micro-batches (each one's loss is a mean) and, for MNTP's per-rank losses, over ranks;
+    // the contrastive losses are already global (every rank sees the gathered batch).
+    float grad_scale = 1.0f / cfg_.gradient_accumulation_steps;
+    if (cfg_.stage == Stage::kMntp) grad_scale /= comm_->world_size();
+    if (grad_scale != 1.0f)
+      for (TrainableParam& p : m_.trainable) backend_.scale(p.grad, (long)p.count, grad_scale);
+    const double loss = comm_->allreduce_mean(loss_sum / cfg_.gradient_accumulation_steps);
+    const double lr = learning_rate_at(cfg_, step);
+    float grad_norm;
+    try {
+      grad_norm = adamw_step(m_, adam_, ac, (float)lr);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
+                               (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
+    }
+    const int done = step + 1;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log_step({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
+              {"seconds", elapsed}});
+    window_tokens += tokens;
+    result.steps_done = done;
+    result.last_loss = loss;
+    if (hooks_.progress && (done % cfg_.logging_steps == 0 || done == cfg_.max_steps || done == start_step_ + 1)) {
+      const double per_step = elapsed / (done - start_step_);
+      std::printf("step %*d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.0f tok/s | elapsed %s | ETA %s\n",
+                  (int)std::to_string(cfg_.max_steps).size(), done, cfg_.max_steps, loss, lr, grad_norm,
+                  window_tokens / std::max(1e-9, elapsed - window_start), format_duration(elapsed).c_str(),
+                  format_duration(per_step * (cfg_.max_steps - done)).c_str());
+      std::fflush(stdout);
+      window_tokens = 0;
+      window_start = elapsed;
+    }
+    const bool stop = g_interrupted || (hooks_.stop_after && hooks_.stop_after(done));
+    if (stop || done == cfg_.max_steps || (cfg_.save_steps > 0 && done % cfg_.save_steps == 0)) {
+      last_checkpoint = save_checkpoint(done);
+      result.last_checkpoint = last_checkpoint;
+    }
+    if (stop && done < cfg_.max_steps) {
+      result.interrupted = true;
+      if (hooks_.progress)
+        std::printf("stopped after step %d: %s written; continue with resume_from_checkpoint=latest\n", done,
+                    last_checkpoint.c_str());
+      return result;
+    }
+  }
+  if (result.last_checkpoint.empty() && start_step_ == cfg_.max_steps) result.last_checkpoint = resume_dir;
+  export_outputs();
+  if (hooks_.progress) std::printf("wrote the adapter, llm2vec_run.json%s to %s\n",
+                                   cfg_.save_merged_model ? " and merged/" : "", cfg_.output_dir.c_str());
+  return result;
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks) {
+  Trainer t(cfg, backend, hooks);
+  return t.run();
+}
+
+}  // namespace l2v

@@ -1,0 +1,56 @@
+// `llm2vec train`: one stage of the LLM2Vec recipe (MNTP, SimCSE or supervised contrastive) from a
+// TrainConfig (train/train_config.h).
+//
+// A stage loads the base model, merges the previous stages' adapters into it (peft_model_name_or_path,
+// PEFT's merge_and_unload, as llm2vec does), adds a fresh LoRA (plus NV-Embed's latent-attention head
+// when pooling_mode is latent_attention) and trains them with AdamW (torch semantics, global-norm
+// clipping, Hugging Face's linear warmup/decay schedule) and gradient accumulation.
+//
+// The contrastive steps pool every group of a batch (SimCSE: the doubled batch; supervised: queries,
+// positives, hard negatives), compute the loss over all pooled vectors (gathered across ranks through
+// train/comm.h), then run the backward of each group from the loss's gradient w.r.t. its embeddings —
+// the last group from the stored activations, the earlier ones after recomputing their forward with the
+// same dropout seed (bit-identical activations), so memory holds one group's activations at a time.
+//
+// Output directory:
+//   train_config.json          every key with its resolved value
+//   train_log.jsonl            one JSON object per optimizer step (step, loss, lr, grad_norm, tokens, seconds)
+//   checkpoint-<step>/         state.safetensors (trainable tensors + AdamW moments) + trainer_state.json;
+//                              written into a temporary directory and renamed, then `latest` (a file
+//                              naming the newest checkpoint) is replaced atomically; the oldest beyond
+//                              save_total_limit are removed. Resume continues bit-exactly on the CPU backend.
+//   adapter_config.json, adapter_model.safetensors   this stage's LoRA as PEFT writes it
+//   llm2vec_config.json        pooling_mode, max_length, skip_instruction (what llm2vec's from_pretrained reads)
+//   pooling_head.safetensors   latent_attention only: the head under NV-Embed's tensor names
+//   llm2vec_run.json           everything `llm2vec embed` needs: base, tokenizer, adapter chain, pooling
+//   merged/                    the base with every adapter merged, as a Hugging Face model (save_merged_model)
+#pragma once
+#include <functional>
+#include <string>
+
+#include "model/backend.h"
+#include "train/train_config.h"
+
+namespace l2v {
+
+struct TrainHooks {
+  // Called after each optimizer step with the number of steps done; returning true stops the run as
+  // an interruption (SIGINT/SIGTERM) does: a checkpoint is written and the outputs are not.
+  std::function<bool(int steps_done)> stop_after;
+  bool progress = true;  // progress lines on stdout
+};
+
+struct TrainResult {
+  int steps_done = 0;
+  bool interrupted = false;
+  double last_loss = 0.0;
+  std::string last_checkpoint;
+};
+
+// Runs the stage on `backend`. Installs SIGINT/SIGTERM handlers for its duration (first signal: finish
+// the step, checkpoint, return interrupted). Throws std::runtime_error with a clear message on bad
+// configs, missing files, incompatible data and non-finite losses; checkpoints already written are
+// never touched by a failure.
+TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks = {});
+
+}  // namespace l2v
