@@ -1,6 +1,7 @@
 #include "data/npy.h"
 
-#include <unistd.h>
+#include "data/atomic_file.h"
+
 
 #include <cerrno>
 #include <cstdint>
@@ -145,21 +146,6 @@ class HeaderParser {
 
 }  // namespace
 
-void write_bytes_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail(tmp, std::string("cannot create: ") + std::strerror(errno));
-  int err = 0;
-  if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) err = errno ? errno : EIO;
-  if (err == 0 && (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0)) err = errno;
-  if (std::fclose(f) != 0 && err == 0) err = errno;
-  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-  if (err != 0) {
-    std::remove(tmp.c_str());
-    fail(path, std::string("cannot write: ") + std::strerror(err));
-  }
-}
-
 void write_npy_f32(const std::string& path, const float* data, size_t rows, size_t cols) {
   if (cols != 0 && rows > std::numeric_limits<size_t>::max() / sizeof(float) / cols)
     fail(path, "array too large");
@@ -183,7 +169,7 @@ void write_npy_f32(const std::string& path, const float* data, size_t rows, size
   bytes.append(padlen, ' ');
   bytes.push_back('\n');
   if (data_bytes) bytes.append(reinterpret_cast<const char*>(data), data_bytes);
-  write_bytes_atomic(path, bytes);
+  write_file_atomic(path, bytes);
 }
 
 std::vector<float> read_npy_f32(const std::string& path, size_t* rows, size_t* cols) {

@@ -1,5 +1,4 @@
-// NumPy .npy files of 2-D float32 arrays (embedding matrices handed to Python), and the atomic file
-// write they and other small outputs (data/sts.h's JSONL) use.
+// NumPy .npy files of 2-D float32 arrays (embedding matrices handed to Python).
 #pragma once
 #include <cstddef>
 #include <string>
@@ -7,16 +6,11 @@
 
 namespace l2v {
 
-// Writes `bytes` to a temporary file next to `path` (`path.tmp.<pid>`), flushes it to disk and renames
-// it to `path`: readers see the old file or the complete new one, never a partial one. Throws
-// std::runtime_error naming the file on failure (the temporary file is removed).
-void write_bytes_atomic(const std::string& path, const std::string& bytes);
-
 // Writes data[rows * cols] (row-major) as the .npy v1.0 file numpy.save writes for a C-order float32
 // array of shape (rows, cols): magic, version 1.0, the header dict
 // {'descr': '<f4', 'fortran_order': False, 'shape': (rows, cols), } with numpy's spare spaces for the
 // first axis, padded with spaces and a final '\n' so the data starts at a multiple of 64 bytes; then
-// the little-endian floats. Atomic (write_bytes_atomic).
+// the little-endian floats. Atomic (data/atomic_file.h).
 void write_npy_f32(const std::string& path, const float* data, size_t rows, size_t cols);
 
 // Reads a .npy file holding a 2-D little-endian float32 array in C order (format version 1.0, 2.0 or

@@ -1,5 +1,7 @@
 #include "data/sts.h"
 
+#include "data/atomic_file.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -255,7 +257,7 @@ void write_supervised_jsonl(const std::vector<SickTriple>& triples, const std::s
     }
     text += '\n';
   }
-  write_bytes_atomic(path, text);
+  write_file_atomic(path, text);
 }
 
 }  // namespace l2v

@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/atomic_write.h"
+#include "data/atomic_file.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
 

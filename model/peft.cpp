@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/atomic_write.h"
+#include "data/atomic_file.h"
 #include "model/safetensors.h"
 
 namespace l2v {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "data/atomic_file.h"
 #include "data/npy.h"
 #include "data/prepare.h"
 #include "data/sts.h"
@@ -330,7 +331,7 @@ int run_embed(const ParsedOptions& o) {
       if (!inputs[i].instruction.empty()) j["instruction"] = inputs[i].instruction;
       text += j.dump() + "\n";
     }
-    write_bytes_atomic(output, text);
+    write_file_atomic(output, text);
   } else {
     write_npy_f32(output, emb.data(), inputs.size(), enc.dim());
   }
@@ -372,7 +373,7 @@ int run_eval_sts(const ParsedOptions& o) {
     nlohmann::json j = {{"data", data}, {"split", split}, {"pairs", pairs.size()}, {"spearman", rho},
                         {"model", o.required("--model")}, {"pooling_mode", pooling_mode_name(spec.pooling)},
                         {"bidirectional", spec.bidirectional}};
-    write_bytes_atomic(o.required("--json-out"), j.dump(2) + "\n");
+    write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
   }
   return 0;
 }

@@ -14,7 +14,7 @@
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "model/atomic_write.h"
+#include "data/atomic_file.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
 #include "model/pooler.h"

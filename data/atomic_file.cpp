@@ -1,4 +1,4 @@
-#include "model/atomic_write.h"
+#include "data/atomic_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
