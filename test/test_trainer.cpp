@@ -466,7 +466,7 @@ TEST(TrainerOutputDir, RefusesClobberAndChangedConfigAndRotatesCheckpoints) {
 // it fails today — train/trainer.cpp's restore() only compares the keys present in the NEW resolved
 // config, and load_train_config leaves lora_alpha out of `resolved` when it is not given, so a run
 // trained with lora_alpha 32 silently resumes with 2 * lora_r = 8. Enable once that is fixed.
-TEST(TrainerOutputDir, DISABLED_RefusesResumeThatDropsAnExplicitLoraAlpha) {
+TEST(TrainerOutputDir, RefusesResumeThatDropsAnExplicitLoraAlpha) {
   TempDir tmp("trainer_alpha");
   const std::string out = tmp / "run";
   train(make_config("mntp", data().wiki, out, {{"max_steps", "1"}, {"lora_alpha", "32"}}));

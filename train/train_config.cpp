@@ -266,7 +266,8 @@ TrainConfig load_train_config(const std::string& config_path,
   c.bidirectional = j.at("bidirectional").get<bool>();
   c.gradient_checkpointing = j.at("gradient_checkpointing").get<bool>();
   c.lora.r = positive("lora_r");
-  c.lora.alpha = has("lora_alpha") ? (float)number("lora_alpha") : 2.0f * c.lora.r;
+  if (!has("lora_alpha")) j["lora_alpha"] = 2.0 * c.lora.r;  // resolved here so resume compares the value
+  c.lora.alpha = (float)number("lora_alpha");
   c.lora.dropout = probability("lora_dropout");
   const std::vector<std::string> targets = j.at("lora_target_modules").get<std::vector<std::string>>();
   if (targets.size() == 1 && targets[0] == "all") {

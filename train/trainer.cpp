@@ -544,11 +544,17 @@ TrainResult Trainer::run() {
     long tokens = 0;
     for (int k = 0; k < cfg_.gradient_accumulation_steps; ++k) {
       const uint64_t micro = (uint64_t)step * cfg_.gradient_accumulation_steps + k;
-      const double loss = micro_step(micro, &tokens);
+      const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
+      double loss;
+      try {
+        loss = micro_step(micro, &tokens);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
+                                 "; stopped before updating the parameters" + intact);
+      }
       if (!std::isfinite(loss))
         throw std::runtime_error("step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) +
-                                 "; stopped before updating the parameters" +
-                                 (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
+                                 "; stopped before updating the parameters" + intact);
       loss_sum += loss;
     }
     comm_->allreduce_sum_grads(m_);
