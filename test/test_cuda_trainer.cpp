@@ -1,0 +1,160 @@
+// `llm2vec train` on the CUDA backend (kernels + cuBLAS executed by the CPU emulator) against the same
+// run on the fp32 CPU backend: whole SimCSE and supervised steps — the pooling head and contrastive loss
+// on the host, the d(final hidden) upload, the backward into LoRA (and the latent-attention head), the
+// supervised stage's per-group forward recomputation, AdamW — on the real stories260K model (head dim 8).
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "cuda/cuda_backend.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+#include "host/cpu_backend.h"
+#include "model/safetensors.h"
+#include "test/temp_dir.h"
+#include "train/trainer.h"
+
+namespace l2v {
+namespace {
+
+const char* kModel = "assets/stories260K/stories260K.bin";
+const char* kTokenizer = "assets/stories260K/tok512.bin";
+
+// Short sentences in the stories260K domain, so the pooled vectors are far from degenerate.
+const char* kSentences[] = {
+    "The cat sat on the mat.",        "Lily went to the park with her mom.", "The dog ran after the ball.",
+    "Tom had a red toy car.",         "The sun was hot and bright.",         "A little bird sang a song.",
+    "She liked to play in the rain.", "The boy ate a big apple.",
+};
+
+std::string prepare(const test::TempDir& dir, PrepareFormat format, const std::string& name,
+                    const std::string& text) {
+  const std::string input = dir / (name + ".txt");
+  std::ofstream(input) << text;
+  PrepareOptions opt;
+  opt.inputs = {input};
+  opt.format = format;
+  opt.output_prefix = dir / name;
+  opt.progress = false;
+  run_prepare(opt, *load_tokenizer(kTokenizer));
+  return dir / (name + "-*.bin");
+}
+
+struct TrainRun {
+  std::vector<double> losses;
+  // every tensor (trainable values, AdamW moments) of the checkpoints after steps 1 and 2
+  std::vector<std::vector<float>> state[2];
+  std::vector<std::string> names;
+};
+
+TrainRun train(Backend& backend, const std::string& stage, const std::string& data, const std::string& out,
+          const std::vector<std::pair<std::string, std::string>>& extra) {
+  std::vector<std::pair<std::string, std::string>> o = {
+      {"stage", stage},          {"model_name_or_path", kModel}, {"tokenizer", kTokenizer},
+      {"dataset_file_path", data}, {"output_dir", out},          {"max_steps", "2"},
+      {"learning_rate", "1e-3"}, {"lora_r", "4"},                {"save_merged_model", "false"},
+      {"max_seq_length", "16"}, {"save_steps", "1"}};
+  o.insert(o.end(), extra.begin(), extra.end());
+  TrainConfig cfg = load_train_config("", o, nullptr);
+  TrainHooks hooks;
+  hooks.progress = false;
+  run_training(cfg, backend, hooks);
+  TrainRun r;
+  std::ifstream log(out + "/train_log.jsonl");
+  for (std::string line; std::getline(log, line);) r.losses.push_back(nlohmann::json::parse(line).at("loss").get<double>());
+  for (int step = 1; step <= 2; ++step) {
+    SafetensorsCheckpoint st(out + "/checkpoint-" + std::to_string(step) + "/state.safetensors");
+    r.names = st.names();
+    for (const std::string& name : r.names) {
+      size_t n = 1;
+      for (int64_t d : st.shape(name)) n *= (size_t)d;
+      r.state[step - 1].emplace_back(n);
+      st.read_f32(name, r.state[step - 1].back().data(), n);
+    }
+  }
+  return r;
+}
+
+// The runs must agree to fp32 summation-order differences. Losses: relative. AdamW moments (first:
+// the gradient's running mean; second: of its square), relative to the tensor's largest value — the
+// gradient check: tight after step 1; looser after step 2, whose gradients are taken at parameters that
+// already differ (below). Parameter values: the same, except that Adam normalises every element's step
+// to about lr, so an element whose gradient is close to zero can move by up to lr per step in a
+// direction that rounding decides; such elements are counted, bounded by 2 * lr * steps, and must stay rare.
+void expect_same(const TrainRun& gpu, const TrainRun& cpu, double lr) {
+  ASSERT_EQ(gpu.losses.size(), 2u);
+  ASSERT_EQ(cpu.losses.size(), 2u);
+  ASSERT_EQ(gpu.names, cpu.names);
+  for (size_t s = 0; s < 2; ++s) EXPECT_NEAR(gpu.losses[s], cpu.losses[s], 1e-5 * std::fabs(cpu.losses[s]));
+  for (int step = 0; step < 2; ++step) {
+    const auto& c = cpu.state[step];
+    const auto& g = gpu.state[step];
+    ASSERT_EQ(g.size(), c.size());
+    double worst_moment = 0.0, worst_value = 0.0;
+    size_t flipped = 0, values = 0;
+    for (size_t t = 0; t < c.size(); ++t) {
+      const bool moment = cpu.names[t].find(".exp_avg") != std::string::npos;
+      double scale = 0.0;
+      for (float x : c[t]) scale = std::max(scale, (double)std::fabs(x));
+      if (scale == 0.0) continue;
+      for (size_t i = 0; i < c[t].size(); ++i) {
+        const double err = std::fabs(g[t][i] - c[t][i]) / scale;
+        if (moment) {
+          worst_moment = std::max(worst_moment, err);
+          continue;
+        }
+        ++values;
+        if (err > 1e-4) {
+          ++flipped;
+          EXPECT_LE(std::fabs(g[t][i] - c[t][i]), 2 * lr * (step + 1)) << cpu.names[t] << "[" << i << "]";
+        } else {
+          worst_value = std::max(worst_value, err);
+        }
+      }
+    }
+    std::printf("after step %d: losses cpu %.7f, cuda %.7f; worst moment error %.2e, worst value error %.2e, "
+                "%zu of %zu values moved differently\n",
+                step + 1, cpu.losses[step], gpu.losses[step], worst_moment, worst_value, flipped, values);
+    EXPECT_LT(worst_moment, step == 0 ? 2e-5 : 1e-3);
+    EXPECT_LT(flipped, values / 1000 + 1);
+  }
+}
+
+TEST(CudaTrainer, SimcseStepsMatchTheCpuBackend) {
+  test::TempDir dir("cuda_trainer");
+  std::string text;
+  for (const char* s : kSentences) text += std::string(s) + "\n";
+  const std::string data = prepare(dir, PrepareFormat::kSentences, "sentences", text);
+  const std::vector<std::pair<std::string, std::string>> extra = {
+      {"per_device_train_batch_size", "4"}, {"pooling_mode", "weighted_mean"}, {"simcse_dropout", "0.3"}};
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kFp32);
+  const TrainRun c = train(*cpu, "simcse", data, dir / "cpu", extra);
+  const TrainRun g = train(*gpu, "simcse", data, dir / "gpu", extra);
+  expect_same(g, c, 1e-3);
+}
+
+TEST(CudaTrainer, SupervisedLatentAttentionStepsMatchTheCpuBackend) {
+  test::TempDir dir("cuda_trainer");
+  std::string jsonl;
+  for (int i = 0; i < 8; ++i)
+    jsonl += nlohmann::json({{"query", kSentences[i]},
+                             {"positive", kSentences[(i + 1) % 8]},
+                             {"negative", kSentences[(i + 3) % 8]},
+                             {"instruction", "Find a similar sentence"}})
+                 .dump() +
+             "\n";
+  const std::string data = prepare(dir, PrepareFormat::kSupervised, "triples", jsonl);
+  const std::vector<std::pair<std::string, std::string>> extra = {
+      {"per_device_train_batch_size", "4"}, {"pooling_mode", "latent_attention"}, {"latent_num_latents", "8"},
+      {"latent_heads", "2"}, {"latent_dim_head", "16"}, {"attention_dropout", "0.1"},
+      {"gradient_accumulation_steps", "2"}};
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kFp32);
+  const TrainRun c = train(*cpu, "supervised", data, dir / "cpu", extra);
+  const TrainRun g = train(*gpu, "supervised", data, dir / "gpu", extra);
+  expect_same(g, c, 1e-3);
+}
+
+}  // namespace
+}  // namespace l2v
