@@ -1,6 +1,7 @@
 #include "data/prepare.h"
 
 #include <atomic>
+#include <filesystem>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -187,6 +188,10 @@ PrepareReport run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
   if (opt.inputs.empty()) throw std::invalid_argument("prepare: no input files");
   if (opt.output_prefix.empty()) throw std::invalid_argument("prepare: no output prefix");
   if (opt.shard_tokens == 0) throw std::invalid_argument("prepare: shard size must be positive");
+  const std::filesystem::path dir = std::filesystem::path(opt.output_prefix).parent_path();
+  std::error_code ec;
+  if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir.string() + ": cannot create the output directory: " + ec.message());
   InterruptGuard guard;
   PrepareReport report;
   ShardSink sink(opt, tok, report);
