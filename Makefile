@@ -55,9 +55,9 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 test: $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)
 
+# The recipe end to end on the bundled model and the micro-scale ablation table (a few minutes, CPU).
 run: $(MAIN_BIN)
-	./$(MAIN_BIN) demo --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin \
-	    --text assets/stories260K/sentences.txt
+	bash scripts/micro_ablation.sh
 
 clean:
 	rm -rf $(BUILD)
