@@ -1,5 +1,8 @@
 #include "model/config.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <cmath>
 #include <fstream>
 #include <stdexcept>
@@ -127,6 +130,16 @@ ModelConfig load_hf_config(const std::string& path) {
   return parse_hf_config(j, path);
 }
 
+double shortest_decimal(float x) {
+  if (!std::isfinite(x)) return x;
+  char buf[32];
+  for (int digits = 1; digits <= 9; ++digits) {  // 9 significant digits always round-trip a float
+    std::snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
+    if (std::strtof(buf, nullptr) == x) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
 nlohmann::json to_hf_config_json(const ModelConfig& c) {
   nlohmann::json j = {
       {"model_type", c.model_type},
@@ -141,7 +154,7 @@ nlohmann::json to_hf_config_json(const ModelConfig& c) {
       {"num_key_value_heads", c.num_key_value_heads},
       {"head_dim", c.head_dim},
       {"max_position_embeddings", c.max_position_embeddings},
-      {"rms_norm_eps", c.rms_norm_eps},
+      {"rms_norm_eps", shortest_decimal(c.rms_norm_eps)},
       {"rope_theta", c.rope_theta},
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"hidden_act", "silu"},
@@ -152,9 +165,9 @@ nlohmann::json to_hf_config_json(const ModelConfig& c) {
   if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;
   if (c.rope_scaling.type == "llama3") {
     j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", c.rope_scaling.factor},
-                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
-                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
+                         {"factor", shortest_decimal(c.rope_scaling.factor)},
+                         {"low_freq_factor", shortest_decimal(c.rope_scaling.low_freq_factor)},
+                         {"high_freq_factor", shortest_decimal(c.rope_scaling.high_freq_factor)},
                          {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
   }
   return j;

@@ -44,6 +44,10 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_hf_config(const std::string& path);
 nlohmann::json to_hf_config_json(const ModelConfig& c);
 
+// A float as the JSON number Python prints for the value the user wrote: the shortest decimal that reads
+// back as the same float (0.05f → 0.05, not 0.05000000074505806), so configs we write read like theirs.
+double shortest_decimal(float x);
+
 // RoPE inverse frequencies (D/2 values) exactly as transformers computes them in fp32, including the
 // llama3 scaling rule.
 std::vector<float> rope_inv_freq(const ModelConfig& c);
