@@ -237,7 +237,9 @@ int run_train(const ParsedOptions& o) {
   std::vector<std::string> notes;
   TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, &notes);
   for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
-  std::unique_ptr<Backend> backend = make_backend(cfg.backend, cfg.precision);
+  const std::string backend_name = cfg.backend.empty() ? kDefaultBackend : cfg.backend;
+  std::unique_ptr<Backend> backend = make_backend(
+      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32");
   TrainResult r = run_training(cfg, *backend);
   return r.interrupted ? 130 : 0;
 }

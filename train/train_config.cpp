@@ -26,7 +26,7 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"dataset_file_path", 's', nullptr,
        "training shards from `llm2vec prepare`: comma-separated files or globs\n(PREFIX-*.bin): documents for mntp, sentences for simcse, supervised triples for supervised (required)"},
       {"output_dir", 's', nullptr, "where checkpoints, the log and the outputs go (required)"},
-      {"backend", 's', "cpu", "cpu | cuda"},
+      {"backend", 's', "", "cpu | cuda (default: cuda in build/llm2vec_cuda, cpu in build/llm2vec)"},
       {"torch_dtype", 's', "", "bfloat16 | float32: storage of activations and base weights (default:\nfloat32 on cpu, bfloat16 on cuda)"},
       {"per_device_train_batch_size", 'i', 8, "sequences (mntp), sentences (simcse) or triples per micro-batch"},
       {"gradient_accumulation_steps", 'i', 1, "micro-batches per optimizer step (contrastive: each is its own loss)"},
@@ -234,9 +234,9 @@ TrainConfig load_train_config(const std::string& config_path,
   c.dataset_file_path = str("dataset_file_path");
   c.output_dir = str("output_dir");
   c.backend = str("backend");
-  if (c.backend != "cpu" && c.backend != "cuda") throw range_error("backend", "must be cpu or cuda");
+  if (!c.backend.empty() && c.backend != "cpu" && c.backend != "cuda") throw range_error("backend", "must be cpu or cuda");
   const std::string dtype = str("torch_dtype");
-  if (dtype.empty()) c.precision = c.backend == "cuda" ? "bf16" : "fp32";
+  if (dtype.empty()) c.precision = "";  // the backend's default
   else if (dtype == "bfloat16") c.precision = "bf16";
   else if (dtype == "float32") c.precision = "fp32";
   else throw range_error("torch_dtype", "must be bfloat16 or float32");

@@ -24,7 +24,7 @@ struct TrainConfig {
   std::string model_name_or_path, tokenizer;
   std::vector<std::string> peft_model_name_or_path;  // adapters merged into the base, in order
   std::string dataset_file_path, output_dir;
-  std::string backend, precision;
+  std::string backend, precision;  // empty: the binary's default backend / the backend's default precision
   int batch_size = 8, gradient_accumulation_steps = 1;
   int max_steps = 1000;
   double learning_rate = 5e-5, warmup_ratio = 0.0;
