@@ -1,6 +1,6 @@
 #include "data/npy.h"
 
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 
 
 #include <cerrno>

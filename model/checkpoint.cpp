@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
 

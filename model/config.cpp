@@ -1,13 +1,13 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-
-#include <cmath>
-#include <fstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
+
+#include "data/file_io.h"
 
 namespace l2v {
 namespace {
@@ -119,15 +119,7 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
 }
 
 ModelConfig load_hf_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open model config");
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(path + ": not valid JSON: " + e.what());
-  }
-  return parse_hf_config(j, path);
+  return parse_hf_config(read_json_file(path, "model config"), path);
 }
 
 double shortest_decimal(float x) {

@@ -2,11 +2,11 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
+#include "data/file_io.h"
 #include "model/peft.h"
 #include "model/safetensors.h"
 
@@ -17,12 +17,9 @@ bool has_encoder_spec(const std::string& dir) { return fs::is_regular_file(fs::p
 
 EncoderSpec read_encoder_spec(const std::string& dir) {
   const std::string path = (fs::path(dir) / "llm2vec_run.json").string();
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open (not an `llm2vec train` output directory?)");
+  const nlohmann::json j = read_json_file(path, "(not an `llm2vec train` output directory?)");
   EncoderSpec s;
   try {
-    nlohmann::json j;
-    in >> j;
     auto resolve = [&](const std::string& p) { return (fs::path(dir) / p).lexically_normal().string(); };
     s.model_name_or_path = resolve(j.at("model_name_or_path").get<std::string>());
     s.tokenizer = resolve(j.at("tokenizer").get<std::string>());

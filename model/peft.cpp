@@ -2,25 +2,17 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 #include "model/safetensors.h"
 
 namespace l2v {
 
 LoraConfig load_peft_adapter_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open adapter config");
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(path + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = read_json_file(path, "adapter config");
   auto need = [&](const char* key) -> const nlohmann::json& {
     if (!j.contains(key) || j.at(key).is_null()) throw std::runtime_error(path + ": missing field '" + key + "'");
     return j.at(key);

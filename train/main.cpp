@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 #include "data/npy.h"
 #include "data/prepare.h"
 #include "data/sts.h"

@@ -1,8 +1,9 @@
 #include "train/train_config.h"
 
 #include <cmath>
-#include <fstream>
 #include <stdexcept>
+
+#include "data/file_io.h"
 
 namespace l2v {
 
@@ -167,14 +168,7 @@ TrainConfig load_train_config(const std::string& config_path,
                               std::vector<std::string>* notes) {
   nlohmann::json j = nlohmann::json::object();
   if (!config_path.empty()) {
-    std::ifstream in(config_path);
-    if (!in) throw std::runtime_error(config_path + ": cannot open the config file");
-    nlohmann::json file;
-    try {
-      in >> file;
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(config_path + ": not valid JSON: " + e.what());
-    }
+    const nlohmann::json file = read_json_file(config_path, "the config file");
     if (!file.is_object()) throw std::runtime_error(config_path + ": the config must be a JSON object");
     for (auto it = file.begin(); it != file.end(); ++it) {
       const ConfigKey* k = find_key(it.key());

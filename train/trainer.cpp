@@ -14,7 +14,7 @@
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
 #include "model/pooler.h"
@@ -373,14 +373,7 @@ bool resumable_difference(const std::string& key) {
 
 void Trainer::restore(const std::string& dir) {
   const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  std::ifstream in(state_path);
-  if (!in) throw std::runtime_error(state_path + ": cannot open (not a checkpoint directory?)");
-  nlohmann::json st;
-  try {
-    in >> st;
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(state_path + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json st = read_json_file(state_path, "(not a checkpoint directory?)");
   const nlohmann::json& old = st.at("config");
   for (auto it = cfg_.resolved.begin(); it != cfg_.resolved.end(); ++it) {
     if (resumable_difference(it.key())) continue;

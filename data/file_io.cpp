@@ -1,4 +1,4 @@
-#include "data/atomic_file.h"
+#include "data/file_io.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
 namespace l2v {
@@ -34,6 +35,16 @@ void write_file_atomic(const std::string& path, const std::string& content) {
     const std::string why = std::strerror(errno);
     ::unlink(tmp.c_str());
     throw std::runtime_error(path + ": rename failed: " + why);
+  }
+}
+
+nlohmann::json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open " + what);
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": not valid JSON: " + e.what());
   }
 }
 
