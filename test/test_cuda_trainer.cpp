@@ -134,6 +134,42 @@ TEST(CudaTrainer, SimcseStepsMatchTheCpuBackend) {
   expect_same(g, c, 1e-3);
 }
 
+// Production precision: activations and base weights in bf16 (fp32 accumulation, fp32 LoRA and
+// optimizer). The losses of two steps, and the first step's gradient (AdamW's first moment after one
+// step is (1 - beta1) * g) pointing the same way as the fp32 CPU gradient.
+TEST(CudaTrainer, SimcseStepsInBf16FollowTheCpuBackend) {
+  test::TempDir dir("cuda_trainer");
+  std::string text;
+  for (const char* s : kSentences) text += std::string(s) + "\n";
+  const std::string data = prepare(dir, PrepareFormat::kSentences, "sentences", text);
+  const std::vector<std::pair<std::string, std::string>> extra = {{"per_device_train_batch_size", "4"}};
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kBf16);
+  const TrainRun c = train(*cpu, "simcse", data, dir / "cpu", extra);
+  const TrainRun g = train(*gpu, "simcse", data, dir / "gpu", extra);
+  ASSERT_EQ(g.losses.size(), 2u);
+  ASSERT_EQ(c.losses.size(), 2u);
+  // Step 1 sees the same parameters: bf16 rounding only. Step 2 follows an Adam step, which moves every
+  // element by about lr whatever its gradient's size, so rounding-sized gradient differences become
+  // lr-sized parameter differences: a looser bound.
+  EXPECT_NEAR(g.losses[0], c.losses[0], 2e-2 * std::fabs(c.losses[0]));
+  EXPECT_NEAR(g.losses[1], c.losses[1], 1e-1 * std::fabs(c.losses[1]));
+  double dot = 0.0, nc = 0.0, ng = 0.0;
+  for (size_t t = 0; t < c.names.size(); ++t) {
+    const std::string& name = c.names[t];
+    if (name.size() < 8 || name.compare(name.size() - 8, 8, ".exp_avg") != 0) continue;
+    for (size_t i = 0; i < c.state[0][t].size(); ++i) {
+      dot += (double)c.state[0][t][i] * g.state[0][t][i];
+      nc += (double)c.state[0][t][i] * c.state[0][t][i];
+      ng += (double)g.state[0][t][i] * g.state[0][t][i];
+    }
+  }
+  const double cosine = dot / std::sqrt(nc * ng);
+  std::printf("bf16: losses cpu %.5f %.5f, cuda %.5f %.5f; step-1 gradient cosine %.5f\n", c.losses[0], c.losses[1],
+              g.losses[0], g.losses[1], cosine);
+  EXPECT_GT(cosine, 0.99);
+}
+
 TEST(CudaTrainer, SupervisedLatentAttentionStepsMatchTheCpuBackend) {
   test::TempDir dir("cuda_trainer");
   std::string jsonl;

@@ -172,8 +172,8 @@ void Trainer::prepare_output_dir() {
   const bool has_state = !checkpoints.empty() || fs::exists(fs::path(cfg_.output_dir) / "latest");
   if (has_state && cfg_.resume_from_checkpoint.empty() && !cfg_.overwrite_output_dir)
     throw std::runtime_error(cfg_.output_dir +
-                             " holds checkpoints of an earlier run: pass resume_from_checkpoint=latest to continue it "
-                             "or overwrite_output_dir=true to start over");
+                             " holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to continue it "
+                             "or --overwrite_output_dir true to start over (config keys resume_from_checkpoint, overwrite_output_dir)");
   if (cfg_.overwrite_output_dir) {
     for (const fs::path& p : checkpoints) fs::remove_all(p);
     for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(fs::path(cfg_.output_dir) / f);
@@ -591,7 +591,7 @@ TrainResult Trainer::run() {
     if (stop && done < cfg_.max_steps) {
       result.interrupted = true;
       if (hooks_.progress)
-        std::printf("stopped after step %d: %s written; continue with resume_from_checkpoint=latest\n", done,
+        std::printf("stopped after step %d: %s written; continue with --resume_from_checkpoint latest\n", done,
                     last_checkpoint.c_str());
       return result;
     }
