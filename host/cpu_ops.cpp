@@ -5,6 +5,7 @@
 #include "host/cpu_ops.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -37,8 +38,30 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
     for (long i = 0; i < (long)M * N; ++i) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-              alpha, A, lda, B, ldb, beta, C, ldc);
+  // One threading system: OpenMP runs single-threaded OpenBLAS GEMMs on blocks of rows of C. OpenBLAS's
+  // own (pthread) workers keep spinning after a call and fight the OpenMP loops around it — two to three
+  // times slower on the bundled model. The blocks have a fixed size, not one per thread: OpenBLAS picks
+  // its kernels by matrix size, so the bits of a result depend on how the rows are cut, and a cut that
+  // ignores the thread count keeps the results independent of it.
+  static const bool single_threaded_blas = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)single_threaded_blas;
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  constexpr int kBlockRows = 128;
+  const int blocks = (M + kBlockRows - 1) / kBlockRows;
+  if (blocks == 1 || (double)M * N * K < 4e6) {
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int m0 = blk * kBlockRows, m1 = std::min(M, m0 + kBlockRows);
+    // Rows m0..m1 of op(A): rows of A, or columns of A when it is transposed.
+    const float* a = trans_a ? A + m0 : A + (long)m0 * lda;
+    cblas_sgemm(CblasRowMajor, ta, tb, m1 - m0, N, K, alpha, a, lda, B, ldb, beta, C + (long)m0 * ldc, ldc);
+  }
 }
 
 inline float dot(const float* a, const float* b, int n) {

@@ -77,7 +77,9 @@ TrainRun train(Backend& backend, const std::string& stage, const std::string& da
 
 // The runs must agree to fp32 summation-order differences. Losses: relative. AdamW moments (first:
 // the gradient's running mean; second: of its square), relative to the tensor's largest value — the
-// gradient check: tight after step 1; looser after step 2, whose gradients are taken at parameters that
+// gradient check (fp32 summation order: the CPU backend cuts GEMMs into row blocks, cuBLAS here runs
+// them whole, and the loss's cosine normalisation and scale 20 amplify the differences): tight after
+// step 1; looser after step 2, whose gradients are taken at parameters that
 // already differ (below). Parameter values: the same, except that Adam normalises every element's step
 // to about lr, so an element whose gradient is close to zero can move by up to lr per step in a
 // direction that rounding decides; such elements are counted, bounded by 2 * lr * steps, and must stay rare.
@@ -115,7 +117,7 @@ void expect_same(const TrainRun& gpu, const TrainRun& cpu, double lr) {
     std::printf("after step %d: losses cpu %.7f, cuda %.7f; worst moment error %.2e, worst value error %.2e, "
                 "%zu of %zu values moved differently\n",
                 step + 1, cpu.losses[step], gpu.losses[step], worst_moment, worst_value, flipped, values);
-    EXPECT_LT(worst_moment, step == 0 ? 2e-5 : 1e-3);
+    EXPECT_LT(worst_moment, step == 0 ? 1e-4 : 1e-3);
     EXPECT_LT(flipped, values / 1000 + 1);
   }
 }

@@ -409,6 +409,23 @@ TEST(TrainerResume, SupervisedLatentAttentionWithAccumulationResumeIsBitExact) {
                          kLatent + Overrides{{"gradient_accumulation_steps", "2"}, {"attention_dropout", "0.1"}}, 4, 2);
 }
 
+// The CPU backend's results do not depend on the number of OpenMP threads (GEMMs are cut into row
+// blocks of a fixed size, every other loop writes each output once): a run on one thread and a run on
+// two leave bit-identical checkpoints. Batch 8 x 128 makes the GEMMs large enough to be cut.
+TEST(TrainerResume, ThreadCountDoesNotChangeAnyBit) {
+  std::vector<std::string> states;
+  for (int threads : {1, 2}) {
+    ScopedThreads scoped(threads);
+    const std::string out = (fs::path(data().dir) / ("threads" + std::to_string(threads))).string();
+    train(make_config("mntp", data().wiki, out,
+                      {{"per_device_train_batch_size", "8"}, {"max_seq_length", "128"}, {"max_steps", "2"},
+                       {"attention_dropout", "0.1"}, {"overwrite_output_dir", "true"}}));
+    states.push_back(read_text(out + "/checkpoint-2/state.safetensors"));
+  }
+  ASSERT_FALSE(states[0].empty());
+  EXPECT_TRUE(states[0] == states[1]);
+}
+
 // ============================================================================================
 // 2. The output directory: no silent clobbering, no resuming under another config, checkpoint rotation.
 
