@@ -395,6 +395,20 @@ const OptionSpec kPrecision{"--precision", "P",
                             "storage of activations and base weights: bf16 (cuda default, fp32\n"
                             "accumulation) or fp32 (cpu: fp32 only)"};
 
+// The options of the commands that load a model for embedding (see encoder_spec), then `own`.
+std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
+  std::vector<OptionSpec> spec = {
+      {"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
+      {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
+      {"--peft", "DIRS", "comma-separated adapters merged in order (replaces the directory's chain)"},
+      {"--pooling_mode", "MODE", "mean | weighted_mean | eos_token | last_token | bos_token (default: trained)"},
+      {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
+      {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"}};
+  spec.insert(spec.end(), own.begin(), own.end());
+  spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision});
+  return spec;
+}
+
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {"demo",
@@ -438,37 +452,21 @@ const std::vector<Command>& commands() {
       {"embed",
        "embed texts (one per line, or instruction<TAB>text with --instructions) with a\n"
        "trained model or a base checkpoint",
-       {{"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
-        {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
-        {"--peft", "DIRS", "comma-separated adapters merged in order (replaces the directory's chain)"},
-        {"--pooling_mode", "MODE", "mean | weighted_mean | eos_token | last_token | bos_token (default: trained)"},
-        {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
-        {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"},
-        {"--no-skip-instruction", "", "pool the instruction tokens too"},
-        {"--input", "FILE", "texts, one per line; - for stdin"},
-        {"--instructions", "", "input lines are instruction<TAB>text"},
-        {"--output", "FILE", "embeddings: .npy (float32 [n, dim]) or .jsonl"},
-        {"--normalize", "", "L2-normalise the embeddings"},
-        {"--batch-size", "N", "texts per forward pass (default 16)"},
-        {"--quiet", "", "no progress lines"},
-        kBackend, kPrecision},
+       encoder_options({{"--no-skip-instruction", "", "pool the instruction tokens too"},
+                        {"--input", "FILE", "texts, one per line; - for stdin"},
+                        {"--instructions", "", "input lines are instruction<TAB>text"},
+                        {"--output", "FILE", "embeddings: .npy (float32 [n, dim]) or .jsonl"},
+                        {"--normalize", "", "L2-normalise the embeddings"},
+                        {"--batch-size", "N", "texts per forward pass (default 16)"}}),
        run_embed},
       {"eval sts",
        "Spearman correlation between cosine similarities and gold scores of sentence\n"
        "pairs (SICK-R and STS-style TSV)",
-       {{"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
-        {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
-        {"--peft", "DIRS", "comma-separated adapters merged in order"},
-        {"--pooling_mode", "MODE", "override the pooling mode"},
-        {"--causal", "", "causal attention"},
-        {"--max_length", "N", "truncate texts to N tokens"},
-        {"--data", "FILE", "SICK.txt (or SICK_semeval2014_all.txt with --split ALL), or a TSV"},
-        {"--format", "F", "sick (default) | tsv (sentence1<TAB>sentence2<TAB>score)"},
-        {"--split", "S", "sick: TRAIN | TRIAL | TEST (default) | ALL"},
-        {"--json-out", "FILE", "also write the result as JSON"},
-        {"--batch-size", "N", "sentences per forward pass (default 32)"},
-        {"--quiet", "", "no progress lines"},
-        kBackend, kPrecision},
+       encoder_options({{"--data", "FILE", "SICK.txt (or SICK_semeval2014_all.txt with --split ALL), or a TSV"},
+                        {"--format", "F", "sick (default) | tsv (sentence1<TAB>sentence2<TAB>score)"},
+                        {"--split", "S", "sick: TRAIN | TRIAL | TEST (default) | ALL"},
+                        {"--json-out", "FILE", "also write the result as JSON"},
+                        {"--batch-size", "N", "sentences per forward pass (default 32)"}}),
        run_eval_sts},
   };
   return table;
