@@ -26,8 +26,6 @@ TOK=assets/stories260K/tok512.bin
 SICK=assets/sick/SICK.txt
 OUT=${OUT:-build/micro_ablation}
 SEED=${SEED:-42}
-# One OpenMP thread per core and no spinning: the tiny model's ops are too small to gain from more.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 [[ -x $BIN ]] || { echo "micro_ablation.sh: $BIN is missing (run make)" >&2; exit 1; }
 mkdir -p "$OUT"
