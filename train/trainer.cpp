@@ -107,6 +107,23 @@ void pool_instructions_too(EmbedBatch& b, const Tokenizer& tok) {
   }
 }
 
+// A fingerprint of the weights a stage trains on (the base with the previous stages merged): every
+// tensor's name, shape and a sample of its values. Stored in checkpoints, so a resume on another base
+// model or another adapter chain is refused instead of silently continuing from the wrong weights.
+uint64_t weights_fingerprint(const Model& m) {
+  std::string bytes;
+  for (const NamedWeight& w : model_weights(m)) {
+    size_t n = 1;
+    for (int64_t d : w.shape) n *= (size_t)d;
+    const std::vector<float> values = w.tensor ? download_tensor(m, w.data, n) : download_floats(m, w.data, n);
+    bytes += w.name;
+    for (int64_t d : w.shape) bytes += "," + std::to_string(d);
+    const size_t step = std::max<size_t>(1, n / 4096);  // about 4096 values per tensor
+    for (size_t i = 0; i < n; i += step) bytes.append(reinterpret_cast<const char*>(&values[i]), sizeof(float));
+  }
+  return fnv1a64(bytes.data(), bytes.size());
+}
+
 long count_tokens(const std::vector<int>& key_mask) {
   long n = 0;
   for (int k : key_mask) n += k;
@@ -157,6 +174,7 @@ class Trainer {
   std::unique_ptr<SupervisedLoader> supervised_;
   PadOptions pad_;
   int start_step_ = 0;
+  uint64_t base_fingerprint_ = 0;
   float* d_hidden_ = nullptr;
   size_t d_hidden_capacity_ = 0;
   std::ofstream log_;
@@ -194,6 +212,7 @@ void Trainer::load_model_and_data() {
     load_peft_adapter(m_, dir);
     merge_and_unload_lora(m_);
   }
+  base_fingerprint_ = weights_fingerprint(m_);
   add_lora(m_, cfg_.lora, cfg_.seed);
   if (cfg_.stage != Stage::kMntp) {
     head_.mode = cfg_.pooling;
@@ -382,6 +401,9 @@ void Trainer::restore(const std::string& dir) {
                                (old.contains(it.key()) ? old.at(it.key()).dump() : "(unset)") + ", this run has " +
                                it.value().dump() + "; resume with the same configuration");
   }
+  if (st.value("base_weights_fingerprint", "") != std::to_string(base_fingerprint_))
+    throw std::runtime_error(state_path + ": the checkpoint was trained on other base weights (model_name_or_path "
+                             "or the merged peft_model_name_or_path adapters changed since); resume with the same ones");
   SafetensorsCheckpoint tensors((fs::path(dir) / "state.safetensors").string());
   for (size_t i = 0; i < m_.trainable.size(); ++i) {
     const TrainableParam& p = m_.trainable[i];
@@ -423,7 +445,11 @@ std::string Trainer::save_checkpoint(int step) {
     }
   }
   write_safetensors((tmp / "state.safetensors").string(), entries, {{"format", "pt"}});
-  nlohmann::json st = {{"step", step}, {"adam_step", adam_.step}, {"loader", loader_state()}, {"config", cfg_.resolved}};
+  nlohmann::json st = {{"step", step},
+                       {"adam_step", adam_.step},
+                       {"loader", loader_state()},
+                       {"config", cfg_.resolved},
+                       {"base_weights_fingerprint", std::to_string(base_fingerprint_)}};
   write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
   fs::remove_all(final_dir);  // only after a crash between this rename and `latest`: a complete copy
   fs::rename(tmp, final_dir);
