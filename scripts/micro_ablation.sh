@@ -55,6 +55,12 @@ $BIN train "${COMMON[@]}" --stage supervised --peft_model_name_or_path "$OUT/mnt
   --dataset_file_path "$OUT/data/sick-*.bin" --output_dir "$OUT/supervised" \
   --max_steps "$(steps 100)" --per_device_train_batch_size 8 --learning_rate 1e-3 --warmup_steps 10 --lora_r 8
 
+echo "== supervised with NV-Embed's latent-attention pooling (NV-Embed's sizes: 512 latents, 8 heads)"
+$BIN train "${COMMON[@]}" --stage supervised --peft_model_name_or_path "$OUT/mntp" \
+  --dataset_file_path "$OUT/data/sick-*.bin" --output_dir "$OUT/supervised_latent" \
+  --max_steps "$(steps 100)" --per_device_train_batch_size 8 --learning_rate 1e-3 --warmup_steps 10 --lora_r 8 \
+  --pooling_mode latent_attention
+
 echo "== SICK-R (TEST)"
 evaluate() {  # name, json, log, eval options...
   local name=$1 json=$2 log=$3; shift 3
@@ -67,6 +73,8 @@ evaluate "Bi + mean" bi.json "" --model "$MODEL" --tokenizer "$TOK"
 evaluate "Bi + MNTP" mntp.json "$OUT/mntp/train_log.jsonl" --model "$OUT/mntp"
 evaluate "Bi + MNTP + SimCSE" simcse.json "$OUT/simcse/train_log.jsonl" --model "$OUT/simcse"
 evaluate "Bi + MNTP + supervised" supervised.json "$OUT/supervised/train_log.jsonl" --model "$OUT/supervised"
+evaluate "Bi + MNTP + supervised, latent" supervised_latent.json "$OUT/supervised_latent/train_log.jsonl" \
+  --model "$OUT/supervised_latent"
 
 # results.json and the table
 {
@@ -84,12 +92,12 @@ evaluate "Bi + MNTP + supervised" supervised.json "$OUT/supervised/train_log.jso
 
 echo
 echo "SICK-R (TEST, 4,906 pairs) Spearman x 100, stories260K (260K parameters), CPU, seed $SEED:"
-printf '| %-24s | %8s |\n' "model" "SICK-R"
-printf '|%s|%s|\n' "--------------------------" "----------"
+printf '| %-30s | %8s |\n' "model" "SICK-R"
+printf '|%s|%s|\n' "--------------------------------" "----------"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name json _ <<< "$row"
   rho=$(sed -n 's/.*"spearman": *\([-0-9.eE+]*\).*/\1/p' "$json")
-  printf '| %-24s | %8.2f |\n' "$name" "$(awk -v r="$rho" 'BEGIN { print 100 * r }')"
+  printf '| %-30s | %8.2f |\n' "$name" "$(awk -v r="$rho" 'BEGIN { print 100 * r }')"
 done
 echo
 echo "results: $OUT/results.json; plot: scripts/.venv/bin/python scripts/plot_ablation.py --results $OUT/results.json --out $OUT/ablation.png"
