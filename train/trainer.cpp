@@ -147,12 +147,12 @@ class Trainer {
   double mntp_micro_step(uint64_t micro, long* tokens);
   double simcse_micro_step(uint64_t micro, long* tokens);
   double supervised_micro_step(uint64_t micro, long* tokens);
-  void forward(const EmbedBatch& b, uint64_t seed);
+  void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed);
+  void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed); }
   float* d_hidden_buffer(size_t elements);
   // Gathers the local pooled vectors of each role across ranks, computes the loss and returns the
   // gradient w.r.t. this rank's rows.
-  double contrastive(const std::vector<const float*>& local, int n, ContrastiveResult* grads_out,
-                     std::vector<std::vector<float>>* d_local);
+  double contrastive(const std::vector<const float*>& local, int n, std::vector<std::vector<float>>* d_local);
   nlohmann::json loader_state() const;
   void restore(const std::string& checkpoint_dir);
   std::string save_checkpoint(int step);
@@ -260,31 +260,24 @@ float* Trainer::d_hidden_buffer(size_t elements) {
   return d_hidden_;
 }
 
-void Trainer::forward(const EmbedBatch& b, uint64_t seed) {
+void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed) {
   ForwardOptions opt;
   opt.causal = !cfg_.bidirectional;
   opt.training = true;
   opt.attn_dropout = cfg_.attention_dropout;
   opt.seed = seed;
   opt.recompute = cfg_.gradient_checkpointing;
-  model_forward(m_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+  model_forward(m_, ids.data(), key_mask.data(), B, T, opt);
 }
 
 double Trainer::mntp_micro_step(uint64_t micro, long* tokens) {
   MntpBatch b = mntp_->next();
-  ForwardOptions opt;
-  opt.causal = !cfg_.bidirectional;
-  opt.training = true;
-  opt.attn_dropout = cfg_.attention_dropout;
-  opt.seed = splitmix64(cfg_.seed ^ splitmix64(micro));
-  opt.recompute = cfg_.gradient_checkpointing;
-  model_forward(m_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+  forward(b.ids, b.key_mask, b.B, b.T, splitmix64(cfg_.seed ^ splitmix64(micro)));
   *tokens += count_tokens(b.key_mask);
   return mntp_loss(m_, b.labels.data(), /*backward=*/true);
 }
 
-double Trainer::contrastive(const std::vector<const float*>& local, int n, ContrastiveResult* r,
-                            std::vector<std::vector<float>>* d_local) {
+double Trainer::contrastive(const std::vector<const float*>& local, int n, std::vector<std::vector<float>>* d_local) {
   const int C = m_.config.hidden_size;
   std::vector<std::vector<float>> full(local.size());
   int offset = 0;
@@ -296,12 +289,12 @@ double Trainer::contrastive(const std::vector<const float*>& local, int n, Contr
   in.queries = full[0].data();
   in.positives = full[1].data();
   in.negatives = local.size() > 2 ? full[2].data() : nullptr;
-  *r = contrastive_loss(in, cfg_.loss_scale, cfg_.in_batch_negatives, /*gradients=*/true);
-  const std::vector<float>* grads[3] = {&r->d_queries, &r->d_positives, &r->d_negatives};
+  const ContrastiveResult r = contrastive_loss(in, cfg_.loss_scale, cfg_.in_batch_negatives, /*gradients=*/true);
+  const std::vector<float>* grads[3] = {&r.d_queries, &r.d_positives, &r.d_negatives};
   d_local->assign(local.size(), {});
   for (size_t g = 0; g < local.size(); ++g)
     (*d_local)[g].assign(grads[g]->begin() + (size_t)offset * C, grads[g]->begin() + (size_t)(offset + n) * C);
-  return r->loss;
+  return r.loss;
 }
 
 double Trainer::simcse_micro_step(uint64_t micro, long* tokens) {
@@ -316,9 +309,8 @@ double Trainer::simcse_micro_step(uint64_t micro, long* tokens) {
     std::copy_n(&pooled[(size_t)i * C], C, &q[(size_t)i * C]);
     std::copy_n(&pooled[(size_t)b.positive_of[i] * C], C, &d[(size_t)i * C]);
   }
-  ContrastiveResult r;
   std::vector<std::vector<float>> grads;
-  const double loss = contrastive({q.data(), d.data()}, P, &r, &grads);
+  const double loss = contrastive({q.data(), d.data()}, P, &grads);
   std::vector<float> d_pooled(pooled.size(), 0.0f);
   for (int i = 0; i < P; ++i) {
     std::copy_n(&grads[0][(size_t)i * C], C, &d_pooled[(size_t)i * C]);
@@ -350,9 +342,8 @@ double Trainer::supervised_micro_step(uint64_t micro, long* tokens) {
   }
   std::vector<const float*> local;
   for (const auto& p : pooled) local.push_back(p.data());
-  ContrastiveResult r;
   std::vector<std::vector<float>> grads;
-  const double loss = contrastive(local, n, &r, &grads);
+  const double loss = contrastive(local, n, &grads);
   // The last group's activations are still there; the others are recomputed with their seeds.
   for (size_t g = G; g-- > 0;) {
     PoolCache recomputed;
