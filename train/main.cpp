@@ -90,69 +90,53 @@ std::vector<std::string> read_lines(const std::string& path) {
   return lines;
 }
 
-// Mean of the final hidden states over the real (non-padding) tokens of each row, L2-normalised.
-std::vector<std::vector<float>> mean_pool(const std::vector<float>& hidden, const std::vector<int>& mask, int B,
-                                          int T, int C) {
-  std::vector<std::vector<float>> out(B, std::vector<float>(C, 0.0f));
-  for (int b = 0; b < B; ++b) {
-    int count = 0;
-    for (int t = 0; t < T; ++t) {
-      if (!mask[b * T + t]) continue;
-      ++count;
-      for (int c = 0; c < C; ++c) out[b][c] += hidden[((size_t)b * T + t) * C + c];
-    }
-    double norm = 0.0;
-    for (float& x : out[b]) {
-      x /= (float)count;
-      norm += (double)x * x;
-    }
-    for (float& x : out[b]) x /= (float)std::sqrt(norm);
+void normalize_rows(std::vector<float>& x, int dim) {
+  for (size_t r = 0; r < x.size() / dim; ++r) {
+    double s = 0.0;
+    for (int c = 0; c < dim; ++c) s += (double)x[r * dim + c] * x[r * dim + c];
+    const double inv = s > 0.0 ? 1.0 / std::sqrt(s) : 0.0;
+    for (int c = 0; c < dim; ++c) x[r * dim + c] = (float)(x[r * dim + c] * inv);
   }
-  return out;
 }
 
-void print_similarities(const char* title, const std::vector<std::vector<float>>& emb) {
-  std::printf("\n%s: cosine similarity of mean-pooled embeddings\n     ", title);
-  for (size_t j = 0; j < emb.size(); ++j) std::printf("  s%-4zu", j + 1);
+void print_similarities(const char* title, const std::vector<float>& emb, int n, int dim) {
+  std::printf("\n%s: cosine similarity of mean-pooled embeddings\n    ", title);
+  for (int j = 0; j < n; ++j) std::printf("  s%-5d", j + 1);
   std::printf("\n");
-  for (size_t i = 0; i < emb.size(); ++i) {
-    std::printf("s%-3zu", i + 1);
-    for (size_t j = 0; j < emb.size(); ++j) {
+  for (int i = 0; i < n; ++i) {
+    std::printf("s%-3d", i + 1);
+    for (int j = 0; j < n; ++j) {
       double dot = 0.0;
-      for (size_t c = 0; c < emb[i].size(); ++c) dot += (double)emb[i][c] * emb[j][c];
+      for (int c = 0; c < dim; ++c) dot += (double)emb[(size_t)i * dim + c] * emb[(size_t)j * dim + c];
       std::printf("  %+.3f", dot);
     }
     std::printf("\n");
   }
 }
 
+std::unique_ptr<Backend> backend_for(const ParsedOptions& o) {
+  const std::string backend = o.get("--backend", kDefaultBackend);
+  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
+}
+
 int run_demo(const ParsedOptions& o) {
-  LoadedModel lm;
-  load(lm, o);
-  std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
-  std::vector<std::string> sentences = read_lines(o.required("--text"));
-  std::vector<std::vector<int>> encoded;
-  int T = 0;
-  for (const std::string& s : sentences) {
-    encoded.push_back(tok->encode(s, /*add_special_tokens=*/true));
-    T = std::max(T, (int)encoded.back().size());
-  }
-  const int B = (int)sentences.size(), C = lm.model.config.hidden_size;
-  // Right padding with a key-padding mask; the padding id is irrelevant (never attended to, never pooled).
-  std::vector<int> ids((size_t)B * T, 0), mask((size_t)B * T, 0);
-  for (int b = 0; b < B; ++b)
-    for (size_t t = 0; t < encoded[b].size(); ++t) {
-      ids[(size_t)b * T + t] = encoded[b][t];
-      mask[(size_t)b * T + t] = 1;
-    }
-  for (int b = 0; b < B; ++b) std::printf("s%-3d (%2zu tokens) %s\n", b + 1, encoded[b].size(), sentences[b].c_str());
+  std::vector<EncoderInput> inputs;
+  for (const std::string& s : read_lines(o.required("--text"))) inputs.push_back({"", s});
+  std::unique_ptr<Backend> backend = backend_for(o);
   for (bool causal : {true, false}) {
-    ForwardOptions opt;
-    opt.causal = causal;
-    model_forward(lm.model, ids.data(), mask.data(), B, T, opt);
-    std::vector<float> hidden = download_tensor(lm.model, lm.model.acts.final_hidden, (size_t)B * T * C);
-    print_similarities(causal ? "causal attention (Uni)" : "bidirectional attention (Bi, untrained)",
-                       mean_pool(hidden, mask, B, T, C));
+    EncoderSpec spec;
+    spec.model_name_or_path = o.required("--model");
+    spec.tokenizer = o.required("--tokenizer");
+    spec.bidirectional = !causal;
+    Encoder enc(spec, *backend);
+    if (causal)
+      for (size_t i = 0; i < inputs.size(); ++i)
+        std::printf("s%-3zu (%2zu tokens) %s\n", i + 1, enc.tokenizer().encode(inputs[i].text, true).size(),
+                    inputs[i].text.c_str());
+    std::vector<float> emb = enc.embed(inputs, (int)inputs.size(), /*progress=*/false);
+    normalize_rows(emb, enc.dim());
+    print_similarities(causal ? "causal attention (Uni)" : "bidirectional attention (Bi, untrained)", emb,
+                       (int)inputs.size(), enc.dim());
   }
   return 0;
 }
@@ -271,20 +255,6 @@ EncoderSpec encoder_spec(const ParsedOptions& o) {
   if (spec.tokenizer == spec.model_name_or_path && std::filesystem::is_regular_file(spec.model_name_or_path))
     throw UsageError("a llama2.c checkpoint holds no tokenizer: give --tokenizer");
   return spec;
-}
-
-std::unique_ptr<Backend> backend_for(const ParsedOptions& o) {
-  const std::string backend = o.get("--backend", kDefaultBackend);
-  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
-}
-
-void normalize_rows(std::vector<float>& x, int dim) {
-  for (size_t r = 0; r < x.size() / dim; ++r) {
-    double s = 0.0;
-    for (int c = 0; c < dim; ++c) s += (double)x[r * dim + c] * x[r * dim + c];
-    const double inv = s > 0.0 ? 1.0 / std::sqrt(s) : 0.0;
-    for (int c = 0; c < dim; ++c) x[r * dim + c] = (float)(x[r * dim + c] * inv);
-  }
 }
 
 int run_embed(const ParsedOptions& o) {
