@@ -483,6 +483,26 @@ TEST(TrainerOutputDir, RefusesClobberAndChangedConfigAndRotatesCheckpoints) {
 // it fails today — train/trainer.cpp's restore() only compares the keys present in the NEW resolved
 // config, and load_train_config leaves lora_alpha out of `resolved` when it is not given, so a run
 // trained with lora_alpha 32 silently resumes with 2 * lora_r = 8. Enable once that is fixed.
+// The outputs in output_dir always describe a finished run: extending a finished run and stopping it
+// midway leaves checkpoints but no (stale) adapter; and a stage may not write into the adapter it merges.
+TEST(TrainerOutputDir, OutputsOnlyForFinishedRunsAndNeverOverAnInputAdapter) {
+  TempDir dir("trainer_outputs");
+  const std::string out = dir / "out";
+  train(make_config("mntp", data().wiki, out, {{"max_steps", "2"}}));
+  ASSERT_TRUE(fs::exists(out + "/adapter_model.safetensors"));
+  const TrainResult r = train(make_config("mntp", data().wiki, out, {{"max_steps", "4"}, {"resume_from_checkpoint", "latest"}}),
+                              [](int done) { return done == 3; });
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(latest(out), "checkpoint-3");
+  for (const char* f : {"adapter_model.safetensors", "adapter_config.json", "llm2vec_run.json", "llm2vec_config.json"})
+    EXPECT_FALSE(fs::exists(out + "/" + f)) << f;
+  const std::string err = error_of([&] {
+    train(make_config("simcse", data().sentences, out,
+                      {{"peft_model_name_or_path", out}, {"overwrite_output_dir", "true"}}));
+  });
+  EXPECT_NE(err.find("give the simcse stage its own output_dir"), std::string::npos) << err;
+}
+
 // The checkpoint remembers the weights it was trained on: after the base checkpoint file changes under
 // the same path (here one float of the token embedding), resuming is refused, naming the cause.
 TEST(TrainerOutputDir, RefusesResumeOnOtherBaseWeights) {

@@ -187,15 +187,26 @@ void Trainer::prepare_output_dir() {
   std::vector<fs::path> checkpoints;
   for (const auto& e : fs::directory_iterator(cfg_.output_dir))
     if (e.path().filename().string().rfind("checkpoint-", 0) == 0) checkpoints.push_back(e.path());
-  const bool has_state = !checkpoints.empty() || fs::exists(fs::path(cfg_.output_dir) / "latest");
+  const fs::path out(cfg_.output_dir);
+  for (const std::string& adapter : cfg_.peft_model_name_or_path)
+    if (fs::exists(adapter) && fs::equivalent(adapter, out))
+      throw std::runtime_error(cfg_.output_dir + " is also an adapter to merge (peft_model_name_or_path): give the " +
+                               std::string(stage_name(cfg_.stage)) + " stage its own output_dir");
+  const bool has_state =
+      !checkpoints.empty() || fs::exists(out / "latest") || fs::exists(out / "llm2vec_run.json");
   if (has_state && cfg_.resume_from_checkpoint.empty() && !cfg_.overwrite_output_dir)
     throw std::runtime_error(cfg_.output_dir +
-                             " holds checkpoints of an earlier run: pass --resume_from_checkpoint latest to continue it "
+                             " holds an earlier run: pass --resume_from_checkpoint latest to continue it "
                              "or --overwrite_output_dir true to start over (config keys resume_from_checkpoint, overwrite_output_dir)");
   if (cfg_.overwrite_output_dir) {
     for (const fs::path& p : checkpoints) fs::remove_all(p);
-    for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(fs::path(cfg_.output_dir) / f);
+    for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(out / f);
   }
+  // The outputs describe a finished run: they go now and come back when this one finishes, so an
+  // interrupted run never leaves outputs that disagree with its checkpoints.
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "llm2vec_config.json", "llm2vec_run.json",
+                        "pooling_head.safetensors", "merged"})
+    fs::remove_all(out / f);
 }
 
 void Trainer::load_model_and_data() {
