@@ -42,9 +42,7 @@ Exits non-zero if a check fails.
 """
 
 import argparse
-import importlib.metadata
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -62,6 +60,8 @@ import llm2vec
 import llm2vec.llm2vec as llm2vec_module
 from llm2vec import LLM2Vec
 from llm2vec.models import LlamaBiModel
+
+from make_hf_fixtures import versions  # the same package report as the other fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 ATTN = "eager"
@@ -82,16 +82,6 @@ def check(cond, what):
         log(f"FAILED: {what}")
 
 
-def versions():
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "llm2vec": importlib.metadata.version("llm2vec"),
-        "safetensors": safetensors.__version__,
-        "numpy": np.__version__,
-    }
 
 
 # ---- PEFT's load report ------------------------------------------------------------------------
