@@ -8,7 +8,9 @@
 #include <memory>
 #include <stdexcept>
 
+#include "data/file_io.h"
 #include "data/shard.h"
+#include "data/shard_manifest.h"
 #include "data/text_sources.h"
 #include "data/tokenizer.h"
 
@@ -40,18 +42,16 @@ ShardKind kind_of(PrepareFormat f) {
   }
 }
 
-// Rolls shards over at opt.shard_tokens and reports progress.
+// Rolls shards over at opt.shard_tokens under `staging_prefix` and reports progress.
 class ShardSink {
  public:
-  ShardSink(const PrepareOptions& opt, const Tokenizer& tok, PrepareReport& report)
-      : opt_(opt), tok_(tok), report_(report), start_(std::chrono::steady_clock::now()) {}
+  ShardSink(const PrepareOptions& opt, const std::string& staging_prefix, const Tokenizer& tok, PrepareReport& report)
+      : opt_(opt), staging_prefix_(staging_prefix), tok_(tok), report_(report), start_(std::chrono::steady_clock::now()) {}
 
   ShardWriter& writer() {
     if (writer_ && writer_->num_tokens() >= opt_.shard_tokens) close();
     if (!writer_) {
-      char name[32];
-      std::snprintf(name, sizeof name, "-%06zu.bin", report_.shards.size());
-      current_ = opt_.output_prefix + name;
+      current_ = shard_file_path(staging_prefix_, report_.shards.size());
       writer_ = std::make_unique<ShardWriter>();
       writer_->open(current_, kind_of(opt_.format), (uint32_t)tok_.vocab_size(), tok_.fingerprint());
     }
@@ -81,6 +81,7 @@ class ShardSink {
 
  private:
   const PrepareOptions& opt_;
+  const std::string staging_prefix_;
   const Tokenizer& tok_;
   PrepareReport& report_;
   std::unique_ptr<ShardWriter> writer_;
@@ -99,7 +100,7 @@ void handle_bad(const PrepareOptions& opt, const std::string& file, std::vector<
 }
 
 void check_interrupted() {
-  if (g_interrupted) throw std::runtime_error("interrupted: the unfinished shard was removed");
+  if (g_interrupted) throw std::runtime_error("interrupted: nothing was written (an earlier shard set of this prefix is intact)");
 }
 
 std::vector<int32_t> encode32(const Tokenizer& tok, const std::string& text, bool special) {
@@ -192,15 +193,32 @@ PrepareReport run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
   std::error_code ec;
   if (!dir.empty()) std::filesystem::create_directories(dir, ec);
   if (ec) throw std::runtime_error(dir.string() + ": cannot create the output directory: " + ec.message());
+  // One prepare per prefix at a time; with the lock held, a staging directory left by a killed run can go.
+  const std::filesystem::path here = dir.empty() ? std::filesystem::path(".") : dir;
+  const std::string name = std::filesystem::path(opt.output_prefix).filename().string();
+  FileLock lock((here / ("." + name + ".lock")).string(), "the shard prefix " + opt.output_prefix);
+  const std::filesystem::path staging = here / ("." + name + ".staging");
+  std::filesystem::remove_all(staging);
+  std::filesystem::create_directories(staging);
+  struct RemoveStaging {
+    std::filesystem::path dir;
+    ~RemoveStaging() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } remove_staging{staging};
   InterruptGuard guard;
   PrepareReport report;
-  ShardSink sink(opt, tok, report);
-  for (const std::string& file : opt.inputs) {
-    if (opt.format == PrepareFormat::kSupervised) prepare_supervised(opt, tok, file, sink, report);
-    else prepare_text(opt, tok, file, sink, report);
+  {
+    ShardSink sink(opt, (staging / "shard").string(), tok, report);
+    for (const std::string& file : opt.inputs) {
+      if (opt.format == PrepareFormat::kSupervised) prepare_supervised(opt, tok, file, sink, report);
+      else prepare_text(opt, tok, file, sink, report);
+    }
+    if (report.records == 0) throw std::runtime_error("prepare: the inputs hold no records");
+    sink.close();
   }
-  if (report.records == 0) throw std::runtime_error("prepare: the inputs hold no records");
-  sink.close();
+  report.shards = commit_shard_set(opt.output_prefix, report.shards, kind_of(opt.format));
   return report;
 }
 

@@ -6,8 +6,11 @@
 //   supervised JSONL {"query", "positive", "negative", "instruction"?, "dataset"?} → kind 2
 // Tokenization runs in parallel (OpenMP) on bounded batches of records; the output does not depend on
 // the number of threads. Bad input lines are reported as file:line and either skipped (counted and
-// listed) or fatal. Shards are written through ShardWriter (temp file + rename); on SIGINT/SIGTERM the
-// current shard is discarded and the finished ones are kept, so nothing half-written carries a final name.
+// listed) or fatal. The shards are written into a staging directory beside the prefix
+// (.<name>.staging) and become the set PREFIX only when all are complete: commit_shard_set
+// (data/shard_manifest.h) replaces any earlier set of that prefix and writes the manifest last. An
+// error, SIGINT/SIGTERM or kill leaves the earlier set intact (or, killed during the commit itself, no
+// manifest, which the loader refuses); a lock on .NAME.lock beside the shards keeps two prepares off one prefix.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -205,8 +205,9 @@ std::vector<std::string> expand_shard_paths(const std::string& spec);
 // shards (by name, in order of first appearance) and Triple::dataset is the merged id.
 class ShardSet {
  public:
-  explicit ShardSet(const std::vector<std::string>& paths);  // at least one path
-  explicit ShardSet(const std::string& spec) : ShardSet(expand_shard_paths(spec)) {}
+  // At least one path. Structural checks only: training opens shards through open_shard_dataset
+  // (data/shard_manifest.h), which also checks them against their set's manifest.
+  explicit ShardSet(const std::vector<std::string>& paths);
 
   size_t num_shards() const { return shards_.size(); }
   const Shard& shard(size_t s) const { return *shards_[s]; }

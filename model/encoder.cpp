@@ -16,6 +16,7 @@ namespace fs = std::filesystem;
 bool has_encoder_spec(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "llm2vec_run.json"); }
 
 EncoderSpec read_encoder_spec(const std::string& dir) {
+  check_export_complete(dir);
   const std::string path = (fs::path(dir) / "llm2vec_run.json").string();
   const nlohmann::json j = read_json_file(path, "(not an `llm2vec train` output directory?)");
   EncoderSpec s;

@@ -51,8 +51,16 @@ LoraConfig load_peft_adapter_config(const std::string& path) {
   return c;
 }
 
+void check_export_complete(const std::string& dir) {
+  if (std::filesystem::exists(std::filesystem::path(dir) / kExportIncomplete))
+    throw std::runtime_error(dir + ": its outputs were being written when the run stopped (" + kExportIncomplete +
+                             " is there), so they may be incomplete; finish the run with `llm2vec train ... "
+                             "--resume_from_checkpoint latest`");
+}
+
 void load_peft_adapter(Model& m, const std::string& dir) {
   namespace fs = std::filesystem;
+  check_export_complete(dir);
   LoraConfig c = load_peft_adapter_config((fs::path(dir) / "adapter_config.json").string());
   add_lora(m, c, /*seed=*/0);
   SafetensorsCheckpoint weights((fs::path(dir) / "adapter_model.safetensors").string());

@@ -11,8 +11,15 @@ namespace l2v {
 // field for a missing field, a non-LoRA adapter, an unsupported target module or bias != "none".
 LoraConfig load_peft_adapter_config(const std::string& path);
 
-// Adds the adapter found in directory `dir` to the model (config + weights).
+// Adds the adapter found in directory `dir` to the model (config + weights). Refuses a directory that
+// holds kExportIncomplete (an `llm2vec train` export that was interrupted).
 void load_peft_adapter(Model& m, const std::string& dir);
+
+// The file `llm2vec train` keeps in its output_dir while it moves a finished run's outputs into place;
+// loaders refuse such a directory, since its outputs may be a partial set.
+constexpr const char* kExportIncomplete = "EXPORT_INCOMPLETE";
+// Throws std::runtime_error naming `dir` if it holds kExportIncomplete.
+void check_export_complete(const std::string& dir);
 
 // Where the adapter's tensor names start.
 enum class PeftLayout {

@@ -20,6 +20,7 @@
 #include "data/sts.h"
 #include "data/tokenizer.h"
 #include "test/temp_dir.h"
+#include "test/test_util.h"
 
 namespace l2v {
 namespace {
@@ -45,17 +46,7 @@ std::string write(const test::TempDir& dir, const std::string& name, const std::
   return path;
 }
 
-// The message of the std::runtime_error `f` throws ("" and a test failure when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no std::runtime_error thrown";
-  return "";
-}
+using test::error_of;
 
 #define EXPECT_CONTAINS(haystack, needle) \
   EXPECT_NE(std::string::npos, std::string(haystack).find(needle)) << "'" << (haystack) << "' lacks '" << (needle) << "'"

@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/batches.h"
+#include "data/file_io.h"
 #include "data/prepare.h"
 #include "data/sts.h"
 #include "data/tokenizer.h"
@@ -60,6 +61,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::TempDir;
+using test::error_of;
+using test::Mentions;
 using Overrides = std::vector<std::pair<std::string, std::string>>;
 using TensorMap = std::map<std::string, std::vector<float>>;
 
@@ -173,24 +176,6 @@ TrainResult train(const TrainConfig& cfg, std::function<bool(int)> stop_after = 
   hooks.progress = false;
   hooks.stop_after = std::move(stop_after);
   return run_training(cfg, *backend, hooks);
-}
-
-// The message of the exception `f` throws ("" when it does not throw).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-::testing::AssertionResult Mentions(const std::string& message, const std::vector<std::string>& parts) {
-  if (message.empty()) return ::testing::AssertionFailure() << "no exception was thrown";
-  for (const std::string& p : parts)
-    if (message.find(p) == std::string::npos)
-      return ::testing::AssertionFailure() << "message does not mention '" << p << "': " << message;
-  return ::testing::AssertionSuccess();
 }
 
 std::string read_text(const std::string& path) {
@@ -533,6 +518,150 @@ TEST(TrainerOutputDir, RefusesResumeThatDropsAnExplicitLoraAlpha) {
                                            {{"max_steps", "2"}, {"resume_from_checkpoint", "latest"}}));
                        }),
                        {"lora_alpha"}));
+}
+
+// ---- Nothing a user has is destroyed (issue: reliability).
+
+// Every file under `dir` (relative path -> bytes), the lock file aside.
+std::map<std::string, std::string> tree(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path().filename() != ".lock")
+      out[fs::relative(e.path(), dir).string()] = read_text(e.path().string());
+  return out;
+}
+
+TrainResult train_with(const TrainConfig& cfg, const TrainHooks& extra) {
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  TrainHooks hooks = extra;
+  hooks.progress = false;
+  return run_training(cfg, *backend, hooks);
+}
+
+// A finished run survives every refused follow-up: a typo in the data path with overwrite_output_dir,
+// a resume under a changed config, a resume from a checkpoint that is not there. Before the fix the
+// first two deleted the adapter, merged/ and llm2vec_run.json (and, with overwrite, the checkpoints)
+// before the inputs were checked.
+TEST(TrainerOutputDir, RefusedRunsLeaveAFinishedRunByteIdentical) {
+  TempDir tmp("trainer_keep");
+  const std::string out = tmp / "fin";
+  train(make_config("mntp", data().wiki, out, {{"max_steps", "3"}}));
+  const auto before = tree(out);
+  ASSERT_TRUE(before.count("merged/model.safetensors") && before.count("llm2vec_run.json")) << before.size();
+  const std::string typo = tmp / "typo-000000.bin";
+  EXPECT_TRUE(Mentions(error_of([&] {
+                         train(make_config("mntp", typo, out, {{"max_steps", "3"}, {"overwrite_output_dir", "true"}}));
+                       }),
+                       {typo}));
+  EXPECT_TRUE(tree(out) == before);
+  EXPECT_TRUE(Mentions(error_of([&] {
+                         train(make_config("mntp", data().wiki, out,
+                                           {{"max_steps", "3"}, {"resume_from_checkpoint", "latest"}, {"learning_rate", "2e-3"}}));
+                       }),
+                       {"learning_rate"}));
+  EXPECT_TRUE(tree(out) == before);
+  EXPECT_TRUE(Mentions(error_of([&] {
+                         train(make_config("mntp", data().wiki, out,
+                                           {{"max_steps", "3"}, {"resume_from_checkpoint", out + "/checkpoint-9"}}));
+                       }),
+                       {"checkpoint-9"}));
+  EXPECT_TRUE(tree(out) == before);
+}
+
+// A second run on a directory that a run holds is refused, naming the holder; nothing is touched.
+TEST(TrainerOutputDir, ARunningRunLocksItsOutputDir) {
+  TempDir tmp("trainer_lock");
+  const std::string out = tmp / "run";
+  train(make_config("mntp", data().wiki, out, {{"max_steps", "1"}}));
+  const auto before = tree(out);
+  {
+    FileLock other(out + "/.lock", "a test");  // as another process's run would hold it
+    EXPECT_TRUE(Mentions(error_of([&] {
+                           train(make_config("mntp", data().wiki, out, {{"max_steps", "2"}, {"resume_from_checkpoint", "latest"}}));
+                         }),
+                         {"in use by another process", std::to_string(::getpid()), out}));
+    EXPECT_TRUE(tree(out) == before);
+  }
+  EXPECT_EQ(2, train(make_config("mntp", data().wiki, out, {{"max_steps", "2"}, {"resume_from_checkpoint", "latest"}})).steps_done);
+}
+
+// An export stopped midway (here by a fault injected before an output is moved into place, as a kill or
+// a full disk would) leaves no set that the loaders accept; resuming writes outputs byte-identical to
+// an uninterrupted run's.
+TEST(TrainerOutputDir, AnInterruptedExportIsRefusedAndAResumeCompletesIt) {
+  TempDir tmp("trainer_export");
+  const Overrides o = {{"max_steps", "2"}};
+  train(make_config("simcse", data().sentences, tmp / "ref", o + kLatent));
+  for (const char* stop_at : {"adapter_config.json", "merged", "llm2vec_run.json"}) {
+    const std::string out = tmp / (std::string("cut-") + stop_at);
+    TrainHooks hooks;
+    hooks.before_output_moved = [&](const std::string& f) {
+      if (f == stop_at) throw std::runtime_error("injected: disk full");
+    };
+    EXPECT_TRUE(Mentions(error_of([&] { train_with(make_config("simcse", data().sentences, out, o + kLatent), hooks); }),
+                         {"injected"}));
+    ASSERT_TRUE(fs::exists(out + "/" + kExportIncomplete)) << stop_at;
+    EXPECT_TRUE(Mentions(error_of([&] { read_encoder_spec(out); }), {out, kExportIncomplete, "resume_from_checkpoint"}));
+    EXPECT_TRUE(Mentions(error_of([&] {
+                           Model m;
+                           load_peft_adapter(m, out);
+                         }),
+                         {out, kExportIncomplete}));
+    // A plain re-run is refused as usual; the resume goes straight to the export.
+    EXPECT_TRUE(Mentions(error_of([&] { train(make_config("simcse", data().sentences, out, o + kLatent)); }),
+                         {"resume_from_checkpoint latest"}));
+    EXPECT_EQ(2, train(make_config("simcse", data().sentences, out, o + kLatent + Overrides{{"resume_from_checkpoint", "latest"}}))
+                     .steps_done);
+    EXPECT_FALSE(fs::exists(out + "/" + kExportIncomplete));
+    EXPECT_FALSE(fs::exists(out + "/.export"));
+    for (const char* f : {"adapter_model.safetensors", "adapter_config.json", "pooling_head.safetensors",
+                          "merged/model.safetensors", "llm2vec_config.json"})
+      EXPECT_EQ(read_text(tmp / "ref" + "/" + f), read_text(out + "/" + f)) << stop_at << ": " << f;
+    EXPECT_NO_THROW(read_encoder_spec(out));
+  }
+}
+
+// Inputs are compared by content on resume: the same data and model spelled `dir/`, absolute or moved
+// resume; other data under the same path is refused. A damaged checkpoint is refused by its checksum.
+TEST(TrainerOutputDir, ResumeComparesInputsByContentAndChecksTheCheckpoint) {
+  TempDir tmp("trainer_paths");
+  const std::string out = tmp / "run";
+  for (const std::string f : {"wiki-000000.bin", "wiki.manifest.json"})
+    fs::copy_file(fs::path(data().wiki).parent_path() / f, tmp.path / f);
+  const std::string shard = tmp / "wiki-000000.bin";
+  auto stop_at = [](int n) { return [n](int done) { return done == n; }; };
+  EXPECT_TRUE(train(make_config("mntp", shard, out, {{"max_steps", "5"}}), stop_at(1)).interrupted);
+  // The same inputs, other spellings: output_dir with a slash, the data by an absolute path and a glob,
+  // the model through a relative path with a detour.
+  const Overrides same = {{"max_steps", "5"}, {"resume_from_checkpoint", "latest"}};
+  EXPECT_TRUE(train(make_config("mntp", fs::absolute(tmp / "wiki-*.bin").string(), out + "/", same), stop_at(2)).interrupted);
+  EXPECT_TRUE(train(make_config("mntp", shard, out, same + Overrides{{"model_name_or_path", "assets/../" + kModel}}), stop_at(3))
+                  .interrupted);
+  // The data moved elsewhere (with its manifest) is the same data.
+  fs::create_directories(tmp.path / "moved");
+  for (const std::string f : {"wiki-000000.bin", "wiki.manifest.json"}) fs::rename(tmp.path / f, tmp.path / "moved" / f);
+  EXPECT_TRUE(train(make_config("mntp", tmp / "moved/wiki-000000.bin", out, same), stop_at(4)).interrupted);
+  // Other data under the old name: refused, naming the cause.
+  {
+    std::unique_ptr<Tokenizer> tok = load_tokenizer(kTok);
+    std::ofstream other(tmp / "other.txt");
+    for (int i = 0; i < 100; ++i) other << "Line " << i << " of a different corpus, with other words in it.\n";
+    other.close();
+    PrepareOptions po;
+    po.inputs = {tmp / "other.txt"};
+    po.format = PrepareFormat::kLines;
+    po.output_prefix = tmp / "wiki";
+    po.progress = false;
+    run_prepare(po, *tok);
+  }
+  EXPECT_TRUE(Mentions(error_of([&] { train(make_config("mntp", shard, out, same)); }), {"other data", "dataset_file_path"}));
+  // One flipped byte in the newest checkpoint's tensors.
+  const std::string state = out + "/" + latest(out) + "/state.safetensors";
+  std::string bytes = read_text(state);
+  bytes[bytes.size() - 3] ^= 0x10;
+  std::ofstream(state, std::ios::binary) << bytes;
+  EXPECT_TRUE(Mentions(error_of([&] { train(make_config("mntp", tmp / "moved/wiki-000000.bin", out, same)); }),
+                       {state, "checksum", "damaged"}));
 }
 
 // ============================================================================================

@@ -1,11 +1,13 @@
 // Small, generic helpers shared by the test binaries: seeded random fills, double-accumulated dot
-// products, array comparison against a double reference, and a central-difference gradient checker.
+// products, array comparison against a double reference, a central-difference gradient checker, and
+// the message of an expected exception with a check of what it names.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -13,6 +15,25 @@
 #include <vector>
 
 namespace l2v::test {
+
+// The message of the exception `f` throws ("" when it throws none).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Success when `message` is non-empty and contains every one of `parts`.
+inline ::testing::AssertionResult Mentions(const std::string& message, const std::vector<std::string>& parts) {
+  if (message.empty()) return ::testing::AssertionFailure() << "no exception was thrown";
+  for (const std::string& p : parts)
+    if (message.find(p) == std::string::npos)
+      return ::testing::AssertionFailure() << "message does not mention '" << p << "': " << message;
+  return ::testing::AssertionSuccess();
+}
 
 // fp32 unit roundoff (half an ulp of 1.0).
 constexpr double kU32 = 5.9604644775390625e-8;

@@ -13,6 +13,7 @@
 
 #include "data/loader.h"
 #include "data/shard.h"
+#include "data/shard_manifest.h"
 #include "data/tokenizer.h"
 #include "data/file_io.h"
 #include "model/checkpoint.h"
@@ -141,7 +142,8 @@ class Trainer {
   TrainResult run();
 
  private:
-  void prepare_output_dir();
+  void check_output_dir() const;
+  void clean_output_dir(bool starting_over);
   void load_model_and_data();
   double micro_step(uint64_t micro, long* tokens);
   double mntp_micro_step(uint64_t micro, long* tokens);
@@ -156,6 +158,7 @@ class Trainer {
   nlohmann::json loader_state() const;
   void restore(const std::string& checkpoint_dir);
   std::string save_checkpoint(int step);
+  nlohmann::json input_fingerprints() const;
   void export_outputs();
   void log_step(const nlohmann::json& entry);
 
@@ -173,40 +176,52 @@ class Trainer {
   std::unique_ptr<SimcseLoader> simcse_;
   std::unique_ptr<SupervisedLoader> supervised_;
   PadOptions pad_;
+  std::unique_ptr<FileLock> lock_;  // output_dir's, for the whole run
   int start_step_ = 0;
   uint64_t base_fingerprint_ = 0;
+  uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
   float* d_hidden_ = nullptr;
   size_t d_hidden_capacity_ = 0;
   std::ofstream log_;
 };
 
-void Trainer::prepare_output_dir() {
-  std::error_code ec;
-  fs::create_directories(cfg_.output_dir, ec);
-  if (ec) throw std::runtime_error(cfg_.output_dir + ": cannot create the output directory: " + ec.message());
-  std::vector<fs::path> checkpoints;
-  for (const auto& e : fs::directory_iterator(cfg_.output_dir))
-    if (e.path().filename().string().rfind("checkpoint-", 0) == 0) checkpoints.push_back(e.path());
+// The outputs of a finished run, moved into output_dir together at its end (export_outputs).
+const char* const kOutputs[] = {"adapter_config.json", "adapter_model.safetensors", "llm2vec_config.json",
+                                "pooling_head.safetensors", "merged", "llm2vec_run.json"};
+
+// Refusals that need nothing loaded; nothing in output_dir changes before every input has been checked.
+void Trainer::check_output_dir() const {
   const fs::path out(cfg_.output_dir);
   for (const std::string& adapter : cfg_.peft_model_name_or_path)
     if (fs::exists(adapter) && fs::equivalent(adapter, out))
       throw std::runtime_error(cfg_.output_dir + " is also an adapter to merge (peft_model_name_or_path): give the " +
                                std::string(stage_name(cfg_.stage)) + " stage its own output_dir");
-  const bool has_state =
-      !checkpoints.empty() || fs::exists(out / "latest") || fs::exists(out / "llm2vec_run.json");
+  bool has_state = fs::exists(out / "latest") || fs::exists(out / "llm2vec_run.json");
+  for (const auto& e : fs::directory_iterator(out))
+    has_state |= e.path().filename().string().rfind("checkpoint-", 0) == 0;
   if (has_state && cfg_.resume_from_checkpoint.empty() && !cfg_.overwrite_output_dir)
     throw std::runtime_error(cfg_.output_dir +
                              " holds an earlier run: pass --resume_from_checkpoint latest to continue it "
                              "or --overwrite_output_dir true to start over (config keys resume_from_checkpoint, overwrite_output_dir)");
-  if (cfg_.overwrite_output_dir) {
-    for (const fs::path& p : checkpoints) fs::remove_all(p);
-    for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(out / f);
+}
+
+// The first change this run makes to output_dir, once the model, the data and any checkpoint to resume
+// have been read and accepted. Starting over (overwrite_output_dir without a resume) removes the old
+// checkpoints and log; the outputs of an earlier finished run always go, since they would disagree
+// with the checkpoints this run writes; so do the leftovers of an interrupted checkpoint or export.
+void Trainer::clean_output_dir(bool starting_over) {
+  const fs::path out(cfg_.output_dir);
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind(".tmp-checkpoint-", 0) == 0 || (starting_over && cfg_.overwrite_output_dir && f.rfind("checkpoint-", 0) == 0))
+      fs::remove_all(e.path());
   }
-  // The outputs describe a finished run: they go now and come back when this one finishes, so an
-  // interrupted run never leaves outputs that disagree with its checkpoints.
-  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "llm2vec_config.json", "llm2vec_run.json",
-                        "pooling_head.safetensors", "merged"})
-    fs::remove_all(out / f);
+  if (starting_over && cfg_.overwrite_output_dir)
+    for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(out / f);
+  // The marker goes last: until then the loaders keep refusing a partly removed set.
+  for (const char* f : kOutputs) fs::remove_all(out / f);
+  fs::remove_all(out / ".export");
+  fs::remove(out / kExportIncomplete);
 }
 
 void Trainer::load_model_and_data() {
@@ -232,7 +247,7 @@ void Trainer::load_model_and_data() {
   }
   adam_ = adamw_init(m_);
 
-  shards_ = std::make_unique<ShardSet>(cfg_.dataset_file_path);
+  shards_ = open_shard_dataset(cfg_.dataset_file_path, &data_fingerprint_);
   const ShardKind want = cfg_.stage == Stage::kMntp ? ShardKind::kDocuments
                          : cfg_.stage == Stage::kSimcse ? ShardKind::kSentences
                                                         : ShardKind::kTriples;
@@ -249,16 +264,25 @@ void Trainer::load_model_and_data() {
   pad_.max_length = cfg_.max_seq_length;
   pad_.padding_side = parse_padding_side(cfg_.padding_side);
   pad_.append_eos = cfg_.pooling == PoolingMode::kEosToken;
+  MntpOptions mo;
   if (cfg_.stage == Stage::kMntp) {
-    MntpOptions mo;
     mo.mask_probability = cfg_.mlm_probability;
     mo.collator = parse_mntp_collator(cfg_.data_collator_type);
     mo.mask_token_id = resolve_mask_token(*tok_, cfg_.mask_token_type);
-    mntp_ = std::make_unique<MntpLoader>(*shards_, *tok_, (uint64_t)cfg_.max_seq_length, mo, lc);
-  } else if (cfg_.stage == Stage::kSimcse) {
-    simcse_ = std::make_unique<SimcseLoader>(*shards_, *tok_, pad_, lc);
-  } else {
-    supervised_ = std::make_unique<SupervisedLoader>(*shards_, *tok_, pad_, lc);
+  }
+  // The loaders refuse with invalid_argument what the data cannot serve (e.g. too few items for a batch).
+  try {
+    if (cfg_.stage == Stage::kMntp) {
+      mntp_ = std::make_unique<MntpLoader>(*shards_, *tok_, (uint64_t)cfg_.max_seq_length, mo, lc);
+    } else if (cfg_.stage == Stage::kSimcse) {
+      simcse_ = std::make_unique<SimcseLoader>(*shards_, *tok_, pad_, lc);
+    } else {
+      supervised_ = std::make_unique<SupervisedLoader>(*shards_, *tok_, pad_, lc);
+    }
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(cfg_.dataset_file_path + ": the data cannot serve per_device_train_batch_size " +
+                             std::to_string(cfg_.batch_size) + " with max_seq_length " + std::to_string(cfg_.max_seq_length) +
+                             ": " + e.what());
   }
 }
 
@@ -392,21 +416,48 @@ bool resumable_difference(const std::string& key) {
          key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps";
 }
 
+// The config keys that name inputs by path. A resume compares what they hold (the weights, tokenizer
+// and shard fingerprints), not how they are spelled: `dir`, `dir/` and /abs/dir, or data moved
+// elsewhere, are the same inputs. output_dir is where the checkpoint was found.
+bool path_key(const std::string& key) {
+  return key == "model_name_or_path" || key == "peft_model_name_or_path" || key == "tokenizer" ||
+         key == "dataset_file_path" || key == "output_dir";
+}
+
+nlohmann::json Trainer::input_fingerprints() const {
+  return {{"weights", checksum_hex(base_fingerprint_)},
+          {"tokenizer", checksum_hex(tok_->fingerprint())},
+          {"data", checksum_hex(data_fingerprint_)}};
+}
+
 void Trainer::restore(const std::string& dir) {
   const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  const std::string tensors_path = (fs::path(dir) / "state.safetensors").string();
   const nlohmann::json st = read_json_file(state_path, "(not a checkpoint directory?)");
-  const nlohmann::json& old = st.at("config");
-  for (auto it = cfg_.resolved.begin(); it != cfg_.resolved.end(); ++it) {
-    if (resumable_difference(it.key())) continue;
-    if (!old.contains(it.key()) || old.at(it.key()) != it.value())
-      throw std::runtime_error(state_path + ": the checkpoint was trained with " + it.key() + " = " +
-                               (old.contains(it.key()) ? old.at(it.key()).dump() : "(unset)") + ", this run has " +
-                               it.value().dump() + "; resume with the same configuration");
+  try {
+    const nlohmann::json& old = st.at("config");
+    for (auto it = cfg_.resolved.begin(); it != cfg_.resolved.end(); ++it) {
+      if (resumable_difference(it.key()) || path_key(it.key())) continue;
+      if (!old.contains(it.key()) || old.at(it.key()) != it.value())
+        throw std::runtime_error(state_path + ": the checkpoint was trained with " + it.key() + " = " +
+                                 (old.contains(it.key()) ? old.at(it.key()).dump() : "(unset)") + ", this run has " +
+                                 it.value().dump() + "; resume with the same configuration");
+    }
+    const nlohmann::json& was = st.at("input_fingerprints");
+    const nlohmann::json now = input_fingerprints();
+    const char* what[3][2] = {{"weights", "other base weights (model_name_or_path or the merged peft_model_name_or_path adapters changed since)"},
+                              {"tokenizer", "another tokenizer (tokenizer)"},
+                              {"data", "other data (the shards of dataset_file_path differ in content)"}};
+    for (const auto& [key, message] : what)
+      if (was.at(key) != now.at(key))
+        throw std::runtime_error(state_path + ": the checkpoint was trained on " + message + "; resume with the same ones");
+    if (file_checksum64(tensors_path) != std::stoull(st.at("state_checksum").get<std::string>().substr(2), nullptr, 16))
+      throw std::runtime_error(tensors_path + ": its checksum differs from the one in " + state_path +
+                               ": the checkpoint is damaged; resume from an earlier checkpoint-N (--resume_from_checkpoint DIR)");
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(state_path + ": not a trainer state of this version: " + e.what());
   }
-  if (st.value("base_weights_fingerprint", "") != std::to_string(base_fingerprint_))
-    throw std::runtime_error(state_path + ": the checkpoint was trained on other base weights (model_name_or_path "
-                             "or the merged peft_model_name_or_path adapters changed since); resume with the same ones");
-  SafetensorsCheckpoint tensors((fs::path(dir) / "state.safetensors").string());
+  SafetensorsCheckpoint tensors(tensors_path);
   for (size_t i = 0; i < m_.trainable.size(); ++i) {
     const TrainableParam& p = m_.trainable[i];
     std::vector<float> host(p.count);
@@ -419,11 +470,15 @@ void Trainer::restore(const std::string& dir) {
       backend_.upload(dst, host.data(), p.count * sizeof(float));
     }
   }
-  adam_.step = st.at("adam_step").get<int>();
-  start_step_ = st.at("step").get<int>();
-  if (mntp_) mntp_->restore(st.at("loader"), state_path);
-  if (simcse_) simcse_->restore(st.at("loader"), state_path);
-  if (supervised_) supervised_->restore(st.at("loader"), state_path);
+  try {
+    adam_.step = st.at("adam_step").get<int>();
+    start_step_ = st.at("step").get<int>();
+    if (mntp_) mntp_->restore(st.at("loader"), state_path);
+    if (simcse_) simcse_->restore(st.at("loader"), state_path);
+    if (supervised_) supervised_->restore(st.at("loader"), state_path);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(state_path + ": not a trainer state of this version: " + e.what());
+  }
   if (start_step_ > cfg_.max_steps)
     throw std::runtime_error(state_path + ": the checkpoint is at step " + std::to_string(start_step_) +
                              ", beyond max_steps " + std::to_string(cfg_.max_steps));
@@ -451,7 +506,8 @@ std::string Trainer::save_checkpoint(int step) {
                        {"adam_step", adam_.step},
                        {"loader", loader_state()},
                        {"config", cfg_.resolved},
-                       {"base_weights_fingerprint", std::to_string(base_fingerprint_)}};
+                       {"input_fingerprints", input_fingerprints()},
+                       {"state_checksum", checksum_hex(file_checksum64((tmp / "state.safetensors").string()))}};
   write_file_atomic((tmp / "trainer_state.json").string(), st.dump(2) + "\n");
   fs::remove_all(final_dir);  // only after a crash between this rename and `latest`: a complete copy
   fs::rename(tmp, final_dir);
@@ -473,13 +529,19 @@ void Trainer::log_step(const nlohmann::json& entry) {
   log_.flush();
 }
 
+// The outputs are written into output_dir/.export, then moved into place under kExportIncomplete, which
+// the loaders refuse: a kill at any point leaves either no outputs or a set they will not load, and a
+// resume (at max_steps it goes straight here) writes them again.
 void Trainer::export_outputs() {
-  const std::string& out = cfg_.output_dir;
-  save_peft_adapter(m_, out, cfg_.model_name_or_path, parse_peft_layout(cfg_.adapter_layout));
+  const fs::path out(cfg_.output_dir), stage = out / ".export";
+  fs::remove_all(stage);
+  fs::create_directories(stage);
+  save_peft_adapter(m_, stage.string(), cfg_.model_name_or_path, parse_peft_layout(cfg_.adapter_layout));
   nlohmann::json l2v_cfg = {{"pooling_mode", pooling_mode_name(cfg_.pooling)},
                             {"max_length", cfg_.max_seq_length},
                             {"skip_instruction", cfg_.skip_instruction}};
-  write_file_atomic((fs::path(out) / "llm2vec_config.json").string(), l2v_cfg.dump(2) + "\n");
+  write_file_atomic((stage / "llm2vec_config.json").string(), l2v_cfg.dump(2) + "\n");
+  // Paths in llm2vec_run.json are relative to output_dir, where the file ends up.
   nlohmann::json run = {{"stage", stage_name(cfg_.stage)},
                         {"model_name_or_path", relative_to(cfg_.model_name_or_path, out)},
                         {"tokenizer", relative_to(cfg_.tokenizer, out)},
@@ -493,20 +555,33 @@ void Trainer::export_outputs() {
   adapters.push_back(".");
   run["adapters"] = adapters;
   if (head_.mode == PoolingMode::kLatentAttention) {
-    save_pooling_head(m_, head_, (fs::path(out) / "pooling_head.safetensors").string());
+    save_pooling_head(m_, head_, (stage / "pooling_head.safetensors").string());
     run["pooling_head"] = "pooling_head.safetensors";
   }
-  write_file_atomic((fs::path(out) / "llm2vec_run.json").string(), run.dump(2) + "\n");
+  write_file_atomic((stage / "llm2vec_run.json").string(), run.dump(2) + "\n");
   if (cfg_.save_merged_model) {
     merge_and_unload_lora(m_);
-    save_model_hf(m_, (fs::path(out) / "merged").string());
+    save_model_hf(m_, (stage / "merged").string());
   }
+  write_file_atomic((out / kExportIncomplete).string(), "the outputs of this directory are being moved into place\n");
+  for (const char* f : kOutputs) {
+    if (!fs::exists(stage / f)) continue;
+    if (hooks_.before_output_moved) hooks_.before_output_moved(f);
+    fs::remove_all(out / f);
+    fs::rename(stage / f, out / f);
+  }
+  fs::remove(out / kExportIncomplete);
+  fs::remove_all(stage);
 }
 
 TrainResult Trainer::run() {
-  prepare_output_dir();
-  load_model_and_data();
   const fs::path out(cfg_.output_dir);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) throw std::runtime_error(cfg_.output_dir + ": cannot create the output directory: " + ec.message());
+  lock_ = std::make_unique<FileLock>((out / ".lock").string(), "the output_dir " + cfg_.output_dir);
+  check_output_dir();
+  load_model_and_data();
   std::string resume_dir;
   if (cfg_.resume_from_checkpoint == "latest") {
     std::ifstream latest(out / "latest");
@@ -517,6 +592,7 @@ TrainResult Trainer::run() {
     resume_dir = cfg_.resume_from_checkpoint;
   }
   if (!resume_dir.empty()) restore(resume_dir);
+  clean_output_dir(resume_dir.empty());
   write_file_atomic((out / "train_config.json").string(), cfg_.resolved.dump(2) + "\n");
 
   // The log keeps the steps up to the checkpoint being resumed (a crashed run may have logged more).

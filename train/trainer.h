@@ -24,6 +24,15 @@
 //   pooling_head.safetensors   latent_attention only: the head under NV-Embed's tensor names
 //   llm2vec_run.json           everything `llm2vec embed` needs: base, tokenizer, adapter chain, pooling
 //   merged/                    the base with every adapter merged, as a Hugging Face model (save_merged_model)
+//   .lock                      flock'ed for the whole run: a second run on the directory is refused
+//
+// Safety of what is there: nothing in output_dir changes until the model, the data (checked against
+// its shard manifest), the config and any checkpoint to resume have been read and accepted, so a typo
+// or a refused resume destroys nothing. The outputs (adapter ... merged/) exist only for a finished
+// run: they are removed when a run starts, written into .export/ at its end and moved into place
+// while the file EXPORT_INCOMPLETE is present, which `embed` and adapter loading refuse. A resume
+// compares the config except for paths; inputs are compared by content (fingerprints of the merged
+// weights, the tokenizer and the shards), and state.safetensors by a checksum kept in trainer_state.json.
 #pragma once
 #include <functional>
 #include <string>
@@ -37,6 +46,9 @@ struct TrainHooks {
   // Called after each optimizer step with the number of steps done; returning true stops the run as
   // an interruption (SIGINT/SIGTERM) does: a checkpoint is written and the outputs are not.
   std::function<bool(int steps_done)> stop_after;
+  // Called before each output of a finished run is moved into output_dir (with its name, e.g.
+  // "adapter_model.safetensors"): fault-injection tests throw here to stop an export midway.
+  std::function<void(const std::string& output)> before_output_moved;
   bool progress = true;  // progress lines on stdout
 };
 
