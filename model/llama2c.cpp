@@ -51,51 +51,61 @@ Llama2cCheckpoint::Llama2cCheckpoint(const std::string& path) {
   const int D = dim / H;
   if (D % 2 != 0) fail(path + ": llama2.c head size " + std::to_string(D) + " is odd; RoPE needs pairs");
 
-  // Walk the arrays in file order, recording each under its Hugging Face name.
-  uint64_t off = kHeaderBytes;
-  auto take = [&](uint64_t count) {
-    uint64_t at = off;
-    off += mul(count, sizeof(float), path);
-    if (off < at) fail(path + ": llama2.c header sizes overflow 64 bits");
-    return at;
-  };
+  // The arrays in file order, each under its Hugging Face name. The layout is walked twice: first only
+  // to add up the sizes, so that a corrupt header (n_layers = 2^31 - 1, say) is refused by the file-size
+  // check before a tensor table of its size is built; then to record the tensors.
   auto layer_name = [](int l, const char* rest) { return "model.layers." + std::to_string(l) + "." + rest; };
-  // One [L, rows, cols] block (cols 0: a [L, rows] block of vectors); layer l's slice becomes tensor
-  // `rest` of layer l.
-  auto per_layer = [&](const char* rest, int64_t rows, int64_t cols, int rope_heads) {
-    const uint64_t per = mul(static_cast<uint64_t>(rows), static_cast<uint64_t>(cols > 0 ? cols : 1), path);
-    const uint64_t base = take(mul(per, static_cast<uint64_t>(L), path));
-    for (int l = 0; l < L; ++l) {
-      Tensor t;
-      t.offset = base + static_cast<uint64_t>(l) * per * sizeof(float);
-      t.shape = cols > 0 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
-      t.rope_heads = rope_heads;
-      tensors_[layer_name(l, rest)] = t;
-    }
+  auto walk = [&](bool record) {
+    uint64_t off = kHeaderBytes;
+    auto take = [&](uint64_t count) {
+      uint64_t at = off;
+      off += mul(count, sizeof(float), path);
+      if (off < at) fail(path + ": llama2.c header sizes overflow 64 bits");
+      return at;
+    };
+    auto single = [&](const char* name, int64_t rows, int64_t cols) {
+      const uint64_t at = take(mul(static_cast<uint64_t>(rows), static_cast<uint64_t>(cols > 0 ? cols : 1), path));
+      if (record) tensors_[name] = {at, cols > 0 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows}, 0};
+    };
+    // One [L, rows, cols] block (cols 0: a [L, rows] block of vectors); layer l's slice becomes tensor
+    // `rest` of layer l.
+    auto per_layer = [&](const char* rest, int64_t rows, int64_t cols, int rope_heads) {
+      const uint64_t per = mul(static_cast<uint64_t>(rows), static_cast<uint64_t>(cols > 0 ? cols : 1), path);
+      const uint64_t base = take(mul(per, static_cast<uint64_t>(L), path));
+      for (int l = 0; record && l < L; ++l) {
+        Tensor t;
+        t.offset = base + static_cast<uint64_t>(l) * per * sizeof(float);
+        t.shape = cols > 0 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
+        t.rope_heads = rope_heads;
+        tensors_[layer_name(l, rest)] = t;
+      }
+    };
+    single("model.embed_tokens.weight", vocab, dim);
+    per_layer("input_layernorm.weight", dim, 0, 0);
+    per_layer("self_attn.q_proj.weight", int64_t(H) * D, dim, H);
+    per_layer("self_attn.k_proj.weight", int64_t(KV) * D, dim, KV);
+    per_layer("self_attn.v_proj.weight", int64_t(KV) * D, dim, 0);
+    per_layer("self_attn.o_proj.weight", dim, int64_t(H) * D, 0);
+    per_layer("post_attention_layernorm.weight", dim, 0, 0);
+    per_layer("mlp.gate_proj.weight", hidden, dim, 0);  // w1
+    per_layer("mlp.down_proj.weight", dim, hidden, 0);  // w2
+    per_layer("mlp.up_proj.weight", hidden, dim, 0);    // w3
+    single("model.norm.weight", dim, 0);
+    // Precomputed RoPE tables of the legacy format; the forward pass computes its own frequencies.
+    take(mul(2, mul(seq, D / 2, path), path));
+    if (!shared) single("lm_head.weight", vocab, dim);
+    return off;
   };
 
-  tensors_["model.embed_tokens.weight"] = {take(mul(vocab, dim, path)), {vocab, dim}, 0};
-  per_layer("input_layernorm.weight", dim, 0, 0);
-  per_layer("self_attn.q_proj.weight", int64_t(H) * D, dim, H);
-  per_layer("self_attn.k_proj.weight", int64_t(KV) * D, dim, KV);
-  per_layer("self_attn.v_proj.weight", int64_t(KV) * D, dim, 0);
-  per_layer("self_attn.o_proj.weight", dim, int64_t(H) * D, 0);
-  per_layer("post_attention_layernorm.weight", dim, 0, 0);
-  per_layer("mlp.gate_proj.weight", hidden, dim, 0);  // w1
-  per_layer("mlp.down_proj.weight", dim, hidden, 0);  // w2
-  per_layer("mlp.up_proj.weight", hidden, dim, 0);    // w3
-  tensors_["model.norm.weight"] = {take(dim), {dim}, 0};
-  // Precomputed RoPE tables of the legacy format; the forward pass computes its own frequencies.
-  take(mul(2, mul(seq, D / 2, path), path));
-  if (!shared) tensors_["lm_head.weight"] = {take(mul(vocab, dim, path)), {vocab, dim}, 0};
-
-  if (off != fsize)
+  const uint64_t expected = walk(/*record=*/false);
+  if (expected != fsize)
     fail(path + ": file has " + std::to_string(fsize) + " bytes but its llama2.c header (dim " +
          std::to_string(dim) + ", hidden_dim " + std::to_string(hidden) + ", n_layers " + std::to_string(L) +
          ", n_heads " + std::to_string(H) + ", n_kv_heads " + std::to_string(KV) + ", vocab_size " +
          std::to_string(vocab) + ", seq_len " + std::to_string(seq) + ", " +
          (shared ? "shared classifier" : "separate classifier") + ") implies expected " +
-         std::to_string(off) + " bytes");
+         std::to_string(expected) + " bytes");
+  walk(/*record=*/true);
 
   config.model_type = "llama";
   config.vocab_size = vocab;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -534,6 +535,30 @@ TEST_F(Llama2c, SizeErrors) {
   write_bytes(path("unshared_missing.bin"), with_field(5, -512));
   expect_error([&] { Llama2cCheckpoint ck(path("unshared_missing.bin")); },
                {path("unshared_missing.bin"), std::to_string(orig.size() + 4 * V * C)});
+}
+
+TEST_F(Llama2c, HugeLayerCountIsRefusedBeforeBuildingTheTensorTable) {
+  // n_layers = 2^31 - 1 in an otherwise intact file: the sizes it implies do not match the file, and that
+  // must be found before a table of 9 * 2^31 tensors is built (which took gigabytes within seconds). The
+  // import runs in a child process that an alarm kills after 5 s.
+  std::string b = read_bytes(model_);
+  const int32_t layers = INT32_MAX;
+  std::memcpy(&b[8], &layers, 4);
+  const std::string p = path("huge_layers.bin");
+  write_bytes(p, b);
+  EXPECT_EXIT(
+      {
+        ::alarm(5);
+        try {
+          Llama2cCheckpoint ck(p);
+        } catch (const std::runtime_error& e) {
+          std::fprintf(stderr, "%s\n", e.what());
+          std::_Exit(0);
+        }
+        std::_Exit(1);
+      },
+      ::testing::ExitedWithCode(0), "huge_layers\\.bin: file has " + std::to_string(b.size()) +
+                                        " bytes but .*n_layers 2147483647.* implies expected [0-9]+ bytes");
 }
 
 TEST_F(Llama2c, SeparateClassifier) {
