@@ -1,5 +1,6 @@
 #include "model/encoder.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -92,6 +93,11 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
     }
     model_forward(model_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
     const std::vector<float> pooled = pool_forward(model_, head_, b, tok_->bos_id(), tok_->eos_id(), nullptr);
+    for (size_t i = 0; i < pooled.size(); ++i)
+      if (!std::isfinite(pooled[i]))
+        throw std::runtime_error("embed: text " + std::to_string(start + i / C + 1) +
+                                 " has a non-finite embedding: the model's weights or activations overflow (" +
+                                 spec_.model_name_or_path + ")");
     std::copy(pooled.begin(), pooled.end(), out.begin() + start * C);
     if (progress && ((start / batch_size) % 20 == 19 || end == inputs.size()))
       std::fprintf(stderr, "embedded %zu/%zu texts\n", end, inputs.size());

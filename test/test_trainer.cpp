@@ -1012,6 +1012,57 @@ TEST(TrainerErrors, MissingOrWrongKindOfData) {
                        {data().triples, "document"}));
 }
 
+// Values that would train nothing, or train on garbage, are refused before anything runs, naming the
+// key: non-finite numbers (which JSON would write back as null), negative clipping or decay, an MNTP
+// block of one token (nothing to predict), a contrastive batch whose softmax has one candidate (loss 0
+// whatever the weights), and a sequence longer than the model's positions.
+TEST(TrainerErrors, ValuesThatTrainNothingOrGarbageAreRefusedUpFront) {
+  TempDir tmp("trainer_values");
+  auto refused = [&](const std::string& stage, const std::string& data, const Overrides& o) {
+    return error_of([&] { train(make_config(stage, data, tmp / "out", o)); });
+  };
+  for (const char* bad : {"nan", "inf", "-inf"}) {
+    EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"learning_rate", bad}}), {"--learning_rate", bad, "finite"}));
+    EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"lora_alpha", bad}}), {"--lora_alpha", "finite"}));
+    EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"weight_decay", bad}}), {"--weight_decay", "finite"}));
+  }
+  EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"max_grad_norm", "-1"}}), {"max_grad_norm", ">= 0"}));
+  EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"weight_decay", "-0.1"}}), {"weight_decay", ">= 0"}));
+  EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"lora_alpha", "0"}}), {"lora_alpha", "> 0"}));
+  EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"max_seq_length", "1"}}), {"max_seq_length", "mntp"}));
+  EXPECT_TRUE(Mentions(refused("simcse", data().sentences, {{"per_device_train_batch_size", "1"}}),
+                       {"per_device_train_batch_size", ">= 2"}));
+  EXPECT_TRUE(Mentions(refused("supervised", data().triples, {{"per_device_train_batch_size", "1"}, {"hard_negatives", "false"}}),
+                       {"per_device_train_batch_size", ">= 2"}));
+  // With its hard negative a supervised batch of one still has two candidates: allowed.
+  EXPECT_EQ("", refused("supervised", data().triples, {{"per_device_train_batch_size", "1"}, {"max_steps", "1"}}));
+  // stories260K has 512 positions.
+  EXPECT_TRUE(Mentions(refused("mntp", data().wiki, {{"max_seq_length", "513"}, {"overwrite_output_dir", "true"}}),
+                       {kModel, "max_seq_length 513", "max_position_embeddings 512"}));
+}
+
+// A model whose weights overflow gives no NaN embeddings: embed stops, naming the text and the model.
+TEST(TrainerEncoder, NonFiniteEmbeddingsAreAnErrorNotOutput) {
+  TempDir tmp("encoder_inf");
+  const std::string model = tmp / "inf.bin";
+  fs::copy_file(kModel, model);
+  {
+    // llama2.c v0: 7 int32 of header, the 512 x 64 token embedding, then layer 0's attention RMSNorm
+    // weight, whose first value scales every token's first channel.
+    std::fstream f(model, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(28 + 512 * 64 * 4);
+    const float inf = INFINITY;
+    f.write(reinterpret_cast<const char*>(&inf), sizeof inf);
+  }
+  EncoderSpec spec;
+  spec.model_name_or_path = model;
+  spec.tokenizer = kTok;
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Encoder enc(spec, *backend);
+  EXPECT_TRUE(Mentions(error_of([&] { enc.embed({{"", "a first text"}, {"", "a second one"}}, 2, false); }),
+                       {"text 1", "non-finite", model}));
+}
+
 void expect_non_finite_stops_cleanly(const std::string& stage, const std::string& dataset) {
   TempDir tmp("trainer_nonfinite");
   const std::string out = tmp / "run";

@@ -147,9 +147,14 @@ int run_generate(const ParsedOptions& o) {
   std::unique_ptr<Tokenizer> tok = load_matching_tokenizer(o.required("--tokenizer"), lm.checkpoint.config);
   const int bos = tok->bos_id() >= 0 ? tok->bos_id() : lm.checkpoint.config.bos_token_id;
   if (bos < 0) throw std::runtime_error("neither the tokenizer nor the model config names a BOS token");
-  const int steps = (int)o.get_int("--steps", 255, 1);
+  const int context = lm.checkpoint.config.max_position_embeddings;
+  const int64_t steps = o.get_int("--steps", std::min(255, context - 1), 1);
+  if (steps > context - 1)
+    throw UsageError("--steps " + std::to_string(steps) + " exceeds the model's context: at most " +
+                     std::to_string(context - 1) + " tokens follow the BOS (max_position_embeddings " +
+                     std::to_string(context) + ")");
   std::vector<int> ids;
-  for (const GreedyStep& s : greedy_decode(lm.model, {bos}, steps)) ids.push_back(s.token);
+  for (const GreedyStep& s : greedy_decode(lm.model, {bos}, (int)steps)) ids.push_back(s.token);
   std::printf("%s\n", tok->decode(ids, /*skip_special_tokens=*/true).c_str());
   return 0;
 }
@@ -391,7 +396,7 @@ const std::vector<Command>& commands() {
        {kModel, kTokenizer, kBackend, kPrecision,
         {"--steps", "N",
          "tokens to generate (default 255, what llama2.c's run.c prints with -n 256:\n"
-         "its step count includes the BOS position)"}},
+         "its step count includes the BOS position); at most max_position_embeddings - 1"}},
        run_generate},
       {"convert",
        "write the checkpoint as a Hugging Face model directory (config.json +\n"

@@ -135,7 +135,7 @@ nlohmann::json from_text(const ConfigKey& k, const std::string& text) {
       }
       case 'f': {
         double x = std::stod(text, &used);
-        if (used != text.size()) break;
+        if (used != text.size() || !std::isfinite(x)) break;  // nan / inf: refused, never echoed as null
         return x;
       }
       case 'b':
@@ -158,7 +158,7 @@ nlohmann::json from_text(const ConfigKey& k, const std::string& text) {
   } catch (const std::exception&) {
   }
   throw std::runtime_error(what + ": not a valid " +
-                           (k.type == 'i' ? "integer" : k.type == 'f' ? "number" : "true/false"));
+                           (k.type == 'i' ? "integer" : k.type == 'f' ? "finite number" : "true/false"));
 }
 
 }  // namespace
@@ -248,11 +248,13 @@ TrainConfig load_train_config(const std::string& config_path,
   if (sched != "linear" && sched != "constant") throw range_error("lr_scheduler_type", "must be linear or constant");
   c.linear_decay = sched == "linear";
   c.weight_decay = (float)number("weight_decay");
+  if (!(c.weight_decay >= 0)) throw range_error("weight_decay", "must be >= 0");
   c.adam_beta1 = probability("adam_beta1");
   c.adam_beta2 = probability("adam_beta2");
   c.adam_epsilon = (float)number("adam_epsilon");
   if (!(c.adam_epsilon > 0)) throw range_error("adam_epsilon", "must be > 0");
   c.max_grad_norm = (float)number("max_grad_norm");
+  if (!(c.max_grad_norm >= 0)) throw range_error("max_grad_norm", "must be >= 0 (0: no clipping)");
   c.logging_steps = positive("logging_steps");
   c.save_steps = non_negative("save_steps");
   c.save_total_limit = positive("save_total_limit");
@@ -262,6 +264,7 @@ TrainConfig load_train_config(const std::string& config_path,
   c.lora.r = positive("lora_r");
   if (!has("lora_alpha")) j["lora_alpha"] = 2.0 * c.lora.r;  // resolved here so resume compares the value
   c.lora.alpha = (float)number("lora_alpha");
+  if (!(c.lora.alpha > 0)) throw range_error("lora_alpha", "must be > 0");
   c.lora.dropout = probability("lora_dropout");
   const std::vector<std::string> targets = j.at("lora_target_modules").get<std::vector<std::string>>();
   if (targets.size() == 1 && targets[0] == "all") {
@@ -277,6 +280,8 @@ TrainConfig load_train_config(const std::string& config_path,
   const int default_length = c.stage == Stage::kSimcse ? 128 : 512;
   if (!has("max_seq_length")) j["max_seq_length"] = default_length;
   c.max_seq_length = positive("max_seq_length");
+  // MNTP predicts token i from position i-1: a block of one token has nothing to predict.
+  if (c.stage == Stage::kMntp && c.max_seq_length < 2) throw range_error("max_seq_length", "must be >= 2 for mntp");
   c.mlm_probability = probability("mlm_probability");
   if (c.mlm_probability <= 0.0f) throw range_error("mlm_probability", "must be > 0");
   c.data_collator_type = str("data_collator_type");
@@ -295,6 +300,10 @@ TrainConfig load_train_config(const std::string& config_path,
   c.skip_instruction = j.at("skip_instruction").get<bool>();
   if (c.stage == Stage::kSupervised && !c.in_batch_negatives && !c.hard_negatives)
     throw std::runtime_error(where + ": in_batch_negatives=false needs hard_negatives=true (no negative otherwise)");
+  // With a single candidate the softmax is 1 and the loss 0 whatever the weights: nothing would train.
+  if (c.batch_size < 2 && (c.stage == Stage::kSimcse || (c.stage == Stage::kSupervised && !c.hard_negatives)))
+    throw range_error("per_device_train_batch_size",
+                      "must be >= 2 when the other in-batch rows are the only negatives (one candidate: the loss is 0)");
   c.padding_side = str("padding_side");
   if (c.padding_side != "left" && c.padding_side != "right") throw range_error("padding_side", "must be left or right");
   c.save_merged_model = j.at("save_merged_model").get<bool>();

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/shard_manifest.h"
@@ -30,7 +32,17 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<bool> g_interrupted{false};
-extern "C" void on_stop_signal(int) { g_interrupted = true; }
+// The first SIGINT/SIGTERM asks the run to stop at the next micro-batch boundary with a checkpoint;
+// a second one ends the process at once (every file is written atomically, so what is on disk stays
+// consistent: at worst the newest checkpoint is the previous one).
+extern "C" void on_stop_signal(int) {
+  if (g_interrupted.exchange(true)) {
+    static const char msg[] = "\nsecond stop signal: exiting now without a checkpoint\n";
+    ssize_t ignored = ::write(2, msg, sizeof msg - 1);
+    (void)ignored;
+    ::_exit(130);
+  }
+}
 
 // Installs the stop handlers for a scope and restores the previous ones.
 struct SignalScope {
@@ -157,7 +169,7 @@ class Trainer {
   double contrastive(const std::vector<const float*>& local, int n, std::vector<std::vector<float>>* d_local);
   nlohmann::json loader_state() const;
   void restore(const std::string& checkpoint_dir);
-  std::string save_checkpoint(int step);
+  std::string save_checkpoint(int step, const nlohmann::json& loader);
   nlohmann::json input_fingerprints() const;
   void export_outputs();
   void log_step(const nlohmann::json& entry);
@@ -233,6 +245,10 @@ void Trainer::load_model_and_data() {
   if (tok_->vocab_size() > base_.config.vocab_size)
     throw std::runtime_error(cfg_.tokenizer + ": the tokenizer has " + std::to_string(tok_->vocab_size()) +
                              " ids but the model's vocabulary has " + std::to_string(base_.config.vocab_size));
+  if (cfg_.max_seq_length > base_.config.max_position_embeddings)
+    throw std::runtime_error(cfg_.model_name_or_path + ": max_seq_length " + std::to_string(cfg_.max_seq_length) +
+                             " exceeds the model's max_position_embeddings " +
+                             std::to_string(base_.config.max_position_embeddings));
   load_model(m_, base_.config, *base_.tensors, backend_);
   for (const std::string& dir : cfg_.peft_model_name_or_path) {
     load_peft_adapter(m_, dir);
@@ -484,7 +500,8 @@ void Trainer::restore(const std::string& dir) {
                              ", beyond max_steps " + std::to_string(cfg_.max_steps));
 }
 
-std::string Trainer::save_checkpoint(int step) {
+// `loader` is the data loaders' state after `step` optimizer steps.
+std::string Trainer::save_checkpoint(int step, const nlohmann::json& loader) {
   const std::string name = "checkpoint-" + std::to_string(step);
   const fs::path final_dir = fs::path(cfg_.output_dir) / name;
   const fs::path tmp = fs::path(cfg_.output_dir) / (".tmp-" + name);
@@ -504,7 +521,7 @@ std::string Trainer::save_checkpoint(int step) {
   write_safetensors((tmp / "state.safetensors").string(), entries, {{"format", "pt"}});
   nlohmann::json st = {{"step", step},
                        {"adam_step", adam_.step},
-                       {"loader", loader_state()},
+                       {"loader", loader},
                        {"config", cfg_.resolved},
                        {"input_fingerprints", input_fingerprints()},
                        {"state_checksum", checksum_hex(file_checksum64((tmp / "state.safetensors").string()))}};
@@ -635,11 +652,27 @@ TrainResult Trainer::run() {
   const auto t0 = std::chrono::steady_clock::now();
   double window_tokens = 0, window_start = 0;
   std::string last_checkpoint;
+  int saved_step = start_step_;  // the steps the newest checkpoint holds (0: none to keep)
   for (int step = start_step_; step < cfg_.max_steps; ++step) {
     zero_grads(m_);
     double loss_sum = 0.0;
     long tokens = 0;
+    // A stop signal between micro-batches abandons this step: the checkpoint is that of the steps
+    // done, with the loaders where this step began, so a resume redoes the step from its start.
+    const nlohmann::json loader_at_step_start = loader_state();
     for (int k = 0; k < cfg_.gradient_accumulation_steps; ++k) {
+      if (g_interrupted) {
+        if (step > saved_step) {
+          last_checkpoint = save_checkpoint(step, loader_at_step_start);
+          result.last_checkpoint = last_checkpoint;
+        }
+        result.interrupted = true;
+        if (hooks_.progress)
+          std::printf("stopped during step %d: %s; continue with --resume_from_checkpoint latest\n", step + 1,
+                      step == 0 ? "no step had been completed, nothing to save"
+                                : ("the checkpoint of step " + std::to_string(step) + " is written").c_str());
+        return result;
+      }
       const uint64_t micro = (uint64_t)step * cfg_.gradient_accumulation_steps + k;
       const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
       double loss;
@@ -689,8 +722,9 @@ TrainResult Trainer::run() {
     }
     const bool stop = g_interrupted || (hooks_.stop_after && hooks_.stop_after(done));
     if (stop || done == cfg_.max_steps || (cfg_.save_steps > 0 && done % cfg_.save_steps == 0)) {
-      last_checkpoint = save_checkpoint(done);
+      last_checkpoint = save_checkpoint(done, loader_state());
       result.last_checkpoint = last_checkpoint;
+      saved_step = done;
     }
     if (stop && done < cfg_.max_steps) {
       result.interrupted = true;
