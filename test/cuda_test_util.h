@@ -2,7 +2,8 @@
 // with -DL2V_EMULATE; see host/emu/emu.mk): the storage precisions under test (fp32 and bf16) with their
 // unit roundoff, float <-> T conversions, the values a T array holds, RAII device arrays (one filled
 // from / read back as floats, one of plain values), and the table of the worst errors seen per comparison
-// family, checked and recorded by CloseRecorded and printed by a WorstReport when the tests end. Generic,
+// family, checked and recorded by CloseRecorded and printed by a WorstReport when the tests end; and, for
+// the emulator only, the message of a launch's KernelError and scheduling-order scopes. Generic,
 // non-CUDA test helpers are in test/test_util.h.
 #pragma once
 
@@ -166,5 +167,43 @@ inline ::testing::AssertionResult CloseRecorded(const std::string& family, const
   return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance; first ["
                                        << i << "] got " << got[i] << " want " << ref[i] << " tol " << tol[i];
 }
+
+#if defined(L2V_EMULATE)
+// ---- Emulator-only helpers: bug reports and scheduling orders.
+
+// The message of the KernelError a launch throws ("" when it does not throw one).
+template <typename F>
+std::string kernel_error(F&& run) {
+  try {
+    run();
+  } catch (const l2v::emu::KernelError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Runs the scope under a scheduling order, then restores the previous one (L2V_EMU_ORDER's at first).
+struct ScheduleScope {
+  l2v::emu::Schedule saved = l2v::emu::current_schedule();
+  explicit ScheduleScope(l2v::emu::Schedule s) { l2v::emu::set_schedule(s); }
+  ~ScheduleScope() { l2v::emu::set_schedule(saved); }
+};
+
+inline std::vector<l2v::emu::Schedule> all_orders() {
+  using l2v::emu::Order;
+  return {{Order::kForward, 0}, {Order::kReverse, 0}, {Order::kShuffle, 1}, {Order::kShuffle, 2}};
+}
+
+inline std::string order_name(const l2v::emu::Schedule& s) {
+  switch (s.order) {
+    case l2v::emu::Order::kForward: return "forward";
+    case l2v::emu::Order::kReverse: return "reverse";
+    case l2v::emu::Order::kShuffle: return "shuffle:" + std::to_string(s.seed);
+  }
+  return "?";
+}
+#endif
 
 }  // namespace l2v::test

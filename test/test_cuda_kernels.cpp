@@ -46,19 +46,13 @@ namespace lc = l2v::cuda;
 namespace emu = l2v::emu;
 using bf16 = __nv_bfloat16;
 using l2v::test::Dev, l2v::test::kU32, l2v::test::Prec, l2v::test::Raw, l2v::test::randn, l2v::test::rounded;
+using l2v::test::ScheduleScope;
 
 uint32_t bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
   return u;
 }
-
-// Runs the scope under an emulator scheduling order, then restores the previous one.
-struct ScheduleScope {
-  emu::Schedule saved = emu::current_schedule();
-  explicit ScheduleScope(emu::Schedule s) { emu::set_schedule(s); }
-  ~ScheduleScope() { emu::set_schedule(saved); }
-};
 
 // ---- Comparison and the worst-error table.
 

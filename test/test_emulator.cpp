@@ -18,12 +18,18 @@
 
 #include "cuda/common.cuh"
 #include "cuda/launch.h"
+#include "test/cuda_test_util.h"
 #include <cublas_v2.h>
 
 namespace {
 
 namespace emu = l2v::emu;
 using l2v::launch;
+using l2v::test::all_orders;
+using l2v::test::contains;
+using l2v::test::kernel_error;
+using l2v::test::order_name;
+using l2v::test::ScheduleScope;
 
 // ---- Helpers.
 
@@ -48,26 +54,6 @@ struct DeviceArray {
   }
 };
 
-// Runs the scope under a scheduling order, then restores the previous one (L2V_EMU_ORDER's at first).
-struct ScheduleScope {
-  emu::Schedule saved = emu::current_schedule();
-  explicit ScheduleScope(emu::Schedule s) { emu::set_schedule(s); }
-  ~ScheduleScope() { emu::set_schedule(saved); }
-};
-
-std::vector<emu::Schedule> all_orders() {
-  return {{emu::Order::kForward, 0}, {emu::Order::kReverse, 0}, {emu::Order::kShuffle, 1}, {emu::Order::kShuffle, 2}};
-}
-
-std::string order_name(const emu::Schedule& s) {
-  switch (s.order) {
-    case emu::Order::kForward: return "forward";
-    case emu::Order::kReverse: return "reverse";
-    case emu::Order::kShuffle: return "shuffle:" + std::to_string(s.seed);
-  }
-  return "?";
-}
-
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(lo, hi);
@@ -83,19 +69,6 @@ uint32_t float_bits(float x) {
   std::memcpy(&u, &x, sizeof(u));
   return u;
 }
-
-// The message of the KernelError a launch throws ("" when it does not throw one).
-template <typename F>
-std::string kernel_error(F&& run) {
-  try {
-    run();
-  } catch (const emu::KernelError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // ---- Kernels: block reductions.
 
