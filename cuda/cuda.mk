@@ -10,7 +10,9 @@ ifneq ($(NVCC),)
 CUDA_ARCHS     := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 NVCCFLAGS      := -std=c++17 -O3 -I. $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
                   -Xptxas -v -MMD -MP
-CUDA_SRCS      := $(wildcard cuda/*.cu)
+# cuda/ptx_check.cu only proves that the inline PTX of cuda/ptx.cuh assembles: built, linked into nothing.
+CUDA_SRCS      := $(filter-out cuda/ptx_check.cu,$(wildcard cuda/*.cu))
+PTX_CHECK_OBJ  := $(BUILD)/nvcc/cuda/ptx_check.o
 CUDA_OBJS      := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc/%.o)
 CUDA_BIN       := $(BUILD)/llm2vec_cuda
 CUDA_REPORT    := $(BUILD)/cuda/resource_report.txt
@@ -33,7 +35,7 @@ $(CUDA_REPORT): $(CUDA_OBJS) scripts/cuda_resource_report.sh
 	bash scripts/cuda_resource_report.sh $@ $(CUDA_OBJS:%=%.ptxas.log)
 
 .PHONY: cuda
-cuda: $(CUDA_BIN) $(CUDA_REPORT)
+cuda: $(CUDA_BIN) $(CUDA_REPORT) $(PTX_CHECK_OBJ)
 all: cuda
 # test/test_gpu_binary.cpp runs the binary.
 test: cuda

@@ -9,7 +9,7 @@
 //   * A launch runs the grid block by block; blocks run in parallel on OpenMP threads.
 //   * The threads of a block are fibers on one OS thread (host/emu/fiber.h). Each runs until it reaches
 //     a block barrier (__syncthreads*), a warp collective (__shfl*_sync, __ballot_sync, __syncwarp,
-//     __activemask, wmma::*_sync) or its end; then the next thread runs, in the order chosen by
+//     __activemask, wmma::*_sync, and cuda/ptx.cuh's mma and ldmatrix) or its end; then the next thread runs, in the order chosen by
 //     set_schedule (forward, reverse, or a seeded shuffle that changes every round). When every thread
 //     is blocked, completed warp collectives are resolved and a barrier reached by every thread is
 //     released.
@@ -21,7 +21,9 @@
 // Bugs reported as l2v::emu::KernelError thrown out of the launch (the fibers of the failing block are
 // unwound first, so destructors in kernels run): threads waiting at different __syncthreads() sites,
 // threads that exited while others wait at a barrier, warp collectives whose mask does not name exactly
-// the lanes that arrive, and misuse of WMMA (misaligned pointers, bad ldm, a partial warp).
+// the lanes that arrive, misuse of WMMA (misaligned pointers, bad ldm, a partial warp), and misuse of the
+// PTX-level operations of cuda/ptx.cuh (host/emu/ptx.h: divergent or partial-warp mma/ldmatrix,
+// misaligned rows or copies, a cp.async destination read before the wait that lands it, ...).
 // Shared memory starts poisoned (every byte 0xFF: a NaN float, a NaN bf16, -1 as an integer), and each
 // shared array is its own exactly-sized heap block, so AddressSanitizer sees out-of-bounds accesses.
 //
@@ -31,7 +33,8 @@
 // warp running independently between collectives (true of Volta and later, invisible here), and spin
 // loops waiting for another thread or block (they never yield: they hang). Streams are synchronous.
 // Fast-math intrinsics (__expf, __fdividef, ...) are computed exactly; tensor-core MMA accumulates in
-// plain fp32 in k order. __CUDA_ARCH__ is not defined here: kernels must not depend on it.
+// plain fp32 in k order (WMMA and mma.sync; a GPU's order and rounding differ, see host/emu/ptx.h).
+// __CUDA_ARCH__ is not defined here: kernels must not depend on it.
 #pragma once
 
 #if !defined(L2V_EMULATE)
@@ -411,3 +414,4 @@ T __ldg(const T* p) {
 }
 
 #include "host/emu/wmma.h"
+#include "host/emu/ptx.h"

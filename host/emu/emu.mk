@@ -18,8 +18,8 @@ EMU_LIB        := $(BUILD)/emu/libl2v_emu.a
 EMU_ASAN_LIB   := $(BUILD)/asan/libl2v_emu.a
 # Every kernel test (test/test_cuda_*.cpp) runs on the emulator, and again under ASan.
 EMU_KERNEL_TESTS := $(patsubst test/%.cpp,%,$(wildcard test/test_cuda_*.cpp))
-EMU_TESTS      := test_emulator $(EMU_KERNEL_TESTS)
-EMU_ASAN_TESTS := test_emulator $(EMU_KERNEL_TESTS)
+EMU_TESTS      := test_emulator test_emulator_ptx $(EMU_KERNEL_TESTS)
+EMU_ASAN_TESTS := test_emulator test_emulator_ptx $(EMU_KERNEL_TESTS)
 EMU_TEST_BINS  := $(EMU_TESTS:%=$(BUILD)/test/%) $(EMU_ASAN_TESTS:%=$(BUILD)/asan/%)
 
 $(BUILD)/emu/%.o: %.cpp | $(DEPS_OK)

@@ -11,15 +11,8 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define L2V_EMU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define L2V_EMU_ASAN 1
-#endif
-#endif
+#include "host/emu/internal.h"  // L2V_EMU_ASAN
 #if defined(L2V_EMU_ASAN)
-#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 

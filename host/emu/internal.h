@@ -2,7 +2,23 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <string>
+
+// L2V_EMU_ASAN: defined in the AddressSanitizer build (g++ and clang spell the test differently), which
+// then has the ASan interface (ASAN_POISON_MEMORY_REGION, ...).
+#if defined(__SANITIZE_ADDRESS__)
+#define L2V_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define L2V_EMU_ASAN 1
+#endif
+#endif
+#if defined(L2V_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace l2v::emu {
 
@@ -19,5 +35,29 @@ cudaError_t record_error(cudaError_t err);
 bool stream_is_valid(cudaStream_t stream);
 // The kernel's cudaFuncAttributeMaxDynamicSharedMemorySize if it was set (true), else false.
 bool dynamic_shared_attribute(const void* kernel, size_t* bytes);
+
+// "file:line" for messages.
+std::string site(const char* file, int line);
+
+// ---- What the scheduler (scheduler.cpp) offers the PTX-level operations (ptx.cpp), for the running block.
+// Launch-wide counters that every block of a launch adds to (blocks run on several OS threads);
+// last_launch_stats() reports them once the launch is over.
+struct LaunchCounters {
+  std::atomic<uint64_t> ldmatrix_wavefronts{0};
+  std::atomic<uint64_t> ldmatrix_bank_conflicts{0};
+};
+LaunchCounters& launch_counters();
+// The running thread's number in its block: threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z).
+unsigned thread_rank();
+// Whether [p, p + bytes) lies inside one shared array of the running block (an L2V_SHARED variable or
+// the dynamic shared memory).
+bool in_shared_memory(const void* p, size_t bytes);
+
+// ---- What ptx.cpp's per-block state (pending cp.async copies) needs from the scheduler's block life cycle.
+void ptx_block_begin(unsigned nthreads);
+// A thread's kernel body returned: fails (KernelError) if its cp.async copies were not all waited for.
+void ptx_thread_returned(unsigned thread);
+// The block is over (finished or abandoned after an error): drops what is still pending.
+void ptx_block_end();
 
 }  // namespace l2v::emu

@@ -56,6 +56,7 @@ struct Thread {
 struct SharedAlloc {
   const SharedSite* site;
   void* ptr;
+  size_t bytes;
 };
 
 struct Block {
@@ -73,6 +74,7 @@ struct Block {
   std::vector<SharedAlloc> shared;
   size_t static_shared = 0;
   void* dynamic_shared = nullptr;
+  LaunchCounters* counters = nullptr;
 };
 
 thread_local Block t_block_storage;
@@ -87,8 +89,6 @@ std::string context(const Block& b) {
   return "kernel '" + std::string(k.name) + "' block " + dims(b.idx.x, b.idx.y, b.idx.z) + " (grid " +
          dims(k.grid.x, k.grid.y, k.grid.z) + ", block " + dims(k.block.x, k.block.y, k.block.z) + ")";
 }
-
-std::string site(const char* file, int line) { return std::string(file) + ":" + std::to_string(line); }
 
 bool same_site(const char* file_a, int line_a, const char* file_b, int line_b) {
   return line_a == line_b && (file_a == file_b || std::strcmp(file_a, file_b) == 0);
@@ -160,6 +160,7 @@ void thread_main(void* arg) {
   Block& b = *t_block;
   try {
     b.launch->thunk(b.launch->call);
+    ptx_thread_returned(t.linear);
     t.returned = true;
   } catch (const Cancelled&) {
   } catch (...) {
@@ -371,6 +372,7 @@ void cancel_threads(Block& b) {
 }
 
 void release_block_resources(Block& b) {
+  ptx_block_end();  // before the shared memory its pending copies point into is freed
   for (Thread& t : b.threads) release_stack(t.stack, t.started && !t.returned);
   for (const SharedAlloc& s : b.shared) std::free(s.ptr);
   b.shared.clear();
@@ -378,8 +380,10 @@ void release_block_resources(Block& b) {
   b.dynamic_shared = nullptr;
 }
 
-void run_block(Block& b, const KernelLaunch& k, uint64_t linear, Schedule schedule, size_t shared_limit) {
+void run_block(Block& b, const KernelLaunch& k, uint64_t linear, Schedule schedule, size_t shared_limit,
+               LaunchCounters& counters) {
   b.launch = &k;
+  b.counters = &counters;
   b.schedule = schedule;
   b.shared_limit = shared_limit;
   b.linear = linear;
@@ -399,6 +403,7 @@ void run_block(Block& b, const KernelLaunch& k, uint64_t linear, Schedule schedu
   }
   // None requested: nullptr, so a kernel that uses it anyway faults instead of corrupting the heap.
   b.dynamic_shared = k.dynamic_shared > 0 ? alloc_shared(k.dynamic_shared) : nullptr;
+  ptx_block_begin(b.nthreads);
   blockIdx = b.idx;
   blockDim = k.block;
   gridDim = k.grid;
@@ -481,6 +486,8 @@ std::mutex g_schedule_mutex;
 bool g_schedule_set = false;
 Schedule g_schedule;
 
+thread_local LaunchStats t_last_launch_stats;  // of the last launch made by this host thread
+
 }  // namespace
 
 const WarpOp kShflIdx{"__shfl_sync", &complete_shuffle<0>};
@@ -491,6 +498,8 @@ const WarpOp kBallot{"__ballot_sync", &complete_vote<0>};
 const WarpOp kAny{"__any_sync", &complete_vote<1>};
 const WarpOp kAll{"__all_sync", &complete_vote<2>};
 const WarpOp kSyncwarp{"__syncwarp", &complete_vote<3>};
+
+std::string site(const char* file, int line) { return std::string(file) + ":" + std::to_string(line); }
 
 std::string hex(uint64_t value) {
   char buf[24];
@@ -554,11 +563,31 @@ void* shared_static(const SharedSite& s, size_t bytes) {
          " bytes (raise it with cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ...))");
   }
   void* p = alloc_shared(bytes);
-  b.shared.push_back({&s, p});
+  b.shared.push_back({&s, p, bytes});
   return p;
 }
 
 void* shared_dynamic() { return running_block("L2V_DYNAMIC_SHARED").dynamic_shared; }
+
+bool in_shared_memory(const void* p, size_t bytes) {
+  const Block& b = running_block("a shared-memory access");
+  auto inside = [&](const void* base, size_t size) {
+    const auto q = reinterpret_cast<uintptr_t>(p), lo = reinterpret_cast<uintptr_t>(base);
+    return base != nullptr && q >= lo && bytes <= size && q - lo <= size - bytes;
+  };
+  if (inside(b.dynamic_shared, b.launch->dynamic_shared)) return true;
+  return std::any_of(b.shared.begin(), b.shared.end(), [&](const SharedAlloc& a) { return inside(a.ptr, a.bytes); });
+}
+
+// Also called by warp collectives as they complete, between the block's threads.
+LaunchCounters& launch_counters() {
+  if (t_block == nullptr) throw std::logic_error("llm2vec.cu emulator: launch counters used outside a kernel");
+  return *t_block->counters;
+}
+
+unsigned thread_rank() { return running_block("thread_rank()").current->linear; }
+
+LaunchStats last_launch_stats() { return t_last_launch_stats; }
 
 int block_barrier(BarrierKind kind, int pred, const char* file, int line) {
   Block& b = running_block(barrier_name(kind));
@@ -645,11 +674,12 @@ void launch_kernel(const KernelLaunch& k) {
   std::exception_ptr first_error;
   long long first_failed = blocks;
   std::atomic<bool> stop{false};
+  LaunchCounters counters;
 #pragma omp parallel for schedule(dynamic, 1) if (blocks > 1)
   for (long long i = 0; i < blocks; ++i) {
     if (stop.load(std::memory_order_relaxed)) continue;
     try {
-      run_block(t_block_storage, k, static_cast<uint64_t>(i), schedule, shared_limit);
+      run_block(t_block_storage, k, static_cast<uint64_t>(i), schedule, shared_limit, counters);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex);
       if (i < first_failed) {
@@ -659,6 +689,7 @@ void launch_kernel(const KernelLaunch& k) {
       stop.store(true, std::memory_order_relaxed);
     }
   }
+  t_last_launch_stats = {counters.ldmatrix_wavefronts.load(), counters.ldmatrix_bank_conflicts.load()};
   if (first_error) std::rethrow_exception(first_error);
 }
 
