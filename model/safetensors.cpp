@@ -5,12 +5,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <stdexcept>
+#include <tuple>
 
 namespace l2v {
 
@@ -178,6 +180,11 @@ nlohmann::json SafetensorsCheckpoint::add_shard(const std::string& file) {
   const uint64_t data_size = fsize - 8 - hlen;
   const size_t shard_index = shards_.size();
   nlohmann::json metadata = nlohmann::json::object();
+  struct Extent {
+    uint64_t begin, end;
+    std::string name;
+  };
+  std::vector<Extent> extents;
 
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -236,7 +243,33 @@ nlohmann::json SafetensorsCheckpoint::add_shard(const std::string& file) {
     if (prev != tensors_.end())
       fail("tensor '" + name + "' appears in both " + where(prev->second) + " and " + file);
     tensors_.emplace(name, std::move(t));
+    extents.push_back({begin, end, name});
   }
+  // The reference implementation's layout rule: in order of their offsets, the tensors tile the data
+  // section exactly, from its first byte to its last, with neither gaps nor overlaps. Anything else is a
+  // damaged file (a header length off by one, aliased or shifted offsets) that would load as garbage.
+  std::sort(extents.begin(), extents.end(),
+            [](const Extent& a, const Extent& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
+  uint64_t covered = 0;
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const Extent& e = extents[i];
+    if (e.begin == covered) {
+      covered = e.end;
+      continue;
+    }
+    const std::string what = file + ": tensor '" + e.name + "': data_offsets [" + std::to_string(e.begin) + ", " +
+                             std::to_string(e.end) + "] ";
+    if (i == 0) fail(what + "leave a gap of " + std::to_string(e.begin) + " bytes at the start of the data section");
+    const Extent& p = extents[i - 1];
+    const std::string prev = "tensor '" + p.name + "' [" + std::to_string(p.begin) + ", " + std::to_string(p.end) + "]";
+    if (e.begin < covered) fail(what + "overlap " + prev);
+    fail(what + "leave a gap of " + std::to_string(e.begin - covered) + " bytes after " + prev);
+  }
+  if (covered != data_size)
+    fail(file + ": the tensors cover " + std::to_string(covered) + " bytes of the " + std::to_string(data_size) +
+         "-byte data section" +
+         (extents.empty() ? std::string(" (no tensors)") : ", ending with tensor '" + extents.back().name + "'") +
+         ": " + std::to_string(data_size - covered) + " bytes after them belong to no tensor");
   shards_.push_back(std::move(map));
   return metadata;
 }

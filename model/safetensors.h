@@ -43,7 +43,10 @@ class MappedFile {
 //    "weight_map" maps each tensor name to a shard file relative to the index's directory;
 //  - a directory holding model.safetensors (preferred) or model.safetensors.index.json.
 // Every header is validated when the checkpoint is opened, so later reads can only fail on the caller's
-// mistakes (unknown name, wrong element count, unconvertible dtype).
+// mistakes (unknown name, wrong element count, unconvertible dtype). Besides each entry's fields (known
+// dtype, byte size = product(shape) * dtype size, offsets inside the data section), the layout follows
+// the reference implementation's rule: sorted by offset, the tensors tile the data section exactly (no
+// gap, no overlap, nothing after the last one). Errors name the file and the tensor.
 class SafetensorsCheckpoint : public TensorSource {
  public:
   explicit SafetensorsCheckpoint(const std::string& path);

@@ -356,6 +356,52 @@ TEST_F(Checkpoints, MalformedFiles) {
                {path("does_not_exist.safetensors")});
 }
 
+TEST_F(Checkpoints, LayoutMustTileTheDataSection) {
+  // The reference implementation's rule: sorted by offset, the tensors cover the data section exactly,
+  // without gaps or overlaps. Every file below passes the per-tensor checks (offsets in range, byte size
+  // = product(shape) * dtype size) and used to load as garbage.
+  const std::string f4(16, '\0'), f8(32, '\0');
+  auto check = [&](const std::string& name, const std::string& bytes, std::vector<std::string> parts) {
+    const std::string p = path(name);
+    write_bytes(p, bytes);
+    parts.push_back(p + ": ");
+    expect_error([&] { SafetensorsCheckpoint ck(p); }, parts);
+  };
+  // A header length one byte short: the header's last (padding) byte becomes the data section's first.
+  std::string short_len = raw_safetensors(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}} )", f4);
+  short_len[0] -= 1;
+  check("short_header.safetensors", short_len, {"cover 16 bytes of the 17-byte data section", "'w'"});
+  check("aliased.safetensors",
+        raw_safetensors(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+                        R"("b":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", f8),
+        {"tensor 'b': data_offsets [0, 16] overlap tensor 'a' [0, 16]"});
+  check("overlap.safetensors",
+        raw_safetensors(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+                        R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})", f8),
+        {"tensor 'b': data_offsets [8, 24] overlap tensor 'a' [0, 16]"});
+  check("gap.safetensors",
+        raw_safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                        R"("b":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})", f8),
+        {"tensor 'b': data_offsets [16, 32] leave a gap of 8 bytes after tensor 'a' [0, 8]"});
+  check("late_start.safetensors",
+        raw_safetensors(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", f4),
+        {"tensor 'w': data_offsets [8, 16] leave a gap of 8 bytes at the start"});
+  check("trailing.safetensors",
+        raw_safetensors(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", f4),
+        {"cover 8 bytes of the 16-byte data section, ending with tensor 'w'", "8 bytes after them"});
+  check("no_tensors.safetensors", raw_safetensors("{}", f4), {"cover 0 bytes of the 16-byte", "(no tensors)"});
+  check("byte_size.safetensors",
+        raw_safetensors(R"({"w":{"dtype":"BF16","shape":[4],"data_offsets":[0,16]}})", f4),
+        {"tensor 'w'", "16 bytes in the file but shape [4] of BF16 needs 8"});
+  // Listed out of order, with an empty tensor between two others: a valid tiling.
+  write_bytes(path("ok.safetensors"),
+              raw_safetensors(R"({"b":{"dtype":"F32","shape":[4],"data_offsets":[16,32]},)"
+                              R"("e":{"dtype":"F32","shape":[0],"data_offsets":[16,16]},)"
+                              R"("a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", f8));
+  SafetensorsCheckpoint ok(path("ok.safetensors"));
+  EXPECT_EQ(ok.names(), (std::vector<std::string>{"a", "b", "e"}));
+}
+
 TEST_F(Checkpoints, MissingTensorAndWrongCount) {
   std::vector<float> a = {1, 2, 3, 4, 5, 6};
   const std::string p = path("m.safetensors");
