@@ -1,9 +1,11 @@
 #include "model/config.h"
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -16,14 +18,39 @@ namespace {
   throw std::runtime_error(source + ": " + msg);
 }
 
+[[noreturn]] void wrong_type(const nlohmann::json& v, const char* key, const char* wanted, const std::string& source) {
+  fail(source, std::string("field '") + key + "' must be " + wanted + ", got " + v.dump() + " (" + v.type_name() + ")");
+}
+
+// The value of `key` exactly as T, never narrowed: nlohmann's own get<int>() would read 64.9 as 64,
+// true as 1 and 2^32 + 512 as 512, and get<float>() 1e300 as inf.
+template <typename T>
+T exact(const nlohmann::json& v, const char* key, const std::string& source) {
+  if constexpr (std::is_same_v<T, int>) {
+    if (!v.is_number_integer()) wrong_type(v, key, "an integer", source);
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(INT_MAX)
+                               : v.get<int64_t>() < INT_MIN || v.get<int64_t>() > INT_MAX)
+      fail(source, std::string("field '") + key + "' = " + v.dump() + " is out of range for a 32-bit integer");
+    return static_cast<int>(v.get<int64_t>());
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (!v.is_number()) wrong_type(v, key, "a number", source);
+    const float f = static_cast<float>(v.get<double>());
+    if (!std::isfinite(f)) fail(source, std::string("field '") + key + "' = " + v.dump() + " is out of range for a float");
+    return f;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) wrong_type(v, key, "true or false", source);
+    return v.get<bool>();
+  } else {
+    static_assert(std::is_same_v<T, std::string>);
+    if (!v.is_string()) wrong_type(v, key, "a string", source);
+    return v.get<std::string>();
+  }
+}
+
 template <typename T>
 T required(const nlohmann::json& j, const char* key, const std::string& source) {
   if (!j.contains(key) || j.at(key).is_null()) fail(source, std::string("missing required field '") + key + "'");
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail(source, std::string("field '") + key + "' has the wrong type (" + j.at(key).type_name() + ")");
-  }
+  return exact<T>(j.at(key), key, source);
 }
 
 template <typename T>
@@ -36,13 +63,16 @@ T optional(const nlohmann::json& j, const char* key, T fallback, const std::stri
 int token_id(const nlohmann::json& j, const char* key, const std::string& source) {
   if (!j.contains(key) || j.at(key).is_null()) return -1;
   const auto& v = j.at(key);
-  if (v.is_number_integer()) return v.get<int>();
-  if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int>();
+  if (v.is_number_integer()) return exact<int>(v, key, source);
+  if (v.is_array() && !v.empty() && v[0].is_number_integer()) return exact<int>(v[0], key, source);
   fail(source, std::string("field '") + key + "' must be an integer or a list of integers");
 }
 
-void check_positive(int value, const char* key, const std::string& source) {
-  if (value <= 0) fail(source, std::string("field '") + key + "' must be positive, got " + std::to_string(value));
+template <typename T>
+void check_positive(T value, const char* key, const std::string& source) {
+  if (value > 0) return;
+  const nlohmann::json shown = std::is_floating_point_v<T> ? nlohmann::json(shortest_decimal(value)) : nlohmann::json(value);
+  fail(source, std::string("field '") + key + "' must be positive, got " + shown.dump());
 }
 
 }  // namespace
@@ -77,8 +107,11 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   if (c.head_dim % 2 != 0) fail(source, "head_dim must be even for RoPE, got " + std::to_string(c.head_dim));
 
   c.max_position_embeddings = optional<int>(j, "max_position_embeddings", 4096, source);
+  check_positive(c.max_position_embeddings, "max_position_embeddings", source);
   c.rms_norm_eps = required<float>(j, "rms_norm_eps", source);
+  check_positive(c.rms_norm_eps, "rms_norm_eps", source);
   c.rope_theta = optional<float>(j, "rope_theta", 10000.0f, source);
+  check_positive(c.rope_theta, "rope_theta", source);
   c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false, source);
   c.bos_token_id = token_id(j, "bos_token_id", source);
   c.eos_token_id = token_id(j, "eos_token_id", source);
@@ -109,6 +142,9 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
       c.rope_scaling.low_freq_factor = required<float>(rs, "low_freq_factor", where);
       c.rope_scaling.high_freq_factor = required<float>(rs, "high_freq_factor", where);
       c.rope_scaling.original_max_position_embeddings = required<int>(rs, "original_max_position_embeddings", where);
+      check_positive(c.rope_scaling.factor, "factor", where);
+      check_positive(c.rope_scaling.low_freq_factor, "low_freq_factor", where);
+      check_positive(c.rope_scaling.original_max_position_embeddings, "original_max_position_embeddings", where);
       if (c.rope_scaling.high_freq_factor <= c.rope_scaling.low_freq_factor)
         fail(where, "high_freq_factor must be larger than low_freq_factor");
     } else {

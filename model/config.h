@@ -39,7 +39,9 @@ struct ModelConfig {
 };
 
 // Parses a config.json object. `source` names the file in error messages. Throws std::runtime_error
-// naming the field for a missing/ill-typed field, an unsupported model_type or an unsupported option.
+// naming the field for a missing/ill-typed field, a value the field's type cannot hold exactly (64.9 or
+// true for an integer, 2^32 + 512 for a 32-bit one, 1e300 for a float: never narrowed), a non-positive
+// size, rms_norm_eps, rope_theta or RoPE scaling factor, an unsupported model_type or option.
 ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_hf_config(const std::string& path);
 nlohmann::json to_hf_config_json(const ModelConfig& c);

@@ -312,6 +312,50 @@ TEST(ModelErrors, ConfigErrorsNameTheField) {
   EXPECT_NE(message(j).find("low_freq_factor"), std::string::npos);
 }
 
+TEST(ModelErrors, ConfigValuesAreReadExactlyOrRefused) {
+  // No narrowing (nlohmann's get<int> reads 2^32 + 512 as 512, 64.9 as 64 and true as 1), and the
+  // values a forward pass divides by or takes powers of must be positive.
+  const nlohmann::json good = {{"model_type", "llama"}, {"vocab_size", 32}, {"hidden_size", 16},
+                               {"intermediate_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                               {"rms_norm_eps", 1e-5}};
+  auto message = [&](const char* key, const nlohmann::json& value) {
+    nlohmann::json j = good;
+    j[key] = value;
+    try {
+      parse_hf_config(j, "dir/config.json");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message("vocab_size", 4294967808ull),
+            "dir/config.json: field 'vocab_size' = 4294967808 is out of range for a 32-bit integer");
+  EXPECT_EQ(message("vocab_size", -4294967296ll),
+            "dir/config.json: field 'vocab_size' = -4294967296 is out of range for a 32-bit integer");
+  EXPECT_EQ(message("hidden_size", 64.9), "dir/config.json: field 'hidden_size' must be an integer, got 64.9 (number)");
+  EXPECT_EQ(message("num_hidden_layers", true),
+            "dir/config.json: field 'num_hidden_layers' must be an integer, got true (boolean)");
+  EXPECT_EQ(message("bos_token_id", 4294967297ull),
+            "dir/config.json: field 'bos_token_id' = 4294967297 is out of range for a 32-bit integer");
+  EXPECT_EQ(message("tie_word_embeddings", 1),
+            "dir/config.json: field 'tie_word_embeddings' must be true or false, got 1 (number)");
+  EXPECT_EQ(message("rms_norm_eps", 0), "dir/config.json: field 'rms_norm_eps' must be positive, got 0.0");
+  EXPECT_EQ(message("rms_norm_eps", -1e-6), "dir/config.json: field 'rms_norm_eps' must be positive, got -1e-06");
+  EXPECT_EQ(message("rms_norm_eps", 1e300), "dir/config.json: field 'rms_norm_eps' = 1e+300 is out of range for a float");
+  EXPECT_EQ(message("rope_theta", 0.0), "dir/config.json: field 'rope_theta' must be positive, got 0.0");
+  EXPECT_EQ(message("rope_theta", -10000), "dir/config.json: field 'rope_theta' must be positive, got -10000.0");
+  EXPECT_EQ(message("max_position_embeddings", 0),
+            "dir/config.json: field 'max_position_embeddings' must be positive, got 0");
+  EXPECT_EQ(message("rope_scaling", nlohmann::json({{"rope_type", "llama3"}, {"factor", 0}, {"low_freq_factor", 1},
+                                                    {"high_freq_factor", 4}, {"original_max_position_embeddings", 8192}})),
+            "dir/config.json rope_scaling: field 'factor' must be positive, got 0.0");
+  // Integral JSON numbers are fine for float fields, and exact values of int fields are kept.
+  EXPECT_EQ(message("rope_theta", 500000), "no error");
+  nlohmann::json j = good;
+  j["vocab_size"] = 2147483647;
+  EXPECT_EQ(parse_hf_config(j, "dir/config.json").vocab_size, 2147483647);
+}
+
 TEST(ModelErrors, MissingOrMisshapenTensorsNameTheTensor) {
   ModelConfig c = tiny_config(true);
   auto message = [&](MemoryTensors& w) {
