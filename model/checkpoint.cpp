@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/file_io.h"
+#include "host/cpu_backend.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
 
@@ -30,7 +31,10 @@ Checkpoint open_checkpoint(const std::string& path) {
                            ": not a checkpoint (expected a Hugging Face model directory or a llama2.c .bin file)");
 }
 
-void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir) {
+namespace {
+
+// config.json and model.safetensors (F32) of `tensors`, as given.
+void write_hf_dir(const ModelConfig& config, const TensorSource& tensors, const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -51,8 +55,6 @@ void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, 
 
   write_file_atomic((fs::path(dir) / "config.json").string(), to_hf_config_json(config).dump(2) + "\n");
 }
-
-namespace {
 
 // The weights of a loaded model seen as a TensorSource (downloaded to fp32 on demand).
 class ModelWeightsSource : public TensorSource {
@@ -91,6 +93,16 @@ class ModelWeightsSource : public TensorSource {
 
 }  // namespace
 
-void save_model_hf(const Model& m, const std::string& dir) { save_hf_checkpoint(m.config, ModelWeightsSource(m), dir); }
+void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir) {
+  // Through a model on the CPU backend: load_model refuses a missing tensor or a wrong shape (naming the
+  // tensor and the source), so a damaged checkpoint is never copied, and exactly the model's weights are
+  // written, as transformers saves them.
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  Model m;
+  load_model(m, config, tensors, *cpu);
+  write_hf_dir(config, ModelWeightsSource(m), dir);
+}
+
+void save_model_hf(const Model& m, const std::string& dir) { write_hf_dir(m.config, ModelWeightsSource(m), dir); }
 
 }  // namespace l2v

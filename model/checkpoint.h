@@ -18,8 +18,10 @@ struct Checkpoint {
 
 Checkpoint open_checkpoint(const std::string& path);
 
-// Writes `tensors` as a Hugging Face model directory: config.json and model.safetensors (F32), each
-// written atomically (temp file + rename). Creates `dir` if needed.
+// Writes the model that `config` and `tensors` describe as a Hugging Face model directory: config.json
+// and model.safetensors (F32, the base weights the config implies and nothing else), each written
+// atomically (temp file + rename). Creates `dir` if needed. A missing tensor or a wrong shape is a
+// std::runtime_error naming the tensor and tensors.describe(), thrown before anything is written.
 void save_hf_checkpoint(const ModelConfig& config, const TensorSource& tensors, const std::string& dir);
 
 // The model's current base weights (after merge_and_unload_lora: the merged model) as a Hugging Face

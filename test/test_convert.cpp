@@ -58,5 +58,53 @@ TEST(Convert, Llama2cToHuggingFaceEqualsTheIndependentConversion) {
   fs::remove_all(out);
 }
 
+TEST(Convert, RefusesAMissingOrMisshapenTensorAndWritesNothing) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("l2v_convert_bad_" + std::to_string(getpid()));
+  const fs::path good = dir / "good", bad = dir / "bad", out = dir / "out";
+  {
+    Checkpoint src = open_checkpoint(stories_bin());
+    save_hf_checkpoint(src.config, *src.tensors, good.string());
+  }
+  // `bad` is `good` with up_proj of layer 1 dropped (drop) or stored transposed (reshape).
+  auto damaged = [&](bool drop) {
+    SafetensorsCheckpoint g((good / "model.safetensors").string());
+    std::vector<std::vector<float>> data;
+    std::vector<SafetensorsEntry> entries;
+    for (const std::string& name : g.names()) {
+      std::vector<int64_t> shape = g.shape(name);
+      const bool target = name == "model.layers.1.mlp.up_proj.weight";
+      if (target && drop) continue;
+      if (target) std::swap(shape[0], shape[1]);
+      size_t n = 1;
+      for (int64_t d : shape) n *= (size_t)d;
+      data.emplace_back(n);
+      g.read_f32(name, data.back().data(), data.back().size());
+      entries.push_back({name, "F32", shape, data.back().data()});
+    }
+    fs::create_directories(bad);
+    fs::copy_file(good / "config.json", bad / "config.json", fs::copy_options::overwrite_existing);
+    write_safetensors((bad / "model.safetensors").string(), entries);
+  };
+  auto message = [&] {
+    Checkpoint src = open_checkpoint(bad.string());
+    try {
+      save_hf_checkpoint(src.config, *src.tensors, out.string());
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string file = (bad / "model.safetensors").string();
+  damaged(/*drop=*/true);
+  EXPECT_EQ(message(), bad.string() + "/model.safetensors: missing tensor 'model.layers.1.mlp.up_proj.weight'");
+  damaged(/*drop=*/false);
+  EXPECT_EQ(message(), bad.string() + "/model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight' has shape "
+                                      "[64, 172], expected [172, 64]");
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(out / "config.json"));
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace l2v
