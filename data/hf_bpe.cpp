@@ -142,6 +142,9 @@ std::pair<std::string, std::string> merge_parts(const json& m, size_t i, const s
 
 }  // namespace
 
+// The most unused ids below a vocabulary's largest id.
+constexpr uint64_t kMaxVocabHoles = 65536;
+
 BpeModel parse_bpe_model(const json& j, const std::string& where) {
   if (!j.is_object()) fail(where, "\"model\" must be an object");
   const std::string type = j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
@@ -170,10 +173,16 @@ BpeModel parse_bpe_model(const json& j, const std::string& where) {
   if (!j.contains("vocab") || !j["vocab"].is_object()) fail(where, "BPE needs a \"vocab\" object");
   if (!j.contains("merges") || !j["merges"].is_array()) fail(where, "BPE needs a \"merges\" array");
   const json& vocab = j["vocab"];
+  // The id tables are sized by the largest id, so ids are bounded by the number of entries: a vocabulary
+  // may have a few holes (which added tokens fill), never a billion (an id near 1e9 made the tables
+  // gigabytes).
+  const uint64_t id_bound = vocab.size() + kMaxVocabHoles;
   int max_id = -1;
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_unsigned() || id.get<uint64_t>() > 0x7fffffffull)
-      fail(where, "vocab entry \"" + token + "\" has no valid id");
+    if (!id.is_number_unsigned()) fail(where, "vocab entry \"" + token + "\" has no valid id");
+    if (id.get<uint64_t>() >= id_bound)
+      fail(where, "vocab entry \"" + token + "\" has id " + id.dump() + ", beyond the " + std::to_string(vocab.size()) +
+                      " entries + " + std::to_string(kMaxVocabHoles) + " holes a vocabulary may have");
     max_id = std::max(max_id, id.get<int>());
   }
   m.id_to_token.assign(max_id + 1, std::string());

@@ -98,7 +98,8 @@ struct BpeModel {
 
 // Builds the model from tokenizer.json's "model" object. `where` names the file in errors. Throws
 // std::runtime_error for a type other than BPE, unknown options, dropout (random, so not
-// reproducible), merges that are malformed or use tokens outside the vocabulary, duplicate ids.
+// reproducible), merges that are malformed or use tokens outside the vocabulary, duplicate ids, and ids
+// of 65536 or more beyond the number of entries (they would size the id tables, not the file).
 BpeModel parse_bpe_model(const nlohmann::json& j, const std::string& where);
 
 // Appends the ids of `word` (one pre-tokenized piece, valid UTF-8) to `out`. Thread-safe. Throws

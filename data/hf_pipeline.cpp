@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -353,7 +354,8 @@ PostProcessor parse_post_processor(const json& j, const std::string& where) {
         fail(where, what + ": special token \"" + name + "\" has no \"ids\" array");
       std::vector<int>& ids = p.special_tokens[name];
       for (const json& id : tok["ids"]) {
-        if (!id.is_number_unsigned()) fail(where, what + ": special token \"" + name + "\" has a non-integer id");
+        if (!id.is_number_unsigned() || id.get<uint64_t>() > INT32_MAX)
+          fail(where, what + ": special token \"" + name + "\" has id " + id.dump() + ", not an integer in [0, 2^31)");
         ids.push_back(id.get<int>());
       }
     }

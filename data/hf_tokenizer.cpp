@@ -167,9 +167,8 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
     else if (model_.vocab_id(a.content) >= 0) id = model_.vocab_id(a.content);
     else if (max_added_id < 0) id = model_vocab;
     else id = (max_added_id >= model_vocab || model_vocab == 0) ? max_added_id + 1 : model_vocab;
-    if (id != t["id"].get<int>())
-      fail(where, "has id " + std::to_string(t["id"].get<int>()) + " in the file but tokenizers would give it " +
-                      std::to_string(id));
+    if (t["id"].get<uint64_t>() != static_cast<uint64_t>(id))
+      fail(where, "has id " + t["id"].dump() + " in the file but tokenizers would give it " + std::to_string(id));
     a.id = id;
     content_to_id[a.content] = id;
     max_added_id = std::max(max_added_id, id);

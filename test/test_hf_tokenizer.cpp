@@ -410,6 +410,29 @@ TEST(HfTokenizerErrors, InconsistentFiles) {
   }
 }
 
+TEST(HfTokenizerErrors, IdsFarBeyondTheVocabularyAreRefused) {
+  // An id near 1e9 sized the id tables by it (std::bad_alloc, or gigabytes); ids are bounded by the
+  // number of entries plus 65536 holes, and 2^32 + n is not read as n.
+  json j = tiny_tokenizer();
+  j["model"]["vocab"]["ab"] = 1000000000;
+  expect_load_error(j, {": model: vocab entry \"ab\" has id 1000000000, beyond the 3 entries + 65536 holes"});
+  j["model"]["vocab"]["ab"] = 3 + 65536;
+  expect_load_error(j, {"vocab entry \"ab\" has id 65539"});
+  j["model"]["vocab"]["ab"] = 3 + 65535;  // the largest id allowed
+  TempDir dir;
+  EXPECT_EQ(l2v::load_hf_tokenizer(dir.write("tokenizer.json", j.dump()))->vocab_size(), 3 + 65536);
+
+  j = tiny_tokenizer();
+  j["added_tokens"] = json::parse(R"([{"id": 4294967299, "content": "<x>", "single_word": false, "lstrip": false,
+                                       "rstrip": false, "normalized": false, "special": true}])");
+  expect_load_error(j, {"added token \"<x>\": has id 4294967299 in the file but tokenizers would give it 3"});
+
+  j = tiny_tokenizer();
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [4294967296], "tokens": ["<s>"]}}})");
+  expect_load_error(j, {"special token \"<s>\" has id 4294967296, not an integer in [0, 2^31)"});
+}
+
 // ---- Building blocks with known answers
 
 TEST(HfUnicode, LossyUtf8LikeRust) {
