@@ -52,7 +52,8 @@ bench: $(BENCH_BINS)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ -lbenchmark $(LDLIBS)
 
-test: $(TEST_BINS)
+# test/test_fault_injection.cpp runs the binary.
+test: $(MAIN_BIN) $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)
 
 # The recipe end to end on the bundled model and the micro-scale ablation table (a few minutes, CPU).
@@ -66,5 +67,7 @@ clean:
 include host/emu/emu.mk
 # The nvcc build of the kernels and the llm2vec_cuda binary, whenever nvcc is present.
 include cuda/cuda.mk
+# libFuzzer targets of the parsers, built by clang: make fuzz / fuzz-smoke (fuzz/README.md).
+include fuzz/fuzz.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

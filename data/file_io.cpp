@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 #include <stdexcept>
@@ -38,6 +39,20 @@ void write_file_atomic(const std::string& path, const std::string& content) {
     const std::string why = std::strerror(errno);
     ::unlink(tmp.c_str());
     throw std::runtime_error(path + ": rename failed: " + why);
+  }
+}
+
+void remove_atomic_write_leftovers(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  const std::string stem = p.filename().string() + ".tmp.";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > stem.size() && name.compare(0, stem.size(), stem) == 0 &&
+        name.find_first_not_of("0123456789", stem.size()) == std::string::npos)
+      fs::remove(e.path(), ec);
   }
 }
 

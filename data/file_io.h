@@ -14,6 +14,11 @@ namespace l2v {
 // Throws std::runtime_error naming the path on any failure (the temporary file is removed).
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// Removes what write_file_atomic(path) leaves when its process is killed between creating and renaming
+// its temporary file: files named `path.tmp.<digits>`. Call it only while no other process may be
+// writing `path` (e.g. under the FileLock of its directory).
+void remove_atomic_write_leftovers(const std::string& path);
+
 // Parses a JSON file. Throws std::runtime_error "<path>: cannot open <what>" or "<path>: not valid JSON: …".
 nlohmann::json read_json_file(const std::string& path, const std::string& what);
 

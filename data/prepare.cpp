@@ -199,6 +199,7 @@ PrepareReport run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
   FileLock lock((here / ("." + name + ".lock")).string(), "the shard prefix " + opt.output_prefix);
   const std::filesystem::path staging = here / ("." + name + ".staging");
   std::filesystem::remove_all(staging);
+  remove_atomic_write_leftovers(shard_manifest_path(opt.output_prefix));
   std::filesystem::create_directories(staging);
   struct RemoveStaging {
     std::filesystem::path dir;

@@ -170,6 +170,7 @@ class Trainer {
   nlohmann::json loader_state() const;
   void restore(const std::string& checkpoint_dir);
   std::string save_checkpoint(int step, const nlohmann::json& loader);
+  void rotate_checkpoints();
   nlohmann::json input_fingerprints() const;
   void export_outputs();
   void log_step(const nlohmann::json& entry);
@@ -197,6 +198,20 @@ class Trainer {
   std::ofstream log_;
 };
 
+// The checkpoint-N directories of `dir` by step. Each one is complete (written as .tmp-checkpoint-N and
+// renamed), so the newest is what `latest` means, whether or not the file `latest` was updated before
+// a kill (it is written after the rename, for people and tools that read it).
+std::vector<std::pair<int, fs::path>> checkpoints(const fs::path& dir) {
+  std::vector<std::pair<int, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("checkpoint-", 0) == 0 && f.size() > 11 && f.find_first_not_of("0123456789", 11) == std::string::npos)
+      all.push_back({std::atoi(f.c_str() + 11), e.path()});
+  }
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
 // The outputs of a finished run, moved into output_dir together at its end (export_outputs).
 const char* const kOutputs[] = {"adapter_config.json", "adapter_model.safetensors", "llm2vec_config.json",
                                 "pooling_head.safetensors", "merged", "llm2vec_run.json"};
@@ -220,7 +235,8 @@ void Trainer::check_output_dir() const {
 // The first change this run makes to output_dir, once the model, the data and any checkpoint to resume
 // have been read and accepted. Starting over (overwrite_output_dir without a resume) removes the old
 // checkpoints and log; the outputs of an earlier finished run always go, since they would disagree
-// with the checkpoints this run writes; so do the leftovers of an interrupted checkpoint or export.
+// with the checkpoints this run writes; so do the leftovers of a killed run (a checkpoint or export
+// being written, temporary files of atomic writes).
 void Trainer::clean_output_dir(bool starting_over) {
   const fs::path out(cfg_.output_dir);
   for (const auto& e : fs::directory_iterator(out)) {
@@ -230,9 +246,15 @@ void Trainer::clean_output_dir(bool starting_over) {
   }
   if (starting_over && cfg_.overwrite_output_dir)
     for (const char* f : {"latest", "train_log.jsonl"}) fs::remove(out / f);
-  // The marker goes last: until then the loaders keep refusing a partly removed set.
+  // Removing a finished run's outputs happens under the marker too: a kill midway leaves a set the
+  // loaders refuse, never an llm2vec_run.json whose adapter is gone. The marker goes last.
+  bool any_output = false;
+  for (const char* f : kOutputs) any_output |= fs::exists(out / f);
+  if (any_output) write_file_atomic((out / kExportIncomplete).string(), "the outputs of this directory are being removed\n");
   for (const char* f : kOutputs) fs::remove_all(out / f);
   fs::remove_all(out / ".export");
+  for (const char* f : {"latest", "train_config.json", "train_log.jsonl", kExportIncomplete})
+    remove_atomic_write_leftovers((out / f).string());
   fs::remove(out / kExportIncomplete);
 }
 
@@ -529,16 +551,15 @@ std::string Trainer::save_checkpoint(int step, const nlohmann::json& loader) {
   fs::remove_all(final_dir);  // only after a crash between this rename and `latest`: a complete copy
   fs::rename(tmp, final_dir);
   write_file_atomic((fs::path(cfg_.output_dir) / "latest").string(), name + "\n");
-  // Keep the newest save_total_limit checkpoints.
-  std::vector<std::pair<int, fs::path>> all;
-  for (const auto& e : fs::directory_iterator(cfg_.output_dir)) {
-    const std::string f = e.path().filename().string();
-    if (f.rfind("checkpoint-", 0) == 0) all.push_back({std::atoi(f.c_str() + 11), e.path()});
-  }
-  std::sort(all.begin(), all.end());
-  for (size_t i = 0; i + cfg_.save_total_limit < all.size(); ++i)
-    if (all[i].second != final_dir) fs::remove_all(all[i].second);
+  rotate_checkpoints();
   return final_dir.string();
+}
+
+// Keeps the newest save_total_limit checkpoints. Also called at the end of a run, so a kill between a
+// checkpoint's rename and the rotation leaves no extra checkpoint in a finished run.
+void Trainer::rotate_checkpoints() {
+  const std::vector<std::pair<int, fs::path>> all = checkpoints(cfg_.output_dir);
+  for (size_t i = 0; i + cfg_.save_total_limit < all.size(); ++i) fs::remove_all(all[i].second);
 }
 
 void Trainer::log_step(const nlohmann::json& entry) {
@@ -601,10 +622,9 @@ TrainResult Trainer::run() {
   load_model_and_data();
   std::string resume_dir;
   if (cfg_.resume_from_checkpoint == "latest") {
-    std::ifstream latest(out / "latest");
-    std::string name;
-    if (!(latest >> name)) throw std::runtime_error((out / "latest").string() + ": no checkpoint to resume from");
-    resume_dir = (out / name).string();
+    const std::vector<std::pair<int, fs::path>> all = checkpoints(out);
+    if (all.empty()) throw std::runtime_error(cfg_.output_dir + ": no checkpoint-N directory to resume from");
+    resume_dir = all.back().second.string();
   } else if (!cfg_.resume_from_checkpoint.empty()) {
     resume_dir = cfg_.resume_from_checkpoint;
   }
@@ -735,6 +755,7 @@ TrainResult Trainer::run() {
     }
   }
   if (result.last_checkpoint.empty() && start_step_ == cfg_.max_steps) result.last_checkpoint = resume_dir;
+  rotate_checkpoints();
   export_outputs();
   if (hooks_.progress) std::printf("wrote the adapter, llm2vec_run.json%s to %s\n",
                                    cfg_.save_merged_model ? " and merged/" : "", cfg_.output_dir.c_str());

@@ -17,8 +17,10 @@
 //   train_log.jsonl            one JSON object per optimizer step (step, loss, lr, grad_norm, tokens, seconds)
 //   checkpoint-<step>/         state.safetensors (trainable tensors + AdamW moments) + trainer_state.json;
 //                              written into a temporary directory and renamed, then `latest` (a file
-//                              naming the newest checkpoint) is replaced atomically; the oldest beyond
-//                              save_total_limit are removed. Resume continues bit-exactly on the CPU backend.
+//                              naming the newest checkpoint, for people and tools) is replaced atomically;
+//                              the oldest beyond save_total_limit are removed. `--resume_from_checkpoint
+//                              latest` takes the highest checkpoint-N (each is complete), so a kill between
+//                              the rename and `latest` loses nothing. Resume is bit-exact on the CPU backend.
 //   adapter_config.json, adapter_model.safetensors   this stage's LoRA as PEFT writes it
 //   llm2vec_config.json        pooling_mode, max_length, skip_instruction (what llm2vec's from_pretrained reads)
 //   pooling_head.safetensors   latent_attention only: the head under NV-Embed's tensor names
