@@ -154,7 +154,7 @@ BpeModel parse_bpe_model(const json& j, const std::string& where) {
   static const char* const kKeys[] = {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
                                       "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"};
   for (const auto& [key, value] : j.items()) {
-    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&key = key](const char* k) { return key == k; }) == std::end(kKeys))
       fail(where, "unsupported BPE option \"" + key + "\"");
   }
   if (j.contains("dropout") && !j["dropout"].is_null()) {

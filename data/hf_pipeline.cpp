@@ -29,7 +29,7 @@ std::string type_of(const json& j, const std::string& where, const char* compone
 void check_keys(const json& j, std::initializer_list<const char*> known, const std::string& where, const std::string& what) {
   for (const auto& [key, value] : j.items()) {
     if (key == "type") continue;
-    if (std::find_if(known.begin(), known.end(), [&](const char* k) { return key == k; }) == known.end())
+    if (std::find_if(known.begin(), known.end(), [&key = key](const char* k) { return key == k; }) == known.end())
       fail(where, what + ": unsupported option \"" + key + "\"");
   }
 }

@@ -107,7 +107,7 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
   for (const auto& [key, value] : j.items()) {
     static const char* const kKeys[] = {"version", "truncation", "padding", "added_tokens", "normalizer",
                                         "pre_tokenizer", "post_processor", "decoder", "model"};
-    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&key = key](const char* k) { return key == k; }) == std::end(kKeys))
       fail(json_path, "unsupported top-level key \"" + key + "\"");
   }
   if (j.contains("version") && j["version"] != "1.0") fail(json_path, "unknown tokenizer.json version " + j["version"].dump());
