@@ -171,7 +171,7 @@ nlohmann::json SafetensorsCheckpoint::add_shard(const std::string& file) {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(hbegin, hbegin + hlen);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail(file + ": safetensors header is not valid JSON: " + e.what());
   }
   if (!header.is_object()) fail(file + ": safetensors header is not a JSON object");
@@ -282,7 +282,7 @@ void SafetensorsCheckpoint::open_index(const std::string& index_path) {
   nlohmann::ordered_json index;
   try {
     index = nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail(index_path + ": safetensors index is not valid JSON: " + e.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

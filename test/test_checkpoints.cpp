@@ -352,6 +352,9 @@ TEST_F(Checkpoints, MalformedFiles) {
   check("negative_shape.safetensors",
         raw_safetensors(R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", f4), {"'w'", "shape"});
   check("bad_metadata.safetensors", raw_safetensors(R"({"__metadata__":{"n":3}})", ""), {"__metadata__"});
+  // Found by fuzz_safetensors: a number JSON can spell but not hold escaped as nlohmann's out_of_range.
+  check("overflow.safetensors", raw_safetensors(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,1E99999]}})", f4),
+        {"not valid JSON", "number overflow"});
   expect_error([&] { SafetensorsCheckpoint ck(path("does_not_exist.safetensors")); },
                {path("does_not_exist.safetensors")});
 }
