@@ -29,8 +29,9 @@ SEED=${SEED:-42}
 
 [[ -x $BIN ]] || { echo "micro_ablation.sh: $BIN is missing (run make)" >&2; exit 1; }
 mkdir -p "$OUT"
+# Recomputation (on by default, as llm2vec) saves memory this small model does not need; it changes no bit.
 COMMON=(--model_name_or_path "$MODEL" --tokenizer "$TOK" --seed "$SEED" --overwrite_output_dir true
-        --save_merged_model false --logging_steps 25)
+        --save_merged_model false --logging_steps 25 --gradient_checkpointing false)
 
 echo "== data"
 $BIN prepare --tokenizer "$TOK" --input assets/wikitext-2/wiki.valid.raw --out "$OUT/data/wiki" --quiet

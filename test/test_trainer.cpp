@@ -163,6 +163,7 @@ TrainConfig make_config(const std::string& stage, const std::string& dataset, co
                           {"per_device_train_batch_size", "2"},
                           {"max_seq_length", "32"},
                           {"learning_rate", "1e-3"},
+                          {"warmup_steps", "0"},  // the supervised default, 300, would train nothing here
                           {"lora_r", "4"},
                           {"save_steps", "0"},
                           {"logging_steps", "1000"},
@@ -691,6 +692,24 @@ TEST(TrainerLearns, SimcseLossDecreasesOnARepeatedBatch) {
   const double first = mean(l.data(), 3), last = mean(l.data() + 17, 3);
   std::printf("SimCSE loss: first 3 steps %.4f, last 3 steps %.4f (ln 8 = %.4f)\n", first, last, std::log(8.0));
   EXPECT_LT(last, 0.5 * first) << "20 steps on one repeated batch should at least halve the contrastive loss";
+}
+
+// The rate each step ran at (train_log.jsonl) is learning_rate_at for that step, which
+// test_train_defaults checks against Hugging Face's schedule: a step counted from 1 or a schedule
+// evaluated after the step would shift it by one.
+TEST(TrainerLearns, EachStepRunsAtTheScheduledLearningRate) {
+  TempDir tmp("trainer_lr");
+  const std::string out = tmp / "run";
+  const TrainConfig cfg = make_config("supervised", data().triples, out,
+                                      {{"max_steps", "5"}, {"warmup_steps", "2"}, {"save_merged_model", "false"}});
+  train(cfg);
+  const std::vector<nlohmann::json> log = read_log(out);
+  ASSERT_EQ(5u, log.size());
+  const double expected[] = {0.0, 5e-4, 1e-3, 1e-3 * (2.0 / 3.0), 1e-3 * (1.0 / 3.0)};
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_EQ(log[k].at("lr").get<double>(), learning_rate_at(cfg, k)) << "step " << k;
+    EXPECT_EQ(log[k].at("lr").get<double>(), expected[k]) << "step " << k;
+  }
 }
 
 // ============================================================================================

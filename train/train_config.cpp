@@ -1,5 +1,6 @@
 #include "train/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -29,12 +30,14 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"output_dir", 's', nullptr, "where checkpoints, the log and the outputs go (required)"},
       {"backend", 's', "", "cpu | cuda (default: cuda in build/llm2vec_cuda, cpu in build/llm2vec)"},
       {"torch_dtype", 's', "", "bfloat16 | float32: storage of activations and base weights (default:\nfloat32 on cpu, bfloat16 on cuda)"},
-      {"per_device_train_batch_size", 'i', 8, "sequences (mntp), sentences (simcse) or triples per micro-batch"},
+      {"per_device_train_batch_size", 'i', nullptr,
+       "sequences (mntp), sentences (simcse) or triples per micro-batch (default 32 mntp,\n128 simcse, 64 supervised)"},
       {"gradient_accumulation_steps", 'i', 1, "micro-batches per optimizer step (contrastive: each is its own loss)"},
       {"max_steps", 'i', 1000, "optimizer steps (llm2vec: stop_after_n_steps)"},
       {"stop_after_n_steps", 'i', nullptr, "llm2vec's name for max_steps (the smaller wins when both are set)"},
-      {"learning_rate", 'f', 5e-5, "peak learning rate of AdamW"},
-      {"warmup_steps", 'i', 0, "linear warmup from 0 over this many steps"},
+      {"learning_rate", 'f', nullptr, "peak learning rate of AdamW (default 5e-5 mntp, 3e-5 simcse, 2e-4 supervised)"},
+      {"warmup_steps", 'i', nullptr,
+       "linear warmup from 0 over this many steps (default 0; supervised 300 unless\nwarmup_ratio is given)"},
       {"warmup_ratio", 'f', 0.0, "warmup as a fraction of max_steps (used when warmup_steps is 0)"},
       {"lr_scheduler_type", 's', "linear", "linear (decay to 0 at max_steps after warmup) | constant (after warmup)"},
       {"weight_decay", 'f', 0.0, "AdamW decoupled weight decay"},
@@ -43,12 +46,12 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"adam_epsilon", 'f', 1e-8, "AdamW epsilon"},
       {"max_grad_norm", 'f', 1.0, "clip the global gradient norm to this (0: no clipping)"},
       {"logging_steps", 'i', 10, "print a progress line every N steps (the JSONL log has every step)"},
-      {"save_steps", 'i', 500, "write a checkpoint every N steps (and always at the end; 0: only at the end)"},
+      {"save_steps", 'i', 200, "write a checkpoint every N steps (and always at the end; 0: only at the end)"},
       {"save_total_limit", 'i', 2, "keep the newest N checkpoints"},
       {"seed", 'i', 42, "seeds LoRA init, data order, masking and dropout"},
       {"bidirectional", 'b', true, "true: bidirectional attention (LLM2Vec); false: causal (the Uni ablation)"},
-      {"gradient_checkpointing", 'b', false, "recompute each layer in the backward instead of storing activations"},
-      {"lora_r", 'i', 8, "LoRA rank of this stage's new adapter"},
+      {"gradient_checkpointing", 'b', true, "recompute each layer in the backward instead of storing activations"},
+      {"lora_r", 'i', 16, "LoRA rank of this stage's new adapter"},
       {"lora_alpha", 'f', nullptr, "LoRA alpha (default 2 * lora_r, as llm2vec)"},
       {"lora_dropout", 'f', 0.05, "dropout on the LoRA input (llm2vec's default)"},
       {"lora_target_modules", 'l', "all",
@@ -81,7 +84,8 @@ const std::vector<std::string>& ignored_llm2vec_keys() {
   static const std::vector<std::string> keys = {
       "do_train", "do_eval", "per_device_eval_batch_size", "evaluation_strategy", "eval_steps", "remove_unused_columns",
       "disable_tqdm", "save_only_model", "attn_implementation", "dataset_name", "dataset_config_name",
-      "overwrite_cache", "preprocessing_num_workers", "report_to", "logging_dir", "run_name", "torch_compile"};
+      "overwrite_cache", "preprocessing_num_workers", "report_to", "logging_dir", "run_name", "torch_compile",
+      "num_train_epochs"};
   return keys;
 }
 
@@ -189,10 +193,23 @@ TrainConfig load_train_config(const std::string& config_path,
   }
   const std::string where = config_path.empty() ? "the command line" : config_path;
   auto has = [&](const char* key) { return j.contains(key); };
+  const bool warmup_ratio_given = has("warmup_ratio");
   for (const ConfigKey& k : train_config_keys())
     if (!has(k.name.c_str()) && !k.fallback.is_null()) j[k.name] = typed(k, k.fallback, "default");
   for (const char* key : {"stage", "model_name_or_path", "dataset_file_path", "output_dir"})
     if (!has(key)) throw std::runtime_error(where + ": missing required key '" + key + "'");
+  // The stage-dependent defaults (see train_config.h), resolved here so that a resume compares values.
+  if (j.at("stage").is_string()) {
+    const std::string s = j.at("stage").get<std::string>();
+    const int i = s == "simcse" ? 1 : s == "supervised" ? 2 : 0;
+    const nlohmann::json by_stage[][2] = {{"per_device_train_batch_size", {32, 128, 64}},
+                                          {"learning_rate", {5e-5, 3e-5, 2e-4}},
+                                          {"max_seq_length", {512, 128, 512}},
+                                          {"loss_scale", {20.0, 20.0, 50.0}},
+                                          {"warmup_steps", {0, 0, warmup_ratio_given ? 0 : 300}}};
+    for (const auto& [key, values] : by_stage)
+      if (!has(key.get<std::string>().c_str())) j[key.get<std::string>()] = values[i];
+  }
 
   TrainConfig c;
   auto range_error = [&](const std::string& key, const std::string& rule) {
@@ -277,8 +294,6 @@ TrainConfig load_train_config(const std::string& config_path,
       c.lora.targets[id] = true;
     }
   }
-  const int default_length = c.stage == Stage::kSimcse ? 128 : 512;
-  if (!has("max_seq_length")) j["max_seq_length"] = default_length;
   c.max_seq_length = positive("max_seq_length");
   // MNTP predicts token i from position i-1: a block of one token has nothing to predict.
   if (c.stage == Stage::kMntp && c.max_seq_length < 2) throw range_error("max_seq_length", "must be >= 2 for mntp");
@@ -291,7 +306,6 @@ TrainConfig load_train_config(const std::string& config_path,
   c.latent.num_latents = positive("latent_num_latents");
   c.latent.heads = positive("latent_heads");
   c.latent.dim_head = non_negative("latent_dim_head");
-  if (!has("loss_scale")) j["loss_scale"] = c.stage == Stage::kSupervised ? 50.0 : 20.0;
   c.loss_scale = (float)number("loss_scale");
   if (!(c.loss_scale > 0)) throw range_error("loss_scale", "must be > 0");
   c.in_batch_negatives = j.at("in_batch_negatives").get<bool>();
@@ -316,6 +330,15 @@ TrainConfig load_train_config(const std::string& config_path,
     throw std::runtime_error(where + ": resume_from_checkpoint and overwrite_output_dir exclude each other");
   c.resolved = j;
   return c;
+}
+
+double learning_rate_at(const TrainConfig& c, int step) {
+  // The factor first, then the product, in double, as LambdaLR's base_lr * lambda(step).
+  double factor = 1.0;
+  if (step < c.warmup_steps) factor = (double)step / (double)std::max(1, c.warmup_steps);
+  else if (c.linear_decay)
+    factor = std::max(0.0, (double)(c.max_steps - step) / (double)std::max(1, c.max_steps - c.warmup_steps));
+  return c.learning_rate * factor;
 }
 
 }  // namespace l2v

@@ -3,6 +3,20 @@
 // follow llm2vec's train_configs/*.json (and Hugging Face TrainingArguments) where llm2vec has the
 // setting, so its users' configs mostly work as they are; the keys llm2vec has and we do not act on are
 // listed as ignored (reported, not silently dropped); every other unknown key is an error.
+//
+// Defaults are llm2vec's recipe: a key's default is the value that most of llm2vec's published
+// train_configs/<stage>/*.json give it (lora_r 16, save_steps 200, gradient_checkpointing true, the
+// batch sizes 32 / 128 / 64, learning rates 3e-5 SimCSE and 2e-4 supervised, supervised warmup 300,
+// max_seq_length 512 / 128 / 512, SimCSE loss_scale 20 and simcse_dropout 0.3, mlm_probability 0.2
+// and the default collator, stop_after_n_steps 1000 as max_steps); where the configs do not set it,
+// the default of llm2vec's experiments/run_<stage>.py (supervised loss_scale 50, lora_dropout 0.05,
+// mask_token_type blank); else Hugging Face TrainingArguments' (learning rate 5e-5 for MNTP, AdamW's
+// betas and epsilon, max_grad_norm 1, seed 42, linear schedule). Deliberate exceptions: overwrite_output_dir
+// false (the configs say true, which would let a typo overwrite a finished run), logging_steps 10 (a
+// progress line; the JSONL log has every step), save_total_limit 2 (Hugging Face keeps every checkpoint)
+// and the precision, which follows the backend (the CPU backend is fp32 only; llm2vec uses bfloat16).
+// test/test_train_defaults.cpp checks all of this against values read from those sources
+// (scripts/make_default_fixtures.py).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,15 +39,15 @@ struct TrainConfig {
   std::vector<std::string> peft_model_name_or_path;  // adapters merged into the base, in order
   std::string dataset_file_path, output_dir;
   std::string backend, precision;  // empty: the binary's default backend / the backend's default precision
-  int batch_size = 8, gradient_accumulation_steps = 1;
+  int batch_size = 32, gradient_accumulation_steps = 1;
   int max_steps = 1000;
   double learning_rate = 5e-5, warmup_ratio = 0.0;
   int warmup_steps = 0;
   bool linear_decay = true;
   float weight_decay = 0, adam_beta1 = 0.9f, adam_beta2 = 0.999f, adam_epsilon = 1e-8f, max_grad_norm = 1.0f;
-  int logging_steps = 10, save_steps = 500, save_total_limit = 2;
+  int logging_steps = 10, save_steps = 200, save_total_limit = 2;
   uint64_t seed = 42;
-  bool bidirectional = true, gradient_checkpointing = false;
+  bool bidirectional = true, gradient_checkpointing = true;
   LoraConfig lora;
   int max_seq_length = 512;
   float mlm_probability = 0.2f;
@@ -67,5 +81,10 @@ const std::vector<std::string>& ignored_llm2vec_keys();
 // required key. `notes` receives one line per ignored llm2vec key.
 TrainConfig load_train_config(const std::string& config_path, const std::vector<std::pair<std::string, std::string>>& overrides,
                               std::vector<std::string>* notes);
+
+// The learning rate of optimizer step `step` (0-based): Hugging Face's get_linear_schedule_with_warmup
+// or get_constant_schedule_with_warmup as the Trainer drives them (step k runs at lr * lambda(k), so
+// the first warmup step runs at 0), computed in the same order so the values are equal to the bit.
+double learning_rate_at(const TrainConfig& c, int step);
 
 }  // namespace l2v

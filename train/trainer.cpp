@@ -68,14 +68,6 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Hugging Face's get_linear_schedule_with_warmup / get_constant_schedule_with_warmup, evaluated for
-// the optimizer step `step` (0-based): the first warmup step runs at lr 0, as there.
-double learning_rate_at(const TrainConfig& c, int step) {
-  if (step < c.warmup_steps) return c.learning_rate * step / std::max(1, c.warmup_steps);
-  if (!c.linear_decay) return c.learning_rate;
-  return c.learning_rate * std::max(0.0, (double)(c.max_steps - step) / std::max(1, c.max_steps - c.warmup_steps));
-}
-
 std::string format_duration(double seconds) {
   const long s = (long)std::llround(std::max(0.0, seconds));
   char buf[32];
