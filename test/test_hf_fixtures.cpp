@@ -65,11 +65,13 @@ Worst compare_rows(const std::vector<float>& got, const std::vector<float>& want
 
 class HfFixture : public ::testing::TestWithParam<const char*> {
  protected:
-  void SetUp() override {
-    dir_ = kFixtures + GetParam() + "/";
+  void SetUp() override { open(kFixtures + GetParam() + "/", kFixtures + GetParam() + "/reference.safetensors"); }
+
+  void open(const std::string& dir, const std::string& reference) {
+    dir_ = dir;
     ck_ = open_checkpoint(dir_ + "model");
     load_model(model_, ck_.config, *ck_.tensors, *backend_);
-    ref_ = std::make_unique<SafetensorsCheckpoint>(dir_ + "reference.safetensors");
+    ref_ = std::make_unique<SafetensorsCheckpoint>(reference);
     ids_ = ref_ints(*ref_, "input_ids");
     mask_ = ref_ints(*ref_, "attention_mask");
     labels_ = ref_ints(*ref_, "labels");
@@ -89,6 +91,41 @@ class HfFixture : public ::testing::TestWithParam<const char*> {
   std::vector<float> logits() {
     lm_head_forward(model_);
     return download_tensor(model_, model_.acts.logits, (size_t)B_ * T_ * model_.config.vocab_size);
+  }
+
+  // With the adapter loaded: hidden states, logits, the shifted MNTP loss and its gradient w.r.t. every
+  // LoRA A and B against the reference tensors `<prefix>.hidden`, `.logits`, `.loss` and
+  // `<grad_prefix>.<name>`.
+  // Gradients are compared relative to the largest gradient of the same tensor (1e-4): a gradient is a
+  // sum over all positions, so its absolute error scales with the tensor's magnitude, while any real
+  // error (wrong mask, scale, transpose) is O(1) relative.
+  void expect_lora_matches(bool causal, const std::string& prefix, const std::string& grad_prefix,
+                           const std::string& label) {
+    const int C = model_.config.hidden_size, V = model_.config.vocab_size;
+    std::vector<float> h = forward(causal, true);
+    compare_rows(h, ref_f32(*ref_, prefix + ".hidden"), mask_, C, 0.0, 2e-5, label + ".hidden");
+    compare_rows(logits(), ref_f32(*ref_, prefix + ".logits"), mask_, V, 0.0, 2e-5, label + ".logits");
+    zero_grads(model_);
+    const float loss = mntp_loss(model_, labels_.data(), true);
+    const float want_loss = ref_f32(*ref_, prefix + ".loss")[0];
+    EXPECT_NEAR(loss, want_loss, 2e-5 * std::fabs(want_loss)) << label;
+    std::printf("  %-58s ours %.7f  reference %.7f\n", (label + ".loss").c_str(), loss, want_loss);
+    Worst worst_grad;
+    for (const TrainableParam& p : model_.trainable) {
+      std::vector<float> g = download_floats(model_, p.grad, p.count);
+      std::vector<float> want = ref_f32(*ref_, grad_prefix + "." + p.name);
+      double scale = 0.0, err = 0.0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        scale = std::max(scale, (double)std::fabs(want[i]));
+        err = std::max(err, std::fabs((double)g[i] - want[i]));
+      }
+      EXPECT_LE(err, 1e-4 * scale) << label << " " << p.name << " (max|grad| " << scale << ")";
+      worst_grad.abs = std::max(worst_grad.abs, err);
+      worst_grad.rel = std::max(worst_grad.rel, scale > 0 ? err / scale : err);
+    }
+    EXPECT_EQ(model_.trainable.size(), (size_t)model_.config.num_hidden_layers * 14);
+    std::printf("  %-58s max abs err %.3g  rel to max|ref| of tensor %.3g\n", (label + ".grad (all LoRA A/B)").c_str(),
+                worst_grad.abs, worst_grad.rel);
   }
 
   std::string dir_;
@@ -122,43 +159,13 @@ TEST_P(HfFixture, BaseModelMatchesTransformersAndLlm2vec) {
   }
 }
 
-// With the PEFT adapter (r=4, alpha=8, nonzero B): hidden states, logits, the shifted MNTP loss and
-// its gradient w.r.t. every LoRA A and B. Gradients are compared relative to the largest gradient of
-// the same tensor (1e-4): a gradient is a sum over all positions, so its absolute error scales with
-// the tensor's magnitude, while any real error (wrong mask, scale, transpose) is O(1) relative.
+// With the PEFT adapter (r=4, alpha=8, nonzero B), causal (PEFT on transformers) and bidirectional
+// (PEFT on llm2vec's class).
 TEST_P(HfFixture, LoraForwardLossAndGradientsMatchPeft) {
-  const int C = model_.config.hidden_size, V = model_.config.vocab_size;
   load_peft_adapter(model_, dir_ + "adapter");
   for (bool causal : {true, false}) {
     const std::string mode = causal ? "causal" : "bidir";
-    std::vector<float> h = forward(causal, true);
-    compare_rows(h, ref_f32(*ref_, mode + ".lora.hidden"), mask_, C, 0.0, 2e-5,
-                 std::string(GetParam()) + " " + mode + ".lora.hidden");
-    compare_rows(logits(), ref_f32(*ref_, mode + ".lora.logits"), mask_, V, 0.0, 2e-5,
-                 std::string(GetParam()) + " " + mode + ".lora.logits");
-    zero_grads(model_);
-    const float loss = mntp_loss(model_, labels_.data(), true);
-    const float want_loss = ref_f32(*ref_, mode + ".lora.loss")[0];
-    EXPECT_NEAR(loss, want_loss, 2e-5 * std::fabs(want_loss)) << mode;
-    std::printf("  %-58s ours %.7f  reference %.7f\n", (std::string(GetParam()) + " " + mode + ".lora.loss").c_str(),
-                loss, want_loss);
-    Worst worst_grad;
-    for (const TrainableParam& p : model_.trainable) {
-      std::vector<float> g = download_floats(model_, p.grad, p.count);
-      std::vector<float> want = ref_f32(*ref_, mode + ".grad." + p.name);
-      double scale = 0.0, err = 0.0;
-      for (size_t i = 0; i < want.size(); ++i) {
-        scale = std::max(scale, (double)std::fabs(want[i]));
-        err = std::max(err, std::fabs((double)g[i] - want[i]));
-      }
-      EXPECT_LE(err, 1e-4 * scale) << mode << " " << p.name << " (max|grad| " << scale << ")";
-      worst_grad.abs = std::max(worst_grad.abs, err);
-      worst_grad.rel = std::max(worst_grad.rel, scale > 0 ? err / scale : err);
-    }
-    EXPECT_EQ(model_.trainable.size(), (size_t)model_.config.num_hidden_layers * 14);
-    std::printf("  %-58s max abs err %.3g  rel to max|ref| of tensor %.3g\n",
-                (std::string(GetParam()) + " " + mode + ".grad (all LoRA A/B)").c_str(), worst_grad.abs,
-                worst_grad.rel);
+    expect_lora_matches(causal, mode + ".lora", mode + ".grad", std::string(GetParam()) + " " + mode + ".lora");
   }
 }
 
@@ -174,6 +181,41 @@ TEST_P(HfFixture, Llm2vecAdapterLayoutLoadsTheSameWeights) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, HfFixture, ::testing::Values("stories260k", "mistral_tiny", "qwen2_tiny", "llama3_tiny"));
+
+// LoRA scales other than the default alpha = 2r (scale 2) that every fixture above uses
+// (test/fixtures/lora_scale/, scripts/make_lora_scale_fixtures.py): the same A and B on llama3_tiny with
+// r = 4, lora_alpha = 6, as alpha6/ (scale alpha / r = 1.5) and with use_rslora as rslora/ (alpha /
+// sqrt(r) = 3). A scale hard-coded to 2, alpha / r applied to an rslora adapter, or use_rslora read and
+// then ignored fails the forward and gradients, and the merged weights (PEFT's merge_and_unload).
+class LoraScale : public HfFixture {
+ protected:
+  void SetUp() override { open(kFixtures + "llama3_tiny/", kFixtures + "lora_scale/reference.safetensors"); }
+};
+
+TEST_P(LoraScale, ForwardLossGradientsAndMergeMatchPeft) {
+  const std::string adapter = GetParam();
+  load_peft_adapter(model_, kFixtures + "lora_scale/" + adapter);
+  EXPECT_EQ(model_.lora.use_rslora, adapter == "rslora");
+  EXPECT_EQ(model_.lora.scale(), adapter == "rslora" ? 3.0f : 1.5f);
+  expect_lora_matches(false, adapter, adapter + ".grad", "lora_scale " + adapter);
+  // merged = W0 + scale * sum_k B_ik A_kj: r = 4 products, the scale and the addition, each rounded
+  // in fp32, so |error| <= (r + 2) u (|W0| + scale sum_k |B_ik A_kj|) <= 6 u max|merged| up to the
+  // cancellation, which at these magnitudes (|W0| ~ 0.1, |scale B A| ~ 0.1) is at most a factor ~2:
+  // 12 u relative to the largest merged value. A wrong scale errs by ~0.05 absolute.
+  merge_and_unload_lora(model_);
+  int compared = 0;
+  for (const NamedWeight& w : model_weights(model_)) {
+    const std::string key = adapter + ".merged." + w.name;
+    if (!ref_->has(key)) continue;
+    size_t n = 1;
+    for (int64_t d : w.shape) n *= (size_t)d;
+    compare_rows(download_tensor(model_, w.data, n), ref_f32(*ref_, key), {}, 1, 0.0, 12 * 0x1p-24, key);
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Adapters, LoraScale, ::testing::Values("alpha6", "rslora"));
 
 TEST(TorchAdamW, FiveStepsMatchTorchOptimAdamW) {
   SafetensorsCheckpoint ref(kFixtures + "adamw.safetensors");
