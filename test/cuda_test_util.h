@@ -2,7 +2,8 @@
 // with -DL2V_EMULATE; see host/emu/emu.mk): the storage precisions under test (fp32 and bf16) with their
 // unit roundoff, float <-> T conversions, the values a T array holds, RAII device arrays (one filled
 // from / read back as floats, one of plain values), and the table of the worst errors seen per comparison
-// family, checked and recorded by CloseRecorded and printed by a WorstReport when the tests end; and, for
+// family, checked and recorded by CloseRecorded (and CloseStored, for results rounded once to T) and
+// printed by a WorstReport when the tests end; and, for
 // the emulator only, the message of a launch's KernelError and scheduling-order scopes. Generic,
 // non-CUDA test helpers are in test/test_util.h.
 #pragma once
@@ -144,7 +145,7 @@ class WorstReport : public ::testing::Environment {
 // |got - ref| <= tol[i] element-wise (NaN fails). Records under `family` the largest error within
 // tolerance, its largest fraction of tol[i] (where tol[i] > 0) and its largest ratio to rel_scale[i]
 // (over the elements where rel_scale[i] > 0: a test passes 0 where the relative error is not measured).
-// The message names the first element out of tolerance.
+// The message names the first element out of tolerance and the largest |got - ref| / tol.
 inline ::testing::AssertionResult CloseRecorded(const std::string& family, const std::vector<float>& got,
                                                 const std::vector<float>& ref, const std::vector<double>& tol,
                                                 const std::vector<double>& rel_scale) {
@@ -152,10 +153,12 @@ inline ::testing::AssertionResult CloseRecorded(const std::string& family, const
     return ::testing::AssertionFailure() << "size mismatch";
   Worst& w = worst_table()[family];
   size_t bad = 0, first_bad = 0;
+  double worst_bad = 0.0;  // the largest |got - ref| / tol out of tolerance (inf for NaN or tol 0)
   for (size_t i = 0; i < ref.size(); ++i) {
     const double err = std::fabs((double)got[i] - ref[i]);
     if (!(err <= tol[i])) {
       if (bad++ == 0) first_bad = i;
+      worst_bad = std::max(worst_bad, tol[i] > 0 && !std::isnan(err) ? err / tol[i] : INFINITY);
       continue;
     }
     w.abs = std::max(w.abs, err);
@@ -164,8 +167,28 @@ inline ::testing::AssertionResult CloseRecorded(const std::string& family, const
   }
   if (bad == 0) return ::testing::AssertionSuccess();
   const size_t i = first_bad;
-  return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance; first ["
-                                       << i << "] got " << got[i] << " want " << ref[i] << " tol " << tol[i];
+  return ::testing::AssertionFailure() << family << ": " << bad << " of " << ref.size() << " out of tolerance, up to "
+                                       << worst_bad << " x tol; first [" << i << "] got " << got[i] << " want "
+                                       << ref[i] << " tol " << tol[i];
+}
+
+// A result computed in fp32 and stored as T, against the fp32 reference on the same inputs:
+//   |got - ref| <= f32[i] + u_T (|ref[i]| + f32[i]),
+// f32[i] bounding the difference of the two fp32 computations (derived by the test from the reduction
+// lengths) and the rest the one rounding to T (to nearest: u_T = Prec<T>::u, 0 for fp32) of a value
+// within f32[i] of ref[i]. Records |got - ref| / mag[i] (mag: the sum of |terms| behind the element,
+// 0 where nothing is measured) and the fraction of the tolerance.
+template <typename T>
+::testing::AssertionResult CloseStored(const std::string& family, const std::vector<float>& got,
+                                       const std::vector<float>& ref, const std::vector<double>& mag,
+                                       const std::vector<double>& f32) {
+  if (f32.size() != ref.size()) return ::testing::AssertionFailure() << "size mismatch";
+  std::vector<double> tol(ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double r = std::isfinite(ref[i]) ? std::fabs((double)ref[i]) : 0.0;  // an infinite ref: tol f32[i]
+    tol[i] = f32[i] + Prec<T>::u * (r + f32[i]);
+  }
+  return CloseRecorded(family, got, ref, tol, mag);
 }
 
 #if defined(L2V_EMULATE)

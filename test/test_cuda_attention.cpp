@@ -4,14 +4,45 @@
 // padding holes, GQA ratios 1, 2, 4 and 8, batch 1, causal and bidirectional, every compiled head dim,
 // and attention dropout, whose mask must be the CPU's exactly for the outputs to agree to fp32 precision.
 //
-// Errors are measured relative to the largest reference value of each tensor, or to 1 if that is smaller:
-// max |got - want| / max(max |want|, 1). (The inputs are O(1). The floor is for tensors that vanish up to
-// rounding, such as dq and dk at T = 1, where P = 1 and dS = P (dP - D_i) cancels exactly.)
-//   fp32: 1e-5. The kernels sum in another order than the reference (tiles, online softmax, exp2 of
-//         base-2 scores); what remains is fp32 rounding.
-//   bf16: 2e-2. Inputs are rounded to bf16 for the reference too, so the difference is the rounding of
-//         the bf16 outputs (2^-9 relative) and, in the backward, of the bf16 `out` that D_i is computed from.
-// lse must be -inf exactly where the reference's is.
+// Tolerances are derived per element from the arithmetic, as in test/test_cuda_gemm.cpp. Both sides compute
+// the same function of the same values: bf16 runs round q, k, v and dout to bf16 first and give the
+// reference those, and the reference backward reads the out (as stored in T) and lse of the kernel
+// forward, which the kernel backward reads. The kernels widen T exactly on load and compute in fp32 like
+// the reference; they round to T only where they store out, dq, dk and dv (Chunk<T>::store; lse and the
+// D_i scratch are fp32). Hence, per element (CloseStored, test/cuda_test_util.h):
+//   |got - ref| <= f32 + u_T (|ref| + f32),   u_T = 2^-8 for bf16 (round to nearest), 0 for fp32,
+// with f32 the bound on the difference of the two fp32 computations, from u = 2^-24 and
+// gamma_n = n u / (1 - n u) (n roundings; a sum of n products, in any order, is within gamma_n of the
+// sum of |terms|). For a query row i (batch b, head h) and its visible keys j (not padding; j <= i if
+// causal), with scale = 1/sqrt(D) and G = H/KV query heads per kv head:
+//   A_ij = scale |q_i|.|k_j| >= |score_ij|,  M_i = max_j A_ij,  P_ij the exact softmax,
+//   kappa_ij = 1/(1-p) where dropout keeps P_ij, 0 where it drops it (1 without dropout).
+// Forward. Either side's exponent of P_ij (natural units) is off by at most
+//   delta_i = gamma_{D+5} M_i + 2u M_i + 4u:
+// the fp32 dot product (gamma_D A_ij), the scale (rounded 1/sqrt(D) and log2(e), and the product:
+// gamma_5), subtracting the running max (u |s - m| <= 2u M_i) and exp2f (2 ulp: 4u). The softmax
+// normalises, so P_ij is then off by expm1(2 delta_i) relative; the fp32 sum of the denominator, the
+// online softmax's rescales (at most one per key tile, so per key), 1/l and the products add gamma_{4T+8}.
+//   f32(out_id) = 2 (expm1(2 delta_i) + gamma_{4T+8}) sum_j kappa_ij P_ij |v_jd|        (2: both sides)
+//   f32(lse_i)  = 2 (delta_i + gamma_{2T+6} + u (7 |lse_i| + 4 M_i))
+// (lse = m + log l: the exponents and the sum as above, log2f's 2 ulp of |log2 l| with
+// |log l| <= |lse| + M_i, the addition and the product by ln 2.)
+// Backward, reading lse L_i: P_ij = exp(score_ij - L_i) is not normalised, so it is off by
+//   delta'_i = gamma_{D+6} M_i + 3u |L_i| + 4u
+// relative (the same chain, L_i * log2(e) and its subtraction in place of the running max). dP_ij =
+// kappa_ij dout_i.v_j is off by gamma_{D+1} kappa_ij G_ij, G_ij = |dout_i|.|v_j|, and D_i = dout_i.out_i by
+// gamma_D E_i, E_i = |dout_i|.|out_i|. With Z_ij = kappa_ij G_ij + E_i >= |dP_ij - D_i|, dS_ij =
+// P_ij (dP_ij - D_i) is off by omega_i P_ij Z_ij, omega_i = delta'_i + gamma_{D+3} (the subtraction and
+// the product), and
+//   f32(dq_id) = 2 sum_j     (omega_i + gamma_{T+4})  scale P_ij Z_ij |k_jd|
+//   f32(dk_jd) = 2 sum_{h,i} (omega_i + gamma_{GT+4}) scale P_ij Z_ij |q_id|
+//   f32(dv_jd) = 2 sum_{h,i} (delta'_i + gamma_{GT+2}) kappa_ij P_ij |dout_id|
+// (the fp32 sums over the T keys or the G*T query rows, the scale and dropout products). The bounds are
+// first order in u: the neglected products of two roundoffs are below 1e-3 of them. The same sums
+// without the factors, sum |terms|, are the `mag` that the recorded relative error divides by.
+// lse must be -inf exactly where the reference's is; rows without a visible key are compared exactly
+// (out 0, lse -inf, no gradient). The worst errors seen, as |got - ref| / mag and as a fraction of the
+// tolerance, are printed at the end.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,15 +62,14 @@
 #include "host/cpu_ops.h"
 #include "host/philox.h"
 #include "test/cuda_test_util.h"
+#include "test/test_util.h"
 
 namespace {
 
 namespace emu = l2v::emu;
 
-constexpr double kFp32Tol = 1e-5;
-constexpr double kBf16Tol = 2e-2;
-
-using l2v::test::Dev, l2v::test::Raw, l2v::test::rounded;
+using l2v::test::CloseStored, l2v::test::Dev, l2v::test::gamma32, l2v::test::kU32, l2v::test::Prec,
+    l2v::test::Raw, l2v::test::rounded;
 
 enum class Padding {
   kNone,
@@ -115,7 +145,9 @@ struct Results {
 constexpr uint64_t kSeed = 0x5EEDull;
 constexpr uint32_t kStream = 7;
 
-Results run_cpu(const Shape& s, const Inputs& in) {
+// The reference: the forward on the inputs, and the backward on the inputs and the given out and lse (the
+// kernel forward's, which the kernel backward reads).
+Results run_cpu(const Shape& s, const Inputs& in, const std::vector<float>& out, const std::vector<float>& lse) {
   const size_t N = (size_t)s.B * s.T;
   Results r;
   r.out.resize(N * s.H * s.D);
@@ -125,7 +157,7 @@ Results run_cpu(const Shape& s, const Inputs& in) {
   r.dv.resize(N * s.KV * s.D);
   l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), s.B,
                               s.T, s.H, s.KV, s.D, s.causal, s.dropout_p, kSeed, kStream);
-  l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), r.out.data(), r.lse.data(),
+  l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), out.data(), lse.data(),
                                in.q.data(), in.k.data(), in.v.data(), in.mask.data(), s.B, s.T, s.H, s.KV, s.D,
                                s.causal, s.dropout_p, kSeed, kStream);
   return r;
@@ -156,46 +188,127 @@ Results run_cuda(const Shape& s, const Inputs& in) {
   return r;
 }
 
-// max |got - want| / max(max |want|, 1); infinity when a value is NaN or an infinity does not match exactly.
-double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double err = 0.0, scale = 1.0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (std::isinf(want[i]) || std::isinf(got[i]) || std::isnan(got[i])) {
-      if (got[i] != want[i]) return INFINITY;
-      continue;
-    }
-    err = std::max(err, std::fabs((double)got[i] - want[i]));
-    scale = std::max(scale, std::fabs((double)want[i]));
-  }
-  return err / scale;
-}
-
-struct Worst {
-  double out = 0, lse = 0, dq = 0, dk = 0, dv = 0;
-  void print(const char* what) const {
-    std::printf("[ worst    ] %s: out %.2e  lse %.2e  dq %.2e  dk %.2e  dv %.2e\n", what, out, lse, dq, dk, dv);
+// Per element of a result: the sum of |terms| behind it (mag) and the bound on |kernel - reference| of the
+// fp32 arithmetic of both (f32), before the kernel rounds the result to T.
+struct Bound {
+  std::vector<double> mag, f32;
+  explicit Bound(size_t n) : mag(n, 0.0), f32(n, 0.0) {}
+  void add(size_t e, double term, double factor) {
+    mag[e] += term;
+    f32[e] += factor * term;
   }
 };
 
+struct Bounds {
+  Bound out, lse, dq, dk, dv;
+};
+
+// The bounds derived at the top of the file, for one shape and its inputs; out and lse are those the
+// backward reads. Double precision, from the definitions (exact scores and softmax, the dropout mask).
+Bounds derive_bounds(const Shape& s, const Inputs& in, const std::vector<float>& out, const std::vector<float>& lse) {
+  const double u = kU32;
+  const int T = s.T, D = s.D, G = s.H / s.KV;
+  const size_t q_stride = (size_t)s.H * D, kv_stride = (size_t)s.KV * D, N = (size_t)s.B * T;
+  const double scale = 1.0 / std::sqrt((double)D);
+  const double keep_scale = s.dropout_p > 0.0f ? 1.0 / (1.0 - s.dropout_p) : 1.0;
+  Bounds bd{Bound(N * q_stride), Bound((size_t)s.B * s.H * T), Bound(N * q_stride), Bound(N * kv_stride),
+            Bound(N * kv_stride)};
+  std::vector<size_t> key_off;  // the visible keys of a row: offset in k / v, score, A, kappa
+  std::vector<double> score, A, kappa;
+  for (int b = 0; b < s.B; ++b) {
+    for (int h = 0; h < s.H; ++h) {
+      const uint32_t bh = (uint32_t)(b * s.H + h);
+      for (int i = 0; i < T; ++i) {
+        const size_t row = (size_t)bh * T + i, qo = ((size_t)b * T + i) * q_stride + (size_t)h * D;
+        key_off.clear(), score.clear(), A.clear(), kappa.clear();
+        double M = 0.0, smax = -INFINITY;
+        for (int j = 0; j < T; ++j) {
+          if (in.mask[(size_t)b * T + j] == 0 || (s.causal && j > i)) continue;
+          const size_t ko = ((size_t)b * T + j) * kv_stride + (size_t)(h / G) * D;
+          double dot = 0.0, abs_dot = 0.0;
+          for (int d = 0; d < D; ++d) {
+            const double x = (double)in.q[qo + d] * in.k[ko + d];
+            dot += x;
+            abs_dot += std::fabs(x);
+          }
+          key_off.push_back(ko);
+          score.push_back(scale * dot);
+          A.push_back(scale * abs_dot);
+          const bool kept = s.dropout_p == 0.0f ||
+                            l2v::dropout_keep_attention(kSeed, kStream, bh, (uint32_t)i, (uint32_t)j, s.dropout_p);
+          kappa.push_back(kept ? keep_scale : 0.0);
+          M = std::max(M, A.back());
+          smax = std::max(smax, score.back());
+        }
+        if (key_off.empty()) continue;  // no visible key: exact on both sides
+        const size_t n_keys = key_off.size();
+
+        // Forward.
+        double l = 0.0;
+        for (double sc : score) l += std::exp(sc - smax);
+        const double lse_exact = smax + std::log(l);
+        const double delta = gamma32(D + 5) * M + 2 * u * M + 4 * u;
+        const double f_out = 2 * (std::expm1(2 * delta) + gamma32(4.0 * T + 8));
+        for (size_t n = 0; n < n_keys; ++n) {
+          const double P = kappa[n] * std::exp(score[n] - lse_exact);
+          for (int d = 0; d < D; ++d) bd.out.add(qo + d, P * std::fabs(in.v[key_off[n] + d]), f_out);
+        }
+        bd.lse.mag[row] = std::fabs(lse_exact);
+        bd.lse.f32[row] = 2 * (delta + gamma32(2.0 * T + 6) + u * (7 * std::fabs(lse_exact) + 4 * M));
+
+        // Backward. An infinite lse here fails the lse comparison already.
+        const double L = lse[row];
+        if (std::isinf(L)) continue;
+        const double delta_b = gamma32(D + 6) * M + 3 * u * std::fabs(L) + 4 * u;
+        const double omega = delta_b + gamma32(D + 3);
+        const double f_dq = 2 * (omega + gamma32(T + 4)), f_dk = 2 * (omega + gamma32((double)G * T + 4)),
+                     f_dv = 2 * (delta_b + gamma32((double)G * T + 2));
+        double E = 0.0;
+        for (int d = 0; d < D; ++d) E += std::fabs((double)in.dout[qo + d] * out[qo + d]);
+        for (size_t n = 0; n < n_keys; ++n) {
+          const size_t ko = key_off[n];
+          const double P = std::exp(score[n] - L);
+          double G_ij = 0.0;
+          for (int d = 0; d < D; ++d) G_ij += std::fabs((double)in.dout[qo + d] * in.v[ko + d]);
+          const double PZ = P * (kappa[n] * G_ij + E);
+          for (int d = 0; d < D; ++d) {
+            bd.dq.add(qo + d, scale * PZ * std::fabs(in.k[ko + d]), f_dq);
+            bd.dk.add(ko + d, scale * PZ * std::fabs(in.q[qo + d]), f_dk);
+            bd.dv.add(ko + d, kappa[n] * P * std::fabs(in.dout[qo + d]), f_dv);
+          }
+        }
+      }
+    }
+  }
+  return bd;
+}
+
+// The worst errors per family ("attention dq bf16"), printed when the tests end.
+const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(
+    new l2v::test::WorstReport("|got - ref| / mag, fraction of the tolerance, |got - ref|",
+                               [](const std::string& family, const l2v::test::Worst& w) {
+                                 std::printf("  %-24s %10.3e  %6.3f  %10.3e\n", family.c_str(), w.rel, w.of_tol,
+                                             w.abs);
+                               }));
+
 template <typename T>
-void check_against_cpu(const Shape& s, double tol, Worst& worst) {
+void check_against_cpu(const Shape& s) {
   const bool bf16 = std::is_same<T, __nv_bfloat16>::value;
   const Inputs in = make_inputs(s, bf16, 1234u + s.T * 31u + s.D);
-  const Results want = run_cpu(s, in);
   const Results got = run_cuda<T>(s, in);
-  struct Tensor {
-    const char* name;
-    const std::vector<float>& got;
-    const std::vector<float>& want;
-    double& worst;
-  };
-  for (const Tensor& t : {Tensor{"out", got.out, want.out, worst.out}, Tensor{"lse", got.lse, want.lse, worst.lse},
-                          Tensor{"dq", got.dq, want.dq, worst.dq}, Tensor{"dk", got.dk, want.dk, worst.dk},
-                          Tensor{"dv", got.dv, want.dv, worst.dv}}) {
-    const double err = rel_err(t.got, t.want);
-    t.worst = std::max(t.worst, err);
-    EXPECT_LE(err, tol) << (bf16 ? "bf16 " : "fp32 ") << t.name << ", " << describe(s);
+  const Results want = run_cpu(s, in, got.out, got.lse);
+  const Bounds bd = derive_bounds(s, in, got.out, got.lse);
+  auto family = [](const char* tensor) { return std::string("attention ") + tensor + " " + Prec<T>::name; };
+  // lse is fp32. Where both are -inf (no visible key, bound 0) they compare as 0; -inf on one side only fails.
+  std::vector<float> got_lse = got.lse, want_lse = want.lse;
+  for (size_t r = 0; r < want_lse.size(); ++r) {
+    if (want_lse[r] == -INFINITY && got_lse[r] == -INFINITY) got_lse[r] = want_lse[r] = 0.0f;
   }
+  EXPECT_TRUE(CloseStored<float>(family("lse"), got_lse, want_lse, bd.lse.mag, bd.lse.f32)) << describe(s);
+  EXPECT_TRUE(CloseStored<T>(family("out"), got.out, want.out, bd.out.mag, bd.out.f32)) << describe(s);
+  EXPECT_TRUE(CloseStored<T>(family("dq"), got.dq, want.dq, bd.dq.mag, bd.dq.f32)) << describe(s);
+  EXPECT_TRUE(CloseStored<T>(family("dk"), got.dk, want.dk, bd.dk.mag, bd.dk.f32)) << describe(s);
+  EXPECT_TRUE(CloseStored<T>(family("dv"), got.dv, want.dv, bd.dv.mag, bd.dv.f32)) << describe(s);
 }
 
 // Every edge the kernels have: tiles of 32 and 64 rows cut at T = 1, 5, 33, 37, 40, 70.
@@ -241,15 +354,11 @@ TEST(CudaAttention, Keep4IsDropoutKeepAttention) {
 }
 
 TEST(CudaAttention, Fp32MatchesCpuReference) {
-  Worst worst;
-  for (const Shape& s : fp32_shapes()) check_against_cpu<float>(s, kFp32Tol, worst);
-  worst.print("fp32");
+  for (const Shape& s : fp32_shapes()) check_against_cpu<float>(s);
 }
 
 TEST(CudaAttention, Bf16MatchesCpuReferenceOnRoundedInputs) {
-  Worst worst;
-  for (const Shape& s : bf16_shapes()) check_against_cpu<__nv_bfloat16>(s, kBf16Tol, worst);
-  worst.print("bf16");
+  for (const Shape& s : bf16_shapes()) check_against_cpu<__nv_bfloat16>(s);
 }
 
 // A missing __syncthreads() or __syncwarp() shows as results that depend on the order in which the

@@ -38,6 +38,11 @@ inline ::testing::AssertionResult Mentions(const std::string& message, const std
 // fp32 unit roundoff (half an ulp of 1.0).
 constexpr double kU32 = 5.9604644775390625e-8;
 
+// gamma_n = n u / (1 - n u) for fp32 (u = kU32): |prod (1 + e_k)^(+-1) - 1| <= gamma_n for n roundings
+// |e_k| <= u (Higham, Accuracy and Stability of Numerical Algorithms, Lemma 3.1). A sum of n products
+// computed in fp32, in any order and with or without FMA, is within gamma_n sum |terms| of the exact one.
+inline double gamma32(double n) { return n * kU32 / (1.0 - n * kU32); }
+
 inline std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f) {
   std::normal_distribution<float> dist(0.0f, stddev);
   std::vector<float> v(n);
