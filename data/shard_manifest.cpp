@@ -50,7 +50,9 @@ ShardManifest read_shard_manifest(const std::string& path) {
   const nlohmann::json j = read_json_file(path, "the shard set's manifest");
   ShardManifest m;
   try {
-    if (j.at("format").get<int>() != 1) fail(path + ": manifest format " + j.at("format").dump() + " (this build reads 1)");
+    // Compared as JSON, not converted: a format of 1.9e21 converted to int would be undefined behaviour.
+    if (!(j.at("format").is_number_integer() && j.at("format") == 1))
+      fail(path + ": manifest format " + j.at("format").dump() + " (this build reads 1)");
     m.kind = parse_kind(j.at("kind").get<std::string>(), path);
     for (const nlohmann::json& e : j.at("shards")) {
       ShardManifestEntry s;

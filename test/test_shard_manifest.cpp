@@ -184,6 +184,18 @@ TEST_F(ShardManifestTest, TheLoaderRefusesIncompleteMixedOrDamagedSets) {
   EXPECT_TRUE(Mentions(error_of([&] { open_shard_dataset(glob); }), {r.shards[1], "checksum", "damaged"}));
   write_file(r.shards[1], kept);
 
+  // A manifest of another format, including numbers no int holds (fuzz_shard_manifest found that
+  // converting 1.9e21 to int was undefined behaviour).
+  for (const char* format : {"2", "1.5", "1.9e21", "\"1\"", "18446744073709551617"}) {
+    std::string m = saved;
+    const size_t at = m.find("\"format\": 1");
+    ASSERT_NE(at, std::string::npos) << m;
+    m.replace(at, std::string("\"format\": 1").size(), std::string("\"format\": ") + format);
+    write_file(manifest, m);
+    EXPECT_TRUE(Mentions(error_of([&] { open_shard_dataset(glob); }), {manifest, "format"})) << format;
+  }
+  write_file(manifest, saved);
+
   // A file that prepare did not write, and one that is not there.
   write_file(dir / "other.bin", kept);
   EXPECT_TRUE(Mentions(error_of([&] { open_shard_dataset(dir / "other.bin"); }), {"other.bin", "no manifest"}));

@@ -1002,6 +1002,15 @@ TEST(TrainerErrors, ConfigFileProblemsNameTheFileAndKey) {
   auto [p4, e4] = load(j);
   EXPECT_TRUE(Mentions(e4, {p4, "missing", "output_dir"}));
 
+  // Names of a closed set, checked by the module that owns them, still name the file and key.
+  for (const char* key : {"pooling_mode", "data_collator_type", "lr_scheduler_type", "padding_side", "adapter_layout",
+                          "torch_dtype", "stage"}) {
+    j = good;
+    j[key] = "no_such_value";
+    auto [p, e] = load(j);
+    EXPECT_TRUE(Mentions(e, {p, key, "no_such_value"})) << key;
+  }
+
   // An llm2vec key we do not act on is reported, not an error.
   j = good;
   j["do_train"] = true;

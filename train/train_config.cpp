@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "data/batches.h"
 #include "data/file_io.h"
 
 namespace l2v {
@@ -232,6 +233,14 @@ TrainConfig load_train_config(const std::string& config_path,
   };
   auto number = [&](const char* key) { return j.at(key).get<double>(); };
   auto str = [&](const char* key) { return j.at(key).get<std::string>(); };
+  // A value parsed by the module that owns its names: that module's message, with the file and key.
+  auto parsed = [&](const char* key, auto parse) {
+    try {
+      return parse(str(key));
+    } catch (const std::exception& e) {  // runtime_error or invalid_argument, as the module chose
+      throw std::runtime_error(where + ": '" + key + "': " + e.what());
+    }
+  };
 
   const std::string stage = str("stage");
   if (stage == "mntp") c.stage = Stage::kMntp;
@@ -300,9 +309,10 @@ TrainConfig load_train_config(const std::string& config_path,
   c.mlm_probability = probability("mlm_probability");
   if (c.mlm_probability <= 0.0f) throw range_error("mlm_probability", "must be > 0");
   c.data_collator_type = str("data_collator_type");
+  parsed("data_collator_type", parse_mntp_collator);
   c.mask_token_type = str("mask_token_type");
   c.attention_dropout = c.stage == Stage::kSimcse ? probability("simcse_dropout") : probability("attention_dropout");
-  c.pooling = parse_pooling_mode(str("pooling_mode"));
+  c.pooling = parsed("pooling_mode", parse_pooling_mode);
   c.latent.num_latents = positive("latent_num_latents");
   c.latent.heads = positive("latent_heads");
   c.latent.dim_head = non_negative("latent_dim_head");
