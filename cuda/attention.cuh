@@ -251,6 +251,21 @@ struct Chunk<__nv_bfloat16> {
   }
 };
 
+// fp16 storage: only the dsum pass of the tensor-core kernels (cuda/attention_mma.cuh) reads it here.
+template <>
+struct Chunk<__half> {
+  static constexpr int kSize = 8;
+  __device__ __forceinline__ static void load(const __half* src, float (&x)[8]) {
+    const uint4 v = *reinterpret_cast<const uint4*>(src);
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+    L2V_ATTN_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      x[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] & 0xFFFFu)));
+      x[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] >> 16)));
+    }
+  }
+};
+
 // Copies `rows` rows of kD elements (row r at src + r * src_stride) into the fp32 tile dst
 // [kTileRows][kD + 1] and zero-fills the rest of the tile. Keys and queries past the end of the sequence
 // are masked (P = 0), but 0 times whatever shared memory held could be NaN. Consecutive threads move
@@ -748,11 +763,17 @@ void run_attention_fwd(const AttentionParams<T>& p, cudaStream_t stream) {
          kSmem, stream, p);
 }
 
+// The dsum pass, shared with the tensor-core backward (cuda/attention_mma.cuh).
 template <int D, typename T>
-void run_attention_bwd(const AttentionParams<T>& p, cudaStream_t stream) {
+void run_attention_bwd_dot(const AttentionParams<T>& p, cudaStream_t stream) {
   constexpr int kRowsPerDotBlock = kDotThreads / (D / Chunk<T>::kSize);
   launch("attention_bwd_dot_kernel", attention_bwd_dot_kernel<D, T>,
          dim3(host_ceil_div((long)p.B * p.seqlen * p.H, kRowsPerDotBlock)), dim3(kDotThreads), 0, stream, p);
+}
+
+template <int D, typename T>
+void run_attention_bwd(const AttentionParams<T>& p, cudaStream_t stream) {
+  run_attention_bwd_dot<D>(p, stream);
 
   using Dq = DqTraits<D>;
   constexpr size_t kDqSmem = DqSmem<Dq>::kBytes;
@@ -797,8 +818,9 @@ template <typename T>
 AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* v, const int* key_mask, int B,
                                int T_, int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
                                uint32_t stream_id) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, __nv_bfloat16>::value,
-                "attention kernels store float or __nv_bfloat16");
+  static_assert(std::is_same<T, float>::value || std::is_same<T, __nv_bfloat16>::value ||
+                    std::is_same<T, __half>::value,
+                "attention kernels store float or __nv_bfloat16 (and __half: the tensor-core kernels only)");
   require(B > 0 && T_ > 0 && H > 0 && KV > 0 && D > 0, fn, "B, T, H, KV and D must be positive");
   require(H % KV == 0, fn, "H (" + std::to_string(H) + ") must be a multiple of KV (" + std::to_string(KV) + ")");
   // p == 1 would need a 1/(1-p) = inf scale (as in l2v::cpu, which rejects it too).
@@ -827,6 +849,29 @@ AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* 
   p.keep_scale = dropout_p > 0.0f ? 1.0f / (1.0f - dropout_p) : 1.0f;
   p.seed = seed;
   p.stream = stream_id;
+  return p;
+}
+
+// make_params plus the backward's buffers, checked.
+template <typename T>
+AttentionParams<T> make_backward_params(const char* fn, T* dq, T* dk, T* dv, const T* dout, const T* out,
+                                        const float* lse, const T* q, const T* k, const T* v, const int* key_mask,
+                                        int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
+                                        uint64_t seed, uint32_t stream_id, float* scratch) {
+  AttentionParams<T> p = make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, seed, stream_id);
+  require(scratch != nullptr, fn, "scratch must hold attention_backward_scratch_bytes(B, T, H, KV, D) bytes");
+  for (const void* ptr : {static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv),
+                          static_cast<const void*>(dout), static_cast<const void*>(out)}) {
+    require_aligned(ptr, fn, "dq, dk, dv, dout and out");
+  }
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.dout = dout;
+  // Read only here: the backward shares the forward's params struct, whose out and lse are outputs.
+  p.out = const_cast<T*>(out);
+  p.lse = const_cast<float*>(lse);
+  p.dsum = scratch;
   return p;
 }
 
@@ -865,21 +910,8 @@ void attention_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, c
                              cudaStream_t stream) {
   namespace ad = attention_detail;
   const char* fn = "attention_backward_cuda";
-  AttentionParams<T> p =
-      ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, seed, stream_id);
-  ad::require(scratch != nullptr, fn, "scratch must hold attention_backward_scratch_bytes(B, T, H, KV, D) bytes");
-  for (const void* ptr : {static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv),
-                          static_cast<const void*>(dout), static_cast<const void*>(out)}) {
-    ad::require_aligned(ptr, fn, "dq, dk, dv, dout and out");
-  }
-  p.dq = dq;
-  p.dk = dk;
-  p.dv = dv;
-  p.dout = dout;
-  // Read only here: the backward shares the forward's params struct, whose out and lse are outputs.
-  p.out = const_cast<T*>(out);
-  p.lse = const_cast<float*>(lse);
-  p.dsum = scratch;
+  const AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H,
+                                                        KV, D, causal, dropout_p, seed, stream_id, scratch);
   ad::dispatch_head_dim(D, fn, [&](auto d) { ad::run_attention_bwd<decltype(d)::value>(p, stream); });
 }
 

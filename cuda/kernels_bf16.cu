@@ -2,8 +2,10 @@
 // activations, fp32 accumulation). The CUDA backend runs in fp32 for now (its Backend interface carries
 // fp32 buffers); compiling these here keeps the bf16 kernels building with -Werror for sm_80/sm_90 and
 // puts them in the resource report. They are executed and checked against the CPU reference in the
-// emulator tests (test/test_cuda_*.cpp).
+// emulator tests (test/test_cuda_*.cpp). The tensor-core attention (attention_mma.cuh) is here in fp16, the
+// one kernel family that stores it (the backend instantiates its bf16 kernels).
 #include "cuda/attention.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/lm_head.cuh"
@@ -38,6 +40,13 @@ template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf1
 template void attention_backward_cuda<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const float*, const bf16*,
                                             const bf16*, const bf16*, const int*, int, int, int, int, int, bool, float,
                                             uint64_t, uint32_t, float*, cudaStream_t);
+template void attention_mma_forward_cuda<__half>(__half*, float*, const __half*, const __half*, const __half*,
+                                                 const int*, int, int, int, int, int, bool, float, uint64_t, uint32_t,
+                                                 cudaStream_t);
+template void attention_mma_backward_cuda<__half>(__half*, __half*, __half*, const __half*, const __half*,
+                                                  const float*, const __half*, const __half*, const __half*,
+                                                  const int*, int, int, int, int, int, bool, float, uint64_t, uint32_t,
+                                                  float*, cudaStream_t);
 template void matmul_forward_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, const bf16*, int, int, int);
 template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);
 template void lora_forward_cuda<bf16>(cublasHandle_t, bf16*, bf16*, const bf16*, const float*, const float*, float,

@@ -1,5 +1,5 @@
 // Helpers shared by the kernel tests that run on the CUDA-on-CPU emulator (test/test_cuda_*.cpp, built
-// with -DL2V_EMULATE; see host/emu/emu.mk): the storage precisions under test (fp32 and bf16) with their
+// with -DL2V_EMULATE; see host/emu/emu.mk): the storage precisions under test (fp32, bf16, fp16) with their
 // unit roundoff, float <-> T conversions, the values a T array holds, RAII device arrays (one filled
 // from / read back as floats, one of plain values), and the table of the worst errors seen per comparison
 // family, checked and recorded by CloseRecorded (and CloseStored, for results rounded once to T) and
@@ -25,6 +25,8 @@ namespace l2v::test {
 
 // bf16's unit roundoff: 2^-8 (8 significant bits), the worst relative error of one rounding to bf16.
 constexpr double kUBf16 = 1.0 / 256.0;
+// fp16's: 2^-11 (11 significant bits), for values in fp16's normal range.
+constexpr double kUF16 = 1.0 / 2048.0;
 
 // A storage type's precision: `u`, the unit roundoff of a rounding to T on top of fp32 arithmetic, and
 // `name`, the suffix of the tests' error families.
@@ -40,14 +42,22 @@ struct Prec<__nv_bfloat16> {
   static constexpr double u = kUBf16;
   static constexpr const char* name = "bf16";
 };
+template <>
+struct Prec<__half> {
+  static constexpr double u = kUF16;
+  static constexpr const char* name = "fp16";
+};
 
 inline float to_f(float x) { return x; }
 inline float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-// float -> T, rounding to nearest even for bf16.
+inline float to_f(__half x) { return __half2float(x); }
+// float -> T, rounding to nearest even for bf16 and fp16.
 template <typename T>
 T from_f(float x) {
   if constexpr (std::is_same<T, float>::value) {
     return x;
+  } else if constexpr (std::is_same<T, __half>::value) {
+    return __float2half_rn(x);
   } else {
     return __float2bfloat16_rn(x);
   }
@@ -60,11 +70,12 @@ std::vector<float> rounded(std::vector<float> v) {
   return v;
 }
 
-// A cudaMalloc'ed array of `n` T (float or __nv_bfloat16), filled from / read back as floats. `ptr` starts
-// `offset` elements into the allocation (offset 1 makes every pointer misaligned for 16-byte packs, which
+// A cudaMalloc'ed array of `n` T (float, __nv_bfloat16 or __half), filled from / read back as floats. `ptr`
+// starts `offset` elements into the allocation (offset 1 makes every pointer misaligned for 16-byte packs, which
 // sends launchers to their element-wise kernels); the allocation ends right after the n elements (one
 // element when n = 0, so the pointer is never null), so an overrun is out of bounds under ASan. Every
-// byte is 0xFF (NaN for float and bf16) until written: a launcher that reads what it should not shows.
+// byte is 0xFF (NaN for float, bf16 and fp16) until written: a launcher that reads what it should not
+// shows.
 template <typename T>
 struct Dev {
   T* base = nullptr;  // the allocation
