@@ -1,12 +1,16 @@
 #include "cuda/cuda_backend.h"
 
+#include <cstdio>
 #include <cstring>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/launch.h"
@@ -48,7 +52,11 @@ class DeviceScratch {
 template <typename T>
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() {
+  explicit CudaBackend(AttentionImpl attention) : attention_(attention) {
+    if (attention_ == AttentionImpl::kMma && !cuda::attention_mma_storage<T>())
+      throw std::invalid_argument(
+          "--attention_impl mma: the tensor-core kernels store bf16, this backend fp32 (use --precision bf16, or "
+          "--attention_impl simt)");
     CUDA_CHECK(cudaStreamCreate(&stream_));
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
@@ -127,6 +135,14 @@ class CudaBackend final : public Backend {
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                          const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
                          uint64_t seed, uint32_t stream) override {
+    [[maybe_unused]] const bool mma = use_mma(D);
+    if constexpr (cuda::attention_mma_storage<T>()) {
+      if (mma) {
+        cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p,
+                                         seed, stream, stream_);
+        return;
+      }
+    }
     cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, seed,
                                  stream, stream_);
   }
@@ -136,6 +152,14 @@ class CudaBackend final : public Backend {
                           uint32_t stream) override {
     float* scratch =
         static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T_, H, KV, D)));
+    [[maybe_unused]] const bool mma = use_mma(D);
+    if constexpr (cuda::attention_mma_storage<T>()) {
+      if (mma) {
+        cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_,
+                                          H, KV, D, causal, dropout_p, seed, stream, scratch, stream_);
+        return;
+      }
+    }
     cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
                                   D, causal, dropout_p, seed, stream, scratch, stream_);
   }
@@ -224,9 +248,29 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Whether attention of head dim D runs on the tensor-core kernels; prints the choice for a new D.
+  bool use_mma(int D) {
+    const bool supported = cuda::attention_mma_supported<T>(D);
+    if (attention_ == AttentionImpl::kMma && !supported)
+      throw std::invalid_argument("--attention_impl mma: head dim " + std::to_string(D) +
+                                  " is not supported by the tensor-core kernels (16, 64, 128); use "
+                                  "--attention_impl simt");
+    const bool mma = attention_ == AttentionImpl::kMma || (attention_ == AttentionImpl::kAuto && supported);
+    if (announced_.insert(D).second) {
+      const char* why = attention_ != AttentionImpl::kAuto ? "--attention_impl"
+                        : mma ? "auto: the fastest for the case"
+                              : "auto: the tensor-core kernels need bf16 and D = 16, 64, 128";
+      std::printf("attention: %s, head dim %d, %s storage (%s)\n", mma ? "mma (tensor cores)" : "simt", D,
+                  std::is_same<T, float>::value ? "fp32" : "bf16", why);
+    }
+    return mma;
+  }
+
   static T* t(float* p) { return reinterpret_cast<T*>(p); }
   static const T* t(const float* p) { return reinterpret_cast<const T*>(p); }
 
+  AttentionImpl attention_;
+  std::set<int> announced_;  // head dims whose attention choice was printed
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
@@ -243,7 +287,17 @@ CudaPrecision parse_cuda_precision(const std::string& name) {
   throw std::invalid_argument("unknown CUDA precision '" + name + "' (fp32 or bf16)");
 }
 
-std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision) {
+AttentionImpl parse_attention_impl(const std::string& name) {
+  if (name.empty() || name == "auto") return AttentionImpl::kAuto;
+  if (name == "simt") return AttentionImpl::kSimt;
+  if (name == "mma") return AttentionImpl::kMma;
+  if (name == "cudnn")
+    throw std::invalid_argument("attention implementation 'cudnn' is not built (cuDNN SDPA is not part of this build; "
+                                "use mma or simt)");
+  throw std::invalid_argument("unknown attention implementation '" + name + "' (simt or mma)");
+}
+
+std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision, AttentionImpl attention) {
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   if (err != cudaSuccess || devices == 0) {
@@ -252,8 +306,8 @@ std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision) {
                              (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") +
                              "). The CUDA backend needs an NVIDIA GPU and driver; use --backend cpu on this machine.");
   }
-  if (precision == CudaPrecision::kFp32) return std::make_unique<CudaBackend<float>>();
-  return std::make_unique<CudaBackend<__nv_bfloat16>>();
+  if (precision == CudaPrecision::kFp32) return std::make_unique<CudaBackend<float>>(attention);
+  return std::make_unique<CudaBackend<__nv_bfloat16>>(attention);
 }
 
 }  // namespace l2v

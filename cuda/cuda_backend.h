@@ -11,11 +11,21 @@
 
 namespace l2v {
 
-// Throws std::runtime_error with a clear message when there is no usable CUDA device (no driver, no
-// GPU), so a CUDA binary on a CPU-only machine stops with an explanation.
 enum class CudaPrecision { kFp32, kBf16 };
 CudaPrecision parse_cuda_precision(const std::string& name);  // "fp32" | "bf16"
 
-std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision = CudaPrecision::kBf16);
+// The attention kernels (--attention_impl, the attention_impl config key). kAuto takes, for each call,
+// the fastest that supports the case: the tensor-core kernels (cuda/attention_mma.cuh) for bf16
+// storage and head dims 16, 64 and 128, else the SIMT kernels (cuda/attention.cuh). kSimt and kMma force
+// one; kMma refuses fp32 storage (at construction) and other head dims (at the call). The backend prints
+// its choice the first time it meets a head dim.
+enum class AttentionImpl { kAuto, kSimt, kMma };
+// "" or "auto" | "simt" | "mma"; "cudnn" (cuDNN SDPA) is refused as not built, anything else as unknown.
+AttentionImpl parse_attention_impl(const std::string& name);
+
+// Throws std::runtime_error with a clear message when there is no usable CUDA device (no driver, no
+// GPU), so a CUDA binary on a CPU-only machine stops with an explanation.
+std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision = CudaPrecision::kBf16,
+                                           AttentionImpl attention = AttentionImpl::kAuto);
 
 }  // namespace l2v

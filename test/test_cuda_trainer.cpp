@@ -1,7 +1,9 @@
 // `llm2vec train` on the CUDA backend (kernels + cuBLAS executed by the CPU emulator) against the same
 // run on the fp32 CPU backend: whole SimCSE and supervised steps — the pooling head and contrastive loss
 // on the host, the d(final hidden) upload, the backward into LoRA (and the latent-attention head), the
-// supervised stage's per-group forward recomputation, AdamW — on the real stories260K model (head dim 8).
+// supervised stage's per-group forward recomputation, AdamW — on the real stories260K model (head dim 8);
+// and MNTP and SimCSE steps in bf16 with the tensor-core attention (--attention_impl mma) on a random
+// model of head dim 16, the smallest the tensor-core kernels take.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -10,8 +12,10 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "host/cpu_backend.h"
+#include "model/checkpoint.h"
 #include "model/safetensors.h"
 #include "test/temp_dir.h"
+#include "test/tiny_model.h"
 #include "train/trainer.h"
 
 namespace l2v {
@@ -48,9 +52,9 @@ struct TrainRun {
 };
 
 TrainRun train(Backend& backend, const std::string& stage, const std::string& data, const std::string& out,
-          const std::vector<std::pair<std::string, std::string>>& extra) {
+          const std::vector<std::pair<std::string, std::string>>& extra, const std::string& model = kModel) {
   std::vector<std::pair<std::string, std::string>> o = {
-      {"stage", stage},          {"model_name_or_path", kModel}, {"tokenizer", kTokenizer},
+      {"stage", stage},          {"model_name_or_path", model}, {"tokenizer", kTokenizer},
       {"dataset_file_path", data}, {"output_dir", out},          {"max_steps", "2"},
       {"learning_rate", "1e-3"}, {"lora_r", "4"},                {"save_merged_model", "false"},
       {"max_seq_length", "16"}, {"save_steps", "1"}};
@@ -136,24 +140,14 @@ TEST(CudaTrainer, SimcseStepsMatchTheCpuBackend) {
   expect_same(g, c, 1e-3);
 }
 
-// Production precision: activations and base weights in bf16 (fp32 accumulation, fp32 LoRA and
-// optimizer). The losses of two steps, and the first step's gradient (AdamW's first moment after one
-// step is (1 - beta1) * g) pointing the same way as the fp32 CPU gradient.
-TEST(CudaTrainer, SimcseStepsInBf16FollowTheCpuBackend) {
-  test::TempDir dir("cuda_trainer");
-  std::string text;
-  for (const char* s : kSentences) text += std::string(s) + "\n";
-  const std::string data = prepare(dir, PrepareFormat::kSentences, "sentences", text);
-  const std::vector<std::pair<std::string, std::string>> extra = {{"per_device_train_batch_size", "4"}};
-  std::unique_ptr<Backend> cpu = make_cpu_backend();
-  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kBf16);
-  const TrainRun c = train(*cpu, "simcse", data, dir / "cpu", extra);
-  const TrainRun g = train(*gpu, "simcse", data, dir / "gpu", extra);
+// A bf16 run against the fp32 CPU run: the losses of two steps, and the first step's gradient (AdamW's
+// first moment after one step is (1 - beta1) * g) pointing the same way as the fp32 CPU gradient.
+// Step 1 sees the same parameters: bf16 rounding only. Step 2 follows an Adam step, which moves every
+// element by about lr whatever its gradient's size, so rounding-sized gradient differences become
+// lr-sized parameter differences: a looser bound.
+void expect_bf16_follows(const TrainRun& g, const TrainRun& c, const char* what) {
   ASSERT_EQ(g.losses.size(), 2u);
   ASSERT_EQ(c.losses.size(), 2u);
-  // Step 1 sees the same parameters: bf16 rounding only. Step 2 follows an Adam step, which moves every
-  // element by about lr whatever its gradient's size, so rounding-sized gradient differences become
-  // lr-sized parameter differences: a looser bound.
   EXPECT_NEAR(g.losses[0], c.losses[0], 2e-2 * std::fabs(c.losses[0]));
   EXPECT_NEAR(g.losses[1], c.losses[1], 1e-1 * std::fabs(c.losses[1]));
   double dot = 0.0, nc = 0.0, ng = 0.0;
@@ -167,9 +161,66 @@ TEST(CudaTrainer, SimcseStepsInBf16FollowTheCpuBackend) {
     }
   }
   const double cosine = dot / std::sqrt(nc * ng);
-  std::printf("bf16: losses cpu %.5f %.5f, cuda %.5f %.5f; step-1 gradient cosine %.5f\n", c.losses[0], c.losses[1],
-              g.losses[0], g.losses[1], cosine);
+  std::printf("%s: losses cpu %.5f %.5f, cuda %.5f %.5f; step-1 gradient cosine %.5f\n", what, c.losses[0],
+              c.losses[1], g.losses[0], g.losses[1], cosine);
   EXPECT_GT(cosine, 0.99);
+}
+
+// Production precision: activations and base weights in bf16 (fp32 accumulation, fp32 LoRA and
+// optimizer).
+TEST(CudaTrainer, SimcseStepsInBf16FollowTheCpuBackend) {
+  test::TempDir dir("cuda_trainer");
+  std::string text;
+  for (const char* s : kSentences) text += std::string(s) + "\n";
+  const std::string data = prepare(dir, PrepareFormat::kSentences, "sentences", text);
+  const std::vector<std::pair<std::string, std::string>> extra = {{"per_device_train_batch_size", "4"}};
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kBf16);
+  const TrainRun c = train(*cpu, "simcse", data, dir / "cpu", extra);
+  const TrainRun g = train(*gpu, "simcse", data, dir / "gpu", extra);
+  expect_bf16_follows(g, c, "bf16");
+}
+
+// A llama model with tok512's vocabulary and head dim 16 (hidden 64, 4 heads, 2 kv heads), random
+// weights, as a Hugging Face directory. The (tied) embeddings are scaled to std 0.05, so that the MNTP
+// logits (normalised hidden states times the embeddings) are O(1), as in a trained model, not O(8).
+std::string write_head_dim_16_model(const test::TempDir& dir) {
+  const nlohmann::json j = {{"model_type", "llama"},       {"vocab_size", 512},         {"hidden_size", 64},
+                            {"intermediate_size", 128},    {"num_hidden_layers", 2},    {"num_attention_heads", 4},
+                            {"num_key_value_heads", 2},    {"rms_norm_eps", 1e-5},      {"rope_theta", 10000.0},
+                            {"tie_word_embeddings", true}, {"max_position_embeddings", 512}};
+  const ModelConfig c = parse_hf_config(j, "head_dim_16");
+  const std::string path = dir / "head_dim_16";
+  test::MemoryTensors w = test::random_weights(c, 7);
+  const char* embed = "model.embed_tokens.weight";
+  std::vector<float> e((size_t)c.vocab_size * c.hidden_size);
+  w.read_f32(embed, e.data(), e.size());
+  for (float& x : e) x *= 0.05f;
+  w.add(embed, w.shape(embed), std::move(e));
+  save_hf_checkpoint(c, w, path);
+  return path;
+}
+
+// MNTP (with attention dropout) and SimCSE steps whose attention runs on the tensor-core kernels
+// (--attention_impl mma refuses a case they do not take), in bf16, against the fp32 CPU backend.
+TEST(CudaTrainer, MntpAndSimcseStepsWithTensorCoreAttentionFollowTheCpuBackend) {
+  test::TempDir dir("cuda_trainer");
+  const std::string model = write_head_dim_16_model(dir);
+  std::string text;
+  for (int rep = 0; rep < 3; ++rep)
+    for (const char* s : kSentences) text += std::string(s) + "\n";
+  const std::string docs = prepare(dir, PrepareFormat::kLines, "docs", text);
+  const std::string sentences = prepare(dir, PrepareFormat::kSentences, "sentences", text);
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kBf16, AttentionImpl::kMma);
+  // tok512 has no "_" piece: its byte token stands in for llm2vec's blank mask token.
+  const std::vector<std::pair<std::string, std::string>> mntp = {
+      {"per_device_train_batch_size", "4"}, {"attention_dropout", "0.1"}, {"mask_token_type", "<0x5F>"}};
+  expect_bf16_follows(train(*gpu, "mntp", docs, dir / "gpu_mntp", mntp, model),
+                      train(*cpu, "mntp", docs, dir / "cpu_mntp", mntp, model), "mntp, mma attention");
+  const std::vector<std::pair<std::string, std::string>> simcse = {{"per_device_train_batch_size", "4"}};
+  expect_bf16_follows(train(*gpu, "simcse", sentences, dir / "gpu_simcse", simcse, model),
+                      train(*cpu, "simcse", sentences, dir / "cpu_simcse", simcse, model), "simcse, mma attention");
 }
 
 TEST(CudaTrainer, SupervisedLatentAttentionStepsMatchTheCpuBackend) {

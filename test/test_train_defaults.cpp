@@ -94,9 +94,9 @@ const std::map<std::string, json>& exceptions() {
 
 // Keys only this codebase has (no llm2vec or Hugging Face source at any stage), and per-run paths.
 const std::set<std::string> kOwnKeys = {
-    "tokenizer", "backend", "lora_alpha", "lora_target_modules", "attention_dropout", "latent_num_latents",
-    "latent_heads", "latent_dim_head", "in_batch_negatives", "hard_negatives", "use_instructions",
-    "skip_instruction", "padding_side", "save_merged_model", "adapter_layout"};
+    "tokenizer", "backend", "attention_impl", "lora_alpha", "lora_target_modules", "attention_dropout",
+    "latent_num_latents", "latent_heads", "latent_dim_head", "in_batch_negatives", "hard_negatives",
+    "use_instructions", "skip_instruction", "padding_side", "save_merged_model", "adapter_layout"};
 const std::set<std::string> kPerRun = {"stage", "model_name_or_path", "dataset_file_path", "output_dir",
                                        "peft_model_name_or_path", "stop_after_n_steps"};
 

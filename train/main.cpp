@@ -39,14 +39,18 @@ constexpr const char* kDefaultBackend = "cuda";
 constexpr const char* kDefaultBackend = "cpu";
 #endif
 
-std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision) {
+// attention_impl: "" (the backend's choice) or the cuda backend's simt | mma.
+std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision,
+                                      const std::string& attention_impl) {
   if (name == "cpu") {
     if (precision != "fp32") throw UsageError("the cpu backend computes in fp32 only (--precision fp32)");
+    if (!attention_impl.empty())
+      throw UsageError("--attention_impl chooses the cuda backend's kernels (the cpu backend has one attention)");
     return make_cpu_backend();
   }
   if (name == "cuda") {
 #if defined(L2V_WITH_CUDA)
-    return make_cuda_backend(parse_cuda_precision(precision));
+    return make_cuda_backend(parse_cuda_precision(precision), parse_attention_impl(attention_impl));
 #else
     throw UsageError("this binary was built without CUDA (use build/llm2vec_cuda, built when nvcc is present)");
 #endif
@@ -63,7 +67,8 @@ struct LoadedModel {
 void load(LoadedModel& lm, const ParsedOptions& o) {
   const std::string path = o.required("--model");
   const std::string backend = o.get("--backend", kDefaultBackend);
-  lm.backend = make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
+  lm.backend = make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"),
+                            o.get("--attention_impl", ""));
   lm.checkpoint = open_checkpoint(path);
   load_model(lm.model, lm.checkpoint.config, *lm.checkpoint.tensors, *lm.backend);
   const ModelConfig& c = lm.checkpoint.config;
@@ -116,7 +121,8 @@ void print_similarities(const char* title, const std::vector<float>& emb, int n,
 
 std::unique_ptr<Backend> backend_for(const ParsedOptions& o) {
   const std::string backend = o.get("--backend", kDefaultBackend);
-  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"));
+  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"),
+                      o.get("--attention_impl", ""));
 }
 
 int run_demo(const ParsedOptions& o) {
@@ -228,7 +234,8 @@ int run_train(const ParsedOptions& o) {
   for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
   const std::string backend_name = cfg.backend.empty() ? kDefaultBackend : cfg.backend;
   std::unique_ptr<Backend> backend = make_backend(
-      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32");
+      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
+      cfg.attention_impl);
   TrainResult r = run_training(cfg, *backend);
   return r.interrupted ? 130 : 0;
 }
@@ -369,6 +376,9 @@ const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default
 const OptionSpec kPrecision{"--precision", "P",
                             "storage of activations and base weights: bf16 (cuda default, fp32\n"
                             "accumulation) or fp32 (cpu: fp32 only)"};
+const OptionSpec kAttentionImpl{"--attention_impl", "I",
+                                "cuda attention kernels: simt | mma (tensor cores: bf16, head dim 16, 64\n"
+                                "or 128) (default: the fastest that supports the case, printed at start)"};
 
 // The options of the commands that load a model for embedding (see encoder_spec), then `own`.
 std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
@@ -380,7 +390,7 @@ std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
       {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
       {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"}};
   spec.insert(spec.end(), own.begin(), own.end());
-  spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision});
+  spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision, kAttentionImpl});
   return spec;
 }
 
@@ -389,11 +399,11 @@ const std::vector<Command>& commands() {
       {"demo",
        "embed the lines of a text file with mean pooling, once with causal and once with\n"
        "bidirectional attention (no training), and print their cosine similarities",
-       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}, kBackend, kPrecision},
+       {kModel, kTokenizer, {"--text", "PATH", "one sentence per line"}, kBackend, kPrecision, kAttentionImpl},
        run_demo},
       {"generate",
        "greedy decoding from BOS with causal attention",
-       {kModel, kTokenizer, kBackend, kPrecision,
+       {kModel, kTokenizer, kBackend, kPrecision, kAttentionImpl,
         {"--steps", "N",
          "tokens to generate (default 255, what llama2.c's run.c prints with -n 256:\n"
          "its step count includes the BOS position); at most max_position_embeddings - 1"}},
