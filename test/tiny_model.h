@@ -25,6 +25,11 @@ class MemoryTensors : public TensorSource {
     tensors_[name] = {std::move(shape), std::move(data)};
   }
   void erase(const std::string& name) { tensors_.erase(name); }
+  // Replaces every tensor's values by f(values) (e.g. rounding them to a storage precision).
+  template <class F>
+  void transform(F&& f) {
+    for (auto& kv : tensors_) kv.second.second = f(std::move(kv.second.second));
+  }
   bool has(const std::string& name) const override { return tensors_.count(name) > 0; }
   std::vector<int64_t> shape(const std::string& name) const override { return tensors_.at(name).first; }
   void read_f32(const std::string& name, float* dst, size_t count) const override {
@@ -105,15 +110,17 @@ inline void add_random_lora(Model& m, int r, float alpha, float dropout, unsigne
   }
 }
 
-// A tiny random model on a backend (the CPU one unless given).
+// A tiny random model on a backend (the CPU one unless given); `round_weights`, when given, maps every
+// weight tensor's values first (a bf16 test gives both backends the weights bf16 storage holds).
 struct TinyModel {
   std::unique_ptr<Backend> backend;
   Model model;
   explicit TinyModel(bool qkv_bias = false, unsigned seed = 1, std::unique_ptr<Backend> be = make_cpu_backend(),
-                     int hidden_size = 16)
+                     int hidden_size = 16, std::vector<float> (*round_weights)(std::vector<float>) = nullptr)
       : backend(std::move(be)) {
     ModelConfig c = tiny_config(qkv_bias, hidden_size);
     MemoryTensors w = random_weights(c, seed);
+    if (round_weights) w.transform(round_weights);
     load_model(model, c, w, *backend);
   }
 };
