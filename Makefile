@@ -56,6 +56,31 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 test: $(MAIN_BIN) $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)
 
+# The CPU test suite (every test but the emulator's, whose kernel tests have ASan twins in emu.mk, and
+# the nvcc binary's) and the binary test_fault_injection runs, under AddressSanitizer and
+# UndefinedBehaviorSanitizer, apart from the normal build (build/san/): any report fails the run.
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+SAN_TESTS := $(filter-out test_cuda_% test_emulator% test_gpu_binary,$(patsubst test/%.cpp,%,$(TEST_SRCS)))
+SAN_BINS  := $(SAN_TESTS:%=$(BUILD)/san/test/%)
+.PHONY: test-sanitize
+
+$(BUILD)/san/%.o: %.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(SAN_FLAGS) -c $< -o $@
+
+$(BUILD)/san/libl2v.a: $(patsubst %.cpp,$(BUILD)/san/%.o,$(LIB_SRCS))
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/san/llm2vec: $(BUILD)/san/train/main.o $(BUILD)/san/libl2v.a
+	$(CXX) $(CXXFLAGS) $(SAN_FLAGS) $^ -o $@ $(LDLIBS)
+
+$(SAN_BINS): $(BUILD)/san/test/%: $(BUILD)/san/test/%.o $(BUILD)/san/libl2v.a
+	$(CXX) $(CXXFLAGS) $(SAN_FLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
+
+test-sanitize: $(SAN_BINS) $(BUILD)/san/llm2vec
+	@L2V_BIN=$(BUILD)/san/llm2vec ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 bash scripts/run_tests.sh $(SAN_BINS)
+
 # The recipe end to end on the bundled model and the micro-scale ablation table (a few minutes, CPU).
 run: $(MAIN_BIN)
 	bash scripts/micro_ablation.sh

@@ -12,6 +12,8 @@
 // Each loop is bounded in attempts and wall time; the kill times are drawn from a fixed seed.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -38,7 +40,8 @@ namespace fs = std::filesystem;
 using test::TempDir;
 using Clock = std::chrono::steady_clock;
 
-const std::string kBin = "build/llm2vec";
+// L2V_BIN: another build of the binary (make test-sanitize runs its ASan + UBSan build here).
+const std::string kBin = std::getenv("L2V_BIN") ? std::getenv("L2V_BIN") : "build/llm2vec";
 const std::string kModel = "assets/stories260K/stories260K.bin";
 const std::string kTok = "assets/stories260K/tok512.bin";
 
