@@ -550,6 +550,21 @@ def lora_model_inner(runner, inner_dir):
     return m
 
 
+def lora_loss_and_grads(runner, model, params, ids, mask, labels):
+    """-> hidden, logits, MNTP loss [1] (asserted equal to transformers' own labels= loss) and
+    {adapter key: d loss / d parameter} (all finite and nonzero) of a PEFT model in train mode."""
+    h, logits, loss_hf = runner.forward(model, ids, mask, labels=labels)
+    loss = mntp_loss(logits, labels)
+    assert torch.allclose(loss, loss_hf, atol=1e-6, rtol=1e-6), (loss, loss_hf)
+    loss.backward()
+    grads = {}
+    for k in sorted(params):
+        g = params[k].grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().max() > 0, k
+        grads[k] = g.detach().clone()
+    return h.detach(), logits.detach(), loss.detach().reshape(1), grads
+
+
 def real_max_diff(a, b, mask):
     d = (a - b).abs().amax(dim=-1)  # [B, T]
     return float(d[mask.bool()].max())
@@ -627,25 +642,20 @@ def build_reference(name, model_dir, adapter_dir, inner_dir, causal_cls, bidir_c
 
         # ---- with the adapter, train mode, loss + grads
         m, params = lora_model(r, adapter_dir, adapter_keys)
-        hl, lgl, loss_hf = r.forward(m, ids, mask, labels=labels)
-        loss = mntp_loss(lgl, labels)
-        assert torch.allclose(loss, loss_hf, atol=1e-6, rtol=1e-6), (loss, loss_hf)
-        loss.backward()
-        ref[f"{mode}.lora.hidden"] = hl.detach()
-        ref[f"{mode}.lora.logits"] = lgl.detach()
-        ref[f"{mode}.lora.loss"] = loss.detach().reshape(1)
-        for k in sorted(params):
-            g = params[k].grad
-            assert g is not None and torch.isfinite(g).all() and g.abs().max() > 0, k
-            ref[f"{mode}.grad.{k}"] = g.detach().clone()
+        hl, lgl, loss, grads = lora_loss_and_grads(r, m, params, ids, mask, labels)
+        ref[f"{mode}.lora.hidden"] = hl
+        ref[f"{mode}.lora.logits"] = lgl
+        ref[f"{mode}.lora.loss"] = loss
+        for k, g in grads.items():
+            ref[f"{mode}.grad.{k}"] = g
         # the llm2vec-layout adapter (PEFT around the inner model) gives the same outputs
         mi = lora_model_inner(r, inner_dir)
         hi, lgi, _ = r.forward(mi, ids, mask)
         assert torch.equal(hi, hl) and torch.equal(lgi, lgl), mode
-        d_lora = real_max_diff(h, hl.detach(), mask)
+        d_lora = real_max_diff(h, hl, mask)
         assert d_lora > 1e-3, d_lora
         info[f"{mode}.lora_vs_base_hidden"] = d_lora
-        info[f"{mode}.lora.loss"] = float(loss)
+        info[f"{mode}.lora.loss"] = float(loss[0])
 
     # causal and bidir differ at every real position
     per_pos = (outs["causal"] - outs["bidir"]).abs().amax(dim=-1)
