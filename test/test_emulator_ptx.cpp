@@ -3,7 +3,8 @@
 // states them, not as host/emu/ptx.cpp computes them), and compare exactly; numeric tests compare mma
 // with a double-precision matmul under the fp32 rounding bound of the k-sum; a 64x64x64 GEMM kernel
 // (cp.async double buffering, ldmatrix, mma) is checked against the CPU. Planted-bug tests assert that
-// the KernelError names the instruction and the kernel's source line; in the AddressSanitizer build
+// the KernelError names the instruction and the kernel's source line (among them the two races between
+// warps that a missing __syncthreads() leaves around a cp.async); in the AddressSanitizer build
 // (build/asan/test_emulator_ptx) a plain load of a pending cp.async destination must be fatal.
 #include <gtest/gtest.h>
 
@@ -638,6 +639,72 @@ TEST(PtxBugs, DestinationWrittenWhileTheCopyIsPending) {
   EXPECT_TRUE(contains(msg, "was written while the copy was pending (byte 4 is 0x7")) << msg;
 }
 #endif
+
+// Both warps read a tile with ldmatrix; warp 0 then refills it by cp.async: the bug of a double-buffered
+// loop without its trailing barrier (warp 1 may still be reading on a GPU), unless kBarrier.
+template <bool kBarrier>
+__global__ void cp_async_refills_a_read_tile(const uint16_t* src, uint32_t* out) {
+  L2V_SHARED(uint16_t, tile, [8][8]);
+  if (threadIdx.x < 8) ptx::cp_async_cg(&tile[threadIdx.x][0], src + 8 * threadIdx.x);
+  ptx::cp_async_wait_all();
+  __syncthreads();
+  uint32_t r[1];
+  ptx::ldmatrix<1>(r, &tile[threadIdx.x % 8][0]);  // @read_before_refill
+  out[threadIdx.x] = r[0];
+  if (kBarrier) __syncthreads();
+  if (threadIdx.x < 8) ptx::cp_async_cg(&tile[threadIdx.x][0], src + 64 + 8 * threadIdx.x);  // @refill
+  ptx::cp_async_wait_all();
+}
+
+TEST(PtxBugs, CpAsyncOverwritesWhatAnotherWarpReadWithoutABarrier) {
+  Raw<uint16_t> src(std::vector<uint16_t>(128, 1));
+  Raw<uint32_t> out(64);
+  const std::string msg = kernel_error([&] {
+    launch("cp_async_refills_a_read_tile", cp_async_refills_a_read_tile<false>, dim3(1), dim3(64), 0, nullptr, src.ptr,
+           out.ptr);
+  });
+  EXPECT_TRUE(contains(msg, "cp.async.cg.shared.global at " + site_of("refill") + " (16 bytes) by warp 0")) << msg;
+  EXPECT_TRUE(contains(msg, "was read since the last __syncthreads() by another warp (warps 0x3, first by "
+                            "ldmatrix.sync.aligned.m8n8.x1.shared.b16 at " + site_of("read_before_refill"))) << msg;
+  EXPECT_TRUE(contains(msg, "a __syncthreads() is missing")) << msg;
+  EXPECT_EQ(kernel_error([&] {
+              launch("cp_async_refills_a_read_tile", cp_async_refills_a_read_tile<true>, dim3(1), dim3(64), 0, nullptr,
+                     src.ptr, out.ptr);
+            }),
+            "");
+}
+
+// Thread 0 (warp 0) copies and waits; thread 32 (warp 1) reads the copy without a barrier in between,
+// unless kBarrier. (Run in forward order: in reverse order the reader runs before the copy is issued.)
+template <bool kBarrier>
+__global__ void cp_async_read_by_another_warp(const int4* src, int* out) {
+  L2V_SHARED(int4, slot, [1]);
+  if (threadIdx.x == 0) {
+    ptx::cp_async_cg(&slot[0], src);  // @landed_copy
+    ptx::cp_async_wait_all();
+  }
+  if (kBarrier) __syncthreads();
+  if (threadIdx.x == 32) out[0] = ptx::ld_shared(&slot[0].y);  // @other_warp_read
+}
+
+TEST(PtxBugs, AnotherWarpReadsALandedCopyWithoutABarrier) {
+  ScheduleScope forward({emu::Order::kForward, 0});
+  Raw<int4> src(std::vector<int4>{{1, 2, 3, 4}});
+  Raw<int> out(1);
+  const std::string msg = kernel_error([&] {
+    launch("cp_async_read_by_another_warp", cp_async_read_by_another_warp<false>, dim3(1), dim3(64), 0, nullptr,
+           src.ptr, out.ptr);
+  });
+  EXPECT_TRUE(contains(msg, "ld_shared at " + site_of("other_warp_read") + " (warp 1) reads")) << msg;
+  EXPECT_TRUE(contains(msg, "where the cp.async.cg.shared.global at " + site_of("landed_copy"))) << msg;
+  EXPECT_TRUE(contains(msg, "(warp 0) landed since the last __syncthreads()")) << msg;
+  EXPECT_EQ(kernel_error([&] {
+              launch("cp_async_read_by_another_warp", cp_async_read_by_another_warp<true>, dim3(1), dim3(64), 0,
+                     nullptr, src.ptr, out.ptr);
+            }),
+            "");
+  EXPECT_EQ(out.get1(), 2);
+}
 
 // ---- Bank conflicts of ldmatrix.x4 over a 16 x kStride tile of 16-bit elements (lane l: row l % 16,
 // column 8 (l / 16)), one warp.

@@ -29,7 +29,8 @@
 //
 // What the emulator cannot show: performance (run times here say nothing about a GPU), memory-model
 // races between threads that do not meet at a barrier (fibers are never preempted, so a missing
-// __syncthreads() shows only when the schedule order makes a reader run before its writer), lanes of a
+// __syncthreads() shows only when the schedule order makes a reader run before its writer; the races
+// between warps around a cp.async are the exception, host/emu/ptx.h), lanes of a
 // warp running independently between collectives (true of Volta and later, invisible here), and spin
 // loops waiting for another thread or block (they never yield: they hang). Streams are synchronous.
 // Fast-math intrinsics (__expf, __fdividef, ...) are computed exactly; tensor-core MMA accumulates in

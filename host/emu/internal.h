@@ -57,6 +57,8 @@ bool in_shared_memory(const void* p, size_t bytes);
 void ptx_block_begin(unsigned nthreads);
 // A thread's kernel body returned: fails (KernelError) if its cp.async copies were not all waited for.
 void ptx_thread_returned(unsigned thread);
+// A block barrier was released: what the block's warps read and landed before it is ordered.
+void ptx_block_barrier();
 // The block is over (finished or abandoned after an error): drops what is still pending.
 void ptx_block_end();
 

@@ -1,13 +1,15 @@
 // The PTX-level warp operations (mma.sync m16n8k16, ldmatrix, cp.async) on the emulator; the contract,
 // fragment layouts and numerics are in host/emu/ptx.h. The pending cp.async copies of the block running
-// on this OS thread live in t_copies (blocks of one OS thread run one after another; the scheduler
-// resets it per block through ptx_block_begin / ptx_block_end).
+// on this OS thread, and what its warps read and landed since its last block barrier, live in t_copies
+// (blocks of one OS thread run one after another; the scheduler resets it per block through
+// ptx_block_begin / ptx_block_end and per barrier through ptx_block_barrier).
 #include "host/emu/ptx.h"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "host/emu/cuda_emu.h"
@@ -36,8 +38,25 @@ struct PendingCopy {
   unsigned char data[16];  // the source bytes, read at issue
 };
 
+// A 16-byte chunk of shared memory touched since the block's last barrier: the warps that read it
+// (ldmatrix, ld_shared; bit w for warp w, at most 32 warps) and the first such read, or the copy that
+// landed in it and the warp that issued it.
+struct Touch {
+  uint32_t readers = 0;
+  const char* read_op = nullptr;  // the first read: instruction and site
+  const char* read_file = nullptr;
+  int read_line = 0;
+  int landed_by = -1;  // the warp of the copy that landed here, -1 if none
+  std::pair<uintptr_t, PendingCopy> landed;  // that copy (destination, copy)
+};
+
 struct BlockCopies {
   unsigned nthreads = 0;
+  // Shared memory chunks (address / 16) read or landed in since the last block barrier: what the next
+  // barrier orders. A cp.async into a chunk another warp read, or another warp's read of a landed chunk,
+  // in the same interval is a race on a GPU, whose warps run independently; here warps advance in
+  // lockstep between collectives, so the race itself never shows.
+  std::unordered_map<uintptr_t, Touch> touched;
   // Every pending copy of the block by destination address; their destinations never overlap.
   std::map<uintptr_t, PendingCopy> pending;
   // Per thread (thread_rank): its pending destinations in issue order (so in group order) and how many
@@ -94,6 +113,23 @@ void check_readable(const What& what, const void* p, size_t n) {
   }
 }
 
+// Records a read of [p, p + n) by warp `warp` with instruction `op` at file:line, and fails if another
+// warp's copy landed there since the last barrier.
+void record_read(const char* op, const char* file, int line, const void* p, size_t n, unsigned warp) {
+  const auto lo = reinterpret_cast<uintptr_t>(p);
+  for (uintptr_t chunk = lo / 16; chunk <= (lo + n - 1) / 16; ++chunk) {
+    Touch& t = t_copies.touched[chunk];
+    if (t.landed_by >= 0 && t.landed_by != static_cast<int>(warp)) {
+      fail(std::string(op) + " at " + site(file, line) + " (warp " + std::to_string(warp) + ") reads " + hex(p) +
+           ", where the " + describe(t.landed) + " (warp " + std::to_string(t.landed_by) +
+           ") landed since the last __syncthreads(): its wait makes the bytes visible to the issuing thread, "
+           "other warps must meet it at a __syncthreads() first");
+    }
+    if (t.readers == 0) t.read_op = op, t.read_file = file, t.read_line = line;
+    t.readers |= 1u << warp;
+  }
+}
+
 // Writes a pending copy's bytes into its destination (the copy leaves the pending set afterwards).
 void land(const Pending& p, const char* wait, const char* file, int line) {
   const PendingCopy& c = p.second;
@@ -112,6 +148,12 @@ void land(const Pending& p, const char* wait, const char* file, int line) {
   }
   std::memcpy(dst, c.data, c.src_bytes);  // c.data, never c.src: src_bytes may be 0 with any src
   std::memset(dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+  const int warp = static_cast<int>(thread_rank() / 32);
+  for (uintptr_t chunk = p.first / 16; chunk <= (p.first + c.bytes - 1) / 16; ++chunk) {
+    Touch& t = t_copies.touched[chunk];
+    t.landed_by = warp;
+    t.landed = p;
+  }
 }
 
 // Lands the running thread's copies of groups < `groups` (uncommitted copies: groups = committed + 1).
@@ -231,6 +273,7 @@ void complete_ldmatrix(WarpArrival* const lanes[32], unsigned) {
           },
           rows[j], 16);
       std::memcpy(m[i][j], rows[j], 16);
+      record_read(first.op->name, first.file, first.line, rows[j], 16, first.thread / 32);
     }
     wavefronts += phase_wavefronts(rows);
   }
@@ -321,6 +364,15 @@ void cp_async(CacheOp op, int bytes, void* dst, const void* src, int src_bytes, 
          " (no order holds between two cp.async copies: wait for the first before reusing its destination)");
   }
   const unsigned rank = thread_rank();
+  for (uintptr_t chunk = dst_address / 16; chunk <= (dst_address + bytes - 1) / 16; ++chunk) {
+    const auto it = t_copies.touched.find(chunk);
+    if (it != t_copies.touched.end() && (it->second.readers & ~(1u << rank / 32)) != 0) {
+      fail(where() + " by warp " + std::to_string(rank / 32) + ": its destination " + hex(dst) +
+           " was read since the last __syncthreads() by another warp (warps " + hex(it->second.readers) +
+           ", first by " + it->second.read_op + " at " + site(it->second.read_file, it->second.read_line) +
+           "): nothing orders that read before the copy's write, a __syncthreads() is missing between them");
+    }
+  }
   if (!copies_issued()) {
     t_copies.issued.resize(t_copies.nthreads);
     t_copies.committed.assign(t_copies.nthreads, 0);
@@ -358,6 +410,7 @@ void check_shared_read(const void* p, size_t bytes, const char* file, int line) 
     fail(where() + ": " + std::to_string(bytes) + " bytes at " + hex(p) + " are not inside the block's shared memory");
   }
   check_readable(where, p, bytes);
+  record_read("ld_shared", file, line, p, bytes, thread_rank() / 32);
 }
 
 void ptx_block_begin(unsigned nthreads) {
@@ -365,7 +418,10 @@ void ptx_block_begin(unsigned nthreads) {
   t_copies.pending.clear();
   t_copies.issued.clear();
   t_copies.committed.clear();
+  t_copies.touched.clear();
 }
+
+void ptx_block_barrier() { t_copies.touched.clear(); }
 
 void ptx_thread_returned(unsigned thread) {
   if (!copies_issued()) return;
@@ -380,6 +436,7 @@ void ptx_thread_returned(unsigned thread) {
 void ptx_block_end() {
   for (const auto& [dst, c] : t_copies.pending) asan_unpoison(reinterpret_cast<const void*>(dst), c.bytes);
   t_copies.pending.clear();
+  t_copies.touched.clear();
 }
 
 }  // namespace l2v::emu

@@ -44,14 +44,19 @@
 //   * a destination written while its copy was pending, or a source that changed meanwhile (found when
 //     the copy lands: the destination no longer holds the poison / the source differs from what was read
 //     at issue -- a write of exactly 0xFF bytes, or one undone before the wait, goes unnoticed);
-//   * a thread whose kernel body returns with copies it never waited for.
+//   * a thread whose kernel body returns with copies it never waited for;
+//   * the two races a missing __syncthreads() leaves between warps, in 16-byte chunks of shared memory,
+//     between two block barriers: a cp.async into a chunk that another warp read (ldmatrix, ld_shared)
+//     -- the double-buffered loop without its trailing barrier -- and an ldmatrix / ld_shared of a chunk
+//     that another warp's copy landed in (its wait makes the bytes visible to the issuing thread only).
+//     Warps advance here in lockstep from collective to collective, so these races would never show as
+//     wrong values; they are found from the order of the operations instead.
 // Not detected: a plain C++ load of a pending destination cannot be intercepted; it reads the poison
 // (NaNs), and the AddressSanitizer build (build/asan/) reports it as a use-after-poison with the kernel's
 // stack -- where ASan's 8-byte shadow granules can express it: a 4-byte copy sharing a granule with bytes
-// that are not pending is not ASan-poisoned. Cross-thread visibility: a copy lands when its issuing
-// thread waits, so a reader in another thread needs that wait and then a __syncthreads(); one that reads
-// after the wait but without the barrier is a race the emulator shows only if the schedule runs the
-// reader first (as for plain shared-memory races).
+// that are not pending is not ASan-poisoned. Plain C++ loads and stores take no part in the race checks
+// above, and neither do lanes of one warp (a reader in the issuing thread's warp needs a __syncwarp(),
+// which is not checked).
 //
 // Bank conflicts (reported, not errors): each matrix of an ldmatrix is one phase of 8 lanes reading 8
 // rows of 16 bytes; a phase needs as many shared-memory wavefronts as the largest number of distinct

@@ -284,6 +284,7 @@ bool release_block_barrier(Block& b) {
     t.vote = vote;
     t.state = State::kReady;
   }
+  ptx_block_barrier();
   return true;
 }
 
