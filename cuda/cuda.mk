@@ -1,13 +1,16 @@
 # The CUDA build, whenever nvcc is present (CUDA_HOME, default /usr/local/cuda): the kernels and the CUDA
-# backend compiled for sm_80 and sm_90 with warnings as errors, the llm2vec_cuda binary (the same
-# main.cpp with the CUDA backend linked in), and a per-kernel resource report from ptxas
-# (build/cuda/resource_report.txt; the build fails if a hot kernel spills on sm_90). Included by the
-# main Makefile. Nothing here runs a kernel: the emulated build (host/emu/emu.mk) does that.
+# backend compiled for sm_80 and sm_90 with warnings as errors (plus compute_90 PTX in the binary, which
+# the driver of a newer GPU compiles at load time), the llm2vec_cuda binary (the same main.cpp with the
+# CUDA backend linked in), and a per-kernel resource report from ptxas with estimated occupancy
+# (build/cuda/resource_report.txt, scripts/cuda_resource_report.sh; the build fails if a hot kernel
+# spills). Included by the main Makefile after host/emu/emu.mk (it uses EMU_CXXFLAGS). Nothing here runs
+# a kernel: the emulated build (host/emu/emu.mk) does that.
 
 NVCC := $(wildcard $(CUDA_HOME)/bin/nvcc)
 ifneq ($(NVCC),)
 
-CUDA_ARCHS     := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_ARCHS     := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+                  -gencode arch=compute_90,code=compute_90
 NVCCFLAGS      := -std=c++17 -O3 -I. $(CUDA_ARCHS) -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
                   -Xptxas -v -MMD -MP
 # cuda/ptx_check.cu only proves that the inline PTX of cuda/ptx.cuh assembles: built, linked into nothing.
@@ -17,11 +20,19 @@ CUDA_OBJS      := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc/%.o)
 CUDA_BIN       := $(BUILD)/llm2vec_cuda
 CUDA_REPORT    := $(BUILD)/cuda/resource_report.txt
 CUDA_LDLIBS    := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+DYNAMIC_SMEM   := $(BUILD)/cuda/dynamic_smem
 
-# ptxas -v writes the resource usage of every kernel to stderr: keep it beside the object.
+# ptxas -v writes the resource usage of every kernel to stderr: keep it beside the object, and the
+# compute_90 PTX (the kernels' __launch_bounds__, for the occupancy estimate) from nvcc's kept files.
 $(BUILD)/nvcc/%.o: %.cu | $(DEPS_OK)
+	@mkdir -p $(@D) $@.keep
+	$(NVCC) $(NVCCFLAGS) -keep -keep-dir $@.keep -c $< -o $@ 2> $@.ptxas.log || { cat $@.ptxas.log; exit 1; }
+	mv $@.keep/$(*F).compute_90.ptx $@.ptx && rm -rf $@.keep
+
+# The dynamic shared memory of each kernel launch, read from the launchers' constants (g++, emulator headers).
+$(DYNAMIC_SMEM): cuda/dynamic_smem.cpp | $(DEPS_OK)
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@ 2> $@.ptxas.log || { cat $@.ptxas.log; exit 1; }
+	$(CXX) $(EMU_CXXFLAGS) $< -o $@
 
 $(BUILD)/nvcc/train/main.o: train/main.cpp | $(DEPS_OK)
 	@mkdir -p $(@D)
@@ -30,9 +41,10 @@ $(BUILD)/nvcc/train/main.o: train/main.cpp | $(DEPS_OK)
 $(CUDA_BIN): $(BUILD)/nvcc/train/main.o $(CUDA_OBJS) $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LDLIBS)
 
-$(CUDA_REPORT): $(CUDA_OBJS) scripts/cuda_resource_report.sh
+$(CUDA_REPORT): $(CUDA_OBJS) $(DYNAMIC_SMEM) scripts/cuda_resource_report.sh
 	@mkdir -p $(@D)
-	bash scripts/cuda_resource_report.sh $@ $(CUDA_OBJS:%=%.ptxas.log)
+	$(DYNAMIC_SMEM) > $@.dynamic_smem.tsv
+	bash scripts/cuda_resource_report.sh $@ $@.dynamic_smem.tsv $(CUDA_OBJS)
 
 .PHONY: cuda
 cuda: $(CUDA_BIN) $(CUDA_REPORT) $(PTX_CHECK_OBJ)
