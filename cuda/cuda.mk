@@ -3,8 +3,9 @@
 # the driver of a newer GPU compiles at load time), the llm2vec_cuda binary (the same main.cpp with the
 # CUDA backend linked in), and a per-kernel resource report from ptxas with estimated occupancy
 # (build/cuda/resource_report.txt, scripts/cuda_resource_report.sh; the build fails if a hot kernel
-# spills). Included by the main Makefile after host/emu/emu.mk (it uses EMU_CXXFLAGS). Nothing here runs
-# a kernel: the emulated build (host/emu/emu.mk) does that.
+# spills); `make gpu-tests` adds the CUDA tests built for a real GPU.
+# Included by the main Makefile after host/emu/emu.mk (it uses EMU_CXXFLAGS). Nothing here runs a
+# kernel: the emulated build (host/emu/emu.mk) does that, scripts/gpu_check.sh on a GPU.
 
 NVCC := $(wildcard $(CUDA_HOME)/bin/nvcc)
 ifneq ($(NVCC),)
@@ -46,8 +47,22 @@ $(CUDA_REPORT): $(CUDA_OBJS) $(DYNAMIC_SMEM) scripts/cuda_resource_report.sh
 	$(DYNAMIC_SMEM) > $@.dynamic_smem.tsv
 	bash scripts/cuda_resource_report.sh $@ $@.dynamic_smem.tsv $(CUDA_OBJS)
 
-.PHONY: cuda
+# The CUDA tests against the real CUDA runtime, for a GPU machine (scripts/gpu_check.sh; not part of
+# `all`, nothing here runs them): every test/test_cuda_*.cpp compiled by nvcc as CUDA, without
+# L2V_EMULATE, linked with the nvcc-built backend. Their emulator-only tests (scheduling orders, the
+# ldmatrix bank-conflict counters) are compiled out; everything else runs as under the emulator.
+CUDA_GPU_TESTS := $(patsubst test/%.cpp,$(BUILD)/gpu/test/%,$(wildcard test/test_cuda_*.cpp))
+
+$(BUILD)/gpu/test/%.o: test/%.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -x cu -c $< -o $@ 2> $@.ptxas.log || { cat $@.ptxas.log; exit 1; }
+
+$(CUDA_GPU_TESTS): $(BUILD)/gpu/test/%: $(BUILD)/gpu/test/%.o $(CUDA_OBJS) $(BUILD)/lib/libl2v.a
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(GTEST) $(LDLIBS) $(CUDA_LDLIBS)
+
+.PHONY: cuda gpu-tests
 cuda: $(CUDA_BIN) $(CUDA_REPORT) $(PTX_CHECK_OBJ)
+gpu-tests: $(CUDA_GPU_TESTS)
 all: cuda
 # test/test_gpu_binary.cpp runs the binary.
 test: cuda

@@ -1,11 +1,11 @@
 // Helpers shared by the kernel tests that run on the CUDA-on-CPU emulator (test/test_cuda_*.cpp, built
-// with -DL2V_EMULATE; see host/emu/emu.mk): the storage precisions under test (fp32, bf16, fp16) with their
-// unit roundoff, float <-> T conversions, the values a T array holds, RAII device arrays (one filled
-// from / read back as floats, one of plain values), and the table of the worst errors seen per comparison
-// family, checked and recorded by CloseRecorded (and CloseStored, for results rounded once to T) and
-// printed by a WorstReport when the tests end; and, for
-// the emulator only, the message of a launch's KernelError and scheduling-order scopes. Generic,
-// non-CUDA test helpers are in test/test_util.h.
+// with -DL2V_EMULATE; see host/emu/emu.mk) and, built by nvcc, on a GPU (cuda/cuda.mk's gpu-tests): the
+// storage precisions under test (fp32, bf16, fp16) with their unit roundoff, float <-> T conversions,
+// the values a T array holds, RAII device arrays (one filled from / read back as floats, one of plain
+// values), and the table of the worst errors seen per comparison family, checked and recorded by
+// CloseRecorded (and CloseStored, for results rounded once to T) and printed by a WorstReport when the
+// tests end; and, for the emulator only, the message of a launch's KernelError and scheduling-order
+// scopes. Generic, non-CUDA test helpers are in test/test_util.h.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,7 +19,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "cuda/launch.h"  // CUDA_CHECK; the CUDA runtime and __nv_bfloat16 (the emulator's under L2V_EMULATE)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/launch.h"  // CUDA_CHECK; the CUDA runtime (the emulator's under L2V_EMULATE)
 
 namespace l2v::test {
 
