@@ -3,7 +3,7 @@
 # the driver of a newer GPU compiles at load time), the llm2vec_cuda binary (the same main.cpp with the
 # CUDA backend linked in), and a per-kernel resource report from ptxas with estimated occupancy
 # (build/cuda/resource_report.txt, scripts/cuda_resource_report.sh; the build fails if a hot kernel
-# spills); `make gpu-tests` adds the CUDA tests built for a real GPU.
+# spills); `make bench` adds the GPU benchmarks, `make gpu-tests` the CUDA tests built for a real GPU.
 # Included by the main Makefile after host/emu/emu.mk (it uses EMU_CXXFLAGS). Nothing here runs a
 # kernel: the emulated build (host/emu/emu.mk) does that, scripts/gpu_check.sh on a GPU.
 
@@ -47,6 +47,14 @@ $(CUDA_REPORT): $(CUDA_OBJS) $(DYNAMIC_SMEM) scripts/cuda_resource_report.sh
 	$(DYNAMIC_SMEM) > $@.dynamic_smem.tsv
 	bash scripts/cuda_resource_report.sh $@ $@.dynamic_smem.tsv $(CUDA_OBJS)
 
+# GPU benchmarks (bench/*.cu, plain programs timing with CUDA events; bench/gpu_bench.h), built by
+# `make bench` and `make all` beside the CPU ones: build/bench/bench_attention, build/bench/bench_gemm.
+CUDA_BENCH_BINS := $(patsubst bench/%.cu,$(BUILD)/bench/%,$(wildcard bench/*.cu))
+
+$(CUDA_BENCH_BINS): $(BUILD)/bench/%: $(BUILD)/nvcc/bench/%.o
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(CUDA_LDLIBS)
+
 # The CUDA tests against the real CUDA runtime, for a GPU machine (scripts/gpu_check.sh; not part of
 # `all`, nothing here runs them): every test/test_cuda_*.cpp compiled by nvcc as CUDA, without
 # L2V_EMULATE, linked with the nvcc-built backend. Their emulator-only tests (scheduling orders, the
@@ -63,7 +71,8 @@ $(CUDA_GPU_TESTS): $(BUILD)/gpu/test/%: $(BUILD)/gpu/test/%.o $(CUDA_OBJS) $(BUI
 .PHONY: cuda gpu-tests
 cuda: $(CUDA_BIN) $(CUDA_REPORT) $(PTX_CHECK_OBJ)
 gpu-tests: $(CUDA_GPU_TESTS)
-all: cuda
+bench: $(CUDA_BENCH_BINS)
+all: cuda $(CUDA_BENCH_BINS)
 # test/test_gpu_binary.cpp runs the binary.
 test: cuda
 
