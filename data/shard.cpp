@@ -233,6 +233,7 @@ void ShardWriter::open(const std::string& path, ShardKind kind, uint32_t vocab_s
 }
 
 void ShardWriter::write(const void* data, size_t n) {
+  if (n == 0) return;  // an empty document's data may be a null pointer, which fwrite must not get either
   if (std::fwrite(data, 1, n, file_) != n) {
     std::string e = std::strerror(errno);
     discard();  // a partial write leaves nothing worth finishing
@@ -253,7 +254,7 @@ void ShardWriter::append(const int32_t* ids, size_t n) {
   scratch_.resize(n * header_.token_width);
   if (header_.token_width == 2) {
     for (size_t i = 0; i < n; ++i) store<uint16_t>(&scratch_[2 * i], static_cast<uint16_t>(ids[i]));
-  } else {
+  } else if (n > 0) {  // memcpy must not get the null pointer an empty document may have
     std::memcpy(scratch_.data(), ids, n * 4);
   }
   write(scratch_.data(), scratch_.size());
