@@ -3,8 +3,9 @@
 # Called by the Makefile before building; safe to run again (does nothing when all are present).
 set -euo pipefail
 
+# clang and its runtimes (libFuzzer, sanitizers) build the fuzz targets (fuzz/fuzz.mk).
 packages=(g++ make nlohmann-json3-dev libopenblas-dev libopenmpi-dev openmpi-bin libgtest-dev libbenchmark-dev
-          libpcre2-dev libutf8proc-dev)
+          libpcre2-dev libutf8proc-dev clang libclang-rt-14-dev)
 
 missing=()
 for p in "${packages[@]}"; do
