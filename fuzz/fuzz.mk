@@ -12,7 +12,7 @@ FUZZ_CXXFLAGS := -std=c++17 -O1 -g -I. -MMD -MP -Wall -Wextra -Werror -Wno-unkno
                  $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 FUZZ_LIB_SRCS := model/safetensors.cpp model/config.cpp model/llama2c.cpp train/train_config.cpp \
                  model/model.cpp model/pooling.cpp host/cpu_ops.cpp \
-                 $(addprefix data/,file_io.cpp hf_tokenizer.cpp hf_bpe.cpp hf_pipeline.cpp hf_regex.cpp \
+                 $(addprefix data/,batches.cpp file_io.cpp hf_tokenizer.cpp hf_bpe.cpp hf_pipeline.cpp hf_regex.cpp \
                    unicode.cpp tokenizer.cpp llama2c_tokenizer.cpp shard.cpp shard_manifest.cpp \
                    text_sources.cpp sts.cpp npy.cpp) \
                  fuzz/fuzz_common.cpp
