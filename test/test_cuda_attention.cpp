@@ -53,7 +53,6 @@
 #include <random>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -61,6 +60,7 @@
 #include "cuda/launch.h"
 #include "host/cpu_ops.h"
 #include "host/philox.h"
+#include "test/attention_test_util.h"
 #include "test/cuda_test_util.h"
 #include "test/test_util.h"
 
@@ -114,55 +114,21 @@ std::vector<int> make_mask(const Shape& s) {
   return mask;
 }
 
-struct Inputs {
-  std::vector<float> q, k, v, dout;
-  std::vector<int> mask;
-};
-
-// Random inputs; q is scaled up so that the softmax is not flat. bf16 runs round them first so that the
-// reference sees exactly what the kernels see.
-Inputs make_inputs(const Shape& s, bool bf16, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const size_t N = (size_t)s.B * s.T;
-  auto fill = [&](size_t n, float scale) {
-    std::vector<float> x(n);
-    for (float& e : x) e = scale * normal(rng);
-    if (bf16) x = rounded<__nv_bfloat16>(std::move(x));
-    return x;
-  };
-  Inputs in;
-  in.q = fill(N * s.H * s.D, 2.0f);
-  in.k = fill(N * s.KV * s.D, 1.0f);
-  in.v = fill(N * s.KV * s.D, 1.0f);
-  in.dout = fill(N * s.H * s.D, 1.0f);
-  in.mask = make_mask(s);
-  return in;
-}
-
-struct Results {
-  std::vector<float> out, lse, dq, dk, dv;
-};
+using Inputs = l2v::test::AttentionInputs;
+using Results = l2v::test::AttentionResults;
 
 constexpr uint64_t kSeed = 0x5EEDull;
 constexpr uint32_t kStream = 7;
 
-// The reference: the forward on the inputs, and the backward on the inputs and the given out and lse (the
-// kernel forward's, which the kernel backward reads).
+l2v::test::AttentionDims dims(const Shape& s) { return {s.B, s.T, s.H, s.KV, s.D, s.causal, s.dropout_p}; }
+
+template <typename T>
+Inputs make_inputs(const Shape& s, uint32_t seed) {
+  return l2v::test::random_attention_inputs<T>(dims(s), make_mask(s), seed);
+}
+
 Results run_cpu(const Shape& s, const Inputs& in, const std::vector<float>& out, const std::vector<float>& lse) {
-  const size_t N = (size_t)s.B * s.T;
-  Results r;
-  r.out.resize(N * s.H * s.D);
-  r.lse.resize((size_t)s.B * s.H * s.T);
-  r.dq.resize(N * s.H * s.D);
-  r.dk.resize(N * s.KV * s.D);
-  r.dv.resize(N * s.KV * s.D);
-  l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), s.B,
-                              s.T, s.H, s.KV, s.D, s.causal, s.dropout_p, kSeed, kStream);
-  l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), out.data(), lse.data(),
-                               in.q.data(), in.k.data(), in.v.data(), in.mask.data(), s.B, s.T, s.H, s.KV, s.D,
-                               s.causal, s.dropout_p, kSeed, kStream);
-  return r;
+  return l2v::test::cpu_attention(dims(s), in, out, lse, kSeed, kStream);
 }
 
 // The forward, then the backward on the forward's own out and lse (as in training).
@@ -295,8 +261,7 @@ const auto* const kWorstReport = ::testing::AddGlobalTestEnvironment(
 
 template <typename T>
 void check_against_cpu(const Shape& s) {
-  const bool bf16 = std::is_same<T, __nv_bfloat16>::value;
-  const Inputs in = make_inputs(s, bf16, 1234u + s.T * 31u + s.D);
+  const Inputs in = make_inputs<T>(s, 1234u + s.T * 31u + s.D);
   const Results got = run_cuda<T>(s, in);
   const Results want = run_cpu(s, in, got.out, got.lse);
   const Bounds bd = derive_bounds(s, in, got.out, got.lse);
@@ -368,7 +333,7 @@ TEST(CudaAttention, Bf16MatchesCpuReferenceOnRoundedInputs) {
 // emulator runs a block's threads; without atomics the results must not change at all.
 TEST(CudaAttention, BitwiseIdenticalInEveryScheduleOrder) {
   const Shape s{4, 40, 4, 2, 16, true, 0.3f, Padding::kMixed};
-  const Inputs in = make_inputs(s, false, 77);
+  const Inputs in = make_inputs<float>(s, 77);
   const emu::Schedule saved = emu::current_schedule();
   std::vector<Results> runs;
   for (const emu::Schedule order : {emu::Schedule{emu::Order::kForward, 0}, emu::Schedule{emu::Order::kReverse, 0},
@@ -393,7 +358,7 @@ TEST(CudaAttention, BitwiseIdenticalInEveryScheduleOrder) {
 // Rows with no visible key: out 0, lse -inf, and zero gradients for them and for padding keys.
 TEST(CudaAttention, AllPaddingRowsGiveZeroOutputAndGradients) {
   const Shape s{3, 33, 2, 1, 16, false, 0.0f, Padding::kMixed};  // batch row 2 is all padding
-  const Inputs in = make_inputs(s, false, 3);
+  const Inputs in = make_inputs<float>(s, 3);
   const Results r = run_cuda<float>(s, in);
   const size_t row = (size_t)s.T * s.H * s.D;  // one batch row of out / dq
   for (size_t i = 2 * row; i < 3 * row; ++i) {

@@ -53,7 +53,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -64,6 +63,7 @@
 #include "cuda/launch.h"
 #include "host/cpu_ops.h"
 #include "host/philox.h"
+#include "test/attention_test_util.h"
 #include "test/cuda_test_util.h"
 #include "test/test_util.h"
 
@@ -120,35 +120,15 @@ std::vector<int> key_mask(const Case& c) {
   return mask;
 }
 
-struct Inputs {
-  std::vector<float> q, k, v, dout;
-  std::vector<int> mask;
-};
+using Inputs = l2v::test::AttentionInputs;
+using Results = l2v::test::AttentionResults;
 
-// Random normal inputs rounded to T (the reference sees exactly the kernels' values); q is scaled up so
-// that the softmax is far from flat.
+l2v::test::AttentionDims dims(const Case& c) { return {c.B, c.T, c.H, c.KV, c.D, c.causal, c.p}; }
+
 template <typename T>
 Inputs random_inputs(const Case& c, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const size_t N = (size_t)c.B * c.T;
-  auto fill = [&](size_t n, float scale) {
-    std::vector<float> x(n);
-    for (float& e : x) e = scale * normal(rng);
-    return rounded<T>(std::move(x));
-  };
-  Inputs in;
-  in.q = fill(N * c.H * c.D, 2.0f);
-  in.k = fill(N * c.KV * c.D, 1.0f);
-  in.v = fill(N * c.KV * c.D, 1.0f);
-  in.dout = fill(N * c.H * c.D, 1.0f);
-  in.mask = key_mask(c);
-  return in;
+  return l2v::test::random_attention_inputs<T>(dims(c), key_mask(c), seed);
 }
-
-struct Results {
-  std::vector<float> out, lse, dq, dk, dv;
-};
 
 // The mma forward, then the mma backward on the forward's own out and lse.
 template <typename T>
@@ -170,19 +150,7 @@ Results run_mma(const Case& c, const Inputs& in, uint32_t stream = kStream) {
 
 // The reference forward on the inputs; its backward on the kernels' out and lse (`fwd`).
 Results run_cpu(const Case& c, const Inputs& in, const Results& fwd) {
-  const size_t N = (size_t)c.B * c.T;
-  Results r;
-  r.out.resize(N * c.H * c.D);
-  r.lse.resize((size_t)c.B * c.H * c.T);
-  r.dq.resize(N * c.H * c.D);
-  r.dk.resize(N * c.KV * c.D);
-  r.dv.resize(N * c.KV * c.D);
-  l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), c.B,
-                              c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kStream);
-  l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), fwd.out.data(), fwd.lse.data(),
-                               in.q.data(), in.k.data(), in.v.data(), in.mask.data(), c.B, c.T, c.H, c.KV, c.D,
-                               c.causal, c.p, kSeed, kStream);
-  return r;
+  return l2v::test::cpu_attention(dims(c), in, fwd.out, fwd.lse, kSeed, kStream);
 }
 
 // sum_d a_d b_d and sum_d |a_d b_d| over n elements, in double.
