@@ -11,6 +11,7 @@
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
 #include "cuda/attention_mma.cuh"
+#include "cuda/device_scratch.h"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/launch.h"
@@ -26,26 +27,6 @@ namespace {
 
 // Rows of the MNTP head processed per chunk: bounds its scratch to kLmHeadChunk x V fp32 logits.
 constexpr int kLmHeadChunk = 1024;
-
-// Device scratch that grows on demand and is reused across calls (no allocation on the hot path once
-// the largest shape has been seen).
-class DeviceScratch {
- public:
-  ~DeviceScratch() { cudaFree(ptr_); }
-  void* get(size_t bytes) {
-    if (bytes > size_) {
-      CUDA_CHECK(cudaFree(ptr_));
-      ptr_ = nullptr;
-      CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-      size_ = bytes;
-    }
-    return ptr_;
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t size_ = 0;
-};
 
 // T is the tensor storage type (float or __nv_bfloat16); the interface's float* tensor handles are
 // reinterpreted as T*, fp32 buffers are used as they are.
@@ -273,7 +254,7 @@ class CudaBackend final : public Backend {
   std::set<int> announced_;  // head dims whose attention choice was printed
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
+  cuda::DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
   std::unique_ptr<cuda::DeviceTensorList> norm_list_;
   std::vector<float*> norm_ptrs_;
   std::vector<long> norm_sizes_;
