@@ -56,9 +56,15 @@ void remove_atomic_write_leftovers(const std::string& path) {
   }
 }
 
+std::ifstream open_input_file(const std::string& path, const std::string& what) {
+  if (std::filesystem::is_directory(path)) throw std::runtime_error(path + ": is a directory, not " + what);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open " + what + ": " + std::strerror(errno));
+  return in;
+}
+
 nlohmann::json read_json_file(const std::string& path, const std::string& what) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open " + what);
+  std::ifstream in = open_input_file(path, what);
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +19,11 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // its temporary file: files named `path.tmp.<digits>`. Call it only while no other process may be
 // writing `path` (e.g. under the FileLock of its directory).
 void remove_atomic_write_leftovers(const std::string& path);
+
+// Opens a file for reading (binary mode). Throws std::runtime_error "<path>: cannot open <what>: <reason>"
+// for a missing or unreadable file, and "<path>: is a directory, not <what>" for a directory, which
+// opens as an empty stream on Linux and would otherwise read as "no records" or "no texts".
+std::ifstream open_input_file(const std::string& path, const std::string& what);
 
 // Parses a JSON file. Throws std::runtime_error "<path>: cannot open <what>" or "<path>: not valid JSON: …".
 nlohmann::json read_json_file(const std::string& path, const std::string& what);

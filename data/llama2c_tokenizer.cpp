@@ -7,6 +7,8 @@
 #include <queue>
 #include <stdexcept>
 
+#include "data/file_io.h"
+
 namespace l2v {
 
 namespace {
@@ -71,8 +73,7 @@ Llama2cTokenizer load_llama2c_tokenizer(const std::string& path, int vocab_size)
         throw load_error(path, "vocab_size must be at least 3 (<unk>, <s>, </s>), got " +
                                    std::to_string(vocab_size));
 
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw load_error(path, "cannot open file");
+    std::ifstream in = open_input_file(path, "a llama2.c tokenizer");
     const std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (in.bad()) throw load_error(path, "read error");
 

@@ -173,8 +173,7 @@ void write_npy_f32(const std::string& path, const float* data, size_t rows, size
 }
 
 std::vector<float> read_npy_f32(const std::string& path, size_t* rows, size_t* cols) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open");
+  std::ifstream in = open_input_file(path, "a .npy file");
   const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail(path, "read error");
   if (file.size() < kMagicLen + 2 || file.compare(0, kMagicLen, kMagic, kMagicLen) != 0)

@@ -52,9 +52,7 @@ bool parse_number(const std::string& s, double& out) {
 // Reads the lines of a text file with their 1-based numbers, a trailing '\r' removed.
 class LineFile {
  public:
-  explicit LineFile(const std::string& path) : path_(path), in_(path, std::ios::binary) {
-    if (!in_) throw std::runtime_error(path + ": cannot open");
-  }
+  explicit LineFile(const std::string& path) : path_(path), in_(open_input_file(path, "a sentence-pair file")) {}
   bool next(std::string& line) {
     if (!std::getline(in_, line)) {
       if (in_.bad()) throw std::runtime_error(path_ + ": read error after line " + std::to_string(line_));

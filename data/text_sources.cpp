@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/file_io.h"
 #include "data/unicode.h"
 
 namespace l2v {
@@ -22,8 +23,7 @@ bool is_article_heading(const std::string& trimmed) {
 }
 
 void open_input(std::ifstream& in, const std::string& path, size_t& size) {
-  in.open(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open input");
+  in = open_input_file(path, "an input file");
   std::error_code ec;
   size = (size_t)std::filesystem::file_size(path, ec);
   if (ec) size = 0;

@@ -5,6 +5,7 @@
 #include <iterator>
 #include <stdexcept>
 
+#include "data/file_io.h"
 #include "data/llama2c_tokenizer.h"
 
 namespace l2v {
@@ -25,8 +26,7 @@ uint64_t fnv1a64(const void* data, size_t size) {
 namespace {
 
 std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open tokenizer");
+  std::ifstream in = open_input_file(path, "a tokenizer file");
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 

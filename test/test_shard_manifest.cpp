@@ -72,6 +72,20 @@ TEST(Checksum64, EveryBitFlipAndByteChangeIsSeen) {
 
 // Manifests store these values (pinned from this implementation, no outside reference exists): a change
 // of the function would make every existing set "damaged".
+// Every reader of a user's file opens it through open_input_file: a directory (an empty stream on Linux,
+// which read as "no records" / "no texts") and a missing file are refused naming the path and the kind.
+TEST(FileIo, OpenInputFileRefusesADirectoryAndAMissingFile) {
+  test::TempDir dir("open_input");
+  EXPECT_TRUE(Mentions(error_of([&] { open_input_file(dir.path.string(), "a text file"); }),
+                       {dir.path.string(), "is a directory, not a text file"}));
+  EXPECT_TRUE(Mentions(error_of([&] { open_input_file(dir / "missing.txt", "a text file"); }),
+                       {dir / "missing.txt", "cannot open a text file", "No such file"}));
+  write_file(dir / "x.txt", "abc");
+  std::ifstream in = open_input_file(dir / "x.txt", "a text file");
+  std::string line;
+  EXPECT_TRUE(std::getline(in, line) && line == "abc");
+}
+
 TEST(Checksum64, PinnedValues) {
   EXPECT_EQ("0x3fdf455f9dcf1e62", checksum_hex(checksum64("", 0)));
   const std::string text = "The quick brown fox jumps over the lazy dog, twice over: the quick brown fox.";

@@ -129,5 +129,20 @@ TEST(TextSources, MissingFileIsAClearError) {
   }
 }
 
+// A directory given as the input opens as an empty stream: it must not read as "no records".
+TEST(TextSources, ADirectoryIsRefusedAsAnInput) {
+  const std::string dir = ::testing::TempDir();
+  for (int reader = 0; reader < 2; ++reader) {
+    try {
+      if (reader == 0) TextReader r(dir, TextLayout::kLines);
+      else SupervisedReader r(dir);
+      FAIL() << "no error for reader " << reader;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string::npos, std::string(e.what()).find("is a directory")) << e.what();
+      EXPECT_NE(std::string::npos, std::string(e.what()).find(dir)) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace l2v

@@ -86,8 +86,7 @@ std::unique_ptr<Tokenizer> load_matching_tokenizer(const std::string& path, cons
 }
 
 std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open");
+  std::ifstream in = open_input_file(path, "a text file (one sentence per line)");
   std::vector<std::string> lines;
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) lines.push_back(line);
@@ -279,10 +278,7 @@ int run_embed(const ParsedOptions& o) {
   std::vector<EncoderInput> inputs;
   {
     std::ifstream file;
-    if (input != "-") {
-      file.open(input);
-      if (!file) throw std::runtime_error(input + ": cannot open");
-    }
+    if (input != "-") file = open_input_file(input, "a text file (one text per line)");
     std::istream& in = input == "-" ? std::cin : file;
     size_t line_no = 0;
     for (std::string line; std::getline(in, line);) {
