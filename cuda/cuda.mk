@@ -68,6 +68,28 @@ $(BUILD)/gpu/test/%.o: test/%.cpp | $(DEPS_OK)
 $(CUDA_GPU_TESTS): $(BUILD)/gpu/test/%: $(BUILD)/gpu/test/%.o $(CUDA_OBJS) $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(GTEST) $(LDLIBS) $(CUDA_LDLIBS)
 
+# cuDNN SDPA (--attention_impl cudnn, cuda/attention_cudnn.cpp: host code, compiled by g++) where cuDNN 9
+# or newer is installed with the toolkit: the cuDNN frontend's headers come from its PyPI wheel (the
+# version pinned in scripts/fetch_cudnn_frontend.sh, fetched once into build/third_party), the CUDA
+# objects get L2V_WITH_CUDNN, and everything linking them -lcudnn and -lnvrtc (which the frontend's
+# run-time compiled engines call). Without cuDNN the backend refuses --attention_impl cudnn as not built.
+CUDNN_MAJOR := $(shell sed -n 's/^\#define CUDNN_MAJOR \([0-9]*\).*/\1/p' $(CUDA_HOME)/include/cudnn_version.h 2>/dev/null)
+ifeq ($(shell [ -n "$(CUDNN_MAJOR)" ] && [ "$(CUDNN_MAJOR)" -ge 9 ] && [ -e $(CUDA_HOME)/lib64/libcudnn.so ] && echo yes),yes)
+CUDNN_FE_DIR := $(BUILD)/third_party/cudnn_frontend
+CUDNN_OBJ    := $(BUILD)/nvcc/cuda/attention_cudnn.o
+NVCCFLAGS    += -DL2V_WITH_CUDNN
+CUDA_LDLIBS  += -lcudnn -lnvrtc
+
+$(CUDNN_FE_DIR)/include/cudnn_frontend.h: scripts/fetch_cudnn_frontend.sh | $(DEPS_OK)
+	bash scripts/fetch_cudnn_frontend.sh $(CUDNN_FE_DIR)
+
+$(CUDNN_OBJ): cuda/attention_cudnn.cpp $(CUDNN_FE_DIR)/include/cudnn_frontend.h | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -isystem $(CUDA_HOME)/include -isystem $(CUDNN_FE_DIR)/include -c $< -o $@
+
+$(CUDA_BIN) $(CUDA_GPU_TESTS): $(CUDNN_OBJ)
+endif
+
 .PHONY: cuda gpu-tests
 cuda: $(CUDA_BIN) $(CUDA_REPORT) $(PTX_CHECK_OBJ)
 gpu-tests: $(CUDA_GPU_TESTS)

@@ -11,6 +11,9 @@
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
 #include "cuda/attention_mma.cuh"
+#if defined(L2V_WITH_CUDNN)
+#include "cuda/attention_cudnn.h"
+#endif
 #include "cuda/device_scratch.h"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
@@ -25,6 +28,18 @@
 namespace l2v {
 namespace {
 
+#if !defined(L2V_WITH_CUDNN)
+[[noreturn]] void refuse_cudnn_not_built() {
+#if defined(L2V_EMULATE)
+  throw std::invalid_argument("attention implementation 'cudnn' is not built: the CPU emulator cannot run cuDNN (use mma "
+                              "or simt here; cuDNN SDPA is in the nvcc build where cuDNN is installed)");
+#else
+  throw std::invalid_argument("attention implementation 'cudnn' is not built: this build found no cuDNN 9 (cudnn.h and "
+                              "libcudnn under CUDA_HOME); use mma or simt");
+#endif
+}
+#endif
+
 // Rows of the MNTP head processed per chunk: bounds its scratch to kLmHeadChunk x V fp32 logits.
 constexpr int kLmHeadChunk = 1024;
 
@@ -38,11 +53,25 @@ class CudaBackend final : public Backend {
       throw std::invalid_argument(
           "--attention_impl mma: the tensor-core kernels store bf16, this backend fp32 (use --precision bf16, or "
           "--attention_impl simt)");
+#if defined(L2V_WITH_CUDNN)
+    if (attention_ == AttentionImpl::kCudnn && !std::is_same<T, __nv_bfloat16>::value)
+      throw std::invalid_argument(
+          "--attention_impl cudnn: cuDNN's SDPA runs on bf16 storage, this backend stores fp32 (use --precision bf16, "
+          "or --attention_impl simt)");
+#else
+    if (attention_ == AttentionImpl::kCudnn) refuse_cudnn_not_built();
+#endif
     CUDA_CHECK(cudaStreamCreate(&stream_));
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+#if defined(L2V_WITH_CUDNN)
+    if (attention_ == AttentionImpl::kCudnn) cudnn_ = std::make_unique<cuda::CudnnAttention>(stream_);
+#endif
   }
   ~CudaBackend() override {
+#if defined(L2V_WITH_CUDNN)
+    cudnn_.reset();
+#endif
     norm_list_.reset();
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
@@ -116,9 +145,17 @@ class CudaBackend final : public Backend {
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                          const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
                          uint64_t seed, uint32_t stream) override {
-    [[maybe_unused]] const bool mma = use_mma(D);
+    [[maybe_unused]] const Kernels kernels = attention_kernels(D);
+#if defined(L2V_WITH_CUDNN)
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+      if (kernels == Kernels::kCudnn) {
+        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, seed, stream);
+        return;
+      }
+    }
+#endif
     if constexpr (cuda::attention_mma_storage<T>()) {
-      if (mma) {
+      if (kernels == Kernels::kMma) {
         cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p,
                                          seed, stream, stream_);
         return;
@@ -131,11 +168,20 @@ class CudaBackend final : public Backend {
                           const float* q, const float* k, const float* v, const int* key_mask, int B, int T_,
                           int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
                           uint32_t stream) override {
+    [[maybe_unused]] const Kernels kernels = attention_kernels(D);
+#if defined(L2V_WITH_CUDNN)
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+      if (kernels == Kernels::kCudnn) {
+        cudnn_->backward(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D,
+                         causal, dropout_p, seed, stream);
+        return;
+      }
+    }
+#endif
     float* scratch =
         static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T_, H, KV, D)));
-    [[maybe_unused]] const bool mma = use_mma(D);
     if constexpr (cuda::attention_mma_storage<T>()) {
-      if (mma) {
+      if (kernels == Kernels::kMma) {
         cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_,
                                           H, KV, D, causal, dropout_p, seed, stream, scratch, stream_);
         return;
@@ -229,22 +275,42 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  // Whether attention of head dim D runs on the tensor-core kernels; prints the choice for a new D.
-  bool use_mma(int D) {
-    const bool supported = cuda::attention_mma_supported<T>(D);
-    if (attention_ == AttentionImpl::kMma && !supported)
-      throw std::invalid_argument("--attention_impl mma: head dim " + std::to_string(D) +
-                                  " is not supported by the tensor-core kernels (16, 64, 128); use "
-                                  "--attention_impl simt");
-    const bool mma = attention_ == AttentionImpl::kMma || (attention_ == AttentionImpl::kAuto && supported);
+  enum class Kernels { kSimt, kMma, kCudnn };
+  // Which kernels run attention of head dim D; prints the choice for a new D.
+  Kernels attention_kernels(int D) {
+    Kernels kernels = Kernels::kSimt;
+    const char* why = "--attention_impl";
+    if (attention_ == AttentionImpl::kCudnn) {
+#if defined(L2V_WITH_CUDNN)
+      const bool supported = cuda::CudnnAttention::supports_head_dim(D);
+#else
+      const bool supported = false;  // not reached: the constructor refused kCudnn
+#endif
+      if (!supported)
+        throw std::invalid_argument("--attention_impl cudnn: head dim " + std::to_string(D) +
+                                    " is not supported by cuDNN's SDPA (multiples of 8 up to 128); use "
+                                    "--attention_impl mma or simt");
+      kernels = Kernels::kCudnn;
+    } else {
+      const bool supported = cuda::attention_mma_supported<T>(D);
+      if (attention_ == AttentionImpl::kMma && !supported)
+        throw std::invalid_argument("--attention_impl mma: head dim " + std::to_string(D) +
+                                    " is not supported by the tensor-core kernels (16, 64, 128); use "
+                                    "--attention_impl simt");
+      if (attention_ == AttentionImpl::kMma || (attention_ == AttentionImpl::kAuto && supported))
+        kernels = Kernels::kMma;
+      if (attention_ == AttentionImpl::kAuto)
+        why = kernels == Kernels::kMma ? "auto: the fastest for the case"
+                                       : "auto: the tensor-core kernels need bf16 and D = 16, 64, 128";
+    }
     if (announced_.insert(D).second) {
-      const char* why = attention_ != AttentionImpl::kAuto ? "--attention_impl"
-                        : mma ? "auto: the fastest for the case"
-                              : "auto: the tensor-core kernels need bf16 and D = 16, 64, 128";
-      std::printf("attention: %s, head dim %d, %s storage (%s)\n", mma ? "mma (tensor cores)" : "simt", D,
+      const char* name = kernels == Kernels::kCudnn ? "cudnn (cuDNN SDPA)"
+                         : kernels == Kernels::kMma ? "mma (tensor cores)"
+                                                    : "simt";
+      std::printf("attention: %s, head dim %d, %s storage (%s)\n", name, D,
                   std::is_same<T, float>::value ? "fp32" : "bf16", why);
     }
-    return mma;
+    return kernels;
   }
 
   static T* t(float* p) { return reinterpret_cast<T*>(p); }
@@ -258,6 +324,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::DeviceTensorList> norm_list_;
   std::vector<float*> norm_ptrs_;
   std::vector<long> norm_sizes_;
+#if defined(L2V_WITH_CUDNN)
+  std::unique_ptr<cuda::CudnnAttention> cudnn_;  // with --attention_impl cudnn
+#endif
 };
 
 }  // namespace
@@ -272,10 +341,14 @@ AttentionImpl parse_attention_impl(const std::string& name) {
   if (name.empty() || name == "auto") return AttentionImpl::kAuto;
   if (name == "simt") return AttentionImpl::kSimt;
   if (name == "mma") return AttentionImpl::kMma;
-  if (name == "cudnn")
-    throw std::invalid_argument("attention implementation 'cudnn' is not built (cuDNN SDPA is not part of this build; "
-                                "use mma or simt)");
-  throw std::invalid_argument("unknown attention implementation '" + name + "' (simt or mma)");
+  if (name == "cudnn") {
+#if defined(L2V_WITH_CUDNN)
+    return AttentionImpl::kCudnn;
+#else
+    refuse_cudnn_not_built();
+#endif
+  }
+  throw std::invalid_argument("unknown attention implementation '" + name + "' (simt, mma or cudnn)");
 }
 
 std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision, AttentionImpl attention) {

@@ -15,12 +15,16 @@ enum class CudaPrecision { kFp32, kBf16 };
 CudaPrecision parse_cuda_precision(const std::string& name);  // "fp32" | "bf16"
 
 // The attention kernels (--attention_impl, the attention_impl config key). kAuto takes, for each call,
-// the fastest that supports the case: the tensor-core kernels (cuda/attention_mma.cuh) for bf16
+// the fastest of ours that supports the case: the tensor-core kernels (cuda/attention_mma.cuh) for bf16
 // storage and head dims 16, 64 and 128, else the SIMT kernels (cuda/attention.cuh). kSimt and kMma force
-// one; kMma refuses fp32 storage (at construction) and other head dims (at the call). The backend prints
-// its choice the first time it meets a head dim.
-enum class AttentionImpl { kAuto, kSimt, kMma };
-// "" or "auto" | "simt" | "mma"; "cudnn" (cuDNN SDPA) is refused as not built, anything else as unknown.
+// one; kMma refuses fp32 storage (at construction) and other head dims (at the call). kCudnn is cuDNN's
+// fused flash attention (cuda/attention_cudnn.h: bf16, head dims up to 128, contiguous key padding only,
+// its own dropout stream), only when asked for: it exists in builds with cuDNN (L2V_WITH_CUDNN), refuses
+// fp32 storage at construction, and auto never takes it, since its dropout masks are not the CPU
+// reference's. The backend prints its choice the first time it meets a head dim.
+enum class AttentionImpl { kAuto, kSimt, kMma, kCudnn };
+// "" or "auto" | "simt" | "mma" | "cudnn"; "cudnn" is refused as not built where this build lacks cuDNN
+// (always in the CPU emulator's), anything else as unknown.
 AttentionImpl parse_attention_impl(const std::string& name);
 
 // Throws std::runtime_error with a clear message when there is no usable CUDA device (no driver, no

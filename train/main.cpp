@@ -39,7 +39,7 @@ constexpr const char* kDefaultBackend = "cuda";
 constexpr const char* kDefaultBackend = "cpu";
 #endif
 
-// attention_impl: "" (the backend's choice) or the cuda backend's simt | mma.
+// attention_impl: "" (the backend's choice) or the cuda backend's simt | mma | cudnn.
 std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision,
                                       const std::string& attention_impl) {
   if (name == "cpu") {
@@ -374,7 +374,9 @@ const OptionSpec kPrecision{"--precision", "P",
                             "accumulation) or fp32 (cpu: fp32 only)"};
 const OptionSpec kAttentionImpl{"--attention_impl", "I",
                                 "cuda attention kernels: simt | mma (tensor cores: bf16, head dim 16, 64\n"
-                                "or 128) (default: the fastest that supports the case, printed at start)"};
+                                "or 128) | cudnn (cuDNN SDPA: bf16, builds with cuDNN; left/right key padding\n"
+                                "only; its own dropout RNG, unlike the CPU reference's) (default: the fastest of\n"
+                                "simt/mma that supports the case, printed at start)"};
 
 // The options of the commands that load a model for embedding (see encoder_spec), then `own`.
 std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {

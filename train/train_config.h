@@ -39,7 +39,7 @@ struct TrainConfig {
   std::vector<std::string> peft_model_name_or_path;  // adapters merged into the base, in order
   std::string dataset_file_path, output_dir;
   std::string backend, precision;  // empty: the binary's default backend / the backend's default precision
-  std::string attention_impl;      // the cuda backend's attention kernels: "" (auto), simt or mma
+  std::string attention_impl;      // the cuda backend's attention kernels: "" (auto), simt, mma or cudnn
   int batch_size = 32, gradient_accumulation_steps = 1;
   int max_steps = 1000;
   double learning_rate = 5e-5, warmup_ratio = 0.0;

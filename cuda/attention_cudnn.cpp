@@ -1,0 +1,329 @@
+// cuDNN SDPA behind cuda::CudnnAttention (contract in cuda/attention_cudnn.h). Host code only, compiled by
+// g++ against cuDNN and the cuDNN frontend's headers (cuda/cuda.mk, only where both exist); no kernel of
+// ours. Layout: the project's q [B*T, H*D] is cuDNN's Q of dims [B, H, T, D] with strides
+// [T*H*D, D, H*D, 1] (k, v, out and the gradients alike), lse [B, H, T] its Stats [B, H, T, 1].
+// A key_mask becomes cuDNN's padding mask: every row keeps all T queries (seq_len_q = T: padded query
+// rows still attend, as in the reference) and the keys of its one visible run [start, start + len)
+// (seq_len_kv = len, and ragged offsets place row b's keys and values at token b*T + start). Queries and
+// their gradients carry ragged offsets too, equal to the dense layout's, since cuDNN takes ragged tensors
+// with the padding mask only as a whole. Keys outside the run are never read, and their dk/dv are zeroed
+// here (cuDNN does not write them).
+#include "cuda/attention_cudnn.h"
+
+#include <cudnn.h>
+#include <cudnn_frontend.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda/device_scratch.h"
+#include "cuda/launch.h"
+#include "host/philox.h"
+
+static_assert(CUDNN_MAJOR >= 9, "--attention_impl cudnn needs cuDNN 9 (the graph API's SDPA forward and backward)");
+
+namespace l2v::cuda {
+namespace {
+
+namespace fe = cudnn_frontend;
+using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
+
+// The uids under which the graphs' tensors meet their device pointers at execution.
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV, kSeqQ, kSeqKV, kOffQ, kOffKV, kSeed, kOffset };
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error("cuDNN SDPA (--attention_impl cudnn): " + what);
+}
+
+void check(fe::error_t err, const char* step) {
+  if (err.is_bad()) fail(std::string(step) + " failed: " + err.get_message());
+}
+
+// One cached graph: everything that shapes it.
+struct GraphKey {
+  int B, T, H, KV, D;
+  bool causal, padded;
+  float dropout_p;
+  bool backward;
+  bool operator<(const GraphKey& o) const {
+    return std::tie(B, T, H, KV, D, causal, padded, dropout_p, backward) <
+           std::tie(o.B, o.T, o.H, o.KV, o.D, o.causal, o.padded, o.dropout_p, o.backward);
+  }
+};
+
+// The per-batch-row integers of the padding mask, in one device buffer: seq_len_q [B], seq_len_kv [B],
+// then the ragged offsets (in elements) of the query-side tensors [B+1] and of the key-side ones [B+1].
+struct PaddingLayout {
+  int B;
+  size_t seq_q() const { return 0; }
+  size_t seq_kv() const { return (size_t)B; }
+  size_t off_q() const { return 2 * (size_t)B; }
+  size_t off_kv() const { return 3 * (size_t)B + 1; }
+  size_t count() const { return 4 * (size_t)B + 2; }
+};
+
+// key_mask [B, T] (a host copy) -> the padding integers in `ints`; returns whether any key is hidden.
+// Refuses what cuDNN's padding mask cannot express as this project means it.
+bool padding_from_mask(const std::vector<int>& mask, int B, int T, int H, int KV, int D, bool causal,
+                       std::vector<int32_t>& ints) {
+  if ((double)B * T * H * D > (double)std::numeric_limits<int32_t>::max())
+    fail("B*T*H*D = " + std::to_string((double)B * T * H * D) + " elements exceed the 32-bit ragged offsets");
+  const PaddingLayout L{B};
+  ints.assign(L.count(), 0);
+  bool padded = false;
+  long kv_end = 0;
+  for (int b = 0; b < B; ++b) {
+    const int* row = mask.data() + (size_t)b * T;
+    int first = -1, last = -1, visible = 0;
+    for (int j = 0; j < T; ++j) {
+      if (row[j] == 0) continue;
+      if (first < 0) first = j;
+      last = j;
+      ++visible;
+    }
+    const std::string where = "key_mask row " + std::to_string(b) + ": ";
+    if (visible == 0) fail(where + "no visible key (use --attention_impl mma or simt)");
+    if (last - first + 1 != visible)
+      fail(where +
+           "holes between visible keys; cuDNN's padding mask takes one contiguous run per row (left or "
+           "right padding; use --attention_impl mma or simt)");
+    if (causal && first > 0)
+      fail(where +
+           "left padding under the causal mask leaves the first rows without a visible key, which cuDNN "
+           "does not define as out = 0, lse = -inf (use --attention_impl mma or simt)");
+    padded |= visible < T;
+    ints[L.seq_q() + b] = T;
+    ints[L.seq_kv() + b] = visible;
+    ints[L.off_q() + b] = b * T * H * D;
+    ints[L.off_kv() + b] = (b * T + first) * KV * D;
+    kv_end = ((long)b * T + first + visible) * KV * D;
+  }
+  ints[L.off_q() + B] = B * T * H * D;
+  ints[L.off_kv() + B] = (int32_t)kv_end;
+  return padded;
+}
+
+// A [B, heads, T, D] view of a [B*T, heads*D] token-major tensor.
+fe::graph::Tensor_attributes& token_layout(fe::graph::Tensor_attributes& t, int B, int heads, int T, int D) {
+  return t.set_dim({B, heads, T, D}).set_stride({(int64_t)T * heads * D, D, (int64_t)heads * D, 1});
+}
+
+fe::graph::Tensor_attributes token_tensor(const char* name, int64_t uid, int B, int heads, int T, int D) {
+  fe::graph::Tensor_attributes t;
+  token_layout(t.set_name(name).set_uid(uid), B, heads, T, D);
+  return t;
+}
+
+// lse [B, H, T] fp32 as cuDNN's Stats [B, H, T, 1].
+fe::graph::Tensor_attributes& stats_layout(fe::graph::Tensor_attributes& t, const GraphKey& key) {
+  return t.set_uid(kStats)
+      .set_data_type(fe::DataType_t::FLOAT)
+      .set_dim({key.B, key.H, key.T, 1})
+      .set_stride({(int64_t)key.H * key.T, key.T, 1, 1});
+}
+
+fe::graph::Tensor_attributes int_tensor(const char* name, int64_t uid, int64_t n, fe::DataType_t type) {
+  return fe::graph::Tensor_attributes()
+      .set_name(name)
+      .set_uid(uid)
+      .set_dim({n, 1, 1, 1})
+      .set_stride({1, 1, 1, 1})
+      .set_data_type(type);
+}
+
+// The graph inputs the forward and the backward share, with the masks and dropout they configure.
+struct Inputs {
+  TensorPtr q, k, v, off_q, off_kv, seq_q, seq_kv, seed, offset;
+};
+
+Inputs add_inputs(fe::graph::Graph& g, const GraphKey& key) {
+  Inputs in;
+  in.q = g.tensor(token_tensor("Q", kQ, key.B, key.H, key.T, key.D));
+  in.k = g.tensor(token_tensor("K", kK, key.B, key.KV, key.T, key.D));
+  in.v = g.tensor(token_tensor("V", kV, key.B, key.KV, key.T, key.D));
+  if (key.padded) {
+    in.seq_q = g.tensor(int_tensor("seq_len_q", kSeqQ, key.B, fe::DataType_t::INT32));
+    in.seq_kv = g.tensor(int_tensor("seq_len_kv", kSeqKV, key.B, fe::DataType_t::INT32));
+    in.off_q = g.tensor(int_tensor("ragged_offset_q", kOffQ, key.B + 1, fe::DataType_t::INT32));
+    in.off_kv = g.tensor(int_tensor("ragged_offset_kv", kOffKV, key.B + 1, fe::DataType_t::INT32));
+    in.q->set_ragged_offset(in.off_q);
+    in.k->set_ragged_offset(in.off_kv);
+    in.v->set_ragged_offset(in.off_kv);
+  }
+  if (key.dropout_p > 0.0f) {
+    in.seed = g.tensor(int_tensor("dropout_seed", kSeed, 1, fe::DataType_t::INT64));
+    in.offset = g.tensor(int_tensor("dropout_offset", kOffset, 1, fe::DataType_t::INT64));
+  }
+  return in;
+}
+
+// Scale, causal mask, padding mask and dropout: the same calls on SDPA_attributes and
+// SDPA_backward_attributes.
+template <typename Attributes>
+void configure(Attributes& a, const GraphKey& key, const Inputs& in) {
+  a.set_attn_scale(1.0f / std::sqrt((float)key.D));
+  if (key.causal) a.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+  if (key.padded) a.set_padding_mask(true).set_seq_len_q(in.seq_q).set_seq_len_kv(in.seq_kv);
+  if (key.dropout_p > 0.0f) a.set_dropout(key.dropout_p, in.seed, in.offset);
+}
+
+// Marks a graph output with its uid, token-major layout and (padded graphs) ragged offsets.
+void set_token_output(const TensorPtr& t, int64_t uid, int B, int heads, int T, int D, const TensorPtr& ragged) {
+  token_layout(t->set_output(true).set_uid(uid), B, heads, T, D);
+  if (ragged) t->set_ragged_offset(ragged);
+}
+
+std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, const GraphKey& key) {
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(fe::DataType_t::BFLOAT16)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  const Inputs in = add_inputs(*g, key);
+  if (!key.backward) {
+    fe::graph::SDPA_attributes a;
+    a.set_name("sdpa_forward").set_generate_stats(true);
+    configure(a, key, in);
+    auto [o, stats] = g->sdpa(in.q, in.k, in.v, a);
+    set_token_output(o, kO, key.B, key.H, key.T, key.D, in.off_q);
+    stats_layout(stats->set_output(true), key);
+  } else {
+    TensorPtr o = g->tensor(token_tensor("O", kO, key.B, key.H, key.T, key.D));
+    TensorPtr dout = g->tensor(token_tensor("dO", kDO, key.B, key.H, key.T, key.D));
+    if (key.padded) {
+      o->set_ragged_offset(in.off_q);
+      dout->set_ragged_offset(in.off_q);
+    }
+    fe::graph::Tensor_attributes stats_attributes;
+    TensorPtr stats = g->tensor(stats_layout(stats_attributes.set_name("Stats"), key));
+    fe::graph::SDPA_backward_attributes a;
+    a.set_name("sdpa_backward");
+    configure(a, key, in);
+    auto [dq, dk, dv] = g->sdpa_backward(in.q, in.k, in.v, o, dout, stats, a);
+    set_token_output(dq, kDQ, key.B, key.H, key.T, key.D, in.off_q);
+    set_token_output(dk, kDK, key.B, key.KV, key.T, key.D, in.off_kv);
+    set_token_output(dv, kDV, key.B, key.KV, key.T, key.D, in.off_kv);
+  }
+  check(g->validate(), "validate");
+  check(g->build_operation_graph(handle), "build_operation_graph");
+  check(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans");
+  check(g->check_support(), "check_support");
+  check(g->build_plans(), "build_plans");
+  return g;
+}
+
+}  // namespace
+
+struct CudnnAttention::Impl {
+  cudaStream_t stream;
+  cudnnHandle_t handle = nullptr;
+  std::map<GraphKey, std::shared_ptr<fe::graph::Graph>> graphs;
+  std::vector<int> mask;         // the host copy of the last key_mask
+  std::vector<int32_t> padding;  // its PaddingLayout integers
+  int64_t rng[2] = {0, 0};       // dropout seed and offset
+  DeviceScratch padding_dev, rng_dev, workspace;
+
+  // The cached graph for `key` (built on first use).
+  fe::graph::Graph& graph(const GraphKey& key) {
+    auto it = graphs.find(key);
+    if (it == graphs.end()) it = graphs.emplace(key, build_graph(handle, key)).first;
+    return *it->second;
+  }
+
+  // Reads key_mask back, derives the padding integers and uploads them: whether any key is hidden.
+  bool upload_padding(const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
+                      std::unordered_map<int64_t, void*>& pack) {
+    if (!key_mask) return false;
+    mask.resize((size_t)B * T);
+    CUDA_CHECK(cudaMemcpyAsync(mask.data(), key_mask, mask.size() * sizeof(int), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (!padding_from_mask(mask, B, T, H, KV, D, causal, padding)) return false;
+    auto* dev = static_cast<int32_t*>(padding_dev.get(padding.size() * sizeof(int32_t)));
+    CUDA_CHECK(cudaMemcpyAsync(dev, padding.data(), padding.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    const PaddingLayout L{B};
+    pack[kSeqQ] = dev + L.seq_q();
+    pack[kSeqKV] = dev + L.seq_kv();
+    pack[kOffQ] = dev + L.off_q();
+    pack[kOffKV] = dev + L.off_kv();
+    return true;
+  }
+
+  // cuDNN's Philox seed for (seed, stream): 64 bits of our Philox at a counter of its own, offset 0.
+  void upload_rng(float dropout_p, uint64_t seed, uint32_t stream_id, std::unordered_map<int64_t, void*>& pack) {
+    if (dropout_p <= 0.0f) return;
+    const Philox4 r = philox4x32_10(0xC0D1u, 0, 0, stream_id, seed);
+    rng[0] = (int64_t)(((uint64_t)r.v[0] << 32) | r.v[1]);
+    rng[1] = 0;
+    auto* dev = static_cast<int64_t*>(rng_dev.get(sizeof rng));
+    CUDA_CHECK(cudaMemcpyAsync(dev, rng, sizeof rng, cudaMemcpyHostToDevice, stream));
+    pack[kSeed] = dev;
+    pack[kOffset] = dev + 1;
+  }
+
+  void execute(fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack) {
+    void* ws = workspace.get((size_t)std::max<int64_t>(g.get_workspace_size(), 1));
+    check(g.execute(handle, pack, ws), "execute");
+  }
+};
+
+CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
+  impl_->stream = stream;
+  cudnnStatus_t s = cudnnCreate(&impl_->handle);
+  if (s != CUDNN_STATUS_SUCCESS) fail(std::string("cudnnCreate: ") + cudnnGetErrorString(s));
+  s = cudnnSetStream(impl_->handle, stream);
+  if (s != CUDNN_STATUS_SUCCESS) {
+    cudnnDestroy(impl_->handle);
+    fail(std::string("cudnnSetStream: ") + cudnnGetErrorString(s));
+  }
+}
+
+CudnnAttention::~CudnnAttention() {
+  impl_->graphs.clear();
+  cudnnDestroy(impl_->handle);
+}
+
+bool CudnnAttention::supports_head_dim(int D) { return D > 0 && D % 8 == 0 && D <= 128; }
+
+void CudnnAttention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                             const __nv_bfloat16* v, const int* key_mask, int B, int T, int H, int KV, int D,
+                             bool causal, float dropout_p, uint64_t seed, uint32_t stream) {
+  std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<__nv_bfloat16*>(q)},
+                                             {kK, const_cast<__nv_bfloat16*>(k)},
+                                             {kV, const_cast<__nv_bfloat16*>(v)},
+                                             {kO, out},
+                                             {kStats, lse}};
+  const bool padded = impl_->upload_padding(key_mask, B, T, H, KV, D, causal, pack);
+  impl_->upload_rng(dropout_p, seed, stream, pack);
+  impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, false}), pack);
+}
+
+void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
+                              const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* q,
+                              const __nv_bfloat16* k, const __nv_bfloat16* v, const int* key_mask, int B, int T, int H,
+                              int KV, int D, bool causal, float dropout_p, uint64_t seed, uint32_t stream) {
+  std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<__nv_bfloat16*>(q)},
+                                             {kK, const_cast<__nv_bfloat16*>(k)},
+                                             {kV, const_cast<__nv_bfloat16*>(v)},
+                                             {kO, const_cast<__nv_bfloat16*>(out)},
+                                             {kDO, const_cast<__nv_bfloat16*>(dout)},
+                                             {kStats, const_cast<float*>(lse)},
+                                             {kDQ, dq},
+                                             {kDK, dk},
+                                             {kDV, dv}};
+  const bool padded = impl_->upload_padding(key_mask, B, T, H, KV, D, causal, pack);
+  if (padded) {  // the hidden keys' gradients are 0; cuDNN writes only the visible ones
+    const size_t bytes = (size_t)B * T * KV * D * sizeof(__nv_bfloat16);
+    CUDA_CHECK(cudaMemsetAsync(dk, 0, bytes, impl_->stream));
+    CUDA_CHECK(cudaMemsetAsync(dv, 0, bytes, impl_->stream));
+  }
+  impl_->upload_rng(dropout_p, seed, stream, pack);
+  impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, true}), pack);
+}
+
+}  // namespace l2v::cuda
