@@ -1,13 +1,16 @@
 // Shared by the attention kernel tests (test_cuda_attention: the SIMT kernels of cuda/attention.cuh;
 // test_cuda_attention_mma: the tensor-core kernels of cuda/attention_mma.cuh): one case's inputs and
 // its five results, random inputs rounded to the storage type, and the fp32 CPU reference
-// (l2v::cpu::attention_forward / attention_backward) run the way both tests compare against it.
+// (l2v::cpu::attention_forward / attention_backward) run the way both tests compare against it, and the
+// device run of an implementation's forward and backward.
 #pragma once
 #include <cstdint>
 #include <random>
 #include <utility>
 #include <vector>
 
+#include "cuda/attention.cuh"
+#include "cuda/launch.h"
 #include "host/cpu_ops.h"
 #include "test/cuda_test_util.h"
 
@@ -67,6 +70,25 @@ inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInp
                                in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
                                d.causal, d.p, seed, stream);
   return r;
+}
+
+// One implementation's forward, then its backward on the forward's own out and lse (as in training),
+// on the device: `fwd` and `bwd` have the signatures of attention_forward_cuda<T> and
+// attention_backward_cuda<T> (cuda/attention.cuh), which every attention implementation shares.
+template <typename T, class Fwd, class Bwd>
+AttentionResults run_attention_kernels(const AttentionDims& d, const AttentionInputs& in, Fwd fwd, Bwd bwd,
+                                       uint64_t seed, uint32_t stream) {
+  const size_t N = (size_t)d.B * d.T;
+  Dev<T> q(in.q), k(in.k), v(in.v), dout(in.dout);
+  Raw<int> mask(in.mask);
+  Dev<T> out(N * d.H * d.D), dq(N * d.H * d.D), dk(N * d.KV * d.D), dv(N * d.KV * d.D);
+  Dev<float> lse((size_t)d.B * d.H * d.T);
+  Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(d.B, d.T, d.H, d.KV, d.D) / sizeof(float));
+  fwd(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed, stream, nullptr);
+  bwd(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D,
+      d.causal, d.p, seed, stream, scratch.ptr, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return {out.get(), lse.get(), dq.get(), dk.get(), dv.get()};
 }
 
 }  // namespace l2v::test

@@ -131,29 +131,11 @@ Results run_cpu(const Shape& s, const Inputs& in, const std::vector<float>& out,
   return l2v::test::cpu_attention(dims(s), in, out, lse, kSeed, kStream);
 }
 
-// The forward, then the backward on the forward's own out and lse (as in training).
+// The SIMT forward, then the SIMT backward on the forward's own out and lse (as in training).
 template <typename T>
 Results run_cuda(const Shape& s, const Inputs& in) {
-  const size_t N = (size_t)s.B * s.T;
-  Dev<T> q(in.q), k(in.k), v(in.v);
-  Dev<T> dout(in.dout);
-  Raw<int> mask(in.mask);
-  Dev<T> out(N * s.H * s.D), dq(N * s.H * s.D), dk(N * s.KV * s.D), dv(N * s.KV * s.D);
-  Dev<float> lse((size_t)s.B * s.H * s.T);
-  Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(s.B, s.T, s.H, s.KV, s.D) / sizeof(float));
-  l2v::cuda::attention_forward_cuda<T>(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, s.B, s.T, s.H, s.KV, s.D,
-                                       s.causal, s.dropout_p, kSeed, kStream, nullptr);
-  l2v::cuda::attention_backward_cuda<T>(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr,
-                                        mask.ptr, s.B, s.T, s.H, s.KV, s.D, s.causal, s.dropout_p, kSeed, kStream,
-                                        scratch.ptr, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  Results r;
-  r.out = out.get();
-  r.lse = lse.get();
-  r.dq = dq.get();
-  r.dk = dk.get();
-  r.dv = dv.get();
-  return r;
+  return l2v::test::run_attention_kernels<T>(dims(s), in, l2v::cuda::attention_forward_cuda<T>,
+                                             l2v::cuda::attention_backward_cuda<T>, kSeed, kStream);
 }
 
 // Per element of a result: the sum of |terms| behind it (mag) and the bound on |kernel - reference| of the

@@ -133,19 +133,8 @@ Inputs random_inputs(const Case& c, uint32_t seed) {
 // The mma forward, then the mma backward on the forward's own out and lse.
 template <typename T>
 Results run_mma(const Case& c, const Inputs& in, uint32_t stream = kStream) {
-  const size_t N = (size_t)c.B * c.T;
-  Dev<T> q(in.q), k(in.k), v(in.v), dout(in.dout);
-  Raw<int> mask(in.mask);
-  Dev<T> out(N * c.H * c.D), dq(N * c.H * c.D), dk(N * c.KV * c.D), dv(N * c.KV * c.D);
-  Dev<float> lse((size_t)c.B * c.H * c.T);
-  Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(c.B, c.T, c.H, c.KV, c.D) / sizeof(float));
-  l2v::cuda::attention_mma_forward_cuda<T>(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, c.B, c.T, c.H, c.KV, c.D,
-                                           c.causal, c.p, kSeed, stream, nullptr);
-  l2v::cuda::attention_mma_backward_cuda<T>(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr,
-                                            mask.ptr, c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, stream,
-                                            scratch.ptr, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  return {out.get(), lse.get(), dq.get(), dk.get(), dv.get()};
+  return l2v::test::run_attention_kernels<T>(dims(c), in, l2v::cuda::attention_mma_forward_cuda<T>,
+                                             l2v::cuda::attention_mma_backward_cuda<T>, kSeed, stream);
 }
 
 // The reference forward on the inputs; its backward on the kernels' out and lse (`fwd`).
