@@ -5,9 +5,11 @@
 // A key_mask becomes cuDNN's padding mask: every row keeps all T queries (seq_len_q = T: padded query
 // rows still attend, as in the reference) and the keys of its one visible run [start, start + len)
 // (seq_len_kv = len, and ragged offsets place row b's keys and values at token b*T + start). Queries and
-// their gradients carry ragged offsets too, equal to the dense layout's, since cuDNN takes ragged tensors
-// with the padding mask only as a whole. Keys outside the run are never read, and their dk/dv are zeroed
-// here (cuDNN does not write them).
+// their gradients carry ragged offsets too (the dense layout's, but for left padding under the causal mask,
+// where cuDNN gets the query rows from the run's start on: see padding_from_mask), since cuDNN takes
+// ragged tensors with the padding mask only as a whole. Keys outside the run are never read, and their
+// dk/dv are zeroed here (cuDNN does not write them); so are out and dq of query rows cuDNN does not get,
+// whose lse is set to -inf, and cuDNN's Stats rows are then copied to and from lse's (2-D copies).
 #include "cuda/attention_cudnn.h"
 
 #include <cudnn.h>
@@ -69,14 +71,16 @@ struct PaddingLayout {
   size_t count() const { return 4 * (size_t)B + 2; }
 };
 
-// key_mask [B, T] (a host copy) -> the padding integers in `ints`; returns whether any key is hidden.
-// Refuses what cuDNN's padding mask cannot express as this project means it.
+// key_mask [B, T] (a host copy) -> the padding integers in `ints` and, per batch row, the first query row
+// cuDNN computes (`q_start`: > 0 for left padding under the causal mask); returns whether any key is
+// hidden. Refuses what cuDNN's padding mask cannot express as this project means it.
 bool padding_from_mask(const std::vector<int>& mask, int B, int T, int H, int KV, int D, bool causal,
-                       std::vector<int32_t>& ints) {
+                       std::vector<int32_t>& ints, std::vector<int>& q_start) {
   if ((double)B * T * H * D > (double)std::numeric_limits<int32_t>::max())
     fail("B*T*H*D = " + std::to_string((double)B * T * H * D) + " elements exceed the 32-bit ragged offsets");
   const PaddingLayout L{B};
   ints.assign(L.count(), 0);
+  q_start.assign(B, 0);
   bool padded = false;
   long kv_end = 0;
   for (int b = 0; b < B; ++b) {
@@ -94,14 +98,18 @@ bool padding_from_mask(const std::vector<int>& mask, int B, int T, int H, int KV
       fail(where +
            "holes between visible keys; cuDNN's padding mask takes one contiguous run per row (left or "
            "right padding; use --attention_impl mma or simt)");
-    if (causal && first > 0)
+    if (causal && first > 0 && last < T - 1)
       fail(where +
-           "left padding under the causal mask leaves the first rows without a visible key, which cuDNN "
-           "does not define as out = 0, lse = -inf (use --attention_impl mma or simt)");
+           "keys padded on both sides under the causal mask (cuDNN takes left or right padding there; use "
+           "--attention_impl mma or simt)");
+    // Causal and left-padded: query row i sees keys first..i, none before row `first`. cuDNN gets the
+    // queries from `first` on (local row i - first sees local keys 0..i - first: its top-left causal mask);
+    // the rows before it are this file's (out = 0, lse = -inf, dq = 0).
+    if (causal) q_start[b] = first;
     padded |= visible < T;
-    ints[L.seq_q() + b] = T;
+    ints[L.seq_q() + b] = T - q_start[b];
     ints[L.seq_kv() + b] = visible;
-    ints[L.off_q() + b] = b * T * H * D;
+    ints[L.off_q() + b] = (b * T + q_start[b]) * H * D;
     ints[L.off_kv() + b] = (b * T + first) * KV * D;
     kv_end = ((long)b * T + first + visible) * KV * D;
   }
@@ -226,8 +234,11 @@ struct CudnnAttention::Impl {
   std::map<GraphKey, std::shared_ptr<fe::graph::Graph>> graphs;
   std::vector<int> mask;         // the host copy of the last key_mask
   std::vector<int32_t> padding;  // its PaddingLayout integers
+  std::vector<int> q_start;      // its first query row per batch row (padding_from_mask)
+  bool shifted = false;          // some q_start > 0: cuDNN's Stats rows are not lse's
   int64_t rng[2] = {0, 0};       // dropout seed and offset
-  DeviceScratch padding_dev, rng_dev, workspace;
+  size_t neg_inf_count = 0;      // floats of -inf in neg_inf_dev
+  DeviceScratch padding_dev, rng_dev, workspace, stats_dev, neg_inf_dev;
 
   // The cached graph for `key` (built on first use).
   fe::graph::Graph& graph(const GraphKey& key) {
@@ -239,11 +250,13 @@ struct CudnnAttention::Impl {
   // Reads key_mask back, derives the padding integers and uploads them: whether any key is hidden.
   bool upload_padding(const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                       std::unordered_map<int64_t, void*>& pack) {
+    shifted = false;
     if (!key_mask) return false;
     mask.resize((size_t)B * T);
     CUDA_CHECK(cudaMemcpyAsync(mask.data(), key_mask, mask.size() * sizeof(int), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (!padding_from_mask(mask, B, T, H, KV, D, causal, padding)) return false;
+    if (!padding_from_mask(mask, B, T, H, KV, D, causal, padding, q_start)) return false;
+    shifted = std::any_of(q_start.begin(), q_start.end(), [](int s) { return s > 0; });
     auto* dev = static_cast<int32_t*>(padding_dev.get(padding.size() * sizeof(int32_t)));
     CUDA_CHECK(cudaMemcpyAsync(dev, padding.data(), padding.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     const PaddingLayout L{B};
@@ -264,6 +277,38 @@ struct CudnnAttention::Impl {
     CUDA_CHECK(cudaMemcpyAsync(dev, rng, sizeof rng, cudaMemcpyHostToDevice, stream));
     pack[kSeed] = dev;
     pack[kOffset] = dev + 1;
+  }
+
+  // Where cuDNN's Stats go: lse itself, or (shifted) a scratch whose row i of batch row b is lse's row
+  // q_start[b] + i.
+  float* stats(float* lse, int B, int H, int T) {
+    return shifted ? static_cast<float*>(stats_dev.get((size_t)B * H * T * sizeof(float))) : lse;
+  }
+  // lse[b, h, i] = i < q_start[b] ? -inf : stats[b, h, i - q_start[b]] (2-D copies over the H rows).
+  void stats_to_lse(float* lse, const float* st, int B, int H, int T) {
+    if (neg_inf_count < (size_t)H * T) {
+      const std::vector<float> host((size_t)H * T, -std::numeric_limits<float>::infinity());
+      CUDA_CHECK(cudaMemcpyAsync(neg_inf_dev.get(host.size() * sizeof(float)), host.data(), host.size() * sizeof(float),
+                                 cudaMemcpyHostToDevice, stream));
+      neg_inf_count = host.size();
+    }
+    const size_t pitch = (size_t)T * sizeof(float);
+    for (int b = 0; b < B; ++b) {
+      float* dst = lse + (size_t)b * H * T;
+      const int s = q_start[b];
+      if (s > 0)
+        CUDA_CHECK(cudaMemcpy2DAsync(dst, pitch, neg_inf_dev.get(0), pitch, s * sizeof(float), H,
+                                     cudaMemcpyDeviceToDevice, stream));
+      CUDA_CHECK(cudaMemcpy2DAsync(dst + s, pitch, st + (size_t)b * H * T, pitch, (T - s) * sizeof(float), H,
+                                   cudaMemcpyDeviceToDevice, stream));
+    }
+  }
+  // The inverse for the backward: stats[b, h, i] = lse[b, h, q_start[b] + i] for the rows cuDNN reads.
+  void lse_to_stats(float* st, const float* lse, int B, int H, int T) {
+    const size_t pitch = (size_t)T * sizeof(float);
+    for (int b = 0; b < B; ++b)
+      CUDA_CHECK(cudaMemcpy2DAsync(st + (size_t)b * H * T, pitch, lse + (size_t)b * H * T + q_start[b], pitch,
+                                   (T - q_start[b]) * sizeof(float), H, cudaMemcpyDeviceToDevice, stream));
   }
 
   void execute(fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack) {
@@ -300,7 +345,12 @@ void CudnnAttention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16
                                              {kStats, lse}};
   const bool padded = impl_->upload_padding(key_mask, B, T, H, KV, D, causal, pack);
   impl_->upload_rng(dropout_p, seed, stream, pack);
+  float* stats = impl_->stats(lse, B, H, T);
+  pack[kStats] = stats;
+  if (impl_->shifted)  // the query rows before q_start: out = 0 (cuDNN writes the others)
+    CUDA_CHECK(cudaMemsetAsync(out, 0, (size_t)B * T * H * D * sizeof(__nv_bfloat16), impl_->stream));
   impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, false}), pack);
+  if (impl_->shifted) impl_->stats_to_lse(lse, stats, B, H, T);
 }
 
 void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
@@ -321,6 +371,12 @@ void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat1
     const size_t bytes = (size_t)B * T * KV * D * sizeof(__nv_bfloat16);
     CUDA_CHECK(cudaMemsetAsync(dk, 0, bytes, impl_->stream));
     CUDA_CHECK(cudaMemsetAsync(dv, 0, bytes, impl_->stream));
+  }
+  if (impl_->shifted) {  // dq of the query rows before q_start is 0; cuDNN reads its Stats rows from 0
+    CUDA_CHECK(cudaMemsetAsync(dq, 0, (size_t)B * T * H * D * sizeof(__nv_bfloat16), impl_->stream));
+    float* stats = impl_->stats(const_cast<float*>(lse), B, H, T);
+    impl_->lse_to_stats(stats, lse, B, H, T);
+    pack[kStats] = stats;
   }
   impl_->upload_rng(dropout_p, seed, stream, pack);
   impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, true}), pack);

@@ -4,15 +4,16 @@
 // run cuDNN, that is `make test`'s build of this file).
 //   * Forward and backward against the fp32 CPU reference (l2v::cpu::attention_forward/backward) on the
 //     same bf16-rounded inputs: tails (T not a multiple of a tile), GQA 1/2/4, D = 64 and 128, causal and
-//     bidirectional, no mask, right and left padding. The backward reference runs on cuDNN's own out and
+//     bidirectional, no mask, right and left padding (causal left padding: rows without a visible key,
+//     out = 0, lse = -inf, dq = 0). The backward reference runs on cuDNN's own out and
 //     lse, as training does. Tolerances: out per element 4 u sum_j P_ij |v_jd| (u = 2^-8: P and out are
 //     each rounded to bf16 once, and as much again for the softmax's fp32 arithmetic); lse 1e-4 (1 + |lse|)
 //     (fp32 only); gradients normwise, 8 u max |ref| per tensor. These are bounds of the rounding this
 //     arithmetic needs, not derived from cuDNN's unpublished kernels: they catch a wrong layout, head
 //     mapping, mask or statistic (errors of the order of the values), not a last-bit difference.
 //   * Everywhere (no GPU needed): "cudnn" is accepted exactly in builds with cuDNN, else refused as not built.
-//   * Refusals: key_mask holes, a row without a visible key, left padding under the causal mask, an
-//     unsupported head dim, fp32 storage.
+//   * Refusals: key_mask holes, a row without a visible key, padding on both sides under the causal mask,
+//     an unsupported head dim, fp32 storage.
 //   * Dropout, statistically (cuDNN's RNG is not ours, so no mask can be compared bit for bit): with
 //     q = 0 and v = 1 every output is (kept keys)/(T (1-p)), whose mean over all rows must be within 5
 //     standard deviations of 1 (plus the bf16 rounding of the outputs); the same (seed, stream) gives the
@@ -164,7 +165,10 @@ void check_case(const Case& c) {
     for (int h = 0; h < c.H; ++h)
       for (int i = 0; i < c.T; ++i) {
         const size_t r = ((size_t)b * c.H + h) * c.T + i;
-        EXPECT_NEAR(hlse[r], ref_lse[r], 1e-4 * (1.0 + std::fabs(ref_lse[r]))) << "lse row " << r;
+        if (std::isinf(ref_lse[r]))  // no visible key: -inf, out 0 (pv stays 0 below)
+          EXPECT_EQ(hlse[r], ref_lse[r]) << "lse row " << r;
+        else
+          EXPECT_NEAR(hlse[r], ref_lse[r], 1e-4 * (1.0 + std::fabs(ref_lse[r]))) << "lse row " << r;
         std::vector<double> pv(c.D, 0.0);
         const float* qi = &hq[((size_t)b * c.T + i) * c.H * c.D + (size_t)h * c.D];
         for (int j = 0; j < (c.causal ? i + 1 : c.T); ++j) {
@@ -224,6 +228,7 @@ TEST(CudnnAttention, ForwardAndBackwardFollowTheCpuReference) {
       {2, 77, 4, 4, 64, false, Padding::kNone},    {2, 77, 4, 4, 64, true, Padding::kNone},
       {3, 130, 8, 2, 128, false, Padding::kRight}, {3, 130, 8, 2, 128, true, Padding::kRight},
       {3, 100, 4, 1, 64, false, Padding::kLeft},   {2, 64, 8, 2, 128, false, Padding::kLeft},
+      {3, 100, 4, 2, 64, true, Padding::kLeft},    {2, 70, 8, 8, 128, true, Padding::kLeft},
   };
   for (const Case& c : cases) check_case(c);
 }
@@ -264,8 +269,8 @@ TEST(CudnnAttention, RefusesWhatItCannotExpress) {
   std::fill(mask.begin(), mask.begin() + 16, 0);  // row 0 hides every key
   expect_refused(*be, mask, false, "key_mask row 0: no visible key");
   std::fill(mask.begin(), mask.end(), 1);
-  mask[16] = 0;  // row 1 left-padded
-  expect_refused(*be, mask, true, "left padding under the causal mask");
+  mask[16] = mask[31] = 0;  // row 1 padded on both sides
+  expect_refused(*be, mask, true, "keys padded on both sides under the causal mask");
   EXPECT_NO_THROW(forward_with_mask(*be, mask, false));  // bidirectional: fine
   try {
     forward_with_mask(*be, mask, false, 20);
