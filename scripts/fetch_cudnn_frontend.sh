@@ -14,7 +14,9 @@ dir=$1
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --only-binary=:all: "nvidia-cudnn-frontend==$version" -d "$tmp/wheel" || {
+# One wheel, whatever the local Python and machine: the headers are the same in every wheel of a version.
+python3 -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version 3.11 \
+    --abi cp311 --platform manylinux_2_28_x86_64 "nvidia-cudnn-frontend==$version" -d "$tmp/wheel" || {
   echo "fetch_cudnn_frontend: could not download nvidia-cudnn-frontend==$version from PyPI (needed for" \
        "--attention_impl cudnn)" >&2
   exit 1
