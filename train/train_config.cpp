@@ -30,7 +30,7 @@ const std::vector<ConfigKey>& train_config_keys() {
        "training shards from `llm2vec prepare`: comma-separated files or globs\n(PREFIX-*.bin): documents for mntp, sentences for simcse, supervised triples for supervised (required)"},
       {"output_dir", 's', nullptr, "where checkpoints, the log and the outputs go (required)"},
       {"backend", 's', "", "cpu | cuda (default: cuda in build/llm2vec_cuda, cpu in build/llm2vec)"},
-      {"attention_impl", 's', "", "cuda: simt | mma (tensor cores: bf16, head dim 16, 64 or 128) | cudnn (cuDNN SDPA:\nbf16, builds with cuDNN; left/right key padding only; its own dropout RNG, unlike the\nCPU reference's) (default: the fastest of simt/mma that supports the case, printed at start)"},
+      {"attention_impl", 's', "", "cuda: simt | mma (tensor cores: bf16, head dim 16, 64 or 128) | cudnn\n(cuDNN SDPA: bf16, builds with cuDNN; left/right key padding only; its own dropout\nRNG, unlike the CPU reference's) (default: the fastest of simt/mma that supports the\ncase, printed at start)"},
       {"torch_dtype", 's', "", "bfloat16 | float32: storage of activations and base weights (default:\nfloat32 on cpu, bfloat16 on cuda)"},
       {"per_device_train_batch_size", 'i', nullptr,
        "sequences (mntp), sentences (simcse) or triples per micro-batch (default 32 mntp,\n128 simcse, 64 supervised)"},
