@@ -2,14 +2,11 @@
 // g++ against cuDNN and the cuDNN frontend's headers (cuda/cuda.mk, only where both exist); no kernel of
 // ours. Layout: the project's q [B*T, H*D] is cuDNN's Q of dims [B, H, T, D] with strides
 // [T*H*D, D, H*D, 1] (k, v, out and the gradients alike), lse [B, H, T] its Stats [B, H, T, 1].
-// A key_mask becomes cuDNN's padding mask: every row keeps all T queries (seq_len_q = T: padded query
-// rows still attend, as in the reference) and the keys of its one visible run [start, start + len)
-// (seq_len_kv = len, and ragged offsets place row b's keys and values at token b*T + start). Queries and
-// their gradients carry ragged offsets too (the dense layout's, but for left padding under the causal mask,
-// where cuDNN gets the query rows from the run's start on: see padding_from_mask), since cuDNN takes
-// ragged tensors with the padding mask only as a whole. Keys outside the run are never read, and their
-// dk/dv are zeroed here (cuDNN does not write them); so are out and dq of query rows cuDNN does not get,
-// whose lse is set to -inf, and cuDNN's Stats rows are then copied to and from lse's (2-D copies).
+// A key_mask becomes cuDNN's padding mask, per-row lengths and ragged offsets (cuda/attention_cudnn_padding.h;
+// cuDNN takes ragged tensors with the padding mask only as a whole, so every query- and key-side tensor
+// carries them). Keys outside a row's run are never read, and their dk/dv are zeroed here (cuDNN does not
+// write them); so are out and dq of the query rows cuDNN does not get (before q_start), whose lse is set
+// to -inf, and cuDNN's Stats rows (counted from q_start) are then copied to and from lse's by 2-D copies.
 #include "cuda/attention_cudnn.h"
 
 #include <cudnn.h>
@@ -25,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cuda/attention_cudnn_padding.h"
 #include "cuda/device_scratch.h"
 #include "cuda/launch.h"
 #include "host/philox.h"
@@ -40,12 +38,8 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 // The uids under which the graphs' tensors meet their device pointers at execution.
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV, kSeqQ, kSeqKV, kOffQ, kOffKV, kSeed, kOffset };
 
-[[noreturn]] void fail(const std::string& what) {
-  throw std::runtime_error("cuDNN SDPA (--attention_impl cudnn): " + what);
-}
-
 void check(fe::error_t err, const char* step) {
-  if (err.is_bad()) fail(std::string(step) + " failed: " + err.get_message());
+  if (err.is_bad()) cudnn_attention_fail(std::string(step) + " failed: " + err.get_message());
 }
 
 // One cached graph: everything that shapes it.
@@ -59,64 +53,6 @@ struct GraphKey {
            std::tie(o.B, o.T, o.H, o.KV, o.D, o.causal, o.padded, o.dropout_p, o.backward);
   }
 };
-
-// The per-batch-row integers of the padding mask, in one device buffer: seq_len_q [B], seq_len_kv [B],
-// then the ragged offsets (in elements) of the query-side tensors [B+1] and of the key-side ones [B+1].
-struct PaddingLayout {
-  int B;
-  size_t seq_q() const { return 0; }
-  size_t seq_kv() const { return (size_t)B; }
-  size_t off_q() const { return 2 * (size_t)B; }
-  size_t off_kv() const { return 3 * (size_t)B + 1; }
-  size_t count() const { return 4 * (size_t)B + 2; }
-};
-
-// key_mask [B, T] (a host copy) -> the padding integers in `ints` and, per batch row, the first query row
-// cuDNN computes (`q_start`: > 0 for left padding under the causal mask); returns whether any key is
-// hidden. Refuses what cuDNN's padding mask cannot express as this project means it.
-bool padding_from_mask(const std::vector<int>& mask, int B, int T, int H, int KV, int D, bool causal,
-                       std::vector<int32_t>& ints, std::vector<int>& q_start) {
-  if ((double)B * T * H * D > (double)std::numeric_limits<int32_t>::max())
-    fail("B*T*H*D = " + std::to_string((double)B * T * H * D) + " elements exceed the 32-bit ragged offsets");
-  const PaddingLayout L{B};
-  ints.assign(L.count(), 0);
-  q_start.assign(B, 0);
-  bool padded = false;
-  long kv_end = 0;
-  for (int b = 0; b < B; ++b) {
-    const int* row = mask.data() + (size_t)b * T;
-    int first = -1, last = -1, visible = 0;
-    for (int j = 0; j < T; ++j) {
-      if (row[j] == 0) continue;
-      if (first < 0) first = j;
-      last = j;
-      ++visible;
-    }
-    const std::string where = "key_mask row " + std::to_string(b) + ": ";
-    if (visible == 0) fail(where + "no visible key (use --attention_impl mma or simt)");
-    if (last - first + 1 != visible)
-      fail(where +
-           "holes between visible keys; cuDNN's padding mask takes one contiguous run per row (left or "
-           "right padding; use --attention_impl mma or simt)");
-    if (causal && first > 0 && last < T - 1)
-      fail(where +
-           "keys padded on both sides under the causal mask (cuDNN takes left or right padding there; use "
-           "--attention_impl mma or simt)");
-    // Causal and left-padded: query row i sees keys first..i, none before row `first`. cuDNN gets the
-    // queries from `first` on (local row i - first sees local keys 0..i - first: its top-left causal mask);
-    // the rows before it are this file's (out = 0, lse = -inf, dq = 0).
-    if (causal) q_start[b] = first;
-    padded |= visible < T;
-    ints[L.seq_q() + b] = T - q_start[b];
-    ints[L.seq_kv() + b] = visible;
-    ints[L.off_q() + b] = (b * T + q_start[b]) * H * D;
-    ints[L.off_kv() + b] = (b * T + first) * KV * D;
-    kv_end = ((long)b * T + first + visible) * KV * D;
-  }
-  ints[L.off_q() + B] = B * T * H * D;
-  ints[L.off_kv() + B] = (int32_t)kv_end;
-  return padded;
-}
 
 // A [B, heads, T, D] view of a [B*T, heads*D] token-major tensor.
 fe::graph::Tensor_attributes& token_layout(fe::graph::Tensor_attributes& t, int B, int heads, int T, int D) {
@@ -232,12 +168,10 @@ struct CudnnAttention::Impl {
   cudaStream_t stream;
   cudnnHandle_t handle = nullptr;
   std::map<GraphKey, std::shared_ptr<fe::graph::Graph>> graphs;
-  std::vector<int> mask;         // the host copy of the last key_mask
-  std::vector<int32_t> padding;  // its PaddingLayout integers
-  std::vector<int> q_start;      // its first query row per batch row (padding_from_mask)
-  bool shifted = false;          // some q_start > 0: cuDNN's Stats rows are not lse's
-  int64_t rng[2] = {0, 0};       // dropout seed and offset
-  size_t neg_inf_count = 0;      // floats of -inf in neg_inf_dev
+  std::vector<int> mask;     // the host copy of the last key_mask
+  CudnnPadding padding;      // its lengths and offsets
+  int64_t rng[2] = {0, 0};   // dropout seed and offset
+  size_t neg_inf_count = 0;  // floats of -inf in neg_inf_dev
   DeviceScratch padding_dev, rng_dev, workspace, stats_dev, neg_inf_dev;
 
   // The cached graph for `key` (built on first use).
@@ -250,20 +184,20 @@ struct CudnnAttention::Impl {
   // Reads key_mask back, derives the padding integers and uploads them: whether any key is hidden.
   bool upload_padding(const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                       std::unordered_map<int64_t, void*>& pack) {
-    shifted = false;
+    padding.shifted = false;
     if (!key_mask) return false;
     mask.resize((size_t)B * T);
     CUDA_CHECK(cudaMemcpyAsync(mask.data(), key_mask, mask.size() * sizeof(int), cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (!padding_from_mask(mask, B, T, H, KV, D, causal, padding, q_start)) return false;
-    shifted = std::any_of(q_start.begin(), q_start.end(), [](int s) { return s > 0; });
-    auto* dev = static_cast<int32_t*>(padding_dev.get(padding.size() * sizeof(int32_t)));
-    CUDA_CHECK(cudaMemcpyAsync(dev, padding.data(), padding.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
-    const PaddingLayout L{B};
-    pack[kSeqQ] = dev + L.seq_q();
-    pack[kSeqKV] = dev + L.seq_kv();
-    pack[kOffQ] = dev + L.off_q();
-    pack[kOffKV] = dev + L.off_kv();
+    cudnn_padding_from_mask(mask, B, T, H, KV, D, causal, padding);
+    if (!padding.padded) return false;
+    const std::vector<int32_t>& ints = padding.ints;
+    auto* dev = static_cast<int32_t*>(padding_dev.get(ints.size() * sizeof(int32_t)));
+    CUDA_CHECK(cudaMemcpyAsync(dev, ints.data(), ints.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    pack[kSeqQ] = dev + padding.seq_q();
+    pack[kSeqKV] = dev + padding.seq_kv();
+    pack[kOffQ] = dev + padding.off_q();
+    pack[kOffKV] = dev + padding.off_kv();
     return true;
   }
 
@@ -282,7 +216,7 @@ struct CudnnAttention::Impl {
   // Where cuDNN's Stats go: lse itself, or (shifted) a scratch whose row i of batch row b is lse's row
   // q_start[b] + i.
   float* stats(float* lse, int B, int H, int T) {
-    return shifted ? static_cast<float*>(stats_dev.get((size_t)B * H * T * sizeof(float))) : lse;
+    return padding.shifted ? static_cast<float*>(stats_dev.get((size_t)B * H * T * sizeof(float))) : lse;
   }
   // lse[b, h, i] = i < q_start[b] ? -inf : stats[b, h, i - q_start[b]] (2-D copies over the H rows).
   void stats_to_lse(float* lse, const float* st, int B, int H, int T) {
@@ -295,7 +229,7 @@ struct CudnnAttention::Impl {
     const size_t pitch = (size_t)T * sizeof(float);
     for (int b = 0; b < B; ++b) {
       float* dst = lse + (size_t)b * H * T;
-      const int s = q_start[b];
+      const int s = padding.q_start[b];
       if (s > 0)
         CUDA_CHECK(cudaMemcpy2DAsync(dst, pitch, neg_inf_dev.get(0), pitch, s * sizeof(float), H,
                                      cudaMemcpyDeviceToDevice, stream));
@@ -307,8 +241,8 @@ struct CudnnAttention::Impl {
   void lse_to_stats(float* st, const float* lse, int B, int H, int T) {
     const size_t pitch = (size_t)T * sizeof(float);
     for (int b = 0; b < B; ++b)
-      CUDA_CHECK(cudaMemcpy2DAsync(st + (size_t)b * H * T, pitch, lse + (size_t)b * H * T + q_start[b], pitch,
-                                   (T - q_start[b]) * sizeof(float), H, cudaMemcpyDeviceToDevice, stream));
+      CUDA_CHECK(cudaMemcpy2DAsync(st + (size_t)b * H * T, pitch, lse + (size_t)b * H * T + padding.q_start[b], pitch,
+                                   (T - padding.q_start[b]) * sizeof(float), H, cudaMemcpyDeviceToDevice, stream));
   }
 
   void execute(fe::graph::Graph& g, std::unordered_map<int64_t, void*>& pack) {
@@ -320,11 +254,11 @@ struct CudnnAttention::Impl {
 CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
   impl_->stream = stream;
   cudnnStatus_t s = cudnnCreate(&impl_->handle);
-  if (s != CUDNN_STATUS_SUCCESS) fail(std::string("cudnnCreate: ") + cudnnGetErrorString(s));
+  if (s != CUDNN_STATUS_SUCCESS) cudnn_attention_fail(std::string("cudnnCreate: ") + cudnnGetErrorString(s));
   s = cudnnSetStream(impl_->handle, stream);
   if (s != CUDNN_STATUS_SUCCESS) {
     cudnnDestroy(impl_->handle);
-    fail(std::string("cudnnSetStream: ") + cudnnGetErrorString(s));
+    cudnn_attention_fail(std::string("cudnnSetStream: ") + cudnnGetErrorString(s));
   }
 }
 
@@ -347,10 +281,10 @@ void CudnnAttention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16
   impl_->upload_rng(dropout_p, seed, stream, pack);
   float* stats = impl_->stats(lse, B, H, T);
   pack[kStats] = stats;
-  if (impl_->shifted)  // the query rows before q_start: out = 0 (cuDNN writes the others)
+  if (impl_->padding.shifted)  // the query rows before q_start: out = 0 (cuDNN writes the others)
     CUDA_CHECK(cudaMemsetAsync(out, 0, (size_t)B * T * H * D * sizeof(__nv_bfloat16), impl_->stream));
   impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, false}), pack);
-  if (impl_->shifted) impl_->stats_to_lse(lse, stats, B, H, T);
+  if (impl_->padding.shifted) impl_->stats_to_lse(lse, stats, B, H, T);
 }
 
 void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
@@ -372,7 +306,7 @@ void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat1
     CUDA_CHECK(cudaMemsetAsync(dk, 0, bytes, impl_->stream));
     CUDA_CHECK(cudaMemsetAsync(dv, 0, bytes, impl_->stream));
   }
-  if (impl_->shifted) {  // dq of the query rows before q_start is 0; cuDNN reads its Stats rows from 0
+  if (impl_->padding.shifted) {  // dq of the query rows before q_start is 0; cuDNN reads its Stats rows from 0
     CUDA_CHECK(cudaMemsetAsync(dq, 0, (size_t)B * T * H * D * sizeof(__nv_bfloat16), impl_->stream));
     float* stats = impl_->stats(const_cast<float*>(lse), B, H, T);
     impl_->lse_to_stats(stats, lse, B, H, T);

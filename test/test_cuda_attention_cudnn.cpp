@@ -11,7 +11,9 @@
 //     (fp32 only); gradients normwise, 8 u max |ref| per tensor. These are bounds of the rounding this
 //     arithmetic needs, not derived from cuDNN's unpublished kernels: they catch a wrong layout, head
 //     mapping, mask or statistic (errors of the order of the values), not a last-bit difference.
-//   * Everywhere (no GPU needed): "cudnn" is accepted exactly in builds with cuDNN, else refused as not built.
+//   * Everywhere (no GPU needed): the key_mask -> lengths and ragged offsets conversion
+//     (cuda/attention_cudnn_padding.h) and its refusals; "cudnn" is accepted exactly in builds with cuDNN,
+//     else refused as not built.
 //   * Refusals: key_mask holes, a row without a visible key, padding on both sides under the causal mask,
 //     an unsupported head dim, fp32 storage.
 //   * Dropout, statistically (cuDNN's RNG is not ours, so no mask can be compared bit for bit): with
@@ -29,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/attention_cudnn_padding.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/launch.h"  // the CUDA runtime (cudaGetDeviceCount)
 #include "host/cpu_ops.h"
@@ -197,6 +200,61 @@ void check_case(const Case& c) {
   expect_normwise(dk.get(), ref_dk, 8 * kU, "dk");
   expect_normwise(dv.get(), ref_dv, 8 * kU, "dv");
   be->release(dmask);
+}
+
+// Runs everywhere (plain C++): key_mask -> cuDNN's per-row lengths and ragged offsets, and the refusals.
+TEST(CudnnPadding, LengthsAndOffsetsFollowTheMask) {
+  const int B = 3, T = 8, H = 2, KV = 1, D = 8;  // a token is H*D = 16 query-side, KV*D = 8 key-side elements
+  // Row 0 sees every key, row 1 is right-padded (5 keys), row 2 left-padded (keys 3..7).
+  const std::vector<int> mask = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1};
+  cuda::CudnnPadding p;
+  cuda::cudnn_padding_from_mask(mask, B, T, H, KV, D, false, p);
+  EXPECT_TRUE(p.padded);
+  EXPECT_FALSE(p.shifted);
+  auto slice = [&](size_t at, int n) { return std::vector<int32_t>(p.ints.begin() + at, p.ints.begin() + at + n); };
+  EXPECT_EQ((std::vector<int32_t>{8, 8, 8}), slice(p.seq_q(), B));  // every query row attends
+  EXPECT_EQ((std::vector<int32_t>{8, 5, 5}), slice(p.seq_kv(), B));
+  EXPECT_EQ((std::vector<int32_t>{0, 8 * 16, 16 * 16, 24 * 16}), slice(p.off_q(), B + 1));
+  EXPECT_EQ((std::vector<int32_t>{0, 8 * 8, 19 * 8, 24 * 8}), slice(p.off_kv(), B + 1));
+  // Causal: row 2's queries 0..2 see no key; cuDNN gets its queries from 3 on.
+  cuda::cudnn_padding_from_mask(mask, B, T, H, KV, D, true, p);
+  EXPECT_TRUE(p.shifted);
+  EXPECT_EQ((std::vector<int>{0, 0, 3}), p.q_start);
+  EXPECT_EQ((std::vector<int32_t>{8, 8, 5}), slice(p.seq_q(), B));
+  EXPECT_EQ((std::vector<int32_t>{0, 8 * 16, 19 * 16, 24 * 16}), slice(p.off_q(), B + 1));
+  EXPECT_EQ((std::vector<int32_t>{8, 5, 5}), slice(p.seq_kv(), B));
+  // Nothing hidden: no padding mask.
+  cuda::cudnn_padding_from_mask(std::vector<int>(B * T, 1), B, T, H, KV, D, true, p);
+  EXPECT_FALSE(p.padded);
+  EXPECT_FALSE(p.shifted);
+
+  auto refusal = [&](const std::vector<int>& m, bool causal, int b, int t) -> std::string {
+    try {
+      cuda::cudnn_padding_from_mask(m, b, t, H, KV, D, causal, p);
+    } catch (const std::runtime_error& e) {
+      return e.what();
+    }
+    return "not refused";
+  };
+  std::vector<int> holes = mask;
+  holes[4] = 0;
+  EXPECT_NE(std::string::npos, refusal(holes, false, B, T).find("key_mask row 0: holes"))
+      << refusal(holes, false, B, T);
+  std::vector<int> empty = mask;
+  std::fill(empty.begin() + 8, empty.begin() + 16, 0);
+  EXPECT_NE(std::string::npos, refusal(empty, false, B, T).find("key_mask row 1: no visible key"));
+  std::vector<int> both = mask;
+  both[16 + 7] = 0;  // row 2: keys 3..6
+  EXPECT_EQ("not refused", refusal(both, false, B, T));
+  EXPECT_NE(std::string::npos, refusal(both, true, B, T).find("key_mask row 2: keys padded on both sides"));
+  const int big_t = 1 << 16;  // B*T*H*D = 3 * 2^16 * 16 fits; with H*D = 2^15 it does not
+  EXPECT_EQ("not refused", refusal(std::vector<int>((size_t)B * big_t, 1), false, B, big_t));
+  try {
+    cuda::cudnn_padding_from_mask(std::vector<int>((size_t)B * big_t, 1), B, big_t, 4096, 8, D, false, p);
+    ADD_FAILURE() << "32-bit offsets overflow not refused";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string::npos, std::string(e.what()).find("exceed the 32-bit ragged offsets")) << e.what();
+  }
 }
 
 // Runs everywhere: "cudnn" is an implementation exactly where the build has cuDNN, else refused as not
