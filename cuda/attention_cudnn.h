@@ -7,16 +7,18 @@
 //   * head dims that cuDNN takes (multiples of 8 up to 128; the model's are 64 and 128);
 //   * key_mask rows must keep one contiguous run of visible keys (left, right or no padding; under the
 //     causal mask not padded on both sides), expressed to cuDNN as per-sequence lengths and ragged
-//     offsets; a row with holes or no visible key is refused. Under the causal mask, the query rows of a
-//     left-padded row that see no key get out = 0, lse = -inf and dq = 0 here, not from cuDNN;
+//     offsets (cuda/attention_cudnn_padding.h); a row with holes or no visible key is refused. Under the
+//     causal mask, the query rows of a left-padded row that see no key get out = 0, lse = -inf and dq = 0
+//     here, not from cuDNN;
 //   * attention dropout uses cuDNN's own Philox stream, keyed by (seed, stream): the same keep mask in the
 //     forward, its recomputation and the backward, but not the mask of the CPU reference or of the
 //     simt/mma kernels (dropout_keep_attention), so results with dropout differ from theirs;
 //   * the backward is cuDNN's, which need not be bitwise reproducible (dQ may be accumulated in any order).
 // lse is cuDNN's softmax statistics, log(sum_j exp(scale q_i.k_j)) in natural log: the project's convention,
 // [B, H, T] fp32 (copied to and from cuDNN's row order when query rows are shifted, as above). A key_mask
-// is read back to the host at each call (one stream synchronisation) to derive the lengths and offsets. Graphs are built once per case (B, T, H, KV, D, causal, padded, dropout
-// probability, forward or backward) and cached with their execution plans; the workspace grows on demand.
+// is read back to the host at each call (one stream synchronisation) to derive the lengths and offsets.
+// Graphs are built once per case (B, T, H, KV, D, causal, padded, dropout probability, forward or
+// backward) and cached with their execution plans; the workspace grows on demand.
 // Errors (a case cuDNN does not support, a failed build or execution) throw std::runtime_error with
 // cuDNN's message.
 #pragma once
