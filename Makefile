@@ -52,7 +52,7 @@ bench: $(BENCH_BINS)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ -lbenchmark $(LDLIBS)
 
-# test/test_fault_injection.cpp runs the binary.
+# test/test_fault_injection.cpp and test/test_cli.cpp run the binary.
 test: $(MAIN_BIN) $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)
 

@@ -455,16 +455,24 @@ const std::vector<Command>& commands() {
   return table;
 }
 
-std::string usage() {
-  std::string out = "usage: llm2vec <command> [options]    (llm2vec <command> --help for its options)\n\ncommands:\n";
+// The commands whose name starts with `prefix`, named without it, their summaries indented.
+std::string command_list(const std::string& prefix) {
+  std::string out;
   for (const Command& c : commands()) {
+    if (std::string(c.name).rfind(prefix, 0) != 0) continue;
     std::string summary = c.summary;
     for (size_t p = summary.find('\n'); p != std::string::npos; p = summary.find('\n', p + 1))
       summary.insert(p + 1, std::string(12, ' '));
     char name[16];
-    std::snprintf(name, sizeof name, "  %-10s", c.name);
+    std::snprintf(name, sizeof name, "  %-10s", c.name + prefix.size());
     out += name + summary + "\n";
   }
+  return out;
+}
+
+std::string usage() {
+  std::string out = "usage: llm2vec <command> [options]    (llm2vec <command> --help for its options)\n\ncommands:\n" +
+                    command_list("");
   return out + "\nBackends: cpu (fp32 reference ops, OpenBLAS + OpenMP)" +
          (std::string(kDefaultBackend) == "cuda" ? ", cuda (default)" : " (this build has no CUDA)") + ".\n";
 }
@@ -483,6 +491,13 @@ int main(int argc, char** argv) {
   if (name == "-h" || name == "--help") {
     std::fputs(usage().c_str(), stdout);
     return 0;
+  }
+  if (name == "eval") {  // the group without a task: list its tasks (on stdout when asked for)
+    const bool asked = argc > 2 && (std::string(argv[2]) == "--help" || std::string(argv[2]) == "-h");
+    const std::string tasks = "usage: llm2vec eval <task> [options]    (llm2vec eval <task> --help for its options)\n\n"
+                              "tasks:\n" + command_list("eval ");
+    std::fprintf(asked ? stdout : stderr, "%s%s", asked ? "" : "llm2vec eval: missing task\n\n", tasks.c_str());
+    return asked ? 0 : 2;
   }
   const Command* cmd = nullptr;
   for (const Command& c : commands())

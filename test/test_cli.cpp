@@ -1,0 +1,66 @@
+// The binary's help is true (build/llm2vec, or the build named by L2V_BIN, run as a child process):
+// `--help` lists every command and exits 0; `<command> --help` prints that command's usage and exits 0
+// for every command; the `eval` group without a task lists its tasks (`eval --help`: on stdout, status
+// 0; `eval` alone: an error, status 2), and an unknown command or task is status 2 with the usage.
+// Bugs these catch: a command missing from the table or its help, `llm2vec eval --help` answering
+// "unknown command eval" (as it did), a help request reported as an error.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+namespace {
+
+const std::string kBin = std::getenv("L2V_BIN") ? std::getenv("L2V_BIN") : "build/llm2vec";
+
+// Runs the binary with `args` (a shell word list); returns (exit status, stdout), stderr to stdout
+// when `merge` is set, else discarded.
+std::pair<int, std::string> run(const std::string& args, bool merge) {
+  const std::string cmd = kBin + " " + args + (merge ? " 2>&1" : " 2>/dev/null");
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "embed", "eval sts"};
+
+TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
+  const auto [rc, out] = run("--help", false);
+  EXPECT_EQ(0, rc);
+  for (const std::string name : kCommands) {
+    EXPECT_TRUE(has(out, "  " + name + " ")) << name << " missing from --help:\n" << out;
+    const auto [c_rc, c_out] = run(name + " --help", false);
+    EXPECT_EQ(0, c_rc) << name;
+    EXPECT_TRUE(has(c_out, "usage: llm2vec " + name + " [options]")) << c_out;
+  }
+}
+
+TEST(Cli, TheEvalGroupListsItsTasks) {
+  const auto [rc, out] = run("eval --help", false);
+  EXPECT_EQ(0, rc) << out;
+  EXPECT_TRUE(has(out, "usage: llm2vec eval <task>")) << out;
+  EXPECT_TRUE(has(out, "  sts ")) << out;
+  const auto [bare_rc, bare] = run("eval", true);
+  EXPECT_EQ(2, bare_rc);
+  EXPECT_TRUE(has(bare, "missing task") && has(bare, "  sts ")) << bare;
+}
+
+TEST(Cli, UnknownCommandsAndTasksAreUsageErrors) {
+  for (const char* args : {"", "nosuch", "eval nosuch"}) {
+    const auto [rc, out] = run(args, true);
+    EXPECT_EQ(2, rc) << "'" << args << "': " << out;
+    EXPECT_TRUE(has(out, "usage: llm2vec <command>")) << out;
+  }
+}
+
+}  // namespace
