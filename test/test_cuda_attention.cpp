@@ -360,24 +360,17 @@ TEST(CudaAttention, RejectsUnsupportedArguments) {
     l2v::cuda::attention_forward_cuda<float>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr, 1, 4, H, KV, D, false, p,
                                              0, 0, nullptr);
   };
-  auto message = [](auto&& run) -> std::string {
-    try {
-      run();
-    } catch (const std::runtime_error& e) {
-      return e.what();
-    }
-    return "";
-  };
-  const std::string d32 = message([&] { forward(1, 1, 32, 0.0f); });
+  using l2v::test::error_of;
+  const std::string d32 = error_of([&] { forward(1, 1, 32, 0.0f); });
   EXPECT_NE(d32.find("head dim D=32 is not supported"), std::string::npos) << d32;
-  EXPECT_NE(message([&] { forward(3, 2, 16, 0.0f); }).find("multiple of KV"), std::string::npos);
-  EXPECT_NE(message([&] { forward(1, 1, 16, 1.0f); }).find("dropout probability"), std::string::npos);
-  const std::string bwd = message([&] {
+  EXPECT_NE(error_of([&] { forward(3, 2, 16, 0.0f); }).find("multiple of KV"), std::string::npos);
+  EXPECT_NE(error_of([&] { forward(1, 1, 16, 1.0f); }).find("dropout probability"), std::string::npos);
+  const std::string bwd = error_of([&] {
     l2v::cuda::attention_backward_cuda<float>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr,
                                               1, 4, 1, 1, 96, false, 0.0f, 0, 0, scratch.ptr, nullptr);
   });
   EXPECT_NE(bwd.find("attention_backward_cuda: head dim D=96"), std::string::npos) << bwd;
-  EXPECT_NE(message([&] {
+  EXPECT_NE(error_of([&] {
               l2v::cuda::attention_backward_cuda<float>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr,
                                                         x.ptr, nullptr, 1, 4, 1, 1, 16, false, 0.0f, 0, 0, nullptr,
                                                         nullptr);

@@ -491,22 +491,15 @@ TEST(CudaAttentionMma, NoLdmatrixBankConflicts) {
 TEST(CudaAttentionMma, RejectsUnsupportedArguments) {
   Dev<__nv_bfloat16> x(4 * 32 * 128);
   Dev<float> lse(4 * 32), scratch(4 * 32);
-  auto message = [](auto&& run) -> std::string {
-    try {
-      run();
-    } catch (const std::runtime_error& e) {
-      return e.what();
-    }
-    return "";
-  };
-  const std::string d8 = message([&] {
+  using l2v::test::error_of;
+  const std::string d8 = error_of([&] {
     l2v::cuda::attention_mma_forward_cuda<__nv_bfloat16>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr, 1, 4, 1, 1, 8,
                                                          false, 0.0f, 0, 0, nullptr);
   });
   EXPECT_NE(d8.find("attention_mma_forward_cuda: head dim D=8 is not supported by the tensor-core kernels"),
             std::string::npos)
       << d8;
-  const std::string bwd = message([&] {
+  const std::string bwd = error_of([&] {
     l2v::cuda::attention_mma_backward_cuda<__nv_bfloat16>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr,
                                                           x.ptr, nullptr, 1, 4, 3, 2, 16, false, 0.0f, 0, 0,
                                                           scratch.ptr, nullptr);
