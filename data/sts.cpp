@@ -143,6 +143,16 @@ std::vector<StsPair> read_sick(const std::string& path, const std::string& split
   return out;
 }
 
+std::string sts_format_of(const std::string& path) {
+  LineFile f(path);
+  std::string line;
+  while (f.next(line) && line.empty()) {
+  }
+  const std::vector<std::string> header = split_tabs(line);
+  auto has = [&](const char* name) { return std::find(header.begin(), header.end(), name) != header.end(); };
+  return has("sentence_A") && has("sentence_B") && has("relatedness_score") ? "sick" : "tsv";
+}
+
 std::vector<StsPair> read_sts_tsv(const std::string& path) {
   LineFile f(path);
   std::vector<StsPair> out;

@@ -27,6 +27,11 @@ struct StsPair {
 // a finite number, an empty sentence, text that is not UTF-8, or no pair in the requested split.
 std::vector<StsPair> read_sick(const std::string& path, const std::string& split);
 
+// "sick" when the first non-blank line of `path` is a SICK header (it names the columns sentence_A,
+// sentence_B and relatedness_score), else "tsv": what `eval sts` reads a file as when no --format is
+// given. Throws std::runtime_error naming the file if it cannot be read.
+std::string sts_format_of(const std::string& path);
+
 // Reads `sentence1<TAB>sentence2<TAB>score` lines. The first line is a header (and skipped) when its
 // third field is not a number. Same errors as read_sick.
 std::vector<StsPair> read_sts_tsv(const std::string& path);

@@ -254,6 +254,17 @@ TEST(Sts, TsvWithAndWithoutHeader) {
   EXPECT_CONTAINS(error_of([&] { read_sts_tsv(dir / "absent.tsv"); }), dir / "absent.tsv" + ": cannot open");
 }
 
+// What `eval sts` reads a file as without --format: SICK by its header's column names, else TSV.
+TEST(Sts, FormatIsRecognisedByTheHeader) {
+  test::TempDir dir("sts_format");
+  EXPECT_EQ("sick", sts_format_of("assets/sick/SICK.txt"));
+  EXPECT_EQ("sick", sts_format_of(write(dir, "semeval.txt",
+                                        "\npair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n")));
+  EXPECT_EQ("tsv", sts_format_of(write(dir, "h.tsv", "sentence1\tsentence2\tscore\na\tb\t1\n")));
+  EXPECT_EQ("tsv", sts_format_of(write(dir, "n.tsv", "a\tb\t1\n")));
+  EXPECT_CONTAINS(error_of([&] { sts_format_of(dir / "absent.tsv"); }), dir / "absent.tsv");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Supervised triples
 

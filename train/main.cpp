@@ -321,7 +321,8 @@ int run_embed(const ParsedOptions& o) {
 
 int run_eval_sts(const ParsedOptions& o) {
   const EncoderSpec spec = encoder_spec(o);
-  const std::string data = o.required("--data"), format = o.get("--format", "sick");
+  const std::string data = o.required("--data");
+  const std::string format = o.has("--format") ? o.required("--format") : sts_format_of(data);
   const std::string split = o.get("--split", "TEST");
   std::vector<StsPair> pairs;
   if (format == "sick") pairs = read_sick(data, split);
@@ -446,7 +447,8 @@ const std::vector<Command>& commands() {
        "Spearman correlation between cosine similarities and gold scores of sentence\n"
        "pairs (SICK-R and STS-style TSV)",
        encoder_options({{"--data", "FILE", "SICK.txt (or SICK_semeval2014_all.txt with --split ALL), or a TSV"},
-                        {"--format", "F", "sick (default) | tsv (sentence1<TAB>sentence2<TAB>score)"},
+                        {"--format", "F", "sick | tsv (sentence1<TAB>sentence2<TAB>score) (default: sick when the first\n"
+                                          "line is a SICK header, else tsv)"},
                         {"--split", "S", "sick: TRAIN | TRIAL | TEST (default) | ALL"},
                         {"--json-out", "FILE", "also write the result as JSON"},
                         {"--batch-size", "N", "sentences per forward pass (default 32)"}}),
