@@ -9,8 +9,10 @@ endif
 
 CXX      ?= g++
 BUILD    := build
-CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -MMD -MP
-LDLIBS   := -lopenblas -lpcre2-8 -lutf8proc -lpthread
+# Open MPI (train/comm_mpi.cpp): its headers as system headers, its library under every program.
+MPI_INC  := /usr/lib/x86_64-linux-gnu/openmpi/include
+CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -isystem $(MPI_INC) -MMD -MP
+LDLIBS   := -lopenblas -lpcre2-8 -lutf8proc -lpthread -L/usr/lib/x86_64-linux-gnu/openmpi/lib -lmpi
 GTEST    := -lgtest -lgtest_main
 
 LIB_SRCS  := $(filter-out train/main.cpp,$(wildcard host/*.cpp model/*.cpp data/*.cpp train/*.cpp))
@@ -56,14 +58,15 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 test: $(MAIN_BIN) $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)
 
-# The CPU test suite (every test but the emulator's, whose kernel tests have ASan twins in emu.mk, and
-# the nvcc binary's) and the binary test_fault_injection runs, under AddressSanitizer and
+# The CPU test suite (every test but the emulator's, whose kernel tests have ASan twins in emu.mk, the
+# nvcc binary's, and test_data_parallel's, whose mpirun runs the normal build: Open MPI's own allocations
+# would swamp LeakSanitizer) and the binary test_fault_injection runs, under AddressSanitizer and
 # UndefinedBehaviorSanitizer, apart from the normal build (build/san/): any report fails the run.
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 # -O1 (ASan's advice: fast to build, stacks still readable); g++ 12's flow analysis, confused by the
 # instrumentation, reports libstdc++'s <regex> as maybe-uninitialized: that warning is off here only.
 SAN_CXXFLAGS := $(CXXFLAGS) -O1 $(SAN_FLAGS) -Wno-maybe-uninitialized
-SAN_TESTS := $(filter-out test_cuda_% test_emulator% test_gpu_binary,$(patsubst test/%.cpp,%,$(TEST_SRCS)))
+SAN_TESTS := $(filter-out test_cuda_% test_emulator% test_gpu_binary test_data_parallel,$(patsubst test/%.cpp,%,$(TEST_SRCS)))
 SAN_BINS  := $(SAN_TESTS:%=$(BUILD)/san/test/%)
 .PHONY: test-sanitize
 

@@ -190,7 +190,7 @@ __device__ __forceinline__ unsigned keep_bits_rows(const AttentionParams<T>& p, 
                                                    int j0, int tig) {
   const int odd = tig & 1;
   // A select, not i[odd]: a run-time index would put i in local memory.
-  const unsigned mine = attention_keep4(p.seed, p.stream, bh, (uint32_t)(odd ? i[1] : i[0]),
+  const unsigned mine = attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)(odd ? i[1] : i[0]),
                                         (uint32_t)((j0 + 2 * tig) / 4), p.dropout_p);
   const unsigned other = __shfl_xor_sync(kFull, mine, 1);
   const unsigned row0 = odd ? other : mine, row1 = odd ? mine : other;
@@ -205,7 +205,7 @@ template <typename T>
 __device__ __forceinline__ unsigned keep_bits_cols(const AttentionParams<T>& p, uint32_t bh, int kbase, int i0,
                                                    int lane) {
   const int g = lane / 4, tig = lane % 4, x = g % 4;
-  const unsigned mine = attention_keep4(p.seed, p.stream, bh, (uint32_t)(i0 + 2 * tig + (x & 1)),
+  const unsigned mine = attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)(i0 + 2 * tig + (x & 1)),
                                         (uint32_t)((kbase + 8 * (x >> 1)) / 4 + g / 4), p.dropout_p);
   unsigned bits = 0;
   L2V_MMA_UNROLL
@@ -612,13 +612,13 @@ void dispatch_mma_head_dim(int D, const char* fn, F&& f) {
 
 template <typename T>
 void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, const int* key_mask, int B,
-                                int T_, int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
+                                int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
                                 uint32_t stream_id, cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_forward_cuda";
-  AttentionParams<T> p = ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, seed, stream_id);
+  AttentionParams<T> p = ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream_id);
   ad::require_aligned(out, fn, "out");
   p.out = out;
   p.lse = lse;
@@ -628,14 +628,14 @@ void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, cons
 template <typename T>
 void attention_mma_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
                                  const T* k, const T* v, const int* key_mask, int B, int T_, int H, int KV, int D,
-                                 bool causal, float dropout_p, uint64_t seed, uint32_t stream_id, float* scratch,
+                                 bool causal, float dropout_p, DropoutKey key, uint32_t stream_id, float* scratch,
                                  cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_backward_cuda";
   AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H, KV, D,
-                                                  causal, dropout_p, seed, stream_id, scratch);
+                                                  causal, dropout_p, key, stream_id, scratch);
   md::dispatch_mma_head_dim(D, fn, [&](auto d) { md::run_attention_mma_bwd<decltype(d)::value>(p, stream); });
 }
 

@@ -78,6 +78,7 @@ class CudaBackend final : public Backend {
   }
 
   const char* name() const override { return std::is_same<T, float>::value ? "cuda (fp32)" : "cuda (bf16)"; }
+  cudaStream_t stream() const { return stream_; }
   bool is_host_memory() const override { return false; }
 
   void* alloc(size_t bytes) override {
@@ -144,12 +145,12 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                          const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
-                         uint64_t seed, uint32_t stream) override {
+                         DropoutKey key, uint32_t stream) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
-        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, seed, stream);
+        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream);
         return;
       }
     }
@@ -157,23 +158,23 @@ class CudaBackend final : public Backend {
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
         cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p,
-                                         seed, stream, stream_);
+                                         key, stream, stream_);
         return;
       }
     }
-    cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, seed,
+    cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key,
                                  stream, stream_);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                           const float* q, const float* k, const float* v, const int* key_mask, int B, int T_,
-                          int H, int KV, int D, bool causal, float dropout_p, uint64_t seed,
+                          int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
                           uint32_t stream) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
         cudnn_->backward(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D,
-                         causal, dropout_p, seed, stream);
+                         causal, dropout_p, key, stream);
         return;
       }
     }
@@ -183,12 +184,12 @@ class CudaBackend final : public Backend {
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
         cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_,
-                                          H, KV, D, causal, dropout_p, seed, stream, scratch, stream_);
+                                          H, KV, D, causal, dropout_p, key, stream, scratch, stream_);
         return;
       }
     }
     cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
-                                  D, causal, dropout_p, seed, stream, scratch, stream_);
+                                  D, causal, dropout_p, key, stream, scratch, stream_);
   }
   void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
     cuda::swiglu_forward_cuda(t(out), t(gate), t(up), n, stream_);
@@ -206,17 +207,17 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
   void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                    float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
+                    float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC,
                     int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, seed, stream, t(scratch), ws, N, IC,
+    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, stream, t(scratch), ws, N, IC,
                             OC, R);
   }
   void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
-                     const float* A, const float* B, float scale, float dropout_p, uint64_t seed, uint32_t stream,
+                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t stream,
                      float* scratch, int N, int IC, int OC, int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, seed, stream,
+    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, stream,
                              t(scratch), ws, N, IC, OC, R);
   }
   void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
@@ -349,6 +350,12 @@ AttentionImpl parse_attention_impl(const std::string& name) {
 #endif
   }
   throw std::invalid_argument("unknown attention implementation '" + name + "' (simt, mma or cudnn)");
+}
+
+cudaStream_t cuda_stream_of(const Backend& backend) {
+  if (auto* b = dynamic_cast<const CudaBackend<float>*>(&backend)) return b->stream();
+  if (auto* b = dynamic_cast<const CudaBackend<__nv_bfloat16>*>(&backend)) return b->stream();
+  throw std::runtime_error(std::string("cuda_stream_of: the ") + backend.name() + " backend has no CUDA stream");
 }
 
 std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision, AttentionImpl attention) {

@@ -9,6 +9,9 @@
 
 #include "model/backend.h"
 
+// cudaStream_t without the CUDA headers (it is this pointer type in cuda_runtime_api.h).
+typedef struct CUstream_st* cudaStream_t;
+
 namespace l2v {
 
 enum class CudaPrecision { kFp32, kBf16 };
@@ -31,5 +34,9 @@ AttentionImpl parse_attention_impl(const std::string& name);
 // GPU), so a CUDA binary on a CPU-only machine stops with an explanation.
 std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision = CudaPrecision::kBf16,
                                            AttentionImpl attention = AttentionImpl::kAuto);
+
+// The stream every op of a CUDA backend runs on (cuda/comm_nccl.h orders its communication after it).
+// Throws for a backend that is not the CUDA backend.
+cudaStream_t cuda_stream_of(const Backend& backend);
 
 }  // namespace l2v

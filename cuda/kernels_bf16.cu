@@ -36,23 +36,23 @@ template void scale_cuda<bf16>(bf16*, long, float, cudaStream_t);
 template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);
 template void convert_cuda<float, bf16>(float*, const bf16*, long, cudaStream_t);
 template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, const int*, int, int,
-                                           int, int, int, bool, float, uint64_t, uint32_t, cudaStream_t);
+                                           int, int, int, bool, float, DropoutKey, uint32_t, cudaStream_t);
 template void attention_backward_cuda<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const float*, const bf16*,
                                             const bf16*, const bf16*, const int*, int, int, int, int, int, bool, float,
-                                            uint64_t, uint32_t, float*, cudaStream_t);
+                                            DropoutKey, uint32_t, float*, cudaStream_t);
 template void attention_mma_forward_cuda<__half>(__half*, float*, const __half*, const __half*, const __half*,
-                                                 const int*, int, int, int, int, int, bool, float, uint64_t, uint32_t,
+                                                 const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
                                                  cudaStream_t);
 template void attention_mma_backward_cuda<__half>(__half*, __half*, __half*, const __half*, const __half*,
                                                   const float*, const __half*, const __half*, const __half*,
-                                                  const int*, int, int, int, int, int, bool, float, uint64_t, uint32_t,
+                                                  const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
                                                   float*, cudaStream_t);
 template void matmul_forward_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, const bf16*, int, int, int);
 template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);
 template void lora_forward_cuda<bf16>(cublasHandle_t, bf16*, bf16*, const bf16*, const float*, const float*, float,
-                                      float, uint64_t, uint32_t, bf16*, void*, int, int, int, int);
+                                      float, DropoutKey, uint32_t, bf16*, void*, int, int, int, int);
 template void lora_backward_cuda<bf16>(cublasHandle_t, bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
-                                       const float*, const float*, float, float, uint64_t, uint32_t, bf16*, void*, int,
+                                       const float*, const float*, float, float, DropoutKey, uint32_t, bf16*, void*, int,
                                        int, int, int);
 template void lora_merge_cuda<bf16>(cublasHandle_t, bf16*, const float*, const float*, float, float, void*, int, int,
                                     int);

@@ -93,6 +93,7 @@ MntpBatch build_mntp_batch(const std::vector<std::vector<int>>& blocks, int max_
   }
   batch.key_mask.assign(batch.ids.size(), 1);
   mask_mntp(batch, tok, opt, rng);
+  batch.global_labels = mntp_label_count(batch.labels, batch.B, batch.T);
   return batch;
 }
 
@@ -180,16 +181,49 @@ EmbedBatch build_embed_batch(const std::vector<std::vector<int>>& texts, const s
   return batch;
 }
 
+namespace {
+
+// Rows [row0, row0 + n) of the [B, T] arrays `arrays`.
+template <typename Batch>
+Batch slice_of(const Batch& b, int row0, int n, std::initializer_list<std::vector<int> Batch::*> arrays) {
+  if (row0 < 0 || n < 1 || row0 + n > b.B)
+    throw std::invalid_argument("slice_rows: rows [" + std::to_string(row0) + ", " + std::to_string(row0 + n) +
+                                ") of a batch of " + std::to_string(b.B));
+  Batch out = b;
+  out.B = n;
+  out.row0 = b.row0 + row0;
+  for (std::vector<int> Batch::*a : arrays)
+    (out.*a).assign((b.*a).begin() + (size_t)row0 * b.T, (b.*a).begin() + (size_t)(row0 + n) * b.T);
+  return out;
+}
+
+}  // namespace
+
+MntpBatch slice_rows(const MntpBatch& b, int row0, int n) {
+  return slice_of(b, row0, n, {&MntpBatch::ids, &MntpBatch::key_mask, &MntpBatch::labels});
+}
+
+EmbedBatch slice_rows(const EmbedBatch& b, int row0, int n) {
+  return slice_of(b, row0, n, {&EmbedBatch::ids, &EmbedBatch::key_mask, &EmbedBatch::embed_mask});
+}
+
+long mntp_label_count(const std::vector<int>& labels, int B, int T) {
+  long n = 0;
+  for (int b = 0; b < B; ++b)
+    for (int t = 1; t < T; ++t) n += labels[(size_t)b * T + t] != -100;
+  return n;
+}
+
 SimcseBatch build_simcse_batch(const std::vector<std::vector<int>>& sentences, const Tokenizer& tok,
                                const PadOptions& opt) {
   if (sentences.empty()) throw std::invalid_argument("build_simcse_batch: no sentences");
-  std::vector<std::vector<int>> doubled(sentences);
-  doubled.insert(doubled.end(), sentences.begin(), sentences.end());
+  std::vector<std::vector<int>> doubled;
+  for (const std::vector<int>& s : sentences) doubled.insert(doubled.end(), {s, s});
   SimcseBatch batch;
   batch.rows = build_embed_batch(doubled, {}, tok, opt);
   batch.pairs = (int)sentences.size();
   batch.positive_of.resize(doubled.size());
-  for (int i = 0; i < 2 * batch.pairs; ++i) batch.positive_of[i] = (i + batch.pairs) % (2 * batch.pairs);
+  for (int i = 0; i < 2 * batch.pairs; ++i) batch.positive_of[i] = i ^ 1;
   return batch;
 }
 

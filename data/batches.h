@@ -95,7 +95,16 @@ struct MntpOptions {
 struct MntpBatch {
   int B = 0, T = 0;
   std::vector<int> ids, key_mask, labels;  // [B, T]
+  // Data parallelism (data/loader.h): a rank's batch is rows [row0, row0 + B) of the global batch, and
+  // the loss is normalised by the labels of the whole global batch (mntp_label_count of it), so the
+  // ranks' gradients sum to the gradient of one process holding the global batch.
+  int row0 = 0;
+  long global_labels = 0;
 };
+
+// The positions the MNTP loss scores: labels[b, t] != -100 for t >= 1 (the causal-LM shift: logits at
+// t - 1 predict labels[t], so a label at t = 0 is never scored).
+long mntp_label_count(const std::vector<int>& labels, int B, int T);
 
 // MNTP batch from B blocks of exactly max_seq_length ids each (the block builder concatenates
 // documents and cuts them, as run_mntp's group_texts does, so there is no padding): key_mask all 1,
@@ -111,11 +120,17 @@ MntpBatch build_mntp_batch(const std::vector<std::vector<int>>& blocks, int max_
 // rng.draw(stream, b*T + t), so they do not depend on the rest of the batch.
 void mask_mntp(MntpBatch& batch, const Tokenizer& tok, const MntpOptions& opt, const BatchRng& rng);
 
+// ---- slices (a rank's share of a global batch; a chunk of rows) ----
+
+// Rows [row0, row0 + n) of a batch with its T (its padding) unchanged; row0 is added to the batch's own.
+MntpBatch slice_rows(const MntpBatch& b, int row0, int n);
+
 // ---- embedding batches (SimCSE, supervised) ----
 
 struct EmbedBatch {
   int B = 0, T = 0;  // T = the longest row after truncation (padding="longest", as llm2vec)
   std::vector<int> ids, key_mask, embed_mask;  // [B, T]
+  int row0 = 0;      // the index of row 0 in the global batch (a rank's or a chunk's share; keys dropout)
 };
 
 // Pads texts into one batch. Attention sees every real token (key_mask), instruction included; the
@@ -134,10 +149,13 @@ struct EmbedBatch {
 // text with nothing left to pool.
 EmbedBatch build_embed_batch(const std::vector<std::vector<int>>& texts, const std::vector<int>& n_instruction,
                              const Tokenizer& tok, const PadOptions& opt);
+EmbedBatch slice_rows(const EmbedBatch& b, int row0, int n);
 
-// SimCSE: 2B rows, rows b and B+b hold sentence b. One forward pass over the doubled batch gives the
-// two dropout views (the dropout masks are keyed by the row, so they differ). The loss (llm2vec's
-// HardNegativeNLLLoss) scores rows [0, B) against rows [B, 2B); positive_of makes the pairing explicit.
+// SimCSE: 2B rows, rows 2b and 2b+1 both hold sentence b. One forward pass over the doubled batch gives
+// the two dropout views (the dropout masks are keyed by the row, so they differ). The loss (llm2vec's
+// HardNegativeNLLLoss) scores the even rows (queries) against the odd rows (positives); positive_of
+// makes the pairing explicit. The pairs are adjacent so that a rank's share of a global batch, and a
+// chunk of rows, are contiguous rows of it.
 // Pooling excludes the BOS, as llm2vec embeds an instruction-free text at inference; llm2vec's SimCSE
 // trainer itself passes Wiki1M lines without the separator, gets an all-zero embed_mask and, through
 // `hidden[i, -0:]`, averages every position of the padded row — a quirk we do not reproduce.

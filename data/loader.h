@@ -1,10 +1,16 @@
 // Per-rank batch streams over pre-tokenized shards: a Sampler (data/sampler.h) decides which items
-// this rank reads, the collators (data/batches.h) turn them into model inputs. Deterministic in the
-// seed and resumable: save() captures everything needed to continue exactly where a run stopped.
+// each GLOBAL batch (batch_size × world_size items) holds, the collators (data/batches.h) turn the whole
+// global batch into model inputs — padding, MNTP masks and everything random keyed by the global batch —
+// and rank r takes its rows [r·batch_size, (r+1)·batch_size) (SimCSE: twice as many, the pairs are
+// adjacent). So every rank's batch equals the same rows of one process's batch of batch_size ×
+// world_size items with the same seed, whatever the world size (row0 and MntpBatch::global_labels
+// carry what the step needs to match that process: dropout keys and the loss normaliser).
+// Deterministic in the seed and resumable: save() captures everything needed to continue exactly where
+// a run stopped, at any world size with the same global batch.
 //   MntpLoader        kind-0 shards cut into blocks of block_len tokens, masked (MNTP)
 //   SimcseLoader      kind-1 shards, one sentence per item, each used twice
-//   SupervisedLoader  kind-2 shards; every GLOBAL batch (batch_size x world_size examples) comes from one
-//                     dataset, as llm2vec's E5 loader builds them, and rank r takes its slice of it
+//   SupervisedLoader  kind-2 shards; every global batch comes from one dataset, as llm2vec's E5 loader
+//                     builds them
 #pragma once
 #include <cstdint>
 #include <string>
@@ -41,7 +47,7 @@ class MntpLoader {
   MntpOptions mntp_;
   LoaderConfig cfg_;
   Sampler sampler_;
-  uint64_t batches_ = 0;  // micro-batches built on this rank: keys the masking randomness
+  uint64_t batches_ = 0;  // global batches built: keys the masking randomness
 };
 
 class SimcseLoader {
@@ -55,6 +61,7 @@ class SimcseLoader {
   const ShardSet& set_;
   const Tokenizer& tok_;
   PadOptions pad_;
+  LoaderConfig cfg_;
   Sampler sampler_;
 };
 

@@ -30,72 +30,55 @@ std::vector<uint64_t> epoch_permutation(uint64_t num_items, uint64_t seed, uint6
 }
 
 Sampler::Sampler(const SamplerConfig& config) : config_(config) {
-  if (config.world_size < 1 || config.rank < 0 || config.rank >= config.world_size)
-    throw std::invalid_argument("Sampler: rank " + std::to_string(config.rank) + " outside world size " +
-                                std::to_string(config.world_size));
   if (config.batch_size == 0) throw std::invalid_argument("Sampler: batch size 0");
-  if (config.num_items < static_cast<uint64_t>(config.world_size))
-    throw std::invalid_argument("Sampler: " + std::to_string(config.num_items) + " items cannot feed " +
-                                std::to_string(config.world_size) + " ranks");
-  if (config.drop_last && items_per_rank() < config.batch_size)
-    throw std::invalid_argument("Sampler: " + std::to_string(items_per_rank()) +
-                                " items per rank make no full batch of " + std::to_string(config.batch_size));
-}
-
-uint64_t Sampler::usable_items() const {
-  uint64_t n = items_per_rank();
-  return config_.drop_last ? n - n % config_.batch_size : n;
-}
-
-uint64_t Sampler::batches_per_epoch() const {
-  return (usable_items() + config_.batch_size - 1) / config_.batch_size;
+  if (config.num_items < config.batch_size)
+    throw std::invalid_argument("Sampler: " + std::to_string(config.num_items) + " items make no full batch of " +
+                                std::to_string(config.batch_size));
 }
 
 void Sampler::load_epoch(uint64_t epoch) {
   if (loaded_ && loaded_epoch_ == epoch) return;
-  std::vector<uint64_t> perm = epoch_permutation(config_.num_items, config_.seed, epoch);
-  const uint64_t world = static_cast<uint64_t>(config_.world_size);
-  items_.resize(items_per_rank());
-  for (uint64_t k = 0; k < items_.size(); ++k) items_[k] = perm[config_.rank + k * world];
+  items_ = epoch_permutation(config_.num_items, config_.seed, epoch);
   loaded_epoch_ = epoch;
   loaded_ = true;
 }
 
+// An epoch ends when fewer than a batch of its items remain (normally n mod batch_size of them; after a
+// resume with another batch size, whatever the old position leaves).
+SamplerState Sampler::normalized(SamplerState s) const {
+  return s.position + config_.batch_size > config_.num_items ? SamplerState{s.epoch + 1, 0} : s;
+}
+
 std::vector<uint64_t> Sampler::next_batch() {
   load_epoch(state_.epoch);
-  uint64_t take = std::min(config_.batch_size, usable_items() - state_.position);
-  std::vector<uint64_t> batch(items_.begin() + state_.position, items_.begin() + state_.position + take);
-  state_.position += take;
+  std::vector<uint64_t> batch(items_.begin() + state_.position, items_.begin() + state_.position + config_.batch_size);
   // Move on right away so a state saved after an epoch's last batch already points at the next epoch.
-  if (state_.position == usable_items()) state_ = SamplerState{state_.epoch + 1, 0};
+  state_ = normalized({state_.epoch, state_.position + config_.batch_size});
   return batch;
 }
 
 void Sampler::set_state(const SamplerState& state) {
-  if (state.position > usable_items())
+  if (state.position > config_.num_items)
     throw std::invalid_argument("Sampler: position " + std::to_string(state.position) + " beyond the " +
-                                std::to_string(usable_items()) + " items of an epoch on this rank");
-  state_ = state.position == usable_items() ? SamplerState{state.epoch + 1, 0} : state;
+                                std::to_string(config_.num_items) + " items of an epoch");
+  state_ = normalized(state);
 }
 
 nlohmann::json Sampler::save() const {
   return {{"epoch", state_.epoch},
           {"position", state_.position},
           {"num_items", config_.num_items},
-          {"seed", config_.seed},
-          {"world_size", config_.world_size}};
+          {"seed", config_.seed}};
 }
 
 void Sampler::restore(const nlohmann::json& j, const std::string& source) {
   SamplerState s;
   uint64_t num_items, seed;
-  int world_size;
   try {
     s.epoch = j.at("epoch").get<uint64_t>();
     s.position = j.at("position").get<uint64_t>();
     num_items = j.at("num_items").get<uint64_t>();
     seed = j.at("seed").get<uint64_t>();
-    world_size = j.at("world_size").get<int>();
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(source + ": malformed sampler state: " + e.what());
   }
@@ -106,8 +89,6 @@ void Sampler::restore(const nlohmann::json& j, const std::string& source) {
   if (num_items != config_.num_items)
     mismatch("num_items", std::to_string(num_items), std::to_string(config_.num_items));
   if (seed != config_.seed) mismatch("seed", std::to_string(seed), std::to_string(config_.seed));
-  if (world_size != config_.world_size)
-    mismatch("world_size", std::to_string(world_size), std::to_string(config_.world_size));
   try {
     set_state(s);
   } catch (const std::invalid_argument& e) {

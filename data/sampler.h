@@ -1,15 +1,18 @@
-// Which training items each rank reads, and in what order: a deterministic, resumable, per-rank sampler
+// Which training items each global batch holds, and in what order: a deterministic, resumable sampler
 // over abstract items 0..n-1 (documents, sentences, triples, or MNTP blocks), and the MNTP blocks
 // themselves.
 //
 // Epoch e visits the items in the order of a seeded Fisher–Yates shuffle (std::mt19937_64 seeded from
 // (seed, e) through std::seed_seq; both are fully specified by the C++ standard, and the bounded draws
 // use rejection rather than std::uniform_int_distribution, whose algorithm is implementation-defined, so
-// the order is the same with every compiler and standard library). Rank r of W takes positions
-// r, r + W, r + 2W, ... of the permutation, floor(n / W) items each: the n mod W items at the end of the
-// permutation are left out of that epoch, so every rank yields the same number of micro-batches and the
-// ranks' collective operations stay in step. A different epoch's shuffle leaves out different items.
-// Micro-batches never span two epochs: an epoch's last one holds the remainder unless drop_last.
+// the order is the same with every compiler and standard library), cut into full batches of
+// batch_size consecutive items; the n mod batch_size items at the end of the permutation are left out
+// of that epoch (a different epoch's shuffle leaves out different items). Batches never span two epochs.
+//
+// The sampler knows nothing of ranks: batch_size is the GLOBAL batch (world size × per-device batch)
+// and every rank runs the same sampler; the loaders (data/loader.h) build the whole global batch and
+// give rank r its rows [r·b, (r+1)·b). So `mpirun -np N` with per-device batch b reads exactly what
+// one process with batch N·b reads, and the state (identical on every rank) resumes at any world size.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -27,15 +30,11 @@ std::vector<uint64_t> epoch_permutation(uint64_t num_items, uint64_t seed, uint6
 struct SamplerConfig {
   uint64_t num_items = 0;
   uint64_t seed = 0;
-  int world_size = 1;
-  int rank = 0;
-  uint64_t batch_size = 1;  // items per micro-batch on one rank
-  bool drop_last = false;   // skip each epoch's final short micro-batch
+  uint64_t batch_size = 1;  // items per (global) batch
 };
 
-// Where the sampler is: the next micro-batch starts at item `position` of this rank's share of epoch
-// `epoch`. Every rank is at the same state (they advance in lockstep), so one saved state resumes all
-// ranks. The position counts items, not batches, so a run may resume with another batch size.
+// Where the sampler is: the next batch starts at item `position` of epoch `epoch`'s permutation. The
+// position counts items, not batches, so a run may resume with another batch size.
 struct SamplerState {
   uint64_t epoch = 0;
   uint64_t position = 0;
@@ -43,37 +42,34 @@ struct SamplerState {
 
 class Sampler {
  public:
-  // Throws std::invalid_argument for a rank outside [0, world_size), a zero batch size, fewer items than
-  // ranks, or (with drop_last) fewer items per rank than one batch.
+  // Throws std::invalid_argument for a zero batch size or fewer items than one batch.
   explicit Sampler(const SamplerConfig& config);
 
   const SamplerConfig& config() const { return config_; }
-  uint64_t items_per_rank() const { return config_.num_items / config_.world_size; }
-  uint64_t batches_per_epoch() const;
+  uint64_t batches_per_epoch() const { return config_.num_items / config_.batch_size; }
 
-  // The item ids of the next micro-batch on this rank (batch_size of them, fewer for an epoch's last
-  // batch unless drop_last); moves to the next epoch after its last batch.
+  // The item ids of the next batch (batch_size of them); moves to the next epoch after its last batch.
   std::vector<uint64_t> next_batch();
 
   const SamplerState& state() const { return state_; }
   // Throws std::invalid_argument if the position lies beyond the epoch.
   void set_state(const SamplerState& state);
 
-  // The state as JSON, together with the settings that determine the order (num_items, seed,
-  // world_size), which restore() requires to be unchanged: continuing with another seed or world size
-  // would silently repeat and skip items. `source` names the file in error messages.
+  // The state as JSON, together with the settings that determine the order (num_items, seed), which
+  // restore() requires to be unchanged: continuing with another seed would silently repeat and skip
+  // items. `source` names the file in error messages.
   nlohmann::json save() const;
   void restore(const nlohmann::json& j, const std::string& source);
 
  private:
-  uint64_t usable_items() const;  // items of an epoch that end up in batches
+  SamplerState normalized(SamplerState s) const;
   void load_epoch(uint64_t epoch);
 
   SamplerConfig config_;
   SamplerState state_;
   uint64_t loaded_epoch_ = 0;
   bool loaded_ = false;
-  std::vector<uint64_t> items_;  // this rank's share of the loaded epoch, in order
+  std::vector<uint64_t> items_;  // the loaded epoch's permutation
 };
 
 // MNTP training blocks as Hugging Face's run_mlm builds them (group_texts): every document of the set

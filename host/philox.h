@@ -32,6 +32,18 @@ L2V_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
   return Philox4{{c0, c1, c2, c3}};
 }
 
+// What keys the masks of one dropout op: the step's seed, and where this batch sits in the batch the
+// masks are defined over. A rank of a data-parallel run (or a chunk of rows recomputed on its own)
+// holds rows [row0, row0 + B) of a global batch with the same T; the model sets `offset` so that every
+// element draws the bits it draws in the global batch: element-wise sites use index offset + i
+// (offset = row0·T·width), attention uses batch*head offset + bh (offset = row0·H). Implicit from a
+// bare seed (offset 0: the batch is the whole batch).
+struct DropoutKey {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  L2V_HD DropoutKey(uint64_t seed_ = 0, uint64_t offset_ = 0) : seed(seed_), offset(offset_) {}
+};
+
 // Uniform in [0, 1) with 24 random bits: exactly representable in fp32 on every device.
 L2V_HD float philox_to_unit(uint32_t bits) { return (float)(bits >> 8) * (1.0f / 16777216.0f); }
 

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "host/philox.h"
+
 namespace l2v {
 
 class Backend {
@@ -44,11 +46,11 @@ class Backend {
                              int nh, int D) = 0;
   virtual void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                                  const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-                                 float dropout_p, uint64_t seed, uint32_t stream) = 0;
+                                 float dropout_p, DropoutKey key, uint32_t stream) = 0;
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                                   const float* lse, const float* q, const float* k, const float* v,
                                   const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-                                  float dropout_p, uint64_t seed, uint32_t stream) = 0;
+                                  float dropout_p, DropoutKey key, uint32_t stream) = 0;
   virtual void swiglu_forward(float* out, const float* gate, const float* up, long n) = 0;
   virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                                long n) = 0;
@@ -57,11 +59,11 @@ class Backend {
   virtual void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
   virtual void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                            float dropout_p, uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC,
+                            float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC,
                             int R) = 0;
   virtual void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp,
                              const float* xa, const float* A, const float* B, float scale, float dropout_p,
-                             uint64_t seed, uint32_t stream, float* scratch, int N, int IC, int OC, int R) = 0;
+                             DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC, int R) = 0;
   virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;

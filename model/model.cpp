@@ -166,8 +166,8 @@ void add_lora(Model& m, const LoraConfig& lora, uint64_t seed) {
       std::uniform_real_distribution<float> U(-bound, bound);
       for (float& x : a) x = U(rng);
       m.backend->upload(lin.lora_A, a.data(), na * sizeof(float));
-      m.trainable.push_back({peft_name((int)l, id, "lora_A"), lin.lora_A, lin.grad_A, na, {lora.r, lin.in}});
-      m.trainable.push_back({peft_name((int)l, id, "lora_B"), lin.lora_B, lin.grad_B, nb, {lin.out, lora.r}});
+      m.trainable.push_back({peft_name((int)l, id, "lora_A"), lin.lora_A, lin.grad_A, na, {lora.r, lin.in}, (int)l});
+      m.trainable.push_back({peft_name((int)l, id, "lora_B"), lin.lora_B, lin.grad_B, nb, {lin.out, lora.r}, (int)l});
     }
   }
 }
@@ -340,14 +340,22 @@ bool lora_active(const Model& m, const Linear& lin) { return lin.lora_A && !m.lo
 
 float lora_dropout(const Model& m, const ForwardOptions& opt) { return opt.training ? m.lora.dropout : 0.0f; }
 
+// The dropout keys of row0's batch: element-wise sites over [B*T, width] and attention over B*H.
+DropoutKey elementwise_key(const Model& m, const ForwardOptions& opt, int width) {
+  return {opt.seed, opt.row0 * (uint64_t)m.acts.T * (uint64_t)width};
+}
+DropoutKey attention_key(const Model& m, const ForwardOptions& opt) {
+  return {opt.seed, opt.row0 * (uint64_t)m.config.num_attention_heads};
+}
+
 // out = inp W^T + b, plus the LoRA branch of this linear layer.
 void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, float* out, float* xa, const float* inp,
                     int N) {
   const Linear& lin = m.layers[layer].linear[id];
   m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
   if (lora_active(m, lin))
-    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt), opt.seed,
-                            lora_stream(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt),
+                            elementwise_key(m, opt, lin.in), lora_stream(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
 }
 
 // dinp (+)= dout W, and the adapter's gradients.
@@ -357,7 +365,7 @@ void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, flo
   m.backend->matmul_backward_input(dinp, dout, lin.weight, N, lin.in, lin.out, accumulate);
   if (lora_active(m, lin))
     m.backend->lora_backward(dinp, lin.grad_A, lin.grad_B, dout, inp, xa, lin.lora_A, lin.lora_B, m.lora.scale(),
-                             lora_dropout(m, opt), opt.seed, lora_stream(layer, id), m.acts.lora_scratch, N,
+                             lora_dropout(m, opt), elementwise_key(m, opt, lin.in), lora_stream(layer, id), m.acts.lora_scratch, N,
                              lin.in, lin.out, m.lora.r);
 }
 
@@ -382,7 +390,7 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
     be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
     be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
-                         opt.seed, attention_stream(l));
+                         attention_key(m, opt), attention_stream(l));
     linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
   }
   {
@@ -418,7 +426,7 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
   linear_backward(m, opt, l, kO, a.d_att, a.d_resid, s.att, s.xa[kO], N, false);
   be.attention_backward(a.d_q, a.d_k, a.d_v, a.d_att, s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D,
-                        opt.causal, attn_dropout(opt), opt.seed, attention_stream(l));
+                        opt.causal, attn_dropout(opt), attention_key(m, opt), attention_stream(l));
   be.rope_backward(a.d_q, a.d_q, m.rope_cos, m.rope_sin, N, T, H, D);
   be.rope_backward(a.d_k, a.d_k, m.rope_cos, m.rope_sin, N, T, KV, D);
   linear_backward(m, opt, l, kQ, a.d_x, a.d_q, s.x1, s.xa[kQ], N, false);
@@ -469,7 +477,7 @@ void lm_head_forward(Model& m) {
                             m.config.vocab_size);
 }
 
-void model_backward(Model& m, const float* d_final_hidden) {
+void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("model_backward: no forward pass to differentiate");
   const ForwardOptions& opt = m.last_forward;
@@ -483,10 +491,12 @@ void model_backward(Model& m, const float* d_final_hidden) {
     // Recomputation regenerates the same activations: the dropout masks are a function of (seed, stream).
     if (opt.recompute) layer_forward(m, opt, l, s);
     layer_backward(m, opt, l, s);
+    if (layer_done) layer_done(l);
   }
 }
 
-float mntp_loss(Model& m, const int* labels, bool backward) {
+float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
+                const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
   const int B = a.B, T = a.T, N = B * T, V = m.config.vocab_size;
@@ -502,17 +512,21 @@ float mntp_loss(Model& m, const int* labels, bool backward) {
     }
   const int M = (int)rows.size();
   if (M == 0) return 0.0f;
+  if (normalizer <= 0) normalizer = M;
+  if (normalizer < M)
+    throw std::runtime_error("mntp_loss: normalizer " + std::to_string(normalizer) + " below this batch's " +
+                             std::to_string(M) + " labels");
   m.backend->upload(a.loss_rows, rows.data(), (size_t)M * sizeof(int));
   m.backend->upload(a.targets, targets.data(), (size_t)M * sizeof(int));
-  const float dloss = 1.0f / (float)M;
+  const float dloss = 1.0f / (float)normalizer;
   Range range(*m.backend, "mntp loss");
   m.backend->lm_head_crossentropy(a.losses, backward ? a.d_hidden : nullptr, a.final_hidden, m.lm_head, a.loss_rows,
                                   a.targets, M, N, m.config.hidden_size, V, dloss);
   std::vector<float> losses = download_floats(m, a.losses, M);
   double sum = 0.0;
   for (float x : losses) sum += x;
-  if (backward) model_backward(m, a.d_hidden);
-  return (float)(sum / M);
+  if (backward) model_backward(m, a.d_hidden, layer_done);
+  return (float)(sum / normalizer);
 }
 
 }  // namespace l2v

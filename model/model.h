@@ -8,6 +8,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,7 @@ struct TrainableParam {
   float* grad;
   size_t count;
   std::vector<int64_t> shape;
+  int layer = -1;  // the decoder layer whose backward writes `grad` (-1: none, e.g. the pooling head)
 };
 
 struct ForwardOptions {
@@ -65,6 +67,10 @@ struct ForwardOptions {
   bool training = false;      // enables attention dropout and LoRA dropout
   float attn_dropout = 0.0f;  // probability, used only when training
   uint64_t seed = 0;          // keys every dropout mask of the step (vary it per step)
+  // The index of this batch's row 0 in the batch the dropout masks are defined over (a data-parallel
+  // rank's share of the global batch, a chunk of rows): every row draws the masks it would draw there,
+  // provided T is that batch's (host/philox.h DropoutKey).
+  uint64_t row0 = 0;
   bool recompute = false;     // keep only layer inputs; the backward re-runs each layer's forward
 };
 
@@ -165,14 +171,21 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
 void lm_head_forward(Model& m);
 // Accumulates the trainable parameters' gradients given d_final_hidden [B*T, C] (backend memory) for
 // the last model_forward.
-void model_backward(Model& m, const float* d_final_hidden);
+// `layer_done`, when given, is called after each layer's backward (layers L-1 down to 0), when that
+// layer's trainable gradients are complete in the backend's order of work (data parallelism starts
+// reducing them there).
+void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done = {});
 
 // MNTP loss: the logits at position t predict labels[t+1] (Hugging Face's causal-LM shift; LLM2Vec's
 // masked next-token prediction), cross-entropy averaged over labels != -100. labels is a host [B, T]
 // array. Runs the LM head of the last forward on the labelled rows only (the backend's fused
 // lm_head_crossentropy). With backward=true also accumulates gradients.
-// A batch without any label returns 0 and leaves the gradients untouched.
-float mntp_loss(Model& m, const int* labels, bool backward);
+// `normalizer` > 0 divides the summed cross-entropy (and its gradient) by that count instead of this
+// batch's labels: a data-parallel rank passes the global batch's (MntpBatch::global_labels), so the
+// ranks' losses and gradients sum to those of one process holding the global batch.
+// A batch without any label returns 0 and leaves the gradients untouched. `layer_done`: as model_backward's.
+float mntp_loss(Model& m, const int* labels, bool backward, long normalizer = 0,
+                const std::function<void(int layer)>& layer_done = {});
 
 // The tensor `elements` elements past `base`: tensor handles are float* but hold the backend's tensor
 // precision, so plain pointer arithmetic would be wrong for bf16.

@@ -56,7 +56,7 @@ AttentionInputs random_attention_inputs(const AttentionDims& d, std::vector<int>
 // (the kernel forward's, which the kernel backward reads: the backward's comparison then sees only the
 // backward's own errors).
 inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInputs& in, const std::vector<float>& out,
-                                      const std::vector<float>& lse, uint64_t seed, uint32_t stream) {
+                                      const std::vector<float>& lse, DropoutKey seed, uint32_t stream) {
   const size_t N = (size_t)d.B * d.T;
   AttentionResults r;
   r.out.resize(N * d.H * d.D);
@@ -77,7 +77,7 @@ inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInp
 // attention_backward_cuda<T> (cuda/attention.cuh), which every attention implementation shares.
 template <typename T, class Fwd, class Bwd>
 AttentionResults run_attention_kernels(const AttentionDims& d, const AttentionInputs& in, Fwd fwd, Bwd bwd,
-                                       uint64_t seed, uint32_t stream) {
+                                       DropoutKey seed, uint32_t stream) {
   const size_t N = (size_t)d.B * d.T;
   Dev<T> q(in.q), k(in.k), v(in.v), dout(in.dout);
   Raw<int> mask(in.mask);

@@ -328,7 +328,7 @@ TEST(Padding, LeftAndRightRowsTruncatedToMaxLength) {
 
 // ---- SimCSE ----
 
-TEST(Simcse, RowsBAndBPlusBHoldTheSameSentence) {
+TEST(Simcse, Rows2bAnd2bPlus1HoldSentenceB) {
   FakeTokenizer tok;
   std::mt19937 gen(4);
   std::vector<std::vector<int>> sentences;
@@ -347,7 +347,7 @@ TEST(Simcse, RowsBAndBPlusBHoldTheSameSentence) {
     ASSERT_EQ(s.positive_of.size(), (size_t)(2 * B));
     for (int i = 0; i < 2 * B; ++i) {
       const int j = s.positive_of[i];
-      EXPECT_EQ(j, i < B ? i + B : i - B);
+      EXPECT_EQ(j, i % 2 == 0 ? i + 1 : i - 1);
       EXPECT_EQ(s.positive_of[j], i);
       for (int t = 0; t < T; ++t) {
         EXPECT_EQ(s.rows.ids[i * T + t], s.rows.ids[j * T + t]);
@@ -356,13 +356,13 @@ TEST(Simcse, RowsBAndBPlusBHoldTheSameSentence) {
       }
     }
     for (int b = 0; b < B; ++b) {
-      const int len = std::min((int)sentences[b].size(), T);
+      const int len = std::min((int)sentences[b].size(), T), r = 2 * b;
       const int first = side == PaddingSide::kLeft ? T - len : 0;
       for (int t = 0; t < T; ++t) {
         const bool real = t >= first && t < first + len;
-        EXPECT_EQ(s.rows.key_mask[b * T + t], real) << "row " << b << " t " << t;
-        if (real) { EXPECT_EQ(s.rows.ids[b * T + t], sentences[b][t - first]); }
-        EXPECT_EQ(s.rows.embed_mask[b * T + t], real && t != first) << "BOS or padding pooled";
+        EXPECT_EQ(s.rows.key_mask[r * T + t], real) << "row " << r << " t " << t;
+        if (real) { EXPECT_EQ(s.rows.ids[r * T + t], sentences[b][t - first]); }
+        EXPECT_EQ(s.rows.embed_mask[r * T + t], real && t != first) << "BOS or padding pooled";
       }
     }
   }

@@ -117,7 +117,9 @@ std::vector<int> make_mask(const Shape& s) {
 using Inputs = l2v::test::AttentionInputs;
 using Results = l2v::test::AttentionResults;
 
-constexpr uint64_t kSeed = 0x5EEDull;
+// A non-zero offset (DropoutKey: these rows as rows 5/H.. of a larger batch, as a data-parallel rank
+// sees them): a kernel that ignored it would draw other masks than the reference.
+const l2v::DropoutKey kSeed{0x5EEDull, 5};
 constexpr uint32_t kStream = 7;
 
 l2v::test::AttentionDims dims(const Shape& s) { return {s.B, s.T, s.H, s.KV, s.D, s.causal, s.dropout_p}; }
@@ -185,7 +187,7 @@ Bounds derive_bounds(const Shape& s, const Inputs& in, const std::vector<float>&
           score.push_back(scale * dot);
           A.push_back(scale * abs_dot);
           const bool kept = s.dropout_p == 0.0f ||
-                            l2v::dropout_keep_attention(kSeed, kStream, bh, (uint32_t)i, (uint32_t)j, s.dropout_p);
+                            l2v::dropout_keep_attention(kSeed.seed, kStream, (uint32_t)kSeed.offset + bh, (uint32_t)i, (uint32_t)j, s.dropout_p);
           kappa.push_back(kept ? keep_scale : 0.0);
           M = std::max(M, A.back());
           smax = std::max(smax, score.back());

@@ -132,9 +132,10 @@ Inputs random_inputs(const Case& c, uint32_t seed) {
 
 // The mma forward, then the mma backward on the forward's own out and lse.
 template <typename T>
-Results run_mma(const Case& c, const Inputs& in, uint32_t stream = kStream) {
+Results run_mma(const Case& c, const Inputs& in, uint32_t stream = kStream, uint64_t offset = 0) {
   return l2v::test::run_attention_kernels<T>(dims(c), in, l2v::cuda::attention_mma_forward_cuda<T>,
-                                             l2v::cuda::attention_mma_backward_cuda<T>, kSeed, stream);
+                                             l2v::cuda::attention_mma_backward_cuda<T>, l2v::DropoutKey{kSeed, offset},
+                                             stream);
 }
 
 // The reference forward on the inputs; its backward on the kernels' out and lse (`fwd`).
@@ -361,7 +362,7 @@ TEST(CudaAttentionMma, AWrongDropoutStreamFailsTheBounds) {
 //   P_ij/(1-p) sum_{dropped} P_ij, far above the rounding of D_i); 0 in a row with nothing kept.
 // So each kernel's keep decision for every (query, key) shows in the sign of one output element.
 template <typename T>
-void check_masks(const Case& c) {
+void check_masks(const Case& c, uint64_t offset = 0) {
   SCOPED_TRACE(describe(c));
   ASSERT_LE(c.T, c.D);
   ASSERT_EQ(c.H, c.KV);
@@ -380,7 +381,7 @@ void check_masks(const Case& c) {
   }
   in.v = in.k;
   in.mask = key_mask(c);
-  const Results got = run_mma<T>(c, in);
+  const Results got = run_mma<T>(c, in, kStream, offset);
   size_t checked = 0;
   for (int b = 0; b < c.B; ++b) {
     for (int h = 0; h < c.H; ++h) {
@@ -390,7 +391,8 @@ void check_masks(const Case& c) {
         bool any_kept = false, any_dropped = false;
         for (int j = 0; j < c.T; ++j) {
           if (!in.mask[(size_t)b * c.T + j] || (c.causal && j > i)) continue;
-          const bool kept = l2v::dropout_keep_attention(kSeed, kStream, bh, (uint32_t)i, (uint32_t)j, c.p);
+          const bool kept =
+              l2v::dropout_keep_attention(kSeed, kStream, (uint32_t)offset + bh, (uint32_t)i, (uint32_t)j, c.p);
           state[j] = kept ? 1 : 2;
           (kept ? any_kept : any_dropped) = true;
         }
@@ -421,6 +423,8 @@ void check_masks(const Case& c) {
 TEST(CudaAttentionMma, DropoutMasksAreTheCpusBitForBit) {
   check_masks<__nv_bfloat16>({2, 61, 2, 2, 64, true, 0.5f, {{0, 7}, {11, 0}}});
   check_masks<__half>({1, 100, 2, 2, 128, false, 0.5f, {{4, 9}}});
+  // Rows placed at batch*head 6 of a larger batch (DropoutKey::offset, a data-parallel rank's rows).
+  check_masks<__nv_bfloat16>({2, 61, 2, 2, 64, true, 0.5f, {{0, 7}, {11, 0}}}, 6);
 }
 
 #if defined(L2V_EMULATE)  // the emulator's scheduling orders and counters

@@ -1,6 +1,8 @@
-// Per-rank batch streams: ranks read disjoint data, a restored loader continues exactly where the saved
-// one stopped, shards from another tokenizer or of another kind are refused, and supervised global
-// batches come from one dataset.
+// Per-rank batch streams: rank r of N with batch b gets exactly rows [r·b, (r+1)·b) of what one process
+// with batch N·b gets (ids, padding, MNTP masks and the global label count, SimCSE pairs, supervised
+// groups), ranks read disjoint data, a restored loader continues exactly where the saved one stopped,
+// shards from another tokenizer or of another kind are refused, and supervised global batches come
+// from one dataset.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -40,7 +42,10 @@ class Loader : public ::testing::Test {
     w.open(path, ShardKind::kTriples, (uint32_t)tok_->vocab_size(), tok_->fingerprint());
     for (size_t e = 0; e < datasets.size(); ++e) {
       const int32_t x = 10 + (int32_t)e;
-      w.add_triple({1, 300, x}, 2, {1, x, 301}, {1, x, 302}, "set" + std::to_string(datasets[e]));
+      std::vector<int32_t> query = {1, 300};  // 0 to 2 more ids: rows of different lengths
+      query.insert(query.end(), e % 3, 303);
+      query.push_back(x);
+      w.add_triple(query, 2, {1, x, 301}, {1, x, 302}, "set" + std::to_string(datasets[e]));
     }
     w.finish();
     return path;
@@ -89,7 +94,79 @@ TEST_F(Loader, MntpRanksReadDisjointBlocksOfOneEpoch) {
       }
   }
   // Every rank reads floor(n / world) blocks in full batches of 4.
-  EXPECT_EQ(total, (uint64_t)world * (blocks.num_blocks() / world / 4 * 4));
+  // Every global batch of 12 blocks is full: the epoch's last n mod 12 blocks are left out.
+  EXPECT_EQ(total, blocks.num_blocks() - blocks.num_blocks() % (world * 4));
+}
+
+// What makes `mpirun -np N` equal to one process: the rows of each rank are the same rows of the one
+// process's global batch, padded to the global batch's length, with row0 naming their place in it.
+template <typename Batch>
+void expect_rows_of(const Batch& part, const Batch& global, int row0, const std::string& what) {
+  ASSERT_EQ(part.T, global.T) << what << ": padded to the global batch's length";
+  EXPECT_EQ(part.row0, row0) << what;
+  const Batch want = slice_rows(global, row0, part.B);
+  EXPECT_EQ(part.ids, want.ids) << what;
+  EXPECT_EQ(part.key_mask, want.key_mask) << what;
+}
+
+TEST_F(Loader, EveryRankGetsItsRowsOfOneProcesssGlobalBatch) {
+  const int world = 3, b = 2;
+  ShardSet wiki(wiki_);
+  {
+    MntpLoader one(wiki, *tok_, 32, mntp_options(*tok_), LoaderConfig{world * b, 7, 1, 0});
+    std::vector<std::unique_ptr<MntpLoader>> ranks;
+    for (int r = 0; r < world; ++r)
+      ranks.push_back(std::make_unique<MntpLoader>(wiki, *tok_, 32, mntp_options(*tok_), LoaderConfig{b, 7, world, r}));
+    for (int step = 0; step < 4; ++step) {
+      const MntpBatch g = one.next();
+      EXPECT_EQ(g.global_labels, mntp_label_count(g.labels, g.B, g.T));
+      EXPECT_GT(g.global_labels, 0);
+      long labels = 0;
+      for (int r = 0; r < world; ++r) {
+        const MntpBatch x = ranks[r]->next();
+        expect_rows_of(x, g, r * b, "mntp rank " + std::to_string(r));
+        EXPECT_EQ(x.labels, slice_rows(g, r * b, b).labels) << "the masks are the global batch's";
+        EXPECT_EQ(x.global_labels, g.global_labels) << "the loss is normalised by the global batch's labels";
+        labels += mntp_label_count(x.labels, x.B, x.T);
+      }
+      EXPECT_EQ(labels, g.global_labels);
+    }
+  }
+  // Sentences and triples of very different lengths, so that a rank's own longest row is shorter than
+  // the global batch's: the ranks must pad as one process does.
+  std::ofstream lines(dir_ / "sentences.txt");
+  for (int i = 0; i < 60; ++i) lines << "once upon a time" << std::string((size_t)(i * 7) % 90, 'a') << " there was\n";
+  lines.close();
+  PrepareOptions o;
+  o.inputs = {(dir_ / "sentences.txt").string()};
+  o.format = PrepareFormat::kSentences;
+  o.output_prefix = (dir_ / "sentences").string();
+  o.progress = false;
+  ShardSet sentences(run_prepare(o, *tok_).shards);
+  const PadOptions pad{64, PaddingSide::kLeft};
+  SimcseLoader one(sentences, *tok_, pad, LoaderConfig{world * b, 5, 1, 0});
+  std::vector<std::unique_ptr<SimcseLoader>> ranks;
+  for (int r = 0; r < world; ++r)
+    ranks.push_back(std::make_unique<SimcseLoader>(sentences, *tok_, pad, LoaderConfig{b, 5, world, r}));
+  int shorter = 0;
+  for (int step = 0; step < 6; ++step) {
+    const SimcseBatch g = one.next();
+    for (int r = 0; r < world; ++r) {
+      const SimcseBatch x = ranks[r]->next();
+      ASSERT_EQ(x.pairs, b);
+      expect_rows_of(x.rows, g.rows, 2 * r * b, "simcse rank " + std::to_string(r));
+      EXPECT_EQ(x.rows.embed_mask, slice_rows(g.rows, 2 * r * b, 2 * b).embed_mask);
+      for (int i = 0; i < 2 * b; ++i) EXPECT_EQ(x.positive_of[i], i ^ 1);
+      int longest = 0;
+      for (int i = 0; i < x.rows.B; ++i) {
+        int n = 0;
+        for (int t = 0; t < x.rows.T; ++t) n += x.rows.key_mask[(size_t)i * x.rows.T + t];
+        longest = std::max(longest, n);
+      }
+      shorter += longest < g.rows.T;
+    }
+  }
+  EXPECT_GT(shorter, 0) << "no rank's rows were shorter than the global batch's: the padding went untested";
 }
 
 TEST_F(Loader, RestoredLoadersContinueExactly) {
@@ -131,9 +208,17 @@ TEST_F(Loader, SupervisedGlobalBatchesComeFromOneDatasetAndRanksTakeSlices) {
   const int world = 2;
   LoaderConfig c0{2, 5, world, 0}, c1{2, 5, world, 1};
   SupervisedLoader r0(set, *tok_, PadOptions{}, c0), r1(set, *tok_, PadOptions{}, c1);
+  SupervisedLoader one(set, *tok_, PadOptions{}, LoaderConfig{4, 5, 1, 0});
   ASSERT_EQ(3u, r0.batches_per_epoch());  // 8 / 4 + 4 / 4 global batches of 4
   for (uint64_t step = 0; step < 2 * r0.batches_per_epoch(); ++step) {
-    SupervisedBatch a = r0.next(), b = r1.next();
+    SupervisedBatch a = r0.next(), b = r1.next(), g = one.next();
+    for (int r = 0; r < world; ++r) {
+      const SupervisedBatch& x = r == 0 ? a : b;
+      expect_rows_of(x.queries, g.queries, 2 * r, "queries");
+      EXPECT_EQ(x.queries.embed_mask, slice_rows(g.queries, 2 * r, 2).embed_mask);
+      expect_rows_of(x.positives, g.positives, 2 * r, "positives");
+      expect_rows_of(x.negatives, g.negatives, 2 * r, "negatives");
+    }
     // The third id of each query is 10 + example index; examples 0-7 are dataset 0.
     std::set<int> examples, groups;
     for (const SupervisedBatch* x : {&a, &b})

@@ -1,7 +1,7 @@
 // Pre-tokenized shards and the sampler: write/read round trips (2- and 4-byte tokens, empty documents,
 // supervised triples), rejection of damaged files with a message naming the problem, 64-bit sizes (a
 // sparse file over 8 GiB and header arithmetic near 2^64), the atomic writer, ShardSet consistency, the
-// per-rank sampler (permutations, disjoint ranks, determinism, resume) and MNTP blocks against a naive
+// sampler (permutations, full batches, determinism, resume) and MNTP blocks against a naive
 // concatenate-and-cut reference.
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -569,65 +569,40 @@ TEST(Sampler, EpochPermutation) {
   EXPECT_EQ(epoch_permutation(1, 1, 0), std::vector<uint64_t>{0});
 }
 
-TEST(Sampler, RanksPartitionEachEpoch) {
-  for (uint64_t n : {60, 62}) {  // divisible by every world size, and not
-    for (int world = 1; world <= 4; ++world) {
-      for (uint64_t epoch = 0; epoch < 2; ++epoch) {
-        std::vector<uint64_t> perm = epoch_permutation(n, 9, epoch);
-        std::multiset<uint64_t> seen;
-        size_t batches = 0;
-        for (int rank = 0; rank < world; ++rank) {
-          Sampler s({n, 9, world, rank, 7, false});
-          s.set_state({epoch, 0});
-          std::vector<uint64_t> mine;
-          for (uint64_t b = 0; b < s.batches_per_epoch(); ++b) {
-            std::vector<uint64_t> batch = s.next_batch();
-            EXPECT_EQ(batch.size(), std::min<uint64_t>(7, n / world - 7 * b));
-            mine.insert(mine.end(), batch.begin(), batch.end());
-          }
-          EXPECT_EQ(s.state().epoch, epoch + 1);
-          EXPECT_EQ(s.state().position, 0u);
-          if (rank == 0) batches = s.batches_per_epoch();
-          EXPECT_EQ(s.batches_per_epoch(), batches);  // ranks stay in step
-          ASSERT_EQ(mine.size(), n / world);
-          for (size_t k = 0; k < mine.size(); ++k) EXPECT_EQ(mine[k], perm[rank + k * world]);
-          seen.insert(mine.begin(), mine.end());
-        }
-        // Disjoint across ranks; every item when n divides, else all but the permutation's last n mod W.
-        EXPECT_EQ(std::set<uint64_t>(seen.begin(), seen.end()).size(), seen.size());
-        EXPECT_EQ(seen.size(), n - n % world);
-        for (uint64_t k = n - n % world; k < n; ++k) EXPECT_EQ(seen.count(perm[k]), 0u);
+TEST(Sampler, BatchesCutEachEpochsPermutation) {
+  for (uint64_t n : {56, 60}) {  // a multiple of the batch, and not
+    for (uint64_t epoch = 0; epoch < 2; ++epoch) {
+      const std::vector<uint64_t> perm = epoch_permutation(n, 9, epoch);
+      Sampler s({n, 9, 7});
+      s.set_state({epoch, 0});
+      ASSERT_EQ(s.batches_per_epoch(), n / 7);
+      std::vector<uint64_t> seen;
+      for (uint64_t b = 0; b < s.batches_per_epoch(); ++b) {
+        const std::vector<uint64_t> batch = s.next_batch();
+        ASSERT_EQ(batch.size(), 7u);  // full batches only
+        seen.insert(seen.end(), batch.begin(), batch.end());
       }
+      EXPECT_EQ(s.state().epoch, epoch + 1);
+      EXPECT_EQ(s.state().position, 0u);
+      // Consecutive positions of the permutation; the last n mod 7 are left out of the epoch.
+      EXPECT_EQ(seen, std::vector<uint64_t>(perm.begin(), perm.begin() + (n - n % 7)));
     }
   }
 }
 
-TEST(Sampler, DropLast) {
-  Sampler s({50, 1, 2, 1, 10, true});  // 25 items per rank: two full batches, 5 dropped
-  EXPECT_EQ(s.batches_per_epoch(), 2u);
-  auto b = take(s, 3);
-  EXPECT_EQ(b[0].size(), 10u);
-  EXPECT_EQ(b[1].size(), 10u);
-  EXPECT_EQ(b[2].size(), 10u);
-  EXPECT_EQ(s.state().epoch, 1u);
-  EXPECT_EQ(s.state().position, 10u);
-  std::vector<uint64_t> perm = epoch_permutation(50, 1, 1);
-  EXPECT_EQ(b[2][0], perm[1]);
-}
-
 TEST(Sampler, DeterministicPerSeed) {
-  Sampler a({100, 5, 2, 1, 8, false}), b({100, 5, 2, 1, 8, false}), c({100, 6, 2, 1, 8, false});
+  Sampler a({100, 5, 8}), b({100, 5, 8}), c({100, 6, 8});
   auto ta = take(a, 20), tb = take(b, 20), tc = take(c, 20);
   EXPECT_EQ(ta, tb);
   EXPECT_NE(ta, tc);
 }
 
 TEST(Sampler, ResumeContinuesExactly) {
-  const SamplerConfig cfg{53, 11, 3, 2, 4, false};  // 17 items per rank: 5 batches, the last of 1
+  const SamplerConfig cfg{53, 11, 4};  // 13 batches per epoch, 1 item left out
   Sampler reference(cfg);
-  EXPECT_EQ(reference.batches_per_epoch(), 5u);
-  auto all = take(reference, 16);
-  for (size_t k = 0; k <= 11; ++k) {  // k = 5 and 10 stop exactly at an epoch's end
+  EXPECT_EQ(reference.batches_per_epoch(), 13u);
+  auto all = take(reference, 30);
+  for (size_t k = 0; k <= 27; ++k) {  // k = 13 and 26 stop exactly at an epoch's end
     Sampler first(cfg);
     take(first, k);
     std::string saved = first.save().dump();
@@ -635,9 +610,10 @@ TEST(Sampler, ResumeContinuesExactly) {
     resumed.restore(nlohmann::json::parse(saved), "state.json");
     EXPECT_EQ(resumed.state().epoch, first.state().epoch);
     EXPECT_EQ(resumed.state().position, first.state().position);
-    for (size_t i = k; i < k + 5; ++i) EXPECT_EQ(resumed.next_batch(), all[i]) << "k=" << k << " i=" << i;
+    for (size_t i = k; i < k + 3; ++i) EXPECT_EQ(resumed.next_batch(), all[i]) << "k=" << k << " i=" << i;
   }
-  // A resumed run may change the batch size: the item stream continues where it stopped.
+  // A resumed run may change the batch size: the item stream continues where it stopped, and an epoch
+  // whose remainder is shorter than the new batch ends there.
   Sampler first(cfg);
   take(first, 2);
   SamplerConfig bigger = cfg;
@@ -645,24 +621,24 @@ TEST(Sampler, ResumeContinuesExactly) {
   Sampler resumed(bigger);
   resumed.restore(first.save(), "state.json");
   std::vector<uint64_t> want(all[2]);
-  want.insert(want.end(), all[3].begin(), all[3].begin() + 1);
+  want.push_back(all[3][0]);
   EXPECT_EQ(resumed.next_batch(), want);
+  resumed.set_state({0, 50});  // 3 of the 53 items left: the next batch starts epoch 1
+  const std::vector<uint64_t> perm1 = epoch_permutation(53, 11, 1);
+  EXPECT_EQ(resumed.next_batch(), std::vector<uint64_t>(perm1.begin(), perm1.begin() + 5));
 }
 
 TEST(Sampler, Errors) {
-  EXPECT_THROW(Sampler({10, 0, 2, 2, 1, false}), std::invalid_argument);
-  EXPECT_THROW(Sampler({10, 0, 0, 0, 1, false}), std::invalid_argument);
-  EXPECT_THROW(Sampler({10, 0, 1, 0, 0, false}), std::invalid_argument);
-  EXPECT_THROW(Sampler({3, 0, 4, 0, 1, false}), std::invalid_argument);
-  EXPECT_THROW(Sampler({10, 0, 2, 0, 6, true}), std::invalid_argument);
-  Sampler s({10, 3, 2, 0, 2, false});
-  EXPECT_THROW(s.set_state({0, 6}), std::invalid_argument);
-  s.set_state({4, 5});  // the end of an epoch is the start of the next
+  EXPECT_THROW(Sampler({10, 0, 0}), std::invalid_argument);
+  EXPECT_THROW(Sampler({3, 0, 4}), std::invalid_argument);  // no full batch
+  Sampler s({10, 3, 2});
+  EXPECT_THROW(s.set_state({0, 11}), std::invalid_argument);
+  s.set_state({4, 10});  // the end of an epoch is the start of the next
   EXPECT_EQ(s.state().epoch, 5u);
   EXPECT_EQ(s.state().position, 0u);
   auto restore_error = [&](nlohmann::json j) { return error_of([&] { s.restore(j, "run/state.json"); }); };
   nlohmann::json good = s.save();
-  for (const char* key : {"seed", "num_items", "world_size"}) {
+  for (const char* key : {"seed", "num_items"}) {
     nlohmann::json j = good;
     j[key] = 7;
     std::string msg = restore_error(j);

@@ -96,7 +96,10 @@ const std::map<std::string, json>& exceptions() {
 const std::set<std::string> kOwnKeys = {
     "tokenizer", "backend", "attention_impl", "lora_alpha", "lora_target_modules", "attention_dropout",
     "latent_num_latents", "latent_heads", "latent_dim_head", "in_batch_negatives", "hard_negatives",
-    "use_instructions", "skip_instruction", "padding_side", "save_merged_model", "adapter_layout"};
+    "use_instructions", "skip_instruction", "padding_side", "save_merged_model", "adapter_layout",
+    // Data parallelism: llm2vec always gathers (HardNegativeNLLLoss's all-gather under torch.distributed)
+    // and has no chunking; both keys are ours, their defaults its behaviour.
+    "gather_negatives", "embedding_chunk_size"};
 const std::set<std::string> kPerRun = {"stage", "model_name_or_path", "dataset_file_path", "output_dir",
                                        "peft_model_name_or_path", "stop_after_n_steps"};
 

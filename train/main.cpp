@@ -23,10 +23,12 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "train/cli.h"
+#include "train/comm.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
 #if defined(L2V_WITH_CUDA)
+#include "cuda/comm_nccl.h"
 #include "cuda/cuda_backend.h"
 #endif
 
@@ -224,19 +226,47 @@ std::vector<OptionSpec> train_options() {
   return spec;
 }
 
+// The communicator of this process: MPI (CPU backend) or NCCL (cuda backend) when started by mpirun or
+// srun, else a single process. The cuda backend's device is chosen here, before the backend exists:
+// the node-local rank's GPU.
+std::unique_ptr<Comm> make_comm(const std::string& backend_name) {
+  if (!launched_by_mpi()) return make_single_process_comm();
+  std::unique_ptr<Comm> mpi = make_mpi_comm();
+#if defined(L2V_WITH_CUDA)
+  if (backend_name == "cuda") return make_nccl_comm(std::move(mpi));
+#endif
+  (void)backend_name;
+  return mpi;
+}
+
 int run_train(const ParsedOptions& o) {
   std::vector<std::pair<std::string, std::string>> overrides;
   for (const auto& [name, value] : o.values)
     if (name != "--config") overrides.push_back({name.substr(2), value});
   std::vector<std::string> notes;
-  TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, &notes);
-  for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
+  TrainConfig cfg;
+  std::string config_error;  // under mpirun: reported once, by rank 0, below
+  try {
+    cfg = load_train_config(o.get("--config", ""), overrides, &notes);
+  } catch (const std::exception& e) {
+    if (!launched_by_mpi()) throw;
+    config_error = e.what();
+  }
   const std::string backend_name = cfg.backend.empty() ? kDefaultBackend : cfg.backend;
-  std::unique_ptr<Backend> backend = make_backend(
-      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
-      cfg.attention_impl);
-  TrainResult r = run_training(cfg, *backend);
-  return r.interrupted ? 130 : 0;
+  std::unique_ptr<Comm> comm = make_comm(config_error.empty() ? backend_name : "cpu");
+  try {
+    if (!config_error.empty()) throw SameOnEveryRank(config_error);
+    if (comm->rank() == 0)
+      for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
+    std::unique_ptr<Backend> backend = make_backend(
+        backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
+        cfg.attention_impl);
+    TrainResult r = run_training(cfg, *backend, {}, comm.get());
+    return r.interrupted ? 130 : 0;
+  } catch (const std::exception& e) {
+    if (comm->world_size() == 1) throw;
+    fail_rank(*comm, "llm2vec train", e);
+  }
 }
 
 // ---- embed / eval ----

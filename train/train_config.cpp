@@ -71,6 +71,8 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"loss_scale", 'f', nullptr, "contrastive: cosine similarity multiplier (default 20 simcse, 50 supervised)"},
       {"in_batch_negatives", 'b', true, "supervised: false scores each query against its own positive and hard\nnegative only (NV-Embed's second stage)"},
       {"hard_negatives", 'b', true, "supervised: use the triples' hard negatives"},
+      {"gather_negatives", 'b', true, "contrastive, under mpirun: score each query against every rank's texts (the\nglobal batch, as llm2vec's all-gather); false: against its own rank's only (the ablation)"},
+      {"embedding_chunk_size", 'i', 0, "contrastive: embed each group in chunks of N texts and recompute them for the\nbackward (memory of one chunk, same result); 0: a whole group at once"},
       {"use_instructions", 'b', true, "supervised: false removes the instruction tokens from the queries"},
       {"skip_instruction", 'b', true, "supervised: exclude instruction tokens from pooling (llm2vec's default)"},
       {"padding_side", 's', "left", "left (llm2vec) | right"},
@@ -324,6 +326,8 @@ TrainConfig load_train_config(const std::string& config_path,
   if (!(c.loss_scale > 0)) throw range_error("loss_scale", "must be > 0");
   c.in_batch_negatives = j.at("in_batch_negatives").get<bool>();
   c.hard_negatives = j.at("hard_negatives").get<bool>();
+  c.gather_negatives = j.at("gather_negatives").get<bool>();
+  c.embedding_chunk_size = non_negative("embedding_chunk_size");
   c.use_instructions = j.at("use_instructions").get<bool>();
   c.skip_instruction = j.at("skip_instruction").get<bool>();
   if (c.stage == Stage::kSupervised && !c.in_batch_negatives && !c.hard_negatives)

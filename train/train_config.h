@@ -58,6 +58,8 @@ struct TrainConfig {
   LatentAttentionConfig latent;
   float loss_scale = 20.0f;
   bool in_batch_negatives = true, hard_negatives = true, use_instructions = true, skip_instruction = true;
+  bool gather_negatives = true;   // data parallel: contrastive losses over the global batch
+  int embedding_chunk_size = 0;   // contrastive: rows per forward/backward chunk (0: a whole group)
   std::string padding_side = "left";
   bool save_merged_model = true;
   std::string adapter_layout = "llm2vec";

@@ -32,8 +32,9 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<bool> g_interrupted{false};
-// The first SIGINT/SIGTERM asks the run to stop at the next micro-batch boundary with a checkpoint;
-// a second one ends the process at once (every file is written atomically, so what is on disk stays
+// The first SIGINT/SIGTERM/SIGUSR1 asks the run to stop at the next micro-batch boundary with a
+// checkpoint (under mpirun: SIGUSR1 to mpirun, which forwards it to every rank; mpirun itself ends the
+// ranks on SIGINT/SIGTERM); a second one ends the process at once (every file is written atomically, so what is on disk stays
 // consistent: at worst the newest checkpoint is the previous one).
 extern "C" void on_stop_signal(int) {
   if (g_interrupted.exchange(true)) {
@@ -46,7 +47,7 @@ extern "C" void on_stop_signal(int) {
 
 // Installs the stop handlers for a scope and restores the previous ones.
 struct SignalScope {
-  struct sigaction old_int {}, old_term {};
+  struct sigaction old_int {}, old_term {}, old_usr1 {};
   SignalScope() {
     g_interrupted = false;
     struct sigaction sa {};
@@ -54,10 +55,12 @@ struct SignalScope {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGUSR1, &sa, &old_usr1);
   }
   ~SignalScope() {
     sigaction(SIGINT, &old_int, nullptr);
     sigaction(SIGTERM, &old_term, nullptr);
+    sigaction(SIGUSR1, &old_usr1, nullptr);
   }
 };
 
@@ -137,8 +140,8 @@ long count_tokens(const std::vector<int>& key_mask) {
 
 class Trainer {
  public:
-  Trainer(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks)
-      : cfg_(cfg), backend_(backend), hooks_(hooks), comm_(make_single_process_comm()) {}
+  Trainer(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks, Comm& comm)
+      : cfg_(cfg), backend_(backend), hooks_(hooks), comm_(&comm), progress_(hooks.progress && comm.rank() == 0) {}
   ~Trainer() {
     if (d_hidden_) backend_.release(d_hidden_);
   }
@@ -149,17 +152,23 @@ class Trainer {
   void check_output_dir() const;
   void clean_output_dir(bool starting_over);
   void load_model_and_data();
-  double micro_step(uint64_t micro, long* tokens);
-  double mntp_micro_step(uint64_t micro, long* tokens);
-  double simcse_micro_step(uint64_t micro, long* tokens);
-  double supervised_micro_step(uint64_t micro, long* tokens);
-  void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed);
-  void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed); }
+  void check_ranks_agree();
+  double micro_step(uint64_t micro, bool last_of_step, long* tokens);
+  double mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens);
+  double contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens);
+  void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
+               int row0);
+  void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed, b.row0); }
+  void backward(const float* d_hidden, bool last_of_step);
   float* d_hidden_buffer(size_t elements);
-  // Gathers the local pooled vectors of each role across ranks, computes the loss and returns the
-  // gradient w.r.t. this rank's rows.
-  double contrastive(const std::vector<const float*>& local, int n, std::vector<std::vector<float>>* d_local);
+  // The loss over the pooled vectors of each role ([n, C] each: queries, positives, hard negatives) —
+  // gathered across ranks unless gather_negatives is false — and its gradient w.r.t. this rank's rows.
+  double contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local);
   nlohmann::json loader_state() const;
+  // True when the step's loss is the same on every rank: a contrastive loss over the gathered batch.
+  bool loss_is_global() const {
+    return cfg_.stage != Stage::kMntp && (cfg_.gather_negatives || comm_->world_size() == 1);
+  }
   void restore(const std::string& checkpoint_dir);
   std::string save_checkpoint(int step, const nlohmann::json& loader);
   void rotate_checkpoints();
@@ -170,7 +179,8 @@ class Trainer {
   const TrainConfig& cfg_;
   Backend& backend_;
   TrainHooks hooks_;
-  std::unique_ptr<Comm> comm_;
+  Comm* comm_;
+  bool progress_;  // progress lines: rank 0 only
   Checkpoint base_;
   std::unique_ptr<Tokenizer> tok_;
   Model m_;
@@ -316,6 +326,32 @@ void Trainer::load_model_and_data() {
   }
 }
 
+// The start of a data-parallel run: every rank has the same configuration (compared key by key
+// against rank 0's), the same inputs and the same initial trainable weights (seeded; a checksum of
+// every value), so the ranks' steps are those of one model.
+void Trainer::check_ranks_agree() {
+  if (comm_->world_size() == 1) return;
+  nlohmann::json mine = cfg_.resolved;
+  const nlohmann::json rank0 = nlohmann::json::parse(comm_->broadcast(mine.dump()));
+  std::string detail;
+  for (auto it = mine.begin(); it != mine.end() && detail.empty(); ++it)
+    if (!rank0.contains(it.key()) || rank0.at(it.key()) != it.value())
+      detail = it.key() + " = " + it.value().dump() + " here, " +
+               (rank0.contains(it.key()) ? rank0.at(it.key()).dump() : "(unset)") + " on rank 0";
+  const std::string config = mine.dump();
+  require_same_on_every_rank(*comm_, "the configuration", fnv1a64(config.data(), config.size()),
+                             detail + " (every rank must get the same command line and config file)");
+  const std::string inputs = input_fingerprints().dump();
+  require_same_on_every_rank(*comm_, "the inputs (weights, tokenizer or data)", fnv1a64(inputs.data(), inputs.size()),
+                             "the files under the same paths differ between nodes");
+  std::string values;
+  for (const TrainableParam& p : m_.trainable) {
+    const std::vector<float> v = download_floats(m_, p.value, p.count);
+    values.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  }
+  require_same_on_every_rank(*comm_, "the initial trainable weights", fnv1a64(values.data(), values.size()));
+}
+
 float* Trainer::d_hidden_buffer(size_t elements) {
   if (elements > d_hidden_capacity_) {
     if (d_hidden_) backend_.release(d_hidden_);
@@ -325,29 +361,43 @@ float* Trainer::d_hidden_buffer(size_t elements) {
   return d_hidden_;
 }
 
-void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed) {
+void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
+                      int row0) {
   ForwardOptions opt;
   opt.causal = !cfg_.bidirectional;
   opt.training = true;
   opt.attn_dropout = cfg_.attention_dropout;
   opt.seed = seed;
+  opt.row0 = (uint64_t)row0;
   opt.recompute = cfg_.gradient_checkpointing;
   model_forward(m_, ids.data(), key_mask.data(), B, T, opt);
 }
 
-double Trainer::mntp_micro_step(uint64_t micro, long* tokens) {
-  MntpBatch b = mntp_->next();
-  forward(b.ids, b.key_mask, b.B, b.T, splitmix64(cfg_.seed ^ splitmix64(micro)));
-  *tokens += count_tokens(b.key_mask);
-  return mntp_loss(m_, b.labels.data(), /*backward=*/true);
+// The step's last backward pass tells the communicator as each layer's gradients are complete.
+void Trainer::backward(const float* d_hidden, bool last_of_step) {
+  if (!last_of_step || comm_->world_size() == 1) return model_backward(m_, d_hidden);
+  model_backward(m_, d_hidden, [this](int layer) { comm_->layer_grads_ready(m_, layer); });
 }
 
-double Trainer::contrastive(const std::vector<const float*>& local, int n, std::vector<std::vector<float>>* d_local) {
+// The seed of micro-batch `micro`'s dropout: a function of the global micro-batch number only.
+uint64_t micro_seed(uint64_t seed, uint64_t micro) { return splitmix64(seed ^ splitmix64(micro)); }
+
+double Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens) {
+  MntpBatch b = mntp_->next();
+  forward(b.ids, b.key_mask, b.B, b.T, micro_seed(cfg_.seed, micro), b.row0);
+  *tokens += count_tokens(b.key_mask);
+  // Normalised by the global batch's labels: the ranks' parts sum to one process's loss and gradient.
+  if (!last_of_step || comm_->world_size() == 1) return mntp_loss(m_, b.labels.data(), true, b.global_labels);
+  return mntp_loss(m_, b.labels.data(), true, b.global_labels,
+                   [this](int layer) { comm_->layer_grads_ready(m_, layer); });
+}
+
+double Trainer::contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local) {
   const int C = m_.config.hidden_size;
+  const bool gather = cfg_.gather_negatives && comm_->world_size() > 1;
   std::vector<std::vector<float>> full(local.size());
   int offset = 0;
-  for (size_t g = 0; g < local.size(); ++g)
-    full[g] = comm_->all_gather_rows(std::vector<float>(local[g], local[g] + (size_t)n * C), C, &offset);
+  for (size_t g = 0; g < local.size(); ++g) full[g] = gather ? comm_->all_gather_rows(local[g], C, &offset) : local[g];
   ContrastiveInput in;
   in.n = (int)(full[0].size() / C);
   in.dim = C;
@@ -362,76 +412,96 @@ double Trainer::contrastive(const std::vector<const float*>& local, int n, std::
   return r.loss;
 }
 
-double Trainer::simcse_micro_step(uint64_t micro, long* tokens) {
-  SimcseBatch b = simcse_->next();
-  const int C = m_.config.hidden_size, P = b.pairs;
-  forward(b.rows, splitmix64(cfg_.seed ^ splitmix64(micro)));
-  *tokens += count_tokens(b.rows.key_mask);
-  PoolCache cache;
-  const std::vector<float> pooled = pool_forward(m_, head_, b.rows, tok_->bos_id(), tok_->eos_id(), &cache);
-  std::vector<float> q((size_t)P * C), d((size_t)P * C);
-  for (int i = 0; i < P; ++i) {
-    std::copy_n(&pooled[(size_t)i * C], C, &q[(size_t)i * C]);
-    std::copy_n(&pooled[(size_t)b.positive_of[i] * C], C, &d[(size_t)i * C]);
+// SimCSE and supervised: every group (SimCSE: the doubled batch, pairs in adjacent rows; supervised:
+// queries, positives, hard negatives) is embedded chunk by chunk (embedding_chunk_size rows; a whole
+// group when 0), the loss is computed over all pooled vectors, then each chunk's backward runs from
+// the loss's gradient w.r.t. its embeddings: the last chunk from its stored activations, the others
+// after recomputing their forward with the same seed and row0 (the same dropout masks, bit-identical
+// activations), so memory holds one chunk's activations at a time.
+double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens) {
+  std::vector<EmbedBatch> groups;
+  std::vector<uint64_t> seeds;
+  if (simcse_) {
+    groups.push_back(simcse_->next().rows);
+    seeds.push_back(micro_seed(cfg_.seed, micro));
+  } else {
+    SupervisedBatch b = supervised_->next();
+    if (!cfg_.use_instructions) b.queries = without_instructions(b.queries, *tok_, pad_);
+    if (!cfg_.skip_instruction) pool_instructions_too(b.queries, *tok_);
+    groups = {b.queries, b.positives};
+    if (cfg_.hard_negatives && b.negatives.B > 0) groups.push_back(b.negatives);
+    if (!cfg_.in_batch_negatives && groups.size() < 3)
+      throw std::runtime_error(cfg_.dataset_file_path + ": in_batch_negatives=false needs hard negatives in the data");
+    for (size_t g = 0; g < groups.size(); ++g) seeds.push_back(micro_seed(cfg_.seed, micro * 4 + g));
   }
-  std::vector<std::vector<float>> grads;
-  const double loss = contrastive({q.data(), d.data()}, P, &grads);
-  std::vector<float> d_pooled(pooled.size(), 0.0f);
-  for (int i = 0; i < P; ++i) {
-    std::copy_n(&grads[0][(size_t)i * C], C, &d_pooled[(size_t)i * C]);
-    std::copy_n(&grads[1][(size_t)i * C], C, &d_pooled[(size_t)b.positive_of[i] * C]);
+  const int C = m_.config.hidden_size;
+  // The chunks of each group: [first row, rows).
+  std::vector<std::vector<std::pair<int, int>>> chunks(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const int step = cfg_.embedding_chunk_size > 0 ? cfg_.embedding_chunk_size : groups[g].B;
+    for (int r = 0; r < groups[g].B; r += step) chunks[g].push_back({r, std::min(step, groups[g].B - r)});
   }
-  float* dh = d_hidden_buffer((size_t)b.rows.B * b.rows.T * C);
-  pool_backward(m_, head_, cache, d_pooled, dh);
-  model_backward(m_, dh);
-  return loss;
-}
-
-double Trainer::supervised_micro_step(uint64_t micro, long* tokens) {
-  SupervisedBatch b = supervised_->next();
-  if (!cfg_.use_instructions) b.queries = without_instructions(b.queries, *tok_, pad_);
-  if (!cfg_.skip_instruction) pool_instructions_too(b.queries, *tok_);
-  std::vector<const EmbedBatch*> groups = {&b.queries, &b.positives};
-  if (cfg_.hard_negatives && b.negatives.B > 0) groups.push_back(&b.negatives);
-  if (!cfg_.in_batch_negatives && groups.size() < 3)
-    throw std::runtime_error(cfg_.dataset_file_path + ": in_batch_negatives=false needs hard negatives in the data");
-  const int C = m_.config.hidden_size, n = b.queries.B;
-  const size_t G = groups.size();
-  auto seed_of = [&](size_t g) { return splitmix64(cfg_.seed ^ splitmix64(micro * 4 + g)); };
-  std::vector<std::vector<float>> pooled(G);
+  auto chunk_of = [&](size_t g, size_t c) {
+    const auto [r0, n] = chunks[g][c];
+    return chunks[g].size() == 1 ? groups[g] : slice_rows(groups[g], r0, n);
+  };
+  std::vector<std::vector<float>> pooled(groups.size());
   PoolCache last_cache;
-  for (size_t g = 0; g < G; ++g) {
-    forward(*groups[g], seed_of(g));
-    *tokens += count_tokens(groups[g]->key_mask);
-    pooled[g] = pool_forward(m_, head_, *groups[g], tok_->bos_id(), tok_->eos_id(), g + 1 == G ? &last_cache : nullptr);
-  }
-  std::vector<const float*> local;
-  for (const auto& p : pooled) local.push_back(p.data());
-  std::vector<std::vector<float>> grads;
-  const double loss = contrastive(local, n, &grads);
-  // The last group's activations are still there; the others are recomputed with their seeds.
-  for (size_t g = G; g-- > 0;) {
-    PoolCache recomputed;
-    PoolCache* cache = &last_cache;
-    if (g + 1 != G) {
-      forward(*groups[g], seed_of(g));
-      pool_forward(m_, head_, *groups[g], tok_->bos_id(), tok_->eos_id(), &recomputed);
-      cache = &recomputed;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    *tokens += count_tokens(groups[g].key_mask);
+    for (size_t c = 0; c < chunks[g].size(); ++c) {
+      const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
+      const EmbedBatch chunk = chunk_of(g, c);
+      forward(chunk, seeds[g]);
+      const std::vector<float> p = pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), last ? &last_cache : nullptr);
+      pooled[g].insert(pooled[g].end(), p.begin(), p.end());
     }
-    float* dh = d_hidden_buffer((size_t)groups[g]->B * groups[g]->T * C);
-    pool_backward(m_, head_, *cache, grads[g], dh);
-    model_backward(m_, dh);
+  }
+  // The roles: SimCSE's queries are the even rows, their positives the odd rows.
+  std::vector<std::vector<float>> roles;
+  if (simcse_) {
+    const int P = groups[0].B / 2;
+    roles.assign(2, std::vector<float>((size_t)P * C));
+    for (int i = 0; i < P; ++i)
+      for (int v = 0; v < 2; ++v) std::copy_n(&pooled[0][(size_t)(2 * i + v) * C], C, &roles[v][(size_t)i * C]);
+  } else {
+    roles = pooled;
+  }
+  std::vector<std::vector<float>> d_roles;
+  const double loss = contrastive(roles, (int)(roles[0].size() / C), &d_roles);
+  std::vector<std::vector<float>> d_pooled;
+  if (simcse_) {
+    const int P = groups[0].B / 2;
+    d_pooled.assign(1, std::vector<float>((size_t)2 * P * C));
+    for (int i = 0; i < P; ++i)
+      for (int v = 0; v < 2; ++v) std::copy_n(&d_roles[v][(size_t)i * C], C, &d_pooled[0][(size_t)(2 * i + v) * C]);
+  } else {
+    d_pooled = std::move(d_roles);
+  }
+  for (size_t g = groups.size(); g-- > 0;) {
+    for (size_t c = chunks[g].size(); c-- > 0;) {
+      const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
+      const EmbedBatch chunk = chunk_of(g, c);
+      PoolCache recomputed;
+      PoolCache* cache = &last_cache;
+      if (!last) {
+        forward(chunk, seeds[g]);
+        pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), &recomputed);
+        cache = &recomputed;
+      }
+      const auto [r0, n] = chunks[g][c];
+      const std::vector<float> d(d_pooled[g].begin() + (size_t)r0 * C, d_pooled[g].begin() + (size_t)(r0 + n) * C);
+      float* dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
+      pool_backward(m_, head_, *cache, d, dh);
+      backward(dh, last_of_step && g == 0 && c == 0);
+    }
   }
   return loss;
 }
 
-double Trainer::micro_step(uint64_t micro, long* tokens) {
-  switch (cfg_.stage) {
-    case Stage::kMntp: return mntp_micro_step(micro, tokens);
-    case Stage::kSimcse: return simcse_micro_step(micro, tokens);
-    case Stage::kSupervised: return supervised_micro_step(micro, tokens);
-  }
-  return 0.0;
+double Trainer::micro_step(uint64_t micro, bool last_of_step, long* tokens) {
+  return cfg_.stage == Stage::kMntp ? mntp_micro_step(micro, last_of_step, tokens)
+                                    : contrastive_micro_step(micro, last_of_step, tokens);
 }
 
 nlohmann::json Trainer::loader_state() const {
@@ -441,9 +511,12 @@ nlohmann::json Trainer::loader_state() const {
 }
 
 // The config keys a resumed run may change without breaking the continuation.
+// (embedding_chunk_size changes memory, not results; per_device_train_batch_size is compared as part
+// of the global batch, which a resume on another world size keeps.)
 bool resumable_difference(const std::string& key) {
   return key == "resume_from_checkpoint" || key == "overwrite_output_dir" || key == "logging_steps" ||
-         key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps";
+         key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps" ||
+         key == "embedding_chunk_size" || key == "per_device_train_batch_size";
 }
 
 // The config keys that name inputs by path. A resume compares what they hold (the weights, tokenizer
@@ -473,6 +546,17 @@ void Trainer::restore(const std::string& dir) {
                                  (old.contains(it.key()) ? old.at(it.key()).dump() : "(unset)") + ", this run has " +
                                  it.value().dump() + "; resume with the same configuration");
     }
+    // The data order and every random choice follow the global batch, so a resume on another number of
+    // ranks continues the same run when the global batch is unchanged (world size x per-device batch).
+    const int old_world = st.contains("world_size") ? st.at("world_size").get<int>() : 1;
+    const int old_batch = old.at("per_device_train_batch_size").get<int>();
+    if (old_world * old_batch != comm_->world_size() * cfg_.batch_size)
+      throw std::runtime_error(state_path + ": the checkpoint was trained with a global batch of " +
+                               std::to_string(old_world * old_batch) + " (" + std::to_string(old_world) + " ranks x " +
+                               std::to_string(old_batch) + " per device), this run has " +
+                               std::to_string(comm_->world_size() * cfg_.batch_size) + " (" +
+                               std::to_string(comm_->world_size()) + " x " + std::to_string(cfg_.batch_size) +
+                               "); resume with the same global batch (per_device_train_batch_size)");
     const nlohmann::json& was = st.at("input_fingerprints");
     const nlohmann::json now = input_fingerprints();
     const char* what[3][2] = {{"weights", "other base weights (model_name_or_path or the merged peft_model_name_or_path adapters changed since)"},
@@ -518,6 +602,8 @@ void Trainer::restore(const std::string& dir) {
 std::string Trainer::save_checkpoint(int step, const nlohmann::json& loader) {
   const std::string name = "checkpoint-" + std::to_string(step);
   const fs::path final_dir = fs::path(cfg_.output_dir) / name;
+  // The state is the same on every rank (parameters, moments, and the loaders' global position).
+  if (comm_->rank() != 0) return final_dir.string();
   const fs::path tmp = fs::path(cfg_.output_dir) / (".tmp-" + name);
   fs::remove_all(tmp);
   fs::create_directories(tmp);
@@ -535,6 +621,7 @@ std::string Trainer::save_checkpoint(int step, const nlohmann::json& loader) {
   write_safetensors((tmp / "state.safetensors").string(), entries, {{"format", "pt"}});
   nlohmann::json st = {{"step", step},
                        {"adam_step", adam_.step},
+                       {"world_size", comm_->world_size()},
                        {"loader", loader},
                        {"config", cfg_.resolved},
                        {"input_fingerprints", input_fingerprints()},
@@ -606,27 +693,38 @@ void Trainer::export_outputs() {
 
 TrainResult Trainer::run() {
   const fs::path out(cfg_.output_dir);
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  if (ec) throw std::runtime_error(cfg_.output_dir + ": cannot create the output directory: " + ec.message());
-  lock_ = std::make_unique<FileLock>((out / ".lock").string(), "the output_dir " + cfg_.output_dir);
-  check_output_dir();
+  // Rank 0 owns output_dir: it alone locks, checks, cleans and writes it. The other ranks read a
+  // checkpoint to resume from it (on a file system every node sees).
+  const bool writer = comm_->rank() == 0;
+  if (writer) {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec) throw std::runtime_error(cfg_.output_dir + ": cannot create the output directory: " + ec.message());
+    lock_ = std::make_unique<FileLock>((out / ".lock").string(), "the output_dir " + cfg_.output_dir);
+    check_output_dir();
+  }
   load_model_and_data();
+  check_ranks_agree();
   std::string resume_dir;
-  if (cfg_.resume_from_checkpoint == "latest") {
+  if (writer && cfg_.resume_from_checkpoint == "latest") {
     const std::vector<std::pair<int, fs::path>> all = checkpoints(out);
     if (all.empty()) throw std::runtime_error(cfg_.output_dir + ": no checkpoint-N directory to resume from");
     resume_dir = all.back().second.string();
-  } else if (!cfg_.resume_from_checkpoint.empty()) {
+  } else if (!cfg_.resume_from_checkpoint.empty() && cfg_.resume_from_checkpoint != "latest") {
     resume_dir = cfg_.resume_from_checkpoint;
   }
+  resume_dir = comm_->broadcast(resume_dir);
   if (!resume_dir.empty()) restore(resume_dir);
-  clean_output_dir(resume_dir.empty());
-  write_file_atomic((out / "train_config.json").string(), cfg_.resolved.dump(2) + "\n");
+  // Every rank has read the checkpoint before rank 0 changes anything in output_dir.
+  comm_->any(false);
+  if (writer) {
+    clean_output_dir(resume_dir.empty());
+    write_file_atomic((out / "train_config.json").string(), cfg_.resolved.dump(2) + "\n");
+  }
 
   // The log keeps the steps up to the checkpoint being resumed (a crashed run may have logged more).
   const std::string log_path = (out / "train_log.jsonl").string();
-  {
+  if (writer) {
     std::string kept;
     std::ifstream old(log_path);
     for (std::string line; std::getline(old, line);) {
@@ -637,12 +735,15 @@ TrainResult Trainer::run() {
     }
     write_file_atomic(log_path, kept);
   }
-  log_.open(log_path, std::ios::app);
-  if (!log_) throw std::runtime_error(log_path + ": cannot open for writing");
+  if (writer) {
+    log_.open(log_path, std::ios::app);
+    if (!log_) throw std::runtime_error(log_path + ": cannot open for writing");
+  }
 
   size_t trainable_count = 0;
   for (const TrainableParam& p : m_.trainable) trainable_count += p.count;
-  if (hooks_.progress)
+  if (progress_)
+  {
     std::printf("%s stage: %s, %s attention, %zu trainable parameters (LoRA r=%d%s), %llu %s, steps %d..%d\n",
                 stage_name(cfg_.stage), cfg_.model_name_or_path.c_str(), cfg_.bidirectional ? "bidirectional" : "causal",
                 trainable_count, cfg_.lora.r,
@@ -650,6 +751,14 @@ TrainResult Trainer::run() {
                 (unsigned long long)(cfg_.stage == Stage::kSupervised ? shards_->num_triples() : shards_->num_docs()),
                 cfg_.stage == Stage::kSupervised ? "triples" : cfg_.stage == Stage::kSimcse ? "sentences" : "documents",
                 start_step_ + 1, cfg_.max_steps);
+    if (comm_->world_size() > 1)
+      std::printf("data parallel: %d ranks x %d per device x %d accumulation = global batch %d%s\n",
+                  comm_->world_size(), cfg_.batch_size, cfg_.gradient_accumulation_steps,
+                  comm_->world_size() * cfg_.batch_size * cfg_.gradient_accumulation_steps,
+                  cfg_.stage == Stage::kMntp ? ""
+                  : cfg_.gather_negatives    ? "; contrastive negatives gathered from every rank"
+                                             : "; contrastive negatives from each rank's own rows");
+  }
 
   AdamWConfig ac;
   ac.beta1 = cfg_.adam_beta1;
@@ -673,13 +782,14 @@ TrainResult Trainer::run() {
     // done, with the loaders where this step began, so a resume redoes the step from its start.
     const nlohmann::json loader_at_step_start = loader_state();
     for (int k = 0; k < cfg_.gradient_accumulation_steps; ++k) {
-      if (g_interrupted) {
+      // Every rank stops at the same micro-batch when any has been signalled.
+      if (comm_->any(g_interrupted)) {
         if (step > saved_step) {
           last_checkpoint = save_checkpoint(step, loader_at_step_start);
           result.last_checkpoint = last_checkpoint;
         }
         result.interrupted = true;
-        if (hooks_.progress)
+        if (progress_)
           std::printf("stopped during step %d: %s; continue with --resume_from_checkpoint latest\n", step + 1,
                       step == 0 ? "no step had been completed, nothing to save"
                                 : ("the checkpoint of step " + std::to_string(step) + " is written").c_str());
@@ -689,40 +799,51 @@ TrainResult Trainer::run() {
       const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
       double loss;
       try {
-        loss = micro_step(micro, &tokens);
+        loss = micro_step(micro, k + 1 == cfg_.gradient_accumulation_steps, &tokens);
       } catch (const std::exception& e) {
         throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
                                  "; stopped before updating the parameters" + intact);
       }
-      if (!std::isfinite(loss))
-        throw std::runtime_error("step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) +
-                                 "; stopped before updating the parameters" + intact);
+      if (!std::isfinite(loss)) {
+        const std::string msg = "step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) +
+                                "; stopped before updating the parameters" + intact;
+        // A gathered contrastive loss is the same on every rank: one report (rank 0's) is enough.
+        if (loss_is_global()) throw SameOnEveryRank(msg);
+        throw std::runtime_error(msg);
+      }
       loss_sum += loss;
     }
     comm_->allreduce_sum_grads(m_);
-    // Average over micro-batches (each one's loss is a mean) and, for MNTP's per-rank losses, over ranks;
-    // the contrastive losses are already global (every rank sees the gathered batch).
+    // The summed gradients are those of one process holding the global batch (MNTP: every rank's part is
+    // normalised by the global label count; contrastive: each rank holds the gradient of the global loss
+    // w.r.t. its own rows); averaged over micro-batches (each one's loss is a mean), and over ranks when
+    // each rank has a contrastive loss of its own (gather_negatives false).
+    const int W = comm_->world_size();
+    const bool per_rank_losses = cfg_.stage != Stage::kMntp && !loss_is_global();
     float grad_scale = 1.0f / cfg_.gradient_accumulation_steps;
-    if (cfg_.stage == Stage::kMntp) grad_scale /= comm_->world_size();
+    if (per_rank_losses) grad_scale /= W;
     if (grad_scale != 1.0f)
       for (TrainableParam& p : m_.trainable) backend_.scale(p.grad, (long)p.count, grad_scale);
-    const double loss = comm_->allreduce_mean(loss_sum / cfg_.gradient_accumulation_steps);
+    double loss = loss_is_global() ? loss_sum : comm_->allreduce_sum(loss_sum);
+    loss /= cfg_.gradient_accumulation_steps * (per_rank_losses ? W : 1);
+    tokens = (long)comm_->allreduce_sum((double)tokens);
     const double lr = learning_rate_at(cfg_, step);
     float grad_norm;
     try {
       grad_norm = adamw_step(m_, adam_, ac, (float)lr);
     } catch (const std::exception& e) {
-      throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
-                               (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
+      // The reduced gradients are the same on every rank, so is this failure.
+      throw SameOnEveryRank("step " + std::to_string(step + 1) + ": " + e.what() +
+                            (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
     }
     const int done = step + 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log_step({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
+    if (writer) log_step({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
               {"seconds", elapsed}});
     window_tokens += tokens;
     result.steps_done = done;
     result.last_loss = loss;
-    if (hooks_.progress && (done % cfg_.logging_steps == 0 || done == cfg_.max_steps || done == start_step_ + 1)) {
+    if (progress_ && (done % cfg_.logging_steps == 0 || done == cfg_.max_steps || done == start_step_ + 1)) {
       const double per_step = elapsed / (done - start_step_);
       std::printf("step %*d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.0f tok/s | elapsed %s | ETA %s\n",
                   (int)std::to_string(cfg_.max_steps).size(), done, cfg_.max_steps, loss, lr, grad_norm,
@@ -740,24 +861,28 @@ TrainResult Trainer::run() {
     }
     if (stop && done < cfg_.max_steps) {
       result.interrupted = true;
-      if (hooks_.progress)
+      if (progress_)
         std::printf("stopped after step %d: %s written; continue with --resume_from_checkpoint latest\n", done,
                     last_checkpoint.c_str());
       return result;
     }
   }
   if (result.last_checkpoint.empty() && start_step_ == cfg_.max_steps) result.last_checkpoint = resume_dir;
-  rotate_checkpoints();
-  export_outputs();
-  if (hooks_.progress) std::printf("wrote the adapter, llm2vec_run.json%s to %s\n",
+  if (writer) {
+    rotate_checkpoints();
+    export_outputs();
+  }
+  if (progress_) std::printf("wrote the adapter, llm2vec_run.json%s to %s\n",
                                    cfg_.save_merged_model ? " and merged/" : "", cfg_.output_dir.c_str());
   return result;
 }
 
 }  // namespace
 
-TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks) {
-  Trainer t(cfg, backend, hooks);
+TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks, Comm* comm) {
+  std::unique_ptr<Comm> single;
+  if (!comm) single = make_single_process_comm();
+  Trainer t(cfg, backend, hooks, comm ? *comm : *single);
   return t.run();
 }
 

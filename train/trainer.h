@@ -28,6 +28,16 @@
 //   merged/                    the base with every adapter merged, as a Hugging Face model (save_merged_model)
 //   .lock                      flock'ed for the whole run: a second run on the directory is refused
 //
+// Data parallelism (mpirun -np N; train/comm.h): rank r trains on rows [r·b, (r+1)·b) of every global
+// batch of N·b items (data/loader.h), with dropout keyed by the global row (ForwardOptions::row0), the
+// MNTP loss normalised by the global batch's label count, and the contrastive losses computed over the
+// embeddings gathered from every rank (each rank back-propagating the gradient of its own rows), so
+// the summed gradients equal those of one process with per_device_train_batch_size N·b (up to the
+// order of fp32 sums). Gradients are summed over the ranks before the optimizer step, which every
+// rank then takes identically. Rank 0 alone writes output_dir; every rank checks at start that its
+// configuration, inputs and initial weights equal rank 0's. A checkpoint resumes at any world size
+// with the same global batch.
+//
 // Safety of what is there: nothing in output_dir changes until the model, the data (checked against
 // its shard manifest), the config and any checkpoint to resume have been read and accepted, so a typo
 // or a refused resume destroys nothing. The outputs (adapter ... merged/) exist only for a finished
@@ -40,6 +50,7 @@
 #include <string>
 
 #include "model/backend.h"
+#include "train/comm.h"
 #include "train/train_config.h"
 
 namespace l2v {
@@ -61,10 +72,11 @@ struct TrainResult {
   std::string last_checkpoint;
 };
 
-// Runs the stage on `backend`. Installs SIGINT/SIGTERM handlers for its duration (first signal: finish
-// the step, checkpoint, return interrupted). Throws std::runtime_error with a clear message on bad
-// configs, missing files, incompatible data and non-finite losses; checkpoints already written are
-// never touched by a failure.
-TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks = {});
+// Runs the stage on `backend`. Installs SIGINT/SIGTERM/SIGUSR1 handlers for its duration (first
+// signal: finish the micro-batch, checkpoint, return interrupted). Throws std::runtime_error with a
+// clear message on bad configs, missing files, incompatible data and non-finite losses; checkpoints
+// already written are never touched by a failure. `comm` (train/comm.h): this process's rank of a
+// data-parallel run; nullptr: a single process.
+TrainResult run_training(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks = {}, Comm* comm = nullptr);
 
 }  // namespace l2v

@@ -57,6 +57,17 @@ $(EMU_TESTS:%=$(BUILD)/test/%): $(BUILD)/test/%: $(BUILD)/emu/test/%.o $(EMU_LIB
 $(EMU_ASAN_TESTS:%=$(BUILD)/asan/%): $(BUILD)/asan/%: $(BUILD)/asan/test/%.o $(EMU_ASAN_LIB) $(BUILD)/lib/libl2v.a
 	$(CXX) $(EMU_CXXFLAGS) $(EMU_ASAN_FLAGS) $^ -o $@ $(GTEST) $(LDLIBS)
 
-all: $(EMU_TEST_BINS)
-test: $(EMU_TEST_BINS)
+# The binary with the CUDA backend on the emulator (and NCCL over MPI, host/emu/nccl.cpp): what the
+# data-parallel tests run under mpirun to execute the NCCL code path (test/test_data_parallel.cpp).
+EMU_BIN := $(BUILD)/emu/llm2vec_cuda
+
+$(BUILD)/emu/train/main.o: train/main.cpp | $(DEPS_OK)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -DL2V_WITH_CUDA -c $< -o $@
+
+$(EMU_BIN): $(BUILD)/emu/train/main.o $(EMU_LIB) $(BUILD)/lib/libl2v.a
+	$(CXX) $(EMU_CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+all: $(EMU_TEST_BINS) $(EMU_BIN)
+test: $(EMU_TEST_BINS) $(EMU_BIN)
 TEST_BINS := $(filter-out $(EMU_TEST_BINS),$(TEST_BINS)) $(EMU_TEST_BINS)

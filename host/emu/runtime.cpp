@@ -328,6 +328,14 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+// Streams are synchronous here: the event's work is done when it is recorded, so there is nothing to wait for.
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  if (!l2v::emu::event_is_valid(event) || !l2v::emu::stream_is_valid(stream)) {
+    return record_error(cudaErrorInvalidResourceHandle);
+  }
+  return cudaSuccess;
+}
+
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   return l2v::emu::event_is_valid(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
 }
