@@ -7,6 +7,8 @@
 //   - a checkpoint written by 2 ranks resumes in 1 process with the same global batch and finishes the
 //     same run; another global batch is refused with a message naming both; resumed on 2 ranks, the
 //     run ends bit-identical to an uninterrupted one;
+//   - SIGUSR1 to mpirun (forwarded to every rank) stops all ranks at the same point with a checkpoint,
+//     and the resumed run ends bit-identical to an uninterrupted one;
 //   - faults: a rank with another configuration stops every rank with one message naming the rank and
 //     the key; a rank killed with SIGKILL ends the run within a bound instead of hanging it;
 //   - the NCCL code path (cuda/comm_nccl.cu) runs: the CUDA backend on the CPU emulator
@@ -124,6 +126,17 @@ class DataParallel : public ::testing::Test {
            " --output_dir " + out + " " + extra;
   }
 
+  // Trains `stage` in one process (options `one`) and on two ranks (options `two`) into out/one and
+  // out/two; returns the two ranks' output.
+  static std::string train_one_and_two(const TempDir& out, const std::string& stage, const std::string& one,
+                                       const std::string& two) {
+    const Outcome a = run(kBin + train_args(out / "one", stage + " " + one));
+    EXPECT_EQ(0, a.status) << a.output;
+    const Outcome b = run(kMpirun + " -np 2 " + kBin + train_args(out / "two", stage + " " + two));
+    EXPECT_EQ(0, b.status) << b.output;
+    return b.output;
+  }
+
   static TempDir* data_;
 };
 TempDir* DataParallel::data_ = nullptr;
@@ -184,14 +197,12 @@ TEST_F(DataParallel, MntpOnTwoRanksIsOneProcessWithBothRanksRows) {
   const std::string stage = "--stage mntp --dataset_file_path '" + data("wiki-*.bin") +
                             "' --max_seq_length 32 --mask_token_type '<0x5F>' --attention_dropout 0.1"
                             " --gradient_accumulation_steps 2 --max_steps 4";
-  const Outcome one = run(kBin + train_args(out / "one", stage + " --per_device_train_batch_size 4"));
-  ASSERT_EQ(0, one.status) << one.output;
-  const Outcome two = run(kMpirun + " -np 2 " + kBin + train_args(out / "two", stage + " --per_device_train_batch_size 2"));
-  ASSERT_EQ(0, two.status) << two.output;
-  EXPECT_NE(two.output.find("data parallel: 2 ranks x 2 per device x 2 accumulation = global batch 8"),
+  const std::string two =
+      train_one_and_two(out, stage, "--per_device_train_batch_size 4", "--per_device_train_batch_size 2");
+  EXPECT_NE(two.find("data parallel: 2 ranks x 2 per device x 2 accumulation = global batch 8"),
             std::string::npos)
-      << two.output;
-  EXPECT_EQ(1u, count(two.output, "step 4/4")) << "progress lines from rank 0 only";
+      << two;
+  EXPECT_EQ(1u, count(two, "step 4/4")) << "progress lines from rank 0 only";
   // The first step's loss: every row computed as in the one process, the parts summed in double.
   EXPECT_EQ(log_of(out.path / "one")[0].loss, log_of(out.path / "two")[0].loss);
   expect_same_run(out.path / "one", out.path / "two", 4);
@@ -201,11 +212,8 @@ TEST_F(DataParallel, SimcseGathersNegativesFromEveryRankAndChunksChangeNothing) 
   TempDir out("dp_simcse");
   const std::string stage = "--stage simcse --dataset_file_path '" + data("sentences-*.bin") +
                             "' --max_seq_length 48 --gradient_accumulation_steps 2 --max_steps 3";
-  const Outcome one = run(kBin + train_args(out / "one", stage + " --per_device_train_batch_size 8"));
-  ASSERT_EQ(0, one.status) << one.output;
-  const Outcome two = run(kMpirun + " -np 2 " + kBin +
-                      train_args(out / "two", stage + " --per_device_train_batch_size 4 --embedding_chunk_size 3"));
-  ASSERT_EQ(0, two.status) << two.output;
+  train_one_and_two(out, stage, "--per_device_train_batch_size 8",
+                    "--per_device_train_batch_size 4 --embedding_chunk_size 3");
   expect_same_run(out.path / "one", out.path / "two", 3);
   // Each rank's own rows as the only negatives: another loss (the ablation flag acts).
   const Outcome own = run(kMpirun + " -np 2 " + kBin +
@@ -220,11 +228,8 @@ TEST_F(DataParallel, SupervisedWithHardNegativesLatentHeadDropoutAndAccumulation
                             "' --gradient_accumulation_steps 2 --max_steps 3 --warmup_steps 1"
                             " --pooling_mode latent_attention --latent_num_latents 8 --latent_heads 2"
                             " --attention_dropout 0.1";
-  const Outcome one = run(kBin + train_args(out / "one", stage + " --per_device_train_batch_size 4"));
-  ASSERT_EQ(0, one.status) << one.output;
-  const Outcome two = run(kMpirun + " -np 2 " + kBin +
-                      train_args(out / "two", stage + " --per_device_train_batch_size 2 --embedding_chunk_size 1"));
-  ASSERT_EQ(0, two.status) << two.output;
+  train_one_and_two(out, stage, "--per_device_train_batch_size 4",
+                    "--per_device_train_batch_size 2 --embedding_chunk_size 1");
   expect_same_run(out.path / "one", out.path / "two", 3);
 }
 
@@ -265,6 +270,30 @@ TEST_F(DataParallel, TwoRanksCheckpointResumesInOneProcessWithTheSameGlobalBatch
     EXPECT_FALSE(x.empty()) << f;
     EXPECT_TRUE(x == y) << f << " differs after a resume at the same world size";
   }
+}
+
+TEST_F(DataParallel, SigusrToMpirunStopsEveryRankWithACheckpointAndTheResumeFinishesTheSameRun) {
+  TempDir out("dp_signal");
+  const std::string stage = "--stage mntp --dataset_file_path '" + data("wiki-*.bin") +
+                            "' --max_seq_length 32 --mask_token_type '<0x5F>' --max_steps 300"
+                            " --per_device_train_batch_size 2 --lr_scheduler_type constant";
+  const std::string two = kMpirun + " -np 2 " + kBin;
+  ASSERT_EQ(0, run(two + train_args(out / "whole", stage)).status);
+  // mpirun forwards SIGUSR1 to every rank; it arrives mid-run (300 steps take several seconds).
+  const std::string script = out / "signal.sh";
+  std::ofstream(script) << two << train_args(out / "stopped", stage) << " &\np=$!\nsleep 2\nkill -USR1 $p\nwait $p\n"
+                        << "echo exit status $?\n";
+  const Outcome stopped = run("sh " + script, 120);
+  ASSERT_NE(stopped.output.find("exit status 130"), std::string::npos) << stopped.output;
+  ASSERT_NE(stopped.output.find("continue with --resume_from_checkpoint latest"), std::string::npos) << stopped.output;
+  ASSERT_FALSE(fs::exists(out.path / "stopped/adapter_model.safetensors")) << "the run was not interrupted";
+  const Outcome resumed = run(two + train_args(out / "stopped", stage + " --resume_from_checkpoint latest", 3, false));
+  ASSERT_EQ(0, resumed.status) << resumed.output;
+  std::ifstream a(out.path / "whole/adapter_model.safetensors", std::ios::binary),
+      b(out.path / "stopped/adapter_model.safetensors", std::ios::binary);
+  const std::string x((std::istreambuf_iterator<char>(a)), {}), y((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_FALSE(x.empty());
+  EXPECT_TRUE(x == y) << "the stopped and resumed run ends elsewhere than the uninterrupted one";
 }
 
 TEST_F(DataParallel, ARankWithAnotherConfigurationStopsEveryRankWithOneMessage) {

@@ -853,7 +853,8 @@ TrainResult Trainer::run() {
       window_tokens = 0;
       window_start = elapsed;
     }
-    const bool stop = g_interrupted || (hooks_.stop_after && hooks_.stop_after(done));
+    // Agreed by every rank, as at the micro-batch boundaries (one rank may have the signal already).
+    const bool stop = comm_->any(g_interrupted) || (hooks_.stop_after && hooks_.stop_after(done));
     if (stop || done == cfg_.max_steps || (cfg_.save_steps > 0 && done % cfg_.save_steps == 0)) {
       last_checkpoint = save_checkpoint(done, loader_state());
       result.last_checkpoint = last_checkpoint;
