@@ -22,7 +22,8 @@
 #     test_emulator*, are not CUDA tests and do not run here);
 #   * test_gpu_binary (it checks the binary's no-GPU message, so on a GPU it reports itself skipped);
 #   * build/llm2vec_cuda end to end: MNTP then SimCSE for a few steps on the bundled stories260K model
-#     (head dim 8: the SIMT attention; the tensor-core kernels run in the tests and benchmarks);
+#     (head dim 8: the SIMT attention; the tensor-core kernels run in the tests and benchmarks), and
+#     MNTP under `mpirun -np 1` (the NCCL communicator on a real GPU) against the plain run;
 #   * build/bench/bench_attention and bench_gemm (each validates before timing), then
 #     scripts/bench_sdpa.py (PyTorch flash and cuDNN SDPA) where PyTorch sees the GPU, and a table of
 #     our TFLOP/s over PyTorch's for every shape both measured;
@@ -130,6 +131,22 @@ e2e() {
 export dir
 export -f e2e
 step "llm2vec_cuda end to end (MNTP 20 steps, SimCSE 5 steps, stories260K)" 300 bash -c e2e
+
+# The NCCL path on a real GPU: one rank under mpirun (one GPU is what a lent machine has) runs the
+# communicator's set-up (device choice, unique id, ncclCommInitRank) and its all-reduce every step; the
+# log must equal the plain run's to the bit (a sum over one rank is the identity).
+nccl_one_rank() {
+  local tok=assets/stories260K/tok512.bin out=$dir/e2e
+  local args=(train --stage mntp --model_name_or_path assets/stories260K/stories260K.bin --tokenizer "$tok"
+              --dataset_file_path "$out/data/wiki-*.bin" --overwrite_output_dir true --max_steps 5
+              --per_device_train_batch_size 8 --max_seq_length 64 --lora_r 8 --mask_token_type '<0x5F>')
+  build/llm2vec_cuda "${args[@]}" --output_dir "$out/plain" >/dev/null &&
+    mpirun --allow-run-as-root -np 1 build/llm2vec_cuda "${args[@]}" --output_dir "$out/nccl" &&
+    diff <(cut -d, -f1-3 "$out/plain/train_log.jsonl") <(cut -d, -f1-3 "$out/nccl/train_log.jsonl") &&
+    echo "NCCL (1 rank): the same losses and gradient norms as the plain run"
+}
+export -f nccl_one_rank
+step "NCCL data-parallel path, 1 rank (mpirun -np 1)" 120 bash -c nccl_one_rank
 
 # A benchmark that finds no usable device exits 0 without result lines: here, with a GPU, that fails.
 for b in bench_attention bench_gemm; do
