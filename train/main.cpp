@@ -1,6 +1,10 @@
 // llm2vec: the one binary of llm2vec.cu. Each subcommand declares its options in the table at the
 // bottom; `llm2vec <command> --help` prints them.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -232,6 +236,10 @@ std::vector<OptionSpec> train_options() {
 std::unique_ptr<Comm> make_comm(const std::string& backend_name) {
   if (!launched_by_mpi()) return make_single_process_comm();
   std::unique_ptr<Comm> mpi = make_mpi_comm();
+  // The ranks of a node share its cores: without OMP_NUM_THREADS, each takes its share (the CPU backend's
+  // OpenMP loops; omp_get_num_procs counts the cores this rank may run on, which mpirun's binding limits).
+  if (!std::getenv("OMP_NUM_THREADS"))
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / std::max(1, mpi->local_size())));
 #if defined(L2V_WITH_CUDA)
   if (backend_name == "cuda") return make_nccl_comm(std::move(mpi));
 #endif

@@ -332,10 +332,8 @@ TrainConfig load_train_config(const std::string& config_path,
   c.skip_instruction = j.at("skip_instruction").get<bool>();
   if (c.stage == Stage::kSupervised && !c.in_batch_negatives && !c.hard_negatives)
     throw std::runtime_error(where + ": in_batch_negatives=false needs hard_negatives=true (no negative otherwise)");
-  // With a single candidate the softmax is 1 and the loss 0 whatever the weights: nothing would train.
-  if (c.batch_size < 2 && (c.stage == Stage::kSimcse || (c.stage == Stage::kSupervised && !c.hard_negatives)))
-    throw range_error("per_device_train_batch_size",
-                      "must be >= 2 when the other in-batch rows are the only negatives (one candidate: the loss is 0)");
+  // (A contrastive batch with one candidate per query is refused by the trainer, which knows the number
+  // of ranks whose rows are gathered.)
   c.padding_side = str("padding_side");
   if (c.padding_side != "left" && c.padding_side != "right") throw range_error("padding_side", "must be left or right");
   c.save_merged_model = j.at("save_merged_model").get<bool>();

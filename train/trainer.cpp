@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include "data/loader.h"
@@ -696,6 +697,16 @@ TrainResult Trainer::run() {
   // Rank 0 owns output_dir: it alone locks, checks, cleans and writes it. The other ranks read a
   // checkpoint to resume from it (on a file system every node sees).
   const bool writer = comm_->rank() == 0;
+  // With a single candidate per query the softmax is 1 and the loss 0 whatever the weights: nothing
+  // would train. The candidates are the gathered rows of every rank (gather_negatives) or this rank's.
+  const int rows = cfg_.batch_size * (cfg_.gather_negatives ? comm_->world_size() : 1);
+  if (rows < 2 && (cfg_.stage == Stage::kSimcse || (cfg_.stage == Stage::kSupervised && !cfg_.hard_negatives)))
+    throw SameOnEveryRank("per_device_train_batch_size " + std::to_string(cfg_.batch_size) +
+                          (comm_->world_size() == 1 ? ""
+                           : cfg_.gather_negatives ? " x " + std::to_string(comm_->world_size()) + " ranks"
+                                                   : " (gather_negatives false: each rank's own rows)") +
+                          " gives each query one candidate (the loss is 0 whatever the weights): it must be >= 2 "
+                          "when the other in-batch rows are the only negatives");
   if (writer) {
     std::error_code ec;
     fs::create_directories(out, ec);
@@ -752,8 +763,8 @@ TrainResult Trainer::run() {
                 cfg_.stage == Stage::kSupervised ? "triples" : cfg_.stage == Stage::kSimcse ? "sentences" : "documents",
                 start_step_ + 1, cfg_.max_steps);
     if (comm_->world_size() > 1)
-      std::printf("data parallel: %d ranks x %d per device x %d accumulation = global batch %d%s\n",
-                  comm_->world_size(), cfg_.batch_size, cfg_.gradient_accumulation_steps,
+      std::printf("data parallel: %d ranks (%d CPU threads each) x %d per device x %d accumulation = global batch %d%s\n",
+                  comm_->world_size(), omp_get_max_threads(), cfg_.batch_size, cfg_.gradient_accumulation_steps,
                   comm_->world_size() * cfg_.batch_size * cfg_.gradient_accumulation_steps,
                   cfg_.stage == Stage::kMntp ? ""
                   : cfg_.gather_negatives    ? "; contrastive negatives gathered from every rank"
