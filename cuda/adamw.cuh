@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/elementwise.cuh"
+#include "cuda/workspace_sizes.h"
 
 namespace l2v::cuda {
 
@@ -118,7 +119,7 @@ class DeviceTensorList {
 
 constexpr int kNormBlock = 256;
 // Upper bound of the stage-1 grid, and so the size (in doubles) of the `partials` scratch buffer.
-constexpr int kNormMaxBlocks = 1024;
+// kNormMaxBlocks (the partials of the global norm): cuda/workspace_sizes.h.
 
 namespace ew {
 // Stage 1's grid: about one element per thread up to kNormMaxBlocks blocks. A function of the list's

@@ -43,6 +43,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/launch.h"
+#include "cuda/workspace_sizes.h"
 #include "host/philox.h"
 
 // Full unrolling of the loops over register arrays (nvcc keeps them in registers only when every index is
@@ -901,7 +902,7 @@ void attention_forward_cuda(T* out, float* lse, const T* q, const T* k, const T*
 // The scratch buffer of attention_backward_cuda: one fp32 D_i per query row. KV and D do not change it;
 // the backend sizes it from the same full shape it passes to the launcher.
 inline size_t attention_backward_scratch_bytes(int B, int T_, int H, int /*KV*/, int /*D*/) {
-  return sizeof(float) * static_cast<size_t>(B) * static_cast<size_t>(T_) * static_cast<size_t>(H);
+  return attention_backward_scratch_bytes(B, T_, H);  // cuda/workspace_sizes.h
 }
 
 // dq [N, H*D], dk and dv [N, KV*D] are overwritten. out and lse are the forward's outputs; scratch holds

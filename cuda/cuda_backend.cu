@@ -40,8 +40,6 @@ namespace {
 }
 #endif
 
-// Rows of the MNTP head processed per chunk: bounds its scratch to kLmHeadChunk x V fp32 logits.
-constexpr int kLmHeadChunk = 1024;
 
 // T is the tensor storage type (float or __nv_bfloat16); the interface's float* tensor handles are
 // reinterpreted as T*, fp32 buffers are used as they are.
@@ -104,23 +102,30 @@ class CudaBackend final : public Backend {
 
   size_t tensor_element_bytes() const override { return sizeof(T); }
   // Conversions run on the device through an fp32 staging buffer (round to nearest even, as torch).
+  // In pieces of at most cuda::kStagingFloats, so the staging buffer stays small (cuda/workspace_sizes.h).
   void upload_tensor(float* dst, const float* host, size_t n) override {
     if constexpr (std::is_same<T, float>::value) {
       upload(dst, host, n * sizeof(float));
     } else {
-      float* staging = static_cast<float*>(staging_.get(n * sizeof(float)));
-      upload(staging, host, n * sizeof(float));
-      cuda::convert_cuda(t(dst), staging, (long)n, stream_);
-      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      float* staging = static_cast<float*>(staging_.get(cuda::staging_bytes(n)));
+      for (size_t at = 0; at < n; at += cuda::kStagingFloats) {
+        const size_t k = std::min(cuda::kStagingFloats, n - at);
+        upload(staging, host + at, k * sizeof(float));
+        cuda::convert_cuda(t(dst) + at, staging, (long)k, stream_);
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+      }
     }
   }
   void download_tensor(float* host, const float* src, size_t n) override {
     if constexpr (std::is_same<T, float>::value) {
       download(host, src, n * sizeof(float));
     } else {
-      float* staging = static_cast<float*>(staging_.get(n * sizeof(float)));
-      cuda::convert_cuda(staging, t(src), (long)n, stream_);
-      download(host, staging, n * sizeof(float));
+      float* staging = static_cast<float*>(staging_.get(cuda::staging_bytes(n)));
+      for (size_t at = 0; at < n; at += cuda::kStagingFloats) {
+        const size_t k = std::min(cuda::kStagingFloats, n - at);
+        cuda::convert_cuda(staging, t(src) + at, (long)k, stream_);
+        download(host + at, staging, k * sizeof(float));
+      }
     }
   }
 
@@ -234,9 +239,9 @@ class CudaBackend final : public Backend {
   }
   void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
-    void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<T>(kLmHeadChunk, C, V));
+    void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<T>(cuda::kLmHeadChunk, C, V));
     cuda::lm_head_crossentropy_cuda(cublas_, losses, t(d_hidden), t(hidden), t(lm_head), rows, targets, M, N, C, V,
-                                    dloss, scratch, kLmHeadChunk);
+                                    dloss, scratch, cuda::kLmHeadChunk);
   }
   float global_norm(const float* const* tensors, const long* sizes, int count) override {
     // The optimizer asks for the norm of the same gradient list every step: keep its device copy.
@@ -249,7 +254,7 @@ class CudaBackend final : public Backend {
       norm_ptrs_ = ptrs;
       norm_sizes_ = sz;
     }
-    float* norm = static_cast<float*>(norm_scratch_.get(sizeof(float) + sizeof(double) * cuda::kNormMaxBlocks));
+    float* norm = static_cast<float*>(norm_scratch_.get(cuda::norm_scratch_bytes()));
     double* partials = reinterpret_cast<double*>(reinterpret_cast<char*>(norm) + sizeof(double));
     cuda::global_norm_cuda(norm, partials, *norm_list_, stream_);
     float host = 0.0f;

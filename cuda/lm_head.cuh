@@ -24,13 +24,13 @@
 #include <type_traits>
 
 #include "cuda/matmul.cuh"
+#include "cuda/workspace_sizes.h"
 
 namespace l2v::cuda {
 
 namespace lm_head_detail {
 
-constexpr size_t kAlign = 256;
-inline size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+inline size_t align_up(size_t bytes) { return workspace_align_up(bytes); }
 
 constexpr int kRowBlock = 256;   // gather / scatter: threads over C
 constexpr int kXentBlock = 512;  // softmax rows: V is tens of thousands, each thread strides over it
@@ -149,9 +149,8 @@ __global__ void __launch_bounds__(kXentBlock)
 // x / dx [chunk, C] of T, logits [chunk, V] fp32, and for bf16 dlogits [chunk, V] bf16.
 template <typename T>
 size_t lm_head_crossentropy_scratch_bytes(int chunk, int C, int V) {
-  const size_t cv = (size_t)chunk * V;
-  return lm_head_detail::align_up(sizeof(T) * (size_t)chunk * C) + lm_head_detail::align_up(sizeof(float) * cv) +
-         (lm_head_detail::kSeparateDlogits<T> ? lm_head_detail::align_up(sizeof(T) * cv) : 0);
+  static_assert(lm_head_detail::kSeparateDlogits<T> == (sizeof(T) != 4), "16-bit storage has separate dlogits");
+  return lm_head_scratch_bytes(sizeof(T), chunk, C, V);
 }
 
 // For k < M, row n = rows[k] of hidden [N, C]: losses[k] = cross-entropy(hidden[n] lm_head^T, targets[k])

@@ -23,14 +23,13 @@
 #include <type_traits>
 
 #include "cuda/matmul.cuh"
+#include "cuda/workspace_sizes.h"
 #include "host/philox.h"
 
 namespace l2v::cuda {
 
 namespace lora_detail {
 
-constexpr size_t kAlign = 256;  // every workspace part starts where cuBLAS's fastest kernels want it
-inline size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 template <typename T>
 constexpr bool kCopiesWeights = !std::is_same<T, float>::value;
@@ -38,7 +37,7 @@ constexpr bool kCopiesWeights = !std::is_same<T, float>::value;
 // Bytes of the bf16 copies of A and B at the start of the workspace (none for fp32).
 template <typename T>
 size_t weight_copy_bytes(int IC, int OC, int R) {
-  return kCopiesWeights<T> ? align_up(sizeof(T) * (size_t)R * IC) + align_up(sizeof(T) * (size_t)OC * R) : 0;
+  return lora_weight_copy_bytes(sizeof(T), IC, OC, R);
 }
 
 // A and B rounded to T (bf16) in one launch (two arrays, one grid-stride loop over both). A template so
@@ -70,7 +69,7 @@ Operands<T> prepare(cudaStream_t stream, void* workspace, const float* A, const 
   T* dxa = reinterpret_cast<T*>(ws + weight_copy_bytes<T>(IC, OC, R));
   if constexpr (kCopiesWeights<T>) {
     T* a16 = reinterpret_cast<T*>(ws);
-    T* b16 = reinterpret_cast<T*>(ws + align_up(sizeof(T) * (size_t)R * IC));
+    T* b16 = reinterpret_cast<T*>(ws + workspace_align_up(sizeof(T) * (size_t)R * IC));
     const long na = (long)R * IC, nb = (long)OC * R;
     l2v::launch("lora_weights_to_bf16", lora_weights_to_bf16_kernel<T>, dim3(gemm_detail::elementwise_grid(na + nb)),
                 dim3(gemm_detail::kElementwiseBlock), 0, stream, a16, A, na, b16, B, nb);
@@ -152,7 +151,7 @@ inline void check_args(const char* fn, float dropout_p, const void* scratch, con
 // Bytes of the `workspace` of lora_forward_cuda / lora_backward_cuda for N rows (lora_merge_cuda: N = 0).
 template <typename T>
 size_t lora_workspace_bytes(int N, int IC, int OC, int R) {
-  return lora_detail::weight_copy_bytes<T>(IC, OC, R) + lora_detail::align_up(sizeof(T) * (size_t)N * R);
+  return lora_workspace_bytes(sizeof(T), N, IC, OC, R);
 }
 
 // out [N, OC] += scale * dropout(inp) A^T B^T, saving xa [N, R] = dropout(inp) A^T for the backward.

@@ -1,8 +1,13 @@
 #include "host/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
 
 #include "host/cpu_ops.h"
 
@@ -16,13 +21,32 @@ class CpuBackend final : public Backend {
 
   void* alloc(size_t bytes) override {
     // 64-byte alignment keeps OpenBLAS and the vectorised loops on aligned rows.
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    const size_t rounded = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, rounded);
+    std::lock_guard<std::mutex> lock(mutex_);
+    sizes_[p] = rounded;
+    memory_.current += rounded;
+    memory_.peak = std::max(memory_.peak, memory_.current);
     return p;
   }
-  void release(void* ptr) override { std::free(ptr); }
+  void release(void* ptr) override {
+    if (!ptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = sizes_.find(ptr);
+      if (it != sizes_.end()) {
+        memory_.current -= it->second;
+        sizes_.erase(it);
+      }
+    }
+    std::free(ptr);
+  }
+  BackendMemory memory() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return memory_;
+  }
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
@@ -114,10 +138,20 @@ class CpuBackend final : public Backend {
                     float beta2, float eps, float weight_decay, int step) override {
     cpu::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
   }
+ private:
+  mutable std::mutex mutex_;
+  std::unordered_map<void*, size_t> sizes_;
+  BackendMemory memory_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+BackendMemory cpu_backend_memory(const Backend& backend) {
+  const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
+  if (!cpu) throw std::runtime_error(std::string("cpu_backend_memory: the ") + backend.name() + " backend is not the cpu backend");
+  return cpu->memory();
+}
 
 }  // namespace l2v

@@ -262,14 +262,24 @@ std::vector<float> download_tensor(const Model& m, const float* ptr, size_t n) {
   return out;
 }
 
+int activation_slots(int L, int recompute_layers) {
+  return recompute_layers > 0 ? L - recompute_layers + 1 : L;
+}
+
+int activation_slot(const Activations& a, int layer) {
+  return a.recompute_layers == 0 ? layer : layer < a.recompute_layers ? 0 : layer - a.recompute_layers + 1;
+}
+
 namespace {
 
 // Sizes activations and scratch for B*T rows. Every buffer is laid out by the current row count, so
-// a smaller batch reuses the allocation (greedy decoding grows T by one per step).
-void ensure_activations(Model& m, int B, int T, bool recompute) {
+// a smaller batch reuses the allocation (greedy decoding grows T by one per step). The sizes are
+// model/memory_plan.cpp's too: a buffer added here must be added there (the tests compare them).
+void ensure_activations(Model& m, int B, int T, int recompute_layers) {
   Activations& a = m.acts;
   const size_t rows = (size_t)B * T;
-  if (rows <= a.capacity_rows && a.recompute == recompute) {
+  recompute_layers = std::clamp(recompute_layers, 0, m.config.num_hidden_layers);
+  if (rows <= a.capacity_rows && a.recompute_layers == recompute_layers) {
     a.B = B;
     a.T = T;
     return;
@@ -284,13 +294,13 @@ void ensure_activations(Model& m, int B, int T, bool recompute) {
   auto f32 = [&](size_t n) { return m.alloc_floats(n, true); };
   a.B = B;
   a.T = T;
-  a.recompute = recompute;
+  a.recompute_layers = recompute_layers;
   a.ids = m.alloc_ints(N, true);
   a.key_mask = m.alloc_ints(N, true);
   a.loss_rows = m.alloc_ints(N, true);
   a.targets = m.alloc_ints(N, true);
   a.resid = f((L + 1) * N * C);
-  a.layers.resize(recompute ? 1 : L);
+  a.layers.resize(activation_slots(L, recompute_layers));
   for (LayerActivations& la : a.layers) {
     la.x1 = f(N * C);
     la.rstd1 = f32(N);
@@ -451,7 +461,7 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
   }
   if (opt.attn_dropout < 0.0f || opt.attn_dropout >= 1.0f)
     throw std::runtime_error("model_forward: attention dropout must be in [0, 1)");
-  ensure_activations(m, B, T, opt.recompute);
+  ensure_activations(m, B, T, opt.recompute_layers);
   ensure_rope(m, T);
   m.last_forward = opt;
   Activations& a = m.acts;
@@ -464,7 +474,7 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
     m.backend->upload(a.key_mask, ones.data(), (size_t)N * sizeof(int));
   }
   m.backend->embedding_forward(a.resid, a.ids, m.embed, N, c.hidden_size);
-  for (int l = 0; l < c.num_hidden_layers; ++l) layer_forward(m, opt, l, a.layers[opt.recompute ? 0 : l]);
+  for (int l = 0; l < c.num_hidden_layers; ++l) layer_forward(m, opt, l, a.layers[activation_slot(a, l)]);
   m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final, tensor_offset(m, a.resid, (size_t)c.num_hidden_layers * N * c.hidden_size),
                              m.final_norm, N, c.hidden_size, c.rms_norm_eps);
 }
@@ -487,9 +497,9 @@ void model_backward(Model& m, const float* d_final_hidden, const std::function<v
   m.backend->rmsnorm_backward(a.d_resid, d_final_hidden, tensor_offset(m, a.resid, (size_t)L * N * C), m.final_norm, a.rstd_final, N,
                               C);
   for (int l = L - 1; l >= 0; --l) {
-    LayerActivations& s = a.layers[opt.recompute ? 0 : l];
+    LayerActivations& s = a.layers[activation_slot(a, l)];
     // Recomputation regenerates the same activations: the dropout masks are a function of (seed, stream).
-    if (opt.recompute) layer_forward(m, opt, l, s);
+    if (l < a.recompute_layers) layer_forward(m, opt, l, s);
     layer_backward(m, opt, l, s);
     if (layer_done) layer_done(l);
   }

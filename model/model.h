@@ -71,7 +71,11 @@ struct ForwardOptions {
   // rank's share of the global batch, a chunk of rows): every row draws the masks it would draw there,
   // provided T is that batch's (host/philox.h DropoutKey).
   uint64_t row0 = 0;
-  bool recompute = false;     // keep only layer inputs; the backward re-runs each layer's forward
+  // Selective recomputation: layers [0, recompute_layers) keep only their input (the residual stream)
+  // and the backward re-runs their forward in one shared slot of activations; the others keep theirs.
+  // 0 stores every layer's activations, >= L recomputes all (gradient checkpointing). The dropout masks
+  // are functions of (seed, row0, site), so a recomputed layer is bit-identical to its first forward.
+  int recompute_layers = 0;
 };
 
 // Per-layer saved activations of one forward pass (backend memory).
@@ -83,11 +87,13 @@ struct LayerActivations {
 struct Activations {
   int B = 0, T = 0;
   size_t capacity_rows = 0;  // B*T the buffers were allocated for
-  bool recompute = false;
+  int recompute_layers = 0;  // as ForwardOptions's, clamped to [0, L]
   int* ids = nullptr;        // [N]
   int* key_mask = nullptr;   // [N]
   float* resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L
-  std::vector<LayerActivations> layers;  // L of them, or 1 reused by every layer when recomputing
+  // One slot per stored layer (layers recompute_layers .. L-1 at indices 1 .. L-recompute_layers when some
+  // are recomputed, else 0 .. L-1), plus slot 0 shared by the recomputed layers (activation_slot).
+  std::vector<LayerActivations> layers;
   float* final_hidden = nullptr;  // [N, C] after the final norm
   float* rstd_final = nullptr;
   float* logits = nullptr;        // [N, V], allocated by the first lm_head_forward only
@@ -131,6 +137,11 @@ struct Model {
   std::vector<void*> weight_memory_;
   std::vector<void*> activation_memory_;
 };
+
+// The number of LayerActivations slots for L layers with the first `recompute_layers` recomputed, and
+// the slot layer `layer` uses (Activations::layers).
+int activation_slots(int L, int recompute_layers);
+int activation_slot(const Activations& a, int layer);
 
 // Loads base weights (Hugging Face names) from `src` into backend memory. Every missing tensor or
 // wrong shape is a std::runtime_error naming the tensor and src.describe().

@@ -32,7 +32,7 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "embed", "eval sts"};
+const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "embed", "eval sts"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -61,6 +61,26 @@ TEST(Cli, UnknownCommandsAndTasksAreUsageErrors) {
     EXPECT_EQ(2, rc) << "'" << args << "': " << out;
     EXPECT_TRUE(has(out, "usage: llm2vec <command>")) << out;
   }
+}
+
+}  // namespace
+
+namespace {
+
+// `llm2vec plan`: a table whose last line is the total against the budget; status 1 when the step
+// cannot fit even with every layer recomputed.
+TEST(Cli, PlanPrintsTheTotalLastAndFailsWhenNothingFits) {
+  const std::string args = "plan --model_name_or_path assets/configs/Mistral-7B-v0.1 --stage mntp "
+                           "--per_device_train_batch_size 32 --max_seq_length 512";
+  const auto [rc, out] = run(args, true);
+  EXPECT_EQ(0, rc) << out;
+  const std::string last = out.substr(out.rfind("total: "));
+  EXPECT_EQ(0u, last.find("total: ")) << out;
+  EXPECT_NE(std::string::npos, last.find(" GB of 80.00 GB\n")) << out;
+  EXPECT_NE(std::string::npos, out.find("recomputation: ")) << out;
+  const auto [small_rc, small] = run(args + " --gpu_memory_gb 10", true);
+  EXPECT_EQ(1, small_rc) << small;
+  EXPECT_NE(std::string::npos, small.find("does not fit: the step needs")) << small;
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_backend.h"
+#include "cuda/workspace_sizes.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
 #include "model/safetensors.h"
@@ -60,7 +61,7 @@ StepResult train_steps(std::unique_ptr<Backend> backend, bool causal, bool recom
   opt.causal = causal;
   opt.training = true;
   opt.attn_dropout = 0.2f;
-  opt.recompute = recompute;
+  opt.recompute_layers = recompute ? 1000 : 0;
   StepResult r;
   for (int s = 0; s < steps; ++s) {
     opt.seed = 100 + s;
@@ -232,6 +233,33 @@ TEST(CudaFixtures, BidirectionalLoraForwardAndGradientsMatchPeft) {
     std::printf("%s through the CUDA backend: hidden %.2e, loss %.7f vs %.7f, grads %.2e (relative)\n", name,
                 err / scale, loss, want_loss, worst);
   }
+}
+
+}  // namespace
+}  // namespace l2v
+
+namespace l2v {
+namespace {
+
+// Tensors larger than the staging buffer (cuda/workspace_sizes.h kStagingFloats) convert in pieces:
+// every element arrives rounded to bf16 as torch rounds it (nearest even), and comes back unchanged.
+TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
+  std::unique_ptr<Backend> be = make_cuda_backend(CudaPrecision::kBf16);
+  const size_t n = cuda::kStagingFloats + 1000;  // two pieces, the second short
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = 1.0f + (float)(i % 4096) / 4096.0f + (float)(i / 4096) * 1e-3f;
+  float* dev = static_cast<float*>(be->alloc(n * be->tensor_element_bytes()));
+  be->upload_tensor(dev, host.data(), n);
+  std::vector<float> back(n);
+  be->download_tensor(back.data(), dev, n);
+  be->release(dev);
+  for (size_t i : {size_t{0}, cuda::kStagingFloats - 1, cuda::kStagingFloats, n - 1}) {
+    EXPECT_EQ(back[i], test::rounded<__nv_bfloat16>({host[i]})[0]) << i;
+  }
+  size_t wrong = 0;
+  const std::vector<float> want = test::rounded<__nv_bfloat16>(host);
+  for (size_t i = 0; i < n; ++i) wrong += back[i] != want[i];
+  EXPECT_EQ(0u, wrong);
 }
 
 }  // namespace

@@ -54,7 +54,7 @@ TEST_P(ModelGrad, LoraGradientsMatchFiniteDifferences) {
   opt.training = true;
   opt.attn_dropout = gc.dropout ? 0.3f : 0.0f;
   opt.seed = 99;
-  opt.recompute = gc.recompute;
+  opt.recompute_layers = gc.recompute ? m.config.num_hidden_layers : 0;
   loss_and_grads(m, b, opt);
   auto loss = [&]() {
     model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, opt);
@@ -250,12 +250,18 @@ TEST(ModelProperties, RecomputationGivesBitIdenticalGradients) {
   opt.seed = 77;
   float l1 = loss_and_grads(m, b, opt);
   std::vector<float> g1 = all_grads(m);
-  opt.recompute = true;
-  float l2 = loss_and_grads(m, b, opt);
-  std::vector<float> g2 = all_grads(m);
-  EXPECT_EQ(l1, l2);
-  ASSERT_EQ(g1.size(), g2.size());
-  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
+  // Every split between recomputed and stored layers (selective recomputation), up to all of them.
+  const int L = m.config.num_hidden_layers;
+  ASSERT_GE(L, 2);
+  for (int k = 1; k <= L; ++k) {
+    opt.recompute_layers = k;
+    float l2 = loss_and_grads(m, b, opt);
+    std::vector<float> g2 = all_grads(m);
+    EXPECT_EQ(l1, l2) << k << " layers recomputed";
+    ASSERT_EQ(g1.size(), g2.size());
+    EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float))) << k << " layers recomputed";
+    EXPECT_EQ((int)m.acts.layers.size(), L - k + 1) << "activation slots with " << k << " layers recomputed";
+  }
 }
 
 TEST(ModelProperties, GradientsAccumulateOverMicroBatches) {

@@ -28,10 +28,13 @@
 #include "model/model.h"
 #include "train/cli.h"
 #include "train/comm.h"
+#include "train/plan.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
 #if defined(L2V_WITH_CUDA)
+#include <cuda_runtime_api.h>
+
 #include "cuda/comm_nccl.h"
 #include "cuda/cuda_backend.h"
 #endif
@@ -277,6 +280,63 @@ int run_train(const ParsedOptions& o) {
   }
 }
 
+// ---- plan ----
+
+// `llm2vec plan`: the memory plan of a training configuration (train/plan.h), from the model's
+// config.json alone. The options are train's; the data and output paths are not needed.
+int run_plan(const ParsedOptions& o) {
+  std::vector<std::pair<std::string, std::string>> overrides;
+  bool has_data = false, has_out = false;
+  for (const auto& [name, value] : o.values) {
+    if (name == "--config") continue;
+    overrides.push_back({name.substr(2), value});
+    has_data |= name == "--dataset_file_path";
+    has_out |= name == "--output_dir";
+  }
+  if (!has_data) overrides.push_back({"dataset_file_path", "(not used by plan)"});
+  if (!has_out) overrides.push_back({"output_dir", "(not used by plan)"});
+  const TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, nullptr);
+  const std::string& path = cfg.model_name_or_path;
+  const ModelConfig mc = std::filesystem::is_directory(path)       ? load_hf_config(path + "/config.json")
+                         : path.size() > 5 && path.rfind(".json") == path.size() - 5 ? load_hf_config(path)
+                                                                    : open_checkpoint(path).config;
+  const bool cuda = (cfg.backend.empty() ? std::string("cuda") : cfg.backend) == "cuda";
+  const size_t tensor_bytes = cuda && cfg.precision != "fp32" ? 2 : 4;
+  double budget = cfg.gpu_memory_gb;
+  std::string budget_note;
+  if (budget <= 0 && cuda) {
+    budget = 80.0;
+    budget_note = " (an H100's 80 GB; --gpu_memory_gb sets another)";
+#if defined(L2V_WITH_CUDA)
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      budget = total_bytes / 1e9;
+      budget_note = " (this GPU's)";
+    } else {
+      cudaGetLastError();
+    }
+#endif
+  }
+  TrainConfig planned = cfg;
+  planned.gpu_memory_gb = budget;
+  MemoryPlan plan;
+  std::string refusal;
+  try {
+    choose_recompute_layers(planned, mc, cuda, tensor_bytes, &plan);
+  } catch (const std::runtime_error& e) {
+    refusal = e.what();
+  }
+  std::printf("plan: %s (%d layers, hidden %d, MLP %d, %d heads / %d KV, vocab %d), %s, %d x %d tokens per forward, "
+              "LoRA r=%d, %s on the %s backend, budget %.2f GB%s\n",
+              path.c_str(), mc.num_hidden_layers, mc.hidden_size, mc.intermediate_size, mc.num_attention_heads,
+              mc.num_key_value_heads, mc.vocab_size, stage_name(cfg.stage), plan_inputs(cfg, mc, cuda, tensor_bytes).rows,
+              cfg.max_seq_length, cfg.lora.r, tensor_bytes == 2 ? "bf16" : "fp32", cuda ? "cuda" : "cpu", budget,
+              budget_note.c_str());
+  std::fputs(format_plan(plan, mc, budget).c_str(), stdout);
+  if (!refusal.empty()) std::printf("does not fit: %s\n", refusal.c_str());
+  return refusal.empty() ? 0 : 1;
+}
+
 // ---- embed / eval ----
 
 EncoderSpec encoder_spec(const ParsedOptions& o) {
@@ -471,6 +531,13 @@ const std::vector<Command>& commands() {
        "--key value overrides; see the keys below",
        train_options(),
        run_train},
+      {"plan",
+       "the memory of one training step item by item (weights, adapter, optimizer,\n"
+       "activations, recomputation, scratch), its FLOPs, and the least recomputation that\n"
+       "fits --gpu_memory_gb; from the model's config.json and train's keys alone; status 1\n"
+       "when it cannot fit",
+       train_options(),
+       run_plan},
       {"embed",
        "embed texts (one per line, or instruction<TAB>text with --instructions) with a\n"
        "trained model or a base checkpoint",

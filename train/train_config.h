@@ -49,6 +49,8 @@ struct TrainConfig {
   int logging_steps = 10, save_steps = 200, save_total_limit = 2;
   uint64_t seed = 42;
   bool bidirectional = true, gradient_checkpointing = true;
+  int recompute_layers = -1;   // -1: gradient_checkpointing's all or none, or the plan's with gpu_memory_gb
+  double gpu_memory_gb = 0;    // > 0: plan the step into this budget (model/memory_plan.h)
   LoraConfig lora;
   int max_seq_length = 512;
   float mlm_probability = 0.2f;

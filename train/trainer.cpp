@@ -26,6 +26,7 @@
 #include "train/comm.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
+#include "train/plan.h"
 
 namespace l2v {
 namespace fs = std::filesystem;
@@ -194,6 +195,7 @@ class Trainer {
   PadOptions pad_;
   std::unique_ptr<FileLock> lock_;  // output_dir's, for the whole run
   int start_step_ = 0;
+  int recompute_layers_ = 0;  // ForwardOptions::recompute_layers of every forward (train/plan.h)
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
   float* d_hidden_ = nullptr;
@@ -274,6 +276,14 @@ void Trainer::load_model_and_data() {
     throw std::runtime_error(cfg_.model_name_or_path + ": max_seq_length " + std::to_string(cfg_.max_seq_length) +
                              " exceeds the model's max_position_embeddings " +
                              std::to_string(base_.config.max_position_embeddings));
+  // The recomputation, from the memory plan when there is a budget: refused here, before anything is
+  // loaded or written, when the step cannot fit.
+  MemoryPlan plan;
+  recompute_layers_ = choose_recompute_layers(cfg_, base_.config, !backend_.is_host_memory(),
+                                              backend_.tensor_element_bytes(), &plan);
+  if (progress_ && cfg_.gpu_memory_gb > 0)
+    std::printf("memory plan: %.2f GB of %.2f GB, %d of %d layers recomputed (llm2vec plan lists the items)\n",
+                plan.total() / 1e9, cfg_.gpu_memory_gb, recompute_layers_, base_.config.num_hidden_layers);
   load_model(m_, base_.config, *base_.tensors, backend_);
   for (const std::string& dir : cfg_.peft_model_name_or_path) {
     load_peft_adapter(m_, dir);
@@ -370,7 +380,7 @@ void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_m
   opt.attn_dropout = cfg_.attention_dropout;
   opt.seed = seed;
   opt.row0 = (uint64_t)row0;
-  opt.recompute = cfg_.gradient_checkpointing;
+  opt.recompute_layers = recompute_layers_;
   model_forward(m_, ids.data(), key_mask.data(), B, T, opt);
 }
 
@@ -517,7 +527,8 @@ nlohmann::json Trainer::loader_state() const {
 bool resumable_difference(const std::string& key) {
   return key == "resume_from_checkpoint" || key == "overwrite_output_dir" || key == "logging_steps" ||
          key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps" ||
-         key == "embedding_chunk_size" || key == "per_device_train_batch_size";
+         key == "embedding_chunk_size" || key == "per_device_train_batch_size" || key == "recompute_layers" ||
+         key == "gpu_memory_gb";
 }
 
 // The config keys that name inputs by path. A resume compares what they hold (the weights, tokenizer

@@ -98,6 +98,12 @@ Schedule parse_schedule(const std::string& text);
 void set_schedule(Schedule s);
 Schedule current_schedule();
 
+// Device memory (cudaMalloc minus cudaFree): bytes allocated now, and the most at any time since the
+// last reset_peak_device_bytes() (the memory planner's tests compare it with model/memory_plan.h).
+size_t device_bytes();
+size_t peak_device_bytes();
+void reset_peak_device_bytes();
+
 // ---- Shared memory (used through the L2V_SHARED / L2V_DYNAMIC_SHARED macros of cuda/common.cuh).
 // One per declaration site: its address is the key of the block's storage for that declaration.
 struct SharedSite {

@@ -37,6 +37,7 @@ thread_local cudaError_t t_last_error = cudaSuccess;
 std::mutex g_mutex;
 std::unordered_map<void*, size_t> g_allocations;
 size_t g_allocated_bytes = 0;
+size_t g_peak_allocated_bytes = 0;
 std::set<cudaStream_t> g_streams;
 std::set<cudaEvent_t> g_events;
 std::map<const void*, size_t> g_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize
@@ -51,6 +52,21 @@ bool event_is_valid(cudaEvent_t e) {
 }
 
 }  // namespace
+
+size_t device_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_allocated_bytes;
+}
+
+size_t peak_device_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_peak_allocated_bytes;
+}
+
+void reset_peak_device_bytes() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_peak_allocated_bytes = g_allocated_bytes;
+}
 
 cudaError_t record_error(cudaError_t err) {
   if (err != cudaSuccess) t_last_error = err;
@@ -215,6 +231,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
   l2v::emu::g_allocations[p] = size;
   l2v::emu::g_allocated_bytes += size;
+  l2v::emu::g_peak_allocated_bytes = std::max(l2v::emu::g_peak_allocated_bytes, l2v::emu::g_allocated_bytes);
   *ptr = p;
   return cudaSuccess;
 }

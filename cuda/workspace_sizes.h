@@ -1,0 +1,46 @@
+// The sizes of the CUDA backend's scratch buffers, as functions of the shapes alone: plain C++ (no CUDA
+// types), so that the kernels' launchers (cuda/lora.cuh, cuda/lm_head.cuh, cuda/attention.cuh), the
+// backend (cuda/cuda_backend.cu) and the memory planner (model/memory_plan.h, which runs without a GPU
+// or CUDA headers) share one formula each. `elem` is the bytes of one stored tensor element: 4 (fp32)
+// or 2 (bf16, fp16).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+
+namespace l2v::cuda {
+
+// Every workspace part starts where cuBLAS's fastest kernels want it.
+constexpr size_t kWorkspaceAlign = 256;
+inline size_t workspace_align_up(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+
+// LoRA (cuda/lora.cuh): the 16-bit copies of A [R, IC] and B [OC, R] (none for fp32), then dxa [N, R].
+inline size_t lora_weight_copy_bytes(size_t elem, int IC, int OC, int R) {
+  return elem == 4 ? 0 : workspace_align_up(elem * (size_t)R * IC) + workspace_align_up(elem * (size_t)OC * R);
+}
+inline size_t lora_workspace_bytes(size_t elem, int N, int IC, int OC, int R) {
+  return lora_weight_copy_bytes(elem, IC, OC, R) + workspace_align_up(elem * (size_t)N * R);
+}
+
+// The MNTP head (cuda/lm_head.cuh) over `chunk` rows: the gathered hidden rows, fp32 logits, and (16-bit
+// storage) separate dlogits.
+inline size_t lm_head_scratch_bytes(size_t elem, int chunk, int C, int V) {
+  const size_t cv = (size_t)chunk * V;
+  return workspace_align_up(elem * (size_t)chunk * C) + workspace_align_up(sizeof(float) * cv) +
+         (elem == 4 ? 0 : workspace_align_up(elem * cv));
+}
+// Rows of the MNTP head per chunk: bounds its scratch to kLmHeadChunk x V fp32 logits.
+constexpr int kLmHeadChunk = 1024;
+
+// The attention backward (cuda/attention.cuh): one fp32 D_i per query row.
+inline size_t attention_backward_scratch_bytes(int B, int T, int H) { return sizeof(float) * (size_t)B * T * H; }
+
+// The global norm's result and per-block partials (cuda/adamw.cuh).
+constexpr int kNormMaxBlocks = 1024;
+inline size_t norm_scratch_bytes() { return sizeof(float) + sizeof(double) * kNormMaxBlocks; }
+
+// fp32 <-> 16-bit conversions of uploads and downloads go through a staging buffer of at most this many
+// floats, in pieces (64 MiB: loading an embedding table of 128k x 4096 does not keep 2 GiB of staging).
+constexpr size_t kStagingFloats = size_t{16} << 20;
+inline size_t staging_bytes(size_t largest_tensor) { return sizeof(float) * std::min(largest_tensor, kStagingFloats); }
+
+}  // namespace l2v::cuda
