@@ -82,15 +82,15 @@ struct AttentionParams {
   float dropout_p, keep_scale;  // keep_scale = 1/(1-p)
   uint64_t seed;
   uint32_t bh_offset;        // DropoutKey::offset: this batch's first batch*head in the masks' batch
-  uint32_t stream;
+  uint32_t site;             // the dropout site (host/philox.h), not a CUDA stream
 };
 
 // The keep decisions of keys 4*j4 .. 4*j4+3 for query i: bit e is
-// dropout_keep_attention(seed, stream, bh, i, 4*j4 + e, p) (the kernels pass bh_offset + bh). dropout_keep_attention draws the four keys of a
-// quad from one Philox call (counter (j >> 2, i, bh, stream)); this makes that call once instead of four
+// dropout_keep_attention(seed, site, bh, i, 4*j4 + e, p) (the kernels pass bh_offset + bh). dropout_keep_attention draws the four keys of a
+// quad from one Philox call (counter (j >> 2, i, bh, site)); this makes that call once instead of four
 // times. The tests check it against dropout_keep_attention bit for bit.
-L2V_HD unsigned attention_keep4(uint64_t seed, uint32_t stream, uint32_t bh, uint32_t i, uint32_t j4, float p) {
-  const Philox4 r = philox4x32_10(j4, i, bh, stream, seed);
+L2V_HD unsigned attention_keep4(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j4, float p) {
+  const Philox4 r = philox4x32_10(j4, i, bh, site, seed);
   unsigned bits = 0;
   for (int e = 0; e < 4; ++e) bits |= (philox_to_unit(r.v[e]) >= p ? 1u : 0u) << e;
   return bits;
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       for (int qd = 0; qd < Tr::kQuads; ++qd) {
         const int q4 = lane + Tr::kLanes * qd;  // the thread's quad within the tile
         const unsigned keep =
-            dropout ? attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
+            dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
         L2V_ATTN_UNROLL
         for (int e = 0; e < 4; ++e) {
           const float pe = exp2f(s[m][4 * qd + e] - m_use);
@@ -591,7 +591,7 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       for (int qd = 0; qd < Tr::kQuads; ++qd) {
         const int q4 = lane + Tr::kLanes * qd;
         const unsigned keep =
-            dropout ? attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
+            dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
         L2V_ATTN_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int jl = 4 * q4 + e, c = 4 * qd + e;
@@ -690,7 +690,7 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       for (int m = 0; m < R; ++m) {
         const int il = rgroup + Tr::kRowGroups * m, i = i0 + il;
         const unsigned keep =
-            dropout ? attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + quad), p.dropout_p) : 0xFu;
+            dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + quad), p.dropout_p) : 0xFu;
         L2V_ATTN_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int jl = 4 * quad + e;
@@ -819,7 +819,7 @@ inline void require_aligned(const void* ptr, const char* fn, const char* name) {
 template <typename T>
 AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* v, const int* key_mask, int B,
                                int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                               uint32_t stream_id) {
+                               uint32_t site) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, __nv_bfloat16>::value ||
                     std::is_same<T, __half>::value,
                 "attention kernels store float or __nv_bfloat16 (and __half: the tensor-core kernels only)");
@@ -852,7 +852,7 @@ AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* 
   p.seed = key.seed;
   require(key.offset + (uint64_t)B * H <= UINT32_MAX, fn, "the dropout key offset exceeds 32 bits");
   p.bh_offset = (uint32_t)key.offset;
-  p.stream = stream_id;
+  p.site = site;
   return p;
 }
 
@@ -861,8 +861,8 @@ template <typename T>
 AttentionParams<T> make_backward_params(const char* fn, T* dq, T* dk, T* dv, const T* dout, const T* out,
                                         const float* lse, const T* q, const T* k, const T* v, const int* key_mask,
                                         int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
-                                        DropoutKey key, uint32_t stream_id, float* scratch) {
-  AttentionParams<T> p = make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream_id);
+                                        DropoutKey key, uint32_t site, float* scratch) {
+  AttentionParams<T> p = make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   require(scratch != nullptr, fn, "scratch must hold attention_backward_scratch_bytes(B, T, H, KV, D) bytes");
   for (const void* ptr : {static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv),
                           static_cast<const void*>(dout), static_cast<const void*>(out)}) {
@@ -884,15 +884,15 @@ AttentionParams<T> make_backward_params(const char* fn, T* dq, T* dk, T* dv, con
 // ---- Host launchers (asynchronous on `stream`; they throw std::runtime_error on bad arguments and
 // failed launches).
 
-// out [N, H*D] and lse [B, H, T] are overwritten. stream_id selects the dropout site as in l2v::cpu.
+// out [N, H*D] and lse [B, H, T] are overwritten. site selects the dropout site as in l2v::cpu.
 template <typename T>
 void attention_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, const int* key_mask, int B,
                             int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                            uint32_t stream_id, cudaStream_t stream) {
+                            uint32_t site, cudaStream_t stream) {
   namespace ad = attention_detail;
   const char* fn = "attention_forward_cuda";
   AttentionParams<T> p =
-      ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream_id);
+      ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   ad::require_aligned(out, fn, "out");
   p.out = out;
   p.lse = lse;
@@ -910,12 +910,12 @@ inline size_t attention_backward_scratch_bytes(int B, int T_, int H, int /*KV*/,
 template <typename T>
 void attention_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
                              const T* k, const T* v, const int* key_mask, int B, int T_, int H, int KV, int D,
-                             bool causal, float dropout_p, DropoutKey key, uint32_t stream_id, float* scratch,
+                             bool causal, float dropout_p, DropoutKey key, uint32_t site, float* scratch,
                              cudaStream_t stream) {
   namespace ad = attention_detail;
   const char* fn = "attention_backward_cuda";
   const AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H,
-                                                        KV, D, causal, dropout_p, key, stream_id, scratch);
+                                                        KV, D, causal, dropout_p, key, site, scratch);
   ad::dispatch_head_dim(D, fn, [&](auto d) { ad::run_attention_bwd<decltype(d)::value>(p, stream); });
 }
 

@@ -201,10 +201,10 @@ struct CudnnAttention::Impl {
     return true;
   }
 
-  // cuDNN's Philox seed for (key, stream): 64 bits of our Philox at a counter of its own, offset 0.
-  void upload_rng(float dropout_p, DropoutKey key, uint32_t stream_id, std::unordered_map<int64_t, void*>& pack) {
+  // cuDNN's Philox seed for (key, site): 64 bits of our Philox at a counter of its own, offset 0.
+  void upload_rng(float dropout_p, DropoutKey key, uint32_t site, std::unordered_map<int64_t, void*>& pack) {
     if (dropout_p <= 0.0f) return;
-    const Philox4 r = philox4x32_10(0xC0D1u, (uint32_t)key.offset, (uint32_t)(key.offset >> 32), stream_id, key.seed);
+    const Philox4 r = philox4x32_10(0xC0D1u, (uint32_t)key.offset, (uint32_t)(key.offset >> 32), site, key.seed);
     rng[0] = (int64_t)(((uint64_t)r.v[0] << 32) | r.v[1]);
     rng[1] = 0;
     auto* dev = static_cast<int64_t*>(rng_dev.get(sizeof rng));
@@ -271,14 +271,14 @@ bool CudnnAttention::supports_head_dim(int D) { return D > 0 && D % 8 == 0 && D 
 
 void CudnnAttention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,
                              const __nv_bfloat16* v, const int* key_mask, int B, int T, int H, int KV, int D,
-                             bool causal, float dropout_p, DropoutKey key, uint32_t stream) {
+                             bool causal, float dropout_p, DropoutKey key, uint32_t site) {
   std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<__nv_bfloat16*>(q)},
                                              {kK, const_cast<__nv_bfloat16*>(k)},
                                              {kV, const_cast<__nv_bfloat16*>(v)},
                                              {kO, out},
                                              {kStats, lse}};
   const bool padded = impl_->upload_padding(key_mask, B, T, H, KV, D, causal, pack);
-  impl_->upload_rng(dropout_p, key, stream, pack);
+  impl_->upload_rng(dropout_p, key, site, pack);
   float* stats = impl_->stats(lse, B, H, T);
   pack[kStats] = stats;
   if (impl_->padding.shifted)  // the query rows before q_start: out = 0 (cuDNN writes the others)
@@ -290,7 +290,7 @@ void CudnnAttention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16
 void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
                               const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* q,
                               const __nv_bfloat16* k, const __nv_bfloat16* v, const int* key_mask, int B, int T, int H,
-                              int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t stream) {
+                              int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
   std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<__nv_bfloat16*>(q)},
                                              {kK, const_cast<__nv_bfloat16*>(k)},
                                              {kV, const_cast<__nv_bfloat16*>(v)},
@@ -312,7 +312,7 @@ void CudnnAttention::backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat1
     impl_->lse_to_stats(stats, lse, B, H, T);
     pack[kStats] = stats;
   }
-  impl_->upload_rng(dropout_p, key, stream, pack);
+  impl_->upload_rng(dropout_p, key, site, pack);
   impl_->execute(impl_->graph({B, T, H, KV, D, causal, padded, dropout_p, true}), pack);
 }
 

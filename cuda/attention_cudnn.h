@@ -10,7 +10,7 @@
 //     offsets (cuda/attention_cudnn_padding.h); a row with holes or no visible key is refused. Under the
 //     causal mask, the query rows of a left-padded row that see no key get out = 0, lse = -inf and dq = 0
 //     here, not from cuDNN;
-//   * attention dropout uses cuDNN's own Philox stream, keyed by (seed, offset, stream): the same keep mask
+//   * attention dropout uses cuDNN's own Philox stream, keyed by (seed, offset, site): the same keep mask
 //     in the forward, its recomputation and the backward, but not the mask of the CPU reference or of the
 //     simt/mma kernels (dropout_keep_attention), so results with dropout differ from theirs — and, since
 //     cuDNN's mask of a row depends on its place in the call, differ with the data-parallel world size;
@@ -46,11 +46,11 @@ class CudnnAttention {
 
   void forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,
                const __nv_bfloat16* v, const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-               float dropout_p, DropoutKey key, uint32_t stream);
+               float dropout_p, DropoutKey key, uint32_t site);
   void backward(__nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,
                 const __nv_bfloat16* out, const float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,
                 const __nv_bfloat16* v, const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-                float dropout_p, DropoutKey key, uint32_t stream);
+                float dropout_p, DropoutKey key, uint32_t site);
 
  private:
   struct Impl;

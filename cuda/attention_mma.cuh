@@ -4,7 +4,7 @@
 //   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), out [N, H*D], lse [B, H, T] fp32,
 //   key_mask [B, T] or nullptr, causal or bidirectional, scale 1/sqrt(D), rows without a visible key give
 //   out = 0, lse = -inf and zero gradients; attention dropout keeps probability (i, j) of batch-head bh
-//   exactly when dropout_keep_attention(seed, stream, bh, i, j, p) does (the mask is drawn with
+//   exactly when dropout_keep_attention(seed, site, bh, i, j, p) does (the mask is drawn with
 //   attention_keep4, the SIMT kernels' helper, so the two implementations and the CPU agree bit for bit).
 // Storage T is __nv_bfloat16 or __half (fp32 storage keeps the SIMT kernels); head dims D = 16, 64, 128
 // (attention_mma_supported). Parameters travel in the SIMT kernels' AttentionParams<T>.
@@ -190,7 +190,7 @@ __device__ __forceinline__ unsigned keep_bits_rows(const AttentionParams<T>& p, 
                                                    int j0, int tig) {
   const int odd = tig & 1;
   // A select, not i[odd]: a run-time index would put i in local memory.
-  const unsigned mine = attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)(odd ? i[1] : i[0]),
+  const unsigned mine = attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)(odd ? i[1] : i[0]),
                                         (uint32_t)((j0 + 2 * tig) / 4), p.dropout_p);
   const unsigned other = __shfl_xor_sync(kFull, mine, 1);
   const unsigned row0 = odd ? other : mine, row1 = odd ? mine : other;
@@ -205,7 +205,7 @@ template <typename T>
 __device__ __forceinline__ unsigned keep_bits_cols(const AttentionParams<T>& p, uint32_t bh, int kbase, int i0,
                                                    int lane) {
   const int g = lane / 4, tig = lane % 4, x = g % 4;
-  const unsigned mine = attention_keep4(p.seed, p.stream, p.bh_offset + bh, (uint32_t)(i0 + 2 * tig + (x & 1)),
+  const unsigned mine = attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)(i0 + 2 * tig + (x & 1)),
                                         (uint32_t)((kbase + 8 * (x >> 1)) / 4 + g / 4), p.dropout_p);
   unsigned bits = 0;
   L2V_MMA_UNROLL
@@ -613,12 +613,12 @@ void dispatch_mma_head_dim(int D, const char* fn, F&& f) {
 template <typename T>
 void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, const int* key_mask, int B,
                                 int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                                uint32_t stream_id, cudaStream_t stream) {
+                                uint32_t site, cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_forward_cuda";
-  AttentionParams<T> p = ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream_id);
+  AttentionParams<T> p = ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   ad::require_aligned(out, fn, "out");
   p.out = out;
   p.lse = lse;
@@ -628,14 +628,14 @@ void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, cons
 template <typename T>
 void attention_mma_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
                                  const T* k, const T* v, const int* key_mask, int B, int T_, int H, int KV, int D,
-                                 bool causal, float dropout_p, DropoutKey key, uint32_t stream_id, float* scratch,
+                                 bool causal, float dropout_p, DropoutKey key, uint32_t site, float* scratch,
                                  cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_backward_cuda";
   AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H, KV, D,
-                                                  causal, dropout_p, key, stream_id, scratch);
+                                                  causal, dropout_p, key, site, scratch);
   md::dispatch_mma_head_dim(D, fn, [&](auto d) { md::run_attention_mma_bwd<decltype(d)::value>(p, stream); });
 }
 

@@ -60,6 +60,11 @@ class CudaBackend final : public Backend {
     if (attention_ == AttentionImpl::kCudnn) refuse_cudnn_not_built();
 #endif
     CUDA_CHECK(cudaStreamCreate(&stream_));
+    int device = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&device) == cudaSuccess && cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+      peak_flops_ = gpu_peak_flops(prop.name, !std::is_same<T, float>::value);
+    cudaGetLastError();
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
 #if defined(L2V_WITH_CUDNN)
@@ -77,6 +82,7 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return std::is_same<T, float>::value ? "cuda (fp32)" : "cuda (bf16)"; }
   cudaStream_t stream() const { return stream_; }
+  double peak_flops() const override { return peak_flops_; }
   bool is_host_memory() const override { return false; }
 
   void* alloc(size_t bytes) override {
@@ -150,12 +156,12 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                          const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
-                         DropoutKey key, uint32_t stream) override {
+                         DropoutKey key, uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
-        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key, stream);
+        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
         return;
       }
     }
@@ -163,23 +169,23 @@ class CudaBackend final : public Backend {
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
         cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p,
-                                         key, stream, stream_);
+                                         key, site, stream_);
         return;
       }
     }
     cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key,
-                                 stream, stream_);
+                                 site, stream_);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                           const float* q, const float* k, const float* v, const int* key_mask, int B, int T_,
                           int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                          uint32_t stream) override {
+                          uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
         cudnn_->backward(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D,
-                         causal, dropout_p, key, stream);
+                         causal, dropout_p, key, site);
         return;
       }
     }
@@ -189,12 +195,12 @@ class CudaBackend final : public Backend {
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
         cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_,
-                                          H, KV, D, causal, dropout_p, key, stream, scratch, stream_);
+                                          H, KV, D, causal, dropout_p, key, site, scratch, stream_);
         return;
       }
     }
     cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
-                                  D, causal, dropout_p, key, stream, scratch, stream_);
+                                  D, causal, dropout_p, key, site, scratch, stream_);
   }
   void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
     cuda::swiglu_forward_cuda(t(out), t(gate), t(up), n, stream_);
@@ -212,17 +218,17 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
   void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC,
+                    float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
                     int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, stream, t(scratch), ws, N, IC,
+    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, site, t(scratch), ws, N, IC,
                             OC, R);
   }
   void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
-                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t stream,
+                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                      float* scratch, int N, int IC, int OC, int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, stream,
+    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, site,
                              t(scratch), ws, N, IC, OC, R);
   }
   void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
@@ -327,6 +333,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cuda::DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
+  double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
   std::unique_ptr<cuda::DeviceTensorList> norm_list_;
   std::vector<float*> norm_ptrs_;
   std::vector<long> norm_sizes_;
@@ -355,6 +362,19 @@ AttentionImpl parse_attention_impl(const std::string& name) {
 #endif
   }
   throw std::invalid_argument("unknown attention implementation '" + name + "' (simt, mma or cudnn)");
+}
+
+double gpu_peak_flops(const std::string& device_name, bool bf16) {
+  struct Peak {
+    const char* name;  // a part of cudaDeviceProp::name
+    double bf16, fp32;
+  };
+  // The PCIe H100 first: "H100 PCIe" also contains "H100".
+  static const Peak kPeaks[] = {{"H100 PCIe", 756e12, 51e12}, {"H100", 989e12, 67e12}, {"H200", 989e12, 67e12},
+                                {"A100", 312e12, 19.5e12},    {"L40S", 362e12, 91.6e12}};
+  for (const Peak& p : kPeaks)
+    if (device_name.find(p.name) != std::string::npos) return bf16 ? p.bf16 : p.fp32;
+  return 0.0;
 }
 
 cudaStream_t cuda_stream_of(const Backend& backend) {

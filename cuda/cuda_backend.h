@@ -35,6 +35,11 @@ AttentionImpl parse_attention_impl(const std::string& name);
 std::unique_ptr<Backend> make_cuda_backend(CudaPrecision precision = CudaPrecision::kBf16,
                                            AttentionImpl attention = AttentionImpl::kAuto);
 
+// The dense peak FLOP/s of a GPU named `device_name` (cudaDeviceProp::name) in bf16 on tensor cores or in
+// fp32, from NVIDIA's datasheets (H100 SXM / H200: 989 / 67 TFLOP/s; H100 PCIe: 756 / 51; A100: 312 /
+// 19.5; L40S: 362 / 91.6); 0 for a name not listed.
+double gpu_peak_flops(const std::string& device_name, bool bf16);
+
 // The stream every op of a CUDA backend runs on (cuda/comm_nccl.h orders its communication after it).
 // Throws for a backend that is not the CUDA backend.
 cudaStream_t cuda_stream_of(const Backend& backend);

@@ -10,7 +10,7 @@
 // written by cuBLAS in fp32 (bf16 in, fp32 out, beta = 1), so gradient accumulation loses nothing beyond
 // the rounding of the operands. For T = float every operand is fp32 and A, B are used in place.
 //
-// Dropout: element i = n*IC + c is kept when dropout_keep_elementwise(key.seed, rng_stream, key.offset + i, p) (host/philox.h)
+// Dropout: element i = n*IC + c is kept when dropout_keep_elementwise(key.seed, site, key.offset + i, p) (host/philox.h)
 // and scaled by 1/(1-p): the CPU reference's mask bit for bit. The backward regenerates it.
 //
 // Memory is the caller's: `scratch` [N, IC] of T holds the dropped input when p > 0 (nullptr allowed when
@@ -97,12 +97,12 @@ L2V_HD uint64_t element_index(uint64_t offset, long g, int j) {
 template <typename T>
 __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
     lora_dropout_forward_kernel(T* __restrict__ dropped, const T* __restrict__ inp, long n, float p,
-                                float keep_scale, DropoutKey key, uint32_t rng_stream) {
+                                float keep_scale, DropoutKey key, uint32_t site) {
   const long groups = (n + kPerThread - 1) / kPerThread;
   for (long g = blockIdx.x * (long)blockDim.x + threadIdx.x; g < groups; g += (long)gridDim.x * blockDim.x) {
     bool keep[kPerThread];
     for (int j = 0; j < kPerThread; ++j) {
-      keep[j] = dropout_keep_elementwise(key.seed, rng_stream, element_index(key.offset, g, j), p);
+      keep[j] = dropout_keep_elementwise(key.seed, site, element_index(key.offset, g, j), p);
     }
     for (int j = 0; j < kPerThread; ++j) {
       const long i = g * kPerThread + j;
@@ -116,12 +116,12 @@ __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
 template <typename T>
 __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
     lora_dropout_backward_kernel(T* __restrict__ dinp, T* __restrict__ scratch, const T* __restrict__ inp, long n,
-                                 float p, float keep_scale, DropoutKey key, uint32_t rng_stream) {
+                                 float p, float keep_scale, DropoutKey key, uint32_t site) {
   const long groups = (n + kPerThread - 1) / kPerThread;
   for (long g = blockIdx.x * (long)blockDim.x + threadIdx.x; g < groups; g += (long)gridDim.x * blockDim.x) {
     bool keep[kPerThread];
     for (int j = 0; j < kPerThread; ++j) {
-      keep[j] = dropout_keep_elementwise(key.seed, rng_stream, element_index(key.offset, g, j), p);
+      keep[j] = dropout_keep_elementwise(key.seed, site, element_index(key.offset, g, j), p);
     }
     for (int j = 0; j < kPerThread; ++j) {
       const long i = g * kPerThread + j;
@@ -158,7 +158,7 @@ size_t lora_workspace_bytes(int N, int IC, int OC, int R) {
 // The second product is one GEMM with alpha = scale and beta = 1 straight into out: no extra pass.
 template <typename T>
 void lora_forward_cuda(cublasHandle_t handle, T* out, T* xa, const T* inp, const float* A, const float* B, float scale,
-                       float dropout_p, DropoutKey key, uint32_t rng_stream, T* scratch, void* workspace, int N, int IC,
+                       float dropout_p, DropoutKey key, uint32_t site, T* scratch, void* workspace, int N, int IC,
                        int OC, int R) {
   lora_detail::check_args("lora_forward_cuda", dropout_p, scratch, workspace, lora_workspace_bytes<T>(N, IC, OC, R), N,
                           IC, OC, R);
@@ -170,7 +170,7 @@ void lora_forward_cuda(cublasHandle_t handle, T* out, T* xa, const T* inp, const
     const long n = (long)N * IC;
     l2v::launch("lora_dropout_forward", lora_detail::lora_dropout_forward_kernel<T>,
                 dim3(gemm_detail::elementwise_grid(n, lora_detail::kPerThread)), dim3(gemm_detail::kElementwiseBlock),
-                0, stream, scratch, inp, n, dropout_p, 1.0f / (1.0f - dropout_p), key, rng_stream);
+                0, stream, scratch, inp, n, dropout_p, 1.0f / (1.0f - dropout_p), key, site);
     x = scratch;
   }
   gemm_rowmajor(handle, false, true, N, R, IC, 1.0f, x, IC, w.A, IC, 0.0f, xa, R);
@@ -185,7 +185,7 @@ void lora_forward_cuda(cublasHandle_t handle, T* out, T* xa, const T* inp, const
 template <typename T>
 void lora_backward_cuda(cublasHandle_t handle, T* dinp, float* dA, float* dB, const T* dout, const T* inp, const T* xa,
                         const float* A, const float* B, float scale, float dropout_p, DropoutKey key,
-                        uint32_t rng_stream, T* scratch, void* workspace, int N, int IC, int OC, int R) {
+                        uint32_t site, T* scratch, void* workspace, int N, int IC, int OC, int R) {
   lora_detail::check_args("lora_backward_cuda", dropout_p, scratch, workspace, lora_workspace_bytes<T>(N, IC, OC, R),
                           N, IC, OC, R);
   if (N == 0) return;
@@ -202,7 +202,7 @@ void lora_backward_cuda(cublasHandle_t handle, T* dinp, float* dA, float* dB, co
   const long n = (long)N * IC;
   l2v::launch("lora_dropout_backward", lora_detail::lora_dropout_backward_kernel<T>,
               dim3(gemm_detail::elementwise_grid(n, lora_detail::kPerThread)), dim3(gemm_detail::kElementwiseBlock), 0,
-              stream, dinp, scratch, inp, n, dropout_p, 1.0f / (1.0f - dropout_p), key, rng_stream);
+              stream, dinp, scratch, inp, n, dropout_p, 1.0f / (1.0f - dropout_p), key, site);
   gemm_rowmajor(handle, true, false, R, IC, N, 1.0f, w.dxa, R, scratch, IC, 1.0f, dA, IC);
 }
 

@@ -78,15 +78,15 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                          const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
-                         DropoutKey key, uint32_t stream) override {
-    cpu::attention_forward(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, key, stream);
+                         DropoutKey key, uint32_t site) override {
+    cpu::attention_forward(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
   }
   void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                           const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
                           int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                          uint32_t stream) override {
+                          uint32_t site) override {
     cpu::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p,
-                            key, stream);
+                            key, site);
   }
   void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
     cpu::swiglu_forward(out, gate, up, n);
@@ -104,14 +104,14 @@ class CpuBackend final : public Backend {
     cpu::matmul_backward_input(dinp, dout, weight, N, IC, OC, accumulate);
   }
   void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC,
+                    float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
                     int R) override {
-    cpu::lora_forward(out, xa, inp, A, B, scale, dropout_p, key, stream, scratch, N, IC, OC, R);
+    cpu::lora_forward(out, xa, inp, A, B, scale, dropout_p, key, site, scratch, N, IC, OC, R);
   }
   void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
-                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t stream,
+                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                      float* scratch, int N, int IC, int OC, int R) override {
-    cpu::lora_backward(dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, key, stream, scratch, N, IC, OC, R);
+    cpu::lora_backward(dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, key, site, scratch, N, IC, OC, R);
   }
   void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {

@@ -77,11 +77,11 @@ inline void axpy(float* y, float a, const float* x, int n) {
 }
 
 // dst[i] = src[i] * keep(i) / (1-p) for the element-wise dropout of the LoRA input, i = n*IC + c.
-void apply_elementwise_dropout(float* dst, const float* src, long n, float p, DropoutKey key, uint32_t stream) {
+void apply_elementwise_dropout(float* dst, const float* src, long n, float p, DropoutKey key, uint32_t site) {
   const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for
   for (long i = 0; i < n; ++i)
-    dst[i] = dropout_keep_elementwise(key.seed, stream, key.offset + (uint64_t)i, p) ? src[i] * keep_scale : 0.0f;
+    dst[i] = dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p) ? src[i] * keep_scale : 0.0f;
 }
 
 void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p) {
@@ -183,7 +183,7 @@ void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D) {
 
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const int* key_mask,
                        int B, int T, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                       uint32_t stream) {
+                       uint32_t site) {
   check_attention_shape("attention_forward", B, T, H, KV, D, dropout_p);
   const int group = H / KV;
   const long q_stride = (long)H * D, kv_stride = (long)KV * D;
@@ -234,7 +234,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
         if (p[j] == 0.0f) continue;
         float w = p[j] * inv_sum;
         if (dropout) {
-          if (!dropout_keep_attention(key.seed, stream, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p)) continue;
+          if (!dropout_keep_attention(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p)) continue;
           w *= keep_scale;
         }
         axpy(oi, w, vb + (long)j * kv_stride, D);
@@ -250,7 +250,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 // Both passes evaluate ds_ij with the same operations in the same order, so they agree exactly.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const int* key_mask, int B, int T, int H,
-                        int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t stream) {
+                        int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
   check_attention_shape("attention_backward", B, T, H, KV, D, dropout_p);
   const int group = H / KV;
   const long q_stride = (long)H * D, kv_stride = (long)KV * D;
@@ -286,7 +286,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       const float* kj = kb + (long)j * kv_stride;
       const float P = std::exp(dot(qi, kj, D) * sm_scale - L);
       float dP = 0.0f;  // a dropped probability receives no gradient through the output
-      if (!dropout || dropout_keep_attention(key.seed, stream, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p))
+      if (!dropout || dropout_keep_attention(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p))
         dP = dot(doi, vb + (long)j * kv_stride, D) * keep_scale;
       const float ds = P * (dP - Di);
       axpy(dqi, ds * sm_scale, kj, D);
@@ -317,7 +317,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
         const long row = (long)bh * T + i;
         const float P = std::exp(dot(qi, kj, D) * sm_scale - lse[row]);
         float dP = 0.0f;
-        if (!dropout || dropout_keep_attention(key.seed, stream, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p)) {
+        if (!dropout || dropout_keep_attention(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j, dropout_p)) {
           axpy(dvj, P * keep_scale, doi, D);
           dP = dot(doi, vj, D) * keep_scale;
         }
@@ -362,12 +362,12 @@ void matmul_backward_input(float* dinp, const float* dout, const float* weight, 
 }
 
 void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                  float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC, int R) {
+                  float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R) {
   require_dropout_p(dropout_p, "lora_forward");
   const float* x = inp;
   if (dropout_p > 0.0f) {
     require(scratch != nullptr, "lora_forward", "dropout_p > 0 needs a scratch buffer [N, IC]");
-    apply_elementwise_dropout(scratch, inp, (long)N * IC, dropout_p, key, stream);
+    apply_elementwise_dropout(scratch, inp, (long)N * IC, dropout_p, key, site);
     x = scratch;
   }
   gemm(false, true, N, R, IC, 1.0f, x, IC, A, IC, 0.0f, xa, R);
@@ -375,7 +375,7 @@ void lora_forward(float* out, float* xa, const float* inp, const float* A, const
 }
 
 void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
-                   const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t stream,
+                   const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                    float* scratch, int N, int IC, int OC, int R) {
   require_dropout_p(dropout_p, "lora_backward");
   const bool dropout = dropout_p > 0.0f;
@@ -397,7 +397,7 @@ void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const f
   const long n = (long)N * IC;
 #pragma omp parallel for
   for (long i = 0; i < n; ++i) {
-    if (dropout_keep_elementwise(key.seed, stream, key.offset + (uint64_t)i, dropout_p)) {
+    if (dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, dropout_p)) {
       dinp[i] += scratch[i] * keep_scale;
       scratch[i] = inp[i] * keep_scale;
     } else {

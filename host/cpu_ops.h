@@ -38,16 +38,16 @@ void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D);
 //   key_mask [B, T]: 1 = a real token, 0 = padding (never attended to); nullptr = all real.
 //   causal: query i sees keys j <= i; otherwise all keys (LLM2Vec's bidirectional attention).
 //   Scores are scaled by 1/sqrt(D). A query row with no visible key gets out = 0 and lse = -inf.
-//   dropout_p > 0: each probability is kept with probability 1-p (dropout_keep_attention(key.seed, stream,
+//   dropout_p > 0: each probability is kept with probability 1-p (dropout_keep_attention(key.seed, site,
 //   key.offset + b*H+h, i, j, p)) and scaled by 1/(1-p), as torch.nn.functional.dropout on the softmax
 //   output.
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
-                       DropoutKey key, uint32_t stream);
+                       DropoutKey key, uint32_t site);
 // dq, dk, dv overwritten. `out` and `lse` are the forward's outputs.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
-                        int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t stream);
+                        int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site);
 
 // SwiGLU: out = silu(gate) * up, element-wise over n values.
 void swiglu_forward(float* out, const float* gate, const float* up, long n);
@@ -62,15 +62,15 @@ void matmul_backward_input(float* dinp, const float* dout, const float* weight, 
 // LoRA branch (PEFT semantics), added to the base layer's output:
 //   out += scale * dropout(inp) A^T B^T,  A [R, IC], B [OC, R], scale = alpha / R.
 // Saves xa [N, R] = dropout(inp) A^T for the backward. Dropout on inp is element-wise with
-// dropout_keep_elementwise(key.seed, stream, key.offset + n*IC + c, p) and 1/(1-p) scaling; `scratch` [N, IC] holds the
+// dropout_keep_elementwise(key.seed, site, key.offset + n*IC + c, p) and 1/(1-p) scaling; `scratch` [N, IC] holds the
 // dropped input when dropout_p > 0 (unused otherwise, may be nullptr then).
 void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                  float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC, int R);
+                  float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R);
 // Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] (gradient accumulation over micro-batches).
-// The dropped input is regenerated from (key, stream) into `scratch`: its contents on entry are not
+// The dropped input is regenerated from (key, site) into `scratch`: its contents on entry are not
 // used, so one scratch buffer can serve every layer.
 void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
-                   const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t stream,
+                   const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                    float* scratch, int N, int IC, int OC, int R);
 // weight [OC, IC] += sign * scale * B A  (sign = +1 merges the adapter into the base weight, -1 unmerges).
 void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC, int R);

@@ -48,17 +48,17 @@ struct DropoutKey {
 L2V_HD float philox_to_unit(uint32_t bits) { return (float)(bits >> 8) * (1.0f / 16777216.0f); }
 
 // Keep decision for element `index` of an element-wise dropout site. Four consecutive elements share
-// one Philox call. `stream` separates the dropout sites (layer, op) of one step.
-L2V_HD bool dropout_keep_elementwise(uint64_t seed, uint32_t stream, uint64_t index, float p) {
+// one Philox call. `site` names the dropout site (layer, op) of one step (not a CUDA stream).
+L2V_HD bool dropout_keep_elementwise(uint64_t seed, uint32_t site, uint64_t index, float p) {
   uint64_t block = index >> 2;
-  Philox4 r = philox4x32_10((uint32_t)block, (uint32_t)(block >> 32), 0xE1E3E7u, stream, seed);
+  Philox4 r = philox4x32_10((uint32_t)block, (uint32_t)(block >> 32), 0xE1E3E7u, site, seed);
   return philox_to_unit(r.v[index & 3]) >= p;
 }
 
 // Keep decision for attention probability (batch*head `bh`, query `i`, key `j`).
-L2V_HD bool dropout_keep_attention(uint64_t seed, uint32_t stream, uint32_t bh, uint32_t i, uint32_t j,
+L2V_HD bool dropout_keep_attention(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j,
                                    float p) {
-  Philox4 r = philox4x32_10(j >> 2, i, bh, stream, seed);
+  Philox4 r = philox4x32_10(j >> 2, i, bh, site, seed);
   return philox_to_unit(r.v[j & 3]) >= p;
 }
 

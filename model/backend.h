@@ -23,6 +23,9 @@ class Backend {
   // Everything else is always fp32: norm weights, RoPE tables, rstd, lse, losses, the LoRA master weights,
   // their gradients and the optimizer moments.
   virtual size_t tensor_element_bytes() const = 0;
+  // The device's peak FLOP/s in this backend's precision (dense bf16 tensor cores, or fp32), 0 when not
+  // known (the CPU, an unlisted GPU): the trainer's progress line shows MFU against it.
+  virtual double peak_flops() const { return 0.0; }
   virtual void upload_tensor(float* dst, const float* host, size_t n) = 0;     // converts from fp32
   virtual void download_tensor(float* host, const float* src, size_t n) = 0;   // converts to fp32
 
@@ -46,11 +49,11 @@ class Backend {
                              int nh, int D) = 0;
   virtual void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                                  const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-                                 float dropout_p, DropoutKey key, uint32_t stream) = 0;
+                                 float dropout_p, DropoutKey key, uint32_t site) = 0;
   virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                                   const float* lse, const float* q, const float* k, const float* v,
                                   const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
-                                  float dropout_p, DropoutKey key, uint32_t stream) = 0;
+                                  float dropout_p, DropoutKey key, uint32_t site) = 0;
   virtual void swiglu_forward(float* out, const float* gate, const float* up, long n) = 0;
   virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                                long n) = 0;
@@ -59,11 +62,11 @@ class Backend {
   virtual void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
   virtual void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                            float dropout_p, DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC,
+                            float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
                             int R) = 0;
   virtual void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp,
                              const float* xa, const float* A, const float* B, float scale, float dropout_p,
-                             DropoutKey key, uint32_t stream, float* scratch, int N, int IC, int OC, int R) = 0;
+                             DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R) = 0;
   virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;

@@ -12,10 +12,11 @@ namespace {
 
 constexpr int kIgnoreIndex = -100;
 
-// Dropout streams: every dropout site of one step gets its own Philox stream, so no two sites share
-// random bits and each one can be regenerated independently (backward, recomputation, GPU).
-uint32_t attention_stream(int layer) { return (uint32_t)layer * 16u; }
-uint32_t lora_stream(int layer, int linear) { return (uint32_t)layer * 16u + 1u + (uint32_t)linear; }
+// Dropout sites: every dropout op of one step draws from its own Philox counter range (its site), so no
+// two sites share random bits and each one can be regenerated independently (backward, recomputation,
+// GPU).
+uint32_t attention_site(int layer) { return (uint32_t)layer * 16u; }
+uint32_t lora_site(int layer, int linear) { return (uint32_t)layer * 16u + 1u + (uint32_t)linear; }
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -365,7 +366,7 @@ void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, floa
   m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
   if (lora_active(m, lin))
     m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt),
-                            elementwise_key(m, opt, lin.in), lora_stream(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+                            elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
 }
 
 // dinp (+)= dout W, and the adapter's gradients.
@@ -375,7 +376,7 @@ void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, flo
   m.backend->matmul_backward_input(dinp, dout, lin.weight, N, lin.in, lin.out, accumulate);
   if (lora_active(m, lin))
     m.backend->lora_backward(dinp, lin.grad_A, lin.grad_B, dout, inp, xa, lin.lora_A, lin.lora_B, m.lora.scale(),
-                             lora_dropout(m, opt), elementwise_key(m, opt, lin.in), lora_stream(layer, id), m.acts.lora_scratch, N,
+                             lora_dropout(m, opt), elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N,
                              lin.in, lin.out, m.lora.r);
 }
 
@@ -400,7 +401,7 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
     be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
     be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
-                         attention_key(m, opt), attention_stream(l));
+                         attention_key(m, opt), attention_site(l));
     linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
   }
   {
@@ -436,7 +437,7 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
   linear_backward(m, opt, l, kO, a.d_att, a.d_resid, s.att, s.xa[kO], N, false);
   be.attention_backward(a.d_q, a.d_k, a.d_v, a.d_att, s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D,
-                        opt.causal, attn_dropout(opt), attention_key(m, opt), attention_stream(l));
+                        opt.causal, attn_dropout(opt), attention_key(m, opt), attention_site(l));
   be.rope_backward(a.d_q, a.d_q, m.rope_cos, m.rope_sin, N, T, H, D);
   be.rope_backward(a.d_k, a.d_k, m.rope_cos, m.rope_sin, N, T, KV, D);
   linear_backward(m, opt, l, kQ, a.d_x, a.d_q, s.x1, s.xa[kQ], N, false);
@@ -498,7 +499,7 @@ void model_backward(Model& m, const float* d_final_hidden, const std::function<v
                               C);
   for (int l = L - 1; l >= 0; --l) {
     LayerActivations& s = a.layers[activation_slot(a, l)];
-    // Recomputation regenerates the same activations: the dropout masks are a function of (seed, stream).
+    // Recomputation regenerates the same activations: the dropout masks are a function of (seed, row0, site).
     if (l < a.recompute_layers) layer_forward(m, opt, l, s);
     layer_backward(m, opt, l, s);
     if (layer_done) layer_done(l);

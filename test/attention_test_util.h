@@ -56,7 +56,7 @@ AttentionInputs random_attention_inputs(const AttentionDims& d, std::vector<int>
 // (the kernel forward's, which the kernel backward reads: the backward's comparison then sees only the
 // backward's own errors).
 inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInputs& in, const std::vector<float>& out,
-                                      const std::vector<float>& lse, DropoutKey seed, uint32_t stream) {
+                                      const std::vector<float>& lse, DropoutKey seed, uint32_t site) {
   const size_t N = (size_t)d.B * d.T;
   AttentionResults r;
   r.out.resize(N * d.H * d.D);
@@ -65,10 +65,10 @@ inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInp
   r.dk.resize(N * d.KV * d.D);
   r.dv.resize(N * d.KV * d.D);
   l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B,
-                              d.T, d.H, d.KV, d.D, d.causal, d.p, seed, stream);
+                              d.T, d.H, d.KV, d.D, d.causal, d.p, seed, site);
   l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), out.data(), lse.data(),
                                in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
-                               d.causal, d.p, seed, stream);
+                               d.causal, d.p, seed, site);
   return r;
 }
 
@@ -77,16 +77,16 @@ inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInp
 // attention_backward_cuda<T> (cuda/attention.cuh), which every attention implementation shares.
 template <typename T, class Fwd, class Bwd>
 AttentionResults run_attention_kernels(const AttentionDims& d, const AttentionInputs& in, Fwd fwd, Bwd bwd,
-                                       DropoutKey seed, uint32_t stream) {
+                                       DropoutKey seed, uint32_t site) {
   const size_t N = (size_t)d.B * d.T;
   Dev<T> q(in.q), k(in.k), v(in.v), dout(in.dout);
   Raw<int> mask(in.mask);
   Dev<T> out(N * d.H * d.D), dq(N * d.H * d.D), dk(N * d.KV * d.D), dv(N * d.KV * d.D);
   Dev<float> lse((size_t)d.B * d.H * d.T);
   Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(d.B, d.T, d.H, d.KV, d.D) / sizeof(float));
-  fwd(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed, stream, nullptr);
+  fwd(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed, site, nullptr);
   bwd(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D,
-      d.causal, d.p, seed, stream, scratch.ptr, nullptr);
+      d.causal, d.p, seed, site, scratch.ptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return {out.get(), lse.get(), dq.get(), dk.get(), dv.get()};
 }

@@ -120,7 +120,7 @@ using Results = l2v::test::AttentionResults;
 // A non-zero offset (DropoutKey: these rows as rows 5/H.. of a larger batch, as a data-parallel rank
 // sees them): a kernel that ignored it would draw other masks than the reference.
 const l2v::DropoutKey kSeed{0x5EEDull, 5};
-constexpr uint32_t kStream = 7;
+constexpr uint32_t kSite = 7;
 
 l2v::test::AttentionDims dims(const Shape& s) { return {s.B, s.T, s.H, s.KV, s.D, s.causal, s.dropout_p}; }
 
@@ -130,14 +130,14 @@ Inputs make_inputs(const Shape& s, uint32_t seed) {
 }
 
 Results run_cpu(const Shape& s, const Inputs& in, const std::vector<float>& out, const std::vector<float>& lse) {
-  return l2v::test::cpu_attention(dims(s), in, out, lse, kSeed, kStream);
+  return l2v::test::cpu_attention(dims(s), in, out, lse, kSeed, kSite);
 }
 
 // The SIMT forward, then the SIMT backward on the forward's own out and lse (as in training).
 template <typename T>
 Results run_cuda(const Shape& s, const Inputs& in) {
   return l2v::test::run_attention_kernels<T>(dims(s), in, l2v::cuda::attention_forward_cuda<T>,
-                                             l2v::cuda::attention_backward_cuda<T>, kSeed, kStream);
+                                             l2v::cuda::attention_backward_cuda<T>, kSeed, kSite);
 }
 
 // Per element of a result: the sum of |terms| behind it (mag) and the bound on |kernel - reference| of the
@@ -187,7 +187,7 @@ Bounds derive_bounds(const Shape& s, const Inputs& in, const std::vector<float>&
           score.push_back(scale * dot);
           A.push_back(scale * abs_dot);
           const bool kept = s.dropout_p == 0.0f ||
-                            l2v::dropout_keep_attention(kSeed.seed, kStream, (uint32_t)kSeed.offset + bh, (uint32_t)i, (uint32_t)j, s.dropout_p);
+                            l2v::dropout_keep_attention(kSeed.seed, kSite, (uint32_t)kSeed.offset + bh, (uint32_t)i, (uint32_t)j, s.dropout_p);
           kappa.push_back(kept ? keep_scale : 0.0);
           M = std::max(M, A.back());
           smax = std::max(smax, score.back());
@@ -293,12 +293,12 @@ TEST(CudaAttention, Keep4IsDropoutKeepAttention) {
   std::mt19937_64 rng(5);
   for (int n = 0; n < 20000; ++n) {
     const uint64_t seed = rng();
-    const uint32_t stream = (uint32_t)rng(), bh = (uint32_t)rng() % 4096, i = (uint32_t)rng() % 100000,
+    const uint32_t site = (uint32_t)rng(), bh = (uint32_t)rng() % 4096, i = (uint32_t)rng() % 100000,
                    j4 = (uint32_t)rng() % 100000;
     const float p = (float)(rng() % 1000) / 1000.0f;
-    const unsigned bits = l2v::cuda::attention_keep4(seed, stream, bh, i, j4, p);
+    const unsigned bits = l2v::cuda::attention_keep4(seed, site, bh, i, j4, p);
     for (uint32_t e = 0; e < 4; ++e) {
-      ASSERT_EQ((bits >> e & 1u) != 0, l2v::dropout_keep_attention(seed, stream, bh, i, 4 * j4 + e, p))
+      ASSERT_EQ((bits >> e & 1u) != 0, l2v::dropout_keep_attention(seed, site, bh, i, 4 * j4 + e, p))
           << "n=" << n << " e=" << e;
     }
   }

@@ -18,8 +18,8 @@
 //     an unsupported head dim, fp32 storage.
 //   * Dropout, statistically (cuDNN's RNG is not ours, so no mask can be compared bit for bit): with
 //     q = 0 and v = 1 every output is (kept keys)/(T (1-p)), whose mean over all rows must be within 5
-//     standard deviations of 1 (plus the bf16 rounding of the outputs); the same (seed, stream) gives the
-//     same outputs bit for bit, another stream other outputs.
+//     standard deviations of 1 (plus the bf16 rounding of the outputs); the same (seed, site) gives the
+//     same outputs bit for bit, another site other outputs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -339,7 +339,7 @@ TEST(CudnnAttention, RefusesWhatItCannotExpress) {
   EXPECT_THROW(make_cuda_backend(CudaPrecision::kFp32, AttentionImpl::kCudnn), std::invalid_argument);
 }
 
-TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAndStream) {
+TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAndSite) {
   SKIP_WITHOUT_CUDNN_GPU();
   std::unique_ptr<Backend> be = make_cuda_backend(CudaPrecision::kBf16, AttentionImpl::kCudnn);
   const int B = 4, T = 128, H = 4, D = 64;
@@ -348,8 +348,8 @@ TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAn
   DeviceTensor q(*be, n, true), v(*be, n, true), out(*be, n, true), lse(*be, (size_t)B * H * T, false);
   q.set(std::vector<float>(n, 0.0f));
   v.set(std::vector<float>(n, 1.0f));
-  auto run = [&](uint32_t stream) {
-    be->attention_forward(out.ptr, lse.ptr, q.ptr, q.ptr, v.ptr, nullptr, B, T, H, H, D, false, p, 42, stream);
+  auto run = [&](uint32_t site) {
+    be->attention_forward(out.ptr, lse.ptr, q.ptr, q.ptr, v.ptr, nullptr, B, T, H, H, D, false, p, 42, site);
     return out.get();
   };
   const std::vector<float> a = run(3), again = run(3), other = run(4);
@@ -360,8 +360,8 @@ TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAn
   const double decisions = (double)B * H * T * T;
   const double sd = std::sqrt(p * (1.0 - p) / decisions) / (1.0 - p);
   EXPECT_NEAR(mean, 1.0, 5 * sd + kU) << "mean of kept/(T (1-p)) over rows";
-  EXPECT_EQ(a, again) << "the same (seed, stream) must give the same dropout mask";
-  EXPECT_NE(a, other) << "another stream must give another dropout mask";
+  EXPECT_EQ(a, again) << "the same (seed, site) must give the same dropout mask";
+  EXPECT_NE(a, other) << "another site must give another dropout mask";
 }
 
 }  // namespace

@@ -43,7 +43,7 @@
 // be ordered and rounded differently (host/emu/ptx.h); gamma_n covers any order of an n-term sum.
 //
 // Also: the dropout masks, bit for bit (Q = cI, K = V = I make each kept or dropped probability visible
-// in the sign of an output element), a planted wrong dropout stream that the bounds must catch, results
+// in the sign of an output element), a planted wrong dropout site that the bounds must catch, results
 // bitwise identical in every scheduling order (no missing barrier), the ldmatrix bank-conflict counts of
 // each kernel (0 by design: padded rows), and the launchers' refusals.
 #include <gtest/gtest.h>
@@ -81,7 +81,7 @@ using l2v::test::Raw;
 using l2v::test::rounded;
 
 constexpr uint64_t kSeed = 0xA77Eull;
-constexpr uint32_t kStream = 3;
+constexpr uint32_t kSite = 3;
 
 
 // Padding of one batch row: `left` leading and `right` trailing padding tokens, or every third token
@@ -132,15 +132,15 @@ Inputs random_inputs(const Case& c, uint32_t seed) {
 
 // The mma forward, then the mma backward on the forward's own out and lse.
 template <typename T>
-Results run_mma(const Case& c, const Inputs& in, uint32_t stream = kStream, uint64_t offset = 0) {
+Results run_mma(const Case& c, const Inputs& in, uint32_t site = kSite, uint64_t offset = 0) {
   return l2v::test::run_attention_kernels<T>(dims(c), in, l2v::cuda::attention_mma_forward_cuda<T>,
                                              l2v::cuda::attention_mma_backward_cuda<T>, l2v::DropoutKey{kSeed, offset},
-                                             stream);
+                                             site);
 }
 
 // The reference forward on the inputs; its backward on the kernels' out and lse (`fwd`).
 Results run_cpu(const Case& c, const Inputs& in, const Results& fwd) {
-  return l2v::test::cpu_attention(dims(c), in, fwd.out, fwd.lse, kSeed, kStream);
+  return l2v::test::cpu_attention(dims(c), in, fwd.out, fwd.lse, kSeed, kSite);
 }
 
 // sum_d a_d b_d and sum_d |a_d b_d| over n elements, in double.
@@ -204,7 +204,7 @@ Bounds derive_bounds(const Case& c, const Inputs& in, const Results& got, double
           delta = std::max(delta, gamma32(D) * a[j] + 4 * kU32 * (std::fabs(x[j]) + std::fabs(lse) + 1));
         }
         auto keep = [&](int j) {
-          return c.p == 0.0f || l2v::dropout_keep_attention(kSeed, kStream, (uint32_t)(b * c.H + h), (uint32_t)i,
+          return c.p == 0.0f || l2v::dropout_keep_attention(kSeed, kSite, (uint32_t)(b * c.H + h), (uint32_t)i,
                                                             (uint32_t)j, c.p);
         };
         // Forward.
@@ -337,12 +337,12 @@ TEST(CudaAttentionMma, Fp16MatchesTheCpuReferenceWithinDerivedBounds) {
   expect_bounds_are_tight("fp16");
 }
 
-// Planted bug: the kernels drawing another dropout stream than the reference (a mask off by one site)
+// Planted bug: the kernels drawing another dropout site than the reference (a mask off by one site)
 // must fail the bounds, so the comparisons above do see the mask.
-TEST(CudaAttentionMma, AWrongDropoutStreamFailsTheBounds) {
+TEST(CudaAttentionMma, AWrongDropoutSiteFailsTheBounds) {
   const Case c{2, 40, 2, 1, 64, false, 0.3f, {}};
   const Inputs in = random_inputs<__nv_bfloat16>(c, 5);
-  const Results got = run_mma<__nv_bfloat16>(c, in, kStream + 1);
+  const Results got = run_mma<__nv_bfloat16>(c, in, kSite + 1);
   const Results want = run_cpu(c, in, got);
   const Bounds bd = derive_bounds(c, in, got, Prec<__nv_bfloat16>::u, 0.0);
   size_t outside = 0;
@@ -350,7 +350,7 @@ TEST(CudaAttentionMma, AWrongDropoutStreamFailsTheBounds) {
     const double tol = bd.out.pre[e] + Prec<__nv_bfloat16>::u * (std::fabs(want.out[e]) + bd.out.pre[e]);
     outside += std::fabs((double)got.out[e] - want.out[e]) > tol;
   }
-  std::printf("wrong dropout stream: %zu of %zu outputs outside the bound\n", outside, want.out.size());
+  std::printf("wrong dropout site: %zu of %zu outputs outside the bound\n", outside, want.out.size());
   EXPECT_GT(outside, want.out.size() / 2);
 }
 
@@ -381,7 +381,7 @@ void check_masks(const Case& c, uint64_t offset = 0) {
   }
   in.v = in.k;
   in.mask = key_mask(c);
-  const Results got = run_mma<T>(c, in, kStream, offset);
+  const Results got = run_mma<T>(c, in, kSite, offset);
   size_t checked = 0;
   for (int b = 0; b < c.B; ++b) {
     for (int h = 0; h < c.H; ++h) {
@@ -392,7 +392,7 @@ void check_masks(const Case& c, uint64_t offset = 0) {
         for (int j = 0; j < c.T; ++j) {
           if (!in.mask[(size_t)b * c.T + j] || (c.causal && j > i)) continue;
           const bool kept =
-              l2v::dropout_keep_attention(kSeed, kStream, (uint32_t)offset + bh, (uint32_t)i, (uint32_t)j, c.p);
+              l2v::dropout_keep_attention(kSeed, kSite, (uint32_t)offset + bh, (uint32_t)i, (uint32_t)j, c.p);
           state[j] = kept ? 1 : 2;
           (kept ? any_kept : any_dropped) = true;
         }
@@ -466,7 +466,7 @@ void print_bank_conflicts() {
   Dev<float> lse((size_t)c.B * c.H * c.T), scratch(N * c.H);
   l2v::cuda::AttentionParams<bf16> p = ad::make_backward_params("test", dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr,
                                                                 lse.ptr, q.ptr, k.ptr, v.ptr, nullptr, c.B, c.T, c.H,
-                                                                c.KV, D, c.causal, 0.0f, kSeed, kStream, scratch.ptr);
+                                                                c.KV, D, c.causal, 0.0f, kSeed, kSite, scratch.ptr);
   md::run_attention_mma_fwd<D>(p, nullptr);
   const emu::LaunchStats fwd = emu::last_launch_stats();
   ad::run_attention_bwd_dot<D>(p, nullptr);

@@ -262,5 +262,19 @@ TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
   EXPECT_EQ(0u, wrong);
 }
 
+// The MFU of the progress line divides by these: the datasheet peaks, the PCIe H100 told apart from the
+// SXM one (whose name it contains), unknown GPUs (the emulator's device among them) without a figure.
+TEST(CudaBackendPeak, DeviceNamesMapToTheirDatasheetPeaks) {
+  EXPECT_EQ(989e12, gpu_peak_flops("NVIDIA H100 80GB HBM3", true));
+  EXPECT_EQ(67e12, gpu_peak_flops("NVIDIA H100 80GB HBM3", false));
+  EXPECT_EQ(756e12, gpu_peak_flops("NVIDIA H100 PCIe", true));
+  EXPECT_EQ(989e12, gpu_peak_flops("NVIDIA H200", true));
+  EXPECT_EQ(19.5e12, gpu_peak_flops("NVIDIA A100-SXM4-80GB", false));
+  EXPECT_EQ(0.0, gpu_peak_flops("NVIDIA GeForce GTX 1080", true));
+#if defined(L2V_EMULATE)
+  EXPECT_EQ(0.0, make_cuda_backend(CudaPrecision::kBf16)->peak_flops()) << "the emulator is no listed GPU";
+#endif
+}
+
 }  // namespace
 }  // namespace l2v

@@ -173,7 +173,7 @@ TYPED_TEST(Gemm, LoraForward) {
   using T = TypeParam;
   // An offset that is not a multiple of 4 (the kernel's per-element path; DropoutKey in host/philox.h).
   const l2v::DropoutKey seed{0x5EEDull, 4097};
-  const uint32_t rng_stream = 77;
+  const uint32_t site = 77;
   for (const LoraShape s : kLoraShapes) {
     for (float p : {0.0f, 0.3f}) {
       const float scale = 16.0f / s.R;
@@ -182,17 +182,17 @@ TYPED_TEST(Gemm, LoraForward) {
       const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
       const auto out0 = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
       std::vector<float> ref = out0, xa_ref((size_t)s.N * s.R), scratch_ref((size_t)s.N * s.IC);
-      cpu::lora_forward(ref.data(), xa_ref.data(), inp.data(), A.data(), B.data(), scale, p, seed, rng_stream,
+      cpu::lora_forward(ref.data(), xa_ref.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
                         scratch_ref.data(), s.N, s.IC, s.OC, s.R);
       std::vector<float> mag = absv(out0), xa_mag(xa_ref.size()), scratch_mag(scratch_ref.size());
       cpu::lora_forward(mag.data(), xa_mag.data(), absv(inp).data(), absv(A).data(), absv(B).data(), scale, p, seed,
-                        rng_stream, scratch_mag.data(), s.N, s.IC, s.OC, s.R);
+                        site, scratch_mag.data(), s.N, s.IC, s.OC, s.R);
 
       Dev<T> d_inp(inp), d_out(out0), d_xa(xa_ref.size()), d_scratch(scratch_ref.size());
       Dev<float> d_A(A), d_B(B);
       Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
       lc::lora_forward_cuda<T>(this->handle_, d_out.ptr, d_xa.ptr, d_inp.ptr, d_A.ptr, d_B.ptr, scale, p, seed,
-                               rng_stream, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N, s.IC, s.OC, s.R);
+                               site, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N, s.IC, s.OC, s.R);
       this->sync();
       const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +
                                 std::to_string(s.OC) + " R " + std::to_string(s.R) + " p " + std::to_string(p);
@@ -214,7 +214,7 @@ TYPED_TEST(Gemm, LoraBackward) {
   using T = TypeParam;
   // An offset that is a multiple of 4 (the kernel's one-Philox-per-thread path).
   const l2v::DropoutKey seed{0xD20Full, 1 << 20};
-  const uint32_t rng_stream = 3;
+  const uint32_t site = 3;
   for (const LoraShape s : kLoraShapes) {
     for (float p : {0.0f, 0.3f}) {
       const float scale = 16.0f / s.R;
@@ -224,7 +224,7 @@ TYPED_TEST(Gemm, LoraBackward) {
       const auto dout = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
       // xa as the forward saved it (in T).
       std::vector<float> out_unused((size_t)s.N * s.OC), xa((size_t)s.N * s.R), scratch((size_t)s.N * s.IC);
-      cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, rng_stream,
+      cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
                         scratch.data(), s.N, s.IC, s.OC, s.R);
       xa = rounded<T>(xa);
       const auto dinp0 = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
@@ -232,17 +232,17 @@ TYPED_TEST(Gemm, LoraBackward) {
 
       std::vector<float> dinp = dinp0, dA = dA0, dB = dB0;
       cpu::lora_backward(dinp.data(), dA.data(), dB.data(), dout.data(), inp.data(), xa.data(), A.data(), B.data(),
-                         scale, p, seed, rng_stream, scratch.data(), s.N, s.IC, s.OC, s.R);
+                         scale, p, seed, site, scratch.data(), s.N, s.IC, s.OC, s.R);
       std::vector<float> dinp_mag = absv(dinp0), dA_mag = absv(dA0), dB_mag = absv(dB0), scratch_mag(scratch.size());
       cpu::lora_backward(dinp_mag.data(), dA_mag.data(), dB_mag.data(), absv(dout).data(), absv(inp).data(),
-                         absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, rng_stream,
+                         absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, site,
                          scratch_mag.data(), s.N, s.IC, s.OC, s.R);
 
       Dev<T> d_inp(inp), d_dout(dout), d_xa(xa), d_dinp(dinp0), d_scratch(scratch.size());
       Dev<float> d_A(A), d_B(B), d_dA(dA0), d_dB(dB0);
       Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
       lc::lora_backward_cuda<T>(this->handle_, d_dinp.ptr, d_dA.ptr, d_dB.ptr, d_dout.ptr, d_inp.ptr, d_xa.ptr, d_A.ptr,
-                                d_B.ptr, scale, p, seed, rng_stream, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N,
+                                d_B.ptr, scale, p, seed, site, p > 0 ? d_scratch.ptr : nullptr, ws.ptr, s.N,
                                 s.IC, s.OC, s.R);
       this->sync();
       const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +

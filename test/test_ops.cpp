@@ -332,11 +332,11 @@ bool visible(const int* mask, int b, int T, int i, int j, bool causal) {
 }
 
 // softmax(q k^T / sqrt(D) + mask) v per (b, h), in double, with the dropout mask of the contract
-// (dropout_keep_attention(seed, stream, b*H + h, i, j, p), kept probabilities scaled by 1/(1-p)).
+// (dropout_keep_attention(seed, site, b*H + h, i, j, p), kept probabilities scaled by 1/(1-p)).
 // lse is the log-sum-exp of the scaled visible scores (before dropout); -inf and out = 0 with no visible key.
 void attention_ref(std::vector<double>& out, std::vector<double>& lse, const std::vector<float>& q,
                    const std::vector<float>& k, const std::vector<float>& v, const int* mask, int B, int T, int H,
-                   int KV, int D, bool causal, float p, uint64_t seed, uint32_t stream) {
+                   int KV, int D, bool causal, float p, uint64_t seed, uint32_t site) {
   out.assign((size_t)B * T * H * D, 0.0);
   lse.assign((size_t)B * H * T, -INFINITY);
   const int G = H / KV;
@@ -364,7 +364,7 @@ void attention_ref(std::vector<double>& out, std::vector<double>& lse, const std
           if (!visible(mask, b, T, i, j, causal)) continue;
           double pj = std::exp(s[j] - l);
           if (p > 0)
-            pj = l2v::dropout_keep_attention(seed, stream, (uint32_t)(b * H + h), (uint32_t)i, (uint32_t)j, p)
+            pj = l2v::dropout_keep_attention(seed, site, (uint32_t)(b * H + h), (uint32_t)i, (uint32_t)j, p)
                      ? pj / (1.0 - p)
                      : 0.0;
           const float* vj = &v[((size_t)(b * T + j) * KV + h / G) * D];
@@ -391,7 +391,7 @@ AttnData make_attn(const AttnCfg& c, unsigned seed) {
 }
 
 constexpr uint64_t kSeed = 0x5eed1234abcdull;
-constexpr uint32_t kStream = 17;
+constexpr uint32_t kSite = 17;
 
 const AttnCfg kAttnCfgs[] = {
     {"causal_mha_d8_t5", 2, 5, 2, 2, 8, true, 0, 0.0f, 0},
@@ -417,9 +417,9 @@ TEST_P(AttentionP, ForwardMatchesNaiveSoftmaxReference) {
   const size_t N = (size_t)c.B * c.T;
   std::vector<float> out(N * c.H * c.D, 777.f), lse((size_t)c.B * c.H * c.T, 777.f);
   cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                         c.D, c.causal, c.p, kSeed, kStream);
+                         c.D, c.causal, c.p, kSeed, kSite);
   std::vector<double> ro, rl;
-  attention_ref(ro, rl, a.q, a.k, a.v, a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kStream);
+  attention_ref(ro, rl, a.q, a.k, a.v, a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
   EXPECT_TRUE(AllClose(out.data(), ro.data(), out.size(), 2e-5, 2e-5)) << "out";
   // lse: -inf exactly where no key is visible, else the log-sum-exp of the scaled scores.
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -433,7 +433,7 @@ TEST_P(AttentionP, ForwardMatchesNaiveSoftmaxReference) {
 }
 
 // dq, dk, dv against central differences of sum(out * R). With p = 0.3 the mask is a fixed function of
-// (seed, stream, b*H+h, i, j), so the output is a smooth deterministic function of q, k, v and finite
+// (seed, site, b*H+h, i, j), so the output is a smooth deterministic function of q, k, v and finite
 // differences apply; agreement then also proves that the backward regenerates the SAME dropout mask as the
 // forward (a different mask would give a gradient of a different function, O(1) off).
 TEST_P(AttentionP, BackwardMatchesFiniteDifferences) {
@@ -445,14 +445,14 @@ TEST_P(AttentionP, BackwardMatchesFiniteDifferences) {
   std::vector<float> out(N * c.H * c.D), lse((size_t)c.B * c.H * c.T);
   auto loss = [&] {
     cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                           c.D, c.causal, c.p, kSeed, kStream);
+                           c.D, c.causal, c.p, kSeed, kSite);
     return dot(out.data(), R.data(), out.size());
   };
   loss();
   // Outputs are overwritten: pre-fill with a sentinel.
   std::vector<float> dq(a.q.size(), 777.f), dk(a.k.size(), 777.f), dv(a.v.size(), 777.f);
   cpu::attention_backward(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), a.q.data(),
-                          a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kStream);
+                          a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
   EXPECT_TRUE(GradOk(grad_check(a.q.data(), a.q.size(), dq.data(), loss, kHAttn, kFdTol, kFdTol, c.max_checks, 1)))
       << "dq";
   EXPECT_TRUE(GradOk(grad_check(a.k.data(), a.k.size(), dk.data(), loss, kHAttn, kFdTol, kFdTol, c.max_checks, 2)))
@@ -465,11 +465,11 @@ INSTANTIATE_TEST_SUITE_P(Configs, AttentionP, ::testing::ValuesIn(kAttnCfgs),
                          [](const ::testing::TestParamInfo<AttnCfg>& info) { return std::string(info.param.name); });
 
 void run_attn(const AttnCfg& c, const AttnData& a, std::vector<float>& out, std::vector<float>& lse,
-              uint64_t seed = kSeed, uint32_t stream = kStream) {
+              uint64_t seed = kSeed, uint32_t site = kSite) {
   out.assign((size_t)c.B * c.T * c.H * c.D, 777.f);
   lse.assign((size_t)c.B * c.H * c.T, 777.f);
   cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                         c.D, c.causal, c.p, seed, stream);
+                         c.D, c.causal, c.p, seed, site);
 }
 
 // Causal: changing q, k, v of tokens j > i leaves the outputs (and lse) of positions <= i bit-identical.
@@ -558,7 +558,7 @@ TEST(Attention, QueryWithoutVisibleKeyGivesZero) {
     auto R = randn(out.size(), rng);
     std::vector<float> dq(a.q.size(), 777.f), dk(a.k.size(), 777.f), dv(a.v.size(), 777.f);
     cpu::attention_backward(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), a.q.data(),
-                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kStream);
+                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
     int empty_rows = 0;
     for (int b = 0; b < c.B; ++b)
       for (int i = 0; i < c.T; ++i) {
@@ -582,8 +582,8 @@ TEST(Attention, QueryWithoutVisibleKeyGivesZero) {
   }
 }
 
-// Same seed and stream: bit-identical forward and backward. Another seed or stream: another mask.
-// p = 0: the seed and stream are irrelevant (bit-identical results), and the forward tests above compare
+// Same seed and site: bit-identical forward and backward. Another seed or site: another mask.
+// p = 0: the seed and site are irrelevant (bit-identical results), and the forward tests above compare
 // p = 0 with the dropout-free reference.
 TEST(AttentionDropout, DeterministicPerSeedAndStream) {
   const AttnCfg c{"", 2, 7, 4, 2, 8, true, 1, 0.3f, 0};
@@ -601,14 +601,14 @@ TEST(AttentionDropout, DeterministicPerSeedAndStream) {
     g[1].assign(a.k.size(), 0.f);
     g[2].assign(a.v.size(), 0.f);
     cpu::attention_backward(g[0].data(), g[1].data(), g[2].data(), R.data(), o1.data(), l1.data(), a.q.data(),
-                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kStream);
+                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
   }
   for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(g1[i].data(), g2[i].data(), g1[i].size() * sizeof(float)));
 
-  run_attn(c, a, o2, l2, kSeed + 1, kStream);
+  run_attn(c, a, o2, l2, kSeed + 1, kSite);
   EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "seed ignored";
-  run_attn(c, a, o2, l2, kSeed, kStream + 1);
-  EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "stream ignored";
+  run_attn(c, a, o2, l2, kSeed, kSite + 1);
+  EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "site ignored";
 
   AttnCfg c0 = c;
   c0.p = 0.0f;
@@ -634,7 +634,7 @@ TEST(AttentionDropout, MaskIsThePhiloxAttentionMaskAndRateIsP) {
         for (int g = 0; g < KV; ++g) v[(n * KV + g) * D + n % T] = 1.0f;
       std::vector<float> out(N * H * D), lse((size_t)B * H * T);
       cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), nullptr, B, T, H, KV, D, causal, p,
-                             kSeed, kStream);
+                             kSeed, kSite);
       long total = 0, dropped = 0, mismatched = 0;
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
@@ -648,7 +648,7 @@ TEST(AttentionDropout, MaskIsThePhiloxAttentionMaskAndRateIsP) {
                 continue;
               }
               const bool keep =
-                  l2v::dropout_keep_attention(kSeed, kStream, (uint32_t)(b * H + h), (uint32_t)i, (uint32_t)j, p);
+                  l2v::dropout_keep_attention(kSeed, kSite, (uint32_t)(b * H + h), (uint32_t)i, (uint32_t)j, p);
               ++total;
               dropped += !keep;
               const bool ok = keep ? std::fabs(o - kept_val) <= 1e-5 * kept_val : o == 0.0f;
@@ -819,7 +819,7 @@ TEST(Lora, ForwardEqualsMergedWeightDifference) {
   std::mt19937 rng(1001);
   auto Z = randn((size_t)d.N * d.OC, rng);
   std::vector<float> out = Z, xa((size_t)d.N * d.R, 777.f);
-  cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kStream, nullptr,
+  cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite, nullptr,
                     d.N, d.IC, d.OC, d.R);
   auto ba = lora_ba(d);
   std::vector<double> want((size_t)d.N * d.OC), tol(want.size()), xa_ref((size_t)d.N * d.R), xa_tol(xa_ref.size());
@@ -878,7 +878,7 @@ TEST(Lora, MergeUnmergeAndMergedMatmul) {
   std::vector<float> merged_out((size_t)d.N * d.OC), split_out((size_t)d.N * d.OC), xa((size_t)d.N * d.R);
   cpu::matmul_forward(merged_out.data(), d.x.data(), W1.data(), bias.data(), d.N, d.IC, d.OC);
   cpu::matmul_forward(split_out.data(), d.x.data(), d.W.data(), bias.data(), d.N, d.IC, d.OC);
-  cpu::lora_forward(split_out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kStream,
+  cpu::lora_forward(split_out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite,
                     nullptr, d.N, d.IC, d.OC, d.R);
   std::vector<double> so(split_out.begin(), split_out.end()), stol(so.size());
   for (int n = 0; n < d.N; ++n)
@@ -896,7 +896,7 @@ TEST(Lora, MergeUnmergeAndMergedMatmul) {
 }
 
 // dinp, dA, dB against finite differences of the LoRA branch sum(lora(x) * R), without and with input dropout
-// (with p > 0 the mask is fixed by (seed, stream, n*IC + c), so the branch is a deterministic bilinear function
+// (with p > 0 the mask is fixed by (seed, site, n*IC + c), so the branch is a deterministic bilinear function
 // and agreement proves the backward applies the forward's mask). All three are pre-filled with P and must be
 // accumulated into; a second backward call adds the same gradient again.
 TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
@@ -909,14 +909,14 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
     float* scr = p > 0 ? scratch.data() : nullptr;
     auto loss = [&] {
       std::fill(out.begin(), out.end(), 0.0f);
-      cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kStream, scr,
+      cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kSite, scr,
                         d.N, d.IC, d.OC, d.R);
       return dot(out.data(), R.data(), out.size());
     };
     loss();
     std::vector<float> dinp = P1, dA = P2, dB = P3;
     cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.x.data(), xa.data(), d.A.data(), d.B.data(),
-                       d.scale, p, kSeed, kStream, scr, d.N, d.IC, d.OC, d.R);
+                       d.scale, p, kSeed, kSite, scr, d.N, d.IC, d.OC, d.R);
     auto minus = [](const std::vector<float>& a, const std::vector<float>& b) {
       std::vector<float> r(a.size());
       for (size_t i = 0; i < a.size(); ++i) r[i] = (float)((double)a[i] - b[i]);
@@ -930,7 +930,7 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
     // Second micro-batch with the same data: P + 2 g (each sum rounds once more: 4 u of the magnitudes).
     loss();
     cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.x.data(), xa.data(), d.A.data(), d.B.data(),
-                       d.scale, p, kSeed, kStream, scr, d.N, d.IC, d.OC, d.R);
+                       d.scale, p, kSeed, kSite, scr, d.N, d.IC, d.OC, d.R);
     auto twice = [](const std::vector<float>& P, const std::vector<float>& g, std::vector<double>& want,
                     std::vector<double>& tol) {
       want.resize(P.size());
@@ -951,8 +951,8 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
 }
 
 // Input dropout read through xa: with x = 1 and A = I (R = IC), xa[n, c] = keep(n*IC + c) / (1-p). Every element
-// must match dropout_keep_elementwise(seed, stream, n*IC + c, p), and the drop rate over 8192 elements is within
-// 5 binomial sigma of p. Same seed/stream: bit-identical; other seed: different; p = 0: seed-independent.
+// must match dropout_keep_elementwise(seed, site, n*IC + c, p), and the drop rate over 8192 elements is within
+// 5 binomial sigma of p. Same seed/site: bit-identical; other seed: different; p = 0: seed-independent.
 TEST(LoraDropout, MaskRateAndDeterminism) {
   const int N = 512, IC = 16, R = 16, OC = 3;
   const float p = 0.3f;
@@ -960,20 +960,20 @@ TEST(LoraDropout, MaskRateAndDeterminism) {
   for (int r = 0; r < R; ++r) A[(size_t)r * IC + r] = 1.0f;
   std::mt19937 rng(1300);
   auto B = randn((size_t)OC * R, rng);
-  auto run = [&](float pp, uint64_t seed, uint32_t stream, std::vector<float>& out, std::vector<float>& xa) {
+  auto run = [&](float pp, uint64_t seed, uint32_t site, std::vector<float>& out, std::vector<float>& xa) {
     std::vector<float> scratch(x.size());
     out.assign((size_t)N * OC, 0.0f);
     xa.assign((size_t)N * R, 777.f);
-    cpu::lora_forward(out.data(), xa.data(), x.data(), A.data(), B.data(), 1.0f, pp, seed, stream,
+    cpu::lora_forward(out.data(), xa.data(), x.data(), A.data(), B.data(), 1.0f, pp, seed, site,
                       pp > 0 ? scratch.data() : nullptr, N, IC, OC, R);
   };
   std::vector<float> o1, xa1, o2, xa2;
-  run(p, kSeed, kStream, o1, xa1);
+  run(p, kSeed, kSite, o1, xa1);
   long dropped = 0, mismatched = 0;
   const double kept_val = 1.0 / (1.0 - p);
   for (int n = 0; n < N; ++n)
     for (int c = 0; c < IC; ++c) {
-      const bool keep = l2v::dropout_keep_elementwise(kSeed, kStream, (uint64_t)n * IC + c, p);
+      const bool keep = l2v::dropout_keep_elementwise(kSeed, kSite, (uint64_t)n * IC + c, p);
       dropped += !keep;
       const float v = xa1[(size_t)n * R + c];
       const bool ok = keep ? std::fabs(v - kept_val) <= 1e-6 * kept_val : v == 0.0f;
@@ -984,13 +984,13 @@ TEST(LoraDropout, MaskRateAndDeterminism) {
   const double total = (double)N * IC;
   EXPECT_NEAR(dropped / total, p, 5 * std::sqrt(p * (1 - p) / total));
 
-  run(p, kSeed, kStream, o2, xa2);
+  run(p, kSeed, kSite, o2, xa2);
   EXPECT_EQ(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(xa1.data(), xa2.data(), xa1.size() * sizeof(float)));
-  run(p, kSeed + 1, kStream, o2, xa2);
+  run(p, kSeed + 1, kSite, o2, xa2);
   EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "seed ignored";
-  run(p, kSeed, kStream + 1, o2, xa2);
-  EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "stream ignored";
+  run(p, kSeed, kSite + 1, o2, xa2);
+  EXPECT_NE(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "site ignored";
   run(0.0f, 1, 0, o1, xa1);
   run(0.0f, 99, 5, o2, xa2);
   EXPECT_EQ(0, std::memcmp(o1.data(), o2.data(), o1.size() * sizeof(float))) << "p=0 depends on the seed";

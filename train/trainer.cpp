@@ -196,6 +196,7 @@ class Trainer {
   std::unique_ptr<FileLock> lock_;  // output_dir's, for the whole run
   int start_step_ = 0;
   int recompute_layers_ = 0;  // ForwardOptions::recompute_layers of every forward (train/plan.h)
+  double step_flops_ = 0;     // model FLOPs of one optimizer step (for MFU)
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
   float* d_hidden_ = nullptr;
@@ -281,9 +282,21 @@ void Trainer::load_model_and_data() {
   MemoryPlan plan;
   recompute_layers_ = choose_recompute_layers(cfg_, base_.config, !backend_.is_host_memory(),
                                               backend_.tensor_element_bytes(), &plan);
-  if (progress_ && cfg_.gpu_memory_gb > 0)
-    std::printf("memory plan: %.2f GB of %.2f GB, %d of %d layers recomputed (llm2vec plan lists the items)\n",
-                plan.total() / 1e9, cfg_.gpu_memory_gb, recompute_layers_, base_.config.num_hidden_layers);
+  // The model FLOPs of one optimizer step: the forward and backward of a whole group (chunks add no
+  // model FLOPs), times the groups of a micro-batch (supervised: queries, positives, hard negatives)
+  // and the accumulation.
+  TrainConfig whole = cfg_;
+  whole.embedding_chunk_size = 0;
+  const int groups = cfg_.stage == Stage::kSupervised ? (cfg_.hard_negatives ? 3 : 2) : 1;
+  step_flops_ = plan_memory(base_.config, plan_inputs(whole, base_.config, false, 4)).model_flops * groups *
+                cfg_.gradient_accumulation_steps;
+  if (progress_) {
+    char budget[64] = "";
+    if (cfg_.gpu_memory_gb > 0) std::snprintf(budget, sizeof budget, " of %.2f GB", cfg_.gpu_memory_gb);
+    std::printf("memory plan: %.2f GB%s, %d of %d layers recomputed; %.3g model FLOPs per step (llm2vec plan lists "
+                "the items)\n",
+                plan.total() / 1e9, budget, recompute_layers_, base_.config.num_hidden_layers, step_flops_);
+  }
   load_model(m_, base_.config, *base_.tensors, backend_);
   for (const std::string& dir : cfg_.peft_model_name_or_path) {
     load_peft_adapter(m_, dir);
@@ -794,6 +807,7 @@ TrainResult Trainer::run() {
   result.steps_done = start_step_;
   const auto t0 = std::chrono::steady_clock::now();
   double window_tokens = 0, window_start = 0;
+  int window_steps = 0;
   std::string last_checkpoint;
   int saved_step = start_step_;  // the steps the newest checkpoint holds (0: none to keep)
   for (int step = start_step_; step < cfg_.max_steps; ++step) {
@@ -863,16 +877,24 @@ TrainResult Trainer::run() {
     if (writer) log_step({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
               {"seconds", elapsed}});
     window_tokens += tokens;
+    ++window_steps;
     result.steps_done = done;
     result.last_loss = loss;
     if (progress_ && (done % cfg_.logging_steps == 0 || done == cfg_.max_steps || done == start_step_ + 1)) {
-      const double per_step = elapsed / (done - start_step_);
-      std::printf("step %*d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.0f tok/s | elapsed %s | ETA %s\n",
+      const double per_step = elapsed / (done - start_step_), window = std::max(1e-9, elapsed - window_start);
+      // Model FLOP utilisation on a GPU whose peak is known: the plan's FLOPs of this rank's steps in the
+      // window over its time.
+      char mfu[32] = "";
+      if (backend_.peak_flops() > 0)
+        std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%",
+                      100.0 * step_flops_ * window_steps / window / backend_.peak_flops());
+      std::printf("step %*d/%d | loss %.4f | lr %.3g | grad norm %.3g | %.0f tok/s%s | elapsed %s | ETA %s\n",
                   (int)std::to_string(cfg_.max_steps).size(), done, cfg_.max_steps, loss, lr, grad_norm,
-                  window_tokens / std::max(1e-9, elapsed - window_start), format_duration(elapsed).c_str(),
+                  window_tokens / window, mfu, format_duration(elapsed).c_str(),
                   format_duration(per_step * (cfg_.max_steps - done)).c_str());
       std::fflush(stdout);
       window_tokens = 0;
+      window_steps = 0;
       window_start = elapsed;
     }
     // Agreed by every rank, as at the micro-batch boundaries (one rank may have the signal already).
