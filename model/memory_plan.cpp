@@ -54,7 +54,11 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   const size_t H = c.num_attention_heads, D = c.head_dim;
   const size_t QD = H * D, KVD = (size_t)c.num_key_value_heads * D;
   const size_t B = in.rows, T = in.seq_len, N = B * T;
-  const size_t in_dims[kNumLinears] = {C, C, C, QD, C, C, F}, out_dims[kNumLinears] = {QD, KVD, KVD, C, F, F, C};
+  size_t in_dims[kNumLinears], out_dims[kNumLinears];
+  for (int id = 0; id < kNumLinears; ++id) {
+    in_dims[id] = linear_in_features(c, id);
+    out_dims[id] = linear_out_features(c, id);
+  }
   const int K = std::clamp(in.recompute_layers, 0, (int)L);
   plan.recompute_layers = K;
 

@@ -115,15 +115,27 @@ void Model::release_activations() {
   acts = Activations{};
 }
 
+int linear_in_features(const ModelConfig& c, int id) {
+  return id == kO ? c.num_attention_heads * c.head_dim : id == kDown ? c.intermediate_size : c.hidden_size;
+}
+
+int linear_out_features(const ModelConfig& c, int id) {
+  switch (id) {
+    case kQ: return c.num_attention_heads * c.head_dim;
+    case kK:
+    case kV: return c.num_key_value_heads * c.head_dim;
+    case kGate:
+    case kUp: return c.intermediate_size;
+    default: return c.hidden_size;  // o_proj, down_proj
+  }
+}
+
 void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend& backend) {
   m.config = c;
   m.backend = &backend;
-  const int C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int QD = c.num_attention_heads * c.head_dim, KVD = c.num_key_value_heads * c.head_dim;
+  const int C = c.hidden_size, V = c.vocab_size;
   m.embed = load_tensor(m, src, "model.embed_tokens.weight", {V, C});
   m.layers.assign(c.num_hidden_layers, LayerWeights{});
-  const int in_dims[kNumLinears] = {C, C, C, QD, C, C, F};
-  const int out_dims[kNumLinears] = {QD, KVD, KVD, C, F, F, C};
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = m.layers[l];
@@ -131,8 +143,8 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
     L.mlp_norm = load_tensor(m, src, p + "post_attention_layernorm.weight", {C}, false);
     for (int id = 0; id < kNumLinears; ++id) {
       Linear& lin = L.linear[id];
-      lin.in = in_dims[id];
-      lin.out = out_dims[id];
+      lin.in = linear_in_features(c, id);
+      lin.out = linear_out_features(c, id);
       const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
       lin.weight = load_tensor(m, src, name + ".weight", {lin.out, lin.in});
       bool has_bias = (id <= kV && c.qkv_bias) || (id == kO && c.o_bias);

@@ -138,6 +138,10 @@ struct Model {
   std::vector<void*> activation_memory_;
 };
 
+// In- and out-features of decoder linear `id` (q_proj .. down_proj) for config `c`.
+int linear_in_features(const ModelConfig& c, int id);
+int linear_out_features(const ModelConfig& c, int id);
+
 // The number of LayerActivations slots for L layers with the first `recompute_layers` recomputed, and
 // the slot layer `layer` uses (Activations::layers).
 int activation_slots(int L, int recompute_layers);

@@ -6,12 +6,11 @@
 // "unknown command eval" (as it did), a help request reported as an error.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
+
+#include "test/run_command.h"
 
 namespace {
 
@@ -20,14 +19,9 @@ const std::string kBin = std::getenv("L2V_BIN") ? std::getenv("L2V_BIN") : "buil
 // Runs the binary with `args` (a shell word list); returns (exit status, stdout), stderr to stdout
 // when `merge` is set, else discarded.
 std::pair<int, std::string> run(const std::string& args, bool merge) {
-  const std::string cmd = kBin + " " + args + (merge ? " 2>&1" : " 2>/dev/null");
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return {-1, "popen failed"};
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  const l2v::test::CommandResult r =
+      l2v::test::run_command(kBin + " " + args + (merge ? " 2>&1" : " 2>/dev/null"));
+  return {r.status, r.output};
 }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }

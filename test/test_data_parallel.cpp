@@ -36,11 +36,11 @@
 #include <string>
 #include <vector>
 
-#include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
 
 #include "model/safetensors.h"
+#include "test/run_command.h"
 #include "test/temp_dir.h"
 
 namespace l2v {
@@ -66,15 +66,8 @@ struct Outcome {
 // Runs a shell command (stdout and stderr together), at most `limit_s` seconds.
 Outcome run(const std::string& cmd, int limit_s = 300) {
   const auto t0 = std::chrono::steady_clock::now();
-  Outcome r;
-  FILE* p = popen(("timeout -s KILL " + std::to_string(limit_s) + " " + cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
+  const test::CommandResult c = test::run_command("timeout -s KILL " + std::to_string(limit_s) + " " + cmd + " 2>&1");
+  return {c.status, c.output, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
 }
 
 // A shell script that runs `rank0` on rank 0 and `rank1` on rank 1 (mpirun -np 2 sh <script>).

@@ -250,10 +250,16 @@ std::unique_ptr<Comm> make_comm(const std::string& backend_name) {
   return mpi;
 }
 
-int run_train(const ParsedOptions& o) {
+// train's and plan's --key value options as config overrides (names without the dashes).
+std::vector<std::pair<std::string, std::string>> config_overrides(const ParsedOptions& o) {
   std::vector<std::pair<std::string, std::string>> overrides;
   for (const auto& [name, value] : o.values)
     if (name != "--config") overrides.push_back({name.substr(2), value});
+  return overrides;
+}
+
+int run_train(const ParsedOptions& o) {
+  const std::vector<std::pair<std::string, std::string>> overrides = config_overrides(o);
   std::vector<std::string> notes;
   TrainConfig cfg;
   std::string config_error;  // under mpirun: reported once, by rank 0, below
@@ -285,16 +291,9 @@ int run_train(const ParsedOptions& o) {
 // `llm2vec plan`: the memory plan of a training configuration (train/plan.h), from the model's
 // config.json alone. The options are train's; the data and output paths are not needed.
 int run_plan(const ParsedOptions& o) {
-  std::vector<std::pair<std::string, std::string>> overrides;
-  bool has_data = false, has_out = false;
-  for (const auto& [name, value] : o.values) {
-    if (name == "--config") continue;
-    overrides.push_back({name.substr(2), value});
-    has_data |= name == "--dataset_file_path";
-    has_out |= name == "--output_dir";
-  }
-  if (!has_data) overrides.push_back({"dataset_file_path", "(not used by plan)"});
-  if (!has_out) overrides.push_back({"output_dir", "(not used by plan)"});
+  std::vector<std::pair<std::string, std::string>> overrides = config_overrides(o);
+  if (!o.has("--dataset_file_path")) overrides.push_back({"dataset_file_path", "(not used by plan)"});
+  if (!o.has("--output_dir")) overrides.push_back({"output_dir", "(not used by plan)"});
   const TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, nullptr);
   const std::string& path = cfg.model_name_or_path;
   const ModelConfig mc = std::filesystem::is_directory(path)       ? load_hf_config(path + "/config.json")

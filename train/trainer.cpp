@@ -162,6 +162,7 @@ class Trainer {
                int row0);
   void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed, b.row0); }
   void backward(const float* d_hidden, bool last_of_step);
+  std::function<void(int)> layer_callback(bool last_of_step);
   float* d_hidden_buffer(size_t elements);
   // The loss over the pooled vectors of each role ([n, C] each: queries, positives, hard negatives) —
   // gathered across ranks unless gather_negatives is false — and its gradient w.r.t. this rank's rows.
@@ -397,10 +398,15 @@ void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_m
   model_forward(m_, ids.data(), key_mask.data(), B, T, opt);
 }
 
-// The step's last backward pass tells the communicator as each layer's gradients are complete.
+// The step's last backward pass tells the communicator as each layer's gradients are complete (empty:
+// no callback).
+std::function<void(int)> Trainer::layer_callback(bool last_of_step) {
+  if (!last_of_step || comm_->world_size() == 1) return {};
+  return [this](int layer) { comm_->layer_grads_ready(m_, layer); };
+}
+
 void Trainer::backward(const float* d_hidden, bool last_of_step) {
-  if (!last_of_step || comm_->world_size() == 1) return model_backward(m_, d_hidden);
-  model_backward(m_, d_hidden, [this](int layer) { comm_->layer_grads_ready(m_, layer); });
+  model_backward(m_, d_hidden, layer_callback(last_of_step));
 }
 
 // The seed of micro-batch `micro`'s dropout: a function of the global micro-batch number only.
@@ -411,9 +417,7 @@ double Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens)
   forward(b.ids, b.key_mask, b.B, b.T, micro_seed(cfg_.seed, micro), b.row0);
   *tokens += count_tokens(b.key_mask);
   // Normalised by the global batch's labels: the ranks' parts sum to one process's loss and gradient.
-  if (!last_of_step || comm_->world_size() == 1) return mntp_loss(m_, b.labels.data(), true, b.global_labels);
-  return mntp_loss(m_, b.labels.data(), true, b.global_labels,
-                   [this](int layer) { comm_->layer_grads_ready(m_, layer); });
+  return mntp_loss(m_, b.labels.data(), true, b.global_labels, layer_callback(last_of_step));
 }
 
 double Trainer::contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local) {
