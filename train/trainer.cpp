@@ -759,6 +759,10 @@ TrainResult Trainer::run() {
   if (writer) {
     clean_output_dir(resume_dir.empty());
     write_file_atomic((out / "train_config.json").string(), cfg_.resolved.dump(2) + "\n");
+    // A kill between a checkpoint's rename and the write of `latest` left the file naming the one
+    // before: name the checkpoint this run resumes from (a run with no step left writes no other).
+    if (cfg_.resume_from_checkpoint == "latest")
+      write_file_atomic((out / "latest").string(), fs::path(resume_dir).filename().string() + "\n");
   }
 
   // The log keeps the steps up to the checkpoint being resumed (a crashed run may have logged more).
