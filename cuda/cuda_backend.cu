@@ -21,9 +21,11 @@
 #include "cuda/lm_head.cuh"
 #include "cuda/lora.cuh"
 #include "cuda/matmul.cuh"
+#include "cuda/pooling.cuh"
 #include "cuda/rmsnorm.cuh"
 #include "cuda/rope.cuh"
 #include "cuda/swiglu.cuh"
+#include "cuda/upload_arena.h"
 
 namespace l2v {
 namespace {
@@ -72,10 +74,11 @@ class CudaBackend final : public Backend {
 #endif
   }
   ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);  // queued uploads still read the arena
 #if defined(L2V_WITH_CUDNN)
     cudnn_.reset();
 #endif
-    norm_list_.reset();
+    optimizer_list_.reset();
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -92,14 +95,18 @@ class CudaBackend final : public Backend {
     return p;
   }
   void release(void* ptr) override { cudaFree(ptr); }
-  // Host buffers are pageable and may be reused right after the call: wait for the copy.
+  // Host buffers are pageable and may be reused right after the call. Small uploads go through the
+  // pinned arena and do not wait; larger ones (weights at load time) wait for their copy.
   void upload(void* dst, const void* src, size_t bytes) override {
+    if (uploads_.upload(dst, src, bytes, stream_)) return;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    synchronize();
   }
+  // A copy to pageable host memory returns once it has completed (CUDA's API synchronization behavior),
+  // and so has everything queued on the stream before it: the one wait of a download.
   void download(void* dst, const void* src, size_t bytes) override {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    uploads_.synchronized();
   }
   void copy(void* dst, const void* src, size_t bytes) override {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
@@ -117,8 +124,7 @@ class CudaBackend final : public Backend {
       for (size_t at = 0; at < n; at += cuda::kStagingFloats) {
         const size_t k = std::min(cuda::kStagingFloats, n - at);
         upload(staging, host + at, k * sizeof(float));
-        cuda::convert_cuda(t(dst) + at, staging, (long)k, stream_);
-        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        cuda::convert_cuda(t(dst) + at, staging, (long)k, stream_);  // stream order protects `staging`
       }
     }
   }
@@ -249,26 +255,12 @@ class CudaBackend final : public Backend {
     cuda::lm_head_crossentropy_cuda(cublas_, losses, t(d_hidden), t(hidden), t(lm_head), rows, targets, M, N, C, V,
                                     dloss, scratch, cuda::kLmHeadChunk);
   }
-  float global_norm(const float* const* tensors, const long* sizes, int count) override {
-    // The optimizer asks for the norm of the same gradient list every step: keep its device copy.
-    std::vector<float*> ptrs(count);
-    for (int i = 0; i < count; ++i) ptrs[i] = const_cast<float*>(tensors[i]);
-    std::vector<long> sz(sizes, sizes + count);
-    if (!norm_list_ || ptrs != norm_ptrs_ || sz != norm_sizes_) {
-      norm_list_.reset();
-      norm_list_ = std::make_unique<cuda::DeviceTensorList>(ptrs, sz);
-      norm_ptrs_ = ptrs;
-      norm_sizes_ = sz;
-    }
-    float* norm = static_cast<float*>(norm_scratch_.get(cuda::norm_scratch_bytes()));
-    double* partials = reinterpret_cast<double*>(reinterpret_cast<char*>(norm) + sizeof(double));
-    cuda::global_norm_cuda(norm, partials, *norm_list_, stream_);
-    float host = 0.0f;
-    download(&host, norm, sizeof(float));
-    return host;
+  void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T_, int C) override {
+    cuda::pool_forward_cuda(pooled, t(hidden), weights, B, T_, C, stream_);
   }
-  // Only fp32 buffers (gradients) are scaled.
-  void scale(float* x, long n, float s) override { cuda::scale_cuda(x, n, s, stream_); }
+  void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
+    cuda::pool_backward_cuda(t(d_hidden), d_pooled, weights, B, T_, C, stream_);
+  }
   void range_push(const char* name) override {
 #if !defined(L2V_EMULATE)
     nvtxRangePushA(name);
@@ -281,9 +273,13 @@ class CudaBackend final : public Backend {
     nvtxRangePop();
 #endif
   }
-  void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
-                    float beta2, float eps, float weight_decay, int step) override {
-    cuda::adamw_update_cuda(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step, stream_);
+  void adamw_step(const cpu::OptimizerTensor* tensors, int count, const cpu::AdamWStepArgs& args,
+                  float* norm) override {
+    // The optimizer passes the same list every step: its device copy is kept.
+    if (!optimizer_list_ || !optimizer_list_->matches(tensors, count))
+      optimizer_list_ = std::make_unique<cuda::DeviceOptimizerList>(tensors, count);
+    double* partials = static_cast<double*>(norm_scratch_.get(cuda::norm_scratch_bytes()));
+    cuda::adamw_step_cuda(norm, partials, *optimizer_list_, args, stream_);
   }
 
  private:
@@ -325,6 +321,12 @@ class CudaBackend final : public Backend {
     return kernels;
   }
 
+  // Waits for the stream; the upload arena is free again.
+  void synchronize() {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    uploads_.synchronized();
+  }
+
   static T* t(float* p) { return reinterpret_cast<T*>(p); }
   static const T* t(const float* p) { return reinterpret_cast<const T*>(p); }
 
@@ -334,9 +336,8 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   cuda::DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
   double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
-  std::unique_ptr<cuda::DeviceTensorList> norm_list_;
-  std::vector<float*> norm_ptrs_;
-  std::vector<long> norm_sizes_;
+  std::unique_ptr<cuda::DeviceOptimizerList> optimizer_list_;
+  cuda::UploadArena uploads_;
 #if defined(L2V_WITH_CUDNN)
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // with --attention_impl cudnn
 #endif

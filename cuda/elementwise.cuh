@@ -1,6 +1,6 @@
-// Element-wise kernels over activations: the residual add, fp32 <-> bf16 conversions and scaling by a
-// constant; and the small device helpers every row / element-wise kernel header (embedding, rmsnorm,
-// rope, swiglu, adamw) shares: storage-type conversions, 128-bit packs and warp / block sums.
+// Element-wise kernels over activations: the residual add and fp32 <-> bf16 conversions; and the small
+// device helpers every row / element-wise kernel header (embedding, rmsnorm, rope, swiglu, adamw) shares:
+// storage-type conversions, 128-bit packs and warp / block sums.
 //
 // Storage types: activations are T = float or __nv_bfloat16 in memory; every kernel computes in fp32
 // and rounds once when it stores (round to nearest even, as torch's .to(torch.bfloat16)).
@@ -143,23 +143,6 @@ __global__ void __launch_bounds__(ew::kBlock) convert_kernel(Dst* out, const Src
   }
 }
 
-// x *= s in place.
-template <int V, typename T>
-__global__ void __launch_bounds__(ew::kBlock) scale_kernel(T* x, long n, float s) {
-  const long groups = (n + V - 1) / V;
-  for (long g = blockIdx.x * (long)blockDim.x + threadIdx.x; g < groups; g += (long)gridDim.x * blockDim.x) {
-    const long i = g * V;
-    if (i + V <= n) {
-      float v[V];
-      ew::load_floats<V>(v, x + i);
-      for (int k = 0; k < V; ++k) v[k] *= s;
-      ew::store_floats<V>(x + i, v);
-    } else {
-      for (long j = i; j < n; ++j) x[j] = ew::from_float<T>(ew::to_float(x[j]) * s);
-    }
-  }
-}
-
 // ---- Launchers (T = float or __nv_bfloat16).
 
 // out = a + b over n values (cpu::residual_forward). out may alias a or b: each element is read and
@@ -191,19 +174,6 @@ void convert_cuda(Dst* out, const Src* in, long n, cudaStream_t stream) {
                 stream, out, in, n);
   } else {
     l2v::launch("convert", convert_kernel<1, Dst, Src>, dim3(ew::grid_for(n)), dim3(ew::kBlock), 0, stream, out, in, n);
-  }
-}
-
-// x *= s over n values, in place (in fp32, then rounded to T), as cpu::scale.
-template <typename T>
-void scale_cuda(T* x, long n, float s, cudaStream_t stream) {
-  ew::require(n >= 0, "scale_cuda", "n must be non-negative");
-  if (n == 0) return;
-  constexpr int V = ew::kVec<T>;
-  if (ew::aligned16(x)) {
-    l2v::launch("scale", scale_kernel<V, T>, dim3(ew::grid_for((n + V - 1) / V)), dim3(ew::kBlock), 0, stream, x, n, s);
-  } else {
-    l2v::launch("scale", scale_kernel<1, T>, dim3(ew::grid_for(n)), dim3(ew::kBlock), 0, stream, x, n, s);
   }
 }
 

@@ -11,6 +11,7 @@
 #include "cuda/lm_head.cuh"
 #include "cuda/lora.cuh"
 #include "cuda/matmul.cuh"
+#include "cuda/pooling.cuh"
 #include "cuda/rmsnorm.cuh"
 #include "cuda/rope.cuh"
 #include "cuda/swiglu.cuh"
@@ -32,7 +33,8 @@ template void rope_backward_cuda<bf16>(bf16*, const bf16*, const float*, const f
 template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
 template void swiglu_backward_cuda<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, long, cudaStream_t);
 template void residual_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
-template void scale_cuda<bf16>(bf16*, long, float, cudaStream_t);
+template void pool_forward_cuda<bf16>(float*, const bf16*, const float*, int, int, int, cudaStream_t);
+template void pool_backward_cuda<bf16>(bf16*, const float*, const float*, int, int, int, cudaStream_t);
 template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);
 template void convert_cuda<float, bf16>(float*, const bf16*, long, cudaStream_t);
 template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, const int*, int, int,

@@ -34,9 +34,11 @@ constexpr int kLmHeadChunk = 1024;
 // The attention backward (cuda/attention.cuh): one fp32 D_i per query row.
 inline size_t attention_backward_scratch_bytes(int B, int T, int H) { return sizeof(float) * (size_t)B * T * H; }
 
-// The global norm's result and per-block partials (cuda/adamw.cuh).
+// The optimizer step's per-block partials of the global norm, and its list of tensors in device memory
+// (cuda/adamw.cuh; the list's entries are cpu::OptimizerTensor: four pointers and a long).
 constexpr int kNormMaxBlocks = 1024;
-inline size_t norm_scratch_bytes() { return sizeof(float) + sizeof(double) * kNormMaxBlocks; }
+inline size_t norm_scratch_bytes() { return sizeof(double) * kNormMaxBlocks; }
+inline size_t optimizer_list_bytes(size_t tensors) { return tensors * (4 * sizeof(float*) + sizeof(long)); }
 
 // fp32 <-> 16-bit conversions of uploads and downloads go through a staging buffer of at most this many
 // floats, in pieces (64 MiB: loading an embedding table of 128k x 4096 does not keep 2 GiB of staging).

@@ -128,15 +128,17 @@ class CpuBackend final : public Backend {
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
     cpu::lm_head_crossentropy(losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss);
   }
-  float global_norm(const float* const* tensors, const long* sizes, int count) override {
-    return cpu::global_norm(tensors, sizes, count);
+  void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) override {
+    cpu::pool_forward(pooled, hidden, weights, B, T, C);
   }
-  void scale(float* x, long n, float s) override { cpu::scale(x, n, s); }
+  void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
+    cpu::pool_backward(d_hidden, d_pooled, weights, B, T, C);
+  }
   void range_push(const char*) override {}
   void range_pop() override {}
-  void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
-                    float beta2, float eps, float weight_decay, int step) override {
-    cpu::adamw_update(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+  void adamw_step(const cpu::OptimizerTensor* tensors, int count, const cpu::AdamWStepArgs& args,
+                  float* norm) override {
+    *norm = cpu::adamw_step(tensors, count, args);
   }
  private:
   mutable std::mutex mutex_;

@@ -483,6 +483,33 @@ void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, c
   for (int k = 0; k < M; ++k) std::copy(x.data() + (long)k * C, x.data() + (long)(k + 1) * C, d_hidden + (long)rows[k] * C);
 }
 
+void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) {
+  require(B >= 0 && T > 0 && C > 0, "pool_forward", "B must be >= 0, T and C > 0");
+#pragma omp parallel for
+  for (int b = 0; b < B; ++b) {
+    std::vector<double> acc(C, 0.0);
+    for (int t = 0; t < T; ++t) {
+      const long row = (long)b * T + t;
+      const float w = weights[row];
+      if (w == 0.0f) continue;
+      const float* h = hidden + row * C;
+      for (int c = 0; c < C; ++c) acc[c] += (double)w * h[c];
+    }
+    for (int c = 0; c < C; ++c) pooled[(long)b * C + c] = (float)acc[c];
+  }
+}
+
+void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) {
+  require(B >= 0 && T > 0 && C > 0, "pool_backward", "B must be >= 0, T and C > 0");
+#pragma omp parallel for
+  for (long row = 0; row < (long)B * T; ++row) {
+    const float w = weights[row];
+    const float* g = d_pooled + (row / T) * C;
+    float* out = d_hidden + row * C;
+    for (int c = 0; c < C; ++c) out[c] = w == 0.0f ? 0.0f : w * g[c];
+  }
+}
+
 // Mirrors torch.optim.AdamW's single-tensor path operation by operation. The hyper-parameters are Python
 // floats (doubles) in torch: scalar expressions are evaluated in double and rounded to fp32 where torch
 // hands them to an fp32 kernel.
@@ -513,20 +540,46 @@ void adamw_update(float* param, const float* grad, float* m, float* v, long n, f
   }
 }
 
-float global_norm(const float* const* tensors, const long* sizes, int count) {
+float adamw_step(const OptimizerTensor* tensors, int count, const AdamWStepArgs& args) {
+  require(count >= 0, "adamw_step", "negative tensor count");
+  // Sum of squares of the scaled gradients: pieces of kPiece values, each summed in index order, then
+  // the pieces in order (the same tree for every thread count).
+  constexpr long kPiece = 4096;
   double sum = 0.0;
+  std::vector<double> pieces;
   for (int t = 0; t < count; ++t) {
-    double part = 0.0;
-#pragma omp parallel for reduction(+ : part)
-    for (long i = 0; i < sizes[t]; ++i) part += (double)tensors[t][i] * tensors[t][i];
-    sum += part;
-  }
-  return (float)std::sqrt(sum);
-}
-
-void scale(float* x, long n, float s) {
+    const OptimizerTensor& x = tensors[t];
+    require(x.n >= 0, "adamw_step", "negative tensor size");
+    const long np = (x.n + kPiece - 1) / kPiece;
+    pieces.assign(np, 0.0);
 #pragma omp parallel for
-  for (long i = 0; i < n; ++i) x[i] *= s;
+    for (long p = 0; p < np; ++p) {
+      double part = 0.0;
+      for (long i = p * kPiece; i < std::min(x.n, (p + 1) * kPiece); ++i) {
+        const float g = x.grad[i] * args.grad_scale;
+        part += (double)g * g;
+      }
+      pieces[p] = part;
+    }
+    for (double part : pieces) sum += part;
+  }
+  const float norm = (float)std::sqrt(sum);
+  if (!std::isfinite(norm)) return norm;
+  // torch.nn.utils.clip_grad_norm_: `max_norm / (total_norm + 1e-6)` on a tensor is evaluated as
+  // reciprocal(total_norm + 1e-6) * max_norm in fp32, and clamp(max=1) makes coefficients >= 1 a no-op.
+  const float coef = args.max_grad_norm > 0.0f ? (1.0f / (norm + 1e-6f)) * args.max_grad_norm : 1.0f;
+  const bool clip = coef < 1.0f;
+  for (int t = 0; t < count; ++t) {
+    const OptimizerTensor& x = tensors[t];
+#pragma omp parallel for
+    for (long i = 0; i < x.n; ++i) {
+      const float g = x.grad[i] * args.grad_scale;
+      x.grad[i] = clip ? g * coef : g;
+    }
+    adamw_update(x.value, x.grad, x.m, x.v, x.n, args.lr, args.beta1, args.beta2, args.eps, args.weight_decay,
+                 args.step);
+  }
+  return norm;
 }
 
 }  // namespace l2v::cpu

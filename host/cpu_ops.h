@@ -99,16 +99,48 @@ void crossentropy_softmax_backward(float* dlogits, const float* logits, const in
 void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
                           const int* targets, int M, int N, int C, int V, float dloss);
 
+// Weighted pooling of the final hidden states (model/pooling.h: every simple pooling mode is a weighted
+// sum over positions): pooled [B, C] = per-row sums over t of weights[b*T+t] * hidden[b*T+t, :],
+// accumulated in double in position order and rounded once. Positions of weight 0 are skipped, so
+// padding never enters (even when it holds NaN).
+void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C);
+// d_hidden [B*T, C] is overwritten: row b*T+t = weights[b*T+t] * d_pooled[b, :] (fp32 products), 0 where
+// the weight is 0.
+void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C);
+
 // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction), step counted from 1:
 //   p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps)
 void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1, float beta2,
                   float eps, float weight_decay, int step);
 
-// Global L2 norm of several tensors (gradient clipping), accumulated in double:
-// sqrt(sum over tensors t, elements i of tensors[t][i]^2).
-float global_norm(const float* const* tensors, const long* sizes, int count);
-// x *= s over n values (clipping scales every gradient by one factor).
-void scale(float* x, long n, float s);
+// One tensor of the optimizer's list: a trainable fp32 value, its gradient and its two AdamW moments, n
+// values each.
+struct OptimizerTensor {
+  float* value;
+  float* grad;
+  float* m;
+  float* v;
+  long n;
+};
+
+// One step's settings: AdamW's hyper-parameters and step count (from 1), the factor every gradient is
+// first multiplied by (the average over micro-batches and ranks), and the clipping threshold (<= 0: none).
+struct AdamWStepArgs {
+  float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  int step = 1;
+  float grad_scale = 1.0f;
+  float max_grad_norm = 0.0f;
+};
+
+// The optimizer step of Hugging Face's Trainer over a list of tensors viewed as one vector, in fp32:
+//   g = grad * grad_scale;  norm = ||g||_2 (squares summed in double, rounded to fp32 once);
+//   clip_grad_norm_ when max_grad_norm > 0: coef = (1 / (norm + 1e-6)) * max_grad_norm (torch's fp32
+//   reciprocal-then-multiply), and g *= coef when coef < 1;
+//   grad := g, then adamw_update with it.
+// Returns the norm (before clipping). When it is not finite (a NaN or infinite gradient) nothing is
+// written: values, moments and gradients keep their contents. The sum of squares is cut into fixed
+// pieces added in order, so the result does not depend on the thread count.
+float adamw_step(const OptimizerTensor* tensors, int count, const AdamWStepArgs& args);
 
 }  // namespace l2v::cpu

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "host/cpu_ops.h"
 #include "host/philox.h"
 
 namespace l2v {
@@ -29,7 +30,10 @@ class Backend {
   virtual void upload_tensor(float* dst, const float* host, size_t n) = 0;     // converts from fp32
   virtual void download_tensor(float* host, const float* src, size_t n) = 0;   // converts to fp32
 
-  // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error.
+  // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error. Copies are ordered
+  // with the ops: upload may return before its copy has run (the CUDA backend queues small uploads from a
+  // pinned arena without waiting), but the host buffer can be reused at once; download returns with the
+  // data, after everything queued before it has run — the only calls that make the host wait.
   virtual void* alloc(size_t bytes) = 0;
   virtual void release(void* ptr) = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
@@ -74,14 +78,18 @@ class Backend {
                                         const float* b, const float* weight, int N, int C, float eps) = 0;
   virtual void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
                                     const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
-  // Returns the global L2 norm on the host (the optimizer needs it to decide the clipping factor).
-  virtual float global_norm(const float* const* tensors, const long* sizes, int count) = 0;
-  virtual void scale(float* x, long n, float s) = 0;
   // NVTX-style ranges around layers and major ops, for profilers (nsys); nothing on the CPU.
   virtual void range_push(const char* name) = 0;
   virtual void range_pop() = 0;
-  virtual void adamw_update(float* param, const float* grad, float* m, float* v, long n, float lr, float beta1,
-                            float beta2, float eps, float weight_decay, int step) = 0;
+  // pooled and d_pooled are fp32 [B, C], weights fp32 [B*T]; hidden and d_hidden are tensors.
+  virtual void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) = 0;
+  virtual void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) = 0;
+  // cpu::adamw_step over a list of fp32 tensors in backend memory (scaling, global norm, clipping, AdamW),
+  // writing the norm to *norm (one fp32 value in backend memory) without waiting for it: the caller reads
+  // it when it needs it. The list's host array may change between calls; the CUDA backend runs the whole
+  // step in two launches.
+  virtual void adamw_step(const cpu::OptimizerTensor* tensors, int count, const cpu::AdamWStepArgs& args,
+                          float* norm) = 0;
 };
 
 }  // namespace l2v

@@ -93,6 +93,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
     for (const LatentAttentionTensor& t : latent_attention_tensors(in.latent, (int)C)) trainable.push_back(t.count);
   }
   for (size_t n : trainable) a.floats("optimizer", "AdamW moments", n, 2);
+  a.floats("optimizer", "gradient norm", 1);
 
   // ensure_activations (model.cpp), in its order.
   const size_t R = std::max(in.lora.r, 1), widest = std::max({C, F, QD});
@@ -112,6 +113,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * widest, N * widest})
     a.tensor("backward", "gradient buffers", n);
   a.floats("activations", "RoPE tables", T * D / 2, 2);
+  a.floats("activations", "pooling weights", N);
+  a.floats("activations", "pooled rows", B * C);
 
   // The trainer's gradient w.r.t. the hidden states of a contrastive group (grown with a quarter spare).
   if (!in.mntp) a.tensor("backward", "pooled-output gradient (trainer)", N * C + N * C / 4);
@@ -126,9 +129,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
                                                                (int)out_dims[id], in.lora.r));
     if (lora_ws) a.bytes("scratch", "LoRA workspace", lora_ws);
     if (in.mntp) a.bytes("scratch", "LM head (chunked logits)", cuda::lm_head_scratch_bytes(in.tensor_bytes, cuda::kLmHeadChunk, (int)C, (int)V));
-    a.bytes("scratch", "global norm", cuda::norm_scratch_bytes());
-    a.bytes("scratch", "global norm", trainable.size() * sizeof(float*));
-    a.bytes("scratch", "global norm", trainable.size() * sizeof(long));
+    a.bytes("scratch", "optimizer step", cuda::norm_scratch_bytes());
+    a.bytes("scratch", "optimizer step", cuda::optimizer_list_bytes(trainable.size()));
     if (in.tensor_bytes != sizeof(float)) {  // fp32 <-> bf16 conversions of uploads and downloads
       const size_t largest = std::max({V * C, F * C, QD * C, N * C});
       a.bytes("scratch", "conversion staging", cuda::staging_bytes(largest));

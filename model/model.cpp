@@ -10,8 +10,6 @@
 namespace l2v {
 namespace {
 
-constexpr int kIgnoreIndex = -100;
-
 // Dropout sites: every dropout op of one step draws from its own Philox counter range (its site), so no
 // two sites share random bits and each one can be regenerated independently (backward, recomputation,
 // GPU).
@@ -292,13 +290,14 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers) {
   Activations& a = m.acts;
   const size_t rows = (size_t)B * T;
   recompute_layers = std::clamp(recompute_layers, 0, m.config.num_hidden_layers);
-  if (rows <= a.capacity_rows && a.recompute_layers == recompute_layers) {
+  if (rows <= a.capacity_rows && B <= a.capacity_batch && a.recompute_layers == recompute_layers) {
     a.B = B;
     a.T = T;
     return;
   }
   m.release_activations();
   a.capacity_rows = rows;
+  a.capacity_batch = B;
   const ModelConfig& c = m.config;
   const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size;
   const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
@@ -345,6 +344,8 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers) {
   a.d_act = f(N * F);
   a.tmp = f(N * std::max({C, F, QD}));
   a.lora_scratch = f(N * std::max({C, F, QD}));
+  a.pool_weights = f32(N);
+  a.pooled = f32((size_t)B * C);
 }
 
 void ensure_rope(Model& m, int T) {
@@ -545,10 +546,12 @@ float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
   Range range(*m.backend, "mntp loss");
   m.backend->lm_head_crossentropy(a.losses, backward ? a.d_hidden : nullptr, a.final_hidden, m.lm_head, a.loss_rows,
                                   a.targets, M, N, m.config.hidden_size, V, dloss);
+  // The backward is queued before the losses are read: the one wait for the device comes after the
+  // whole micro-batch, not between its forward and its backward.
+  if (backward) model_backward(m, a.d_hidden, layer_done);
   std::vector<float> losses = download_floats(m, a.losses, M);
   double sum = 0.0;
   for (float x : losses) sum += x;
-  if (backward) model_backward(m, a.d_hidden, layer_done);
   return (float)(sum / normalizer);
 }
 

@@ -87,6 +87,7 @@ struct LayerActivations {
 struct Activations {
   int B = 0, T = 0;
   size_t capacity_rows = 0;  // B*T the buffers were allocated for
+  int capacity_batch = 0;    // and B (the pooled rows)
   int recompute_layers = 0;  // as ForwardOptions's, clamped to [0, L]
   int* ids = nullptr;        // [N]
   int* key_mask = nullptr;   // [N]
@@ -103,6 +104,8 @@ struct Activations {
   // backward scratch, shared by all layers
   float *d_resid, *d_x, *d_hidden, *d_q, *d_k, *d_v, *d_att, *d_gate, *d_up, *d_act, *tmp;
   float* lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
+  float* pool_weights = nullptr;  // [N] fp32: the pooling weights of each position (model/pooling.h)
+  float* pooled = nullptr;        // [B, C] fp32: pooled rows, or their gradient in the backward
 };
 
 struct Model {
@@ -190,6 +193,9 @@ void lm_head_forward(Model& m);
 // layer's trainable gradients are complete in the backend's order of work (data parallelism starts
 // reducing them there).
 void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done = {});
+
+// The label of a position the MNTP loss does not score (torch cross_entropy's ignore_index).
+constexpr int kIgnoreIndex = -100;
 
 // MNTP loss: the logits at position t predict labels[t+1] (Hugging Face's causal-LM shift; LLM2Vec's
 // masked next-token prediction), cross-entropy averaged over labels != -100. labels is a host [B, T]

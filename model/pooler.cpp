@@ -69,11 +69,11 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
   const int B = batch.B, T = batch.T, C = m.config.hidden_size;
   if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_forward: the last forward was another batch");
   std::vector<float> weights = pooling_weights(head.mode, batch, bos_id, eos_id);
-  std::vector<float> hidden = download_tensor(m, m.acts.final_hidden, (size_t)B * T * C);
   std::vector<float> pooled;
   std::vector<int> rows;
   LatentAttentionCache* latent_cache = cache ? &cache->latent : nullptr;
   if (head.mode == PoolingMode::kLatentAttention) {
+    const std::vector<float> hidden = download_tensor(m, m.acts.final_hidden, (size_t)B * T * C);
     // Only pooled positions matter, and the block treats every position independently: run it on those.
     for (int i = 0; i < B * T; ++i)
       if (weights[i] != 0.0f) rows.push_back(i);
@@ -89,7 +89,10 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
       for (int c = 0; c < C; ++c) out[c] += w * z[(size_t)r * C + c];
     }
   } else {
-    pooled = weighted_pool(hidden, weights, B, T, C);
+    // On the backend: only the weights go up and the B x C pooled rows come down.
+    m.backend->upload(m.acts.pool_weights, weights.data(), weights.size() * sizeof(float));
+    m.backend->pool_forward(m.acts.pooled, m.acts.final_hidden, m.acts.pool_weights, B, T, C);
+    pooled = download_floats(m, m.acts.pooled, (size_t)B * C);
   }
   if (cache) {
     cache->B = B;
@@ -104,28 +107,27 @@ void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, co
                    float* d_final_hidden) {
   const int B = cache.B, T = cache.T, C = m.config.hidden_size;
   if (d_pooled.size() != (size_t)B * C) throw std::runtime_error("pool_backward: d_pooled has the wrong size");
-  std::vector<float> d_hidden((size_t)B * T * C, 0.0f);
-  if (head.mode == PoolingMode::kLatentAttention) {
-    const int M = (int)cache.rows.size();
-    std::vector<float> dz((size_t)M * C), dx((size_t)M * C);
-    for (int r = 0; r < M; ++r) {
-      const float w = cache.weights[cache.rows[r]];
-      const float* g = &d_pooled[(size_t)(cache.rows[r] / T) * C];
-      for (int c = 0; c < C; ++c) dz[(size_t)r * C + c] = w * g[c];
-    }
-    const std::vector<float> params = download_floats(m, head.params, head.count);
-    std::vector<float> dparams = download_floats(m, head.grads, head.count);
-    latent_attention_backward(dx.data(), dparams.data(), dz.data(), cache.latent, params.data(), head.latent, C);
-    m.backend->upload(head.grads, dparams.data(), head.count * sizeof(float));
-    for (int r = 0; r < M; ++r) std::copy_n(&dx[(size_t)r * C], C, &d_hidden[(size_t)cache.rows[r] * C]);
-  } else {
-    for (int i = 0; i < B * T; ++i) {
-      const float w = cache.weights[i];
-      if (w == 0.0f) continue;
-      const float* g = &d_pooled[(size_t)(i / T) * C];
-      for (int c = 0; c < C; ++c) d_hidden[(size_t)i * C + c] = w * g[c];
-    }
+  if (head.mode != PoolingMode::kLatentAttention) {
+    if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_backward: the last forward was another batch");
+    m.backend->upload(m.acts.pool_weights, cache.weights.data(), cache.weights.size() * sizeof(float));
+    m.backend->upload(m.acts.pooled, d_pooled.data(), d_pooled.size() * sizeof(float));
+    m.backend->pool_backward(d_final_hidden, m.acts.pooled, m.acts.pool_weights, B, T, C);
+    return;
   }
+  // The latent block runs on the host (its input rows came down in pool_forward).
+  std::vector<float> d_hidden((size_t)B * T * C, 0.0f);
+  const int M = (int)cache.rows.size();
+  std::vector<float> dz((size_t)M * C), dx((size_t)M * C);
+  for (int r = 0; r < M; ++r) {
+    const float w = cache.weights[cache.rows[r]];
+    const float* g = &d_pooled[(size_t)(cache.rows[r] / T) * C];
+    for (int c = 0; c < C; ++c) dz[(size_t)r * C + c] = w * g[c];
+  }
+  const std::vector<float> params = download_floats(m, head.params, head.count);
+  std::vector<float> dparams = download_floats(m, head.grads, head.count);
+  latent_attention_backward(dx.data(), dparams.data(), dz.data(), cache.latent, params.data(), head.latent, C);
+  m.backend->upload(head.grads, dparams.data(), head.count * sizeof(float));
+  for (int r = 0; r < M; ++r) std::copy_n(&dx[(size_t)r * C], C, &d_hidden[(size_t)cache.rows[r] * C]);
   m.backend->upload_tensor(d_final_hidden, d_hidden.data(), d_hidden.size());
 }
 

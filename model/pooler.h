@@ -4,8 +4,10 @@
 // backend memory and train as TrainableParams next to the LoRA tensors (full training, not LoRA), so the
 // optimizer, gradient clipping and checkpoints treat them like every other trainable tensor.
 //
-// Runs on the host in fp32: the last forward's final hidden states are downloaded, and the gradient
-// w.r.t. them is uploaded back (see model/pooling.h for why).
+// The simple modes run on the backend (Backend::pool_forward / pool_backward): the pooling weights go up
+// (B*T values), the pooled rows come down and their gradient goes up (B*C values each); the final hidden
+// states and their gradient stay in backend memory. The latent mode runs on the host in fp32: the final
+// hidden states are downloaded and the gradient w.r.t. them is uploaded back.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -77,22 +77,4 @@ std::vector<float> pooling_weights(PoolingMode mode, const EmbedBatch& batch, in
   return w;
 }
 
-std::vector<float> weighted_pool(const std::vector<float>& hidden, const std::vector<float>& weights, int B, int T,
-                                 int C) {
-  if (hidden.size() != (size_t)B * T * C || weights.size() != (size_t)B * T)
-    throw std::runtime_error("weighted_pool: hidden/weights do not match B, T, C");
-  std::vector<float> pooled((size_t)B * C, 0.0f);
-  for (int b = 0; b < B; ++b) {
-    std::vector<double> acc(C, 0.0);
-    for (int t = 0; t < T; ++t) {
-      const float wt = weights[(size_t)b * T + t];
-      if (wt == 0.0f) continue;
-      const float* h = &hidden[((size_t)b * T + t) * C];
-      for (int c = 0; c < C; ++c) acc[c] += (double)wt * h[c];
-    }
-    for (int c = 0; c < C; ++c) pooled[(size_t)b * C + c] = (float)acc[c];
-  }
-  return pooled;
-}
-
 }  // namespace l2v

@@ -1,7 +1,7 @@
 // How a text's embedding is read from the final hidden states: llm2vec's pooling modes and NV-Embed's
-// latent-attention pooling. Everything here runs on the host in fp32 on a batch's pooled rows (the
-// final hidden states are downloaded once per forward; the contrastive losses need the pooled vectors
-// on the host anyway, and B*T*C values cost far less to move than the transformer costs to run).
+// latent-attention pooling. The weights are computed here on the host from the batch's masks (B*T
+// values); the weighted sums run on the backend (Backend::pool_forward, cpu::pool_forward), see
+// model/pooler.h.
 //
 // The simple modes are a weighted sum over positions, pooled[b] = sum_t w[b,t] * hidden[b,t], so one
 // weight array describes each of them (llm2vec.LLM2Vec.get_pooling, which pads on the left):
@@ -32,9 +32,5 @@ const char* pooling_mode_name(PoolingMode mode);  // the llm2vec-style long name
 // Throws naming the row when a row has nothing to pool, or when eos_token / bos_token find another
 // token than eos_id / bos_id at the pooled position.
 std::vector<float> pooling_weights(PoolingMode mode, const EmbedBatch& batch, int bos_id, int eos_id);
-
-// pooled [B, C] = per-row weighted sums of hidden [B*T, C].
-std::vector<float> weighted_pool(const std::vector<float>& hidden, const std::vector<float>& weights, int B, int T,
-                                 int C);
 
 }  // namespace l2v

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_backend.h"
+#include "cuda/upload_arena.h"
 #include "cuda/workspace_sizes.h"
+#include "model/pooler.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
 #include "model/safetensors.h"
@@ -29,14 +31,6 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   return scale > 0 ? err / scale : err;
 }
 
-std::vector<float> all_values(Model& m) {
-  std::vector<float> out;
-  for (const TrainableParam& p : m.trainable) {
-    std::vector<float> x = download_floats(m, p.value, p.count);
-    out.insert(out.end(), x.begin(), x.end());
-  }
-  return out;
-}
 
 struct StepResult {
   std::vector<float> hidden, grads, params;
@@ -70,7 +64,7 @@ StepResult train_steps(std::unique_ptr<Backend> backend, bool causal, bool recom
     r.grads = test::all_grads(m);
     r.norm = adamw_step(m, st, cfg, 1e-2f);
   }
-  r.params = all_values(m);
+  r.params = test::all_values(m);
   for (const NamedWeight& w : model_weights(m))
     if (w.name == "lm_head.weight") r.lm_head = download_tensor(m, w.data, (size_t)w.shape[0] * w.shape[1]);
   return r;
@@ -264,6 +258,84 @@ TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
 
 // The MFU of the progress line divides by these: the datasheet peaks, the PCIe H100 told apart from the
 // SXM one (whose name it contains), unknown GPUs (the emulator's device among them) without a figure.
+#if defined(L2V_EMULATE)
+// "No host synchronisation inside a step except reading the loss": the emulator counts every call that
+// makes the host wait for the device (emu::host_waits). After a first step (which sizes the scratch
+// buffers and builds the optimizer's device list), an MNTP step — batch upload, forward, LM-head loss,
+// backward, optimizer — waits exactly twice: for the losses, once the backward is queued, and for the
+// gradient norm after the optimizer; a contrastive step (mean pooling on the device, the loss on the
+// host) waits for the pooled rows and for the norm. A sync upload, a host-side pooling or a per-tensor
+// norm read would each add waits.
+TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
+    test::TinyModel tm(/*qkv_bias=*/false, /*seed=*/3, make_cuda_backend(precision), /*hidden_size=*/32);
+    Model& m = tm.model;
+    test::add_random_lora(m, 4, 8.0f, 0.1f, 5);
+    AdamWState st = adamw_init(m);
+    const Batch b = test::padded_batch(m.config.vocab_size, 9);
+    ForwardOptions opt;
+    opt.training = true;
+    opt.attn_dropout = 0.1f;
+    auto mntp_step = [&] {
+      test::loss_and_grads(m, b, opt);
+      adamw_step(m, st, AdamWConfig{}, 1e-3f);
+    };
+    mntp_step();
+    uint64_t before = emu::host_waits();
+    mntp_step();
+    EXPECT_EQ(emu::host_waits() - before, 2u) << "MNTP step, " << m.backend->name();
+
+    PoolingHead head;  // mean pooling
+    EmbedBatch eb;
+    eb.B = b.B;
+    eb.T = b.T;
+    eb.ids = b.ids;
+    eb.key_mask = b.mask;
+    eb.embed_mask = b.mask;
+    const int C = m.config.hidden_size;
+    float* d_hidden = m.alloc_tensor((size_t)b.B * b.T * C);
+    auto contrastive_step = [&] {
+      zero_grads(m);
+      model_forward(m, eb.ids.data(), eb.key_mask.data(), eb.B, eb.T, opt);
+      PoolCache cache;
+      const std::vector<float> pooled = pool_forward(m, head, eb, 1, 2, &cache);
+      std::vector<float> d_pooled(pooled.size());
+      for (size_t i = 0; i < pooled.size(); ++i) d_pooled[i] = 0.01f * pooled[i];  // stands in for the loss
+      pool_backward(m, head, cache, d_pooled, d_hidden);
+      model_backward(m, d_hidden);
+      adamw_step(m, st, AdamWConfig{}, 1e-3f);
+    };
+    contrastive_step();
+    before = emu::host_waits();
+    contrastive_step();
+    EXPECT_EQ(emu::host_waits() - before, 2u) << "contrastive step, " << m.backend->name();
+  }
+}
+#endif
+
+// The pinned upload arena: pieces in order, each copy right; an upload that does not fit in what is left
+// waits once and starts again at the front; one larger than the whole arena is refused (the backend then
+// copies synchronously).
+TEST(CudaUploadArena, QueuesCopiesAndWaitsOnlyWhenFull) {
+  cuda::UploadArena arena(1024);
+  test::Raw<int> dev(3 * 100);
+  std::vector<int> a(100, 7), b(100, 8), c(100, 9);
+  ASSERT_TRUE(arena.upload(dev.ptr, a.data(), 400, nullptr));
+  ASSERT_TRUE(arena.upload(dev.ptr + 100, b.data(), 400, nullptr));  // at 512 (pieces are 256-aligned)
+#if defined(L2V_EMULATE)
+  const uint64_t before = emu::host_waits();
+#endif
+  ASSERT_TRUE(arena.upload(dev.ptr + 200, c.data(), 400, nullptr));  // 1024 is full: waits, then at 0
+#if defined(L2V_EMULATE)
+  EXPECT_EQ(emu::host_waits() - before, 1u);
+#endif
+  a[0] = b[0] = c[0] = -1;  // the host buffers may be reused at once
+  std::vector<int> got(300);
+  CUDA_CHECK(cudaMemcpy(got.data(), dev.ptr, got.size() * sizeof(int), cudaMemcpyDeviceToHost));
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(got[i], 7 + i / 100) << i;
+  EXPECT_FALSE(arena.upload(dev.ptr, got.data(), 1025, nullptr));
+}
+
 TEST(CudaBackendPeak, DeviceNamesMapToTheirDatasheetPeaks) {
   EXPECT_EQ(989e12, gpu_peak_flops("NVIDIA H100 80GB HBM3", true));
   EXPECT_EQ(67e12, gpu_peak_flops("NVIDIA H100 80GB HBM3", false));

@@ -1,9 +1,9 @@
 // The element-wise and row kernels (cuda/embedding.cuh, rmsnorm.cuh, rope.cuh, swiglu.cuh,
-// elementwise.cuh, adamw.cuh) run on the CUDA-on-CPU emulator and are compared with the fp32 CPU
+// elementwise.cuh, pooling.cuh, adamw.cuh) run on the CUDA-on-CPU emulator and are compared with the fp32 CPU
 // reference (host/cpu_ops.h) on random inputs of awkward shapes, for T = float and T = __nv_bfloat16.
 // The references that host/cpu_ops.h lacks are composed here: the fused residual + RMSNorm is
-// cpu::residual_forward, the rounding to T, then cpu::rmsnorm_forward; clipping is torch's
-// _clip_grads_with_norm_ in fp32 on top of cpu::global_norm.
+// cpu::residual_forward, the rounding to T, then cpu::rmsnorm_forward. The optimizer step (scaling,
+// global norm, clipping, AdamW in two launches) is compared with cpu::adamw_step.
 //
 // Tolerances are set for a real GPU, not only for the emulator (whose fp32 arithmetic is the CPU's):
 // nvcc contracts a*b+c into FMAs, expf is within 2 ulps, and the row reductions add in another order,
@@ -12,7 +12,7 @@
 // is the kernel's single rounding of each stored value: bf16 tolerances add 2^-8 |ref| (bf16's unit
 // roundoff, the worst case of one rounding) to the fp32 one. That is tight on purpose: the worst errors
 // seen reach ~0.99 of it, and a second rounding on the way (e.g. x * rstd rounded before the weight
-// multiply) would exceed it. Copies, adds, conversions, scaling and AdamW are one IEEE
+// multiply) would exceed it. Copies, adds, conversions and AdamW are one IEEE
 // operation chain with the reference's order and are compared bit for bit. The worst errors seen are
 // printed at the end (|got - ref|, relative to |ref|, and as a fraction of the tolerance).
 #include <gtest/gtest.h>
@@ -32,6 +32,7 @@
 #include "cuda/adamw.cuh"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
+#include "cuda/pooling.cuh"
 #include "cuda/rmsnorm.cuh"
 #include "cuda/rope.cuh"
 #include "cuda/swiglu.cuh"
@@ -392,20 +393,56 @@ TYPED_TEST(Kernels, ResidualAddIsExactAndMayRunInPlace) {
   }
 }
 
-TYPED_TEST(Kernels, ScaleIsOneRoundedMultiply) {
+// ================================================================================================ Pooling
+
+// pool_forward / pool_backward against cpu::pool_forward / pool_backward, bit for bit (see
+// cuda/pooling.cuh: exact double products summed in the reference's order; one fp32 product, then the
+// rounding to T). The weights are those of the pooling modes: mean and weighted mean over a suffix of
+// the row (left padding), one-hot rows (EOS / last / BOS token), and an all-zero row. Padding positions
+// hold NaN, which must never reach a pooled value. C = 300 spans two blocks of channels.
+TYPED_TEST(Kernels, PoolForwardAndBackwardEqualTheReference) {
   using T = TypeParam;
-  for (const FlatShape& s : kFlatShapes) {
-    const long n = s.n;
-    const std::vector<float> x = rounded<T>(randn(n, this->rng_));
-    const float f = 0.3f;
-    std::vector<float> want = x;
-    cpu::scale(want.data(), n, f);
-    want = rounded<T>(want);
-    Dev<T> dx(x, s.offset);
-    lc::scale_cuda(dx.ptr, n, f, this->stream_);
+  struct Shape {
+    int B, T, C;
+  };
+  for (const Shape& sh : {Shape{4, 5, 37}, Shape{3, 7, 300}, Shape{1, 1, 8}}) {
+    const int B = sh.B, T_ = sh.T, C = sh.C;
+    const long N = (long)B * T_;
+    std::vector<float> weights(N, 0.0f);
+    for (int b = 0; b < B; ++b) {
+      const int first = b % T_;  // row b's padding: positions 0 .. first-1
+      const int n = T_ - first;
+      for (int t = first; t < T_; ++t) {
+        const int k = t - first + 1;
+        float& w = weights[(long)b * T_ + t];
+        switch (b % 4) {
+          case 0: w = 1.0f / (float)n; break;                            // mean
+          case 1: w = (float)(2.0 * k / ((double)n * (n + 1))); break;   // weighted mean
+          case 2: w = t == T_ - 1 ? 1.0f : 0.0f; break;                   // last / EOS token
+          case 3: w = 0.0f; break;                                        // nothing pooled
+        }
+      }
+    }
+    std::vector<float> hidden = rounded<T>(randn(N * C, this->rng_));
+    for (long i = 0; i < N; ++i)
+      if (weights[i] == 0.0f)
+        for (int c = 0; c < C; ++c) hidden[i * C + c] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> want(B * C), d_pooled = randn((long)B * C, this->rng_), want_dh(N * C);
+    cpu::pool_forward(want.data(), hidden.data(), weights.data(), B, T_, C);
+    cpu::pool_backward(want_dh.data(), d_pooled.data(), weights.data(), B, T_, C);
+    Dev<T> dh(hidden), ddh(N * C);
+    Dev<float> dw(weights), dpooled((size_t)B * C), dgrad(d_pooled);
+    lc::pool_forward_cuda(dpooled.ptr, dh.ptr, dw.ptr, B, T_, C, this->stream_);
+    lc::pool_backward_cuda(ddh.ptr, dgrad.ptr, dw.ptr, B, T_, C, this->stream_);
     this->sync();
-    EXPECT_TRUE(Identical(this->family("scale"), dx.get(), want)) << "n=" << n;
+    const std::string at = "B=" + std::to_string(B) + " T=" + std::to_string(T_) + " C=" + std::to_string(C);
+    EXPECT_TRUE(Identical(this->family("pool_forward"), dpooled.get(), want)) << at;
+    EXPECT_TRUE(Identical(this->family("pool_backward"), ddh.get(), rounded<T>(want_dh))) << at;
+    for (float x : want) ASSERT_FALSE(std::isnan(x)) << "padding reached the reference's pooled rows";
   }
+  // No rows: nothing launched.
+  EXPECT_NO_THROW(lc::pool_forward_cuda<T>(nullptr, nullptr, nullptr, 0, 4, 8, this->stream_));
+  EXPECT_NO_THROW(lc::pool_backward_cuda<T>(nullptr, nullptr, nullptr, 0, 4, 8, this->stream_));
 }
 
 // ============================================================================================ Conversions
@@ -455,174 +492,199 @@ TEST(Convert, Fp32ToBf16AndBack) {
   }
 }
 
-// ================================================================================================ AdamW
+// ====================================================================================== Optimizer step
 
-// The kernel's element-wise ops are IEEE-rounded intrinsics in cpu::adamw_update's order (and its step
-// scalars are computed on the host as the reference computes them), so every step is bit-identical:
-// parameters, first and second moments, over several steps. Both of torch's lerp branches (1 - beta1 below
-// and above 0.5), with and without weight decay; gradients include zeros and a wide range of magnitudes.
-TEST(AdamWCuda, SeveralStepsBitIdenticalToCpu) {
+// A list of trainable tensors of LoRA-like sizes (including an empty tensor and one of a single element),
+// each with gradients of its own magnitude, on the host and on the device.
+struct OptimizerSet {
+  std::vector<std::vector<float>> value, grad, m, v;  // host copies
+  std::vector<std::unique_ptr<Dev<float>>> dvalue, dgrad, dm, dv;
+  std::vector<cpu::OptimizerTensor> host_list, dev_list;
+
+  OptimizerSet(const std::vector<long>& sizes, std::mt19937& rng, size_t offset = 0) {
+    for (long n : sizes) {
+      value.push_back(randn(n, rng));
+      m.push_back(std::vector<float>(n, 0.0f));
+      v.push_back(std::vector<float>(n, 0.0f));
+      grad.push_back(std::vector<float>(n, 0.0f));
+      dvalue.push_back(std::make_unique<Dev<float>>(value.back(), offset));
+      dgrad.push_back(std::make_unique<Dev<float>>(grad.back(), offset));
+      dm.push_back(std::make_unique<Dev<float>>(m.back(), offset));
+      dv.push_back(std::make_unique<Dev<float>>(v.back(), offset));
+    }
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      host_list.push_back({value[t].data(), grad[t].data(), m[t].data(), v[t].data(), sizes[t]});
+      dev_list.push_back({dvalue[t]->ptr, dgrad[t]->ptr, dm[t]->ptr, dv[t]->ptr, sizes[t]});
+    }
+  }
+  // New gradients on both sides: tensor t at scale 1e-3 * 7^t, with exact zeros and tiny values.
+  void new_gradients(std::mt19937& rng) {
+    float scale = 1e-3f;
+    for (size_t t = 0; t < grad.size(); ++t, scale *= 7.0f) {
+      grad[t] = randn((long)grad[t].size(), rng, scale);
+      for (size_t i = 0; i < grad[t].size(); i += 7) grad[t][i] *= 1e-4f;
+      for (size_t i = 3; i < grad[t].size(); i += 11) grad[t][i] = 0.0f;
+      host_list[t].grad = grad[t].data();
+      dgrad[t]->upload(grad[t]);
+    }
+  }
+  double double_norm(float grad_scale) const {
+    double ss = 0.0;
+    for (const std::vector<float>& g : grad)
+      for (float x : g) ss += (double)(x * grad_scale) * (x * grad_scale);
+    return std::sqrt(ss);
+  }
+  // Every device tensor equal, bit for bit, to the host's.
+  ::testing::AssertionResult identical(const std::string& at) const {
+    for (size_t t = 0; t < value.size(); ++t) {
+      for (auto [name, dev, host] : {std::tuple{"value", dvalue[t].get(), &value[t]}, std::tuple{"grad", dgrad[t].get(), &grad[t]},
+                                     std::tuple{"m", dm[t].get(), &m[t]}, std::tuple{"v", dv[t].get(), &v[t]}}) {
+        ::testing::AssertionResult r = Identical(std::string("adamw_step ") + name, dev->get(), *host);
+        if (!r) return r << " (tensor " << t << ", " << at << ")";
+      }
+    }
+    return ::testing::AssertionSuccess();
+  }
+};
+
+const std::vector<long> kOptimizerSizes = {37, 0, 1, 1000, 4097, 30000, 515};
+
+// Six steps of cpu::adamw_step and adamw_step_cuda on the same list and gradients: the norm and every
+// value, gradient (scaled and clipped in place) and moment bit for bit, after every step. Both of torch's
+// lerp branches (1 - beta1 below and above 0.5), with and without weight decay; gradient scales 1, 1/4
+// (exact) and 1/3 (rounds); clipping that acts on some steps and not on others (the threshold sits
+// between the steps' norms), and none; misaligned buffers.
+TEST(AdamWStep, SeveralStepsBitIdenticalToCpu) {
   struct Config {
-    float lr, beta1, beta2, eps, wd;
+    float lr, beta1, beta2, eps, wd, grad_scale, max_norm;
   };
-  for (const Config& c : {Config{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f}, Config{3e-2f, 0.3f, 0.95f, 1e-6f, 0.0f}}) {
+  // The scaled norms are about 3.6e3 on odd steps and 3.6e4 on even ones (1.2e3 / 1.2e4 at scale 1/3).
+  for (const Config& c : {Config{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f, 1e4f},
+                          Config{3e-2f, 0.3f, 0.95f, 1e-6f, 0.0f, 0.25f, 0.0f},
+                          Config{2e-3f, 0.9f, 0.98f, 1e-8f, 0.1f, 1.0f / 3.0f, 4e3f}}) {
     for (size_t offset : {0, 1}) {
       std::mt19937 rng(11);
-      const long n = 1001;
-      std::vector<float> p = randn(n, rng), m(n, 0.0f), v(n, 0.0f);
-      Dev<float> dp(p, offset), dg(n, offset), dm(m, offset), dv(v, offset);
+      OptimizerSet set(kOptimizerSizes, rng, offset);
+      lc::DeviceOptimizerList list(set.dev_list.data(), (int)set.dev_list.size());
+      Raw<float> norm(1);
+      Raw<double> partials(lc::kNormMaxBlocks);
+      int clipped = 0, unclipped = 0;
       for (int step = 1; step <= 6; ++step) {
-        std::vector<float> g = randn(n, rng, 0.1f);
-        for (long i = 0; i < n; i += 7) g[i] *= 1e-4f;
-        for (long i = 3; i < n; i += 11) g[i] = 0.0f;
-        dg.upload(g);
-        cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), n, c.lr, c.beta1, c.beta2, c.eps, c.wd, step);
-        lc::adamw_update_cuda(dp.ptr, dg.ptr, dm.ptr, dv.ptr, n, c.lr, c.beta1, c.beta2, c.eps, c.wd, step, nullptr);
+        set.new_gradients(rng);
+        if (step % 2 == 0)  // alternate steps' gradients 10x larger, around the threshold
+          for (size_t t = 0; t < set.grad.size(); ++t) {
+            for (float& x : set.grad[t]) x *= 10.0f;
+            set.dgrad[t]->upload(set.grad[t]);
+          }
+        cpu::AdamWStepArgs args;
+        args.lr = c.lr;
+        args.beta1 = c.beta1;
+        args.beta2 = c.beta2;
+        args.eps = c.eps;
+        args.weight_decay = c.wd;
+        args.step = step;
+        args.grad_scale = c.grad_scale;
+        args.max_grad_norm = c.max_norm;
+        const float want = cpu::adamw_step(set.host_list.data(), (int)set.host_list.size(), args);
+        lc::adamw_step_cuda(norm.ptr, partials.ptr, list, args, nullptr);
         const std::string at = "beta1=" + std::to_string(c.beta1) + " step " + std::to_string(step);
-        ASSERT_TRUE(Identical("adamw param", dp.get(), p)) << at;
-        ASSERT_TRUE(Identical("adamw m", dm.get(), m)) << at;
-        ASSERT_TRUE(Identical("adamw v", dv.get(), v)) << at;
+        ASSERT_EQ(bits(norm.get1()), bits(want)) << at << ": norm " << norm.get1() << " want " << want;
+        ASSERT_TRUE(set.identical(at));
+        if (c.max_norm > 0) (want > c.max_norm ? clipped : unclipped)++;
+      }
+      if (c.max_norm > 0) {
+        EXPECT_GT(clipped, 0) << "the threshold never clipped";
+        EXPECT_GT(unclipped, 0) << "the threshold always clipped";
       }
     }
   }
 }
 
-// ======================================================================================= Norm, clipping
-
-// torch.nn.utils._clip_grads_with_norm_ with its fp32 tensor arithmetic: clip_coef = max_norm /
-// (total_norm + 1e-6) is Tensor.__rtruediv__, i.e. reciprocal(total_norm + 1e-6) * max_norm;
-// clamp(max=1.0) keeps a NaN; every gradient is multiplied by the coefficient.
-void ref_clip_grads(std::vector<std::vector<float>>& grads, float total_norm, float max_norm) {
-  float coef = (1.0f / (total_norm + 1e-6f)) * max_norm;
-  if (coef > 1.0f) coef = 1.0f;
-  for (std::vector<float>& g : grads)
-    for (float& x : g) x *= coef;
-}
-
-// The global norm in double from the host (cpu::global_norm), and an independent double sum.
-float ref_global_norm(const std::vector<std::vector<float>>& tensors) {
-  std::vector<const float*> ptrs;
-  std::vector<long> sizes;
-  for (const std::vector<float>& t : tensors) {
-    ptrs.push_back(t.data());
-    sizes.push_back((long)t.size());
-  }
-  return cpu::global_norm(ptrs.data(), sizes.data(), (int)ptrs.size());
-}
-
-double double_norm(const std::vector<std::vector<float>>& tensors) {
-  double ss = 0.0;
-  for (const std::vector<float>& t : tensors)
-    for (float x : t) ss += (double)x * x;
-  return std::sqrt(ss);
-}
-
-// Gradients of LoRA-like sizes (including an empty tensor and one of a single element) on the device,
-// each tensor with its own magnitude.
-struct GradSet {
-  std::vector<std::vector<float>> host;
-  std::vector<std::unique_ptr<Dev<float>>> dev;
-  std::unique_ptr<lc::DeviceTensorList> list;
-  GradSet(const std::vector<long>& sizes, std::mt19937& rng) {
-    std::vector<float*> ptrs;
-    float scale = 1e-3f;
-    for (long n : sizes) {
-      host.push_back(randn(n, rng, scale));
-      scale *= 7.0f;
-      dev.push_back(std::make_unique<Dev<float>>(host.back()));
-      ptrs.push_back(dev.back()->ptr);
-    }
-    list = std::make_unique<lc::DeviceTensorList>(ptrs, sizes);
-  }
-  std::vector<std::vector<float>> get() const {
-    std::vector<std::vector<float>> out;
-    for (const auto& d : dev) out.push_back(d->get());
-    return out;
-  }
-};
-
-const std::vector<long> kGradSizes = {37, 0, 1, 1000, 4097, 30000, 515};
-
-// Bit-identical over repeated runs and every emulator scheduling order (no float atomics, a fixed reduction
-// tree), and within an ulp of the double-precision norm (the kernel accumulates in double and rounds once).
-TEST(GlobalNorm, DeterministicAndEqualToDoubleNorm) {
-  std::mt19937 rng(13);
-  GradSet gs(kGradSizes, rng);
-  Raw<float> norm(1);
-  Raw<double> partials(lc::kNormMaxBlocks);
-  lc::global_norm_cuda(norm.ptr, partials.ptr, *gs.list, nullptr);
-  const float first = norm.get1();
-  const double want = double_norm(gs.host);
-  EXPECT_NEAR(first, want, std::numeric_limits<float>::epsilon() * want);  // one ulp
-  EXPECT_EQ(bits(first), bits(ref_global_norm(gs.host))) << "cpu::global_norm";
-  std::printf("global norm: got %.9g, double %.17g, |rel err| %.3g\n", first, want, std::fabs(first - want) / want);
+// The norm is bit-identical over every emulator scheduling order (no float atomics, a fixed reduction
+// tree), within an ulp of the double-precision norm, and so is the one step it drives; also with more
+// elements than the largest grid has threads.
+TEST(AdamWStep, NormDeterministicAndWithinAnUlp) {
+  for (const std::vector<long>& sizes : {kOptimizerSizes, std::vector<long>{300000, 7}}) {
+    std::mt19937 rng(13);
+    OptimizerSet set(sizes, rng);
+    set.new_gradients(rng);
+    lc::DeviceOptimizerList list(set.dev_list.data(), (int)set.dev_list.size());
+    Raw<float> norm(1);
+    Raw<double> partials(lc::kNormMaxBlocks);
+    cpu::AdamWStepArgs args;
+    args.lr = 0.0f;  // the values stay; only the norm is compared
+    args.grad_scale = 0.5f;
+    lc::adamw_step_cuda(norm.ptr, partials.ptr, list, args, nullptr);
+    const float first = norm.get1();
+    const double want = set.double_norm(0.5f);
+    EXPECT_NEAR(first, want, std::numeric_limits<float>::epsilon() * want);  // one ulp
+    std::printf("optimizer norm of %zu tensors: got %.9g, double %.17g, |rel err| %.3g\n", sizes.size(), first, want,
+                std::fabs(first - want) / want);
 #if defined(L2V_EMULATE)  // the emulator's scheduling orders; on a GPU the test checks one run
-  for (emu::Schedule order : {emu::Schedule{emu::Order::kForward, 0}, emu::Schedule{emu::Order::kReverse, 0},
-                              emu::Schedule{emu::Order::kShuffle, 5}, emu::Schedule{emu::Order::kShuffle, 6}}) {
-    ScheduleScope scope(order);
-    CUDA_CHECK(cudaMemset(partials.ptr, 0xFF, lc::kNormMaxBlocks * sizeof(double)));
-    lc::global_norm_cuda(norm.ptr, partials.ptr, *gs.list, nullptr);
-    EXPECT_EQ(bits(norm.get1()), bits(first)) << "schedule " << (int)order.order << ":" << order.seed;
-  }
+    for (emu::Schedule order : {emu::Schedule{emu::Order::kForward, 0}, emu::Schedule{emu::Order::kReverse, 0},
+                                emu::Schedule{emu::Order::kShuffle, 5}, emu::Schedule{emu::Order::kShuffle, 6}}) {
+      ScheduleScope scope(order);
+      CUDA_CHECK(cudaMemset(partials.ptr, 0xFF, lc::kNormMaxBlocks * sizeof(double)));
+      for (size_t t = 0; t < set.grad.size(); ++t) set.dgrad[t]->upload(set.grad[t]);  // the step scaled them
+      lc::adamw_step_cuda(norm.ptr, partials.ptr, list, args, nullptr);
+      EXPECT_EQ(bits(norm.get1()), bits(first)) << "schedule " << (int)order.order << ":" << order.seed;
+    }
 #endif
+  }
 }
 
-// More elements than the largest grid has threads (each thread then adds several per tensor).
-TEST(GlobalNorm, LargerThanOneGridPass) {
-  std::mt19937 rng(14);
-  GradSet gs({300000, 7}, rng);
+// A NaN or infinite gradient: the norm says so and nothing is written anywhere (values, moments and
+// gradients keep their bits), in every block, so the caller can stop with the parameters intact. An
+// empty list gives norm 0.
+TEST(AdamWStep, NonFiniteNormWritesNothing) {
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    std::mt19937 rng(15);
+    OptimizerSet set({300000, 1000}, rng);
+    set.new_gradients(rng);
+    set.grad[1][500] = bad;
+    set.dgrad[1]->upload(set.grad[1]);
+    for (size_t t = 0; t < set.m.size(); ++t) {  // non-zero moments, so that a write would show
+      set.m[t] = randn((long)set.m[t].size(), rng);
+      set.dm[t]->upload(set.m[t]);
+    }
+    lc::DeviceOptimizerList list(set.dev_list.data(), (int)set.dev_list.size());
+    Raw<float> norm(1);
+    Raw<double> partials(lc::kNormMaxBlocks);
+    cpu::AdamWStepArgs args;
+    args.lr = 1e-2f;
+    args.grad_scale = 0.5f;
+    args.max_grad_norm = 1.0f;
+    lc::adamw_step_cuda(norm.ptr, partials.ptr, list, args, nullptr);
+    EXPECT_FALSE(std::isfinite(norm.get1()));
+    EXPECT_TRUE(set.identical("non-finite gradient " + std::to_string(bad)));
+    const float cpu_norm = cpu::adamw_step(set.host_list.data(), (int)set.host_list.size(), args);
+    EXPECT_EQ(std::isnan(cpu_norm), std::isnan(norm.get1()));
+    EXPECT_TRUE(set.identical("the reference wrote nothing either"));
+  }
+  lc::DeviceOptimizerList empty(nullptr, 0);
   Raw<float> norm(1);
   Raw<double> partials(lc::kNormMaxBlocks);
-  lc::global_norm_cuda(norm.ptr, partials.ptr, *gs.list, nullptr);
-  const double want = double_norm(gs.host);
-  EXPECT_NEAR(norm.get1(), want, std::numeric_limits<float>::epsilon() * want);
-  EXPECT_EQ(bits(norm.get1()), bits(ref_global_norm(gs.host)));
-}
-
-TEST(GlobalNorm, EmptyListIsZero) {
-  lc::DeviceTensorList empty({}, {});
-  Raw<float> norm(1);
-  Raw<double> partials(lc::kNormMaxBlocks);
-  lc::global_norm_cuda(norm.ptr, partials.ptr, empty, nullptr);
+  CUDA_CHECK(cudaMemset(norm.ptr, 0xFF, sizeof(float)));
+  lc::adamw_step_cuda(norm.ptr, partials.ptr, empty, cpu::AdamWStepArgs{}, nullptr);
   EXPECT_EQ(norm.get1(), 0.0f);
 }
 
-// clip_grad_norm_: the returned norm is the one before clipping; above max_norm every gradient is scaled
-// by torch's coefficient (bit-identical to the fp32 reference given the same norm), below it nothing
-// changes, and a NaN gradient makes the norm and every gradient NaN (torch's clamp keeps the NaN).
-TEST(ClipGradNorm, ScalesLikeTorch) {
-  std::mt19937 rng(15);
-  Raw<float> norm(1);
-  Raw<double> partials(lc::kNormMaxBlocks);
-  {
-    GradSet gs(kGradSizes, rng);
-    const float total = ref_global_norm(gs.host);
-    const float max_norm = total / 4.0f;
-    lc::clip_grad_norm_cuda(norm.ptr, partials.ptr, *gs.list, max_norm, nullptr);
-    EXPECT_EQ(bits(norm.get1()), bits(total)) << "the norm before clipping";
-    std::vector<std::vector<float>> want = gs.host;
-    ref_clip_grads(want, total, max_norm);
-    const std::vector<std::vector<float>> got = gs.get();
-    for (size_t t = 0; t < want.size(); ++t) EXPECT_TRUE(Identical("clip_grad_norm clipped", got[t], want[t])) << t;
-    // Their norm is now max_norm (up to the 1e-6 and fp32 rounding).
-    EXPECT_NEAR(double_norm(got), max_norm, 1e-5 * max_norm);
-  }
-  {
-    GradSet gs(kGradSizes, rng);
-    const float total = ref_global_norm(gs.host);
-    lc::clip_grad_norm_cuda(norm.ptr, partials.ptr, *gs.list, total * 1.5f, nullptr);
-    EXPECT_EQ(bits(norm.get1()), bits(total));
-    const std::vector<std::vector<float>> got = gs.get();
-    for (size_t t = 0; t < got.size(); ++t) EXPECT_TRUE(Identical("clip_grad_norm unclipped", got[t], gs.host[t]));
-  }
-  {
-    GradSet gs(kGradSizes, rng);
-    gs.host[3][500] = std::numeric_limits<float>::quiet_NaN();
-    gs.dev[3]->upload(gs.host[3]);
-    lc::clip_grad_norm_cuda(norm.ptr, partials.ptr, *gs.list, 1.0f, nullptr);
-    EXPECT_TRUE(std::isnan(norm.get1()));
-    for (const std::vector<float>& g : gs.get())
-      for (float x : g) ASSERT_TRUE(std::isnan(x));
+// A list whose host array changed: matches() notices every field.
+TEST(AdamWStep, DeviceListMatchesOnlyItsOwnTensors) {
+  float a[4], b[4];
+  std::vector<cpu::OptimizerTensor> list = {{a, a + 1, a + 2, a + 3, 1}, {b, b + 1, b + 2, b + 3, 1}};
+  lc::DeviceOptimizerList dev(list.data(), 2);
+  EXPECT_TRUE(dev.matches(list.data(), 2));
+  EXPECT_FALSE(dev.matches(list.data(), 1));
+  for (int field = 0; field < 5; ++field) {
+    std::vector<cpu::OptimizerTensor> other = list;
+    cpu::OptimizerTensor& x = other[1];
+    if (field == 0) x.value = a;
+    if (field == 1) x.grad = a;
+    if (field == 2) x.m = a;
+    if (field == 3) x.v = a;
+    if (field == 4) x.n = 2;
+    EXPECT_FALSE(dev.matches(other.data(), 2)) << "field " << field;
   }
 }
 
@@ -632,9 +694,12 @@ TEST(Launchers, RejectBadShapes) {
   float* p = nullptr;
   EXPECT_THROW(lc::rmsnorm_forward_cuda(p, p, p, p, 1, 0, 1e-5f, nullptr), std::invalid_argument);
   EXPECT_THROW(lc::rope_forward_cuda(p, p, p, p, 1, 1, 1, 7, nullptr), std::invalid_argument);
-  EXPECT_THROW(lc::adamw_update_cuda(p, p, p, p, 1, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 0, nullptr),
-               std::invalid_argument);
-  EXPECT_THROW(lc::DeviceTensorList({p}, {1, 2}), std::invalid_argument);
+  cpu::AdamWStepArgs step0;
+  step0.step = 0;
+  lc::DeviceOptimizerList none(nullptr, 0);
+  EXPECT_THROW(lc::adamw_step_cuda(p, nullptr, none, step0, nullptr), std::invalid_argument);
+  const cpu::OptimizerTensor negative{p, p, p, p, -1};
+  EXPECT_THROW(lc::DeviceOptimizerList(&negative, 1), std::invalid_argument);
   // Empty work launches nothing (a zero-sized grid would be a launch error).
   EXPECT_NO_THROW(lc::rmsnorm_forward_cuda(p, p, p, p, 0, 16, 1e-5f, nullptr));
   EXPECT_NO_THROW(lc::swiglu_forward_cuda(p, p, p, 0, nullptr));

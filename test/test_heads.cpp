@@ -1,6 +1,6 @@
 // The embedding heads against independent references (test/fixtures/heads/, written by
 // scripts/make_head_fixtures.py from llm2vec 0.2.3 and torch; see test/fixtures/README.md):
-//  - pooling_weights + weighted_pool vs llm2vec's LLM2Vec.get_pooling, every mode, and the refusals;
+//  - pooling_weights + cpu::pool_forward vs llm2vec's LLM2Vec.get_pooling, every mode, and the refusals;
 //  - contrastive_loss vs llm2vec's HardNegativeNLLLoss (SimCSE, supervised) and the plain-torch
 //    variant without in-batch negatives, loss and gradients;
 //  - the NV-Embed latent-attention block vs a torch module with the checkpoint's parameter names
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "host/cpu_ops.h"
 #include "model/latent_attention.h"
 #include "model/pooling.h"
 #include "model/safetensors.h"
@@ -97,8 +98,8 @@ TEST(Pooling, WeightsAndPooledMatchLlm2vecGetPooling) {
     const auto want_w = read(fx.f, std::string(name) + ".weights");
     const std::vector<double> ww(want_w.begin(), want_w.end());
     EXPECT_TRUE(test::AllClose(w.data(), ww.data(), ww.size(), 0.0, test::kU32 * 2));
-    const std::vector<float> pooled = weighted_pool(fx.hidden, w, fx.batch.B, fx.batch.T, fx.C);
-    ASSERT_EQ(pooled.size(), (size_t)fx.batch.B * fx.C);
+    std::vector<float> pooled((size_t)fx.batch.B * fx.C);
+    cpu::pool_forward(pooled.data(), fx.hidden.data(), w.data(), fx.batch.B, fx.batch.T, fx.C);
     EXPECT_TRUE(CloseRelMax(std::string("pooling ") + name, pooled.data(), read(fx.f, std::string(name) + ".pooled"),
                             1e-6));
   }

@@ -5,12 +5,16 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <omp.h>
 #include <unistd.h>
+
+#include <random>
 
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "host/cpu_backend.h"
 #include "model/checkpoint.h"
+#include "test/tiny_model.h"
 #include "train/optimizer.h"
 
 namespace l2v {
@@ -81,6 +85,53 @@ TEST(AdamW, NonFiniteGradientsAreRefusedAndParametersKept) {
     EXPECT_NE(std::string::npos, std::string(e.what()).find("NaN"));
   }
   EXPECT_EQ(before, download_floats(s.model, p.value, p.count));
+  // Nothing else was written either: the moments are still zero, the gradients as they were.
+  EXPECT_EQ(std::vector<float>(p.count, 0.0f), download_floats(s.model, st.m[3], p.count));
+  std::vector<float> g_after = download_floats(s.model, p.grad, p.count);
+  EXPECT_TRUE(std::isnan(g_after[7]));
+  g_after[7] = g[7] = 0.0f;
+  EXPECT_EQ(g, g_after);
+  EXPECT_EQ(0, st.step) << "a refused step is not counted";
+}
+
+// The trainer's average over micro-batches is the step's grad_scale: the norm is that of the scaled
+// gradients, and the step equals scaling the gradients first and stepping with grad_scale 1, bit for bit.
+TEST(AdamW, GradScaleEqualsScalingTheGradientsFirst) {
+  Stories a, b;
+  AdamWState sa = adamw_init(a.model), sb = adamw_init(b.model);
+  AdamWConfig cfg;
+  cfg.max_grad_norm = 1.0f;
+  cfg.weight_decay = 0.01f;
+  size_t total = 0;
+  for (const TrainableParam& p : a.model.trainable) total += p.count;
+  for (int step = 0; step < 2; ++step) {
+    const float g = step == 0 ? 0.03f : 3e-5f;  // clipped (norm 0.01 sqrt(n) > 1), then not
+    fill(a.model, g);
+    fill(b.model, g * (1.0f / 3.0f));  // the same fp32 product the step forms
+    const float na = adamw_step(a.model, sa, cfg, 1e-3f, 1.0f / 3.0f);
+    const float nb = adamw_step(b.model, sb, cfg, 1e-3f);
+    EXPECT_EQ(na, nb);
+    EXPECT_NEAR(na, (g / 3.0f) * std::sqrt((double)total), 1e-5 * na);
+    EXPECT_EQ(test::all_values(a.model), test::all_values(b.model)) << "step " << step;
+  }
+}
+
+// The norm's sum of squares is cut into fixed pieces: the same bits with 1 thread and with several.
+TEST(AdamW, NormDoesNotDependOnTheThreadCount) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> g(100003), value(g.size()), m(g.size()), v(g.size());
+  for (float& x : g) x = nd(rng) * 1e-3f;
+  float norms[2];
+  const int threads = omp_get_max_threads();
+  for (int k = 0; k < 2; ++k) {
+    omp_set_num_threads(k == 0 ? 1 : std::max(2, threads));
+    std::vector<float> grad = g;
+    cpu::OptimizerTensor t{value.data(), grad.data(), m.data(), v.data(), (long)g.size()};
+    norms[k] = cpu::adamw_step(&t, 1, cpu::AdamWStepArgs{});
+  }
+  omp_set_num_threads(threads);
+  EXPECT_EQ(norms[0], norms[1]);
 }
 
 // End to end on real data: WikiText → shards → MNTP batches (bidirectional, 20% masking) → LoRA

@@ -152,14 +152,17 @@ inline std::vector<float> hidden(Model& m) {
   return download_tensor(m, m.acts.final_hidden, (size_t)m.acts.B * m.acts.T * m.config.hidden_size);
 }
 
-inline std::vector<float> all_grads(Model& m) {
-  std::vector<float> g;
+// Every trainable tensor's gradients (all_grads) or values (all_values), concatenated in order.
+inline std::vector<float> all_trainable(Model& m, bool grads) {
+  std::vector<float> out;
   for (const TrainableParam& p : m.trainable) {
-    std::vector<float> x = download_floats(m, p.grad, p.count);
-    g.insert(g.end(), x.begin(), x.end());
+    std::vector<float> x = download_floats(m, grads ? p.grad : p.value, p.count);
+    out.insert(out.end(), x.begin(), x.end());
   }
-  return g;
+  return out;
 }
+inline std::vector<float> all_grads(Model& m) { return all_trainable(m, true); }
+inline std::vector<float> all_values(Model& m) { return all_trainable(m, false); }
 
 inline float loss_and_grads(Model& m, const Batch& b, const ForwardOptions& opt) {
   zero_grads(m);

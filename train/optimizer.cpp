@@ -12,36 +12,34 @@ AdamWState adamw_init(Model& model) {
     s.m.push_back(model.alloc_floats(p.count));
     s.v.push_back(model.alloc_floats(p.count));
   }
+  s.norm = model.alloc_floats(1);
   return s;
 }
 
-float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr) {
-  Backend& be = *model.backend;
-  if (state.m.size() != model.trainable.size())
+float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale) {
+  if (state.m.size() != model.trainable.size() || !state.norm)
     throw std::runtime_error("adamw_step: optimizer state does not match the model's trainable parameters");
-  std::vector<const float*> grads;
-  std::vector<long> sizes;
-  for (const TrainableParam& p : model.trainable) {
-    grads.push_back(p.grad);
-    sizes.push_back((long)p.count);
+  std::vector<cpu::OptimizerTensor> tensors;
+  for (size_t i = 0; i < model.trainable.size(); ++i) {
+    const TrainableParam& p = model.trainable[i];
+    tensors.push_back({p.value, p.grad, state.m[i], state.v[i], (long)p.count});
   }
-  const float norm = be.global_norm(grads.data(), sizes.data(), (int)grads.size());
+  cpu::AdamWStepArgs args;
+  args.lr = lr;
+  args.beta1 = cfg.beta1;
+  args.beta2 = cfg.beta2;
+  args.eps = cfg.eps;
+  args.weight_decay = cfg.weight_decay;
+  args.step = state.step + 1;
+  args.grad_scale = grad_scale;
+  args.max_grad_norm = cfg.max_grad_norm;
+  model.backend->adamw_step(tensors.data(), (int)tensors.size(), args, state.norm);
+  float norm = 0.0f;
+  model.backend->download(&norm, state.norm, sizeof(float));
   if (!std::isfinite(norm))
     throw std::runtime_error("adamw_step: the gradient norm is " + std::to_string(norm) +
                              " (NaN or infinite loss/gradients); parameters left unchanged");
-  if (cfg.max_grad_norm > 0.0f) {
-    // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6), applied when < 1; torch
-    // evaluates `scalar / tensor` as reciprocal(tensor) * scalar, in fp32, and so do we (bit-identical).
-    const float coef = (1.0f / (norm + 1e-6f)) * cfg.max_grad_norm;
-    if (coef < 1.0f)
-      for (const TrainableParam& p : model.trainable) be.scale(p.grad, (long)p.count, coef);
-  }
   ++state.step;
-  for (size_t i = 0; i < model.trainable.size(); ++i) {
-    const TrainableParam& p = model.trainable[i];
-    be.adamw_update(p.value, p.grad, state.m[i], state.v[i], (long)p.count, lr, cfg.beta1, cfg.beta2, cfg.eps,
-                    cfg.weight_decay, state.step);
-  }
   return norm;
 }
 

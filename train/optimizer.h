@@ -16,18 +16,23 @@ struct AdamWConfig {
   float max_grad_norm = 1.0f;  // <= 0: no clipping
 };
 
-// First and second moments per trainable parameter, in backend memory, and the step count.
+// First and second moments per trainable parameter, in backend memory, the step count, and the backend
+// scalar the step writes the gradient norm to.
 struct AdamWState {
   std::vector<float*> m, v;
+  float* norm = nullptr;
   int step = 0;
 };
 
 // Allocates zeroed moments for every trainable parameter of `model` (call after add_lora).
 AdamWState adamw_init(Model& model);
 
-// Clips the gradients to max_grad_norm (scale = max_norm / (norm + 1e-6) when that is < 1, as torch) and
-// takes one AdamW step with learning rate `lr`. Returns the gradient norm before clipping. Throws if the
-// norm is not finite (a NaN/inf loss or gradient), leaving the parameters untouched.
-float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr);
+// Multiplies the gradients by grad_scale (the trainer's average over micro-batches and ranks), clips them
+// to max_grad_norm (scale = max_norm / (norm + 1e-6) when that is < 1, as torch) and takes one AdamW step
+// with learning rate `lr`: Backend::adamw_step over every trainable tensor (two launches on CUDA). Returns
+// the norm of the scaled gradients before clipping, read back once the step has run (the step's one wait
+// for the device). Throws if the norm is not finite (a NaN/inf loss or gradient), leaving the parameters
+// and moments untouched.
+float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale = 1.0f);
 
 }  // namespace l2v

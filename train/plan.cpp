@@ -49,7 +49,7 @@ std::string format_plan(const MemoryPlan& plan, const ModelConfig& model, double
   std::string out;
   char line[256];
   for (const MemoryItem& it : plan.items) {
-    std::snprintf(line, sizeof line, "  %-14s %-40s %10.3f GB\n", it.group.c_str(), it.what.c_str(), it.bytes / 1e9);
+    std::snprintf(line, sizeof line, "  %-14s %-48s %10.3f GB\n", it.group.c_str(), it.what.c_str(), it.bytes / 1e9);
     out += line;
   }
   std::snprintf(line, sizeof line, "recomputation: %d of %d layers (the first %d keep only their input)\n",

@@ -866,15 +866,13 @@ TrainResult Trainer::run() {
     const bool per_rank_losses = cfg_.stage != Stage::kMntp && !loss_is_global();
     float grad_scale = 1.0f / cfg_.gradient_accumulation_steps;
     if (per_rank_losses) grad_scale /= W;
-    if (grad_scale != 1.0f)
-      for (TrainableParam& p : m_.trainable) backend_.scale(p.grad, (long)p.count, grad_scale);
     double loss = loss_is_global() ? loss_sum : comm_->allreduce_sum(loss_sum);
     loss /= cfg_.gradient_accumulation_steps * (per_rank_losses ? W : 1);
     tokens = (long)comm_->allreduce_sum((double)tokens);
     const double lr = learning_rate_at(cfg_, step);
     float grad_norm;
     try {
-      grad_norm = adamw_step(m_, adam_, ac, (float)lr);
+      grad_norm = adamw_step(m_, adam_, ac, (float)lr, grad_scale);
     } catch (const std::exception& e) {
       // The reduced gradients are the same on every rank, so is this failure.
       throw SameOnEveryRank("step " + std::to_string(step + 1) + ": " + e.what() +

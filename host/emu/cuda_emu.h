@@ -104,6 +104,14 @@ size_t device_bytes();
 size_t peak_device_bytes();
 void reset_peak_device_bytes();
 
+// Host waits: the calls that block the host until the device has finished earlier work, as the CUDA
+// runtime documents them (API synchronization behavior): cudaStreamSynchronize, cudaDeviceSynchronize,
+// cudaEventSynchronize, cudaFree, a synchronous cudaMemcpy, and a cudaMemcpyAsync to host memory or from
+// host memory that cudaMallocHost did not allocate (pageable memory, which the driver may stage after
+// waiting for the stream). Counted since the start of the process, so that a test can assert how often
+// a training step makes the host wait (the emulator itself never waits: its streams are synchronous).
+uint64_t host_waits();
+
 // ---- Shared memory (used through the L2V_SHARED / L2V_DYNAMIC_SHARED macros of cuda/common.cuh).
 // One per declaration site: its address is the key of the block's storage for that declaration.
 struct SharedSite {

@@ -9,6 +9,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +42,23 @@ size_t g_peak_allocated_bytes = 0;
 std::set<cudaStream_t> g_streams;
 std::set<cudaEvent_t> g_events;
 std::map<const void*, size_t> g_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+std::map<const char*, size_t> g_pinned;          // cudaMallocHost: start -> bytes
+std::atomic<uint64_t> g_host_waits{0};
+
+// Whether [p, p + count) lies in one cudaMallocHost allocation.
+bool is_pinned(const void* p, size_t count) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_pinned.upper_bound(c);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return c + count <= it->first + it->second;
+}
+
+cudaError_t host_wait(cudaError_t result) {
+  if (result == cudaSuccess) ++g_host_waits;
+  return result;
+}
 
 size_t total_memory() {
   return static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -67,6 +85,8 @@ void reset_peak_device_bytes() {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_peak_allocated_bytes = g_allocated_bytes;
 }
+
+uint64_t host_waits() { return g_host_waits.load(); }
 
 cudaError_t record_error(cudaError_t err) {
   if (err != cudaSuccess) t_last_error = err;
@@ -146,7 +166,7 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return l2v::emu::host_wait(cudaSuccess); }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (prop == nullptr) return record_error(cudaErrorInvalidValue);
@@ -244,16 +264,26 @@ cudaError_t cudaFree(void* ptr) {
   l2v::emu::g_allocated_bytes -= it->second;
   l2v::emu::g_allocations.erase(it);
   std::free(ptr);
+  ++l2v::emu::g_host_waits;  // cudaFree waits for the device
   return cudaSuccess;
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   if (ptr == nullptr) return record_error(cudaErrorInvalidValue);
   *ptr = size == 0 ? nullptr : std::malloc(size);
-  return size != 0 && *ptr == nullptr ? record_error(cudaErrorMemoryAllocation) : cudaSuccess;
+  if (size != 0 && *ptr == nullptr) return record_error(cudaErrorMemoryAllocation);
+  if (*ptr != nullptr) {
+    std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
+    l2v::emu::g_pinned[static_cast<const char*>(*ptr)] = size;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
+    l2v::emu::g_pinned.erase(static_cast<const char*>(ptr));
+  }
   std::free(ptr);
   return cudaSuccess;
 }
@@ -266,7 +296,9 @@ cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+namespace {
+
+cudaError_t copy_now(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
   if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return record_error(cudaErrorInvalidValue);
   if (count == 0) return cudaSuccess;
   if (dst == nullptr || src == nullptr) return record_error(cudaErrorInvalidValue);
@@ -274,9 +306,20 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
   return cudaSuccess;
 }
 
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  return l2v::emu::host_wait(copy_now(dst, src, count, kind));
+}
+
+// Waits when the copy goes to the host, or comes from host memory that is not pinned. (The emulator
+// cannot tell host from device pointers under cudaMemcpyDefault; it counts those as waits too.)
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   if (!l2v::emu::stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
-  return cudaMemcpy(dst, src, count, kind);
+  const bool waits = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost || kind == cudaMemcpyDefault ||
+                     (kind == cudaMemcpyHostToDevice && !l2v::emu::is_pinned(src, count));
+  const cudaError_t result = copy_now(dst, src, count, kind);
+  return waits ? l2v::emu::host_wait(result) : result;
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
@@ -312,10 +355,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return l2v::emu::stream_is_valid(stream) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+  return l2v::emu::stream_is_valid(stream) ? l2v::emu::host_wait(cudaSuccess)
+                                           : record_error(cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  return l2v::emu::stream_is_valid(stream) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+}
 
 // ---- Events.
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
@@ -354,10 +400,13 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return l2v::emu::event_is_valid(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+  return l2v::emu::event_is_valid(event) ? l2v::emu::host_wait(cudaSuccess)
+                                         : record_error(cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  return l2v::emu::event_is_valid(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+}
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (ms == nullptr) return record_error(cudaErrorInvalidValue);
