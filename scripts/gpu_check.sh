@@ -24,6 +24,8 @@
 #   * build/llm2vec_cuda end to end: MNTP then SimCSE for a few steps on the bundled stories260K model
 #     (head dim 8: the SIMT attention; the tensor-core kernels run in the tests and benchmarks), and
 #     MNTP under `mpirun -np 1` (the NCCL communicator on a real GPU) against the plain run;
+#   * `llm2vec_cuda bench-step`: 10 MNTP training steps of Sheared-LLaMA-1.3B's configuration with random
+#     weights (8 x 512 tokens, bf16, LoRA r=16): ms/step, tokens/s and MFU;
 #   * build/bench/bench_attention and bench_gemm (each validates before timing), then
 #     scripts/bench_sdpa.py (PyTorch flash and cuDNN SDPA) where PyTorch sees the GPU, and a table of
 #     our TFLOP/s over PyTorch's for every shape both measured;
@@ -147,6 +149,14 @@ nccl_one_rank() {
 }
 export -f nccl_one_rank
 step "NCCL data-parallel path, 1 rank (mpirun -np 1)" 120 bash -c nccl_one_rank
+
+# Training speed at a real size: MNTP steps of Sheared-LLaMA-1.3B's configuration (1.3B parameters) with
+# random weights and tokens, bf16, LoRA r=16 on the 7 projections, 8 x 512 tokens per step, the memory
+# plan's least recomputation for this GPU; prints ms/step, tokens/s and MFU against the GPU's peak.
+step "bench-step: Sheared-LLaMA-1.3B MNTP 8 x 512, random weights (tokens/s, MFU)" 300 \
+  build/llm2vec_cuda bench-step --model_name_or_path assets/configs/Sheared-LLaMA-1.3B --stage mntp \
+    --per_device_train_batch_size 8 --max_seq_length 512 --lora_r 16 --max_steps 10 \
+    --gpu_memory_gb "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print $1 / 1024}')"
 
 # A benchmark that finds no usable device exits 0 without result lines: here, with a GPU, that fails.
 for b in bench_attention bench_gemm; do

@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <utility>
 
 #include "test/run_command.h"
+#include "test/temp_dir.h"
 
 namespace {
 
@@ -26,7 +28,8 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "embed", "eval sts"};
+const char* const kCommands[] = {"demo",       "generate", "convert", "prepare", "train",
+                                 "plan",       "bench-step", "embed",   "eval sts"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -75,6 +78,40 @@ TEST(Cli, PlanPrintsTheTotalLastAndFailsWhenNothingFits) {
   const auto [small_rc, small] = run(args + " --gpu_memory_gb 10", true);
   EXPECT_EQ(1, small_rc) << small;
   EXPECT_NE(std::string::npos, small.find("does not fit: the step needs")) << small;
+}
+
+}  // namespace
+
+namespace {
+
+// `llm2vec bench-step` on a tiny config.json (no weights, tokenizer or data): a first step, then
+// --max_steps timed ones, and the summary with the model FLOPs of the step, which must be the plan's for
+// the same options; another stage than MNTP is refused with a message.
+TEST(Cli, BenchStepTimesMntpStepsOfAConfigWithRandomWeights) {
+  l2v::test::TempDir dir("bench_step");
+  {
+    std::ofstream f(dir / "config.json");
+    f << R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": false})";
+  }
+  const std::string opts = " --model_name_or_path " + dir.path.string() +
+                           " --per_device_train_batch_size 2 --max_seq_length 16 --lora_r 4";
+  const auto [rc, out] = run("bench-step" + opts + " --stage mntp --max_steps 2", true);
+  ASSERT_EQ(0, rc) << out;
+  EXPECT_TRUE(has(out, "with random weights, MNTP 2 x 16 tokens")) << out;
+  EXPECT_TRUE(has(out, "step 0 (first, not timed): ") && has(out, "step 1: ") && has(out, "step 2: ")) << out;
+  EXPECT_FALSE(has(out, "step 3: ")) << out;
+  EXPECT_TRUE(has(out, "ms/step over 2 steps") && has(out, " tokens/s, ")) << out;
+  // The same FLOPs as the plan's table (both %.3g).
+  const auto [plan_rc, plan] = run("plan" + opts + " --stage mntp", true);
+  ASSERT_EQ(0, plan_rc) << plan;
+  const size_t at = plan.find("model FLOPs per step: ") + 22;
+  const std::string flops = plan.substr(at, plan.find(' ', at) - at);
+  EXPECT_TRUE(has(out, "; " + flops + " model FLOPs per step")) << flops << "\n" << out;
+  const auto [simcse_rc, simcse] = run("bench-step" + opts + " --stage simcse", true);
+  EXPECT_EQ(1, simcse_rc) << simcse;
+  EXPECT_TRUE(has(simcse, "bench-step measures MNTP steps; --stage simcse is not supported")) << simcse;
 }
 
 }  // namespace

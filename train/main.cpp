@@ -26,6 +26,7 @@
 #include "model/encoder.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "train/bench_step.h"
 #include "train/cli.h"
 #include "train/comm.h"
 #include "train/plan.h"
@@ -233,6 +234,15 @@ std::vector<OptionSpec> train_options() {
   return spec;
 }
 
+// train's options as plan and bench-step read them: the data, tokenizer and output paths unused.
+std::vector<OptionSpec> options_without_data(const std::string& command) {
+  std::vector<OptionSpec> spec = train_options();
+  for (OptionSpec& o : spec)
+    if (o.name == "--dataset_file_path" || o.name == "--output_dir" || o.name == "--tokenizer")
+      o.help = "not used by " + command;
+  return spec;
+}
+
 // The communicator of this process: MPI (CPU backend) or NCCL (cuda backend) when started by mpirun or
 // srun, else a single process. The cuda backend's device is chosen here, before the backend exists:
 // the node-local rank's GPU.
@@ -286,19 +296,30 @@ int run_train(const ParsedOptions& o) {
   }
 }
 
-// ---- plan ----
+// ---- plan, bench-step ----
+
+// plan's and bench-step's configuration: train's keys; the data and output paths are not needed.
+TrainConfig config_without_data(const ParsedOptions& o, const std::string& command) {
+  std::vector<std::pair<std::string, std::string>> overrides = config_overrides(o);
+  const std::string unused = "(not used by " + command + ")";
+  if (!o.has("--dataset_file_path")) overrides.push_back({"dataset_file_path", unused});
+  if (!o.has("--output_dir")) overrides.push_back({"output_dir", unused});
+  return load_train_config(o.get("--config", ""), overrides, nullptr);
+}
+
+// The configuration of a model directory (its config.json), a config.json, or a checkpoint file.
+ModelConfig model_config_of(const std::string& path) {
+  if (std::filesystem::is_directory(path)) return load_hf_config(path + "/config.json");
+  if (path.size() > 5 && path.rfind(".json") == path.size() - 5) return load_hf_config(path);
+  return open_checkpoint(path).config;
+}
 
 // `llm2vec plan`: the memory plan of a training configuration (train/plan.h), from the model's
 // config.json alone. The options are train's; the data and output paths are not needed.
 int run_plan(const ParsedOptions& o) {
-  std::vector<std::pair<std::string, std::string>> overrides = config_overrides(o);
-  if (!o.has("--dataset_file_path")) overrides.push_back({"dataset_file_path", "(not used by plan)"});
-  if (!o.has("--output_dir")) overrides.push_back({"output_dir", "(not used by plan)"});
-  const TrainConfig cfg = load_train_config(o.get("--config", ""), overrides, nullptr);
+  const TrainConfig cfg = config_without_data(o, "plan");
   const std::string& path = cfg.model_name_or_path;
-  const ModelConfig mc = std::filesystem::is_directory(path)       ? load_hf_config(path + "/config.json")
-                         : path.size() > 5 && path.rfind(".json") == path.size() - 5 ? load_hf_config(path)
-                                                                    : open_checkpoint(path).config;
+  const ModelConfig mc = model_config_of(path);
   const bool cuda = (cfg.backend.empty() ? std::string("cuda") : cfg.backend) == "cuda";
   const size_t tensor_bytes = cuda && cfg.precision != "fp32" ? 2 : 4;
   double budget = cfg.gpu_memory_gb;
@@ -334,6 +355,35 @@ int run_plan(const ParsedOptions& o) {
   std::fputs(format_plan(plan, mc, budget).c_str(), stdout);
   if (!refusal.empty()) std::printf("does not fit: %s\n", refusal.c_str());
   return refusal.empty() ? 0 : 1;
+}
+
+// `llm2vec bench-step`: MNTP steps of a configuration at its real size with random weights and tokens
+// (train/bench_step.h); --max_steps timed steps (default 5) after a first one.
+int run_bench_step(const ParsedOptions& o) {
+  const TrainConfig cfg = config_without_data(o, "bench-step");
+  const ModelConfig mc = model_config_of(cfg.model_name_or_path);
+  const std::string backend_name = cfg.backend.empty() ? kDefaultBackend : cfg.backend;
+  std::unique_ptr<Backend> backend = make_backend(
+      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
+      cfg.attention_impl);
+  const int steps = o.has("--max_steps") ? cfg.max_steps : 5;
+  std::printf("bench-step: %s (%d layers, hidden %d, MLP %d, %d heads / %d KV, vocab %d) with random weights, "
+              "MNTP %d x %d tokens, %s attention, LoRA r=%d, %s, 1 + %d steps\n",
+              cfg.model_name_or_path.c_str(), mc.num_hidden_layers, mc.hidden_size, mc.intermediate_size,
+              mc.num_attention_heads, mc.num_key_value_heads, mc.vocab_size, cfg.batch_size, cfg.max_seq_length,
+              cfg.bidirectional ? "bidirectional" : "causal", cfg.lora.r, backend->name(), steps);
+  std::fflush(stdout);
+  const BenchStepResult r = bench_steps(cfg, mc, *backend, steps, true);
+  const double ms = r.median_ms();
+  char mfu[96] = "";
+  if (backend->peak_flops() > 0)
+    std::snprintf(mfu, sizeof mfu, ", MFU %.1f%% of %.0f TFLOP/s", 100.0 * r.model_flops / (ms * 1e-3) / backend->peak_flops(),
+                  backend->peak_flops() / 1e12);
+  std::printf("median %.1f ms/step over %zu steps (first %.1f ms): %.0f tokens/s, %.1f model TFLOP/s%s; %.3g model "
+              "FLOPs per step, %.3g executed (%d of %d layers recomputed)\n",
+              ms, r.step_ms.size(), r.first_ms, r.tokens_per_step / (ms * 1e-3), r.model_flops / (ms * 1e-3) / 1e12, mfu,
+              r.model_flops, r.executed_flops, r.recompute_layers, mc.num_hidden_layers);
+  return 0;
 }
 
 // ---- embed / eval ----
@@ -535,8 +585,15 @@ const std::vector<Command>& commands() {
        "activations, recomputation, scratch), its FLOPs, and the least recomputation that\n"
        "fits --gpu_memory_gb; from the model's config.json and train's keys alone; status 1\n"
        "when it cannot fit",
-       train_options(),
+       options_without_data("plan"),
        run_plan},
+      {"bench-step",
+       "the speed of MNTP training steps at a configuration's real size with random weights\n"
+       "and random tokens (no checkpoint, tokenizer or data: a config.json is enough):\n"
+       "ms per step, tokens/s, model TFLOP/s and MFU where the GPU's peak is known; train's\n"
+       "keys, --max_steps timed steps (default 5) after a first, untimed one",
+       options_without_data("bench-step"),
+       run_bench_step},
       {"embed",
        "embed texts (one per line, or instruction<TAB>text with --instructions) with a\n"
        "trained model or a base checkpoint",
@@ -563,15 +620,18 @@ const std::vector<Command>& commands() {
 
 // The commands whose name starts with `prefix`, named without it, their summaries indented.
 std::string command_list(const std::string& prefix) {
+  // Names in a column as wide as the longest plus two spaces; summaries' later lines indented to it.
+  size_t width = 0;
+  for (const Command& c : commands())
+    if (std::string(c.name).rfind(prefix, 0) == 0) width = std::max(width, std::strlen(c.name) - prefix.size());
   std::string out;
   for (const Command& c : commands()) {
     if (std::string(c.name).rfind(prefix, 0) != 0) continue;
     std::string summary = c.summary;
     for (size_t p = summary.find('\n'); p != std::string::npos; p = summary.find('\n', p + 1))
-      summary.insert(p + 1, std::string(12, ' '));
-    char name[16];
-    std::snprintf(name, sizeof name, "  %-10s", c.name + prefix.size());
-    out += name + summary + "\n";
+      summary.insert(p + 1, std::string(width + 4, ' '));
+    const std::string name = c.name + prefix.size();
+    out += "  " + name + std::string(width + 2 - name.size(), ' ') + summary + "\n";
   }
   return out;
 }
