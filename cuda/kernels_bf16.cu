@@ -1,7 +1,7 @@
 // The bf16 instantiations of every kernel family: the production precision (bf16 weights and
-// activations, fp32 accumulation). The CUDA backend runs in fp32 for now (its Backend interface carries
-// fp32 buffers); compiling these here keeps the bf16 kernels building with -Werror for sm_80/sm_90 and
-// puts them in the resource report. They are executed and checked against the CPU reference in the
+// activations, fp32 accumulation), compiled on their own so that each launcher builds with -Werror for
+// sm_80/sm_90 whether or not the backend (cuda/cuda_backend.cu, which stores fp32 or bf16) reaches it, and
+// appears in the resource report. They are executed and checked against the CPU reference in the
 // emulator tests (test/test_cuda_*.cpp). The tensor-core attention (attention_mma.cuh) is here in fp16, the
 // one kernel family that stores it (the backend instantiates its bf16 kernels).
 #include "cuda/attention.cuh"

@@ -67,6 +67,7 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
   std::vector<float> out(inputs.size() * (size_t)C);
   ForwardOptions opt;
   opt.causal = !spec_.bidirectional;
+  opt.inference = true;  // one layer's activations at a time
   for (size_t start = 0; start < inputs.size(); start += batch_size) {
     const size_t end = std::min(inputs.size(), start + (size_t)batch_size);
     std::vector<std::vector<int>> ids;

@@ -11,6 +11,7 @@ std::vector<GreedyStep> greedy_decode(Model& m, const std::vector<int>& prompt, 
   std::vector<GreedyStep> out;
   ForwardOptions opt;
   opt.causal = true;
+  opt.inference = true;
   const int V = m.config.vocab_size;
   for (int s = 0; s < steps; ++s) {
     const int T = (int)tokens.size();

@@ -278,19 +278,23 @@ int activation_slots(int L, int recompute_layers) {
 }
 
 int activation_slot(const Activations& a, int layer) {
+  if (a.inference) return 0;
   return a.recompute_layers == 0 ? layer : layer < a.recompute_layers ? 0 : layer - a.recompute_layers + 1;
 }
+
+size_t residual_index(const Activations& a, int layer) { return a.inference ? (size_t)(layer % 2) : (size_t)layer; }
 
 namespace {
 
 // Sizes activations and scratch for B*T rows. Every buffer is laid out by the current row count, so
 // a smaller batch reuses the allocation (greedy decoding grows T by one per step). The sizes are
 // model/memory_plan.cpp's too: a buffer added here must be added there (the tests compare them).
-void ensure_activations(Model& m, int B, int T, int recompute_layers) {
+void ensure_activations(Model& m, int B, int T, int recompute_layers, bool inference) {
   Activations& a = m.acts;
   const size_t rows = (size_t)B * T;
-  recompute_layers = std::clamp(recompute_layers, 0, m.config.num_hidden_layers);
-  if (rows <= a.capacity_rows && B <= a.capacity_batch && a.recompute_layers == recompute_layers) {
+  recompute_layers = inference ? 0 : std::clamp(recompute_layers, 0, m.config.num_hidden_layers);
+  if (rows <= a.capacity_rows && B <= a.capacity_batch && a.recompute_layers == recompute_layers &&
+      a.inference == inference) {
     a.B = B;
     a.T = T;
     return;
@@ -307,12 +311,13 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers) {
   a.B = B;
   a.T = T;
   a.recompute_layers = recompute_layers;
+  a.inference = inference;
   a.ids = m.alloc_ints(N, true);
   a.key_mask = m.alloc_ints(N, true);
   a.loss_rows = m.alloc_ints(N, true);
   a.targets = m.alloc_ints(N, true);
-  a.resid = f((L + 1) * N * C);
-  a.layers.resize(activation_slots(L, recompute_layers));
+  a.resid = f((inference ? 2 : L + 1) * N * C);
+  a.layers.resize(inference ? 1 : activation_slots(L, recompute_layers));
   for (LayerActivations& la : a.layers) {
     la.x1 = f(N * C);
     la.rstd1 = f32(N);
@@ -332,18 +337,20 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers) {
   a.final_hidden = f(N * C);
   a.rstd_final = f32(N);
   a.losses = f32(N);
-  a.d_resid = f(N * C);
-  a.d_x = f(N * C);
-  a.d_hidden = f(N * C);
-  a.d_q = f(N * QD);
-  a.d_k = f(N * KVD);
-  a.d_v = f(N * KVD);
-  a.d_att = f(N * QD);
-  a.d_gate = f(N * F);
-  a.d_up = f(N * F);
-  a.d_act = f(N * F);
+  if (!inference) {
+    a.d_resid = f(N * C);
+    a.d_x = f(N * C);
+    a.d_hidden = f(N * C);
+    a.d_q = f(N * QD);
+    a.d_k = f(N * KVD);
+    a.d_v = f(N * KVD);
+    a.d_att = f(N * QD);
+    a.d_gate = f(N * F);
+    a.d_up = f(N * F);
+    a.d_act = f(N * F);
+  }
   a.tmp = f(N * std::max({C, F, QD}));
-  a.lora_scratch = f(N * std::max({C, F, QD}));
+  if (!inference) a.lora_scratch = f(N * std::max({C, F, QD}));  // dropped LoRA inputs: training only
   a.pool_weights = f32(N);
   a.pooled = f32((size_t)B * C);
 }
@@ -401,8 +408,8 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   Activations& a = m.acts;
   const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  const float* h = tensor_offset(m, a.resid, (size_t)l * N * C);
-  float* h_next = tensor_offset(m, a.resid, (size_t)(l + 1) * N * C);
+  const float* h = tensor_offset(m, a.resid, residual_index(a, l) * N * C);
+  float* h_next = tensor_offset(m, a.resid, residual_index(a, l + 1) * N * C);
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer forward");
   {
@@ -475,7 +482,9 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
   }
   if (opt.attn_dropout < 0.0f || opt.attn_dropout >= 1.0f)
     throw std::runtime_error("model_forward: attention dropout must be in [0, 1)");
-  ensure_activations(m, B, T, opt.recompute_layers);
+  if (opt.inference && opt.training)
+    throw std::runtime_error("model_forward: an inference-only forward cannot train (ForwardOptions::inference)");
+  ensure_activations(m, B, T, opt.recompute_layers, opt.inference);
   ensure_rope(m, T);
   m.last_forward = opt;
   Activations& a = m.acts;
@@ -489,7 +498,8 @@ void model_forward(Model& m, const int* ids, const int* key_mask, int B, int T, 
   }
   m.backend->embedding_forward(a.resid, a.ids, m.embed, N, c.hidden_size);
   for (int l = 0; l < c.num_hidden_layers; ++l) layer_forward(m, opt, l, a.layers[activation_slot(a, l)]);
-  m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final, tensor_offset(m, a.resid, (size_t)c.num_hidden_layers * N * c.hidden_size),
+  m.backend->rmsnorm_forward(a.final_hidden, a.rstd_final,
+                             tensor_offset(m, a.resid, residual_index(a, c.num_hidden_layers) * N * c.hidden_size),
                              m.final_norm, N, c.hidden_size, c.rms_norm_eps);
 }
 
@@ -504,6 +514,8 @@ void lm_head_forward(Model& m) {
 void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("model_backward: no forward pass to differentiate");
+  if (a.inference)
+    throw std::runtime_error("model_backward: the last forward was inference-only (ForwardOptions::inference)");
   const ForwardOptions& opt = m.last_forward;
   const ModelConfig& c = m.config;
   const int N = a.B * a.T, C = c.hidden_size, L = c.num_hidden_layers;
@@ -523,6 +535,8 @@ float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
                 const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
+  if (backward && a.inference)
+    throw std::runtime_error("mntp_loss: the last forward was inference-only (ForwardOptions::inference)");
   const int B = a.B, T = a.T, N = B * T, V = m.config.vocab_size;
   std::vector<int> rows, targets;
   for (int b = 0; b < B; ++b)

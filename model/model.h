@@ -76,6 +76,11 @@ struct ForwardOptions {
   // 0 stores every layer's activations, >= L recomputes all (gradient checkpointing). The dropout masks
   // are functions of (seed, row0, site), so a recomputed layer is bit-identical to its first forward.
   int recompute_layers = 0;
+  // Inference only (embedding, evaluation, generation): every layer runs in one shared slot of
+  // activations and the residual stream in two buffers (layer l reads one and writes the other), and no
+  // backward buffers are allocated, so memory grows with B·T·width and not with the layers. No backward
+  // can follow; training (dropout) is refused.
+  bool inference = false;
 };
 
 // Per-layer saved activations of one forward pass (backend memory).
@@ -89,9 +94,10 @@ struct Activations {
   size_t capacity_rows = 0;  // B*T the buffers were allocated for
   int capacity_batch = 0;    // and B (the pooled rows)
   int recompute_layers = 0;  // as ForwardOptions's, clamped to [0, L]
+  bool inference = false;    // as ForwardOptions's: one slot, two residual buffers, no backward buffers
   int* ids = nullptr;        // [N]
   int* key_mask = nullptr;   // [N]
-  float* resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L
+  float* resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L (residual_index)
   // One slot per stored layer (layers recompute_layers .. L-1 at indices 1 .. L-recompute_layers when some
   // are recomputed, else 0 .. L-1), plus slot 0 shared by the recomputed layers (activation_slot).
   std::vector<LayerActivations> layers;
@@ -149,6 +155,9 @@ int linear_out_features(const ModelConfig& c, int id);
 // the slot layer `layer` uses (Activations::layers).
 int activation_slots(int L, int recompute_layers);
 int activation_slot(const Activations& a, int layer);
+// Where the input of layer `layer` (the output of layer - 1; layer L: the last output) is in a.resid:
+// at `layer`, or at layer % 2 after an inference forward.
+size_t residual_index(const Activations& a, int layer);
 
 // Loads base weights (Hugging Face names) from `src` into backend memory. Every missing tensor or
 // wrong shape is a std::runtime_error naming the tensor and src.describe().

@@ -447,3 +447,52 @@ TEST(Stories260K, GreedyDecodingFromBosReproducesThePublishedText) {
 
 }  // namespace
 }  // namespace l2v
+
+namespace l2v {
+namespace {
+
+// ForwardOptions::inference (embed, eval, generate): the hidden states equal the full forward's bit for
+// bit (the same ops on the same values, only the buffers differ), with an unmerged LoRA adapter and
+// padding; the activation memory it allocates does not depend on the depth (one slot, two residual
+// buffers, no backward buffers) while the full forward's grows with every layer; nothing can be
+// differentiated after it.
+TEST(Model, InferenceForwardHoldsOneLayerAndEqualsTheFullForward) {
+  size_t inference_bytes[2] = {0, 0}, full_bytes[2] = {0, 0};
+  for (int depth : {0, 1}) {
+    nlohmann::json j = {{"model_type", "llama"},     {"vocab_size", 32},         {"hidden_size", 16},
+                        {"intermediate_size", 24},   {"num_hidden_layers", depth ? 6 : 2},
+                        {"num_attention_heads", 4},  {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-5}};
+    const ModelConfig c = parse_hf_config(j, "inference test");
+    std::unique_ptr<Backend> be = make_cpu_backend();
+    Model m;
+    load_model(m, c, test::random_weights(c, 5), *be);
+    add_random_lora(m, 4, 8.0f, 0.1f, 6);
+    const Batch b = test::padded_batch(c.vocab_size, 7);
+    ForwardOptions full;
+    const size_t before_full = cpu_backend_memory(*be).current;
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, full);
+    full_bytes[depth] = cpu_backend_memory(*be).current - before_full;
+    const std::vector<float> want = hidden(m);
+    m.release_activations();
+    ForwardOptions inference;
+    inference.inference = true;
+    const size_t before = cpu_backend_memory(*be).current;
+    model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, inference);
+    inference_bytes[depth] = cpu_backend_memory(*be).current - before;
+    EXPECT_EQ(hidden(m), want) << c.num_hidden_layers << " layers";
+    std::vector<float> d((size_t)b.B * b.T * c.hidden_size, 1.0f);
+    EXPECT_THROW(model_backward(m, d.data()), std::runtime_error);
+    EXPECT_THROW(mntp_loss(m, b.labels.data(), true), std::runtime_error);
+    EXPECT_NO_THROW(mntp_loss(m, b.labels.data(), false));
+    inference.training = true;
+    EXPECT_THROW(model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, inference), std::runtime_error);
+  }
+  EXPECT_EQ(inference_bytes[0], inference_bytes[1]) << "inference memory grew with the depth";
+  EXPECT_GT(full_bytes[1], full_bytes[0]);
+  EXPECT_LT(inference_bytes[1] * 3, full_bytes[1]);
+  std::printf("activation bytes, 2 / 6 layers: full forward %zu / %zu, inference %zu / %zu\n", full_bytes[0],
+              full_bytes[1], inference_bytes[0], inference_bytes[1]);
+}
+
+}  // namespace
+}  // namespace l2v
