@@ -1,5 +1,7 @@
 #include "model/encoder.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -57,6 +59,41 @@ Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
   }
 }
 
+namespace {
+
+std::string strip(std::string s) {
+  while (!s.empty() && std::isspace((unsigned char)s.back())) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && std::isspace((unsigned char)s[i])) ++i;
+  return s.substr(i);
+}
+
+// Unicode code points of UTF-8 text (Python's len of the decoded string).
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The order llm2vec's encode() embeds texts in: by decreasing length, in characters, of the string it
+// builds (`instruction.strip() + " !@#$%^&*()" + text`, or `"!@#$%^&*()" + text` without instruction).
+// Texts of a batch then have similar lengths, so little of it is padding. Ties keep input order (numpy's
+// argsort may break them otherwise; that only moves a text between batches of the same lengths, which
+// changes its embedding by rounding alone: padded keys are masked and RoPE depends on relative positions).
+std::vector<size_t> length_order(const std::vector<EncoderInput>& inputs) {
+  constexpr size_t kSeparator = 10;  // "!@#$%^&*()"
+  std::vector<size_t> key(inputs.size()), order(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string instruction = strip(inputs[i].instruction);
+    key[i] = (instruction.empty() ? 0 : code_points(instruction) + 1) + kSeparator + code_points(inputs[i].text);
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] > key[b]; });
+  return order;
+}
+
+}  // namespace
+
 std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress) {
   if (batch_size < 1) throw std::runtime_error("embed: batch size must be positive");
   const int C = dim();
@@ -68,20 +105,19 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
   ForwardOptions opt;
   opt.causal = !spec_.bidirectional;
   opt.inference = true;  // one layer's activations at a time
+  const std::vector<size_t> order = length_order(inputs);
   for (size_t start = 0; start < inputs.size(); start += batch_size) {
     const size_t end = std::min(inputs.size(), start + (size_t)batch_size);
     std::vector<std::vector<int>> ids;
     std::vector<int> n_instruction;
-    for (size_t i = start; i < end; ++i) {
-      const EncoderInput& in = inputs[i];
-      if (in.instruction.empty()) {
+    for (size_t k = start; k < end; ++k) {
+      const EncoderInput& in = inputs[order[k]];
+      const std::string instruction = strip(in.instruction);
+      if (instruction.empty()) {
         ids.push_back(tok_->encode(in.text, true));
         n_instruction.push_back(0);
         continue;
       }
-      std::string instruction = in.instruction;
-      while (!instruction.empty() && std::isspace((unsigned char)instruction.back())) instruction.pop_back();
-      while (!instruction.empty() && std::isspace((unsigned char)instruction.front())) instruction.erase(0, 1);
       ids.push_back(tok_->encode(instruction + " " + in.text, true));
       const int text_tokens = (int)tok_->encode(in.text, false).size();
       n_instruction.push_back(spec_.skip_instruction ? std::max(0, (int)ids.back().size() - text_tokens) : 0);
@@ -90,16 +126,21 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
     try {
       b = build_embed_batch(ids, n_instruction, *tok_, pad);
     } catch (const std::exception& e) {
-      throw std::runtime_error("embed: texts " + std::to_string(start + 1) + ".." + std::to_string(end) + ": " + e.what());
+      std::string which;
+      for (size_t k = start; k < end; ++k) which += (k > start ? ", " : "") + std::to_string(order[k] + 1);
+      throw std::runtime_error("embed: the batch of texts " + which + ": " + e.what());
     }
     model_forward(model_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
     const std::vector<float> pooled = pool_forward(model_, head_, b, tok_->bos_id(), tok_->eos_id(), nullptr);
-    for (size_t i = 0; i < pooled.size(); ++i)
-      if (!std::isfinite(pooled[i]))
-        throw std::runtime_error("embed: text " + std::to_string(start + i / C + 1) +
-                                 " has a non-finite embedding: the model's weights or activations overflow (" +
-                                 spec_.model_name_or_path + ")");
-    std::copy(pooled.begin(), pooled.end(), out.begin() + start * C);
+    for (size_t k = start; k < end; ++k) {
+      const float* row = &pooled[(k - start) * C];
+      for (int c = 0; c < C; ++c)
+        if (!std::isfinite(row[c]))
+          throw std::runtime_error("embed: text " + std::to_string(order[k] + 1) +
+                                   " has a non-finite embedding: the model's weights or activations overflow (" +
+                                   spec_.model_name_or_path + ")");
+      std::copy(row, row + C, out.begin() + order[k] * C);
+    }
     if (progress && ((start / batch_size) % 20 == 19 || end == inputs.size()))
       std::fprintf(stderr, "embedded %zu/%zu texts\n", end, inputs.size());
   }

@@ -44,7 +44,8 @@ class Encoder {
   Encoder(const EncoderSpec& spec, Backend& backend);
   int dim() const { return model_.config.hidden_size; }
   const Tokenizer& tokenizer() const { return *tok_; }
-  // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward.
+  // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward; the
+  // texts go through in llm2vec's order (by decreasing length), so that batches carry little padding.
   // progress: a line on stderr every few batches.
   std::vector<float> embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress);
 

@@ -1111,6 +1111,49 @@ TEST(TrainerEncoder, NonFiniteEmbeddingsAreAnErrorNotOutput) {
                        {"text 1", "non-finite", model}));
 }
 
+// embed batches texts in llm2vec's order (by decreasing length) and returns them in input order: the
+// same texts given in another order come back as the same embeddings, bit for bit, in their new order
+// (the batches are the same whatever the input order); and the embeddings are those of the texts (each
+// within rounding of embedding it alone: RoPE sees relative positions, padding is masked).
+// Alone, a text sits at other absolute positions than in a padded batch: RoPE rotates its q and k by other
+// angles (cos/sin rounded once each, two products and a sum per element) whose rounding no longer cancels
+// in q·k, and the softmax and value sums carry it on — of order 16u per layer, u = 2^-24; stories260K has
+// 5 layers: 80u ≈ 4.8e-6 of the embedding's scale (1.2e-6 observed). A text embedded with another's
+// padding, mask or pooled row would be off by O(1).
+constexpr double kAloneTolerance = 16.0 * 5 * 0x1p-24;
+TEST(TrainerEncoder, BatchesByLengthAndReturnsInputOrder) {
+  EncoderSpec spec;
+  spec.model_name_or_path = kModel;
+  spec.tokenizer = kTok;
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Encoder enc(spec, *backend);
+  const int C = enc.dim();
+  const std::vector<EncoderInput> texts = {{"", "a cat"},
+                                           {"", "the little dog ran to the big red barn in the rain"},
+                                           {"Represent the story", "she sang"},
+                                           {"", "once upon a time there was a girl"},
+                                           {"", "he ate an apple and a pear"}};
+  const std::vector<size_t> perm = {3, 0, 4, 2, 1};
+  std::vector<EncoderInput> shuffled;
+  for (size_t i : perm) shuffled.push_back(texts[i]);
+  const std::vector<float> a = enc.embed(texts, 2, false), b = enc.embed(shuffled, 2, false);
+  for (size_t k = 0; k < perm.size(); ++k)
+    for (int c = 0; c < C; ++c)
+      ASSERT_EQ(b[k * C + c], a[perm[k] * C + c]) << "text " << perm[k] << " channel " << c;
+  double worst = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::vector<float> alone = enc.embed({texts[i]}, 1, false);
+    double diff = 0, norm = 0;
+    for (int c = 0; c < C; ++c) {
+      diff = std::max(diff, (double)std::fabs(alone[c] - a[i * C + c]));
+      norm = std::max(norm, (double)std::fabs(alone[c]));
+    }
+    worst = std::max(worst, diff / norm);
+  }
+  std::printf("embedded alone vs in a length-sorted batch: worst |difference| / max|embedding| %.3g\n", worst);
+  EXPECT_LT(worst, kAloneTolerance);
+}
+
 void expect_non_finite_stops_cleanly(const std::string& stage, const std::string& dataset) {
   TempDir tmp("trainer_nonfinite");
   const std::string out = tmp / "run";
