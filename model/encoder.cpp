@@ -94,7 +94,8 @@ std::vector<size_t> length_order(const std::vector<EncoderInput>& inputs) {
 
 }  // namespace
 
-std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress) {
+std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress,
+                                  EmbedStats* stats) {
   if (batch_size < 1) throw std::runtime_error("embed: batch size must be positive");
   const int C = dim();
   PadOptions pad;
@@ -106,6 +107,9 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
   opt.causal = !spec_.bidirectional;
   opt.inference = true;  // one layer's activations at a time
   const std::vector<size_t> order = length_order(inputs);
+  EmbedStats counted;
+  counted.max_length = pad.max_length;
+  counted.texts = inputs.size();
   for (size_t start = 0; start < inputs.size(); start += batch_size) {
     const size_t end = std::min(inputs.size(), start + (size_t)batch_size);
     std::vector<std::vector<int>> ids;
@@ -121,6 +125,10 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
       ids.push_back(tok_->encode(instruction + " " + in.text, true));
       const int text_tokens = (int)tok_->encode(in.text, false).size();
       n_instruction.push_back(spec_.skip_instruction ? std::max(0, (int)ids.back().size() - text_tokens) : 0);
+    }
+    for (const std::vector<int>& t : ids) {
+      const bool eos_added = pad.append_eos && (t.empty() || t.back() != tok_->eos_id());
+      counted.truncated += t.size() + (eos_added ? 1 : 0) > (size_t)pad.max_length;
     }
     EmbedBatch b;
     try {
@@ -144,6 +152,7 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
     if (progress && ((start / batch_size) % 20 == 19 || end == inputs.size()))
       std::fprintf(stderr, "embedded %zu/%zu texts\n", end, inputs.size());
   }
+  if (stats) *stats = counted;
   return out;
 }
 

@@ -39,6 +39,12 @@ struct EncoderInput {
   std::string text;
 };
 
+// What an embed call did: the token length texts were cut to, and how many were longer.
+struct EmbedStats {
+  int max_length = 0;
+  size_t texts = 0, truncated = 0;
+};
+
 class Encoder {
  public:
   Encoder(const EncoderSpec& spec, Backend& backend);
@@ -47,7 +53,10 @@ class Encoder {
   // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward; the
   // texts go through in llm2vec's order (by decreasing length), so that batches carry little padding.
   // progress: a line on stderr every few batches.
-  std::vector<float> embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress);
+  // *stats (when given) receives the truncation count: texts longer than the spec's max_length keep their
+  // first max_length tokens (llm2vec's truncation), which callers report rather than hide.
+  std::vector<float> embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress,
+                           EmbedStats* stats = nullptr);
 
  private:
   EncoderSpec spec_;

@@ -1154,6 +1154,34 @@ TEST(TrainerEncoder, BatchesByLengthAndReturnsInputOrder) {
   EXPECT_LT(worst, kAloneTolerance);
 }
 
+// embed reports what it truncates: texts whose tokens (with the EOS eos_token pooling appends) exceed
+// max_length, counted against the tokenizer's own lengths.
+TEST(TrainerEncoder, CountsTheTextsItTruncates) {
+  const std::vector<EncoderInput> texts = {{"", "a cat"},
+                                           {"", "the little dog ran to the big red barn in the rain"},
+                                           {"", "once upon a time"},
+                                           {"", "he ate an apple and a pear"}};
+  std::unique_ptr<Tokenizer> tok = load_tokenizer(kTok);
+  for (bool eos : {false, true}) {
+    EncoderSpec spec;
+    spec.model_name_or_path = kModel;
+    spec.tokenizer = kTok;
+    spec.max_length = 6;
+    if (eos) spec.pooling = PoolingMode::kEosToken;
+    std::unique_ptr<Backend> backend = make_cpu_backend();
+    Encoder enc(spec, *backend);
+    size_t want = 0;
+    for (const EncoderInput& t : texts) want += tok->encode(t.text, true).size() + (eos ? 1 : 0) > 6;
+    ASSERT_GT(want, 0u);
+    ASSERT_LT(want, texts.size());
+    EmbedStats stats;
+    enc.embed(texts, 3, false, &stats);
+    EXPECT_EQ(stats.max_length, 6);
+    EXPECT_EQ(stats.texts, texts.size());
+    EXPECT_EQ(stats.truncated, want) << (eos ? "eos_token pooling" : "mean pooling");
+  }
+}
+
 void expect_non_finite_stops_cleanly(const std::string& stage, const std::string& dataset) {
   TempDir tmp("trainer_nonfinite");
   const std::string out = tmp / "run";

@@ -415,6 +415,14 @@ EncoderSpec encoder_spec(const ParsedOptions& o) {
   return spec;
 }
 
+// "max_length 64: 3 of 5001 sentences truncated to their first 64 tokens (--max_length sets another)".
+std::string truncation_line(const EmbedStats& s, const char* what) {
+  return "max_length " + std::to_string(s.max_length) + ": " + std::to_string(s.truncated) + " of " +
+         std::to_string(s.texts) + " " + what + " truncated" +
+         (s.truncated ? " to their first " + std::to_string(s.max_length) + " tokens (--max_length sets another)"
+                      : std::string());
+}
+
 int run_embed(const ParsedOptions& o) {
   const EncoderSpec spec = encoder_spec(o);
   const std::string input = o.required("--input"), output = o.required("--output");
@@ -448,7 +456,9 @@ int run_embed(const ParsedOptions& o) {
   if (inputs.empty()) throw std::runtime_error(input + ": no texts");
   std::unique_ptr<Backend> backend = backend_for(o);
   Encoder enc(spec, *backend);
-  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 16, 1), !o.has("--quiet"));
+  EmbedStats stats;
+  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 16, 1), !o.has("--quiet"), &stats);
+  std::fprintf(stderr, "%s\n", truncation_line(stats, "texts").c_str());
   if (o.has("--normalize")) normalize_rows(emb, enc.dim());
   if (jsonl) {
     std::string text;
@@ -483,7 +493,8 @@ int run_eval_sts(const ParsedOptions& o) {
   for (const StsPair& p : pairs)
     for (const std::string* s : {&p.a, &p.b})
       if (index.emplace(*s, inputs.size()).second) inputs.push_back({"", *s});
-  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 32, 1), !o.has("--quiet"));
+  EmbedStats stats;
+  std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 32, 1), !o.has("--quiet"), &stats);
   normalize_rows(emb, enc.dim());
   std::vector<double> cosine, gold;
   for (const StsPair& p : pairs) {
@@ -497,10 +508,12 @@ int run_eval_sts(const ParsedOptions& o) {
   const double rho = spearman(cosine, gold);
   const std::string name = format == "sick" ? "SICK-R (" + split + ")" : data;
   std::printf("%s: %zu pairs, %zu sentences, Spearman %.4f\n", name.c_str(), pairs.size(), inputs.size(), rho);
+  std::printf("%s\n", truncation_line(stats, "sentences").c_str());
   if (o.has("--json-out")) {
     nlohmann::json j = {{"data", data}, {"split", split}, {"pairs", pairs.size()}, {"spearman", rho},
                         {"model", o.required("--model")}, {"pooling_mode", pooling_mode_name(spec.pooling)},
-                        {"bidirectional", spec.bidirectional}};
+                        {"bidirectional", spec.bidirectional}, {"max_length", stats.max_length},
+                        {"truncated", stats.truncated}};
     write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
   }
   return 0;
