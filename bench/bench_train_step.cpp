@@ -79,7 +79,7 @@ void BM_SimcseStep(benchmark::State& state) {
   opt.training = true;
   opt.attn_dropout = 0.3f;
   AdamWConfig ac;
-  float* d_hidden = s.m.alloc_tensor((size_t)2 * P * T * C);
+  Tensor d_hidden = s.m.alloc_tensor((size_t)2 * P * T * C);
   for (auto _ : state) {
     zero_grads(s.m);
     model_forward(s.m, b.ids.data(), b.key_mask.data(), 2 * P, T, opt);

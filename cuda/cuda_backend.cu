@@ -43,8 +43,8 @@ namespace {
 #endif
 
 
-// T is the tensor storage type (float or __nv_bfloat16); the interface's float* tensor handles are
-// reinterpreted as T*, fp32 buffers are used as they are.
+// T is the tensor storage type (float or __nv_bfloat16); the interface's Tensor handles are reinterpreted
+// as T* (t()), fp32 buffers are used as they are.
 template <typename T>
 class CudaBackend final : public Backend {
  public:
@@ -116,7 +116,7 @@ class CudaBackend final : public Backend {
   size_t tensor_element_bytes() const override { return sizeof(T); }
   // Conversions run on the device through an fp32 staging buffer (round to nearest even, as torch).
   // In pieces of at most cuda::kStagingFloats, so the staging buffer stays small (cuda/workspace_sizes.h).
-  void upload_tensor(float* dst, const float* host, size_t n) override {
+  void upload_tensor(Tensor dst, const float* host, size_t n) override {
     if constexpr (std::is_same<T, float>::value) {
       upload(dst, host, n * sizeof(float));
     } else {
@@ -128,7 +128,7 @@ class CudaBackend final : public Backend {
       }
     }
   }
-  void download_tensor(float* host, const float* src, size_t n) override {
+  void download_tensor(float* host, ConstTensor src, size_t n) override {
     if constexpr (std::is_same<T, float>::value) {
       download(host, src, n * sizeof(float));
     } else {
@@ -141,28 +141,28 @@ class CudaBackend final : public Backend {
     }
   }
 
-  void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
+  void embedding_forward(Tensor out, const int* ids, ConstTensor table, int N, int C) override {
     cuda::embedding_forward_cuda(t(out), ids, t(table), N, C, stream_);
   }
-  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+  void rmsnorm_forward(Tensor out, float* rstd, ConstTensor inp, const float* weight, int N, int C,
                        float eps) override {
     cuda::rmsnorm_forward_cuda(t(out), rstd, t(inp), weight, N, C, eps, stream_);
   }
-  void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
-                        int N, int C) override {
+  void rmsnorm_backward(Tensor dinp, ConstTensor dout, ConstTensor inp, const float* weight, const float* rstd, int N,
+                        int C) override {
     cuda::rmsnorm_backward_cuda(t(dinp), t(dout), t(inp), weight, rstd, N, C, stream_);
   }
-  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T_, int nh,
+  void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T_, int nh,
                     int D) override {
     cuda::rope_forward_cuda(t(out), t(x), cos, sin, N, T_, nh, D, stream_);
   }
-  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T_, int nh,
+  void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T_, int nh,
                      int D) override {
     cuda::rope_backward_cuda(t(dx), t(dout), cos, sin, N, T_, nh, D, stream_);
   }
-  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                         const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
-                         DropoutKey key, uint32_t site) override {
+  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask,
+                         int B, int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
+                         uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -182,10 +182,9 @@ class CudaBackend final : public Backend {
     cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key,
                                  site, stream_);
   }
-  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T_,
-                          int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                          uint32_t site) override {
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out, const float* lse,
+                          ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask, int B, int T_, int H,
+                          int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -208,57 +207,56 @@ class CudaBackend final : public Backend {
     cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
                                   D, causal, dropout_p, key, site, scratch, stream_);
   }
-  void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
+  void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
     cuda::swiglu_forward_cuda(t(out), t(gate), t(up), n, stream_);
   }
-  void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
-                       long n) override {
+  void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up, long n) override {
     cuda::swiglu_backward_cuda(t(dgate), t(dup), t(dout), t(gate), t(up), n, stream_);
   }
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
     cuda::matmul_forward_cuda(cublas_, t(out), t(inp), t(weight), t(bias), N, IC, OC);
   }
-  void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+  void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {
     cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
-  void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
+  void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
+                    float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
                     int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
     cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, site, t(scratch), ws, N, IC,
                             OC, R);
   }
-  void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+  void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
                      const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                     float* scratch, int N, int IC, int OC, int R) override {
+                     Tensor scratch, int N, int IC, int OC, int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
     cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, site,
                              t(scratch), ws, N, IC, OC, R);
   }
-  void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+  void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(1, IC, OC, R));
     cuda::lora_merge_cuda(cublas_, t(weight), A, B, scale, sign, ws, IC, OC, R);
   }
-  void residual_forward(float* out, const float* a, const float* b, long n) override {
+  void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) override {
     cuda::residual_forward_cuda(t(out), t(a), t(b), n, stream_);
   }
-  void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+  void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {
     cuda::residual_rmsnorm_forward_cuda(t(resid_out), t(norm_out), rstd, t(a), t(b), weight, N, C, eps, stream_);
   }
-  void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
-                            const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
+  void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head, const int* rows,
+                            const int* targets, int M, int N, int C, int V, float dloss) override {
     void* scratch = lm_head_scratch_.get(cuda::lm_head_crossentropy_scratch_bytes<T>(cuda::kLmHeadChunk, C, V));
     cuda::lm_head_crossentropy_cuda(cublas_, losses, t(d_hidden), t(hidden), t(lm_head), rows, targets, M, N, C, V,
                                     dloss, scratch, cuda::kLmHeadChunk);
   }
-  void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T_, int C) override {
+  void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T_, int C) override {
     cuda::pool_forward_cuda(pooled, t(hidden), weights, B, T_, C, stream_);
   }
-  void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
+  void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
     cuda::pool_backward_cuda(t(d_hidden), d_pooled, weights, B, T_, C, stream_);
   }
   void range_push(const char* name) override {
@@ -327,8 +325,9 @@ class CudaBackend final : public Backend {
     uploads_.synchronized();
   }
 
-  static T* t(float* p) { return reinterpret_cast<T*>(p); }
-  static const T* t(const float* p) { return reinterpret_cast<const T*>(p); }
+  // Tensor handles hold T.
+  static T* t(Tensor p) { return reinterpret_cast<T*>(p); }
+  static const T* t(ConstTensor p) { return reinterpret_cast<const T*>(p); }
 
   AttentionImpl attention_;
   std::set<int> announced_;  // head dims whose attention choice was printed

@@ -52,87 +52,88 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
   void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
   size_t tensor_element_bytes() const override { return sizeof(float); }
-  void upload_tensor(float* dst, const float* host, size_t n) override { std::memcpy(dst, host, n * sizeof(float)); }
-  void download_tensor(float* host, const float* src, size_t n) override {
-    std::memcpy(host, src, n * sizeof(float));
+  void upload_tensor(Tensor dst, const float* host, size_t n) override { std::memcpy(f(dst), host, n * sizeof(float)); }
+  void download_tensor(float* host, ConstTensor src, size_t n) override {
+    std::memcpy(host, f(src), n * sizeof(float));
   }
 
-  void embedding_forward(float* out, const int* ids, const float* table, int N, int C) override {
-    cpu::embedding_forward(out, ids, table, N, C);
+  void embedding_forward(Tensor out, const int* ids, ConstTensor table, int N, int C) override {
+    cpu::embedding_forward(f(out), ids, f(table), N, C);
   }
-  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+  void rmsnorm_forward(Tensor out, float* rstd, ConstTensor inp, const float* weight, int N, int C,
                        float eps) override {
-    cpu::rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+    cpu::rmsnorm_forward(f(out), rstd, f(inp), weight, N, C, eps);
   }
-  void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+  void rmsnorm_backward(Tensor dinp, ConstTensor dout, ConstTensor inp, const float* weight, const float* rstd,
                         int N, int C) override {
-    cpu::rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
+    cpu::rmsnorm_backward(f(dinp), f(dout), f(inp), weight, rstd, N, C);
   }
-  void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T, int nh,
                     int D) override {
-    cpu::rope_forward(out, x, cos, sin, N, T, nh, D);
+    cpu::rope_forward(f(out), f(x), cos, sin, N, T, nh, D);
   }
-  void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T, int nh,
                      int D) override {
-    cpu::rope_backward(dx, dout, cos, sin, N, T, nh, D);
+    cpu::rope_backward(f(dx), f(dout), cos, sin, N, T, nh, D);
   }
-  void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
                          const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                          DropoutKey key, uint32_t site) override {
-    cpu::attention_forward(out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
+    cpu::attention_forward(f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
   }
-  void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                          const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+  void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out, const float* lse,
+                          ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask, int B, int T,
                           int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
                           uint32_t site) override {
-    cpu::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T, H, KV, D, causal, dropout_p,
-                            key, site);
+    cpu::attention_backward(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D,
+                            causal, dropout_p, key, site);
   }
-  void swiglu_forward(float* out, const float* gate, const float* up, long n) override {
-    cpu::swiglu_forward(out, gate, up, n);
+  void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
+    cpu::swiglu_forward(f(out), f(gate), f(up), n);
   }
-  void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+  void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
                        long n) override {
-    cpu::swiglu_backward(dgate, dup, dout, gate, up, n);
+    cpu::swiglu_backward(f(dgate), f(dup), f(dout), f(gate), f(up), n);
   }
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
-    cpu::matmul_forward(out, inp, weight, bias, N, IC, OC);
+    cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
   }
-  void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+  void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {
-    cpu::matmul_backward_input(dinp, dout, weight, N, IC, OC, accumulate);
+    cpu::matmul_backward_input(f(dinp), f(dout), f(weight), N, IC, OC, accumulate);
   }
-  void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
+  void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
+                    float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
                     int R) override {
-    cpu::lora_forward(out, xa, inp, A, B, scale, dropout_p, key, site, scratch, N, IC, OC, R);
+    cpu::lora_forward(f(out), f(xa), f(inp), A, B, scale, dropout_p, key, site, f(scratch), N, IC, OC, R);
   }
-  void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+  void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
                      const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                     float* scratch, int N, int IC, int OC, int R) override {
-    cpu::lora_backward(dinp, dA, dB, dout, inp, xa, A, B, scale, dropout_p, key, site, scratch, N, IC, OC, R);
+                     Tensor scratch, int N, int IC, int OC, int R) override {
+    cpu::lora_backward(f(dinp), dA, dB, f(dout), f(inp), f(xa), A, B, scale, dropout_p, key, site, f(scratch), N, IC,
+                       OC, R);
   }
-  void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+  void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {
-    cpu::lora_merge(weight, A, B, scale, sign, IC, OC, R);
+    cpu::lora_merge(f(weight), A, B, scale, sign, IC, OC, R);
   }
-  void residual_forward(float* out, const float* a, const float* b, long n) override {
-    cpu::residual_forward(out, a, b, n);
+  void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) override {
+    cpu::residual_forward(f(out), f(a), f(b), n);
   }
-  void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+  void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {
-    cpu::residual_rmsnorm_forward(resid_out, norm_out, rstd, a, b, weight, N, C, eps);
+    cpu::residual_rmsnorm_forward(f(resid_out), f(norm_out), rstd, f(a), f(b), weight, N, C, eps);
   }
-  void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
+  void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
-    cpu::lm_head_crossentropy(losses, d_hidden, hidden, lm_head, rows, targets, M, N, C, V, dloss);
+    cpu::lm_head_crossentropy(losses, f(d_hidden), f(hidden), f(lm_head), rows, targets, M, N, C, V, dloss);
   }
-  void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) override {
-    cpu::pool_forward(pooled, hidden, weights, B, T, C);
+  void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) override {
+    cpu::pool_forward(pooled, f(hidden), weights, B, T, C);
   }
-  void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
-    cpu::pool_backward(d_hidden, d_pooled, weights, B, T, C);
+  void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
+    cpu::pool_backward(f(d_hidden), d_pooled, weights, B, T, C);
   }
   void range_push(const char*) override {}
   void range_pop() override {}
@@ -141,6 +142,10 @@ class CpuBackend final : public Backend {
     *norm = cpu::adamw_step(tensors, count, args);
   }
  private:
+  // This backend's tensors are fp32 host arrays.
+  static float* f(Tensor t) { return reinterpret_cast<float*>(t); }
+  static const float* f(ConstTensor t) { return reinterpret_cast<const float*>(t); }
+
   mutable std::mutex mutex_;
   std::unordered_map<void*, size_t> sizes_;
   BackendMemory memory_;

@@ -11,6 +11,14 @@
 
 namespace l2v {
 
+// A tensor in backend memory: its elements are in the backend's tensor precision (fp32 on the CPU, fp32
+// or bf16 on CUDA), so a float* to them would invite `p + n`, which is wrong for bf16. The handle is a
+// pointer to an incomplete type: it can be stored, passed and compared, never dereferenced or offset
+// (`t + n` does not compile); tensor_offset(backend, t, n) is the one way to address element n.
+struct TensorElements;
+using Tensor = TensorElements*;
+using ConstTensor = const TensorElements*;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -20,15 +28,15 @@ class Backend {
 
   // Two classes of buffers. "Tensors" — activations, their gradients and the frozen base weights of the
   // linear layers and embeddings — are stored in the backend's precision: fp32 on the CPU, fp32 or bf16 on
-  // CUDA; their float* pointers are handles, only ever read through ops and upload_tensor/download_tensor.
+  // CUDA; their Tensor handles are only ever read through ops and upload_tensor/download_tensor.
   // Everything else is always fp32: norm weights, RoPE tables, rstd, lse, losses, the LoRA master weights,
   // their gradients and the optimizer moments.
   virtual size_t tensor_element_bytes() const = 0;
   // The device's peak FLOP/s in this backend's precision (dense bf16 tensor cores, or fp32), 0 when not
   // known (the CPU, an unlisted GPU): the trainer's progress line shows MFU against it.
   virtual double peak_flops() const { return 0.0; }
-  virtual void upload_tensor(float* dst, const float* host, size_t n) = 0;     // converts from fp32
-  virtual void download_tensor(float* host, const float* src, size_t n) = 0;   // converts to fp32
+  virtual void upload_tensor(Tensor dst, const float* host, size_t n) = 0;     // converts from fp32
+  virtual void download_tensor(float* host, ConstTensor src, size_t n) = 0;   // converts to fp32
 
   // Memory. alloc returns zeroed memory or throws std::bad_alloc / std::runtime_error. Copies are ordered
   // with the ops: upload may return before its copy has run (the CUDA backend queues small uploads from a
@@ -41,49 +49,50 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
 
-  // Ops: see host/cpu_ops.h for the contract of each.
-  virtual void embedding_forward(float* out, const int* ids, const float* table, int N, int C) = 0;
-  virtual void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C,
+  // Ops: see host/cpu_ops.h for the contract of each. Tensor / ConstTensor arguments are tensors (in the
+  // backend's precision), float* ones fp32 buffers.
+  virtual void embedding_forward(Tensor out, const int* ids, ConstTensor table, int N, int C) = 0;
+  virtual void rmsnorm_forward(Tensor out, float* rstd, ConstTensor inp, const float* weight, int N, int C,
                                float eps) = 0;
-  virtual void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight,
+  virtual void rmsnorm_backward(Tensor dinp, ConstTensor dout, ConstTensor inp, const float* weight,
                                 const float* rstd, int N, int C) = 0;
-  virtual void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh,
+  virtual void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T, int nh,
                             int D) = 0;
-  virtual void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T,
+  virtual void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T,
                              int nh, int D) = 0;
-  virtual void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+  virtual void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
                                  const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                                  float dropout_p, DropoutKey key, uint32_t site) = 0;
-  virtual void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
-                                  const float* lse, const float* q, const float* k, const float* v,
+  virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out,
+                                  const float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
                                   const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                                   float dropout_p, DropoutKey key, uint32_t site) = 0;
-  virtual void swiglu_forward(float* out, const float* gate, const float* up, long n) = 0;
-  virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+  virtual void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) = 0;
+  virtual void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
                                long n) = 0;
-  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC,
+  virtual void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                               int OC) = 0;
-  virtual void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
+  virtual void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
-  virtual void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
-                            float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC,
+  virtual void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
+                            float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
                             int R) = 0;
-  virtual void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp,
-                             const float* xa, const float* A, const float* B, float scale, float dropout_p,
-                             DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R) = 0;
-  virtual void lora_merge(float* weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
+  virtual void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
+                             const float* A, const float* B, float scale, float dropout_p, DropoutKey key,
+                             uint32_t site, Tensor scratch, int N, int IC, int OC, int R) = 0;
+  virtual void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
-  virtual void residual_forward(float* out, const float* a, const float* b, long n) = 0;
-  virtual void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, const float* a,
-                                        const float* b, const float* weight, int N, int C, float eps) = 0;
-  virtual void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head,
+  virtual void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) = 0;
+  virtual void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a,
+                                        ConstTensor b, const float* weight, int N, int C, float eps) = 0;
+  virtual void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,
                                     const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
   // NVTX-style ranges around layers and major ops, for profilers (nsys); nothing on the CPU.
   virtual void range_push(const char* name) = 0;
   virtual void range_pop() = 0;
   // pooled and d_pooled are fp32 [B, C], weights fp32 [B*T]; hidden and d_hidden are tensors.
-  virtual void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) = 0;
-  virtual void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) = 0;
+  virtual void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) = 0;
+  virtual void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) = 0;
   // cpu::adamw_step over a list of fp32 tensors in backend memory (scaling, global norm, clipping, AdamW),
   // writing the norm to *norm (one fp32 value in backend memory) without waiting for it: the caller reads
   // it when it needs it. The list's host array may change between calls; the CUDA backend runs the whole
@@ -91,5 +100,13 @@ class Backend {
   virtual void adamw_step(const cpu::OptimizerTensor* tensors, int count, const cpu::AdamWStepArgs& args,
                           float* norm) = 0;
 };
+
+// The tensor `elements` elements past `base`, in `backend`'s tensor precision.
+inline Tensor tensor_offset(const Backend& backend, Tensor base, size_t elements) {
+  return reinterpret_cast<Tensor>(reinterpret_cast<char*>(base) + elements * backend.tensor_element_bytes());
+}
+inline ConstTensor tensor_offset(const Backend& backend, ConstTensor base, size_t elements) {
+  return tensor_offset(backend, const_cast<Tensor>(base), elements);
+}
 
 }  // namespace l2v

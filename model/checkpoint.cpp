@@ -67,7 +67,7 @@ class ModelWeightsSource : public TensorSource {
     size_t n = 1;
     for (int64_t d : w.shape) n *= (size_t)d;
     if (n != count) throw std::runtime_error("model weights: '" + name + "' has " + std::to_string(n) + " values");
-    std::vector<float> host = w.tensor ? download_tensor(m_, w.data, n) : download_floats(m_, w.data, n);
+    std::vector<float> host = download_weight(m_, w);
     std::copy(host.begin(), host.end(), dst);
   }
   std::vector<std::string> names() const override {

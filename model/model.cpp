@@ -22,10 +22,8 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// Loads a checkpoint tensor into a backend tensor (as_tensor: linear weights, biases, embeddings) or an
-// fp32 buffer (norm weights).
-float* load_tensor(Model& m, const TensorSource& src, const std::string& name, std::vector<int64_t> shape,
-                   bool as_tensor = true) {
+// Checks that the checkpoint holds `name` with `shape`; returns its element count.
+size_t checked_count(const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
   if (!src.has(name)) throw std::runtime_error(src.describe() + ": missing tensor '" + name + "'");
   std::vector<int64_t> actual = src.shape(name);
   if (actual != shape)
@@ -33,15 +31,34 @@ float* load_tensor(Model& m, const TensorSource& src, const std::string& name, s
                              ", expected " + shape_str(shape));
   size_t n = 1;
   for (int64_t d : shape) n *= (size_t)d;
-  const bool fp32 = !as_tensor || m.backend->tensor_element_bytes() == sizeof(float);
-  float* dst = as_tensor ? m.alloc_tensor(n) : m.alloc_floats(n);
-  if (m.backend->is_host_memory() && fp32) {
-    src.read_f32(name, dst, n);  // straight from the (mmap'ed) file into the weights: no staging copy
+  return n;
+}
+
+// Loads a checkpoint tensor into a backend tensor (linear weights, biases, embeddings).
+Tensor load_tensor(Model& m, const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
+  const size_t n = checked_count(src, name, shape);
+  Tensor dst = m.alloc_tensor(n);
+  if (m.backend->is_host_memory() && m.backend->tensor_element_bytes() == sizeof(float)) {
+    // Host fp32 tensors are floats: straight from the (mmap'ed) file into the weights, no staging copy.
+    src.read_f32(name, reinterpret_cast<float*>(dst), n);
   } else {
     std::vector<float> host(n);
     src.read_f32(name, host.data(), n);
-    if (as_tensor) m.backend->upload_tensor(dst, host.data(), n);
-    else m.backend->upload(dst, host.data(), n * sizeof(float));
+    m.backend->upload_tensor(dst, host.data(), n);
+  }
+  return dst;
+}
+
+// Loads a checkpoint tensor into an fp32 buffer (norm weights).
+float* load_floats(Model& m, const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
+  const size_t n = checked_count(src, name, shape);
+  float* dst = m.alloc_floats(n);
+  if (m.backend->is_host_memory()) {
+    src.read_f32(name, dst, n);
+  } else {
+    std::vector<float> host(n);
+    src.read_f32(name, host.data(), n);
+    m.backend->upload(dst, host.data(), n * sizeof(float));
   }
   return dst;
 }
@@ -89,10 +106,10 @@ Model::~Model() {
   for (void* p : weight_memory_) backend->release(p);
 }
 
-float* Model::alloc_tensor(size_t n, bool activation) {
+Tensor Model::alloc_tensor(size_t n, bool activation) {
   void* p = backend->alloc(std::max<size_t>(n, 1) * backend->tensor_element_bytes());
   (activation ? activation_memory_ : weight_memory_).push_back(p);
-  return static_cast<float*>(p);
+  return static_cast<Tensor>(p);
 }
 
 float* Model::alloc_floats(size_t n, bool activation) {
@@ -137,8 +154,8 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = m.layers[l];
-    L.attn_norm = load_tensor(m, src, p + "input_layernorm.weight", {C}, false);
-    L.mlp_norm = load_tensor(m, src, p + "post_attention_layernorm.weight", {C}, false);
+    L.attn_norm = load_floats(m, src, p + "input_layernorm.weight", {C});
+    L.mlp_norm = load_floats(m, src, p + "post_attention_layernorm.weight", {C});
     for (int id = 0; id < kNumLinears; ++id) {
       Linear& lin = L.linear[id];
       lin.in = linear_in_features(c, id);
@@ -149,7 +166,7 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
       if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
     }
   }
-  m.final_norm = load_tensor(m, src, "model.norm.weight", {C}, false);
+  m.final_norm = load_floats(m, src, "model.norm.weight", {C});
   // Tied checkpoints may or may not store lm_head.weight; the embedding is the truth then.
   m.lm_head = c.tie_word_embeddings ? m.embed : load_tensor(m, src, "lm_head.weight", {V, C});
 }
@@ -231,34 +248,32 @@ void merge_and_unload_lora(Model& m) {
 std::vector<NamedWeight> model_weights(const Model& m) {
   const ModelConfig& c = m.config;
   std::vector<NamedWeight> out;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, m.embed, true});
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, m.embed, nullptr});
   for (size_t l = 0; l < m.layers.size(); ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const LayerWeights& L = m.layers[l];
-    out.push_back({p + "input_layernorm.weight", {c.hidden_size}, L.attn_norm, false});
+    out.push_back({p + "input_layernorm.weight", {c.hidden_size}, nullptr, L.attn_norm});
     for (int id = 0; id < kNumLinears; ++id) {
       const Linear& lin = L.linear[id];
       const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
-      out.push_back({name + ".weight", {lin.out, lin.in}, lin.weight, true});
-      if (lin.bias) out.push_back({name + ".bias", {lin.out}, lin.bias, true});
+      out.push_back({name + ".weight", {lin.out, lin.in}, lin.weight, nullptr});
+      if (lin.bias) out.push_back({name + ".bias", {lin.out}, lin.bias, nullptr});
     }
-    out.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}, L.mlp_norm, false});
+    out.push_back({p + "post_attention_layernorm.weight", {c.hidden_size}, nullptr, L.mlp_norm});
   }
-  out.push_back({"model.norm.weight", {c.hidden_size}, m.final_norm, false});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, m.lm_head, true});
+  out.push_back({"model.norm.weight", {c.hidden_size}, nullptr, m.final_norm});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, m.lm_head, nullptr});
   return out;
+}
+
+std::vector<float> download_weight(const Model& m, const NamedWeight& w) {
+  size_t n = 1;
+  for (int64_t d : w.shape) n *= (size_t)d;
+  return w.tensor ? download_tensor(m, w.tensor, n) : download_floats(m, w.floats, n);
 }
 
 void zero_grads(Model& m) {
   for (TrainableParam& p : m.trainable) m.backend->zero(p.grad, p.count * sizeof(float));
-}
-
-float* tensor_offset(const Model& m, float* base, size_t elements) {
-  return reinterpret_cast<float*>(reinterpret_cast<char*>(base) + elements * m.backend->tensor_element_bytes());
-}
-
-const float* tensor_offset(const Model& m, const float* base, size_t elements) {
-  return tensor_offset(m, const_cast<float*>(base), elements);
 }
 
 std::vector<float> download_floats(const Model& m, const float* ptr, size_t n) {
@@ -267,7 +282,7 @@ std::vector<float> download_floats(const Model& m, const float* ptr, size_t n) {
   return out;
 }
 
-std::vector<float> download_tensor(const Model& m, const float* ptr, size_t n) {
+std::vector<float> download_tensor(const Model& m, ConstTensor ptr, size_t n) {
   std::vector<float> out(n);
   m.backend->download_tensor(out.data(), ptr, n);
   return out;
@@ -332,7 +347,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     la.gate = f(N * F);
     la.up = f(N * F);
     la.act = f(N * F);
-    for (float*& xa : la.xa) xa = f(N * R);
+    for (Tensor& xa : la.xa) xa = f(N * R);
   }
   a.final_hidden = f(N * C);
   a.rstd_final = f32(N);
@@ -380,7 +395,7 @@ DropoutKey attention_key(const Model& m, const ForwardOptions& opt) {
 }
 
 // out = inp W^T + b, plus the LoRA branch of this linear layer.
-void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, float* out, float* xa, const float* inp,
+void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor out, Tensor xa, ConstTensor inp,
                     int N) {
   const Linear& lin = m.layers[layer].linear[id];
   m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
@@ -390,8 +405,8 @@ void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, floa
 }
 
 // dinp (+)= dout W, and the adapter's gradients.
-void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, float* dinp, const float* dout,
-                     const float* inp, const float* xa, int N, bool accumulate) {
+void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor dinp, ConstTensor dout,
+                     ConstTensor inp, ConstTensor xa, int N, bool accumulate) {
   const Linear& lin = m.layers[layer].linear[id];
   m.backend->matmul_backward_input(dinp, dout, lin.weight, N, lin.in, lin.out, accumulate);
   if (lora_active(m, lin))
@@ -408,8 +423,8 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   Activations& a = m.acts;
   const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  const float* h = tensor_offset(m, a.resid, residual_index(a, l) * N * C);
-  float* h_next = tensor_offset(m, a.resid, residual_index(a, l + 1) * N * C);
+  ConstTensor h = tensor_offset(m, a.resid, residual_index(a, l) * N * C);
+  Tensor h_next = tensor_offset(m, a.resid, residual_index(a, l + 1) * N * C);
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer forward");
   {
@@ -443,7 +458,7 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   Activations& a = m.acts;
   const int B = a.B, T = a.T, N = B * T, C = c.hidden_size;
   const int H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
-  const float* h = tensor_offset(m, a.resid, (size_t)l * N * C);
+  ConstTensor h = tensor_offset(m, a.resid, (size_t)l * N * C);
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer backward");
 
@@ -511,7 +526,7 @@ void lm_head_forward(Model& m) {
                             m.config.vocab_size);
 }
 
-void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done) {
+void model_backward(Model& m, ConstTensor d_final_hidden, const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("model_backward: no forward pass to differentiate");
   if (a.inference)

@@ -36,8 +36,8 @@ struct LoraConfig {
 };
 
 struct Linear {
-  float* weight = nullptr;  // [out, in]
-  float* bias = nullptr;    // [out] or nullptr
+  Tensor weight = nullptr;  // [out, in]
+  Tensor bias = nullptr;    // [out] or nullptr
   int in = 0, out = 0;
   // LoRA adapter of this layer, or nullptrs when it is not targeted.
   float* lora_A = nullptr;  // [r, in]
@@ -85,8 +85,9 @@ struct ForwardOptions {
 
 // Per-layer saved activations of one forward pass (backend memory).
 struct LayerActivations {
-  float *x1, *rstd1, *q, *k, *v, *att, *lse, *h_mid, *x2, *rstd2, *gate, *up, *act;
-  std::array<float*, kNumLinears> xa;  // LoRA intermediates dropout(x) A^T [N, r]
+  Tensor x1, q, k, v, att, h_mid, x2, gate, up, act;
+  float *rstd1, *rstd2, *lse;
+  std::array<Tensor, kNumLinears> xa;  // LoRA intermediates dropout(x) A^T [N, r]
 };
 
 struct Activations {
@@ -97,19 +98,19 @@ struct Activations {
   bool inference = false;    // as ForwardOptions's: one slot, two residual buffers, no backward buffers
   int* ids = nullptr;        // [N]
   int* key_mask = nullptr;   // [N]
-  float* resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L (residual_index)
+  Tensor resid = nullptr;    // [L+1, N, C]: input of layer l at l, last layer's output at L (residual_index)
   // One slot per stored layer (layers recompute_layers .. L-1 at indices 1 .. L-recompute_layers when some
   // are recomputed, else 0 .. L-1), plus slot 0 shared by the recomputed layers (activation_slot).
   std::vector<LayerActivations> layers;
-  float* final_hidden = nullptr;  // [N, C] after the final norm
+  Tensor final_hidden = nullptr;  // [N, C] after the final norm
   float* rstd_final = nullptr;
-  float* logits = nullptr;        // [N, V], allocated by the first lm_head_forward only
+  Tensor logits = nullptr;        // [N, V], allocated by the first lm_head_forward only
   int* loss_rows = nullptr;       // [N] MNTP: the rows whose logits predict a label
   int* targets = nullptr;         // [N] MNTP: the label each of those rows predicts
   float* losses = nullptr;        // [N]
   // backward scratch, shared by all layers
-  float *d_resid, *d_x, *d_hidden, *d_q, *d_k, *d_v, *d_att, *d_gate, *d_up, *d_act, *tmp;
-  float* lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
+  Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate, d_up, d_act, tmp;
+  Tensor lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
   float* pool_weights = nullptr;  // [N] fp32: the pooling weights of each position (model/pooling.h)
   float* pooled = nullptr;        // [B, C] fp32: pooled rows, or their gradient in the backward
 };
@@ -117,10 +118,10 @@ struct Activations {
 struct Model {
   ModelConfig config;
   Backend* backend = nullptr;
-  float* embed = nullptr;       // [V, C]
+  Tensor embed = nullptr;       // [V, C]
   std::vector<LayerWeights> layers;
   float* final_norm = nullptr;  // [C]
-  float* lm_head = nullptr;     // [V, C]; == embed when tied
+  Tensor lm_head = nullptr;     // [V, C]; == embed when tied
   LoraConfig lora;
   bool lora_merged = false;
   std::vector<TrainableParam> trainable;  // LoRA A/B (and, later, head parameters)
@@ -137,7 +138,7 @@ struct Model {
   // Zeroed backend memory released with the model; `activation` memory is released on re-allocation.
   // alloc_tensor holds n elements in the backend's tensor precision, alloc_floats n fp32 values (see
   // model/backend.h for which buffers are which).
-  float* alloc_tensor(size_t n, bool activation = false);
+  Tensor alloc_tensor(size_t n, bool activation = false);
   float* alloc_floats(size_t n, bool activation = false);
   int* alloc_ints(size_t n, bool activation = false);
   void release_activations();
@@ -178,16 +179,18 @@ void unmerge_lora(Model& m);
 // trainable left), so a new adapter can be added on top — how llm2vec chains its stages.
 void merge_and_unload_lora(Model& m);
 
-// A base weight of the model under its Hugging Face name; `tensor` says whether it is stored in the
-// backend's tensor precision (linear weights, embeddings) or as fp32 (norms, biases).
+// A base weight of the model under its Hugging Face name: a tensor in the backend's precision (linear
+// weights and biases, embeddings) or an fp32 buffer (norms); one of the two is set.
 struct NamedWeight {
   std::string name;
   std::vector<int64_t> shape;
-  const float* data;
-  bool tensor;
+  ConstTensor tensor = nullptr;
+  const float* floats = nullptr;
 };
 // Every base weight in checkpoint order (the LM head only when untied): what a saved model must hold.
 std::vector<NamedWeight> model_weights(const Model& m);
+// Its values in fp32 on the host.
+std::vector<float> download_weight(const Model& m, const NamedWeight& w);
 
 void zero_grads(Model& m);
 
@@ -201,7 +204,7 @@ void lm_head_forward(Model& m);
 // `layer_done`, when given, is called after each layer's backward (layers L-1 down to 0), when that
 // layer's trainable gradients are complete in the backend's order of work (data parallelism starts
 // reducing them there).
-void model_backward(Model& m, const float* d_final_hidden, const std::function<void(int layer)>& layer_done = {});
+void model_backward(Model& m, ConstTensor d_final_hidden, const std::function<void(int layer)>& layer_done = {});
 
 // The label of a position the MNTP loss does not score (torch cross_entropy's ignore_index).
 constexpr int kIgnoreIndex = -100;
@@ -217,13 +220,15 @@ constexpr int kIgnoreIndex = -100;
 float mntp_loss(Model& m, const int* labels, bool backward, long normalizer = 0,
                 const std::function<void(int layer)>& layer_done = {});
 
-// The tensor `elements` elements past `base`: tensor handles are float* but hold the backend's tensor
-// precision, so plain pointer arithmetic would be wrong for bf16.
-float* tensor_offset(const Model& m, float* base, size_t elements);
-const float* tensor_offset(const Model& m, const float* base, size_t elements);
+// The tensor `elements` elements past `base` (the model's backend's precision).
+inline Tensor tensor_offset(const Model& m, Tensor base, size_t elements) {
+  return tensor_offset(*m.backend, base, elements);
+}
+inline ConstTensor tensor_offset(const Model& m, ConstTensor base, size_t elements) {
+  return tensor_offset(*m.backend, base, elements);
+}
 
-// Host fp32 copies of n values of a backend buffer: an fp32 buffer, or a tensor (converted).
 std::vector<float> download_floats(const Model& m, const float* ptr, size_t n);
-std::vector<float> download_tensor(const Model& m, const float* ptr, size_t n);
+std::vector<float> download_tensor(const Model& m, ConstTensor ptr, size_t n);
 
 }  // namespace l2v

@@ -104,7 +104,7 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
 }
 
 void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
-                   float* d_final_hidden) {
+                   Tensor d_final_hidden) {
   const int B = cache.B, T = cache.T, C = m.config.hidden_size;
   if (d_pooled.size() != (size_t)B * C) throw std::runtime_error("pool_backward: d_pooled has the wrong size");
   if (head.mode != PoolingMode::kLatentAttention) {

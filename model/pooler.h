@@ -55,6 +55,6 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
 // Writes d_final_hidden [B*T, C] (a backend tensor the caller allocated) from d_pooled [B, C], and
 // accumulates the latent block's parameter gradients.
 void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
-                   float* d_final_hidden);
+                   Tensor d_final_hidden);
 
 }  // namespace l2v

@@ -93,19 +93,19 @@ struct DeviceTensor {
   Backend& be;
   size_t n;
   bool storage;  // a tensor in the backend's storage type, else plain fp32
-  float* ptr;
+  void* ptr;
   DeviceTensor(Backend& backend, size_t count, bool is_storage)
-      : be(backend),
-        n(count),
-        storage(is_storage),
-        ptr(static_cast<float*>(be.alloc(count * (is_storage ? be.tensor_element_bytes() : sizeof(float))))) {}
+      : be(backend), n(count), storage(is_storage),
+        ptr(be.alloc(count * (is_storage ? be.tensor_element_bytes() : sizeof(float)))) {}
+  Tensor t() const { return static_cast<Tensor>(ptr); }   // a storage tensor
+  float* f() const { return static_cast<float*>(ptr); }  // an fp32 buffer
   ~DeviceTensor() { be.release(ptr); }
   DeviceTensor(const DeviceTensor&) = delete;
   DeviceTensor& operator=(const DeviceTensor&) = delete;
   // Uploads `values` and returns them as stored (rounded to bf16 for a storage tensor).
   std::vector<float> set(const std::vector<float>& values) {
     if (storage)
-      be.upload_tensor(ptr, values.data(), n);
+      be.upload_tensor(t(), values.data(), n);
     else
       be.upload(ptr, values.data(), n * sizeof(float));
     return get();
@@ -113,7 +113,7 @@ struct DeviceTensor {
   std::vector<float> get() const {
     std::vector<float> h(n);
     if (storage)
-      be.download_tensor(h.data(), ptr, n);
+      be.download_tensor(h.data(), t(), n);
     else
       be.download(h.data(), ptr, n * sizeof(float));
     return h;
@@ -154,7 +154,7 @@ void check_case(const Case& c) {
   const int* km = masked ? dmask : nullptr;
   const int* hm = masked ? mask.data() : nullptr;
 
-  be->attention_forward(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, km, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
+  be->attention_forward(out.t(), lse.f(), q.t(), k.t(), v.t(), km, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
   const std::vector<float> hout = out.get(), hlse = lse.get();
   std::vector<float> ref_out(nq), ref_lse(nlse);
   cpu::attention_forward(ref_out.data(), ref_lse.data(), hq.data(), hk.data(), hv.data(), hm, c.B, c.T, c.H, c.KV, c.D,
@@ -191,7 +191,7 @@ void check_case(const Case& c) {
       }
   std::printf("  %s: worst out error %.2f of its bound\n", describe(c).c_str(), worst);
 
-  be->attention_backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, km, c.B, c.T, c.H,
+  be->attention_backward(dq.t(), dk.t(), dv.t(), dout.t(), out.t(), lse.f(), q.t(), k.t(), v.t(), km, c.B, c.T, c.H,
                          c.KV, c.D, c.causal, 0.0f, 7, 1);
   std::vector<float> ref_dq(nq), ref_dk(nkv), ref_dv(nkv);
   cpu::attention_backward(ref_dq.data(), ref_dk.data(), ref_dv.data(), hdout.data(), hout.data(), hlse.data(),
@@ -300,7 +300,7 @@ void forward_with_mask(Backend& be, const std::vector<int>& mask, bool causal, i
   int* dmask = static_cast<int*>(be.alloc(sizeof(int) * B * T));
   be.upload(dmask, mask.data(), sizeof(int) * B * T);
   try {
-    be.attention_forward(out.ptr, lse.ptr, q.ptr, q.ptr, q.ptr, dmask, B, T, H, H, D, causal, 0.0f, 1, 1);
+    be.attention_forward(out.t(), lse.f(), q.t(), q.t(), q.t(), dmask, B, T, H, H, D, causal, 0.0f, 1, 1);
   } catch (...) {
     be.release(dmask);
     throw;
@@ -349,7 +349,7 @@ TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAn
   q.set(std::vector<float>(n, 0.0f));
   v.set(std::vector<float>(n, 1.0f));
   auto run = [&](uint32_t site) {
-    be->attention_forward(out.ptr, lse.ptr, q.ptr, q.ptr, v.ptr, nullptr, B, T, H, H, D, false, p, 42, site);
+    be->attention_forward(out.t(), lse.f(), q.t(), q.t(), v.t(), nullptr, B, T, H, H, D, false, p, 42, site);
     return out.get();
   };
   const std::vector<float> a = run(3), again = run(3), other = run(4);

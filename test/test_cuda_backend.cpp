@@ -66,7 +66,7 @@ StepResult train_steps(std::unique_ptr<Backend> backend, bool causal, bool recom
   }
   r.params = test::all_values(m);
   for (const NamedWeight& w : model_weights(m))
-    if (w.name == "lm_head.weight") r.lm_head = download_tensor(m, w.data, (size_t)w.shape[0] * w.shape[1]);
+    if (w.name == "lm_head.weight") r.lm_head = download_weight(m, w);
   return r;
 }
 
@@ -242,10 +242,12 @@ TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
   const size_t n = cuda::kStagingFloats + 1000;  // two pieces, the second short
   std::vector<float> host(n);
   for (size_t i = 0; i < n; ++i) host[i] = 1.0f + (float)(i % 4096) / 4096.0f + (float)(i / 4096) * 1e-3f;
-  float* dev = static_cast<float*>(be->alloc(n * be->tensor_element_bytes()));
+  Tensor dev = static_cast<Tensor>(be->alloc(n * be->tensor_element_bytes()));
   be->upload_tensor(dev, host.data(), n);
   std::vector<float> back(n);
   be->download_tensor(back.data(), dev, n);
+  EXPECT_EQ(reinterpret_cast<char*>(tensor_offset(*be, dev, 3)) - reinterpret_cast<char*>(dev), 6)
+      << "tensor_offset steps by bf16 elements";
   be->release(dev);
   for (size_t i : {size_t{0}, cuda::kStagingFloats - 1, cuda::kStagingFloats, n - 1}) {
     EXPECT_EQ(back[i], test::rounded<__nv_bfloat16>({host[i]})[0]) << i;
@@ -293,7 +295,7 @@ TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
     eb.key_mask = b.mask;
     eb.embed_mask = b.mask;
     const int C = m.config.hidden_size;
-    float* d_hidden = m.alloc_tensor((size_t)b.B * b.T * C);
+    Tensor d_hidden = m.alloc_tensor((size_t)b.B * b.T * C);
     auto contrastive_step = [&] {
       zero_grads(m);
       model_forward(m, eb.ids.data(), eb.key_mask.data(), eb.B, eb.T, opt);

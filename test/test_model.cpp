@@ -8,6 +8,8 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <type_traits>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -480,8 +482,7 @@ TEST(Model, InferenceForwardHoldsOneLayerAndEqualsTheFullForward) {
     model_forward(m, b.ids.data(), b.mask.data(), b.B, b.T, inference);
     inference_bytes[depth] = cpu_backend_memory(*be).current - before;
     EXPECT_EQ(hidden(m), want) << c.num_hidden_layers << " layers";
-    std::vector<float> d((size_t)b.B * b.T * c.hidden_size, 1.0f);
-    EXPECT_THROW(model_backward(m, d.data()), std::runtime_error);
+    EXPECT_THROW(model_backward(m, m.acts.final_hidden), std::runtime_error);
     EXPECT_THROW(mntp_loss(m, b.labels.data(), true), std::runtime_error);
     EXPECT_NO_THROW(mntp_loss(m, b.labels.data(), false));
     inference.training = true;
@@ -492,6 +493,32 @@ TEST(Model, InferenceForwardHoldsOneLayerAndEqualsTheFullForward) {
   EXPECT_LT(inference_bytes[1] * 3, full_bytes[1]);
   std::printf("activation bytes, 2 / 6 layers: full forward %zu / %zu, inference %zu / %zu\n", full_bytes[0],
               full_bytes[1], inference_bytes[0], inference_bytes[1]);
+}
+
+}  // namespace
+}  // namespace l2v
+
+namespace l2v {
+namespace {
+
+// Tensor handles (model/backend.h) cannot be offset or mixed up with fp32 buffers: `t + n` (wrong for
+// bf16 storage) and the conversions to and from float* do not compile; tensor_offset steps by the
+// backend's element size.
+template <typename P, typename = void>
+struct Offsettable : std::false_type {};
+template <typename P>
+struct Offsettable<P, std::void_t<decltype(std::declval<P>() + 1)>> : std::true_type {};
+static_assert(!Offsettable<Tensor>::value && !Offsettable<ConstTensor>::value, "a tensor handle was offset");
+static_assert(Offsettable<float*>::value, "the detector detects nothing");
+static_assert(!std::is_convertible<Tensor, float*>::value && !std::is_convertible<float*, Tensor>::value &&
+                  !std::is_convertible<ConstTensor, const float*>::value,
+              "tensors and fp32 buffers must not convert into each other");
+
+TEST(Model, TensorOffsetStepsByTheBackendsElementSize) {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  Tensor t = static_cast<Tensor>(be->alloc(64));
+  EXPECT_EQ(reinterpret_cast<char*>(tensor_offset(*be, t, 3)) - reinterpret_cast<char*>(t), 12);
+  be->release(t);
 }
 
 }  // namespace

@@ -937,7 +937,7 @@ TEST_P(PoolingGradient, MatchesCentralDifferences) {
   std::vector<float> d_pooled;
   for (const std::vector<float>* g : {&r.d_queries, &r.d_positives, &r.d_negatives})
     d_pooled.insert(d_pooled.end(), g->begin(), g->end());
-  float* dh = m.alloc_tensor((size_t)B * T * C);
+  Tensor dh = m.alloc_tensor((size_t)B * T * C);
   pool_backward(m, head, cache, d_pooled, dh);
   model_backward(m, dh);
 

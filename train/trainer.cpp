@@ -125,7 +125,7 @@ uint64_t weights_fingerprint(const Model& m) {
   for (const NamedWeight& w : model_weights(m)) {
     size_t n = 1;
     for (int64_t d : w.shape) n *= (size_t)d;
-    const std::vector<float> values = w.tensor ? download_tensor(m, w.data, n) : download_floats(m, w.data, n);
+    const std::vector<float> values = download_weight(m, w);
     bytes += w.name;
     for (int64_t d : w.shape) bytes += "," + std::to_string(d);
     const size_t step = std::max<size_t>(1, n / 4096);  // about 4096 values per tensor
@@ -161,9 +161,9 @@ class Trainer {
   void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
                int row0);
   void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed, b.row0); }
-  void backward(const float* d_hidden, bool last_of_step);
+  void backward(ConstTensor d_hidden, bool last_of_step);
   std::function<void(int)> layer_callback(bool last_of_step);
-  float* d_hidden_buffer(size_t elements);
+  Tensor d_hidden_buffer(size_t elements);
   // The loss over the pooled vectors of each role ([n, C] each: queries, positives, hard negatives) —
   // gathered across ranks unless gather_negatives is false — and its gradient w.r.t. this rank's rows.
   double contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local);
@@ -200,7 +200,7 @@ class Trainer {
   double step_flops_ = 0;     // model FLOPs of one optimizer step (for MFU)
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
-  float* d_hidden_ = nullptr;
+  Tensor d_hidden_ = nullptr;
   size_t d_hidden_capacity_ = 0;
   std::ofstream log_;
 };
@@ -377,11 +377,11 @@ void Trainer::check_ranks_agree() {
   require_same_on_every_rank(*comm_, "the initial trainable weights", fnv1a64(values.data(), values.size()));
 }
 
-float* Trainer::d_hidden_buffer(size_t elements) {
+Tensor Trainer::d_hidden_buffer(size_t elements) {
   if (elements > d_hidden_capacity_) {
     if (d_hidden_) backend_.release(d_hidden_);
     d_hidden_capacity_ = elements + elements / 4;
-    d_hidden_ = static_cast<float*>(backend_.alloc(d_hidden_capacity_ * backend_.tensor_element_bytes()));
+    d_hidden_ = static_cast<Tensor>(backend_.alloc(d_hidden_capacity_ * backend_.tensor_element_bytes()));
   }
   return d_hidden_;
 }
@@ -405,7 +405,7 @@ std::function<void(int)> Trainer::layer_callback(bool last_of_step) {
   return [this](int layer) { comm_->layer_grads_ready(m_, layer); };
 }
 
-void Trainer::backward(const float* d_hidden, bool last_of_step) {
+void Trainer::backward(ConstTensor d_hidden, bool last_of_step) {
   model_backward(m_, d_hidden, layer_callback(last_of_step));
 }
 
@@ -519,7 +519,7 @@ double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* 
       }
       const auto [r0, n] = chunks[g][c];
       const std::vector<float> d(d_pooled[g].begin() + (size_t)r0 * C, d_pooled[g].begin() + (size_t)(r0 + n) * C);
-      float* dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
+      Tensor dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
       pool_backward(m_, head_, *cache, d, dh);
       backward(dh, last_of_step && g == 0 && c == 0);
     }
