@@ -13,7 +13,6 @@
 #include "host/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/pooler.h"
-#include "train/losses.h"
 #include "train/optimizer.h"
 
 namespace {
@@ -73,24 +72,25 @@ void BM_SimcseStep(benchmark::State& state) {
   Setup s;
   const int P = (int)state.range(0), T = (int)state.range(1), C = s.m.config.hidden_size;
   EmbedBatch b = random_batch(2 * P, T, s.m.config.vocab_size, 9);
-  for (int r = P; r < 2 * P; ++r) std::copy_n(&b.ids[(size_t)(r - P) * T], T, &b.ids[(size_t)r * T]);
+  for (int i = 0; i < P; ++i) std::copy_n(&b.ids[(size_t)2 * i * T], T, &b.ids[(size_t)(2 * i + 1) * T]);
   PoolingHead head;
   ForwardOptions opt;
   opt.training = true;
   opt.attn_dropout = 0.3f;
   AdamWConfig ac;
   Tensor d_hidden = s.m.alloc_tensor((size_t)2 * P * T * C);
+  // The trainer's layout: the doubled batch's pooled rows, pairs adjacent; the loss in backend memory.
+  float* pooled = s.m.alloc_floats((size_t)2 * P * C);
+  float* d_pooled = s.m.alloc_floats((size_t)2 * P * C);
+  double* loss = reinterpret_cast<double*>(s.m.alloc_floats(2));
   for (auto _ : state) {
     zero_grads(s.m);
     model_forward(s.m, b.ids.data(), b.key_mask.data(), 2 * P, T, opt);
     PoolCache cache;
-    std::vector<float> pooled = pool_forward(s.m, head, b, 1, 2, &cache);
-    ContrastiveInput in{P, C, pooled.data(), pooled.data() + (size_t)P * C, nullptr};
-    ContrastiveResult r = contrastive_loss(in, 20.0f, true, true);
-    std::vector<float> d(pooled.size());
-    std::copy(r.d_queries.begin(), r.d_queries.end(), d.begin());
-    std::copy(r.d_positives.begin(), r.d_positives.end(), d.begin() + (size_t)P * C);
-    pool_backward(s.m, head, cache, d, d_hidden);
+    pool_forward(s.m, head, b, 1, 2, pooled, &cache);
+    s.m.backend->contrastive_loss(loss, d_pooled, d_pooled + C, nullptr, pooled, pooled + C, nullptr, P, C, 2 * C,
+                                  20.0f, true);
+    pool_backward(s.m, head, cache, d_pooled, d_hidden);
     model_backward(s.m, d_hidden);
     adamw_step(s.m, s.adam, ac, 1e-4f);
   }

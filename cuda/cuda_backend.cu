@@ -11,6 +11,7 @@
 #include "cuda/adamw.cuh"
 #include "cuda/attention.cuh"
 #include "cuda/attention_mma.cuh"
+#include "cuda/contrastive.cuh"
 #if defined(L2V_WITH_CUDNN)
 #include "cuda/attention_cudnn.h"
 #endif
@@ -259,6 +260,14 @@ class CudaBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
     cuda::pool_backward_cuda(t(d_hidden), d_pooled, weights, B, T_, C, stream_);
   }
+  void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
+                        const float* positives, const float* negatives, int n, int C, int ld, float scale,
+                        bool in_batch_negatives) override {
+    const size_t bytes =
+        n >= 1 && C >= 1 ? cuda::contrastive_scratch_bytes(n, C, negatives != nullptr, d_queries != nullptr) : 0;
+    cuda::contrastive_loss_cuda(loss, d_queries, d_positives, d_negatives, queries, positives, negatives, n, C, ld,
+                                scale, in_batch_negatives, contrastive_scratch_.get(bytes), stream_);
+  }
   void range_push(const char* name) override {
 #if !defined(L2V_EMULATE)
     nvtxRangePushA(name);
@@ -333,7 +342,7 @@ class CudaBackend final : public Backend {
   std::set<int> announced_;  // head dims whose attention choice was printed
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  cuda::DeviceScratch attention_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
+  cuda::DeviceScratch attention_scratch_, contrastive_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
   double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
   std::unique_ptr<cuda::DeviceOptimizerList> optimizer_list_;
   cuda::UploadArena uploads_;

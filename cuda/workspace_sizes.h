@@ -40,6 +40,26 @@ constexpr int kNormMaxBlocks = 1024;
 inline size_t norm_scratch_bytes() { return sizeof(double) * kNormMaxBlocks; }
 inline size_t optimizer_list_bytes(size_t tensors) { return tensors * (4 * sizeof(float*) + sizeof(long)); }
 
+// The contrastive loss (cuda/contrastive.cuh), in doubles: the R = n + D rows' norms, the logits (then
+// their gradient) [n, D], the per-query losses, a validity flag, and with gradients the per-row
+// gradients w.r.t. the unit vectors [R, C]. D = 2n with hard negatives, n without. Offsets in bytes.
+struct ContrastiveScratch {
+  size_t norm = 0, logits = 0, losses = 0, valid = 0, grads = 0, bytes = 0;
+};
+inline ContrastiveScratch contrastive_scratch_layout(int n, int C, bool negatives, bool grads) {
+  const size_t D = negatives ? 2 * (size_t)n : (size_t)n, R = n + D;
+  ContrastiveScratch s;
+  s.logits = s.norm + workspace_align_up(sizeof(double) * R);
+  s.losses = s.logits + workspace_align_up(sizeof(double) * n * D);
+  s.valid = s.losses + workspace_align_up(sizeof(double) * n);
+  s.grads = s.valid + workspace_align_up(sizeof(double));
+  s.bytes = s.grads + (grads ? workspace_align_up(sizeof(double) * R * C) : 0);
+  return s;
+}
+inline size_t contrastive_scratch_bytes(int n, int C, bool negatives, bool grads) {
+  return contrastive_scratch_layout(n, C, negatives, grads).bytes;
+}
+
 // fp32 <-> 16-bit conversions of uploads and downloads go through a staging buffer of at most this many
 // floats, in pieces (64 MiB: loading an embedding table of 128k x 4096 does not keep 2 GiB of staging).
 constexpr size_t kStagingFloats = size_t{16} << 20;

@@ -135,6 +135,12 @@ class CpuBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
     cpu::pool_backward(f(d_hidden), d_pooled, weights, B, T, C);
   }
+  void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
+                        const float* positives, const float* negatives, int n, int C, int ld, float scale,
+                        bool in_batch_negatives) override {
+    cpu::contrastive_loss(loss, d_queries, d_positives, d_negatives, queries, positives, negatives, n, C, ld, scale,
+                          in_batch_negatives);
+  }
   void range_push(const char*) override {}
   void range_pop() override {}
   void adamw_step(const cpu::OptimizerTensor* tensors, int count, const cpu::AdamWStepArgs& args,

@@ -510,6 +510,85 @@ void pool_backward(float* d_hidden, const float* d_pooled, const float* weights,
   }
 }
 
+void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
+                      const float* positives, const float* negatives, int n, int C, int ld, float scale,
+                      bool in_batch_negatives) {
+  require(n >= 1 && C >= 1 && ld >= C, "contrastive_loss", "needs n >= 1, C >= 1 and ld >= C");
+  require(queries && positives, "contrastive_loss", "missing queries or positives");
+  require(in_batch_negatives || negatives, "contrastive_loss",
+          "without in-batch negatives a hard negative per query is required");
+  const bool grads = d_queries != nullptr;
+  require(!grads || (d_positives && (!negatives || d_negatives)), "contrastive_loss",
+          "gradients need d_positives (and d_negatives with negatives)");
+  const int D = negatives ? 2 * n : n;
+  // Row r of [queries; documents]: r < n a query, then the D documents.
+  auto row = [&](int r) { return r < n ? queries + (long)r * ld : r < 2 * n ? positives + (long)(r - n) * ld
+                                                                            : negatives + (long)(r - 2 * n) * ld; };
+  auto d_row = [&](int r) { return r < n ? d_queries + (long)r * ld : r < 2 * n ? d_positives + (long)(r - n) * ld
+                                                                                : d_negatives + (long)(r - 2 * n) * ld; };
+  const int R = n + D;
+  std::vector<double> norm(R);
+  bool valid = true;
+  for (int r = 0; r < R; ++r) {
+    double s = 0.0;
+    for (int c = 0; c < C; ++c) s += (double)row(r)[c] * row(r)[c];
+    norm[r] = std::sqrt(s);
+    valid = valid && std::isfinite(s) && s > 0.0;
+  }
+  if (!valid) {
+    *loss = NAN;
+    if (grads)
+      for (int r = 0; r < R; ++r) std::fill(d_row(r), d_row(r) + C, 0.0f);
+    return;
+  }
+  auto u = [&](int r, int c) { return (double)row(r)[c] / norm[r]; };
+  // The candidates of query i, in order, and the position of its target among them.
+  const int K = in_batch_negatives ? D : 2;
+  auto candidate = [&](int i, int k) { return in_batch_negatives ? k : (k == 0 ? i : n + i); };
+  const int target_k = 0;
+  // G[i, j] = dloss / ds[i, j] * scale (0 for documents that are not candidates of i).
+  std::vector<double> G((size_t)n * D, 0.0), losses(n);
+#pragma omp parallel for
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> s(K);
+    double mx = -INFINITY;
+    for (int k = 0; k < K; ++k) {
+      const int j = n + candidate(i, k);
+      double dot = 0.0;
+      for (int c = 0; c < C; ++c) dot += u(i, c) * u(j, c);
+      s[k] = dot * scale;
+      mx = std::max(mx, s[k]);
+    }
+    double z = 0.0;
+    for (int k = 0; k < K; ++k) z += std::exp(s[k] - mx);
+    const double lse = mx + std::log(z);
+    const int t = in_batch_negatives ? i : target_k;
+    losses[i] = lse - s[t];
+    // d(loss_i)/d(s_k) = softmax_k - [k == t], each loss weighted 1/n; ds/dcos = scale.
+    for (int k = 0; k < K; ++k) G[(size_t)i * D + candidate(i, k)] = (std::exp(s[k] - lse) - (k == t ? 1.0 : 0.0)) * scale / n;
+  }
+  double total = 0.0;
+  for (int i = 0; i < n; ++i) total += losses[i];
+  *loss = total / n;
+  if (!grads) return;
+  // g = dloss/du per row (queries: sum over documents j; documents: sum over queries i, in order), then
+  // through u = x / |x|: dx = (g - (g.u) u) / |x|.
+#pragma omp parallel for
+  for (int r = 0; r < R; ++r) {
+    std::vector<double> g(C, 0.0);
+    for (int o = 0; o < (r < n ? D : n); ++o) {
+      const double w = r < n ? G[(size_t)r * D + o] : G[(size_t)o * D + (r - n)];
+      if (w == 0.0) continue;
+      const int other = r < n ? n + o : o;
+      for (int c = 0; c < C; ++c) g[c] += w * u(other, c);
+    }
+    double gu = 0.0;
+    for (int c = 0; c < C; ++c) gu += g[c] * u(r, c);
+    float* out = d_row(r);
+    for (int c = 0; c < C; ++c) out[c] = (float)((g[c] - gu * u(r, c)) / norm[r]);
+  }
+}
+
 // Mirrors torch.optim.AdamW's single-tensor path operation by operation. The hyper-parameters are Python
 // floats (doubles) in torch: scalar expressions are evaluated in double and rounded to fp32 where torch
 // hands them to an fp32 kernel.

@@ -108,6 +108,23 @@ void pool_forward(float* pooled, const float* hidden, const float* weights, int 
 // the weight is 0.
 void pool_backward(float* d_hidden, const float* d_pooled, const float* weights, int B, int T, int C);
 
+// LLM2Vec's contrastive loss (llm2vec's HardNegativeNLLLoss; SimCSE and the supervised stage) over n
+// queries, their n positives and, when negatives != nullptr, n hard negatives: rows of C fp32 values,
+// consecutive rows `ld` >= C values apart (SimCSE's interleaved pairs: queries = pooled, positives =
+// pooled + C, ld = 2C). With the documents d = [positives; negatives] (D = n or 2n):
+//   s[i, j] = scale * cos(q_i, d_j),  *loss = mean_i ( logsumexp_{j in cand(i)} s[i, j] - s[i, i] )
+// where cand(i) is every document (in_batch_negatives) or only i's own positive and own hard negative
+// (NV-Embed's second stage; needs negatives). *loss is one double. When d_queries != nullptr the
+// gradients w.r.t. the inputs are written to d_queries / d_positives / d_negatives (same ld), which may
+// interleave as the inputs do.
+// Numerics: double throughout (u = x / |x|, dots over c in order, logsumexp over the candidates in
+// order, gradient sums over j (queries) and i (documents) in order), each gradient rounded once to fp32.
+// A non-finite value or a zero row (cosine undefined; torch's normalize would silently clamp it) makes
+// *loss NaN and every gradient 0: the caller reports it when it reads the loss.
+void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
+                      const float* positives, const float* negatives, int n, int C, int ld, float scale,
+                      bool in_batch_negatives);
+
 // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction), step counted from 1:
 //   p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 //   p -= lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps)

@@ -93,6 +93,11 @@ class Backend {
   // pooled and d_pooled are fp32 [B, C], weights fp32 [B*T]; hidden and d_hidden are tensors.
   virtual void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) = 0;
   virtual void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) = 0;
+  // cpu::contrastive_loss on fp32 rows in backend memory: *loss is one double in backend memory, written
+  // without waiting (read it when needed); d_queries == nullptr asks for the loss only.
+  virtual void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives,
+                                const float* queries, const float* positives, const float* negatives, int n, int C,
+                                int ld, float scale, bool in_batch_negatives) = 0;
   // cpu::adamw_step over a list of fp32 tensors in backend memory (scaling, global norm, clipping, AdamW),
   // writing the norm to *norm (one fp32 value in backend memory) without waiting for it: the caller reads
   // it when it needs it. The list's host array may change between calls; the CUDA backend runs the whole

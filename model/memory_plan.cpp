@@ -29,7 +29,7 @@ struct Allocations {
   void floats(const std::string& g, const std::string& w, size_t n, size_t count = 1) { add(g, w, n, sizeof(float), count); }
   void ints(const std::string& g, const std::string& w, size_t n, size_t count = 1) { add(g, w, n, sizeof(int), count); }
   // A scratch the CUDA backend sizes in bytes (DeviceScratch, cudaMalloc).
-  void bytes(const std::string& g, const std::string& w, size_t b) { add(g, w, b, 1); }
+  void bytes(const std::string& g, const std::string& w, size_t b, size_t count = 1) { add(g, w, b, 1, count); }
 };
 
 }  // namespace
@@ -116,8 +116,18 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   a.floats("activations", "pooling weights", N);
   a.floats("activations", "pooled rows", B * C);
 
-  // The trainer's gradient w.r.t. the hidden states of a contrastive group (grown with a quarter spare).
-  if (!in.mntp) a.tensor("backward", "pooled-output gradient (trainer)", N * C + N * C / 4);
+  // The contrastive stages' trainer buffers (train/trainer.cpp, each grown with a quarter spare): the
+  // gradient w.r.t. the hidden states of a group, the micro-batch's pooled rows and their gradient, the
+  // loss, and with gathered negatives every rank's rows and their gradient.
+  if (!in.mntp) {
+    a.bytes("backward", "pooled-output gradient (trainer)", grown_bytes(N * C * in.tensor_bytes));
+    a.bytes("activations", "pooled rows (trainer)", grown_bytes(sizeof(float) * in.pooled_rows * C));
+    a.bytes("backward", "pooled-row gradients (trainer)", grown_bytes(sizeof(float) * in.pooled_rows * C));
+    a.bytes("activations", "contrastive loss", grown_bytes(sizeof(double)));
+    if (in.gathered_rows > 0)
+      a.bytes("activations", "gathered rows of every rank and their gradients",
+              grown_bytes(sizeof(float) * in.gathered_rows * C), 2);
+  }
 
   if (in.cuda) {
     // The CUDA backend's scratch (cuda/cuda_backend.cu), each at the largest size the step asks for.
@@ -129,6 +139,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
                                                                (int)out_dims[id], in.lora.r));
     if (lora_ws) a.bytes("scratch", "LoRA workspace", lora_ws);
     if (in.mntp) a.bytes("scratch", "LM head (chunked logits)", cuda::lm_head_scratch_bytes(in.tensor_bytes, cuda::kLmHeadChunk, (int)C, (int)V));
+    if (!in.mntp && in.loss_queries > 0)
+      a.bytes("scratch", "contrastive loss", cuda::contrastive_scratch_bytes(in.loss_queries, (int)C, in.loss_negatives, true));
     a.bytes("scratch", "optimizer step", cuda::norm_scratch_bytes());
     a.bytes("scratch", "optimizer step", cuda::optimizer_list_bytes(trainable.size()));
     if (in.tensor_bytes != sizeof(float)) {  // fp32 <-> bf16 conversions of uploads and downloads

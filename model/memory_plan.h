@@ -33,7 +33,18 @@ struct PlanInputs {
   bool cuda = false;         // the CUDA backend's scratch buffers; else the CPU backend's 64-byte rounding
   int recompute_layers = 0;  // layers [0, k) recomputed in the backward (ForwardOptions::recompute_layers)
   double scored_fraction = 0.2;  // MNTP: the fraction of positions with a label (mlm_probability)
+  // Contrastive stages: the pooled rows of one micro-batch on this rank (SimCSE twice the batch;
+  // supervised the batch per group: queries, positives, hard negatives), the queries of the loss (all
+  // ranks' when the negatives are gathered), whether it has hard negatives, and the rows gathered from
+  // every rank (0 on one rank or without gathering).
+  int pooled_rows = 0;
+  int loss_queries = 0;
+  bool loss_negatives = false;
+  int gathered_rows = 0;
 };
+
+// The trainer's buffers that grow on demand keep a quarter spare: the bytes allocated for a request.
+inline size_t grown_bytes(size_t bytes) { return bytes + bytes / 4; }
 
 struct MemoryItem {
   std::string group;  // weights, adapter, optimizer, activations, recomputation, scratch

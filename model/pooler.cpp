@@ -64,12 +64,11 @@ LatentAttentionConfig read_pooling_head_config(const std::string& path) {
   return c;
 }
 
-std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
-                                PoolCache* cache) {
+void pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id, float* pooled,
+                  PoolCache* cache) {
   const int B = batch.B, T = batch.T, C = m.config.hidden_size;
   if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_forward: the last forward was another batch");
   std::vector<float> weights = pooling_weights(head.mode, batch, bos_id, eos_id);
-  std::vector<float> pooled;
   std::vector<int> rows;
   LatentAttentionCache* latent_cache = cache ? &cache->latent : nullptr;
   if (head.mode == PoolingMode::kLatentAttention) {
@@ -82,17 +81,17 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
     for (int r = 0; r < M; ++r) std::copy_n(&hidden[(size_t)rows[r] * C], C, &x[(size_t)r * C]);
     const std::vector<float> params = download_floats(m, head.params, head.count);
     latent_attention_forward(z.data(), latent_cache, x.data(), params.data(), head.latent, M, C);
-    pooled.assign((size_t)B * C, 0.0f);
+    std::vector<float> host((size_t)B * C, 0.0f);
     for (int r = 0; r < M; ++r) {
       const float w = weights[rows[r]];
-      float* out = &pooled[(size_t)(rows[r] / T) * C];
+      float* out = &host[(size_t)(rows[r] / T) * C];
       for (int c = 0; c < C; ++c) out[c] += w * z[(size_t)r * C + c];
     }
+    m.backend->upload(pooled, host.data(), host.size() * sizeof(float));
   } else {
-    // On the backend: only the weights go up and the B x C pooled rows come down.
+    // On the backend: only the weights go up.
     m.backend->upload(m.acts.pool_weights, weights.data(), weights.size() * sizeof(float));
-    m.backend->pool_forward(m.acts.pooled, m.acts.final_hidden, m.acts.pool_weights, B, T, C);
-    pooled = download_floats(m, m.acts.pooled, (size_t)B * C);
+    m.backend->pool_forward(pooled, m.acts.final_hidden, m.acts.pool_weights, B, T, C);
   }
   if (cache) {
     cache->B = B;
@@ -100,27 +99,31 @@ std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBa
     cache->weights = std::move(weights);
     cache->rows = std::move(rows);
   }
-  return pooled;
 }
 
-void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
+std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
+                                PoolCache* cache) {
+  pool_forward(m, head, batch, bos_id, eos_id, m.acts.pooled, cache);
+  return download_floats(m, m.acts.pooled, (size_t)batch.B * m.config.hidden_size);
+}
+
+void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const float* d_pooled,
                    Tensor d_final_hidden) {
   const int B = cache.B, T = cache.T, C = m.config.hidden_size;
-  if (d_pooled.size() != (size_t)B * C) throw std::runtime_error("pool_backward: d_pooled has the wrong size");
   if (head.mode != PoolingMode::kLatentAttention) {
     if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_backward: the last forward was another batch");
     m.backend->upload(m.acts.pool_weights, cache.weights.data(), cache.weights.size() * sizeof(float));
-    m.backend->upload(m.acts.pooled, d_pooled.data(), d_pooled.size() * sizeof(float));
-    m.backend->pool_backward(d_final_hidden, m.acts.pooled, m.acts.pool_weights, B, T, C);
+    m.backend->pool_backward(d_final_hidden, d_pooled, m.acts.pool_weights, B, T, C);
     return;
   }
   // The latent block runs on the host (its input rows came down in pool_forward).
+  const std::vector<float> d_pooled_host = download_floats(m, d_pooled, (size_t)B * C);
   std::vector<float> d_hidden((size_t)B * T * C, 0.0f);
   const int M = (int)cache.rows.size();
   std::vector<float> dz((size_t)M * C), dx((size_t)M * C);
   for (int r = 0; r < M; ++r) {
     const float w = cache.weights[cache.rows[r]];
-    const float* g = &d_pooled[(size_t)(cache.rows[r] / T) * C];
+    const float* g = &d_pooled_host[(size_t)(cache.rows[r] / T) * C];
     for (int c = 0; c < C; ++c) dz[(size_t)r * C + c] = w * g[c];
   }
   const std::vector<float> params = download_floats(m, head.params, head.count);
@@ -129,6 +132,14 @@ void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, co
   m.backend->upload(head.grads, dparams.data(), head.count * sizeof(float));
   for (int r = 0; r < M; ++r) std::copy_n(&dx[(size_t)r * C], C, &d_hidden[(size_t)cache.rows[r] * C]);
   m.backend->upload_tensor(d_final_hidden, d_hidden.data(), d_hidden.size());
+}
+
+void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
+                   Tensor d_final_hidden) {
+  if (d_pooled.size() != (size_t)cache.B * m.config.hidden_size)
+    throw std::runtime_error("pool_backward: d_pooled has the wrong size");
+  m.backend->upload(m.acts.pooled, d_pooled.data(), d_pooled.size() * sizeof(float));
+  pool_backward(m, head, cache, m.acts.pooled, d_final_hidden);
 }
 
 }  // namespace l2v

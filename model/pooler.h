@@ -4,9 +4,9 @@
 // backend memory and train as TrainableParams next to the LoRA tensors (full training, not LoRA), so the
 // optimizer, gradient clipping and checkpoints treat them like every other trainable tensor.
 //
-// The simple modes run on the backend (Backend::pool_forward / pool_backward): the pooling weights go up
-// (B*T values), the pooled rows come down and their gradient goes up (B*C values each); the final hidden
-// states and their gradient stay in backend memory. The latent mode runs on the host in fp32: the final
+// The simple modes run on the backend (Backend::pool_forward / pool_backward): only the pooling weights
+// go up (B*T values); the final hidden states, the pooled rows and their gradients stay in backend memory
+// (the trainer's contrastive loss runs there too, Backend::contrastive_loss). The latent mode runs on the host in fp32: the final
 // hidden states are downloaded and the gradient w.r.t. them is uploaded back.
 #pragma once
 #include <cstdint>
@@ -48,12 +48,19 @@ struct PoolCache {
   LatentAttentionCache latent;
 };
 
-// Pooled embeddings [B, C] (host) of `batch`, whose forward pass was m's last. bos_id / eos_id are the
-// tokens the bos_token / eos_token modes check for. With cache != nullptr, keeps what pool_backward needs.
+// Pools `batch` (whose forward pass was m's last) into `pooled` [B, C] (fp32, backend memory) without
+// waiting. bos_id / eos_id are the tokens the bos_token / eos_token modes check for. With cache != nullptr,
+// keeps what pool_backward needs.
+void pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id, float* pooled,
+                  PoolCache* cache);
+// The same, returning the pooled embeddings [B, C] on the host (through m.acts.pooled).
 std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
                                 PoolCache* cache);
-// Writes d_final_hidden [B*T, C] (a backend tensor the caller allocated) from d_pooled [B, C], and
-// accumulates the latent block's parameter gradients.
+// Writes d_final_hidden [B*T, C] (a backend tensor the caller allocated) from d_pooled [B, C] (fp32, backend
+// memory), and accumulates the latent block's parameter gradients.
+void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const float* d_pooled,
+                   Tensor d_final_hidden);
+// The same from d_pooled on the host (uploaded to m.acts.pooled).
 void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
                    Tensor d_final_hidden);
 

@@ -265,9 +265,9 @@ TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
 // makes the host wait for the device (emu::host_waits). After a first step (which sizes the scratch
 // buffers and builds the optimizer's device list), an MNTP step — batch upload, forward, LM-head loss,
 // backward, optimizer — waits exactly twice: for the losses, once the backward is queued, and for the
-// gradient norm after the optimizer; a contrastive step (mean pooling on the device, the loss on the
-// host) waits for the pooled rows and for the norm. A sync upload, a host-side pooling or a per-tensor
-// norm read would each add waits.
+// gradient norm after the optimizer; a contrastive step (mean pooling and the contrastive loss on the
+// device) waits for its loss, read after the backward is queued, and for the norm. A sync upload, a
+// pooled-row download, a host-side loss or a per-tensor norm read would each add waits.
 TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
   for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
     test::TinyModel tm(/*qkv_bias=*/false, /*seed=*/3, make_cuda_backend(precision), /*hidden_size=*/32);
@@ -296,15 +296,23 @@ TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
     eb.embed_mask = b.mask;
     const int C = m.config.hidden_size;
     Tensor d_hidden = m.alloc_tensor((size_t)b.B * b.T * C);
+    // The three rows as a supervised triple (query, positive, hard negative), the loss in device memory.
+    ASSERT_EQ(b.B, 3);
+    float* pooled = m.alloc_floats((size_t)b.B * C);
+    float* d_pooled = m.alloc_floats((size_t)b.B * C);
+    double* loss = reinterpret_cast<double*>(m.alloc_floats(2));
     auto contrastive_step = [&] {
       zero_grads(m);
       model_forward(m, eb.ids.data(), eb.key_mask.data(), eb.B, eb.T, opt);
       PoolCache cache;
-      const std::vector<float> pooled = pool_forward(m, head, eb, 1, 2, &cache);
-      std::vector<float> d_pooled(pooled.size());
-      for (size_t i = 0; i < pooled.size(); ++i) d_pooled[i] = 0.01f * pooled[i];  // stands in for the loss
+      pool_forward(m, head, eb, 1, 2, pooled, &cache);
+      m.backend->contrastive_loss(loss, d_pooled, d_pooled + C, d_pooled + 2 * C, pooled, pooled + C, pooled + 2 * C,
+                                  1, C, C, 50.0f, true);
       pool_backward(m, head, cache, d_pooled, d_hidden);
       model_backward(m, d_hidden);
+      double value;
+      m.backend->download(&value, loss, sizeof(double));  // the trainer reads the loss here
+      EXPECT_TRUE(std::isfinite(value));
       adamw_step(m, st, AdamWConfig{}, 1e-3f);
     };
     contrastive_step();

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cuda/adamw.cuh"
+#include "cuda/contrastive.cuh"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
 #include "cuda/pooling.cuh"
@@ -443,6 +444,130 @@ TYPED_TEST(Kernels, PoolForwardAndBackwardEqualTheReference) {
   // No rows: nothing launched.
   EXPECT_NO_THROW(lc::pool_forward_cuda<T>(nullptr, nullptr, nullptr, 0, 4, 8, this->stream_));
   EXPECT_NO_THROW(lc::pool_backward_cuda<T>(nullptr, nullptr, nullptr, 0, 4, 8, this->stream_));
+}
+
+// ============================================================================================ Contrastive
+
+// contrastive_loss_cuda against cpu::contrastive_loss (cuda/contrastive.cuh does the reference's double
+// arithmetic in the reference's order): under the emulator (glibc's exp and log on both sides) the loss
+// is the same double and every gradient the same float; on a GPU, CUDA's double exp / log may differ
+// from glibc's by an ulp or two, ~1e-16 relative, which the fp32 rounding of a gradient shows at most
+// as 1 ulp. Layouts: SimCSE's interleaved pairs (ld = 2C), separate roles with hard negatives and
+// padded rows (ld = C + 3: the padding must stay untouched), without in-batch negatives; shapes that
+// are not multiples of the 16 x 16 tiles; the loss alone; every emulator scheduling order.
+TEST(ContrastiveLoss, EqualsTheReference) {
+#if defined(L2V_EMULATE)
+  const uint32_t max_ulps = 0;
+  const std::vector<l2v::emu::Schedule> orders = l2v::test::all_orders();
+#else
+  const uint32_t max_ulps = 1;
+  const std::vector<int> orders = {0};
+#endif
+  struct Case {
+    const char* name;
+    int n, C, pad;
+    bool negatives, in_batch, simcse;
+    float scale;
+  };
+  std::mt19937 rng(17);
+  for (const Case& c : {Case{"simcse", 5, 37, 0, false, true, true, 20.0f},
+                        Case{"supervised", 17, 40, 3, true, true, false, 50.0f},
+                        Case{"no_in_batch", 6, 20, 0, true, false, false, 50.0f}}) {
+    const int n = c.n, C = c.C;
+    const int ld = c.simcse ? 2 * C : C + c.pad;
+    // The rows: SimCSE one buffer of 2n interleaved rows; otherwise three buffers of n rows.
+    const size_t role_floats = c.simcse ? (size_t)2 * n * C : (size_t)n * ld;
+    std::vector<std::vector<float>> x(c.simcse ? 1 : 3);
+    for (auto& v : x) v = randn((long)role_floats, rng);
+    const float* q = x[0].data();
+    const float* p = c.simcse ? x[0].data() + C : x[1].data();
+    const float* neg = c.negatives ? x[2].data() : nullptr;
+    const float kUntouched = 7.0f;
+    std::vector<std::vector<float>> want(x.size(), std::vector<float>(role_floats, kUntouched));
+    float* wq = want[0].data();
+    float* wp = c.simcse ? want[0].data() + C : want[1].data();
+    float* wn = c.negatives ? want[2].data() : nullptr;
+    double want_loss = 0.0;
+    cpu::contrastive_loss(&want_loss, wq, wp, wn, q, p, neg, n, C, ld, c.scale, c.in_batch);
+    double want_loss_only = 0.0;
+    cpu::contrastive_loss(&want_loss_only, nullptr, nullptr, nullptr, q, p, neg, n, C, ld, c.scale, c.in_batch);
+    ASSERT_TRUE(std::isfinite(want_loss)) << c.name;
+
+    std::vector<std::unique_ptr<Raw<float>>> dx, ddx;
+    for (size_t r = 0; r < x.size(); ++r) {
+      dx.push_back(std::make_unique<Raw<float>>(x[r]));
+      ddx.push_back(std::make_unique<Raw<float>>(std::vector<float>(role_floats, kUntouched)));
+    }
+    const float* dq = dx[0]->ptr;
+    const float* dp = c.simcse ? dx[0]->ptr + C : dx[1]->ptr;
+    const float* dneg = c.negatives ? dx[2]->ptr : nullptr;
+    float* gq = ddx[0]->ptr;
+    float* gp = c.simcse ? ddx[0]->ptr + C : ddx[1]->ptr;
+    float* gn = c.negatives ? ddx[2]->ptr : nullptr;
+    Raw<double> loss(1);
+    Raw<char> scratch(lc::contrastive_scratch_bytes(n, C, c.negatives, true));
+    for (const auto& order : orders) {
+#if defined(L2V_EMULATE)
+      ScheduleScope scope(order);
+#else
+      (void)order;
+#endif
+      const std::string at = std::string(c.name) + " n=" + std::to_string(n) + " C=" + std::to_string(C);
+      lc::contrastive_loss_cuda(loss.ptr, nullptr, nullptr, nullptr, dq, dp, dneg, n, C, ld, c.scale, c.in_batch,
+                                scratch.ptr, nullptr);
+      const double loss_only = loss.get1();
+      lc::contrastive_loss_cuda(loss.ptr, gq, gp, gn, dq, dp, dneg, n, C, ld, c.scale, c.in_batch, scratch.ptr,
+                                nullptr);
+      const double got_loss = loss.get1();
+      EXPECT_LE(std::fabs(got_loss - want_loss), 4 * max_ulps * std::numeric_limits<double>::epsilon() * want_loss)
+          << at << ": loss " << got_loss << " want " << want_loss;
+      EXPECT_EQ(loss_only, got_loss) << at << ": the loss alone";
+      EXPECT_EQ(want_loss_only, want_loss) << at;
+      for (size_t r = 0; r < x.size(); ++r) {
+        std::vector<float> got(role_floats);
+        CUDA_CHECK(cudaMemcpy(got.data(), ddx[r]->ptr, role_floats * sizeof(float), cudaMemcpyDeviceToHost));
+        uint32_t worst = 0;
+        size_t untouched = 0;
+        for (size_t i = 0; i < role_floats; ++i) {
+          if (want[r][i] == kUntouched) untouched += got[i] == kUntouched;
+          const uint32_t a = bits(got[i]), b = bits(want[r][i]);
+          worst = std::max(worst, got[i] == want[r][i] ? 0u : a > b ? a - b : b - a);
+        }
+        EXPECT_LE(worst, max_ulps) << at << ", role buffer " << r;
+        const size_t padding = c.simcse ? 0 : (size_t)n * (ld - C);
+        EXPECT_EQ(untouched, padding) << at << ", role buffer " << r << ": the padding between rows was written";
+      }
+    }
+  }
+}
+
+// A zero row (cosine undefined) or a non-finite value: the loss is NaN and every gradient 0, as the
+// reference; refusals of misuse come before any launch.
+TEST(ContrastiveLoss, InvalidRowsGiveNaNAndZeroGradients) {
+  const int n = 4, C = 9;
+  std::mt19937 rng(3);
+  for (const float bad : {0.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    std::vector<float> q = randn((long)n * C, rng), p = randn((long)n * C, rng);
+    if (bad == 0.0f)
+      std::fill_n(&q[2 * C], C, 0.0f);
+    else
+      p[C + 5] = bad;
+    Raw<float> dq(q), dp(p), gq(std::vector<float>(q.size(), 7.0f)), gp(std::vector<float>(p.size(), 7.0f));
+    Raw<double> loss(1);
+    Raw<char> scratch(lc::contrastive_scratch_bytes(n, C, false, true));
+    lc::contrastive_loss_cuda(loss.ptr, gq.ptr, gp.ptr, nullptr, dq.ptr, dp.ptr, nullptr, n, C, C, 20.0f, true,
+                              scratch.ptr, nullptr);
+    EXPECT_TRUE(std::isnan(loss.get1())) << bad;
+    std::vector<float> g(q.size());
+    for (const Raw<float>* d : {&gq, &gp}) {
+      CUDA_CHECK(cudaMemcpy(g.data(), d->ptr, g.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      EXPECT_EQ(g, std::vector<float>(g.size(), 0.0f)) << bad;
+    }
+  }
+  Raw<double> loss(1);
+  EXPECT_THROW(lc::contrastive_loss_cuda(loss.ptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 2, 4, 4, 20.0f,
+                                         true, nullptr, nullptr),
+               std::invalid_argument);
 }
 
 // ============================================================================================ Conversions

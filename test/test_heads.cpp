@@ -14,6 +14,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,6 @@
 #include "model/pooling.h"
 #include "model/safetensors.h"
 #include "test/test_util.h"
-#include "train/losses.h"
 
 namespace l2v {
 namespace {
@@ -177,31 +177,77 @@ TEST(ContrastiveLoss, MatchesLlm2vecHardNegativeNLLLossAndTorchAutograd) {
   for (const Case& c : {Case{"simcse", true, false}, Case{"supervised", true, true}, Case{"no_in_batch", false, true}}) {
     SCOPED_TRACE(c.name);
     const std::string k = c.name;
-    ContrastiveInput in;
-    in.n = n;
-    in.dim = dim;
-    in.queries = q.data();
-    in.positives = p.data();
-    in.negatives = c.hard_negatives ? neg.data() : nullptr;
     const float scale = read(f, k + ".scale")[0];
-    const ContrastiveResult r = contrastive_loss(in, scale, c.in_batch, true);
-    const std::vector<float> loss = {(float)r.loss};
-    EXPECT_TRUE(CloseRelMax(k + " loss", loss.data(), read(f, k + ".loss"), 1e-6));
-    ASSERT_EQ(r.d_queries.size(), q.size());
-    ASSERT_EQ(r.d_positives.size(), p.size());
-    EXPECT_TRUE(CloseRelMax(k + " d_queries", r.d_queries.data(), read(f, k + ".d_queries"), 1e-5));
-    EXPECT_TRUE(CloseRelMax(k + " d_positives", r.d_positives.data(), read(f, k + ".d_positives"), 1e-5));
+    const float* negatives = c.hard_negatives ? neg.data() : nullptr;
+    double loss = 0.0;
+    std::vector<float> dq(q.size()), dp(p.size()), dn(neg.size());
+    cpu::contrastive_loss(&loss, dq.data(), dp.data(), c.hard_negatives ? dn.data() : nullptr, q.data(), p.data(),
+                          negatives, n, dim, dim, scale, c.in_batch);
+    const std::vector<float> loss_f = {(float)loss};
+    EXPECT_TRUE(CloseRelMax(k + " loss", loss_f.data(), read(f, k + ".loss"), 1e-6));
+    EXPECT_TRUE(CloseRelMax(k + " d_queries", dq.data(), read(f, k + ".d_queries"), 1e-5));
+    EXPECT_TRUE(CloseRelMax(k + " d_positives", dp.data(), read(f, k + ".d_positives"), 1e-5));
     if (c.hard_negatives) {
-      ASSERT_EQ(r.d_negatives.size(), neg.size());
-      EXPECT_TRUE(CloseRelMax(k + " d_negatives", r.d_negatives.data(), read(f, k + ".d_negatives"), 1e-5));
-    } else {
-      EXPECT_TRUE(r.d_negatives.empty());
+      EXPECT_TRUE(CloseRelMax(k + " d_negatives", dn.data(), read(f, k + ".d_negatives"), 1e-5));
     }
     // The loss alone (no gradients asked) is the same number.
-    const ContrastiveResult r2 = contrastive_loss(in, scale, c.in_batch, false);
-    EXPECT_EQ(r2.loss, r.loss);
-    EXPECT_TRUE(r2.d_queries.empty());
+    double loss_only = 0.0;
+    cpu::contrastive_loss(&loss_only, nullptr, nullptr, nullptr, q.data(), p.data(), negatives, n, dim, dim, scale,
+                          c.in_batch);
+    EXPECT_EQ(loss_only, loss);
+    // SimCSE's layout: queries and positives interleaved in one buffer (ld = 2 dim), gradients likewise:
+    // the same bits.
+    if (c.hard_negatives) continue;
+    std::vector<float> pairs((size_t)2 * n * dim), d_pairs(pairs.size());
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(&q[(size_t)i * dim], dim, &pairs[(size_t)2 * i * dim]);
+      std::copy_n(&p[(size_t)i * dim], dim, &pairs[(size_t)(2 * i + 1) * dim]);
+    }
+    double loss_pairs = 0.0;
+    cpu::contrastive_loss(&loss_pairs, d_pairs.data(), d_pairs.data() + dim, nullptr, pairs.data(), pairs.data() + dim,
+                          nullptr, n, dim, 2 * dim, scale, c.in_batch);
+    EXPECT_EQ(loss_pairs, loss);
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(std::equal(dq.begin() + (size_t)i * dim, dq.begin() + (size_t)(i + 1) * dim,
+                             d_pairs.begin() + (size_t)2 * i * dim));
+      EXPECT_TRUE(std::equal(dp.begin() + (size_t)i * dim, dp.begin() + (size_t)(i + 1) * dim,
+                             d_pairs.begin() + (size_t)(2 * i + 1) * dim));
+    }
   }
+}
+
+// Rows the cosine is undefined for (a zero vector) or non-finite rows give a NaN loss and zero gradients
+// (the trainer reports the NaN); misuse is refused.
+TEST(ContrastiveLoss, InvalidRowsGiveNaNAndZeroGradientsAndMisuseIsRefused) {
+  const int n = 3, C = 4;
+  std::vector<float> q(n * C, 0.5f), p(n * C, 0.25f);
+  for (int i = 0; i < n * C; ++i) p[i] += 0.1f * i;
+  for (const float bad : {0.0f, NAN, INFINITY}) {
+    std::vector<float> pb = p;
+    if (bad == 0.0f)
+      std::fill_n(&pb[C], C, 0.0f);
+    else
+      pb[C + 2] = bad;
+    double loss = 0.0;
+    std::vector<float> dq(q.size(), 7.0f), dp(p.size(), 7.0f);
+    cpu::contrastive_loss(&loss, dq.data(), dp.data(), nullptr, q.data(), pb.data(), nullptr, n, C, C, 20.0f, true);
+    EXPECT_TRUE(std::isnan(loss)) << bad;
+    EXPECT_EQ(dq, std::vector<float>(q.size(), 0.0f)) << bad;
+    EXPECT_EQ(dp, std::vector<float>(p.size(), 0.0f)) << bad;
+  }
+  double loss = 0.0;
+  EXPECT_THROW(cpu::contrastive_loss(&loss, nullptr, nullptr, nullptr, q.data(), p.data(), nullptr, n, C, C, 20.0f,
+                                     /*in_batch_negatives=*/false),
+               std::invalid_argument);  // no candidates but the positive: the loss would be 0
+  EXPECT_THROW(cpu::contrastive_loss(&loss, nullptr, nullptr, nullptr, q.data(), p.data(), nullptr, 0, C, C, 20.0f, true),
+               std::invalid_argument);
+  EXPECT_THROW(cpu::contrastive_loss(&loss, nullptr, nullptr, nullptr, q.data(), p.data(), nullptr, n, C, C - 1, 20.0f,
+                                     true),
+               std::invalid_argument);
+  std::vector<float> dq(q.size());
+  EXPECT_THROW(cpu::contrastive_loss(&loss, dq.data(), nullptr, nullptr, q.data(), p.data(), nullptr, n, C, C, 20.0f,
+                                     true),
+               std::invalid_argument);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@
 #include "test/temp_dir.h"
 #include "test/test_util.h"
 #include "test/tiny_model.h"
-#include "train/losses.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -915,35 +914,34 @@ TEST_P(PoolingGradient, MatchesCentralDifferences) {
       b.embed_mask.push_back(real && t > first + (r == 0 ? 2 : 0));
     }
   const float scale = 20.0f;
-  auto loss_of = [&](ContrastiveResult* grads, PoolCache* cache) {
+  // The loss on the backend from the pooled rows in backend memory (queries, positives, hard negatives:
+  // n rows each), as the trainer runs it; d_pooled (backend memory) receives its gradient when asked.
+  float* pooled = m.alloc_floats((size_t)3 * n * C);
+  float* d_pooled = m.alloc_floats((size_t)3 * n * C);
+  double* loss_dev = reinterpret_cast<double*>(m.alloc_floats(2));  // one double, owned by the model
+  auto loss_of = [&](bool grads, PoolCache* cache) {
     model_forward(m, b.ids.data(), b.key_mask.data(), B, T, ForwardOptions{});
-    const std::vector<float> pooled = pool_forward(m, head, b, 1, 2, cache);
-    ContrastiveInput in;
-    in.n = n;
-    in.dim = C;
-    in.queries = pooled.data();
-    in.positives = pooled.data() + (size_t)n * C;
-    in.negatives = pooled.data() + (size_t)2 * n * C;
-    ContrastiveResult r = contrastive_loss(in, scale, /*in_batch_negatives=*/true, grads != nullptr);
-    if (grads) *grads = r;
-    return r.loss;
+    pool_forward(m, head, b, 1, 2, pooled, cache);
+    float* d = grads ? d_pooled : nullptr;
+    m.backend->contrastive_loss(loss_dev, d, d ? d + (size_t)n * C : nullptr, d ? d + (size_t)2 * n * C : nullptr,
+                                pooled, pooled + (size_t)n * C, pooled + (size_t)2 * n * C, n, C, C, scale,
+                                /*in_batch_negatives=*/true);
+    double loss;
+    m.backend->download(&loss, loss_dev, sizeof(double));
+    return loss;
   };
 
   // Analytic: loss gradients w.r.t. the pooled rows -> pool_backward -> model_backward.
   zero_grads(m);
-  ContrastiveResult r;
   PoolCache cache;
-  loss_of(&r, &cache);
-  std::vector<float> d_pooled;
-  for (const std::vector<float>* g : {&r.d_queries, &r.d_positives, &r.d_negatives})
-    d_pooled.insert(d_pooled.end(), g->begin(), g->end());
+  loss_of(true, &cache);
   Tensor dh = m.alloc_tensor((size_t)B * T * C);
   pool_backward(m, head, cache, d_pooled, dh);
   model_backward(m, dh);
 
   // Numeric: Richardson-extrapolated central differences, (4 D(h/2) - D(h)) / 3, h = 2e-2, on a few
   // entries of every trainable tensor (CPU backend: parameters are host memory, perturbed in place).
-  auto loss = [&]() { return loss_of(nullptr, nullptr); };
+  auto loss = [&]() { return loss_of(false, nullptr); };
   auto central = [&](float* x, double h) {
     const float x0 = *x, xp = (float)(x0 + h), xm = (float)(x0 - h);
     *x = xp;

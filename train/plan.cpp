@@ -7,7 +7,8 @@
 
 namespace l2v {
 
-PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes) {
+PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
+                       int world_size) {
   PlanInputs in;
   in.mntp = cfg.stage == Stage::kMntp;
   // The largest forward: MNTP's batch, SimCSE's doubled batch, one supervised group; or a chunk of it.
@@ -20,6 +21,14 @@ PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cu
   in.tensor_bytes = tensor_bytes;
   in.cuda = cuda;
   in.scored_fraction = cfg.mlm_probability;
+  if (!in.mntp) {
+    const bool simcse = cfg.stage == Stage::kSimcse;
+    in.loss_negatives = !simcse && cfg.hard_negatives;
+    in.pooled_rows = simcse ? 2 * cfg.batch_size : cfg.batch_size * (in.loss_negatives ? 3 : 2);
+    const bool gather = cfg.gather_negatives && world_size > 1;
+    in.loss_queries = cfg.batch_size * (gather ? world_size : 1);
+    in.gathered_rows = gather ? in.pooled_rows * world_size : 0;
+  }
   in.recompute_layers = cfg.recompute_layers >= 0      ? cfg.recompute_layers
                         : cfg.gradient_checkpointing ? model.num_hidden_layers
                                                      : 0;
@@ -27,8 +36,8 @@ PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cu
 }
 
 int choose_recompute_layers(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
-                            MemoryPlan* plan) {
-  const PlanInputs in = plan_inputs(cfg, model, cuda, tensor_bytes);
+                            MemoryPlan* plan, int world_size) {
+  const PlanInputs in = plan_inputs(cfg, model, cuda, tensor_bytes, world_size);
   if (cfg.recompute_layers >= 0 || cfg.gpu_memory_gb <= 0) {
     *plan = plan_memory(model, in);
     return in.recompute_layers;

@@ -24,7 +24,6 @@
 #include "model/pooler.h"
 #include "model/safetensors.h"
 #include "train/comm.h"
-#include "train/losses.h"
 #include "train/optimizer.h"
 #include "train/plan.h"
 
@@ -140,13 +139,36 @@ long count_tokens(const std::vector<int>& key_mask) {
   return n;
 }
 
+// Backend memory that grows on demand and is reused across steps (its contents are lost when it grows).
+class BackendBuffer {
+ public:
+  explicit BackendBuffer(Backend& backend) : backend_(backend) {}
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  ~BackendBuffer() {
+    if (ptr_) backend_.release(ptr_);
+  }
+  void* get(size_t bytes) {
+    if (bytes > bytes_) {
+      if (ptr_) backend_.release(ptr_);
+      ptr_ = nullptr;
+      bytes_ = grown_bytes(bytes);  // as the memory plan counts it
+      ptr_ = backend_.alloc(bytes_);
+    }
+    return ptr_;
+  }
+  float* floats(size_t n) { return static_cast<float*>(get(n * sizeof(float))); }
+
+ private:
+  Backend& backend_;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 class Trainer {
  public:
   Trainer(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks, Comm& comm)
       : cfg_(cfg), backend_(backend), hooks_(hooks), comm_(&comm), progress_(hooks.progress && comm.rank() == 0) {}
-  ~Trainer() {
-    if (d_hidden_) backend_.release(d_hidden_);
-  }
 
   TrainResult run();
 
@@ -164,9 +186,12 @@ class Trainer {
   void backward(ConstTensor d_hidden, bool last_of_step);
   std::function<void(int)> layer_callback(bool last_of_step);
   Tensor d_hidden_buffer(size_t elements);
-  // The loss over the pooled vectors of each role ([n, C] each: queries, positives, hard negatives) —
-  // gathered across ranks unless gather_negatives is false — and its gradient w.r.t. this rank's rows.
-  double contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local);
+  // Queues the contrastive loss over the pooled rows (fp32 in backend memory; group g's rows start at row
+  // first[g], one group of interleaved pairs for SimCSE, else queries, positives and maybe hard
+  // negatives) — gathered across ranks unless gather_negatives is false — and writes its gradient w.r.t.
+  // this rank's rows to d_pooled (same layout). Returns where the loss (one double) will be.
+  const double* contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
+                            const std::vector<int>& rows);
   nlohmann::json loader_state() const;
   // True when the step's loss is the same on every rank: a contrastive loss over the gathered batch.
   bool loss_is_global() const {
@@ -200,8 +225,10 @@ class Trainer {
   double step_flops_ = 0;     // model FLOPs of one optimizer step (for MFU)
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
-  Tensor d_hidden_ = nullptr;
-  size_t d_hidden_capacity_ = 0;
+  // The contrastive stages' buffers: the gradient w.r.t. the final hidden states, the pooled rows and their
+  // gradient, the gathered rows of every rank and their gradient, the loss.
+  BackendBuffer d_hidden_{backend_}, pooled_{backend_}, d_pooled_{backend_}, gathered_{backend_},
+      d_gathered_{backend_}, loss_{backend_};
   std::ofstream log_;
 };
 
@@ -282,7 +309,7 @@ void Trainer::load_model_and_data() {
   // loaded or written, when the step cannot fit.
   MemoryPlan plan;
   recompute_layers_ = choose_recompute_layers(cfg_, base_.config, !backend_.is_host_memory(),
-                                              backend_.tensor_element_bytes(), &plan);
+                                              backend_.tensor_element_bytes(), &plan, comm_->world_size());
   // The model FLOPs of one optimizer step: the forward and backward of a whole group (chunks add no
   // model FLOPs), times the groups of a micro-batch (supervised: queries, positives, hard negatives)
   // and the accumulation.
@@ -378,12 +405,7 @@ void Trainer::check_ranks_agree() {
 }
 
 Tensor Trainer::d_hidden_buffer(size_t elements) {
-  if (elements > d_hidden_capacity_) {
-    if (d_hidden_) backend_.release(d_hidden_);
-    d_hidden_capacity_ = elements + elements / 4;
-    d_hidden_ = static_cast<Tensor>(backend_.alloc(d_hidden_capacity_ * backend_.tensor_element_bytes()));
-  }
-  return d_hidden_;
+  return static_cast<Tensor>(d_hidden_.get(elements * backend_.tensor_element_bytes()));
 }
 
 void Trainer::forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
@@ -420,24 +442,49 @@ double Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens)
   return mntp_loss(m_, b.labels.data(), true, b.global_labels, layer_callback(last_of_step));
 }
 
-double Trainer::contrastive(const std::vector<std::vector<float>>& local, int n, std::vector<std::vector<float>>* d_local) {
+const double* Trainer::contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
+                                  const std::vector<int>& rows) {
   const int C = m_.config.hidden_size;
-  const bool gather = cfg_.gather_negatives && comm_->world_size() > 1;
-  std::vector<std::vector<float>> full(local.size());
-  int offset = 0;
-  for (size_t g = 0; g < local.size(); ++g) full[g] = gather ? comm_->all_gather_rows(local[g], C, &offset) : local[g];
-  ContrastiveInput in;
-  in.n = (int)(full[0].size() / C);
-  in.dim = C;
-  in.queries = full[0].data();
-  in.positives = full[1].data();
-  in.negatives = local.size() > 2 ? full[2].data() : nullptr;
-  const ContrastiveResult r = contrastive_loss(in, cfg_.loss_scale, cfg_.in_batch_negatives, /*gradients=*/true);
-  const std::vector<float>* grads[3] = {&r.d_queries, &r.d_positives, &r.d_negatives};
-  d_local->assign(local.size(), {});
-  for (size_t g = 0; g < local.size(); ++g)
-    (*d_local)[g].assign(grads[g]->begin() + (size_t)offset * C, grads[g]->begin() + (size_t)(offset + n) * C);
-  return r.loss;
+  // The roles inside a buffer of groups: SimCSE's queries are the even rows of its one group, their
+  // positives the odd rows (ld = 2C); otherwise one group per role (ld = C).
+  auto run = [&](const float* base, float* d_base, const std::vector<int>& at, const std::vector<int>& count) {
+    const float* group[3] = {};
+    float* d_group[3] = {};
+    for (size_t g = 0; g < at.size(); ++g) {
+      group[g] = base + (size_t)at[g] * C;
+      d_group[g] = d_base + (size_t)at[g] * C;
+    }
+    double* loss = static_cast<double*>(loss_.get(sizeof(double)));
+    if (simcse_)
+      backend_.contrastive_loss(loss, d_group[0], d_group[0] + C, nullptr, group[0], group[0] + C, nullptr,
+                                count[0] / 2, C, 2 * C, cfg_.loss_scale, cfg_.in_batch_negatives);
+    else
+      backend_.contrastive_loss(loss, d_group[0], d_group[1], d_group[2], group[0], group[1], group[2], count[0], C,
+                                C, cfg_.loss_scale, cfg_.in_batch_negatives);
+    return loss;
+  };
+  if (!cfg_.gather_negatives || comm_->world_size() == 1) return run(pooled, d_pooled, first, rows);
+  // Every rank's rows, group by group, through the host (MPI): this rank's come down, the whole batch goes
+  // up, and the gradient of this rank's rows is copied out of the gathered gradient.
+  const size_t local_rows = (size_t)first.back() + rows.back();
+  const std::vector<float> local = download_floats(m_, pooled, local_rows * C);
+  std::vector<float> all;
+  std::vector<int> at, count, offset(first.size());
+  for (size_t g = 0; g < first.size(); ++g) {
+    const std::vector<float> mine(local.begin() + (size_t)first[g] * C, local.begin() + (size_t)(first[g] + rows[g]) * C);
+    const std::vector<float> full = comm_->all_gather_rows(mine, C, &offset[g]);
+    at.push_back((int)(all.size() / C));
+    count.push_back((int)(full.size() / C));
+    all.insert(all.end(), full.begin(), full.end());
+  }
+  float* gathered = gathered_.floats(all.size());
+  float* d_gathered = d_gathered_.floats(all.size());
+  backend_.upload(gathered, all.data(), all.size() * sizeof(float));
+  const double* loss = run(gathered, d_gathered, at, count);
+  for (size_t g = 0; g < first.size(); ++g)
+    backend_.copy(d_pooled + (size_t)first[g] * C, d_gathered + (size_t)(at[g] + offset[g]) * C,
+                  (size_t)rows[g] * C * sizeof(float));
+  return loss;
 }
 
 // SimCSE and supervised: every group (SimCSE: the doubled batch, pairs in adjacent rows; supervised:
@@ -473,7 +520,16 @@ double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* 
     const auto [r0, n] = chunks[g][c];
     return chunks[g].size() == 1 ? groups[g] : slice_rows(groups[g], r0, n);
   };
-  std::vector<std::vector<float>> pooled(groups.size());
+  // Group g's pooled rows (and their gradient) start at row first[g] of one buffer in backend memory.
+  std::vector<int> first, rows;
+  int total_rows = 0;
+  for (const EmbedBatch& g : groups) {
+    first.push_back(total_rows);
+    rows.push_back(g.B);
+    total_rows += g.B;
+  }
+  float* pooled = pooled_.floats((size_t)total_rows * C);
+  float* d_pooled = d_pooled_.floats((size_t)total_rows * C);
   PoolCache last_cache;
   for (size_t g = 0; g < groups.size(); ++g) {
     *tokens += count_tokens(groups[g].key_mask);
@@ -481,50 +537,34 @@ double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* 
       const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
       const EmbedBatch chunk = chunk_of(g, c);
       forward(chunk, seeds[g]);
-      const std::vector<float> p = pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), last ? &last_cache : nullptr);
-      pooled[g].insert(pooled[g].end(), p.begin(), p.end());
+      pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
+                   last ? &last_cache : nullptr);
     }
   }
-  // The roles: SimCSE's queries are the even rows, their positives the odd rows.
-  std::vector<std::vector<float>> roles;
-  if (simcse_) {
-    const int P = groups[0].B / 2;
-    roles.assign(2, std::vector<float>((size_t)P * C));
-    for (int i = 0; i < P; ++i)
-      for (int v = 0; v < 2; ++v) std::copy_n(&pooled[0][(size_t)(2 * i + v) * C], C, &roles[v][(size_t)i * C]);
-  } else {
-    roles = pooled;
-  }
-  std::vector<std::vector<float>> d_roles;
-  const double loss = contrastive(roles, (int)(roles[0].size() / C), &d_roles);
-  std::vector<std::vector<float>> d_pooled;
-  if (simcse_) {
-    const int P = groups[0].B / 2;
-    d_pooled.assign(1, std::vector<float>((size_t)2 * P * C));
-    for (int i = 0; i < P; ++i)
-      for (int v = 0; v < 2; ++v) std::copy_n(&d_roles[v][(size_t)i * C], C, &d_pooled[0][(size_t)(2 * i + v) * C]);
-  } else {
-    d_pooled = std::move(d_roles);
-  }
+  const double* loss = contrastive(pooled, d_pooled, first, rows);
   for (size_t g = groups.size(); g-- > 0;) {
     for (size_t c = chunks[g].size(); c-- > 0;) {
       const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
       const EmbedBatch chunk = chunk_of(g, c);
+      const float* d_chunk = d_pooled + (size_t)(first[g] + chunks[g][c].first) * C;
       PoolCache recomputed;
       PoolCache* cache = &last_cache;
       if (!last) {
+        // The same forward and pooled rows as before (same seed and row0); they overwrite what the loss used.
         forward(chunk, seeds[g]);
-        pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), &recomputed);
+        pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
+                     &recomputed);
         cache = &recomputed;
       }
-      const auto [r0, n] = chunks[g][c];
-      const std::vector<float> d(d_pooled[g].begin() + (size_t)r0 * C, d_pooled[g].begin() + (size_t)(r0 + n) * C);
       Tensor dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
-      pool_backward(m_, head_, *cache, d, dh);
+      pool_backward(m_, head_, *cache, d_chunk, dh);
       backward(dh, last_of_step && g == 0 && c == 0);
     }
   }
-  return loss;
+  // The one wait of the micro-batch: the loss, read after its whole backward is queued.
+  double value;
+  backend_.download(&value, loss, sizeof(double));
+  return value;
 }
 
 double Trainer::micro_step(uint64_t micro, bool last_of_step, long* tokens) {
@@ -849,7 +889,10 @@ TrainResult Trainer::run() {
                                  "; stopped before updating the parameters" + intact);
       }
       if (!std::isfinite(loss)) {
-        const std::string msg = "step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) +
+        // Backend::contrastive_loss reports a non-finite or zero pooled row (cosine undefined) as a NaN loss.
+        const std::string why = cfg_.stage == Stage::kMntp ? ""
+                                : " (a pooled embedding is not finite, or is the zero vector: cosine undefined)";
+        const std::string msg = "step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) + why +
                                 "; stopped before updating the parameters" + intact;
         // A gathered contrastive loss is the same on every rank: one report (rank 0's) is enough.
         if (loss_is_global()) throw SameOnEveryRank(msg);
