@@ -63,9 +63,12 @@ struct Transposed {
 
 }  // namespace contrastive
 
-__global__ void __launch_bounds__(ew::kBlock)
+// Kernels are templates on their block size so that the header can be included by several translation
+// units without duplicate kernel symbols.
+template <int kBlockSize>
+__global__ void __launch_bounds__(kBlockSize)
     contrastive_norms_kernel(double* norm, contrastive::RowSet<const float*> rows, int R, int C) {
-  const int r = blockIdx.x * ew::kBlock + threadIdx.x;
+  const int r = blockIdx.x * kBlockSize + threadIdx.x;
   if (r >= R) return;
   const float* x = rows.row(r);
   double s = 0.0;
@@ -101,9 +104,10 @@ __global__ void __launch_bounds__(contrastive::kTile* contrastive::kTile)
 }
 
 // One thread per query i: S's row i (D values) becomes G's row i; losses[i] = lse - S[i, target].
-__global__ void __launch_bounds__(ew::kBlock)
+template <int kBlockSize>
+__global__ void __launch_bounds__(kBlockSize)
     contrastive_softmax_kernel(double* SG, double* losses, int n, int D, bool in_batch, double scale) {
-  const int i = blockIdx.x * ew::kBlock + threadIdx.x;
+  const int i = blockIdx.x * kBlockSize + threadIdx.x;
   if (i >= n) return;
   double* row = SG + (long)i * D;
   const int K = in_batch ? D : 2;
@@ -131,7 +135,8 @@ __global__ void __launch_bounds__(ew::kBlock)
 }
 
 // One thread: valid = every norm finite and > 0; *loss = mean of the losses in order, NaN when invalid.
-__global__ void __launch_bounds__(1) contrastive_mean_kernel(double* loss, double* valid, const double* norm, const double* losses, int R,
+template <int kBlockSize>
+__global__ void __launch_bounds__(kBlockSize) contrastive_mean_kernel(double* loss, double* valid, const double* norm, const double* losses, int R,
                                         int n) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   bool ok = true;
@@ -143,7 +148,8 @@ __global__ void __launch_bounds__(1) contrastive_mean_kernel(double* loss, doubl
 }
 
 // One block per row r: thread 0 sums g.u in order; then dx = (g - (g.u) u) / |x| (0 when invalid).
-__global__ void __launch_bounds__(ew::kBlock)
+template <int kBlockSize>
+__global__ void __launch_bounds__(kBlockSize)
     contrastive_unit_backward_kernel(contrastive::RowSet<float*> dx, contrastive::RowSet<const float*> x,
                                      const double* g, const double* norm, const double* valid, int C) {
   L2V_SHARED(double, gu_shared, [1]);
@@ -159,7 +165,7 @@ __global__ void __launch_bounds__(ew::kBlock)
   const double gu = gu_shared[0];
   const bool ok = *valid != 0.0;
   float* out = dx.row(r);
-  for (int c = threadIdx.x; c < C; c += ew::kBlock)
+  for (int c = threadIdx.x; c < C; c += kBlockSize)
     out[c] = ok ? (float)__ddiv_rn(__dsub_rn(gr[c], __dmul_rn(gu, u(r, c))), norm[r]) : 0.0f;
 }
 
@@ -190,14 +196,14 @@ inline void contrastive_loss_cuda(double* loss, float* d_queries, float* d_posit
   auto tiles = [](int M, int N) { return dim3((unsigned)((N + kTile - 1) / kTile), (unsigned)((M + kTile - 1) / kTile)); };
   const dim3 tile_threads(kTile, kTile);
 
-  l2v::launch("contrastive_norms", contrastive_norms_kernel, blocks(R, ew::kBlock), dim3(ew::kBlock), 0, stream,
+  l2v::launch("contrastive_norms", contrastive_norms_kernel<ew::kBlock>, blocks(R, ew::kBlock), dim3(ew::kBlock), 0, stream,
               norm, rows, R, C);
   const UnitRows u_q{rows, norm, 0}, u_d{rows, norm, n};
   l2v::launch("contrastive_logits", contrastive_product_kernel<UnitRows, Transposed<UnitRows>, false>, tiles(n, D),
               tile_threads, 0, stream, SG, D, n, D, C, u_q, Transposed<UnitRows>{u_d}, (double)scale);
-  l2v::launch("contrastive_softmax", contrastive_softmax_kernel, blocks(n, ew::kBlock), dim3(ew::kBlock), 0, stream,
+  l2v::launch("contrastive_softmax", contrastive_softmax_kernel<ew::kBlock>, blocks(n, ew::kBlock), dim3(ew::kBlock), 0, stream,
               SG, losses, n, D, in_batch_negatives, (double)scale);
-  l2v::launch("contrastive_mean", contrastive_mean_kernel, dim3(1), dim3(1), 0, stream, loss, valid, norm, losses, R,
+  l2v::launch("contrastive_mean", contrastive_mean_kernel<1>, dim3(1), dim3(1), 0, stream, loss, valid, norm, losses, R,
               n);
   if (!grads) return;
   double* g = reinterpret_cast<double*>(base + at.grads);
@@ -207,7 +213,7 @@ inline void contrastive_loss_cuda(double* loss, float* d_queries, float* d_posit
   l2v::launch("contrastive_document_grads", contrastive_product_kernel<Transposed<Dense>, UnitRows, true>,
               tiles(D, C), tile_threads, 0, stream, g + (long)n * C, C, D, C, n, Transposed<Dense>{G}, u_q, 1.0);
   const RowSet<float*> d_rows{d_queries, d_positives, d_negatives, n, ld};
-  l2v::launch("contrastive_unit_backward", contrastive_unit_backward_kernel, dim3(R), dim3(ew::kBlock), 0, stream,
+  l2v::launch("contrastive_unit_backward", contrastive_unit_backward_kernel<ew::kBlock>, dim3(R), dim3(ew::kBlock), 0, stream,
               d_rows, rows, g, norm, valid, C);
 }
 

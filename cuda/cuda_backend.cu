@@ -88,6 +88,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
   double peak_flops() const override { return peak_flops_; }
   bool is_host_memory() const override { return false; }
+  bool lora_dropout_needs_scratch() const override { return false; }
 
   void* alloc(size_t bytes) override {
     void* p = nullptr;
@@ -223,18 +224,17 @@ class CudaBackend final : public Backend {
     cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
   void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
-                    int R) override {
+                    float dropout_p, DropoutKey key, uint32_t site, Tensor /*scratch: the kernels need none*/, int N,
+                    int IC, int OC, int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, site, t(scratch), ws, N, IC,
-                            OC, R);
+    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, site, ws, N, IC, OC, R);
   }
   void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
                      const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                     Tensor scratch, int N, int IC, int OC, int R) override {
+                     Tensor /*scratch: the kernels need none*/, int N, int IC, int OC, int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, site,
-                             t(scratch), ws, N, IC, OC, R);
+    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, site, ws,
+                             N, IC, OC, R);
   }
   void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {

@@ -13,12 +13,24 @@ namespace l2v::cuda {
 constexpr size_t kWorkspaceAlign = 256;
 inline size_t workspace_align_up(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
-// LoRA (cuda/lora.cuh): the 16-bit copies of A [R, IC] and B [OC, R] (none for fp32), then dxa [N, R].
+// LoRA (cuda/lora.cuh): the 16-bit copies of A [R, IC] and B [OC, R] (none for fp32), then dxa [N, R], then
+// the dropout backward's partial sums of dA over slices of the rows, fp32 [slices, R, IC].
 inline size_t lora_weight_copy_bytes(size_t elem, int IC, int OC, int R) {
   return elem == 4 ? 0 : workspace_align_up(elem * (size_t)R * IC) + workspace_align_up(elem * (size_t)OC * R);
 }
-inline size_t lora_workspace_bytes(size_t elem, int N, int IC, int OC, int R) {
+// The slices of N rows that dA's partial sums run over: rows of at least 1,024 (multiples of 16), at most
+// 16 slices. A function of N only, so a shape's reduction order never changes.
+constexpr int kLoraMaxSlices = 16;
+inline int lora_slice_rows(int N) {
+  const int rows = std::max(1024, (N + kLoraMaxSlices - 1) / kLoraMaxSlices);
+  return (rows + 15) / 16 * 16;
+}
+inline int lora_slices(int N) { return N <= 0 ? 0 : (N + lora_slice_rows(N) - 1) / lora_slice_rows(N); }
+inline size_t lora_partials_offset(size_t elem, int N, int IC, int OC, int R) {
   return lora_weight_copy_bytes(elem, IC, OC, R) + workspace_align_up(elem * (size_t)N * R);
+}
+inline size_t lora_workspace_bytes(size_t elem, int N, int IC, int OC, int R) {
+  return lora_partials_offset(elem, N, IC, OC, R) + sizeof(float) * (size_t)lora_slices(N) * R * IC;
 }
 
 // The MNTP head (cuda/lm_head.cuh) over `chunk` rows: the gathered hidden rows, fp32 logits, and (16-bit

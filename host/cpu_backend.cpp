@@ -18,6 +18,7 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   bool is_host_memory() const override { return true; }
+  bool lora_dropout_needs_scratch() const override { return true; }
 
   void* alloc(size_t bytes) override {
     // 64-byte alignment keeps OpenBLAS and the vectorised loops on aligned rows.

@@ -48,11 +48,25 @@ struct DropoutKey {
 L2V_HD float philox_to_unit(uint32_t bits) { return (float)(bits >> 8) * (1.0f / 16777216.0f); }
 
 // Keep decision for element `index` of an element-wise dropout site. Four consecutive elements share
-// one Philox call. `site` names the dropout site (layer, op) of one step (not a CUDA stream).
+// one Philox call (block index >> 2, elementwise_dropout_bits). `site` names the dropout site (layer, op)
+// of one step (not a CUDA stream).
+L2V_HD Philox4 elementwise_dropout_bits(uint64_t seed, uint32_t site, uint64_t block) {
+  return philox4x32_10((uint32_t)block, (uint32_t)(block >> 32), 0xE1E3E7u, site, seed);
+}
 L2V_HD bool dropout_keep_elementwise(uint64_t seed, uint32_t site, uint64_t index, float p) {
-  uint64_t block = index >> 2;
-  Philox4 r = philox4x32_10((uint32_t)block, (uint32_t)(block >> 32), 0xE1E3E7u, site, seed);
-  return philox_to_unit(r.v[index & 3]) >= p;
+  return philox_to_unit(elementwise_dropout_bits(seed, site, index >> 2).v[index & 3]) >= p;
+}
+
+// The keep decisions of the four elements index0 .. index0 + 3 of an element-wise site: one Philox call
+// when index0 is a multiple of 4 (the four share its block), else one per element. The same bits as
+// dropout_keep_elementwise, element by element.
+L2V_HD void dropout_keep4_elementwise(uint64_t seed, uint32_t site, uint64_t index0, float p, bool keep[4]) {
+  if ((index0 & 3) == 0) {
+    const Philox4 r = elementwise_dropout_bits(seed, site, index0 >> 2);
+    for (int j = 0; j < 4; ++j) keep[j] = philox_to_unit(r.v[j]) >= p;
+  } else {
+    for (int j = 0; j < 4; ++j) keep[j] = dropout_keep_elementwise(seed, site, index0 + j, p);
+  }
 }
 
 // Keep decision for attention probability (batch*head `bh`, query `i`, key `j`).

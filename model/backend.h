@@ -25,6 +25,9 @@ class Backend {
   virtual const char* name() const = 0;
   // True when backend memory is ordinary host memory (lets loaders convert straight into it).
   virtual bool is_host_memory() const = 0;
+  // True when lora_forward / lora_backward with dropout need their `scratch` [N, IC] tensor for the
+  // dropped input (the CPU reference); the CUDA kernels apply the mask in registers and take none.
+  virtual bool lora_dropout_needs_scratch() const = 0;
 
   // Two classes of buffers. "Tensors" — activations, their gradients and the frozen base weights of the
   // linear layers and embeddings — are stored in the backend's precision: fp32 on the CPU, fp32 or bf16 on

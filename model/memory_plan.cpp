@@ -110,8 +110,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   }
   a.tensor("activations", "final hidden", N * C);
   a.floats("activations", "final hidden", N, 2);  // rstd_final, losses
-  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * widest, N * widest})
+  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * widest})
     a.tensor("backward", "gradient buffers", n);
+  // The dropped LoRA inputs: the CPU reference stores them; the CUDA kernels apply the mask in registers.
+  if (!in.cuda) a.tensor("backward", "LoRA dropout inputs", N * widest);
   a.floats("activations", "RoPE tables", T * D / 2, 2);
   a.floats("activations", "pooling weights", N);
   a.floats("activations", "pooled rows", B * C);

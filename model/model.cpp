@@ -365,7 +365,8 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     a.d_act = f(N * F);
   }
   a.tmp = f(N * std::max({C, F, QD}));
-  if (!inference) a.lora_scratch = f(N * std::max({C, F, QD}));  // dropped LoRA inputs: training only
+  // The dropped LoRA inputs: training only, on backends that store them (model/backend.h).
+  if (!inference && m.backend->lora_dropout_needs_scratch()) a.lora_scratch = f(N * std::max({C, F, QD}));
   a.pool_weights = f32(N);
   a.pooled = f32((size_t)B * C);
 }
