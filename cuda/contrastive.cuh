@@ -10,7 +10,7 @@
 //   4. loss:     one thread: the rows' validity (every norm finite and > 0) and the mean loss (NaN when a
 //                row is invalid), written to *loss and to the scratch's flag;
 //   5. grads:    g_q [n, C] = G . U_d and g_d [D, C] = G^T . U_q, tiles as in 2 (only with gradients);
-//   6. unit:     dx = (g - (g.u) u) / |x| per row, one block per row, 0 everywhere when invalid.
+//   6. unit:     dx = (g - (g.u) u) / |x| per row, one block per row, NaN everywhere when invalid.
 // Numerics: the reference's arithmetic in the reference's order — every sum runs in index order in one
 // thread (dots over c, logsumexp over candidates, the gradient sums over j and over i with zero terms
 // skipped, g.u over c), every operation an IEEE-rounded intrinsic (__dadd_rn, __dmul_rn, __ddiv_rn,
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kBlockSize) contrastive_mean_kernel(double* lo
   *valid = ok ? 1.0 : 0.0;
 }
 
-// One block per row r: thread 0 sums g.u in order; then dx = (g - (g.u) u) / |x| (0 when invalid).
+// One block per row r: thread 0 sums g.u in order; then dx = (g - (g.u) u) / |x| (NaN when invalid).
 template <int kBlockSize>
 __global__ void __launch_bounds__(kBlockSize)
     contrastive_unit_backward_kernel(contrastive::RowSet<float*> dx, contrastive::RowSet<const float*> x,
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kBlockSize)
   const bool ok = *valid != 0.0;
   float* out = dx.row(r);
   for (int c = threadIdx.x; c < C; c += kBlockSize)
-    out[c] = ok ? (float)__ddiv_rn(__dsub_rn(gr[c], __dmul_rn(gu, u(r, c))), norm[r]) : 0.0f;
+    out[c] = ok ? (float)__ddiv_rn(__dsub_rn(gr[c], __dmul_rn(gu, u(r, c))), norm[r]) : (float)NAN;
 }
 
 // cpu::contrastive_loss on device pointers: *loss is one double in device memory (read it when needed);

@@ -260,6 +260,9 @@ class CudaBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
     cuda::pool_backward_cuda(t(d_hidden), d_pooled, weights, B, T_, C, stream_);
   }
+  void mean_loss(double* loss, const float* losses, int n, double normalizer) override {
+    cuda::mean_loss_cuda(loss, losses, n, normalizer, stream_);
+  }
   void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
                         const float* positives, const float* negatives, int n, int C, int ld, float scale,
                         bool in_batch_negatives) override {

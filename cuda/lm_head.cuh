@@ -196,4 +196,20 @@ void lm_head_crossentropy_cuda(cublasHandle_t handle, float* losses, T* d_hidden
   }
 }
 
+// One thread adds the n losses in double in order, as cpu::mean_loss: the host then reads one double
+// instead of n floats. n is the labelled rows of a micro-batch (thousands): microseconds, once per step.
+template <int kBlockSize>
+__global__ void __launch_bounds__(kBlockSize)
+    mean_loss_kernel(double* __restrict__ loss, const float* __restrict__ losses, int n, double normalizer) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += losses[i];
+  *loss = sum / normalizer;
+}
+
+inline void mean_loss_cuda(double* loss, const float* losses, int n, double normalizer, cudaStream_t stream) {
+  gemm_detail::require(n >= 0 && normalizer > 0, "mean_loss_cuda", "needs n >= 0 and normalizer > 0");
+  l2v::launch("mean_loss", mean_loss_kernel<1>, dim3(1), dim3(1), 0, stream, loss, losses, n, normalizer);
+}
+
 }  // namespace l2v::cuda

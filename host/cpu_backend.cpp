@@ -136,6 +136,9 @@ class CpuBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
     cpu::pool_backward(f(d_hidden), d_pooled, weights, B, T, C);
   }
+  void mean_loss(double* loss, const float* losses, int n, double normalizer) override {
+    cpu::mean_loss(loss, losses, n, normalizer);
+  }
   void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
                         const float* positives, const float* negatives, int n, int C, int ld, float scale,
                         bool in_batch_negatives) override {

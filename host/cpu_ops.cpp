@@ -483,6 +483,13 @@ void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, c
   for (int k = 0; k < M; ++k) std::copy(x.data() + (long)k * C, x.data() + (long)(k + 1) * C, d_hidden + (long)rows[k] * C);
 }
 
+void mean_loss(double* loss, const float* losses, int n, double normalizer) {
+  require(n >= 0 && normalizer > 0, "mean_loss", "needs n >= 0 and normalizer > 0");
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += losses[i];
+  *loss = sum / normalizer;
+}
+
 void pool_forward(float* pooled, const float* hidden, const float* weights, int B, int T, int C) {
   require(B >= 0 && T > 0 && C > 0, "pool_forward", "B must be >= 0, T and C > 0");
 #pragma omp parallel for
@@ -538,7 +545,7 @@ void contrastive_loss(double* loss, float* d_queries, float* d_positives, float*
   if (!valid) {
     *loss = NAN;
     if (grads)
-      for (int r = 0; r < R; ++r) std::fill(d_row(r), d_row(r) + C, 0.0f);
+      for (int r = 0; r < R; ++r) std::fill(d_row(r), d_row(r) + C, NAN);
     return;
   }
   auto u = [&](int r, int c) { return (double)row(r)[c] / norm[r]; };

@@ -99,6 +99,10 @@ void crossentropy_softmax_backward(float* dlogits, const float* logits, const in
 void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
                           const int* targets, int M, int N, int C, int V, float dloss);
 
+// *loss (one double) = (losses[0] + ... + losses[n-1], in double, in that order) / normalizer: the MNTP
+// loss from its rows' cross-entropies, computed where they are so the host reads one value.
+void mean_loss(double* loss, const float* losses, int n, double normalizer);
+
 // Weighted pooling of the final hidden states (model/pooling.h: every simple pooling mode is a weighted
 // sum over positions): pooled [B, C] = per-row sums over t of weights[b*T+t] * hidden[b*T+t, :],
 // accumulated in double in position order and rounded once. Positions of weight 0 are skipped, so
@@ -120,7 +124,8 @@ void pool_backward(float* d_hidden, const float* d_pooled, const float* weights,
 // Numerics: double throughout (u = x / |x|, dots over c in order, logsumexp over the candidates in
 // order, gradient sums over j (queries) and i (documents) in order), each gradient rounded once to fp32.
 // A non-finite value or a zero row (cosine undefined; torch's normalize would silently clamp it) makes
-// *loss NaN and every gradient 0: the caller reports it when it reads the loss.
+// *loss and every gradient NaN: the caller reports the loss when it reads it, and the NaN gradients make
+// the optimizer's norm non-finite on every rank, so no parameter is updated from such a step.
 void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives, const float* queries,
                       const float* positives, const float* negatives, int n, int C, int ld, float scale,
                       bool in_batch_negatives);

@@ -90,6 +90,8 @@ class Backend {
                                         ConstTensor b, const float* weight, int N, int C, float eps) = 0;
   virtual void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,
                                     const int* rows, const int* targets, int M, int N, int C, int V, float dloss) = 0;
+  // loss (one double) and losses (fp32 [n]) in backend memory.
+  virtual void mean_loss(double* loss, const float* losses, int n, double normalizer) = 0;
   // NVTX-style ranges around layers and major ops, for profilers (nsys); nothing on the CPU.
   virtual void range_push(const char* name) = 0;
   virtual void range_pop() = 0;

@@ -94,6 +94,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   }
   for (size_t n : trainable) a.floats("optimizer", "AdamW moments", n, 2);
   a.floats("optimizer", "gradient norm", 1);
+  // The trainer's read-back of a step: one double loss per micro-batch and the norm (grown_bytes).
+  a.bytes("optimizer", "step read-back (losses, norm)",
+          grown_bytes(sizeof(double) * std::max(in.accumulation, 1) + sizeof(float)));
 
   // ensure_activations (model.cpp), in its order.
   const size_t R = std::max(in.lora.r, 1), widest = std::max({C, F, QD});
@@ -110,6 +113,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   }
   a.tensor("activations", "final hidden", N * C);
   a.floats("activations", "final hidden", N, 2);  // rstd_final, losses
+  a.floats("activations", "final hidden", 2);     // the loss (one double)
   for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * widest})
     a.tensor("backward", "gradient buffers", n);
   // The dropped LoRA inputs: the CPU reference stores them; the CUDA kernels apply the mask in registers.
@@ -125,7 +129,6 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
     a.bytes("backward", "pooled-output gradient (trainer)", grown_bytes(N * C * in.tensor_bytes));
     a.bytes("activations", "pooled rows (trainer)", grown_bytes(sizeof(float) * in.pooled_rows * C));
     a.bytes("backward", "pooled-row gradients (trainer)", grown_bytes(sizeof(float) * in.pooled_rows * C));
-    a.bytes("activations", "contrastive loss", grown_bytes(sizeof(double)));
     if (in.gathered_rows > 0)
       a.bytes("activations", "gathered rows of every rank and their gradients",
               grown_bytes(sizeof(float) * in.gathered_rows * C), 2);

@@ -38,6 +38,7 @@ struct PlanInputs {
   // ranks' when the negatives are gathered), whether it has hard negatives, and the rows gathered from
   // every rank (0 on one rank or without gathering).
   int pooled_rows = 0;
+  int accumulation = 1;  // micro-batches per step (the trainer reads back one loss per micro-batch)
   int loss_queries = 0;
   bool loss_negatives = false;
   int gathered_rows = 0;

@@ -352,6 +352,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
   a.final_hidden = f(N * C);
   a.rstd_final = f32(N);
   a.losses = f32(N);
+  a.loss = reinterpret_cast<double*>(f32(2));  // backend allocations are aligned for any type
   if (!inference) {
     a.d_resid = f(N * C);
     a.d_x = f(N * C);
@@ -549,6 +550,15 @@ void model_backward(Model& m, ConstTensor d_final_hidden, const std::function<vo
 
 float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
                 const std::function<void(int layer)>& layer_done) {
+  if (m.acts.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
+  queue_mntp_loss(m, labels, backward, normalizer, m.acts.loss, layer_done);
+  double loss = 0.0;
+  m.backend->download(&loss, m.acts.loss, sizeof(double));
+  return (float)loss;
+}
+
+void queue_mntp_loss(Model& m, const int* labels, bool backward, long normalizer, double* loss,
+                     const std::function<void(int layer)>& layer_done) {
   Activations& a = m.acts;
   if (a.B == 0) throw std::runtime_error("mntp_loss: no forward pass");
   if (backward && a.inference)
@@ -565,7 +575,10 @@ float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
       targets.push_back(y);
     }
   const int M = (int)rows.size();
-  if (M == 0) return 0.0f;
+  if (M == 0) {
+    m.backend->zero(loss, sizeof(double));
+    return;
+  }
   if (normalizer <= 0) normalizer = M;
   if (normalizer < M)
     throw std::runtime_error("mntp_loss: normalizer " + std::to_string(normalizer) + " below this batch's " +
@@ -576,13 +589,8 @@ float mntp_loss(Model& m, const int* labels, bool backward, long normalizer,
   Range range(*m.backend, "mntp loss");
   m.backend->lm_head_crossentropy(a.losses, backward ? a.d_hidden : nullptr, a.final_hidden, m.lm_head, a.loss_rows,
                                   a.targets, M, N, m.config.hidden_size, V, dloss);
-  // The backward is queued before the losses are read: the one wait for the device comes after the
-  // whole micro-batch, not between its forward and its backward.
+  m.backend->mean_loss(loss, a.losses, M, (double)normalizer);
   if (backward) model_backward(m, a.d_hidden, layer_done);
-  std::vector<float> losses = download_floats(m, a.losses, M);
-  double sum = 0.0;
-  for (float x : losses) sum += x;
-  return (float)(sum / normalizer);
 }
 
 }  // namespace l2v

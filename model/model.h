@@ -108,6 +108,7 @@ struct Activations {
   int* loss_rows = nullptr;       // [N] MNTP: the rows whose logits predict a label
   int* targets = nullptr;         // [N] MNTP: the label each of those rows predicts
   float* losses = nullptr;        // [N]
+  double* loss = nullptr;         // one double: the MNTP loss of mntp_loss
   // backward scratch, shared by all layers
   Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate, d_up, d_act, tmp;
   Tensor lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
@@ -217,8 +218,13 @@ constexpr int kIgnoreIndex = -100;
 // batch's labels: a data-parallel rank passes the global batch's (MntpBatch::global_labels), so the
 // ranks' losses and gradients sum to those of one process holding the global batch.
 // A batch without any label returns 0 and leaves the gradients untouched. `layer_done`: as model_backward's.
+// Reads the loss back (a wait for the device).
 float mntp_loss(Model& m, const int* labels, bool backward, long normalizer = 0,
                 const std::function<void(int layer)>& layer_done = {});
+// The same without waiting: *loss (one double in backend memory) receives the summed cross-entropy divided
+// by the normalizer (0 without labels) when the queued work has run. mntp_loss returns it rounded to fp32.
+void queue_mntp_loss(Model& m, const int* labels, bool backward, long normalizer, double* loss,
+                     const std::function<void(int layer)>& layer_done = {});
 
 // The tensor `elements` elements past `base` (the model's backend's precision).
 inline Tensor tensor_offset(const Model& m, Tensor base, size_t elements) {

@@ -16,7 +16,8 @@ AdamWState adamw_init(Model& model) {
   return s;
 }
 
-float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale) {
+void queue_adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale,
+                      float* norm) {
   if (state.m.size() != model.trainable.size() || !state.norm)
     throw std::runtime_error("adamw_step: optimizer state does not match the model's trainable parameters");
   std::vector<cpu::OptimizerTensor> tensors;
@@ -33,14 +34,22 @@ float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float 
   args.step = state.step + 1;
   args.grad_scale = grad_scale;
   args.max_grad_norm = cfg.max_grad_norm;
-  model.backend->adamw_step(tensors.data(), (int)tensors.size(), args, state.norm);
-  float norm = 0.0f;
-  model.backend->download(&norm, state.norm, sizeof(float));
+  model.backend->adamw_step(tensors.data(), (int)tensors.size(), args, norm ? norm : state.norm);
+}
+
+float finish_adamw_step(AdamWState& state, float norm) {
   if (!std::isfinite(norm))
     throw std::runtime_error("adamw_step: the gradient norm is " + std::to_string(norm) +
                              " (NaN or infinite loss/gradients); parameters left unchanged");
   ++state.step;
   return norm;
+}
+
+float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale) {
+  queue_adamw_step(model, state, cfg, lr, grad_scale);
+  float norm = 0.0f;
+  model.backend->download(&norm, state.norm, sizeof(float));
+  return finish_adamw_step(state, norm);
 }
 
 }  // namespace l2v

@@ -34,5 +34,12 @@ AdamWState adamw_init(Model& model);
 // for the device). Throws if the norm is not finite (a NaN/inf loss or gradient), leaving the parameters
 // and moments untouched.
 float adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale = 1.0f);
+// adamw_step in two halves, for a caller that reads the norm together with other values (the trainer:
+// with its losses, in one wait). queue_adamw_step queues the step and returns at once, the norm going to
+// `norm` (one float in backend memory; state.norm when null); finish_adamw_step takes the norm the host
+// read back: throws when it is not finite (the step wrote nothing), else counts the step and returns it.
+void queue_adamw_step(Model& model, AdamWState& state, const AdamWConfig& cfg, float lr, float grad_scale,
+                      float* norm = nullptr);
+float finish_adamw_step(AdamWState& state, float norm);
 
 }  // namespace l2v

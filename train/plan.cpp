@@ -21,6 +21,7 @@ PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cu
   in.tensor_bytes = tensor_bytes;
   in.cuda = cuda;
   in.scored_fraction = cfg.mlm_probability;
+  in.accumulation = cfg.gradient_accumulation_steps;
   if (!in.mntp) {
     const bool simcse = cfg.stage == Stage::kSimcse;
     in.loss_negatives = !simcse && cfg.hard_negatives;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -177,9 +178,11 @@ class Trainer {
   void clean_output_dir(bool starting_over);
   void load_model_and_data();
   void check_ranks_agree();
-  double micro_step(uint64_t micro, bool last_of_step, long* tokens);
-  double mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens);
-  double contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens);
+  // One micro-batch's forward, loss and backward, queued: its loss goes to *loss (one double in backend
+  // memory), read with the step's other values after the optimizer step is queued.
+  void micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
+  void mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
+  void contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
   void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
                int row0);
   void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed, b.row0); }
@@ -189,9 +192,9 @@ class Trainer {
   // Queues the contrastive loss over the pooled rows (fp32 in backend memory; group g's rows start at row
   // first[g], one group of interleaved pairs for SimCSE, else queries, positives and maybe hard
   // negatives) — gathered across ranks unless gather_negatives is false — and writes its gradient w.r.t.
-  // this rank's rows to d_pooled (same layout). Returns where the loss (one double) will be.
-  const double* contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
-                            const std::vector<int>& rows);
+  // this rank's rows to d_pooled (same layout); the loss goes to *loss (one double in backend memory).
+  void contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first, const std::vector<int>& rows,
+                   double* loss);
   nlohmann::json loader_state() const;
   // True when the step's loss is the same on every rank: a contrastive loss over the gathered batch.
   bool loss_is_global() const {
@@ -226,9 +229,11 @@ class Trainer {
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
   // The contrastive stages' buffers: the gradient w.r.t. the final hidden states, the pooled rows and their
-  // gradient, the gathered rows of every rank and their gradient, the loss.
+  // gradient, the gathered rows of every rank and their gradient.
   BackendBuffer d_hidden_{backend_}, pooled_{backend_}, d_pooled_{backend_}, gathered_{backend_},
-      d_gathered_{backend_}, loss_{backend_};
+      d_gathered_{backend_};
+  // What the host reads after each step, in one download: the micro-batches' losses (doubles), the norm.
+  BackendBuffer readback_{backend_};
   std::ofstream log_;
 };
 
@@ -434,16 +439,16 @@ void Trainer::backward(ConstTensor d_hidden, bool last_of_step) {
 // The seed of micro-batch `micro`'s dropout: a function of the global micro-batch number only.
 uint64_t micro_seed(uint64_t seed, uint64_t micro) { return splitmix64(seed ^ splitmix64(micro)); }
 
-double Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens) {
+void Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
   MntpBatch b = mntp_->next();
   forward(b.ids, b.key_mask, b.B, b.T, micro_seed(cfg_.seed, micro), b.row0);
   *tokens += count_tokens(b.key_mask);
   // Normalised by the global batch's labels: the ranks' parts sum to one process's loss and gradient.
-  return mntp_loss(m_, b.labels.data(), true, b.global_labels, layer_callback(last_of_step));
+  queue_mntp_loss(m_, b.labels.data(), true, b.global_labels, loss, layer_callback(last_of_step));
 }
 
-const double* Trainer::contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
-                                  const std::vector<int>& rows) {
+void Trainer::contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
+                          const std::vector<int>& rows, double* loss) {
   const int C = m_.config.hidden_size;
   // The roles inside a buffer of groups: SimCSE's queries are the even rows of its one group, their
   // positives the odd rows (ld = 2C); otherwise one group per role (ld = C).
@@ -454,14 +459,12 @@ const double* Trainer::contrastive(const float* pooled, float* d_pooled, const s
       group[g] = base + (size_t)at[g] * C;
       d_group[g] = d_base + (size_t)at[g] * C;
     }
-    double* loss = static_cast<double*>(loss_.get(sizeof(double)));
     if (simcse_)
       backend_.contrastive_loss(loss, d_group[0], d_group[0] + C, nullptr, group[0], group[0] + C, nullptr,
                                 count[0] / 2, C, 2 * C, cfg_.loss_scale, cfg_.in_batch_negatives);
     else
       backend_.contrastive_loss(loss, d_group[0], d_group[1], d_group[2], group[0], group[1], group[2], count[0], C,
                                 C, cfg_.loss_scale, cfg_.in_batch_negatives);
-    return loss;
   };
   if (!cfg_.gather_negatives || comm_->world_size() == 1) return run(pooled, d_pooled, first, rows);
   // Every rank's rows, group by group, through the host (MPI): this rank's come down, the whole batch goes
@@ -480,11 +483,10 @@ const double* Trainer::contrastive(const float* pooled, float* d_pooled, const s
   float* gathered = gathered_.floats(all.size());
   float* d_gathered = d_gathered_.floats(all.size());
   backend_.upload(gathered, all.data(), all.size() * sizeof(float));
-  const double* loss = run(gathered, d_gathered, at, count);
+  run(gathered, d_gathered, at, count);
   for (size_t g = 0; g < first.size(); ++g)
     backend_.copy(d_pooled + (size_t)first[g] * C, d_gathered + (size_t)(at[g] + offset[g]) * C,
                   (size_t)rows[g] * C * sizeof(float));
-  return loss;
 }
 
 // SimCSE and supervised: every group (SimCSE: the doubled batch, pairs in adjacent rows; supervised:
@@ -493,7 +495,7 @@ const double* Trainer::contrastive(const float* pooled, float* d_pooled, const s
 // the loss's gradient w.r.t. its embeddings: the last chunk from its stored activations, the others
 // after recomputing their forward with the same seed and row0 (the same dropout masks, bit-identical
 // activations), so memory holds one chunk's activations at a time.
-double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens) {
+void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
   std::vector<EmbedBatch> groups;
   std::vector<uint64_t> seeds;
   if (simcse_) {
@@ -541,7 +543,7 @@ double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* 
                    last ? &last_cache : nullptr);
     }
   }
-  const double* loss = contrastive(pooled, d_pooled, first, rows);
+  contrastive(pooled, d_pooled, first, rows, loss);
   for (size_t g = groups.size(); g-- > 0;) {
     for (size_t c = chunks[g].size(); c-- > 0;) {
       const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
@@ -561,15 +563,13 @@ double Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* 
       backward(dh, last_of_step && g == 0 && c == 0);
     }
   }
-  // The one wait of the micro-batch: the loss, read after its whole backward is queued.
-  double value;
-  backend_.download(&value, loss, sizeof(double));
-  return value;
 }
 
-double Trainer::micro_step(uint64_t micro, bool last_of_step, long* tokens) {
-  return cfg_.stage == Stage::kMntp ? mntp_micro_step(micro, last_of_step, tokens)
-                                    : contrastive_micro_step(micro, last_of_step, tokens);
+void Trainer::micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
+  if (cfg_.stage == Stage::kMntp)
+    mntp_micro_step(micro, last_of_step, tokens, loss);
+  else
+    contrastive_micro_step(micro, last_of_step, tokens, loss);
 }
 
 nlohmann::json Trainer::loader_state() const {
@@ -858,9 +858,16 @@ TrainResult Trainer::run() {
   int window_steps = 0;
   std::string last_checkpoint;
   int saved_step = start_step_;  // the steps the newest checkpoint holds (0: none to keep)
+  // The step's one wait: the micro-batches' losses (doubles) and the gradient norm are read together, after
+  // the optimizer step is queued.
+  const int K = cfg_.gradient_accumulation_steps;
+  const size_t readback_bytes = K * sizeof(double) + sizeof(float);
+  char* readback = static_cast<char*>(readback_.get(readback_bytes));
+  double* losses_dev = reinterpret_cast<double*>(readback);
+  float* norm_dev = reinterpret_cast<float*>(readback + K * sizeof(double));
+  std::vector<char> readback_host(readback_bytes);
   for (int step = start_step_; step < cfg_.max_steps; ++step) {
     zero_grads(m_);
-    double loss_sum = 0.0;
     long tokens = 0;
     // A stop signal between micro-batches abandons this step: the checkpoint is that of the steps
     // done, with the loaders where this step began, so a resume redoes the step from its start.
@@ -880,25 +887,13 @@ TrainResult Trainer::run() {
         return result;
       }
       const uint64_t micro = (uint64_t)step * cfg_.gradient_accumulation_steps + k;
-      const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
-      double loss;
       try {
-        loss = micro_step(micro, k + 1 == cfg_.gradient_accumulation_steps, &tokens);
+        micro_step(micro, k + 1 == cfg_.gradient_accumulation_steps, &tokens, losses_dev + k);
       } catch (const std::exception& e) {
         throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
-                                 "; stopped before updating the parameters" + intact);
+                                 "; stopped before updating the parameters" +
+                                 (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
       }
-      if (!std::isfinite(loss)) {
-        // Backend::contrastive_loss reports a non-finite or zero pooled row (cosine undefined) as a NaN loss.
-        const std::string why = cfg_.stage == Stage::kMntp ? ""
-                                : " (a pooled embedding is not finite, or is the zero vector: cosine undefined)";
-        const std::string msg = "step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) + why +
-                                "; stopped before updating the parameters" + intact;
-        // A gathered contrastive loss is the same on every rank: one report (rank 0's) is enough.
-        if (loss_is_global()) throw SameOnEveryRank(msg);
-        throw std::runtime_error(msg);
-      }
-      loss_sum += loss;
     }
     comm_->allreduce_sum_grads(m_);
     // The summed gradients are those of one process holding the global batch (MNTP: every rank's part is
@@ -909,18 +904,40 @@ TrainResult Trainer::run() {
     const bool per_rank_losses = cfg_.stage != Stage::kMntp && !loss_is_global();
     float grad_scale = 1.0f / cfg_.gradient_accumulation_steps;
     if (per_rank_losses) grad_scale /= W;
+    const double lr = learning_rate_at(cfg_, step);
+    queue_adamw_step(m_, adam_, ac, (float)lr, grad_scale, norm_dev);
+    backend_.download(readback_host.data(), readback, readback_bytes);
+    const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
+    // A non-finite loss comes with non-finite gradients (the cross-entropy of non-finite logits; a
+    // contrastive loss over an undefined cosine gives NaN gradients), so once the gradients are summed
+    // every rank's optimizer saw a non-finite norm and wrote nothing.
+    double loss_sum = 0.0;
+    for (int k = 0; k < K; ++k) {
+      double loss;
+      std::memcpy(&loss, readback_host.data() + k * sizeof(double), sizeof(double));
+      if (!std::isfinite(loss)) {
+        const std::string why = cfg_.stage == Stage::kMntp ? ""
+                                : " (a pooled embedding is not finite, or is the zero vector: cosine undefined)";
+        const std::string msg = "step " + std::to_string(step + 1) + ": the loss is " + std::to_string(loss) + why +
+                                "; stopped before updating the parameters" + intact;
+        // A gathered contrastive loss is the same on every rank: one report (rank 0's) is enough.
+        if (loss_is_global()) throw SameOnEveryRank(msg);
+        throw std::runtime_error(msg);
+      }
+      loss_sum += loss;
+    }
+    float grad_norm;
+    try {
+      float norm;
+      std::memcpy(&norm, readback_host.data() + K * sizeof(double), sizeof(float));
+      grad_norm = finish_adamw_step(adam_, norm);
+    } catch (const std::exception& e) {
+      // The reduced gradients are the same on every rank, so is this failure.
+      throw SameOnEveryRank("step " + std::to_string(step + 1) + ": " + e.what() + intact);
+    }
     double loss = loss_is_global() ? loss_sum : comm_->allreduce_sum(loss_sum);
     loss /= cfg_.gradient_accumulation_steps * (per_rank_losses ? W : 1);
     tokens = (long)comm_->allreduce_sum((double)tokens);
-    const double lr = learning_rate_at(cfg_, step);
-    float grad_norm;
-    try {
-      grad_norm = adamw_step(m_, adam_, ac, (float)lr, grad_scale);
-    } catch (const std::exception& e) {
-      // The reduced gradients are the same on every rank, so is this failure.
-      throw SameOnEveryRank("step " + std::to_string(step + 1) + ": " + e.what() +
-                            (last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact"));
-    }
     const int done = step + 1;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (writer) log_step({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
