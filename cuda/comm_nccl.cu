@@ -72,6 +72,14 @@ class NcclComm : public Comm {
   std::vector<float> all_gather_rows(const std::vector<float>& rows, int dim, int* offset) override {
     return host_->all_gather_rows(rows, dim, offset);
   }
+  // On the communication stream after the backend's work so far; the backend's next ops wait for it.
+  void all_gather_device(Backend& backend, const float* local, float* gathered, size_t count) override {
+    CUDA_CHECK(cudaEventRecord(ready_, cuda_stream_of(backend)));
+    CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready_, 0));
+    nccl_check(ncclAllGather(local, gathered, count, ncclFloat32, nccl_, comm_stream_), "ncclAllGather");
+    CUDA_CHECK(cudaEventRecord(reduced_, comm_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream_of(backend), reduced_, 0));
+  }
   double allreduce_sum(double x) override { return host_->allreduce_sum(x); }
   bool any(bool x) override { return host_->any(x); }
   std::string broadcast(const std::string& s) override { return host_->broadcast(s); }

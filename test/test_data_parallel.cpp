@@ -13,7 +13,7 @@
 //     the key; a rank killed with SIGKILL ends the run within a bound instead of hanging it;
 //   - the NCCL code path (cuda/comm_nccl.cu) runs: the CUDA backend on the CPU emulator
 //     (build/emu/llm2vec_cuda, NCCL served over MPI by host/emu/nccl.cpp) under mpirun -np 2 trains the
-//     same MNTP steps as that backend in one process.
+//     same MNTP and SimCSE steps as that backend in one process.
 //
 // Tolerance. The ranks compute every row's forward and backward exactly as the one process does (the
 // same padding, dropout keys and loss normaliser: test_loader checks the rows); what differs is the order
@@ -341,19 +341,26 @@ TEST_F(DataParallel, AKilledRankEndsTheRunInsteadOfHangingIt) {
   EXPECT_NE(r.output.find("signal 9"), std::string::npos) << "mpirun names the killed rank's signal:\n" << r.output;
 }
 
+// MNTP (gradients summed by ncclAllReduce) and SimCSE (the pooled rows of both ranks gathered by
+// ncclAllGather on the device, the loss over them on each rank).
 TEST_F(DataParallel, NcclPathOnTheEmulatorTrainsAsOneProcess) {
   if (!fs::exists(kEmuBin)) GTEST_SKIP() << kEmuBin << " is not built (make builds it with the emulator)";
   TempDir out("dp_nccl");
-  const std::string stage = "--stage mntp --dataset_file_path '" + data("wiki-*.bin") +
-                            "' --max_seq_length 16 --mask_token_type '<0x5F>' --max_steps 2 --attention_dropout 0.1";
   const std::string cuda = " --backend cuda --torch_dtype float32";
-  const Outcome one = run(kEmuBin + train_args(out / "one", stage + cuda + " --per_device_train_batch_size 4"), 600);
-  ASSERT_EQ(0, one.status) << one.output;
-  const Outcome two =
-      run(kMpirun + " -np 2 " + kEmuBin + train_args(out / "nccl", stage + cuda + " --per_device_train_batch_size 2"), 600);
-  ASSERT_EQ(0, two.status) << two.output;
-  EXPECT_EQ(0u, count(one.output + two.output, "cpu")) << "the runs were not on the cuda backend";
-  expect_same_run(out.path / "one", out.path / "nccl", 2);
+  const std::string stages[] = {
+      "--stage mntp --dataset_file_path '" + data("wiki-*.bin") +
+          "' --max_seq_length 16 --mask_token_type '<0x5F>' --max_steps 2 --attention_dropout 0.1",
+      "--stage simcse --dataset_file_path '" + data("sentences-*.bin") + "' --max_seq_length 16 --max_steps 2"};
+  for (size_t i = 0; i < 2; ++i) {
+    const std::string one_dir = out / ("one" + std::to_string(i)), two_dir = out / ("nccl" + std::to_string(i));
+    const Outcome one = run(kEmuBin + train_args(one_dir, stages[i] + cuda + " --per_device_train_batch_size 4"), 600);
+    ASSERT_EQ(0, one.status) << one.output;
+    const Outcome two = run(
+        kMpirun + " -np 2 " + kEmuBin + train_args(two_dir, stages[i] + cuda + " --per_device_train_batch_size 2"), 600);
+    ASSERT_EQ(0, two.status) << two.output;
+    EXPECT_EQ(0u, count(one.output + two.output, "cpu")) << "the runs were not on the cuda backend";
+    expect_same_run(one_dir, two_dir, 2);
+  }
 }
 
 }  // namespace

@@ -48,6 +48,11 @@ class Comm {
   // Every rank's rows [n_r, dim], concatenated in rank order; *offset receives the index of this rank's
   // first row in the result. Ranks may contribute different row counts.
   virtual std::vector<float> all_gather_rows(const std::vector<float>& rows, int dim, int* offset) = 0;
+  // Every rank's `count` fp32 values at `local` (backend memory) concatenated in rank order into
+  // `gathered` (backend memory, world_size() * count values), every rank passing the same count. NCCL
+  // gathers on the device, ordered with the backend's stream (no wait for the host); the default goes
+  // through the host: download, all_gather_rows, upload.
+  virtual void all_gather_device(Backend& backend, const float* local, float* gathered, size_t count);
   // The sum of x over the ranks (the same double on every rank).
   virtual double allreduce_sum(double x) = 0;
   // True on every rank when x is true on any rank (a stop signal received by one rank stops all).

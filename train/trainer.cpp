@@ -467,34 +467,33 @@ void Trainer::contrastive(const float* pooled, float* d_pooled, const std::vecto
                                 C, cfg_.loss_scale, cfg_.in_batch_negatives);
   };
   if (!cfg_.gather_negatives || comm_->world_size() == 1) return run(pooled, d_pooled, first, rows);
-  // Every rank's rows, group by group, through the host (MPI): this rank's come down, the whole batch goes
-  // up, and the gradient of this rank's rows is copied out of the gathered gradient.
+  // Every rank's rows, group by group, gathered in backend memory (NCCL: on the device; otherwise through
+  // the host): rank q's rows of group g at at[g] + q * rows[g]. The gradient of this rank's rows is copied
+  // back out of the gathered gradient.
+  const int W = comm_->world_size();
   const size_t local_rows = (size_t)first.back() + rows.back();
-  const std::vector<float> local = download_floats(m_, pooled, local_rows * C);
-  std::vector<float> all;
-  std::vector<int> at, count, offset(first.size());
+  for (uint64_t r : comm_->all_gather(local_rows))
+    if (r != local_rows)
+      throw std::runtime_error("the ranks' contrastive batches differ in size (" + std::to_string(r) + " and " +
+                               std::to_string(local_rows) + " pooled rows): every rank needs the same batch");
+  std::vector<int> at, count;
+  int total = 0;
   for (size_t g = 0; g < first.size(); ++g) {
-    const std::vector<float> mine(local.begin() + (size_t)first[g] * C, local.begin() + (size_t)(first[g] + rows[g]) * C);
-    const std::vector<float> full = comm_->all_gather_rows(mine, C, &offset[g]);
-    at.push_back((int)(all.size() / C));
-    count.push_back((int)(full.size() / C));
-    all.insert(all.end(), full.begin(), full.end());
+    at.push_back(total);
+    count.push_back(W * rows[g]);
+    total += W * rows[g];
   }
-  float* gathered = gathered_.floats(all.size());
-  float* d_gathered = d_gathered_.floats(all.size());
-  backend_.upload(gathered, all.data(), all.size() * sizeof(float));
+  float* gathered = gathered_.floats((size_t)total * C);
+  float* d_gathered = d_gathered_.floats((size_t)total * C);
+  for (size_t g = 0; g < first.size(); ++g)
+    comm_->all_gather_device(backend_, pooled + (size_t)first[g] * C, gathered + (size_t)at[g] * C,
+                             (size_t)rows[g] * C);
   run(gathered, d_gathered, at, count);
   for (size_t g = 0; g < first.size(); ++g)
-    backend_.copy(d_pooled + (size_t)first[g] * C, d_gathered + (size_t)(at[g] + offset[g]) * C,
+    backend_.copy(d_pooled + (size_t)first[g] * C, d_gathered + (size_t)(at[g] + comm_->rank() * rows[g]) * C,
                   (size_t)rows[g] * C * sizeof(float));
 }
 
-// SimCSE and supervised: every group (SimCSE: the doubled batch, pairs in adjacent rows; supervised:
-// queries, positives, hard negatives) is embedded chunk by chunk (embedding_chunk_size rows; a whole
-// group when 0), the loss is computed over all pooled vectors, then each chunk's backward runs from
-// the loss's gradient w.r.t. its embeddings: the last chunk from its stored activations, the others
-// after recomputing their forward with the same seed and row0 (the same dropout masks, bit-identical
-// activations), so memory holds one chunk's activations at a time.
 void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
   std::vector<EmbedBatch> groups;
   std::vector<uint64_t> seeds;

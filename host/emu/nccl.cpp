@@ -3,7 +3,7 @@
 // complete when its call returns). Each process of `mpirun -np N build/emu/llm2vec_cuda ...` is one
 // rank with an emulated device of its own; the communicator is MPI_COMM_WORLD, which the caller has
 // initialised (make_mpi_comm) — the unique id only has to arrive intact, which is checked.
-// Float sums only: that is all the trainer reduces; other types and operations return
+// Float sums and gathers only: that is all the trainer uses; other types and operations return
 // ncclInvalidArgument. Group calls need no batching here: every rank makes the same calls in the same
 // order, and each one completes on its own.
 #define OMPI_SKIP_MPICXX 1
@@ -61,6 +61,13 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     return ncclInvalidArgument;
   const int rc = MPI_Allreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, (int)count, MPI_FLOAT,
                                MPI_SUM, MPI_COMM_WORLD);
+  return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError;
+}
+
+ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclComm_t comm,
+                           cudaStream_t) {
+  if (comm == nullptr || datatype != ncclFloat32 || count > (size_t)INT_MAX) return ncclInvalidArgument;
+  const int rc = MPI_Allgather(sendbuff, (int)count, MPI_FLOAT, recvbuff, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
   return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError;
 }
 
