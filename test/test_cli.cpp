@@ -6,10 +6,13 @@
 // "unknown command eval" (as it did), a help request reported as an error.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "test/run_command.h"
 #include "test/temp_dir.h"
@@ -28,8 +31,8 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-const char* const kCommands[] = {"demo",       "generate", "convert", "prepare", "train",
-                                 "plan",       "bench-step", "embed",   "eval sts"};
+const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "bench-step", "embed",
+                                 "eval sts", "eval clustering"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -46,7 +49,7 @@ TEST(Cli, TheEvalGroupListsItsTasks) {
   const auto [rc, out] = run("eval --help", false);
   EXPECT_EQ(0, rc) << out;
   EXPECT_TRUE(has(out, "usage: llm2vec eval <task>")) << out;
-  EXPECT_TRUE(has(out, "  sts ")) << out;
+  EXPECT_TRUE(has(out, "  sts ") && has(out, "  clustering ")) << out;
   const auto [bare_rc, bare] = run("eval", true);
   EXPECT_EQ(2, bare_rc);
   EXPECT_TRUE(has(bare, "missing task") && has(bare, "  sts ")) << bare;
@@ -115,3 +118,44 @@ TEST(Cli, BenchStepTimesMntpStepsOfAConfigWithRandomWeights) {
 }
 
 }  // namespace
+
+namespace {
+
+// `llm2vec eval clustering` end to end on the bundled stories260K model: the summary line, the JSON
+// (V-measure in [0, 1] and equal to the printed one, the counts), and a bad line named by file:line.
+TEST(Cli, EvalClusteringPrintsAndWritesTheVMeasure) {
+  l2v::test::TempDir dir("cli_clustering");
+  const std::string data = dir / "texts.jsonl", json = dir / "result.json";
+  {
+    std::ofstream f(data);
+    const char* animals[] = {"The cat sat on the mat.", "The dog ran after the ball.", "A little bird sang a song.",
+                             "The cat ate the fish."};
+    const char* weather[] = {"The sun was hot and bright.", "It rained all day.", "The wind was cold.",
+                             "Snow fell on the hill."};
+    for (const char* t : animals) f << "{\"text\": \"" << t << "\", \"label\": \"animals\"}\n";
+    for (const char* t : weather) f << "{\"text\": \"" << t << "\", \"label\": \"weather\"}\n";
+  }
+  const std::string model = " --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin";
+  const auto [rc, out] = run("eval clustering --quiet --data " + data + model + " --json-out " + json, true);
+  ASSERT_EQ(0, rc) << out;
+  EXPECT_TRUE(has(out, "8 texts, 2 labels, 2 clusters: V-measure ")) << out;
+  EXPECT_TRUE(has(out, "max_length ")) << out;
+  std::ifstream in(json);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  const double v = j.at("v_measure").get<double>();
+  EXPECT_GE(v, 0.0);
+  EXPECT_LE(v, 1.0);
+  char printed[32];
+  std::snprintf(printed, sizeof printed, "V-measure %.4f", v);
+  EXPECT_TRUE(has(out, printed)) << out;
+  EXPECT_EQ(j.at("texts").get<int>(), 8);
+  EXPECT_EQ(j.at("labels").get<int>(), 2);
+  EXPECT_EQ(j.at("clusters").get<int>(), 2);
+  std::ofstream(data, std::ios::app) << "{\"text\": \"no label\"}\n";
+  const auto [bad_rc, bad] = run("eval clustering --quiet --data " + data + model, true);
+  EXPECT_NE(0, bad_rc);
+  EXPECT_TRUE(has(bad, "texts.jsonl:9: missing \"label\"")) << bad;
+}
+
+}  // namespace
+

@@ -19,6 +19,7 @@
 #include "data/file_io.h"
 #include "data/npy.h"
 #include "data/prepare.h"
+#include "data/clustering.h"
 #include "data/sts.h"
 #include "data/tokenizer.h"
 #include "host/cpu_backend.h"
@@ -519,6 +520,43 @@ int run_eval_sts(const ParsedOptions& o) {
   return 0;
 }
 
+int run_eval_clustering(const ParsedOptions& o) {
+  const EncoderSpec spec = encoder_spec(o);
+  const std::string data = o.required("--data");
+  const std::vector<LabelledText> texts = read_clustering_jsonl(data);
+  int classes = 0;
+  const std::vector<int> truth = label_ids(texts, &classes);
+  const int k = (int)o.get_int("--clusters", classes, 1);
+  if (k > (int)texts.size())
+    throw UsageError("--clusters " + std::to_string(k) + " exceeds the " + std::to_string(texts.size()) + " texts");
+  const int n_init = (int)o.get_int("--n_init", 10, 1);
+  const uint64_t seed = (uint64_t)o.get_int("--seed", 42, 0);
+  const bool quiet = o.has("--quiet");
+  std::unique_ptr<Backend> backend = backend_for(o);
+  Encoder enc(spec, *backend);
+  std::vector<EncoderInput> inputs;
+  for (const LabelledText& t : texts) inputs.push_back({o.get("--instruction", ""), t.text});
+  EmbedStats stats;
+  const std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 32, 1), !quiet, &stats);
+  if (!quiet)
+    std::fprintf(stderr, "k-means: %zu texts into %d clusters, best of %d seedings\n", texts.size(), k, n_init);
+  const KMeansResult km = kmeans(emb.data(), (int)texts.size(), enc.dim(), k, n_init, 300, seed);
+  const ClusterScores s = cluster_scores(truth, km.assignment);
+  std::printf("%s: %zu texts, %d labels, %d clusters: V-measure %.4f (homogeneity %.4f, completeness %.4f)\n",
+              data.c_str(), texts.size(), classes, k, s.v_measure, s.homogeneity, s.completeness);
+  std::printf("%s\n", truncation_line(stats, "texts").c_str());
+  if (o.has("--json-out")) {
+    nlohmann::json j = {{"data", data}, {"texts", texts.size()}, {"labels", classes}, {"clusters", k},
+                        {"v_measure", s.v_measure}, {"homogeneity", s.homogeneity},
+                        {"completeness", s.completeness}, {"inertia", km.inertia}, {"n_init", n_init},
+                        {"seed", seed}, {"model", o.required("--model")},
+                        {"pooling_mode", pooling_mode_name(spec.pooling)}, {"bidirectional", spec.bidirectional},
+                        {"max_length", stats.max_length}, {"truncated", stats.truncated}};
+    write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
+  }
+  return 0;
+}
+
 struct Command {
   const char* name;
   const char* summary;
@@ -627,6 +665,17 @@ const std::vector<Command>& commands() {
                         {"--json-out", "FILE", "also write the result as JSON"},
                         {"--batch-size", "N", "sentences per forward pass (default 32)"}}),
        run_eval_sts},
+      {"eval clustering",
+       "V-measure of k-means clusters of the texts' embeddings against their labels\n"
+       "(MTEB's clustering score)",
+       encoder_options({{"--data", "FILE", "JSON lines {\"text\": ..., \"label\": string or integer}"},
+                        {"--instruction", "TEXT", "instruction before every text (not pooled), as llm2vec's encode"},
+                        {"--clusters", "K", "number of clusters (default: the number of distinct labels)"},
+                        {"--n_init", "N", "k-means++ seedings; the lowest inertia is kept (default 10)"},
+                        {"--seed", "S", "seed of the seedings (default 42)"},
+                        {"--json-out", "FILE", "also write the result as JSON"},
+                        {"--batch-size", "N", "texts per forward pass (default 32)"}}),
+       run_eval_clustering},
   };
   return table;
 }
