@@ -14,21 +14,9 @@
 namespace l2v {
 
 std::vector<LabelledText> read_clustering_jsonl(const std::string& path) {
-  std::ifstream in = open_input_file(path, "a JSON-lines file of {\"text\", \"label\"} objects");
   std::vector<LabelledText> out;
-  size_t line_no = 0;
-  for (std::string line; std::getline(in, line);) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    const std::string at = path + ":" + std::to_string(line_no) + ": ";
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(at + "not valid JSON: " + e.what());
-    }
-    if (!j.is_object()) throw std::runtime_error(at + "expected an object {\"text\": ..., \"label\": ...}");
+  for_each_json_line(path, "a JSON-lines file of {\"text\", \"label\"} objects",
+                     [&](const nlohmann::json& j, const std::string& at) {
     if (!j.contains("text") || !j.at("text").is_string() || j.at("text").get<std::string>().empty())
       throw std::runtime_error(at + "missing or empty \"text\" (a string)");
     if (!j.contains("label")) throw std::runtime_error(at + "missing \"label\"");
@@ -42,7 +30,7 @@ std::vector<LabelledText> read_clustering_jsonl(const std::string& path) {
     else
       throw std::runtime_error(at + "\"label\" must be a string or an integer");
     out.push_back(std::move(t));
-  }
+  });
   if (out.empty()) throw std::runtime_error(path + ": no texts");
   int classes = 0;
   label_ids(out, &classes);

@@ -72,6 +72,26 @@ nlohmann::json read_json_file(const std::string& path, const std::string& what) 
   }
 }
 
+void for_each_json_line(const std::string& path, const std::string& what,
+                        const std::function<void(const nlohmann::json&, const std::string&)>& fn) {
+  std::ifstream in = open_input_file(path, what);
+  size_t line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    const std::string at = path + ":" + std::to_string(line_no) + ": ";
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(at + "not valid JSON: " + e.what());
+    }
+    if (!j.is_object()) throw std::runtime_error(at + "expected a JSON object");
+    fn(j, at);
+  }
+}
+
 namespace {
 
 constexpr uint64_t kPrime1 = 0x9E3779B185EBCA87ull, kPrime2 = 0xC2B2AE3D27D4EB4Full, kPrime3 = 0x165667B19E3779F9ull,

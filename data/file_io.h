@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,11 @@ std::ifstream open_input_file(const std::string& path, const std::string& what);
 
 // Parses a JSON file. Throws std::runtime_error "<path>: cannot open <what>" or "<path>: not valid JSON: …".
 nlohmann::json read_json_file(const std::string& path, const std::string& what);
+
+// Calls fn(object, "<path>:<line>: ") for every non-blank line of a JSON-lines file (a trailing '\r'
+// dropped). Throws std::runtime_error naming path:line for a line that is not a JSON object.
+void for_each_json_line(const std::string& path, const std::string& what,
+                        const std::function<void(const nlohmann::json&, const std::string&)>& fn);
 
 // A 64-bit checksum of `size` bytes for detecting damaged files (not for security): four lanes of
 // 64-bit multiply-rotate rounds over 32-byte stripes (the structure of xxHash64's, with its constants),

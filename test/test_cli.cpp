@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -32,7 +33,7 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "bench-step", "embed",
-                                 "eval sts", "eval clustering"};
+                                 "eval sts", "eval clustering", "eval retrieval"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -49,7 +50,7 @@ TEST(Cli, TheEvalGroupListsItsTasks) {
   const auto [rc, out] = run("eval --help", false);
   EXPECT_EQ(0, rc) << out;
   EXPECT_TRUE(has(out, "usage: llm2vec eval <task>")) << out;
-  EXPECT_TRUE(has(out, "  sts ") && has(out, "  clustering ")) << out;
+  EXPECT_TRUE(has(out, "  sts ") && has(out, "  clustering ") && has(out, "  retrieval ")) << out;
   const auto [bare_rc, bare] = run("eval", true);
   EXPECT_EQ(2, bare_rc);
   EXPECT_TRUE(has(bare, "missing task") && has(bare, "  sts ")) << bare;
@@ -155,6 +156,41 @@ TEST(Cli, EvalClusteringPrintsAndWritesTheVMeasure) {
   const auto [bad_rc, bad] = run("eval clustering --quiet --data " + data + model, true);
   EXPECT_NE(0, bad_rc);
   EXPECT_TRUE(has(bad, "texts.jsonl:9: missing \"label\"")) << bad;
+}
+
+}  // namespace
+
+namespace {
+
+// `llm2vec eval retrieval` end to end on a four-document BEIR collection: the summary line and the JSON
+// keys; a query judged in qrels but absent from queries.jsonl is named.
+TEST(Cli, EvalRetrievalScoresABeirCollection) {
+  l2v::test::TempDir dir("cli_retrieval");
+  const std::string data = dir / "beir", json = dir / "result.json";
+  std::filesystem::create_directories(data + "/qrels");
+  std::ofstream(data + "/corpus.jsonl") << "{\"_id\": \"d1\", \"title\": \"Cats\", \"text\": \"The cat sat on the mat.\"}\n"
+                                           "{\"_id\": \"d2\", \"text\": \"The sun was hot and bright.\"}\n"
+                                           "{\"_id\": \"d3\", \"text\": \"The dog ran after the ball.\"}\n"
+                                           "{\"_id\": \"d4\", \"text\": \"Tom had a red toy car.\"}\n";
+  std::ofstream(data + "/queries.jsonl") << "{\"_id\": \"q1\", \"text\": \"a cat on a mat\"}\n"
+                                            "{\"_id\": \"q2\", \"text\": \"a hot sun\"}\n"
+                                            "{\"_id\": \"q3\", \"text\": \"not judged\"}\n";
+  std::ofstream(data + "/qrels/test.tsv") << "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n";
+  const std::string model = " --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin";
+  const auto [rc, out] = run("eval retrieval --quiet --data " + data + model + " --json-out " + json, true);
+  ASSERT_EQ(0, rc) << out;
+  EXPECT_TRUE(has(out, "(test): 2 queries, 4 documents: nDCG@10 ")) << out;
+  std::ifstream in(json);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  for (const char* key : {"ndcg@10", "mrr@10", "recall@100", "map@100"}) {
+    EXPECT_GE(j.at(key).get<double>(), 0.0) << key;
+    EXPECT_LE(j.at(key).get<double>(), 1.0) << key;
+  }
+  EXPECT_EQ(j.at("recall@100").get<double>(), 1.0);  // 4 documents: every relevant one is in the top 100
+  std::ofstream(data + "/qrels/test.tsv", std::ios::app) << "q9\td3\t1\n";
+  const auto [bad_rc, bad] = run("eval retrieval --quiet --data " + data + model, true);
+  EXPECT_NE(0, bad_rc);
+  EXPECT_TRUE(has(bad, "query q9 is not in queries.jsonl")) << bad;
 }
 
 }  // namespace

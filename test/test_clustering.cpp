@@ -155,7 +155,7 @@ TEST(ClusteringData, ReadsLabelledJsonLinesAndNamesTheLineOfAnError) {
     const char* message;
   };
   for (const Bad& b : {Bad{"{\"text\": \"a\", \"label\": 1}\nnot json\n", "bad.jsonl:2: not valid JSON"},
-                       Bad{"[1, 2]\n", "bad.jsonl:1: expected an object"},
+                       Bad{"[1, 2]\n", "bad.jsonl:1: expected a JSON object"},
                        Bad{"{\"label\": 1}\n", "bad.jsonl:1: missing or empty \"text\""},
                        Bad{"{\"text\": \"a\", \"label\": 1.5}\n", "bad.jsonl:1: \"label\" must be a string or an integer"},
                        Bad{"{\"text\": \"a\"}\n", "bad.jsonl:1: missing \"label\""},

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,6 +21,7 @@
 #include "data/npy.h"
 #include "data/prepare.h"
 #include "data/clustering.h"
+#include "data/retrieval.h"
 #include "data/sts.h"
 #include "data/tokenizer.h"
 #include "host/cpu_backend.h"
@@ -557,6 +559,76 @@ int run_eval_clustering(const ParsedOptions& o) {
   return 0;
 }
 
+int run_eval_retrieval(const ParsedOptions& o) {
+  const EncoderSpec spec = encoder_spec(o);
+  const std::string dir = o.required("--data"), split = o.get("--split", "test");
+  const std::vector<BeirDoc> corpus = read_beir_corpus(dir + "/corpus.jsonl");
+  const std::vector<BeirQuery> all_queries = read_beir_queries(dir + "/queries.jsonl");
+  const Qrels qrels = read_beir_qrels(dir + "/qrels/" + split + ".tsv");
+  // The queries judged in the split, in the order of queries.jsonl.
+  std::vector<BeirQuery> queries;
+  std::set<std::string> known;
+  for (const BeirQuery& q : all_queries) {
+    known.insert(q.id);
+    if (qrels.count(q.id)) queries.push_back(q);
+  }
+  for (const auto& [qid, rel] : qrels)
+    if (!known.count(qid))
+      throw std::runtime_error(dir + "/qrels/" + split + ".tsv: query " + qid + " is not in queries.jsonl");
+  std::map<std::string, int> doc_index;
+  std::vector<EncoderInput> doc_inputs, query_inputs;
+  for (const BeirDoc& d : corpus) {
+    doc_index[d.id] = (int)doc_inputs.size();
+    // BEIR's and MTEB's document text: the title, a space, the text (stripped of surrounding blanks).
+    std::string text = d.title.empty() ? d.text : d.text.empty() ? d.title : d.title + " " + d.text;
+    text.erase(0, text.find_first_not_of(" \t\n"));
+    text.erase(text.find_last_not_of(" \t\n") + 1);
+    doc_inputs.push_back({"", text});
+  }
+  for (const BeirQuery& q : queries) query_inputs.push_back({o.get("--query_instruction", ""), q.text});
+  const bool quiet = o.has("--quiet");
+  const int batch = (int)o.get_int("--batch-size", 32, 1);
+  std::unique_ptr<Backend> backend = backend_for(o);
+  Encoder enc(spec, *backend);
+  if (!quiet) std::fprintf(stderr, "embedding %zu documents\n", doc_inputs.size());
+  EmbedStats doc_stats, query_stats;
+  const std::vector<float> doc_emb = enc.embed(doc_inputs, batch, !quiet, &doc_stats);
+  if (!quiet) std::fprintf(stderr, "embedding %zu queries\n", query_inputs.size());
+  const std::vector<float> query_emb = enc.embed(query_inputs, batch, !quiet, &query_stats);
+  // A document with the query's own id is never its result (MTEB's ignore_identical_ids).
+  std::vector<int> exclude;
+  for (const BeirQuery& q : queries) {
+    const auto it = doc_index.find(q.id);
+    exclude.push_back(it == doc_index.end() ? -1 : it->second);
+  }
+  const auto top = top_k_cosine(query_emb, doc_emb, enc.dim(), 100, exclude);
+  RetrievalScores mean;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    std::vector<std::pair<std::string, double>> ranked;
+    for (const auto& [doc, sim] : top[i]) ranked.push_back({corpus[doc].id, sim});
+    const RetrievalScores s = score_query(qrels.at(queries[i].id), ranked);
+    mean.ndcg10 += s.ndcg10 / queries.size();
+    mean.mrr10 += s.mrr10 / queries.size();
+    mean.recall100 += s.recall100 / queries.size();
+    mean.map100 += s.map100 / queries.size();
+  }
+  std::printf("%s (%s): %zu queries, %zu documents: nDCG@10 %.4f, MRR@10 %.4f, Recall@100 %.4f, MAP@100 %.4f\n",
+              dir.c_str(), split.c_str(), queries.size(), corpus.size(), mean.ndcg10, mean.mrr10, mean.recall100,
+              mean.map100);
+  std::printf("documents: %s\nqueries: %s\n", truncation_line(doc_stats, "documents").c_str(),
+              truncation_line(query_stats, "queries").c_str());
+  if (o.has("--json-out")) {
+    nlohmann::json j = {{"data", dir}, {"split", split}, {"queries", queries.size()}, {"documents", corpus.size()},
+                        {"ndcg@10", mean.ndcg10}, {"mrr@10", mean.mrr10}, {"recall@100", mean.recall100},
+                        {"map@100", mean.map100}, {"model", o.required("--model")},
+                        {"pooling_mode", pooling_mode_name(spec.pooling)}, {"bidirectional", spec.bidirectional},
+                        {"max_length", doc_stats.max_length}, {"truncated_documents", doc_stats.truncated},
+                        {"truncated_queries", query_stats.truncated}};
+    write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
+  }
+  return 0;
+}
+
 struct Command {
   const char* name;
   const char* summary;
@@ -676,6 +748,16 @@ const std::vector<Command>& commands() {
                         {"--json-out", "FILE", "also write the result as JSON"},
                         {"--batch-size", "N", "texts per forward pass (default 32)"}}),
        run_eval_clustering},
+      {"eval retrieval",
+       "nDCG@10, MRR@10, Recall@100 and MAP@100 (trec_eval's definitions) of exact\n"
+       "cosine search over a BEIR-layout collection",
+       encoder_options({{"--data", "DIR", "corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}) and\n"
+                                          "qrels/<split>.tsv (query-id, corpus-id, score; a header line)"},
+                        {"--split", "S", "the qrels file to score (default test)"},
+                        {"--query_instruction", "TEXT", "instruction before every query (not pooled), as llm2vec's encode"},
+                        {"--json-out", "FILE", "also write the result as JSON"},
+                        {"--batch-size", "N", "texts per forward pass (default 32)"}}),
+       run_eval_retrieval},
   };
   return table;
 }
