@@ -6,45 +6,9 @@
 #include <map>
 #include <stdexcept>
 
-#include <nlohmann/json.hpp>
-
-#include "data/file_io.h"
 #include "host/philox.h"
 
 namespace l2v {
-
-std::vector<LabelledText> read_clustering_jsonl(const std::string& path) {
-  std::vector<LabelledText> out;
-  for_each_json_line(path, "a JSON-lines file of {\"text\", \"label\"} objects",
-                     [&](const nlohmann::json& j, const std::string& at) {
-    if (!j.contains("text") || !j.at("text").is_string() || j.at("text").get<std::string>().empty())
-      throw std::runtime_error(at + "missing or empty \"text\" (a string)");
-    if (!j.contains("label")) throw std::runtime_error(at + "missing \"label\"");
-    const nlohmann::json& label = j.at("label");
-    LabelledText t;
-    t.text = j.at("text").get<std::string>();
-    if (label.is_string())
-      t.label = label.get<std::string>();
-    else if (label.is_number_integer())
-      t.label = std::to_string(label.get<long long>());
-    else
-      throw std::runtime_error(at + "\"label\" must be a string or an integer");
-    out.push_back(std::move(t));
-  });
-  if (out.empty()) throw std::runtime_error(path + ": no texts");
-  int classes = 0;
-  label_ids(out, &classes);
-  if (classes < 2) throw std::runtime_error(path + ": every text has the same label: nothing to cluster");
-  return out;
-}
-
-std::vector<int> label_ids(const std::vector<LabelledText>& texts, int* classes) {
-  std::map<std::string, int> id;
-  std::vector<int> out;
-  for (const LabelledText& t : texts) out.push_back(id.emplace(t.label, (int)id.size()).first->second);
-  *classes = (int)id.size();
-  return out;
-}
 
 namespace {
 

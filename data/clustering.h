@@ -6,21 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "data/labelled_texts.h"
+
 namespace l2v {
-
-struct LabelledText {
-  std::string text;
-  std::string label;
-};
-
-// Reads JSON lines {"text": "...", "label": "..." or an integer} (other keys ignored; blank lines skipped).
-// Throws std::runtime_error naming file:line for a line that is not a JSON object, a missing or empty
-// text, a label that is neither a string nor an integer; and naming the file when it cannot be read, holds
-// no text, or fewer than 2 distinct labels (nothing to cluster).
-std::vector<LabelledText> read_clustering_jsonl(const std::string& path);
-
-// The labels as 0-based ids in order of first appearance, and their count.
-std::vector<int> label_ids(const std::vector<LabelledText>& texts, int* classes);
 
 struct ClusterScores {
   double homogeneity = 0.0, completeness = 0.0, v_measure = 0.0;

@@ -1,11 +1,16 @@
 """Small labelled evaluation sets from WikiText-2 (assets/wikitext-2, CC BY-SA 3.0) for development of
-`llm2vec eval clustering` and `llm2vec eval retrieval`. Standard library only. WikiText's tokenisation
+`llm2vec eval clustering`, `eval classification` and `eval retrieval`. Standard library only. WikiText's tokenisation
 (" @-@ ", spaces around punctuation) is kept as it is.
 
     python3 scripts/make_wikitext_eval_sets.py clustering --out build/wiki_clusters.jsonl
         [--articles 12] [--paragraphs 8]
   JSON lines {"text", "label"}: the first `paragraphs` paragraphs of the first `articles` articles that
   have that many, each labelled with its article's title (one cluster per article).
+
+    python3 scripts/make_wikitext_eval_sets.py classification --out build/wiki_topics [--articles 12]
+        [--paragraphs 12] [--train 8]
+  OUT/train.jsonl and OUT/test.jsonl {"text", "label"}: of the first `articles` articles with
+  `paragraphs` paragraphs, the first `train` paragraphs for training, the rest for testing.
 
     python3 scripts/make_wikitext_eval_sets.py retrieval --out build/wiki_beir [--every 4]
   A BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv): every paragraph is a document (its
@@ -48,6 +53,20 @@ def clustering(a):
     print(f"wrote {a.out}: {len(chosen)} articles x {a.paragraphs} paragraphs")
 
 
+def classification(a):
+    chosen = [(t, ps[: a.paragraphs]) for t, ps in articles(a.raw, a.min_words) if len(ps) >= a.paragraphs]
+    chosen = chosen[: a.articles]
+    if len(chosen) < 2 or not 0 < a.train < a.paragraphs:
+        raise SystemExit(f"{a.raw}: fewer than 2 articles with {a.paragraphs} paragraphs, or --train not below it")
+    os.makedirs(a.out, exist_ok=True)
+    for name, part in (("train", slice(0, a.train)), ("test", slice(a.train, a.paragraphs))):
+        with open(os.path.join(a.out, name + ".jsonl"), "w", encoding="utf-8") as f:
+            for t, ps in chosen:
+                for para in ps[part]:
+                    f.write(json.dumps({"text": para, "label": t}, ensure_ascii=False) + "\n")
+    print(f"wrote {a.out}: {len(chosen)} articles, {a.train} + {a.paragraphs - a.train} paragraphs each")
+
+
 def retrieval(a):
     docs, queries = [], []
     for title, paragraphs in articles(a.raw, a.min_words):
@@ -74,15 +93,17 @@ def retrieval(a):
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 sub = p.add_subparsers(dest="task", required=True)
-for name in ("clustering", "retrieval"):
+for name in ("clustering", "classification", "retrieval"):
     s = sub.add_parser(name)
     s.add_argument("--raw", default="assets/wikitext-2/wiki.test.raw")
     s.add_argument("--min-words", type=int, default=40)
     s.add_argument("--out", required=True)
-    if name == "clustering":
+    if name != "retrieval":
         s.add_argument("--articles", type=int, default=12)
-        s.add_argument("--paragraphs", type=int, default=8)
+        s.add_argument("--paragraphs", type=int, default=8 if name == "clustering" else 12)
+    if name == "classification":
+        s.add_argument("--train", type=int, default=8)
     else:
         s.add_argument("--every", type=int, default=4)
 a = p.parse_args()
-clustering(a) if a.task == "clustering" else retrieval(a)
+{"clustering": clustering, "classification": classification, "retrieval": retrieval}[a.task](a)

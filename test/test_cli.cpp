@@ -33,7 +33,7 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "bench-step", "embed",
-                                 "eval sts", "eval clustering", "eval retrieval"};
+                                 "eval sts", "eval clustering", "eval retrieval", "eval classification"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -50,7 +50,9 @@ TEST(Cli, TheEvalGroupListsItsTasks) {
   const auto [rc, out] = run("eval --help", false);
   EXPECT_EQ(0, rc) << out;
   EXPECT_TRUE(has(out, "usage: llm2vec eval <task>")) << out;
-  EXPECT_TRUE(has(out, "  sts ") && has(out, "  clustering ") && has(out, "  retrieval ")) << out;
+  EXPECT_TRUE(has(out, "  sts ") && has(out, "  clustering ") && has(out, "  retrieval ") &&
+              has(out, "  classification "))
+      << out;
   const auto [bare_rc, bare] = run("eval", true);
   EXPECT_EQ(2, bare_rc);
   EXPECT_TRUE(has(bare, "missing task") && has(bare, "  sts ")) << bare;
@@ -191,6 +193,43 @@ TEST(Cli, EvalRetrievalScoresABeirCollection) {
   const auto [bad_rc, bad] = run("eval retrieval --quiet --data " + data + model, true);
   EXPECT_NE(0, bad_rc);
   EXPECT_TRUE(has(bad, "query q9 is not in queries.jsonl")) << bad;
+}
+
+}  // namespace
+
+namespace {
+
+// `llm2vec eval classification` end to end: two labels, 3 training texts each sampled 2 at a time in 3
+// experiments; the summary line, the JSON; a test label absent from the training texts is named.
+TEST(Cli, EvalClassificationPrintsAndWritesAccuracyAndF1) {
+  l2v::test::TempDir dir("cli_classification");
+  const std::string train = dir / "train.jsonl", test = dir / "test.jsonl", json = dir / "result.json";
+  {
+    std::ofstream t(train), e(test);
+    for (const char* s : {"The cat sat on the mat.", "The dog ran after the ball.", "A little bird sang a song."})
+      t << "{\"text\": \"" << s << "\", \"label\": \"animals\"}\n";
+    for (const char* s : {"The sun was hot and bright.", "It rained all day.", "The wind was cold."})
+      t << "{\"text\": \"" << s << "\", \"label\": \"weather\"}\n";
+    e << "{\"text\": \"The cat ate the fish.\", \"label\": \"animals\"}\n"
+         "{\"text\": \"Snow fell on the hill.\", \"label\": \"weather\"}\n";
+  }
+  const std::string model = " --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin";
+  const std::string args = "eval classification --quiet --train " + train + " --test " + test + model +
+                           " --samples_per_label 2 --n_experiments 3";
+  const auto [rc, out] = run(args + " --json-out " + json, true);
+  ASSERT_EQ(0, rc) << out;
+  EXPECT_TRUE(has(out, "2 test texts, 2 labels, 3 experiments of 2 training texts per label: accuracy ")) << out;
+  std::ifstream in(json);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  for (const char* key : {"accuracy", "f1"}) {
+    EXPECT_GE(j.at(key).get<double>(), 0.0) << key;
+    EXPECT_LE(j.at(key).get<double>(), 1.0) << key;
+  }
+  EXPECT_EQ(j.at("n_experiments").get<int>(), 3);
+  std::ofstream(test, std::ios::app) << "{\"text\": \"A red car.\", \"label\": \"toys\"}\n";
+  const auto [bad_rc, bad] = run(args, true);
+  EXPECT_NE(0, bad_rc);
+  EXPECT_TRUE(has(bad, "label 'toys' is not in")) << bad;
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/clustering.h"
+#include "data/labelled_texts.h"
 #include "test/temp_dir.h"
 
 namespace l2v {
@@ -143,13 +144,15 @@ TEST(ClusteringData, ReadsLabelledJsonLinesAndNamesTheLineOfAnError) {
   std::ofstream(good) << "{\"text\": \"a cat\", \"label\": \"animals\"}\n\n"
                          "{\"text\": \"the sun\", \"label\": 3, \"id\": 9}\r\n"
                          "{\"text\": \"a dog\", \"label\": \"animals\"}\n";
-  const std::vector<LabelledText> t = read_clustering_jsonl(good);
+  const std::vector<LabelledText> t = read_labelled_jsonl(good);
   ASSERT_EQ(t.size(), 3u);
   EXPECT_EQ(t[1].text, "the sun");
   EXPECT_EQ(t[1].label, "3");
-  int classes = 0;
-  EXPECT_EQ(label_ids(t, &classes), (std::vector<int>{0, 1, 0}));
-  EXPECT_EQ(classes, 2);
+  std::map<std::string, int> ids;
+  EXPECT_EQ(label_ids(t, &ids), (std::vector<int>{0, 1, 0}));
+  EXPECT_EQ(ids.size(), 2u);
+  // Known labels keep their ids, new ones get the next: a test set read after a training set.
+  EXPECT_EQ(label_ids({{"x", "3"}, {"y", "birds"}, {"z", "animals"}}, &ids), (std::vector<int>{1, 2, 0}));
   struct Bad {
     const char* content;
     const char* message;
@@ -164,13 +167,13 @@ TEST(ClusteringData, ReadsLabelledJsonLinesAndNamesTheLineOfAnError) {
     const std::string path = dir / "bad.jsonl";
     std::ofstream(path) << b.content;
     try {
-      read_clustering_jsonl(path);
+      read_labelled_jsonl(path);
       ADD_FAILURE() << "accepted: " << b.content;
     } catch (const std::runtime_error& e) {
       EXPECT_NE(std::string(e.what()).find(b.message), std::string::npos) << e.what();
     }
   }
-  EXPECT_THROW(read_clustering_jsonl(dir / "missing.jsonl"), std::runtime_error);
+  EXPECT_THROW(read_labelled_jsonl(dir / "missing.jsonl"), std::runtime_error);
 }
 
 }  // namespace

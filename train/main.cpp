@@ -20,6 +20,7 @@
 #include "data/file_io.h"
 #include "data/npy.h"
 #include "data/prepare.h"
+#include "data/classification.h"
 #include "data/clustering.h"
 #include "data/retrieval.h"
 #include "data/sts.h"
@@ -525,9 +526,10 @@ int run_eval_sts(const ParsedOptions& o) {
 int run_eval_clustering(const ParsedOptions& o) {
   const EncoderSpec spec = encoder_spec(o);
   const std::string data = o.required("--data");
-  const std::vector<LabelledText> texts = read_clustering_jsonl(data);
-  int classes = 0;
-  const std::vector<int> truth = label_ids(texts, &classes);
+  const std::vector<LabelledText> texts = read_labelled_jsonl(data);
+  std::map<std::string, int> label_of;
+  const std::vector<int> truth = label_ids(texts, &label_of);
+  const int classes = (int)label_of.size();
   const int k = (int)o.get_int("--clusters", classes, 1);
   if (k > (int)texts.size())
     throw UsageError("--clusters " + std::to_string(k) + " exceeds the " + std::to_string(texts.size()) + " texts");
@@ -624,6 +626,84 @@ int run_eval_retrieval(const ParsedOptions& o) {
                         {"pooling_mode", pooling_mode_name(spec.pooling)}, {"bidirectional", spec.bidirectional},
                         {"max_length", doc_stats.max_length}, {"truncated_documents", doc_stats.truncated},
                         {"truncated_queries", query_stats.truncated}};
+    write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
+  }
+  return 0;
+}
+
+int run_eval_classification(const ParsedOptions& o) {
+  const EncoderSpec spec = encoder_spec(o);
+  const std::string train_path = o.required("--train"), test_path = o.required("--test");
+  const std::vector<LabelledText> train = read_labelled_jsonl(train_path), test = read_labelled_jsonl(test_path);
+  std::map<std::string, int> label_of;
+  const std::vector<int> train_y = label_ids(train, &label_of);
+  const int classes = (int)label_of.size();
+  const std::vector<int> test_y = label_ids(test, &label_of);
+  for (size_t i = 0; i < test.size(); ++i)
+    if (test_y[i] >= classes)
+      throw std::runtime_error(test_path + ": label '" + test[i].label + "' is not in " + train_path);
+  const int per_label = (int)o.get_int("--samples_per_label", 8, 1);
+  const int experiments = (int)o.get_int("--n_experiments", 10, 1);
+  const uint64_t seed = (uint64_t)o.get_int("--seed", 42, 0);
+  const bool quiet = o.has("--quiet");
+  // The training texts of every experiment, embedded once.
+  std::vector<std::vector<int>> samples;
+  std::map<int, int> row_of;  // training index -> row of the embedded training texts
+  std::vector<EncoderInput> train_inputs, test_inputs;
+  const std::string instruction = o.get("--instruction", "");
+  for (int e = 0; e < experiments; ++e) {
+    samples.push_back(undersample(train_y, per_label, seed + (uint64_t)e));
+    for (int i : samples.back())
+      if (row_of.emplace(i, (int)train_inputs.size()).second) train_inputs.push_back({instruction, train[i].text});
+  }
+  for (const LabelledText& t : test) test_inputs.push_back({instruction, t.text});
+  std::unique_ptr<Backend> backend = backend_for(o);
+  Encoder enc(spec, *backend);
+  const int batch = (int)o.get_int("--batch-size", 32, 1), dim = enc.dim();
+  if (!quiet) std::fprintf(stderr, "embedding %zu training texts (the union of %d samples)\n", train_inputs.size(), experiments);
+  EmbedStats train_stats, test_stats;
+  const std::vector<float> train_emb = enc.embed(train_inputs, batch, !quiet, &train_stats);
+  if (!quiet) std::fprintf(stderr, "embedding %zu test texts\n", test_inputs.size());
+  const std::vector<float> test_emb = enc.embed(test_inputs, batch, !quiet, &test_stats);
+  std::vector<ClassificationScores> runs;
+  int max_iterations = 0;
+  for (int e = 0; e < experiments; ++e) {
+    std::vector<float> x;
+    std::vector<int> y;
+    for (int i : samples[e]) {
+      x.insert(x.end(), train_emb.begin() + (size_t)row_of[i] * dim, train_emb.begin() + (size_t)(row_of[i] + 1) * dim);
+      y.push_back(train_y[i]);
+    }
+    const LogisticRegression model = fit_logistic_regression(x.data(), y, dim, classes);
+    max_iterations = std::max(max_iterations, model.iterations);
+    std::vector<int> pred;
+    for (size_t i = 0; i < test.size(); ++i) pred.push_back(model.predict(test_emb.data() + i * dim));
+    runs.push_back(classification_scores(test_y, pred));
+    if (!quiet)
+      std::fprintf(stderr, "experiment %d/%d: accuracy %.4f, macro-F1 %.4f (%d Newton iterations)\n", e + 1, experiments,
+                   runs.back().accuracy, runs.back().macro_f1, model.iterations);
+  }
+  auto mean_std = [&](double ClassificationScores::*field) {
+    double mean = 0.0, var = 0.0;
+    for (const ClassificationScores& r : runs) mean += r.*field / runs.size();
+    for (const ClassificationScores& r : runs) var += (r.*field - mean) * (r.*field - mean) / runs.size();
+    return std::make_pair(mean, std::sqrt(var));
+  };
+  const auto [acc, acc_std] = mean_std(&ClassificationScores::accuracy);
+  const auto [f1, f1_std] = mean_std(&ClassificationScores::macro_f1);
+  std::printf("%s: %zu test texts, %d labels, %d experiments of %d training texts per label: accuracy %.4f (std %.4f), "
+              "macro-F1 %.4f (std %.4f)\n",
+              test_path.c_str(), test.size(), classes, experiments, per_label, acc, acc_std, f1, f1_std);
+  std::printf("training texts: %s\ntest texts: %s\n", truncation_line(train_stats, "texts").c_str(),
+              truncation_line(test_stats, "texts").c_str());
+  if (o.has("--json-out")) {
+    nlohmann::json j = {{"train", train_path}, {"test", test_path}, {"labels", classes}, {"test_texts", test.size()},
+                        {"samples_per_label", per_label}, {"n_experiments", experiments}, {"seed", seed},
+                        {"accuracy", acc}, {"accuracy_std", acc_std}, {"f1", f1}, {"f1_std", f1_std},
+                        {"max_newton_iterations", max_iterations}, {"model", o.required("--model")},
+                        {"pooling_mode", pooling_mode_name(spec.pooling)}, {"bidirectional", spec.bidirectional},
+                        {"max_length", test_stats.max_length},
+                        {"truncated", train_stats.truncated + test_stats.truncated}};
     write_file_atomic(o.required("--json-out"), j.dump(2) + "\n");
   }
   return 0;
@@ -758,6 +838,18 @@ const std::vector<Command>& commands() {
                         {"--json-out", "FILE", "also write the result as JSON"},
                         {"--batch-size", "N", "texts per forward pass (default 32)"}}),
        run_eval_retrieval},
+      {"eval classification",
+       "accuracy and macro-F1 of a logistic regression on the embeddings of a few training\n"
+       "texts per label (MTEB's classification protocol), averaged over samplings",
+       encoder_options({{"--train", "FILE", "training texts: JSON lines {\"text\": ..., \"label\": string or integer}"},
+                        {"--test", "FILE", "test texts, the same format (every label must occur in --train)"},
+                        {"--samples_per_label", "N", "training texts per label in each experiment (default 8)"},
+                        {"--n_experiments", "N", "samplings of the training texts, each fitted and scored (default 10)"},
+                        {"--seed", "S", "seed of the first sampling (default 42; experiment e uses S + e)"},
+                        {"--instruction", "TEXT", "instruction before every text (not pooled), as llm2vec's encode"},
+                        {"--json-out", "FILE", "also write the result as JSON"},
+                        {"--batch-size", "N", "texts per forward pass (default 32)"}}),
+       run_eval_classification},
   };
   return table;
 }
