@@ -16,6 +16,31 @@
 namespace l2v {
 namespace fs = std::filesystem;
 
+uint64_t encoder_fingerprint(const EncoderSpec& spec, const std::string& backend_name) {
+  std::string key = "llm2vec encoder v1\n" + backend_name + "\npooling " + pooling_mode_name(spec.pooling) +
+                    "\nbidirectional " + std::to_string(spec.bidirectional) + "\nskip_instruction " +
+                    std::to_string(spec.skip_instruction) + "\nmax_length " + std::to_string(spec.max_length) +
+                    "\nleft padding " + std::to_string(spec.padding_side == PaddingSide::kLeft) + "\n";
+  auto add_path = [&](const std::string& what, const std::string& path) {
+    if (path.empty()) return;
+    std::vector<fs::path> files;
+    if (fs::is_directory(path)) {
+      for (const fs::directory_entry& e : fs::directory_iterator(path))
+        if (e.is_regular_file()) files.push_back(e.path());
+      std::sort(files.begin(), files.end());
+    } else {
+      files.push_back(path);
+    }
+    for (const fs::path& f : files)
+      key += what + " " + f.filename().string() + " " + checksum_hex(file_checksum64(f.string())) + "\n";
+  };
+  add_path("model", spec.model_name_or_path);
+  add_path("tokenizer", spec.tokenizer);
+  for (const std::string& a : spec.adapters) add_path("adapter", a);
+  add_path("pooling head", spec.pooling_head);
+  return checksum64(key.data(), key.size());
+}
+
 bool has_encoder_spec(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "llm2vec_run.json"); }
 
 EncoderSpec read_encoder_spec(const std::string& dir) {

@@ -189,6 +189,20 @@ TEST(Cli, EvalRetrievalScoresABeirCollection) {
     EXPECT_LE(j.at(key).get<double>(), 1.0) << key;
   }
   EXPECT_EQ(j.at("recall@100").get<double>(), 1.0);  // 4 documents: every relevant one is in the top 100
+  // The corpus's embeddings were cached: a second run reads them and scores the same; another corpus
+  // text misses the cache; --no-cache neither reads nor writes it.
+  const auto [again_rc, again] = run("eval retrieval --data " + data + model, true);
+  EXPECT_EQ(0, again_rc) << again;
+  EXPECT_TRUE(has(again, "corpus embeddings from the cache: " + data + "/llm2vec_cache/corpus-")) << again;
+  EXPECT_TRUE(has(again, out.substr(out.find("(test): ")))) << "the cached run scored otherwise:\n" << out << again;
+  std::ofstream(data + "/corpus.jsonl", std::ios::app) << "{\"_id\": \"d5\", \"text\": \"A new text.\"}\n";
+  const auto [changed_rc, changed] = run("eval retrieval --data " + data + model, true);
+  EXPECT_EQ(0, changed_rc) << changed;
+  EXPECT_TRUE(has(changed, "embedding 5 documents") && !has(changed, "from the cache")) << changed;
+  std::filesystem::remove_all(data + "/llm2vec_cache");
+  const auto [none_rc, none] = run("eval retrieval --no-cache --data " + data + model, true);
+  EXPECT_EQ(0, none_rc) << none;
+  EXPECT_FALSE(std::filesystem::exists(data + "/llm2vec_cache")) << none;
   std::ofstream(data + "/qrels/test.tsv", std::ios::app) << "q9\td3\t1\n";
   const auto [bad_rc, bad] = run("eval retrieval --quiet --data " + data + model, true);
   EXPECT_NE(0, bad_rc);

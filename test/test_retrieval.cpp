@@ -5,12 +5,14 @@
 //     trec_eval breaks them (by document id, descending), gains are linear and the ideal is the qrels';
 //   - the exact top-k search equals a brute-force ranking (ties by index, an excluded document never
 //     returned, k beyond the collection);
-//   - BEIR files: ids as strings or integers, titles optional, and errors naming file:line.
+//   - BEIR files: ids as strings or integers, titles optional, and errors naming file:line;
+//   - the fingerprint that keys the cached corpus embeddings follows the weights' bytes and the settings.
 // Tolerance: each measure is a sum of at most 100 terms in double, in trec_eval's order: 1e-12 (a tie
 // broken the other way, an exponential gain or a wrong cutoff moves some query by > 1e-3).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <stdexcept>
@@ -18,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/retrieval.h"
+#include "model/encoder.h"
 #include "test/temp_dir.h"
 
 namespace l2v {
@@ -128,6 +131,40 @@ TEST(BeirFiles, ReadIdsTitlesAndJudgementsAndNameTheLineOfAnError) {
     } catch (const std::runtime_error& e) {
       EXPECT_NE(std::string(e.what()).find(b.message), std::string::npos) << e.what();
     }
+  }
+}
+
+// One changed byte in a model file, another pooling mode, attention, max_length or backend precision:
+// another fingerprint (a stale cache would silently score the old model); the same inputs: the same one.
+TEST(EncoderFingerprint, FollowsTheWeightsBytesAndTheSettings) {
+  test::TempDir dir("fingerprint");
+  const std::string model = dir / "model", adapter = dir / "adapter";
+  std::filesystem::create_directories(model);
+  std::filesystem::create_directories(adapter);
+  std::ofstream(model + "/model.safetensors") << "weights-0123456789";
+  std::ofstream(model + "/config.json") << "{}";
+  std::ofstream(adapter + "/adapter_model.safetensors") << "lora";
+  EncoderSpec spec;
+  spec.model_name_or_path = model;
+  spec.tokenizer = model;
+  spec.adapters = {adapter};
+  const uint64_t base = encoder_fingerprint(spec, "cpu");
+  EXPECT_EQ(encoder_fingerprint(spec, "cpu"), base);
+  EXPECT_NE(encoder_fingerprint(spec, "cuda (bf16)"), base);
+  std::ofstream(adapter + "/adapter_model.safetensors") << "lorb";
+  EXPECT_NE(encoder_fingerprint(spec, "cpu"), base) << "an adapter's bytes";
+  std::ofstream(adapter + "/adapter_model.safetensors") << "lora";
+  EXPECT_EQ(encoder_fingerprint(spec, "cpu"), base);
+  std::ofstream(model + "/model.safetensors") << "weights-0123456788";
+  EXPECT_NE(encoder_fingerprint(spec, "cpu"), base) << "the model's bytes";
+  std::ofstream(model + "/model.safetensors") << "weights-0123456789";
+  for (int change = 0; change < 4; ++change) {
+    EncoderSpec other = spec;
+    if (change == 0) other.pooling = PoolingMode::kWeightedMean;
+    if (change == 1) other.bidirectional = false;
+    if (change == 2) other.max_length = 128;
+    if (change == 3) other.adapters.clear();
+    EXPECT_NE(encoder_fingerprint(other, "cpu"), base) << change;
   }
 }
 

@@ -592,9 +592,46 @@ int run_eval_retrieval(const ParsedOptions& o) {
   const int batch = (int)o.get_int("--batch-size", 32, 1);
   std::unique_ptr<Backend> backend = backend_for(o);
   Encoder enc(spec, *backend);
-  if (!quiet) std::fprintf(stderr, "embedding %zu documents\n", doc_inputs.size());
+  // The corpus's embeddings are cached under a fingerprint of the encoder (weights' contents, pooling,
+  // attention, max_length, backend precision) and of the documents' texts.
+  const std::string cache_dir = o.has("--no-cache") ? "" : o.get("--cache_dir", dir + "/llm2vec_cache");
+  std::string cache;
+  if (!cache_dir.empty()) {
+    std::string texts;
+    for (const EncoderInput& d : doc_inputs) texts += d.text + '\0';
+    const uint64_t key = encoder_fingerprint(spec, backend->name()) ^ checksum64(texts.data(), texts.size());
+    cache = cache_dir + "/corpus-" + checksum_hex(key).substr(2);
+  }
   EmbedStats doc_stats, query_stats;
-  const std::vector<float> doc_emb = enc.embed(doc_inputs, batch, !quiet, &doc_stats);
+  std::vector<float> doc_emb;
+  if (!cache.empty() && std::filesystem::is_regular_file(cache + ".npy") &&
+      std::filesystem::is_regular_file(cache + ".json")) {
+    size_t rows = 0, cols = 0;
+    doc_emb = read_npy_f32(cache + ".npy", &rows, &cols);
+    const nlohmann::json stats = read_json_file(cache + ".json", "the cached corpus's statistics");
+    if (rows != doc_inputs.size() || cols != (size_t)enc.dim())
+      throw std::runtime_error(cache + ".npy: holds " + std::to_string(rows) + " x " + std::to_string(cols) +
+                               " embeddings, not " + std::to_string(doc_inputs.size()) + " x " +
+                               std::to_string(enc.dim()) + ": remove it (or pass --no-cache)");
+    doc_stats.texts = rows;
+    doc_stats.max_length = stats.at("max_length").get<int>();
+    doc_stats.truncated = stats.at("truncated").get<size_t>();
+    if (!quiet) std::fprintf(stderr, "corpus embeddings from the cache: %s.npy\n", cache.c_str());
+  } else {
+    if (!quiet) std::fprintf(stderr, "embedding %zu documents\n", doc_inputs.size());
+    doc_emb = enc.embed(doc_inputs, batch, !quiet, &doc_stats);
+    if (!cache.empty()) {
+      std::filesystem::create_directories(cache_dir);
+      write_npy_f32(cache + ".npy", doc_emb.data(), doc_inputs.size(), enc.dim());
+      write_file_atomic(cache + ".json", nlohmann::json({{"max_length", doc_stats.max_length},
+                                                         {"truncated", doc_stats.truncated},
+                                                         {"documents", doc_inputs.size()},
+                                                         {"model", o.required("--model")}})
+                                             .dump(2) +
+                                             "\n");
+      if (!quiet) std::fprintf(stderr, "cached the corpus embeddings in %s.npy\n", cache.c_str());
+    }
+  }
   if (!quiet) std::fprintf(stderr, "embedding %zu queries\n", query_inputs.size());
   const std::vector<float> query_emb = enc.embed(query_inputs, batch, !quiet, &query_stats);
   // A document with the query's own id is never its result (MTEB's ignore_identical_ids).
@@ -835,6 +872,10 @@ const std::vector<Command>& commands() {
                                           "qrels/<split>.tsv (query-id, corpus-id, score; a header line)"},
                         {"--split", "S", "the qrels file to score (default test)"},
                         {"--query_instruction", "TEXT", "instruction before every query (not pooled), as llm2vec's encode"},
+                        {"--cache_dir", "DIR", "where the corpus's embeddings are cached, keyed by a fingerprint of\n"
+                                               "the model files' contents, the settings and the texts\n"
+                                               "(default: the --data directory's llm2vec_cache/)"},
+                        {"--no-cache", "", "embed the corpus without reading or writing the cache"},
                         {"--json-out", "FILE", "also write the result as JSON"},
                         {"--batch-size", "N", "texts per forward pass (default 32)"}}),
        run_eval_retrieval},
