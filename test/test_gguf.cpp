@@ -1,0 +1,118 @@
+// The GGUF reader (data/gguf.h) against the gguf Python package (test/fixtures/gguf/, written by
+// scripts/make_gguf_fixtures.py with gguf's own GGUFWriter):
+//   - the header, metadata of every value type (integers of each width and sign, floats, bool, strings,
+//     arrays) and the tensor table (names, innermost-first dimensions, types);
+//   - every tensor dequantised bit for bit as gguf.quants.dequantize does it, for F32, F16, BF16, Q4_0,
+//     Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on random blocks (every packed bit pattern occurs);
+//   - fp16 conversion of all 65,536 bit patterns against sign x mantissa x 2^exponent;
+//   - damaged files: the file cut at every 61st byte, a wrong magic, a big-endian version, an unknown
+//     type — each a std::runtime_error naming the file, never a read outside it (the ASan build runs this).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+
+#include "data/gguf.h"
+#include "data/npy.h"
+#include "test/temp_dir.h"
+
+namespace l2v {
+namespace {
+
+const std::string kDir = "test/fixtures/gguf/";
+
+TEST(Gguf, ReadsTheHeaderMetadataAndTensorTable) {
+  const GgufFile f(kDir + "tiny.gguf");
+  EXPECT_EQ(f.version(), 3u);
+  const nlohmann::json& m = f.metadata();
+  EXPECT_EQ(m.at("general.name"), "tiny fixture");
+  EXPECT_EQ(m.at("general.architecture"), "llama");
+  EXPECT_EQ(m.at("llama.block_count").get<uint32_t>(), 2u);
+  EXPECT_EQ(m.at("test.int32").get<int>(), -7);
+  EXPECT_EQ(m.at("test.float32").get<double>(), 0.25);
+  EXPECT_EQ(m.at("test.float64").get<double>(), -1.5);
+  EXPECT_EQ(m.at("test.bool").get<bool>(), true);
+  EXPECT_EQ(m.at("test.uint64").get<uint64_t>(), uint64_t(1) << 40);
+  EXPECT_EQ(m.at("test.int8").get<int>(), -3);
+  EXPECT_EQ(m.at("test.uint16").get<int>(), 65535);
+  EXPECT_EQ(m.at("test.strings"), nlohmann::json({"a", "bc", "\u00e9t\u00e9"}));
+  EXPECT_EQ(m.at("test.ints"), nlohmann::json({1, -2, 3}));
+  ASSERT_EQ(f.tensors().size(), 11u);
+  const GgufTensor& k = f.tensor("t.Q4_K");
+  EXPECT_EQ(k.type, (uint32_t)GgmlType::kQ4_K);
+  EXPECT_EQ(k.dims, (std::vector<uint64_t>{512, 3}));  // innermost first: 3 rows of 2 blocks of 256
+  EXPECT_EQ(f.tensor("t.F32").dims, (std::vector<uint64_t>{8, 3, 2}));
+  EXPECT_THROW(f.tensor("nope"), std::runtime_error);
+}
+
+TEST(Gguf, DequantisesEveryTypeBitForBitAsTheGgufPackage) {
+  const GgufFile f(kDir + "tiny.gguf");
+  for (const GgufTensor& t : f.tensors()) {
+    size_t rows = 0, cols = 0;
+    const std::vector<float> want = read_npy_f32(kDir + t.name + ".npy", &rows, &cols);
+    const std::vector<float> got = f.dequantize(t);
+    ASSERT_EQ(got.size(), want.size()) << t.name;
+    EXPECT_EQ(cols, t.dims[0]) << t.name;
+    size_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &want[i], 4) != 0;
+    EXPECT_EQ(differ, 0u) << t.name << " (" << ggml_type_name(t.type) << "): " << differ << " of " << got.size()
+                          << " values differ";
+  }
+}
+
+TEST(Gguf, ConvertsEveryFp16BitPattern) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const uint8_t bytes[2] = {(uint8_t)h, (uint8_t)(h >> 8)};
+    float got;
+    dequantize_ggml((uint32_t)GgmlType::kF16, bytes, 1, &got);
+    const int sign = h >> 15 ? -1 : 1, exp = (h >> 10) & 31, mant = h & 1023;
+    if (exp == 31) {
+      EXPECT_TRUE(mant ? std::isnan(got) : got == sign * INFINITY) << h;
+      continue;
+    }
+    const double want = sign * (exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024 + mant, exp - 25));
+    EXPECT_EQ((double)got, want) << h;
+    EXPECT_EQ(std::signbit(got), sign < 0) << h;
+  }
+}
+
+TEST(Gguf, DamagedFilesAreRefusedNamingTheFile) {
+  test::TempDir dir("gguf");
+  std::ifstream in(kDir + "tiny.gguf", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto expect_refused = [&](const std::string& content, const std::string& what) {
+    const std::string path = dir / "bad.gguf";
+    std::ofstream(path, std::ios::binary) << content;
+    try {
+      GgufFile f(path);
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  for (size_t n = 0; n < bytes.size(); n += 61) expect_refused(bytes.substr(0, n), "cut at " + std::to_string(n));
+  std::string magic = bytes;
+  magic[0] = 'X';
+  expect_refused(magic, "wrong magic");
+  std::string big_endian = bytes;
+  std::memcpy(&big_endian[4], "\0\0\0\3", 4);
+  expect_refused(big_endian, "big-endian version");
+  // The first tensor's type (4 bytes before its 8-byte offset at the end of its table entry) made unknown.
+  const GgufFile good(kDir + "tiny.gguf");
+  const size_t name_at = bytes.find("t.Q4_0");
+  ASSERT_NE(name_at, std::string::npos);
+  std::string unknown = bytes;
+  const size_t type_at = name_at + 6 + 4 + 2 * 8;  // name, dimension count, two dimensions
+  const uint32_t bogus = 99;
+  std::memcpy(&unknown[type_at], &bogus, 4);
+  expect_refused(unknown, "unknown tensor type");
+  EXPECT_THROW(dequantize_ggml(99, nullptr, 0, nullptr), std::invalid_argument);
+  EXPECT_THROW(dequantize_ggml((uint32_t)GgmlType::kQ4_0, nullptr, 31, nullptr), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace l2v
