@@ -7,6 +7,7 @@
 
 #include "data/file_io.h"
 #include "host/cpu_backend.h"
+#include "model/gguf_checkpoint.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
 
@@ -21,6 +22,12 @@ Checkpoint open_checkpoint(const std::string& path) {
     return ck;
   }
   if (!fs::exists(path)) throw std::runtime_error(path + ": no such checkpoint file or directory");
+  if (fs::path(path).extension() == ".gguf") {
+    auto g = std::make_unique<GgufCheckpoint>(path);
+    ck.config = g->config;
+    ck.tensors = std::move(g);
+    return ck;
+  }
   if (fs::path(path).extension() == ".bin") {
     auto l2c = std::make_unique<Llama2cCheckpoint>(path);
     ck.config = l2c->config;
@@ -28,7 +35,7 @@ Checkpoint open_checkpoint(const std::string& path) {
     return ck;
   }
   throw std::runtime_error(path +
-                           ": not a checkpoint (expected a Hugging Face model directory or a llama2.c .bin file)");
+                           ": not a checkpoint (expected a Hugging Face model directory, a llama2.c .bin file or a .gguf file)");
 }
 
 namespace {

@@ -1,6 +1,7 @@
 // Opens a model checkpoint from a path of any supported kind and returns its config and tensors:
 //  - a Hugging Face model directory (config.json + model.safetensors or a sharded index);
-//  - a llama2.c legacy checkpoint file (*.bin), imported under Hugging Face names.
+//  - a llama2.c legacy checkpoint file (*.bin), imported under Hugging Face names;
+//  - a GGUF file (*.gguf, model/gguf_checkpoint.h), dequantised under Hugging Face names.
 #pragma once
 #include <memory>
 #include <string>

@@ -149,23 +149,11 @@ void Llama2cCheckpoint::read_f32(const std::string& name, float* dst, size_t cou
     fail(file_->path() + ": tensor '" + name + "' has " + std::to_string(rows * cols) +
          " elements but the caller asked for " + std::to_string(count));
   const uint8_t* src = file_->data() + t.offset;
-  const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
   if (t.rope_heads == 0) {
     std::memcpy(dst, src, count * sizeof(float));
     return;
   }
-  // RoPE convention. llama2.c rotates adjacent pairs (x[2i], x[2i+1]) of each head by angle
-  // pos * theta^(-2i/D); Hugging Face's rotate_half rotates (x[i], x[i + D/2]) by the same angle. Moving
-  // q/k projection row 2i to row i and row 2i+1 to row D/2 + i within every head (the permutation of
-  // transformers' convert_llama_weights_to_hf.py) makes the HF-convention forward pass compute exactly
-  // llama2.c's attention scores: q·k is invariant under a common permutation of q and k, and the
-  // rotation pairs and their frequencies line up. v and o are untouched because RoPE never sees them.
-  const int64_t D = rows / t.rope_heads;
-  for (int64_t h = 0; h < t.rope_heads; ++h)
-    for (int64_t r = 0; r < D; ++r) {
-      const int64_t old_row = r < D / 2 ? 2 * r : 2 * (r - D / 2) + 1;
-      std::memcpy(dst + (h * D + r) * cols, src + (h * D + old_row) * row_bytes, row_bytes);
-    }
+  deinterleave_rope_rows(dst, src, t.rope_heads, rows, cols);  // llama2.c's interleaved RoPE rows
 }
 
 }  // namespace l2v

@@ -3,6 +3,7 @@
 // interface, so it does not care where the numbers come from.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -22,5 +23,22 @@ class TensorSource {
   // Human-readable origin ("path/to/model.safetensors") for error messages.
   virtual std::string describe() const = 0;
 };
+
+// RoPE row layout. llama2.c and GGUF store each head's q/k projection rows with the rotary pairs
+// interleaved — rows (2i, 2i+1) rotate together by angle pos * theta^(-2i/D) — where Hugging Face's
+// rotate_half pairs rows (i, i + D/2) with the same angles. dst gets src with row 2i of every head moved
+// to row i and row 2i+1 to row D/2 + i (the permutation of transformers' convert_llama_weights_to_hf.py,
+// the inverse of llama.cpp's convert_hf_to_gguf.py permute): the HF forward pass then computes the same
+// attention scores (q.k is invariant under a common permutation of q and k). src and dst hold
+// rows x cols floats (cols 1 for a bias), rows a multiple of 2 * heads; they may not alias.
+inline void deinterleave_rope_rows(float* dst, const uint8_t* src, int64_t heads, int64_t rows, int64_t cols) {
+  const int64_t D = rows / heads;
+  const size_t row_bytes = (size_t)cols * sizeof(float);
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t r = 0; r < D; ++r) {
+      const int64_t old_row = r < D / 2 ? 2 * r : 2 * (r - D / 2) + 1;
+      std::memcpy(dst + (h * D + r) * cols, src + (h * D + old_row) * row_bytes, row_bytes);
+    }
+}
 
 }  // namespace l2v

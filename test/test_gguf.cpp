@@ -6,7 +6,11 @@
 //     Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on random blocks (every packed bit pattern occurs);
 //   - fp16 conversion of all 65,536 bit patterns against sign x mantissa x 2^exponent;
 //   - damaged files: the file cut at every 61st byte, a wrong magic, a big-endian version, an unknown
-//     type — each a std::runtime_error naming the file, never a read outside it (the ASan build runs this).
+//     type — each a std::runtime_error naming the file, never a read outside it (the ASan build runs this);
+//   - GGUF as a checkpoint: the tiny Mistral (stored as llama.cpp's llama architecture, q/k rows permuted
+//     as convert_hf_to_gguf.py permutes them) and Qwen2 (biases, tied embeddings) models written from the
+//     Hugging Face fixtures by scripts/make_gguf_model_fixtures.py read back as the same config and every
+//     tensor bit for bit under Hugging Face names — the q/k row order included.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +22,7 @@
 
 #include "data/gguf.h"
 #include "data/npy.h"
+#include "model/checkpoint.h"
 #include "test/temp_dir.h"
 
 namespace l2v {
@@ -112,6 +117,47 @@ TEST(Gguf, DamagedFilesAreRefusedNamingTheFile) {
   expect_refused(unknown, "unknown tensor type");
   EXPECT_THROW(dequantize_ggml(99, nullptr, 0, nullptr), std::invalid_argument);
   EXPECT_THROW(dequantize_ggml((uint32_t)GgmlType::kQ4_0, nullptr, 31, nullptr), std::invalid_argument);
+}
+
+TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
+  for (const char* model : {"mistral_tiny", "qwen2_tiny"}) {
+    SCOPED_TRACE(model);
+    const Checkpoint g = open_checkpoint(kDir + model + ".gguf");
+    const Checkpoint hf = open_checkpoint(std::string("test/fixtures/") + model + "/model");
+    const ModelConfig &a = g.config, &b = hf.config;
+    EXPECT_EQ(a.model_type, b.model_type == "mistral" ? "llama" : b.model_type);
+    EXPECT_EQ(a.vocab_size, b.vocab_size);
+    EXPECT_EQ(a.hidden_size, b.hidden_size);
+    EXPECT_EQ(a.intermediate_size, b.intermediate_size);
+    EXPECT_EQ(a.num_hidden_layers, b.num_hidden_layers);
+    EXPECT_EQ(a.num_attention_heads, b.num_attention_heads);
+    EXPECT_EQ(a.num_key_value_heads, b.num_key_value_heads);
+    EXPECT_EQ(a.head_dim, b.head_dim);
+    EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
+    EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
+    EXPECT_EQ(a.rope_theta, b.rope_theta);
+    EXPECT_EQ(a.tie_word_embeddings, b.tie_word_embeddings);
+    EXPECT_EQ(a.qkv_bias, b.qkv_bias);
+    EXPECT_EQ(a.bos_token_id, b.bos_token_id);
+    EXPECT_EQ(a.eos_token_id, b.eos_token_id);
+    ASSERT_EQ(g.tensors->names(), hf.tensors->names());
+    for (const std::string& name : hf.tensors->names()) {
+      ASSERT_EQ(g.tensors->shape(name), hf.tensors->shape(name)) << name;
+      size_t n = 1;
+      for (int64_t d : hf.tensors->shape(name)) n *= (size_t)d;
+      std::vector<float> x(n), y(n);
+      g.tensors->read_f32(name, x.data(), n);
+      hf.tensors->read_f32(name, y.data(), n);
+      EXPECT_EQ(std::memcmp(x.data(), y.data(), n * sizeof(float)), 0) << name;
+    }
+  }
+  // The llama architecture's q rows really are stored permuted: read without the un-permutation they
+  // differ (the test above would pass for a reader that skipped both).
+  const GgufFile raw(kDir + "mistral_tiny.gguf");
+  const Checkpoint hf = open_checkpoint("test/fixtures/mistral_tiny/model");
+  std::vector<float> q(64 * 64);
+  hf.tensors->read_f32("model.layers.0.self_attn.q_proj.weight", q.data(), q.size());
+  EXPECT_NE(raw.dequantize(raw.tensor("blk.0.attn_q.weight")), q);
 }
 
 }  // namespace

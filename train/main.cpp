@@ -753,7 +753,7 @@ struct Command {
   int (*run)(const ParsedOptions&);
 };
 
-const OptionSpec kModel{"--model", "PATH", "checkpoint: a Hugging Face model directory or a llama2.c .bin file"};
+const OptionSpec kModel{"--model", "PATH", "checkpoint: a Hugging Face model directory, a llama2.c .bin file or a .gguf file"};
 const OptionSpec kTokenizer{"--tokenizer", "PATH",
                             "tokenizer.json, a directory holding one, or a llama2.c tokenizer .bin"};
 const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default ") + kDefaultBackend + ")"};
