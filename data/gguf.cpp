@@ -330,6 +330,8 @@ GgufFile::GgufFile(const std::string& path) : path_(path) {
         c.fail("tensor " + t.name + ": " + e.what());
       }
       if (t.offset % alignment) c.fail("tensor " + t.name + ": offset not a multiple of the alignment");
+      for (const GgufTensor& other : tensors_)
+        if (other.name == t.name) c.fail("duplicate tensor name " + t.name);
       tensors_.push_back(std::move(t));
     }
     const uint64_t data_start = (c.pos + alignment - 1) / alignment * alignment;

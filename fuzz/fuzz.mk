@@ -10,11 +10,11 @@ FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 # The library is compiled without OpenMP (its pragmas, and the constants only they use, are ignored).
 FUZZ_CXXFLAGS := -std=c++17 -O1 -g -I. -MMD -MP -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-unused-const-variable \
                  $(FUZZ_SAN) -fsanitize=fuzzer-no-link
-FUZZ_LIB_SRCS := model/safetensors.cpp model/config.cpp model/llama2c.cpp train/train_config.cpp \
+FUZZ_LIB_SRCS := model/safetensors.cpp model/config.cpp model/llama2c.cpp model/gguf_checkpoint.cpp train/train_config.cpp \
                  model/model.cpp model/pooling.cpp host/cpu_ops.cpp \
                  $(addprefix data/,batches.cpp file_io.cpp hf_tokenizer.cpp hf_bpe.cpp hf_pipeline.cpp hf_regex.cpp \
                    unicode.cpp tokenizer.cpp llama2c_tokenizer.cpp shard.cpp shard_manifest.cpp \
-                   text_sources.cpp sts.cpp npy.cpp) \
+                   text_sources.cpp sts.cpp npy.cpp gguf.cpp) \
                  fuzz/fuzz_common.cpp
 FUZZ_TARGETS  := $(filter-out fuzz_common,$(basename $(notdir $(wildcard fuzz/fuzz_*.cpp))))
 FUZZ_BINS     := $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))

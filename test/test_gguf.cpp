@@ -6,7 +6,7 @@
 //     Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K on random blocks (every packed bit pattern occurs);
 //   - fp16 conversion of all 65,536 bit patterns against sign x mantissa x 2^exponent;
 //   - damaged files: the file cut at every 61st byte, a wrong magic, a big-endian version, an unknown
-//     type — each a std::runtime_error naming the file, never a read outside it (the ASan build runs this);
+//     type, a duplicate tensor name — each a std::runtime_error naming the file, never a read outside it (the ASan build runs this);
 //   - GGUF as a checkpoint: the tiny Mistral (stored as llama.cpp's llama architecture, q/k rows permuted
 //     as convert_hf_to_gguf.py permutes them) and Qwen2 (biases, tied embeddings) models written from the
 //     Hugging Face fixtures by scripts/make_gguf_model_fixtures.py read back as the same config and every
@@ -115,6 +115,11 @@ TEST(Gguf, DamagedFilesAreRefusedNamingTheFile) {
   const uint32_t bogus = 99;
   std::memcpy(&unknown[type_at], &bogus, 4);
   expect_refused(unknown, "unknown tensor type");
+  std::string duplicate = bytes;
+  const size_t second = duplicate.find("t.Q4_1");
+  ASSERT_NE(second, std::string::npos);
+  duplicate.replace(second, 6, "t.Q4_0");
+  expect_refused(duplicate, "duplicate tensor name");
   EXPECT_THROW(dequantize_ggml(99, nullptr, 0, nullptr), std::invalid_argument);
   EXPECT_THROW(dequantize_ggml((uint32_t)GgmlType::kQ4_0, nullptr, 31, nullptr), std::invalid_argument);
 }
