@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <vector>
 
 namespace l2v::fuzz {
 namespace fs = std::filesystem;
@@ -50,6 +51,19 @@ void check(bool ok, const std::string& what) {
   if (ok) return;
   std::fprintf(stderr, "FUZZ FINDING: %s\n", what.c_str());
   std::abort();
+}
+
+}  // namespace l2v::fuzz
+
+namespace l2v::fuzz {
+
+void read_every_tensor(const TensorSource& source) {
+  for (const std::string& name : source.names()) {
+    size_t n = 1;
+    for (int64_t d : source.shape(name)) n *= static_cast<size_t>(d);
+    std::vector<float> values(n);
+    source.read_f32(name, values.data(), n);
+  }
 }
 
 }  // namespace l2v::fuzz

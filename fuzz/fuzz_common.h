@@ -12,6 +12,8 @@
 #include <functional>
 #include <string>
 
+#include "model/tensor_source.h"
+
 namespace l2v::fuzz {
 
 // Each target defines these two; fuzz_common.cpp owns libFuzzer's entry point, which writes every input
@@ -30,5 +32,8 @@ void parse_or_refuse(const std::string& path, const std::function<void()>& parse
 
 // Aborts the run with `what` when `ok` is false: a property of an accepted input does not hold.
 void check(bool ok, const std::string& what);
+
+// Reads every tensor of `source` to fp32 (touching each byte its table claims).
+void read_every_tensor(const TensorSource& source);
 
 }  // namespace l2v::fuzz
