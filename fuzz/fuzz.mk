@@ -14,7 +14,7 @@ FUZZ_LIB_SRCS := model/safetensors.cpp model/config.cpp model/llama2c.cpp model/
                  model/model.cpp model/pooling.cpp host/cpu_ops.cpp \
                  $(addprefix data/,batches.cpp file_io.cpp hf_tokenizer.cpp hf_bpe.cpp hf_pipeline.cpp hf_regex.cpp \
                    unicode.cpp tokenizer.cpp llama2c_tokenizer.cpp shard.cpp shard_manifest.cpp \
-                   text_sources.cpp sts.cpp npy.cpp gguf.cpp) \
+                   text_sources.cpp sts.cpp npy.cpp gguf.cpp gguf_tokenizer.cpp) \
                  fuzz/fuzz_common.cpp
 FUZZ_TARGETS  := $(filter-out fuzz_common,$(basename $(notdir $(wildcard fuzz/fuzz_*.cpp))))
 FUZZ_BINS     := $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))

@@ -55,8 +55,8 @@ put("fuzz_safetensors", "f32_bf16_i64.safetensors", safetensors(
      ("e", "F32", [0, 5], b"")], {"format": "pt"}))
 put("fuzz_safetensors", "i32_u8.safetensors", safetensors(
     [("n", "I32", [3], struct.pack("<3i", 1, 2, 3)), ("m", "U8", [1], b"\x01")]))
-# gguf: the GGUF fixtures (every value type and ggml type; a model of the qwen2 architecture).
-for name in ("tiny.gguf", "qwen2_tiny.gguf"):
+# gguf: the GGUF fixtures (every value type and ggml type; a model of the qwen2 architecture; a tokenizer).
+for name in ("tiny.gguf", "qwen2_tiny.gguf", "tokenizer_smollm.gguf"):
     with open(os.path.join("test/fixtures/gguf", name), "rb") as f:
         put("fuzz_gguf", name, f.read())
 for name in ("heads/pooling.safetensors", "heads/losses.safetensors"):

@@ -10,7 +10,10 @@
 //   - GGUF as a checkpoint: the tiny Mistral (stored as llama.cpp's llama architecture, q/k rows permuted
 //     as convert_hf_to_gguf.py permutes them) and Qwen2 (biases, tied embeddings) models written from the
 //     Hugging Face fixtures by scripts/make_gguf_model_fixtures.py read back as the same config and every
-//     tensor bit for bit under Hugging Face names — the q/k row order included.
+//     tensor bit for bit under Hugging Face names — the q/k row order included;
+//   - the tokenizer from GGUF metadata (data/gguf_tokenizer.h): a byte-level BPE cut from Qwen2.5's, as
+//     GGUF metadata with pre-tokenizer "qwen2" and "smollm", encodes 403 lines (Unicode digits included)
+//     as the `tokenizers` library does with the equivalent tokenizer.json (scripts/make_gguf_tokenizer_fixtures.py).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,10 +21,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <stdexcept>
 
 #include "data/gguf.h"
+#include "data/gguf_tokenizer.h"
 #include "data/npy.h"
+#include "data/tokenizer.h"
+#include "data/file_io.h"
 #include "model/checkpoint.h"
 #include "test/temp_dir.h"
 
@@ -163,6 +170,38 @@ TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
   std::vector<float> q(64 * 64);
   hf.tensors->read_f32("model.layers.0.self_attn.q_proj.weight", q.data(), q.size());
   EXPECT_NE(raw.dequantize(raw.tensor("blk.0.attn_q.weight")), q);
+}
+
+TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2AndSmolLM2PreTokenizers) {
+  std::ifstream in(kDir + "tokenizer_expected.json");
+  const nlohmann::json expected = nlohmann::json::parse(in);
+  const std::vector<std::string> lines = expected.at("lines").get<std::vector<std::string>>();
+  test::TempDir dir("gguf_tokenizer");
+  for (const char* pre : {"qwen2", "smollm"}) {
+    SCOPED_TRACE(pre);
+    const GgufFile f(kDir + "tokenizer_" + pre + ".gguf");
+    ASSERT_TRUE(gguf_has_tokenizer(f));
+    const HfTokenizerFiles files = gguf_tokenizer(f);
+    const std::string out = dir / pre;
+    std::filesystem::create_directories(out);
+    write_file_atomic(out + "/tokenizer.json", files.tokenizer.dump());
+    write_file_atomic(out + "/tokenizer_config.json", files.config.dump());
+    const std::unique_ptr<Tokenizer> tok = load_tokenizer(out);
+    EXPECT_EQ(tok->vocab_size(), 3259);
+    EXPECT_EQ(tok->bos_id(), 3256);
+    EXPECT_EQ(tok->eos_id(), 3258);
+    EXPECT_TRUE(tok->is_special(3257));
+    const auto& want = expected.at(pre);
+    size_t differ = 0;
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const std::vector<int> got = tok->encode(lines[i], false);
+      if (got != want[i].get<std::vector<int>>() && ++differ <= 3) ADD_FAILURE() << "line " << i << ": " << lines[i];
+    }
+    EXPECT_EQ(differ, 0u);
+  }
+  // No tokenizer, another tokenizer model, an unknown pre-tokenizer: refused naming the file.
+  EXPECT_FALSE(gguf_has_tokenizer(GgufFile(kDir + "tiny.gguf")));
+  EXPECT_THROW(gguf_tokenizer(GgufFile(kDir + "tiny.gguf")), std::runtime_error);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "data/file_io.h"
+#include "data/gguf_tokenizer.h"
 #include "data/npy.h"
 #include "data/prepare.h"
 #include "data/classification.h"
@@ -179,11 +180,25 @@ int run_generate(const ParsedOptions& o) {
 }
 
 int run_convert(const ParsedOptions& o) {
-  Checkpoint ck = open_checkpoint(o.required("--model"));
+  const std::string model = o.required("--model");
+  Checkpoint ck = open_checkpoint(model);
   const std::string out = o.required("--out");
   save_hf_checkpoint(ck.config, *ck.tensors, out);
   std::printf("wrote %s/config.json and %s/model.safetensors (%zu tensors)\n", out.c_str(), out.c_str(),
               ck.tensors->names().size());
+  // A GGUF file carries its tokenizer: written beside the model, so the directory is complete.
+  if (std::filesystem::path(model).extension() == ".gguf") {
+    const GgufFile gguf(model);
+    if (gguf_has_tokenizer(gguf)) {
+      const HfTokenizerFiles tok = gguf_tokenizer(gguf);
+      write_file_atomic(out + "/tokenizer.json", tok.tokenizer.dump(2) + "\n");
+      write_file_atomic(out + "/tokenizer_config.json", tok.config.dump(2) + "\n");
+      std::printf("wrote %s/tokenizer.json and tokenizer_config.json (%zu tokens) from the GGUF metadata\n", out.c_str(),
+                  tok.tokenizer.at("model").at("vocab").size());
+    } else {
+      std::printf("%s holds no tokenizer: give --tokenizer to the commands that use %s\n", model.c_str(), out.c_str());
+    }
+  }
   return 0;
 }
 
@@ -796,7 +811,8 @@ const std::vector<Command>& commands() {
        run_generate},
       {"convert",
        "write the checkpoint as a Hugging Face model directory (config.json +\n"
-       "model.safetensors, F32), loadable by transformers",
+       "model.safetensors, F32), loadable by transformers; from a .gguf also its\n"
+       "tokenizer (tokenizer.json, tokenizer_config.json)",
        {kModel, {"--out", "DIR", "output directory"}},
        run_convert},
       {"prepare",
