@@ -18,6 +18,7 @@
 #include "cuda/device_scratch.h"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
+#include "cuda/latent_attention.cuh"
 #include "cuda/launch.h"
 #include "cuda/lm_head.cuh"
 #include "cuda/lora.cuh"
@@ -260,6 +261,25 @@ class CudaBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T_, int C) override {
     cuda::pool_backward_cuda(t(d_hidden), d_pooled, weights, B, T_, C, stream_);
   }
+  void latent_pool_forward(float* pooled, float* cache, ConstTensor hidden, const LatentRows& rows,
+                           const float* weights, const float* params, const LatentAttentionConfig& cfg,
+                           int C) override {
+    // Sized for every position of the batch (an upper bound of the pooled ones): memory depends on B and T
+    // only, as the memory plan counts it.
+    const long positions = (long)rows.B * rows.T;
+    const size_t bytes =
+        cuda::latent_forward_scratch_layout(latent_attention_dims(cfg, C), positions, cache != nullptr).bytes;
+    cuda::latent_pool_forward_cuda(cublas_, pooled, cache, t(hidden), rows, weights, params, cfg, C,
+                                   latent_scratch_.get(bytes));
+  }
+  void latent_pool_backward(Tensor d_hidden, float* dparams, const float* d_pooled, const LatentRows& rows,
+                            const float* weights, const float* cache, const float* params,
+                            const LatentAttentionConfig& cfg, int C) override {
+    const size_t bytes =
+        cuda::latent_backward_scratch_layout(latent_attention_dims(cfg, C), (long)rows.B * rows.T).bytes;
+    cuda::latent_pool_backward_cuda(cublas_, t(d_hidden), dparams, d_pooled, rows, weights, cache, params, cfg, C,
+                                    latent_scratch_.get(bytes));
+  }
   void mean_loss(double* loss, const float* losses, int n, double normalizer) override {
     cuda::mean_loss_cuda(loss, losses, n, normalizer, stream_);
   }
@@ -345,7 +365,8 @@ class CudaBackend final : public Backend {
   std::set<int> announced_;  // head dims whose attention choice was printed
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  cuda::DeviceScratch attention_scratch_, contrastive_scratch_, lora_workspace_, lm_head_scratch_, norm_scratch_, staging_;
+  cuda::DeviceScratch attention_scratch_, contrastive_scratch_, latent_scratch_, lora_workspace_, lm_head_scratch_,
+      norm_scratch_, staging_;
   double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
   std::unique_ptr<cuda::DeviceOptimizerList> optimizer_list_;
   cuda::UploadArena uploads_;

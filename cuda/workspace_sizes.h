@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "model/latent_attention.h"
+
 namespace l2v::cuda {
 
 // Every workspace part starts where cuBLAS's fastest kernels want it.
@@ -70,6 +72,52 @@ inline ContrastiveScratch contrastive_scratch_layout(int n, int C, bool negative
 }
 inline size_t contrastive_scratch_bytes(int n, int C, bool negatives, bool grads) {
   return contrastive_scratch_layout(n, C, negatives, grads).bytes;
+}
+
+// The latent-attention head (cuda/latent_attention.cuh) for M rows, fp32, offsets in bytes. The forward:
+// the gathered rows x and the block's outputs z [M, C], a row buffer [Mc, max(C, F)] and, without a cache
+// (inference), the cache of Mc rows, where Mc = M with a cache and min(M, kLatentInferenceChunk) without.
+struct LatentForwardScratch {
+  size_t x = 0, z = 0, tmp = 0, cache = 0, bytes = 0;
+};
+inline size_t latent_float_bytes(long n) { return workspace_align_up(sizeof(float) * (size_t)n); }
+inline LatentForwardScratch latent_forward_scratch_layout(const LatentAttentionDims& d, long M, bool cached) {
+  const long Mc = cached ? M : std::min(M, kLatentInferenceChunk);
+  LatentForwardScratch s;
+  s.z = s.x + latent_float_bytes(M * d.C);
+  s.tmp = s.z + latent_float_bytes(M * d.C);
+  s.cache = s.tmp + latent_float_bytes(Mc * std::max(d.C, d.F));
+  s.bytes = s.cache + (cached ? 0 : latent_float_bytes((long)latent_attention_cache_floats(d, Mc)));
+  return s;
+}
+// The backward: dz, dx, a LayerNorm's output and the gradient w.r.t. it [M, C] each; the feed-forward
+// block's GEGLU output gradient [M, F] and net.0's output gradient [M, 2F], whose space the attention block
+// then reuses for the attention output's and the queries' gradients [M, I] and the scores' [M, r]; the
+// latents' keys' and values' gradient [r, 2I] and LN_ctx's output gradient [r, C].
+struct LatentBackwardScratch {
+  size_t dz = 0, dx = 0, rowc = 0, drowc = 0, big = 0, du = 0, dout_att = 0, dq = 0, ds = 0, dkv = 0, dlc = 0,
+         bytes = 0;
+};
+inline LatentBackwardScratch latent_backward_scratch_layout(const LatentAttentionDims& d, long M) {
+  LatentBackwardScratch s;
+  s.dx = s.dz + latent_float_bytes(M * d.C);
+  s.rowc = s.dx + latent_float_bytes(M * d.C);
+  s.drowc = s.rowc + latent_float_bytes(M * d.C);
+  s.big = s.drowc + latent_float_bytes(M * d.C);
+  s.du = s.big + latent_float_bytes(M * d.F);
+  s.dout_att = s.big;
+  s.dq = s.dout_att + latent_float_bytes(M * d.I);
+  s.ds = s.dq + latent_float_bytes(M * d.I);
+  s.dkv = std::max(s.du + latent_float_bytes(M * 2 * d.F), s.ds + latent_float_bytes(M * d.r));
+  s.dlc = s.dkv + latent_float_bytes(d.r * 2 * d.I);
+  s.bytes = s.dlc + latent_float_bytes(d.r * d.C);
+  return s;
+}
+// The most a training step of at most M rows asks for: its forwards run with a cache (the chunk whose
+// backward follows) and without (the other chunks' first forward), then the backward.
+inline size_t latent_training_scratch_bytes(const LatentAttentionDims& d, long M) {
+  return std::max({latent_forward_scratch_layout(d, M, true).bytes, latent_forward_scratch_layout(d, M, false).bytes,
+                   latent_backward_scratch_layout(d, M).bytes});
 }
 
 // fp32 <-> 16-bit conversions of uploads and downloads go through a staging buffer of at most this many

@@ -136,6 +136,16 @@ class CpuBackend final : public Backend {
   void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) override {
     cpu::pool_backward(f(d_hidden), d_pooled, weights, B, T, C);
   }
+  void latent_pool_forward(float* pooled, float* cache, ConstTensor hidden, const LatentRows& rows,
+                           const float* weights, const float* params, const LatentAttentionConfig& cfg,
+                           int C) override {
+    l2v::latent_pool_forward(pooled, cache, f(hidden), rows, weights, params, cfg, C);
+  }
+  void latent_pool_backward(Tensor d_hidden, float* dparams, const float* d_pooled, const LatentRows& rows,
+                            const float* weights, const float* cache, const float* params,
+                            const LatentAttentionConfig& cfg, int C) override {
+    l2v::latent_pool_backward(f(d_hidden), dparams, d_pooled, rows, weights, cache, params, cfg, C);
+  }
   void mean_loss(double* loss, const float* losses, int n, double normalizer) override {
     cpu::mean_loss(loss, losses, n, normalizer);
   }

@@ -4,11 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define L2V_HD __host__ __device__ __forceinline__
-#else
-#define L2V_HD inline
-#endif
+#include "host/hd.h"
 
 namespace l2v {
 

@@ -8,6 +8,7 @@
 
 #include "host/cpu_ops.h"
 #include "host/philox.h"
+#include "model/latent_attention.h"
 
 namespace l2v {
 
@@ -98,6 +99,16 @@ class Backend {
   // pooled and d_pooled are fp32 [B, C], weights fp32 [B*T]; hidden and d_hidden are tensors.
   virtual void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) = 0;
   virtual void pool_backward(Tensor d_hidden, const float* d_pooled, const float* weights, int B, int T, int C) = 0;
+  // NV-Embed's latent-attention pooling (model/latent_attention.h: the host latent_pool_forward /
+  // latent_pool_backward are the reference) of hidden [B*T, C] at the rows' positions; weights fp32 [B*T];
+  // params / dparams the block's flat fp32 parameters and their (accumulated) gradients; cache holds
+  // latent_attention_cache_floats(M) fp32 values, or is nullptr (inference). rows and weights in backend memory.
+  virtual void latent_pool_forward(float* pooled, float* cache, ConstTensor hidden, const LatentRows& rows,
+                                   const float* weights, const float* params, const LatentAttentionConfig& cfg,
+                                   int C) = 0;
+  virtual void latent_pool_backward(Tensor d_hidden, float* dparams, const float* d_pooled, const LatentRows& rows,
+                                    const float* weights, const float* cache, const float* params,
+                                    const LatentAttentionConfig& cfg, int C) = 0;
   // cpu::contrastive_loss on fp32 rows in backend memory: *loss is one double in backend memory, written
   // without waiting (read it when needed); d_queries == nullptr asks for the loss only.
   virtual void contrastive_loss(double* loss, float* d_queries, float* d_positives, float* d_negatives,

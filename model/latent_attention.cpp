@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "host/gelu.h"
 #include "host/philox.h"
 
 namespace l2v {
@@ -28,9 +29,7 @@ void require(bool ok, const char* fn, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string("l2v::") + fn + ": " + what);
 }
 
-struct Dims {
-  long C, H, D, I, r, F;
-};
+using Dims = LatentAttentionDims;
 
 Dims dims_of(const LatentAttentionConfig& cfg, int C, const char* fn) {
   require(C >= 1, fn, "hidden size must be >= 1, got " + std::to_string(C));
@@ -48,19 +47,13 @@ Dims dims_of(const LatentAttentionConfig& cfg, int C, const char* fn) {
   return d;
 }
 
-// The tensors in flat-array order; the indices below name them.
-enum Param {
-  kLatents, kNormW, kNormB, kCtxW, kCtxB, kToQ, kToKV, kToOut, kFfNormW, kFfNormB, kNet0W, kNet0B, kNet2W, kNet2B,
-  kNumParams
-};
-
 struct Params {
-  const float* p[kNumParams];
+  const float* p[kNumLatentParams];
 };
 
 Params params_view(const float* base, const std::vector<LatentAttentionTensor>& t) {
   Params v;
-  for (int i = 0; i < kNumParams; ++i) v.p[i] = base + t[i].offset;
+  for (int i = 0; i < kNumLatentParams; ++i) v.p[i] = base + t[i].offset;
   return v;
 }
 
@@ -164,14 +157,6 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
   }
 }
 
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
-inline float gelu_erf(float x) { return (float)(0.5 * x * (1.0 + std::erf(x * kInvSqrt2))); }
-inline float gelu_erf_grad(float x) {
-  return (float)(0.5 * (1.0 + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5 * (double)x * x));
-}
-
 // h [M, F] = u[:, :F] * gelu(u[:, F:]) for u [M, 2F].
 void geglu_forward(float* h, const float* u, long M, long F) {
 #pragma omp parallel for schedule(static)
@@ -198,39 +183,13 @@ void geglu_backward(float* du, const float* dh, const float* u, long M, long F) 
   }
 }
 
-// Cache layout: the latent part (independent of M) first, then the per-row arrays.
-struct CacheView {
-  float *lhat, *lrstd, *lc, *kv;                    // [r, C], [r], [r, C] = LN_ctx(latents), [r, 2I]
-  float *xhat, *xrstd, *q, *p, *o, *yhat, *yrstd, *u;  // [M, C], [M], [M, I], [H, M, r], [M, I], [M, C], [M], [M, 2F]
-};
-
 size_t latent_floats(const Dims& d) { return (size_t)(d.r * d.C * 2 + d.r + d.r * 2 * d.I); }
 size_t row_floats(const Dims& d, long M) {
   return (size_t)M * (size_t)(2 * d.C + 2 + 2 * d.I + d.H * d.r + 2 * d.F);
 }
 
-CacheView cache_view(float* base, const Dims& d, long M) {
-  CacheView v;
-  float* p = base;
-  auto take = [&p](long n) {
-    float* q = p;
-    p += n;
-    return q;
-  };
-  v.lhat = take(d.r * d.C);
-  v.lrstd = take(d.r);
-  v.lc = take(d.r * d.C);
-  v.kv = take(d.r * 2 * d.I);
-  v.xhat = take(M * d.C);
-  v.xrstd = take(M);
-  v.q = take(M * d.I);
-  v.p = take(d.H * M * d.r);
-  v.o = take(M * d.I);
-  v.yhat = take(M * d.C);
-  v.yrstd = take(M);
-  v.u = take(M * 2 * d.F);
-  return v;
-}
+using CacheView = LatentAttentionCacheView;
+CacheView cache_view(float* base, const Dims& d, long M) { return latent_attention_cache_view(base, d, M); }
 
 void forward_latents(const CacheView& c, const Params& P, const Dims& d) {
   layernorm_forward(c.lc, c.lhat, c.lrstd, P.p[kLatents], P.p[kCtxW], P.p[kCtxB], d.r, d.C);
@@ -277,6 +236,35 @@ void forward_rows(float* z, const float* x, const CacheView& c, const Params& P,
 }
 
 }  // namespace
+
+LatentAttentionDims latent_attention_dims(const LatentAttentionConfig& cfg, int C) {
+  return dims_of(cfg, C, "latent_attention_dims");
+}
+
+size_t latent_attention_cache_floats(const LatentAttentionDims& d, long M) { return latent_floats(d) + row_floats(d, M); }
+
+LatentAttentionCacheView latent_attention_cache_view(float* base, const LatentAttentionDims& d, long M) {
+  LatentAttentionCacheView v;
+  float* p = base;
+  auto take = [&p](long n) {
+    float* q = p;
+    p += n;
+    return q;
+  };
+  v.lhat = take(d.r * d.C);
+  v.lrstd = take(d.r);
+  v.lc = take(d.r * d.C);
+  v.kv = take(d.r * 2 * d.I);
+  v.xhat = take(M * d.C);
+  v.xrstd = take(M);
+  v.q = take(M * d.I);
+  v.p = take(d.H * M * d.r);
+  v.o = take(M * d.I);
+  v.yhat = take(M * d.C);
+  v.yrstd = take(M);
+  v.u = take(M * 2 * d.F);
+  return v;
+}
 
 std::vector<LatentAttentionTensor> latent_attention_tensors(const LatentAttentionConfig& cfg, int C) {
   const Dims d = dims_of(cfg, C, "latent_attention_tensors");
@@ -340,23 +328,20 @@ void latent_attention_init(float* params, const LatentAttentionConfig& cfg, int 
   }
 }
 
-void latent_attention_forward(float* out, LatentAttentionCache* cache, const float* x, const float* params,
+void latent_attention_forward(float* out, float* cache, const float* x, const float* params,
                               const LatentAttentionConfig& cfg, int M, int C) {
   const Dims d = dims_of(cfg, C, "latent_attention_forward");
   require(M >= 0, "latent_attention_forward", "M must be >= 0, got " + std::to_string(M));
   const Params P = params_view(params, latent_attention_tensors(cfg, C));
   if (cache) {
-    cache->M = M;
-    cache->data.resize(latent_floats(d) + row_floats(d, M));
-    const CacheView c = cache_view(cache->data.data(), d, M);
+    const CacheView c = cache_view(cache, d, M);
     forward_latents(c, P, d);
     std::vector<float> tmp((size_t)M * std::max(d.C, d.F));
     forward_rows(out, x, c, P, d, M, tmp.data());
     return;
   }
   // Inference: rows are independent, so bound the workspace by running them in chunks.
-  constexpr long kChunk = 1024;
-  const long chunk = std::min<long>(M, kChunk);
+  const long chunk = std::min<long>(M, kLatentInferenceChunk);
   std::vector<float> work(latent_floats(d) + row_floats(d, chunk));
   std::vector<float> tmp((size_t)chunk * std::max(d.C, d.F));
   forward_latents(cache_view(work.data(), d, chunk), P, d);
@@ -366,18 +351,16 @@ void latent_attention_forward(float* out, LatentAttentionCache* cache, const flo
   }
 }
 
-void latent_attention_backward(float* dx, float* dparams, const float* dout, const LatentAttentionCache& cache,
-                               const float* params, const LatentAttentionConfig& cfg, int C) {
+void latent_attention_backward(float* dx, float* dparams, const float* dout, const float* cache, const float* params,
+                               const LatentAttentionConfig& cfg, int M, int C) {
   const Dims d = dims_of(cfg, C, "latent_attention_backward");
-  const long M = cache.M;
-  require(cache.data.size() == latent_floats(d) + row_floats(d, M), "latent_attention_backward",
-          "the cache was not filled by a forward with this configuration and hidden size");
+  require(M >= 0, "latent_attention_backward", "M must be >= 0, got " + std::to_string(M));
   if (M == 0) return;  // no rows: every gradient is zero
   const auto tensors = latent_attention_tensors(cfg, C);
   const Params P = params_view(params, tensors);
-  float* G[kNumParams];
-  for (int i = 0; i < kNumParams; ++i) G[i] = dparams + tensors[i].offset;
-  const CacheView c = cache_view(const_cast<float*>(cache.data.data()), d, M);  // read only below
+  float* G[kNumLatentParams];
+  for (int i = 0; i < kNumLatentParams; ++i) G[i] = dparams + tensors[i].offset;
+  const CacheView c = cache_view(const_cast<float*>(cache), d, M);  // read only below
 
   // Feed-forward block. dx accumulates dy (the gradient w.r.t. the attention block's output y).
   std::vector<float> big((size_t)M * d.F), du((size_t)M * 2 * d.F), rowc((size_t)M * d.C), drowc((size_t)M * d.C);
@@ -430,6 +413,34 @@ void latent_attention_backward(float* dx, float* dparams, const float* dout, con
   linear_dweight(G[kToKV], dkv.data(), c.lc, d.r, d.C, 2 * d.I);
   linear_dinput(dlc.data(), dkv.data(), P.p[kToKV], d.r, d.C, 2 * d.I, 0.0f);
   layernorm_backward(G[kLatents], G[kCtxW], G[kCtxB], dlc.data(), c.lhat, c.lrstd, P.p[kCtxW], d.r, d.C);
+}
+
+void latent_pool_forward(float* pooled, float* cache, const float* hidden, const LatentRows& rows,
+                         const float* weights, const float* params, const LatentAttentionConfig& cfg, int C) {
+  const int M = rows.M;
+  std::vector<float> x((size_t)M * C), z((size_t)M * C);
+  for (int r = 0; r < M; ++r) std::copy_n(hidden + (size_t)rows.rows[r] * C, C, &x[(size_t)r * C]);
+  latent_attention_forward(z.data(), cache, x.data(), params, cfg, M, C);
+  for (int b = 0; b < rows.B; ++b)
+    for (int c = 0; c < C; ++c) {
+      double acc = 0.0;
+      for (int r = rows.text_start[b]; r < rows.text_start[b + 1]; ++r)
+        acc += (double)weights[rows.rows[r]] * (double)z[(size_t)r * C + c];
+      pooled[(size_t)b * C + c] = (float)acc;
+    }
+}
+
+void latent_pool_backward(float* d_hidden, float* dparams, const float* d_pooled, const LatentRows& rows,
+                          const float* weights, const float* cache, const float* params,
+                          const LatentAttentionConfig& cfg, int C) {
+  const int M = rows.M;
+  std::vector<float> dz((size_t)M * C), dx((size_t)M * C);
+  for (int b = 0; b < rows.B; ++b)
+    for (int r = rows.text_start[b]; r < rows.text_start[b + 1]; ++r)
+      for (int c = 0; c < C; ++c) dz[(size_t)r * C + c] = weights[rows.rows[r]] * d_pooled[(size_t)b * C + c];
+  latent_attention_backward(dx.data(), dparams, dz.data(), cache, params, cfg, M, C);
+  std::fill(d_hidden, d_hidden + (size_t)rows.B * rows.T * C, 0.0f);
+  for (int r = 0; r < M; ++r) std::copy_n(&dx[(size_t)r * C], C, d_hidden + (size_t)rows.rows[r] * C);
 }
 
 }  // namespace l2v

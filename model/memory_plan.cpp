@@ -133,6 +133,15 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
       a.bytes("activations", "gathered rows of every rank and their gradients",
               grown_bytes(sizeof(float) * in.gathered_rows * C), 2);
   }
+  // The latent-attention head (model/pooler.cpp): the pooled positions, the block's cache and on CUDA its
+  // workspace, each sized for every position of the largest forward (an upper bound of the pooled ones).
+  if (in.latent_head) {
+    const LatentAttentionDims ld = latent_attention_dims(in.latent, (int)C);
+    a.bytes("activations", "latent-attention positions", grown_bytes(sizeof(int) * (N + B + 1)));
+    a.bytes("activations", "latent-attention cache",
+            grown_bytes(sizeof(float) * latent_attention_cache_floats(ld, (long)N)));
+    if (in.cuda) a.bytes("scratch", "latent-attention head", cuda::latent_training_scratch_bytes(ld, (long)N));
+  }
 
   if (in.cuda) {
     // The CUDA backend's scratch (cuda/cuda_backend.cu), each at the largest size the step asks for.

@@ -64,77 +64,86 @@ LatentAttentionConfig read_pooling_head_config(const std::string& path) {
   return c;
 }
 
-void pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id, float* pooled,
+namespace {
+
+// The latent mode's pooled positions (weight != 0, ascending) and each text's first index among them, in
+// the head's backend buffer (sized for every position of the batch, so it depends on B and T only).
+LatentRows upload_positions(Model& m, PoolingHead& head, const std::vector<int>& positions, int B, int T) {
+  LatentRows r;
+  r.B = B;
+  r.T = T;
+  r.M = (int)positions.size() - (B + 1);
+  int* dev = static_cast<int*>(head.positions.get(*m.backend, sizeof(int) * ((size_t)B * T + B + 1)));
+  m.backend->upload(dev, positions.data(), positions.size() * sizeof(int));
+  r.rows = dev;
+  r.text_start = dev + r.M;
+  return r;
+}
+
+size_t cache_floats(const Model& m, const PoolingHead& head, int B, int T) {
+  return latent_attention_cache_floats(latent_attention_dims(head.latent, m.config.hidden_size), (long)B * T);
+}
+
+}  // namespace
+
+void pool_forward(Model& m, PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id, float* pooled,
                   PoolCache* cache) {
   const int B = batch.B, T = batch.T, C = m.config.hidden_size;
   if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_forward: the last forward was another batch");
   std::vector<float> weights = pooling_weights(head.mode, batch, bos_id, eos_id);
-  std::vector<int> rows;
-  LatentAttentionCache* latent_cache = cache ? &cache->latent : nullptr;
+  // On the backend: only the weights (and for the latent head the pooled positions) go up.
+  m.backend->upload(m.acts.pool_weights, weights.data(), weights.size() * sizeof(float));
+  std::vector<int> positions;
   if (head.mode == PoolingMode::kLatentAttention) {
-    const std::vector<float> hidden = download_tensor(m, m.acts.final_hidden, (size_t)B * T * C);
-    // Only pooled positions matter, and the block treats every position independently: run it on those.
-    for (int i = 0; i < B * T; ++i)
-      if (weights[i] != 0.0f) rows.push_back(i);
-    const int M = (int)rows.size();
-    std::vector<float> x((size_t)M * C), z((size_t)M * C);
-    for (int r = 0; r < M; ++r) std::copy_n(&hidden[(size_t)rows[r] * C], C, &x[(size_t)r * C]);
-    const std::vector<float> params = download_floats(m, head.params, head.count);
-    latent_attention_forward(z.data(), latent_cache, x.data(), params.data(), head.latent, M, C);
-    std::vector<float> host((size_t)B * C, 0.0f);
-    for (int r = 0; r < M; ++r) {
-      const float w = weights[rows[r]];
-      float* out = &host[(size_t)(rows[r] / T) * C];
-      for (int c = 0; c < C; ++c) out[c] += w * z[(size_t)r * C + c];
+    // Only pooled positions matter, and the block treats every position independently: it runs on those.
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t)
+        if (weights[(size_t)b * T + t] != 0.0f) positions.push_back(b * T + t);
+    const int M = (int)positions.size();
+    for (int b = 0, r = 0; b <= B; ++b) {
+      while (r < M && positions[r] < b * T) ++r;
+      positions.push_back(r);
     }
-    m.backend->upload(pooled, host.data(), host.size() * sizeof(float));
+    const LatentRows rows = upload_positions(m, head, positions, B, T);
+    // The cache is sized for every position of the batch: its size depends on B and T only.
+    float* latent_cache = cache ? cache->latent.floats(*m.backend, cache_floats(m, head, B, T)) : nullptr;
+    m.backend->latent_pool_forward(pooled, latent_cache, m.acts.final_hidden, rows, m.acts.pool_weights, head.params,
+                                   head.latent, C);
   } else {
-    // On the backend: only the weights go up.
-    m.backend->upload(m.acts.pool_weights, weights.data(), weights.size() * sizeof(float));
     m.backend->pool_forward(pooled, m.acts.final_hidden, m.acts.pool_weights, B, T, C);
   }
   if (cache) {
     cache->B = B;
     cache->T = T;
     cache->weights = std::move(weights);
-    cache->rows = std::move(rows);
+    cache->positions = std::move(positions);
   }
 }
 
-std::vector<float> pool_forward(Model& m, const PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
+std::vector<float> pool_forward(Model& m, PoolingHead& head, const EmbedBatch& batch, int bos_id, int eos_id,
                                 PoolCache* cache) {
   pool_forward(m, head, batch, bos_id, eos_id, m.acts.pooled, cache);
   return download_floats(m, m.acts.pooled, (size_t)batch.B * m.config.hidden_size);
 }
 
-void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const float* d_pooled,
-                   Tensor d_final_hidden) {
+void pool_backward(Model& m, PoolingHead& head, PoolCache& cache, const float* d_pooled, Tensor d_final_hidden) {
   const int B = cache.B, T = cache.T, C = m.config.hidden_size;
+  if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_backward: the last forward was another batch");
+  m.backend->upload(m.acts.pool_weights, cache.weights.data(), cache.weights.size() * sizeof(float));
   if (head.mode != PoolingMode::kLatentAttention) {
-    if (m.acts.B != B || m.acts.T != T) throw std::runtime_error("pool_backward: the last forward was another batch");
-    m.backend->upload(m.acts.pool_weights, cache.weights.data(), cache.weights.size() * sizeof(float));
     m.backend->pool_backward(d_final_hidden, d_pooled, m.acts.pool_weights, B, T, C);
     return;
   }
-  // The latent block runs on the host (its input rows came down in pool_forward).
-  const std::vector<float> d_pooled_host = download_floats(m, d_pooled, (size_t)B * C);
-  std::vector<float> d_hidden((size_t)B * T * C, 0.0f);
-  const int M = (int)cache.rows.size();
-  std::vector<float> dz((size_t)M * C), dx((size_t)M * C);
-  for (int r = 0; r < M; ++r) {
-    const float w = cache.weights[cache.rows[r]];
-    const float* g = &d_pooled_host[(size_t)(cache.rows[r] / T) * C];
-    for (int c = 0; c < C; ++c) dz[(size_t)r * C + c] = w * g[c];
-  }
-  const std::vector<float> params = download_floats(m, head.params, head.count);
-  std::vector<float> dparams = download_floats(m, head.grads, head.count);
-  latent_attention_backward(dx.data(), dparams.data(), dz.data(), cache.latent, params.data(), head.latent, C);
-  m.backend->upload(head.grads, dparams.data(), head.count * sizeof(float));
-  for (int r = 0; r < M; ++r) std::copy_n(&dx[(size_t)r * C], C, &d_hidden[(size_t)cache.rows[r] * C]);
-  m.backend->upload_tensor(d_final_hidden, d_hidden.data(), d_hidden.size());
+  if (cache.positions.size() != (size_t)B + 1 + (size_t)std::count_if(cache.weights.begin(), cache.weights.end(),
+                                                                        [](float w) { return w != 0.0f; }))
+    throw std::runtime_error("pool_backward: the cache was not filled by a latent-attention pool_forward");
+  const LatentRows rows = upload_positions(m, head, cache.positions, B, T);
+  m.backend->latent_pool_backward(d_final_hidden, head.grads, d_pooled, rows, m.acts.pool_weights,
+                                  cache.latent.floats(*m.backend, cache_floats(m, head, B, T)), head.params,
+                                  head.latent, C);
 }
 
-void pool_backward(Model& m, const PoolingHead& head, const PoolCache& cache, const std::vector<float>& d_pooled,
+void pool_backward(Model& m, PoolingHead& head, PoolCache& cache, const std::vector<float>& d_pooled,
                    Tensor d_final_hidden) {
   if (d_pooled.size() != (size_t)cache.B * m.config.hidden_size)
     throw std::runtime_error("pool_backward: d_pooled has the wrong size");

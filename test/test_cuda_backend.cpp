@@ -4,6 +4,8 @@
 // fixtures through the CUDA backend directly.
 #include <gtest/gtest.h>
 
+#include <numeric>
+
 #include "cuda/cuda_backend.h"
 #include "cuda/upload_arena.h"
 #include "cuda/workspace_sizes.h"
@@ -266,13 +268,21 @@ TEST(CudaBackendStaging, TensorsLargerThanTheStagingBufferConvertInPieces) {
 // buffers and builds the optimizer's device list), an MNTP step — batch upload, forward, LM-head loss,
 // backward, optimizer — waits exactly twice: for the losses, once the backward is queued, and for the
 // gradient norm after the optimizer; a contrastive step (mean pooling and the contrastive loss on the
-// device) waits for its loss, read after the backward is queued, and for the norm. A sync upload, a
-// pooled-row download, a host-side loss or a per-tensor norm read would each add waits.
+// device) waits for its loss, read after the backward is queued, and for the norm, with mean pooling
+// and with the latent-attention head. A sync upload, a pooled-row or hidden-state download, a host-side
+// loss or a per-tensor norm read would each add waits.
 TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
-  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32})
+  for (PoolingMode mode : {PoolingMode::kMean, PoolingMode::kLatentAttention}) {
     test::TinyModel tm(/*qkv_bias=*/false, /*seed=*/3, make_cuda_backend(precision), /*hidden_size=*/32);
     Model& m = tm.model;
     test::add_random_lora(m, 4, 8.0f, 0.1f, 5);
+    PoolingHead head;
+    head.mode = mode;
+    head.latent.num_latents = 6;
+    head.latent.heads = 2;
+    head.latent.dim_head = 8;
+    add_pooling_head(m, head, 9);
     AdamWState st = adamw_init(m);
     const Batch b = test::padded_batch(m.config.vocab_size, 9);
     ForwardOptions opt;
@@ -287,7 +297,6 @@ TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
     mntp_step();
     EXPECT_EQ(emu::host_waits() - before, 2u) << "MNTP step, " << m.backend->name();
 
-    PoolingHead head;  // mean pooling
     EmbedBatch eb;
     eb.B = b.B;
     eb.T = b.T;
@@ -301,10 +310,10 @@ TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
     float* pooled = m.alloc_floats((size_t)b.B * C);
     float* d_pooled = m.alloc_floats((size_t)b.B * C);
     double* loss = reinterpret_cast<double*>(m.alloc_floats(2));
+    PoolCache cache;  // kept across steps, as the trainer keeps it (its latent buffer is allocated once)
     auto contrastive_step = [&] {
       zero_grads(m);
       model_forward(m, eb.ids.data(), eb.key_mask.data(), eb.B, eb.T, opt);
-      PoolCache cache;
       pool_forward(m, head, eb, 1, 2, pooled, &cache);
       m.backend->contrastive_loss(loss, d_pooled, d_pooled + C, d_pooled + 2 * C, pooled, pooled + C, pooled + 2 * C,
                                   1, C, C, 50.0f, true);
@@ -318,10 +327,190 @@ TEST(CudaBackendHostWaits, ATrainingStepWaitsOnlyForItsLossAndItsNorm) {
     contrastive_step();
     before = emu::host_waits();
     contrastive_step();
-    EXPECT_EQ(emu::host_waits() - before, 2u) << "contrastive step, " << m.backend->name();
+    EXPECT_EQ(emu::host_waits() - before, 2u)
+        << "contrastive step, " << pooling_mode_name(mode) << " pooling, " << m.backend->name();
   }
 }
 #endif
+
+// Backend::latent_pool_forward / latent_pool_backward on the CUDA backend against the CPU backend (the
+// host reference, model/latent_attention.h) on the same inputs, every parameter perturbed from its
+// initialisation (LayerNorm weights away from 1 and biases away from 0, so a swapped or missing affine
+// term shows). Shapes: heads of D != C (I = 24 != C) and of D = C; more latents than a warp's lanes; a
+// text with no pooled position (pooled row 0, no gradient); pooled positions a strict subset of the
+// batch; an inference batch of more rows than one inference chunk. Both sides are fp32 and run the same
+// operations; only summation orders differ (cuBLAS vs OpenBLAS, the double row reductions over a warp vs a
+// loop). On a GPU, a dot product of length K then differs by at most gamma_K sum|x y| ~ K u sum|x y|
+// (u = 2^-24); each output passes through at most kChain = 8 such reductions of length <= K_max (the
+// longest: the parameter gradients' sums over the M rows, or net.0's 2F columns), so, relative to the
+// largest value, |cuda - cpu| <= kChain K_max u. Under the emulator the products are OpenBLAS's on both
+// sides and the results must be equal. A wiring bug (a wrong head offset, a dropped bias, a wrong row) is
+// O(1). bf16 storage: the hidden states are the rounded ones on both sides; d_hidden is the reference's
+// rounded to bf16.
+TEST(CudaLatentPooling, ForwardAndBackwardFollowTheHostReference) {
+  struct Case {
+    const char* name;
+    LatentAttentionConfig cfg;
+    int C, B, T;
+    CudaPrecision precision;
+  };
+  auto cfg = [](int r, int heads, int dim_head, int mult) {
+    LatentAttentionConfig c;
+    c.num_latents = r;
+    c.heads = heads;
+    c.dim_head = dim_head;
+    c.mult = mult;
+    return c;
+  };
+  const Case cases[] = {{"I != C", cfg(10, 3, 8, 2), 16, 4, 7, CudaPrecision::kFp32},
+                        {"D = C, 40 latents", cfg(40, 2, 0, 3), 12, 3, 5, CudaPrecision::kFp32},
+                        {"bf16 storage", cfg(10, 3, 8, 2), 16, 4, 7, CudaPrecision::kBf16}};
+  for (const Case& c : cases) {
+    std::mt19937 rng(31);
+    const int C = c.C, B = c.B, T = c.T, N = B * T;
+    const LatentAttentionDims d = latent_attention_dims(c.cfg, C);
+    std::vector<float> params(latent_attention_param_count(c.cfg, C));
+    latent_attention_init(params.data(), c.cfg, C, 7);
+    for (float& p : params) p += 0.3f * std::normal_distribution<float>()(rng);
+    std::vector<float> hidden = test::randn((size_t)N * C, rng, 1.5f);
+    if (c.precision == CudaPrecision::kBf16) hidden = test::rounded<__nv_bfloat16>(hidden);
+    // Pooled positions: text 1 has none; the others a random subset (mean-like weights).
+    std::vector<float> weights(N, 0.0f);
+    std::vector<int> positions;
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t)
+        if (b != 1 && (rng() % 3 != 0 || t == 0)) weights[b * T + t] = 0.2f + 0.1f * (float)(rng() % 5);
+    for (int i = 0; i < N; ++i)
+      if (weights[i] != 0.0f) positions.push_back(i);
+    const int M = (int)positions.size();
+    for (int b = 0, r = 0; b <= B; ++b) {
+      while (r < M && positions[r] < b * T) ++r;
+      positions.push_back(r);
+    }
+    const std::vector<float> d_pooled = test::randn((size_t)B * C, rng);
+    const std::vector<float> dparams0 = test::randn(params.size(), rng, 0.1f);  // gradients accumulate onto it
+
+    struct Out {
+      std::vector<float> pooled, d_hidden, dparams;
+    };
+    auto run = [&](Backend& be) {
+      auto floats = [&](const std::vector<float>& v) {
+        float* p = static_cast<float*>(be.alloc(std::max<size_t>(v.size(), 1) * sizeof(float)));
+        be.upload(p, v.data(), v.size() * sizeof(float));
+        return p;
+      };
+      Tensor dev_hidden = static_cast<Tensor>(be.alloc((size_t)N * C * be.tensor_element_bytes()));
+      Tensor dev_dh = static_cast<Tensor>(be.alloc((size_t)N * C * be.tensor_element_bytes()));
+      be.upload_tensor(dev_hidden, hidden.data(), hidden.size());
+      int* dev_pos = static_cast<int*>(be.alloc(positions.size() * sizeof(int)));
+      be.upload(dev_pos, positions.data(), positions.size() * sizeof(int));
+      float *dev_w = floats(weights), *dev_params = floats(params), *dev_dparams = floats(dparams0),
+            *dev_dpooled = floats(d_pooled), *dev_pooled = floats(std::vector<float>((size_t)B * C, NAN)),
+            *dev_cache = floats(std::vector<float>(latent_attention_cache_floats(d, M), NAN));
+      const LatentRows rows{dev_pos, dev_pos + M, B, T, M};
+      be.latent_pool_forward(dev_pooled, dev_cache, dev_hidden, rows, dev_w, dev_params, c.cfg, C);
+      be.latent_pool_backward(dev_dh, dev_dparams, dev_dpooled, rows, dev_w, dev_cache, dev_params, c.cfg, C);
+      Out o;
+      o.pooled.resize((size_t)B * C);
+      o.d_hidden.resize((size_t)N * C);
+      o.dparams.resize(params.size());
+      be.download(o.pooled.data(), dev_pooled, o.pooled.size() * sizeof(float));
+      be.download_tensor(o.d_hidden.data(), dev_dh, o.d_hidden.size());
+      be.download(o.dparams.data(), dev_dparams, o.dparams.size() * sizeof(float));
+      // Inference (no cache) gives the cached forward's pooled rows.
+      std::vector<float> again((size_t)B * C);
+      be.latent_pool_forward(dev_pooled, nullptr, dev_hidden, rows, dev_w, dev_params, c.cfg, C);
+      be.download(again.data(), dev_pooled, again.size() * sizeof(float));
+      EXPECT_EQ(again, o.pooled) << c.name << " on " << be.name() << ": inference vs cached forward";
+      for (void* p : std::initializer_list<void*>{dev_hidden, dev_dh, dev_pos, dev_w, dev_params, dev_dparams,
+                                                  dev_dpooled, dev_pooled, dev_cache})
+        be.release(p);
+      return o;
+    };
+    std::unique_ptr<Backend> cpu = make_cpu_backend(), gpu = make_cuda_backend(c.precision);
+    const Out want = run(*cpu), got = run(*gpu);
+
+#if defined(L2V_EMULATE)
+    // The emulator's cuBLAS is OpenBLAS, called with the reference's shapes: the products are the same
+    // bits, and so (on these inputs) are the double row reductions once rounded to fp32. Exact.
+    const double tol = 0.0;
+#else
+    constexpr double kChain = 8;
+    const double k_max = std::max({(double)d.C, (double)d.I, (double)d.r, 2.0 * d.F, (double)M});
+    const double tol = kChain * k_max * test::gamma32(1.0);
+#endif
+    const bool bf16 = c.precision == CudaPrecision::kBf16;
+    const std::vector<float> want_dh = bf16 ? test::rounded<__nv_bfloat16>(want.d_hidden) : want.d_hidden;
+    const double e_pooled = rel_err(got.pooled, want.pooled), e_dh = rel_err(got.d_hidden, want_dh),
+                 e_dp = rel_err(got.dparams, want.dparams);
+    std::printf("  latent pooling %s: pooled %.2e, d_hidden %.2e, dparams %.2e (bound %.2e%s)\n", c.name, e_pooled,
+                e_dh, e_dp, tol, bf16 && tol > 0 ? " + u_bf16 for d_hidden" : "");
+    EXPECT_LE(e_pooled, tol) << c.name;
+    EXPECT_LE(e_dh, tol + (bf16 && tol > 0 ? test::kUBf16 : 0.0)) << c.name;
+    EXPECT_LE(e_dp, tol) << c.name;
+    for (int col = 0; col < C; ++col) EXPECT_EQ(got.pooled[1 * C + col], 0.0f) << c.name << ": text 1 pools nothing";
+    for (int i = 0; i < N; ++i) {
+      if (weights[i] != 0.0f) continue;
+      for (int col = 0; col < C; ++col)
+        ASSERT_EQ(got.d_hidden[(size_t)i * C + col], 0.0f) << c.name << ": position " << i << " is not pooled";
+    }
+  }
+}
+
+// More rows than one inference chunk (kLatentInferenceChunk): the chunked inference forward on the CUDA
+// backend gives the same pooled rows as the cached forward, and follows the CPU backend's.
+TEST(CudaLatentPooling, InferenceInChunksEqualsTheWholeBatch) {
+  LatentAttentionConfig cfg;
+  cfg.num_latents = 5;
+  cfg.heads = 2;
+  cfg.dim_head = 4;
+  cfg.mult = 2;
+  const int C = 8, B = 2, T = 600, N = B * T;  // 1,200 pooled positions
+  ASSERT_GT(N, kLatentInferenceChunk);
+  std::mt19937 rng(3);
+  std::vector<float> params(latent_attention_param_count(cfg, C));
+  latent_attention_init(params.data(), cfg, C, 2);
+  const std::vector<float> hidden = test::randn((size_t)N * C, rng);
+  const std::vector<float> weights(N, 1.0f / T);
+  std::vector<int> positions(N);
+  std::iota(positions.begin(), positions.end(), 0);
+  positions.insert(positions.end(), {0, T, N});
+  auto run = [&](Backend& be, bool cached) {
+    auto up = [&](const void* host, size_t bytes) {
+      void* p = be.alloc(bytes);
+      be.upload(p, host, bytes);
+      return p;
+    };
+    Tensor h = static_cast<Tensor>(be.alloc((size_t)N * C * be.tensor_element_bytes()));
+    be.upload_tensor(h, hidden.data(), hidden.size());
+    int* pos = static_cast<int*>(up(positions.data(), positions.size() * sizeof(int)));
+    float* w = static_cast<float*>(up(weights.data(), weights.size() * sizeof(float)));
+    float* p = static_cast<float*>(up(params.data(), params.size() * sizeof(float)));
+    float* pooled = static_cast<float*>(be.alloc((size_t)B * C * sizeof(float)));
+    float* cache = cached ? static_cast<float*>(be.alloc(
+                                sizeof(float) * latent_attention_cache_floats(latent_attention_dims(cfg, C), N)))
+                          : nullptr;
+    be.latent_pool_forward(pooled, cache, h, LatentRows{pos, pos + N, B, T, N}, w, p, cfg, C);
+    std::vector<float> out((size_t)B * C);
+    be.download(out.data(), pooled, out.size() * sizeof(float));
+    for (void* q : std::initializer_list<void*>{h, pos, w, p, pooled, cache})
+      if (q) be.release(q);
+    return out;
+  };
+  std::unique_ptr<Backend> cpu = make_cpu_backend(), gpu = make_cuda_backend(CudaPrecision::kFp32);
+  const std::vector<float> chunked = run(*gpu, false);
+#if defined(L2V_EMULATE)
+  const double tol = 0.0;  // as above: the same products and, on these inputs, the same reductions
+#else
+  // The pooled sum over 600 rows adds gamma_600 to the 8-reduction chain of the test above (K_max 16).
+  const double tol = (8 * 16 + 600) * test::gamma32(1.0);
+#endif
+  const double e_whole = rel_err(chunked, run(*gpu, true)), e_cpu = rel_err(chunked, run(*cpu, false));
+  std::printf("  chunked inference: vs the whole batch %.2e, vs the CPU backend %.2e (bound %.2e)\n", e_whole, e_cpu,
+              tol);
+  EXPECT_LE(e_whole, tol);
+  EXPECT_LE(e_cpu, tol);
+}
 
 // An inference-only forward (one slot, two residual buffers, no backward or LoRA-dropout buffers) on the
 // CUDA backend gives the full forward's hidden states bit for bit, with an unmerged adapter, bf16 and fp32.

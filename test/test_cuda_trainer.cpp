@@ -1,6 +1,6 @@
 // `llm2vec train` on the CUDA backend (kernels + cuBLAS executed by the CPU emulator) against the same
 // run on the fp32 CPU backend: whole SimCSE and supervised steps — pooling and the contrastive loss on
-// the device (the latent-attention head on the host), the backward into LoRA (and the latent-attention
+// the device (the latent-attention head too), the backward into LoRA (and the latent-attention
 // head), the supervised stage's per-group forward recomputation, AdamW — on the real stories260K model
 // (head dim 8); MNTP and SimCSE steps in bf16 with the tensor-core attention (--attention_impl mma) on a
 // random model of head dim 16, the smallest the tensor-core kernels take; and the host's waits per step.
@@ -252,8 +252,9 @@ TEST(CudaTrainer, SupervisedLatentAttentionStepsMatchTheCpuBackend) {
 // "No host synchronisation inside a step except reading the loss": after the first steps (which size the
 // activations and scratch buffers), each optimizer step of 3 micro-batches waits for the device exactly
 // once — for the micro-batches' losses and the gradient norm, read together after the optimizer step is
-// queued — for MNTP and for SimCSE (pooling and loss on the device). A per-micro-batch loss read, a
-// pooled-row download or a norm read of its own would each add waits. The SimCSE batches pad to their
+// queued — for MNTP and for SimCSE (pooling and loss on the device), with mean pooling and with the
+// latent-attention head. A per-micro-batch loss read, a pooled-row or hidden-state download, a buffer
+// allocated and freed per step or a norm read of its own would each add waits. The SimCSE batches pad to their
 // longest text: the step lengths are fixed here (max_seq_length 8, shorter than every text).
 TEST(CudaTrainer, AStepWaitsOnceWhateverItsMicroBatches) {
   test::TempDir dir("cuda_trainer_waits");
@@ -263,14 +264,17 @@ TEST(CudaTrainer, AStepWaitsOnceWhateverItsMicroBatches) {
   const std::string docs = prepare(dir, PrepareFormat::kLines, "docs", text);
   const std::string sentences = prepare(dir, PrepareFormat::kSentences, "sentences", text);
   std::unique_ptr<Backend> gpu = make_cuda_backend(CudaPrecision::kBf16);
-  for (const std::string stage : {"mntp", "simcse"}) {
+  for (const std::string run : {"mntp", "simcse", "simcse_latent"}) {
+    const std::string stage = run == "mntp" ? "mntp" : "simcse";
     std::vector<std::pair<std::string, std::string>> o = {
         {"stage", stage}, {"model_name_or_path", kModel}, {"tokenizer", kTokenizer},
-        {"dataset_file_path", stage == "mntp" ? docs : sentences}, {"output_dir", dir / stage},
+        {"dataset_file_path", stage == "mntp" ? docs : sentences}, {"output_dir", dir / run},
         {"max_steps", "6"}, {"gradient_accumulation_steps", "3"}, {"lora_r", "4"},
         {"per_device_train_batch_size", "2"}, {"max_seq_length", "8"}, {"save_merged_model", "false"},
         {"save_steps", "1000"}, {"lora_dropout", "0.1"}};
     if (stage == "mntp") o.push_back({"mask_token_type", "<0x5F>"});
+    if (run == "simcse_latent")
+      o.insert(o.end(), {{"pooling_mode", "latent_attention"}, {"latent_num_latents", "8"}, {"latent_heads", "2"}});
     std::vector<uint64_t> at_step_end;
     TrainHooks hooks;
     hooks.progress = false;
@@ -279,9 +283,9 @@ TEST(CudaTrainer, AStepWaitsOnceWhateverItsMicroBatches) {
       return false;
     };
     run_training(load_train_config("", o, nullptr), *gpu, hooks);
-    ASSERT_EQ(at_step_end.size(), 6u) << stage;
+    ASSERT_EQ(at_step_end.size(), 6u) << run;
     for (size_t s = 3; s < 6; ++s)
-      EXPECT_EQ(at_step_end[s] - at_step_end[s - 1], 1u) << stage << ": waits in step " << s + 1;
+      EXPECT_EQ(at_step_end[s] - at_step_end[s - 1], 1u) << run << ": waits in step " << s + 1;
   }
 }
 #endif

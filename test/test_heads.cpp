@@ -274,9 +274,13 @@ struct LatentFixture {
     x = read(f, "x");
     g = read(f, "g");
   }
-  std::vector<float> forward(const std::vector<float>& xs, int rows, LatentAttentionCache* cache = nullptr) const {
+  // The cache of `rows` rows, for forward().
+  std::vector<float> cache_for(int rows) const {
+    return std::vector<float>(latent_attention_cache_floats(latent_attention_dims(cfg, C), rows), NAN);
+  }
+  std::vector<float> forward(const std::vector<float>& xs, int rows, std::vector<float>* cache = nullptr) const {
     std::vector<float> z((size_t)rows * C);
-    latent_attention_forward(z.data(), cache, xs.data(), params.data(), cfg, rows, C);
+    latent_attention_forward(z.data(), cache ? cache->data() : nullptr, xs.data(), params.data(), cfg, rows, C);
     return z;
   }
   double objective() const {  // sum(z * g), in double
@@ -310,13 +314,13 @@ TEST_P(LatentAttention, ForwardAndBackwardMatchTorch) {
   std::printf("  config %s: num_latents %d heads %d dim_head %d mult %d C %d M %d\n", GetParam(), fx.cfg.num_latents,
               fx.cfg.heads, fx.cfg.dim_head, fx.cfg.mult, fx.C, fx.M);
   const std::string tag = std::string("latent ") + GetParam() + " ";
-  LatentAttentionCache cache;
+  std::vector<float> cache = fx.cache_for(fx.M);
   const auto z = fx.forward(fx.x, fx.M, &cache);
   EXPECT_TRUE(CloseRelMax(tag + "z", z.data(), read(fx.f, "z"), 1e-5));
   EXPECT_EQ(fx.forward(fx.x, fx.M), z) << "the forward without a cache must give the same bits";
 
   std::vector<float> dx((size_t)fx.M * fx.C, NAN), dparams(fx.params.size(), 0.0f);
-  latent_attention_backward(dx.data(), dparams.data(), fx.g.data(), cache, fx.params.data(), fx.cfg, fx.C);
+  latent_attention_backward(dx.data(), dparams.data(), fx.g.data(), cache.data(), fx.params.data(), fx.cfg, fx.M, fx.C);
   EXPECT_TRUE(CloseRelMax(tag + "grad.x", dx.data(), read(fx.f, "grad.x"), 1e-5));
   for (const auto& t : fx.tensors) {
     const std::string short_name = t.name.substr(std::string("latent_attention_model.").size());
@@ -325,7 +329,8 @@ TEST_P(LatentAttention, ForwardAndBackwardMatchTorch) {
 
   // Parameter gradients accumulate; dx is overwritten.
   std::vector<float> dx2((size_t)fx.M * fx.C, 123.0f), dparams2 = dparams;
-  latent_attention_backward(dx2.data(), dparams2.data(), fx.g.data(), cache, fx.params.data(), fx.cfg, fx.C);
+  latent_attention_backward(dx2.data(), dparams2.data(), fx.g.data(), cache.data(), fx.params.data(), fx.cfg, fx.M,
+                            fx.C);
   EXPECT_EQ(dx2, dx);
   std::vector<float> twice(dparams.size());
   for (size_t i = 0; i < twice.size(); ++i) twice[i] = 2.0f * dparams[i];
@@ -334,10 +339,10 @@ TEST_P(LatentAttention, ForwardAndBackwardMatchTorch) {
 
 TEST_P(LatentAttention, GradientsMatchCentralDifferencesOfOurForward) {
   LatentFixture fx(GetParam());
-  LatentAttentionCache cache;
+  std::vector<float> cache = fx.cache_for(fx.M);
   fx.forward(fx.x, fx.M, &cache);
   std::vector<float> dx((size_t)fx.M * fx.C), dparams(fx.params.size(), 0.0f);
-  latent_attention_backward(dx.data(), dparams.data(), fx.g.data(), cache, fx.params.data(), fx.cfg, fx.C);
+  latent_attention_backward(dx.data(), dparams.data(), fx.g.data(), cache.data(), fx.params.data(), fx.cfg, fx.M, fx.C);
   auto loss = [&] { return fx.objective(); };
   // fp32 forward, double objective: the step trades truncation (h^2) against rounding (eps |L| / h).
   const double h = 1e-2, atol = 5e-4, rtol = 2e-3;
@@ -394,12 +399,11 @@ TEST_P(LatentAttention, ChunkedInferenceMatchesTheCachedForward) {
   std::mt19937 rng(9);
   const int M = 2500;  // more rows than one inference chunk
   const auto xs = test::randn((size_t)M * fx.C, rng);
-  LatentAttentionCache cache;
+  std::vector<float> cache = fx.cache_for(M);
   const auto with_cache = fx.forward(xs, M, &cache);
   const auto chunked = fx.forward(xs, M);
   EXPECT_TRUE(CloseRelMax(std::string("latent ") + GetParam() + " chunked vs cached forward, 2500 rows",
                           chunked.data(), with_cache, 1e-6));
-  EXPECT_EQ(cache.M, M);
   EXPECT_TRUE(fx.forward({}, 0).empty());
 }
 
@@ -469,16 +473,15 @@ TEST(LatentAttentionInit, RefusesInvalidConfigurations) {
     LatentAttentionConfig bad = ok;
     mutate(bad);
     EXPECT_THROW(latent_attention_param_count(bad, 8), std::exception);
+    EXPECT_THROW(latent_attention_dims(bad, 8), std::exception);
   }
-  // A cache from another configuration is refused.
-  LatentAttentionCache cache;
+  // Negative row counts are refused.
   std::vector<float> params(latent_attention_param_count(ok, 8)), x(3 * 8, 0.5f), z(3 * 8);
+  std::vector<float> cache(latent_attention_cache_floats(latent_attention_dims(ok, 8), 3));
   latent_attention_init(params.data(), ok, 8, 3);
-  latent_attention_forward(z.data(), &cache, x.data(), params.data(), ok, 3, 8);
-  LatentAttentionConfig other = ok;
-  other.num_latents = 5;
-  std::vector<float> dx(3 * 8), dparams(latent_attention_param_count(other, 8));
-  EXPECT_THROW(latent_attention_backward(dx.data(), dparams.data(), z.data(), cache, dparams.data(), other, 8),
+  EXPECT_THROW(latent_attention_forward(z.data(), cache.data(), x.data(), params.data(), ok, -1, 8), std::exception);
+  std::vector<float> dx(3 * 8), dparams(params.size());
+  EXPECT_THROW(latent_attention_backward(dx.data(), dparams.data(), z.data(), cache.data(), params.data(), ok, -1, 8),
                std::exception);
 }
 

@@ -20,6 +20,7 @@
 #include "data/shard_manifest.h"
 #include "data/tokenizer.h"
 #include "data/file_io.h"
+#include "model/backend_buffer.h"
 #include "model/checkpoint.h"
 #include "model/peft.h"
 #include "model/pooler.h"
@@ -140,32 +141,6 @@ long count_tokens(const std::vector<int>& key_mask) {
   return n;
 }
 
-// Backend memory that grows on demand and is reused across steps (its contents are lost when it grows).
-class BackendBuffer {
- public:
-  explicit BackendBuffer(Backend& backend) : backend_(backend) {}
-  BackendBuffer(const BackendBuffer&) = delete;
-  BackendBuffer& operator=(const BackendBuffer&) = delete;
-  ~BackendBuffer() {
-    if (ptr_) backend_.release(ptr_);
-  }
-  void* get(size_t bytes) {
-    if (bytes > bytes_) {
-      if (ptr_) backend_.release(ptr_);
-      ptr_ = nullptr;
-      bytes_ = grown_bytes(bytes);  // as the memory plan counts it
-      ptr_ = backend_.alloc(bytes_);
-    }
-    return ptr_;
-  }
-  float* floats(size_t n) { return static_cast<float*>(get(n * sizeof(float))); }
-
- private:
-  Backend& backend_;
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
 class Trainer {
  public:
   Trainer(const TrainConfig& cfg, Backend& backend, const TrainHooks& hooks, Comm& comm)
@@ -234,6 +209,7 @@ class Trainer {
       d_gathered_{backend_};
   // What the host reads after each step, in one download: the micro-batches' losses (doubles), the norm.
   BackendBuffer readback_{backend_};
+  PoolCache pool_cache_;  // what a contrastive backward needs from its pooling (kept: no allocation per step)
   std::ofstream log_;
 };
 
@@ -531,7 +507,7 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* to
   }
   float* pooled = pooled_.floats((size_t)total_rows * C);
   float* d_pooled = d_pooled_.floats((size_t)total_rows * C);
-  PoolCache last_cache;
+  PoolCache& cache = pool_cache_;  // the last chunk's, then each recomputed chunk's
   for (size_t g = 0; g < groups.size(); ++g) {
     *tokens += count_tokens(groups[g].key_mask);
     for (size_t c = 0; c < chunks[g].size(); ++c) {
@@ -539,7 +515,7 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* to
       const EmbedBatch chunk = chunk_of(g, c);
       forward(chunk, seeds[g]);
       pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
-                   last ? &last_cache : nullptr);
+                   last ? &cache : nullptr);
     }
   }
   contrastive(pooled, d_pooled, first, rows, loss);
@@ -548,17 +524,15 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* to
       const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
       const EmbedBatch chunk = chunk_of(g, c);
       const float* d_chunk = d_pooled + (size_t)(first[g] + chunks[g][c].first) * C;
-      PoolCache recomputed;
-      PoolCache* cache = &last_cache;
       if (!last) {
         // The same forward and pooled rows as before (same seed and row0); they overwrite what the loss used.
+        // The last chunk's backward is done: its cache is reused.
         forward(chunk, seeds[g]);
         pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
-                     &recomputed);
-        cache = &recomputed;
+                     &cache);
       }
       Tensor dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
-      pool_backward(m_, head_, *cache, d_chunk, dh);
+      pool_backward(m_, head_, cache, d_chunk, dh);
       backward(dh, last_of_step && g == 0 && c == 0);
     }
   }
