@@ -65,6 +65,13 @@ EncoderSpec read_encoder_spec(const std::string& dir) {
   return s;
 }
 
+std::string strip_instruction(std::string s) {
+  while (!s.empty() && std::isspace((unsigned char)s.back())) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && std::isspace((unsigned char)s[i])) ++i;
+  return s.substr(i);
+}
+
 Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
   base_ = open_checkpoint(spec.model_name_or_path);
   tok_ = load_tokenizer(spec.tokenizer);
@@ -86,13 +93,6 @@ Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
 
 namespace {
 
-std::string strip(std::string s) {
-  while (!s.empty() && std::isspace((unsigned char)s.back())) s.pop_back();
-  size_t i = 0;
-  while (i < s.size() && std::isspace((unsigned char)s[i])) ++i;
-  return s.substr(i);
-}
-
 // Unicode code points of UTF-8 text (Python's len of the decoded string).
 size_t code_points(const std::string& s) {
   size_t n = 0;
@@ -109,7 +109,7 @@ std::vector<size_t> length_order(const std::vector<EncoderInput>& inputs) {
   constexpr size_t kSeparator = 10;  // "!@#$%^&*()"
   std::vector<size_t> key(inputs.size()), order(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
-    const std::string instruction = strip(inputs[i].instruction);
+    const std::string instruction = strip_instruction(inputs[i].instruction);
     key[i] = (instruction.empty() ? 0 : code_points(instruction) + 1) + kSeparator + code_points(inputs[i].text);
     order[i] = i;
   }
@@ -141,7 +141,7 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
     std::vector<int> n_instruction;
     for (size_t k = start; k < end; ++k) {
       const EncoderInput& in = inputs[order[k]];
-      const std::string instruction = strip(in.instruction);
+      const std::string instruction = strip_instruction(in.instruction);
       if (instruction.empty()) {
         ids.push_back(tok_->encode(in.text, true));
         n_instruction.push_back(0);

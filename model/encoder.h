@@ -42,6 +42,9 @@ bool has_encoder_spec(const std::string& dir);
 // 10 GB/s): what keys cached embeddings (`eval retrieval`'s corpus), never stale after a retrain.
 uint64_t encoder_fingerprint(const EncoderSpec& spec, const std::string& backend_name);
 
+// llm2vec's instruction.strip() (ASCII whitespace at both ends): the text is `strip(instruction) + " " + text`.
+std::string strip_instruction(std::string s);
+
 struct EncoderInput {
   std::string instruction;  // empty: none
   std::string text;
@@ -58,6 +61,7 @@ class Encoder {
   Encoder(const EncoderSpec& spec, Backend& backend);
   int dim() const { return model_.config.hidden_size; }
   const Tokenizer& tokenizer() const { return *tok_; }
+  const Model& model() const { return model_; }  // the base with the adapters merged
   // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward; the
   // texts go through in llm2vec's order (by decreasing length), so that batches carry little padding.
   // progress: a line on stderr every few batches.

@@ -29,6 +29,7 @@
 #include "host/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/encoder.h"
+#include "model/sentence_transformers.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "train/bench_step.h"
@@ -442,6 +443,23 @@ std::string truncation_line(const EmbedStats& s, const char* what) {
                       : std::string());
 }
 
+int run_export(const ParsedOptions& o) {
+  const std::string format = o.required("--format");
+  if (format != "sentence-transformers")
+    throw UsageError("--format " + format + ": the one format is sentence-transformers");
+  const EncoderSpec spec = encoder_spec(o);
+  SentenceTransformersOptions opt;
+  opt.query_instruction = o.get("--query_instruction", "");
+  const std::string out = o.required("--out");
+  const SentenceTransformersExport result = export_sentence_transformers(spec, opt, out);
+  std::printf("wrote %s: a sentence-transformers model (%s pooling, %s attention, max_seq_length %d%s)\n",
+              out.c_str(), pooling_mode_name(spec.pooling), spec.bidirectional ? "bidirectional" : "causal",
+              result.max_seq_length, opt.query_instruction.empty() ? "" : ", query prompt");
+  for (const std::string& d : result.differences)
+    std::fprintf(stderr, "note: the library's embeddings will differ from embed's: %s\n", d.c_str());
+  return 0;
+}
+
 int run_embed(const ParsedOptions& o) {
   const EncoderSpec spec = encoder_spec(o);
   const std::string input = o.required("--input"), output = o.required("--output");
@@ -781,17 +799,33 @@ const OptionSpec kAttentionImpl{"--attention_impl", "I",
                                 "only; its own dropout RNG, unlike the CPU reference's) (default: the fastest of\n"
                                 "simt/mma that supports the case, printed at start)"};
 
-// The options of the commands that load a model for embedding (see encoder_spec), then `own`.
-std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
-  std::vector<OptionSpec> spec = {
+// The options that name a model for embedding and its settings (see encoder_spec).
+std::vector<OptionSpec> encoder_model_options() {
+  return {
       {"--model", "PATH", "an `llm2vec train` output directory, or a base checkpoint"},
       {"--tokenizer", "PATH", "tokenizer (default: from the output directory / the model directory)"},
       {"--peft", "DIRS", "comma-separated adapters merged in order (replaces the directory's chain)"},
       {"--pooling_mode", "MODE", "mean | weighted_mean | eos_token | last_token | bos_token (default: trained)"},
       {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
       {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"}};
+}
+
+// The options of the commands that load a model for embedding, then `own`.
+std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
+  std::vector<OptionSpec> spec = encoder_model_options();
   spec.insert(spec.end(), own.begin(), own.end());
   spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision, kAttentionImpl});
+  return spec;
+}
+
+// export: the encoder's model options (the export's max_seq_length is --max_length, at most the model's
+// context; eos_token and latent_attention are refused with the reason), the format, the output, the prompt.
+std::vector<OptionSpec> export_options() {
+  std::vector<OptionSpec> spec = {{"--format", "F", "sentence-transformers (the one format)"},
+                                  {"--out", "DIR", "output directory (must not exist, or be empty)"}};
+  for (const OptionSpec& o : encoder_model_options()) spec.push_back(o);
+  spec.push_back({"--query_instruction", "TEXT", "the query prompt (prompt_name=\"query\"), as llm2vec's instruction"});
+  spec.push_back({"--no-skip-instruction", "", "pool the prompt's tokens too"});
   return spec;
 }
 
@@ -860,6 +894,11 @@ const std::vector<Command>& commands() {
                         {"--normalize", "", "L2-normalise the embeddings"},
                         {"--batch-size", "N", "texts per forward pass (default 16)"}}),
        run_embed},
+      {"export",
+       "write a trained model (adapters merged) as a sentence-transformers directory:\n"
+       "SentenceTransformer(DIR) embeds as `embed` does (see the README for what differs)",
+       export_options(),
+       run_export},
       {"eval sts",
        "Spearman correlation between cosine similarities and gold scores of sentence\n"
        "pairs (SICK-R and STS-style TSV)",

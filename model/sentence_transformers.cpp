@@ -1,0 +1,177 @@
+#include "model/sentence_transformers.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "data/file_io.h"
+#include "host/cpu_backend.h"
+#include "model/checkpoint.h"
+
+namespace l2v {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path.string() + ": cannot read");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path.string() + ": " + e.what());
+  }
+}
+
+void write_json(const fs::path& path, const nlohmann::json& j) { write_file_atomic(path.string(), j.dump(2) + "\n"); }
+
+// The directory holding the Hugging Face tokenizer named by `tokenizer` (a directory or its tokenizer.json).
+fs::path hf_tokenizer_dir(const std::string& tokenizer) {
+  const fs::path p(tokenizer);
+  const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  if (!fs::is_regular_file(dir / "tokenizer.json"))
+    throw std::runtime_error(tokenizer +
+                             ": sentence-transformers loads a Hugging Face tokenizer (tokenizer.json), and this "
+                             "tokenizer has none (llama2.c's tok*.bin has no Hugging Face form)");
+  return dir;
+}
+
+// The pooling module's flag for `mode`, or the reason the library cannot express it.
+const char* pooling_flag(PoolingMode mode) {
+  switch (mode) {
+    case PoolingMode::kMean: return "pooling_mode_mean_tokens";
+    case PoolingMode::kWeightedMean: return "pooling_mode_weightedmean_tokens";
+    case PoolingMode::kLastToken: return "pooling_mode_lasttoken";
+    case PoolingMode::kBosToken: return "pooling_mode_cls_token";
+    case PoolingMode::kEosToken:
+      throw std::runtime_error(
+          "pooling_mode eos_token cannot be exported to sentence-transformers: llm2vec appends an EOS token to "
+          "every text and pools it, and the library's tokenization appends none (last_token pools the last "
+          "token of the text as it is)");
+    case PoolingMode::kLatentAttention:
+      throw std::runtime_error(
+          "pooling_mode latent_attention cannot be exported to sentence-transformers: NV-Embed's latent-attention "
+          "block is no sentence-transformers module (its parameters are in pooling_head.safetensors)");
+  }
+  throw std::logic_error("pooling_flag: unknown mode");
+}
+
+nlohmann::json pooling_config(PoolingMode mode, int dim, bool include_prompt) {
+  nlohmann::json j = {{"word_embedding_dimension", dim}, {"include_prompt", include_prompt}};
+  for (const char* flag : {"pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                           "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                           "pooling_mode_lasttoken"})
+    j[flag] = false;
+  j[pooling_flag(mode)] = true;
+  return j;
+}
+
+std::string model_card(const EncoderSpec& spec, const SentenceTransformersOptions& opt,
+                       const SentenceTransformersExport& result) {
+  const int max_length = result.max_seq_length;
+  std::ostringstream s;
+  s << "# Exported by `llm2vec export --format sentence-transformers`\n\n"
+    << "- base: `" << spec.model_name_or_path << "`\n";
+  for (const std::string& a : spec.adapters) s << "- adapter merged: `" << a << "`\n";
+  s << "- attention: " << (spec.bidirectional ? "bidirectional (`is_causal: false` in config.json; transformers >= 5.2 "
+                                                "reads it, older versions run the model causally)"
+                                              : "causal")
+    << "\n- pooling: " << pooling_mode_name(spec.pooling) << ", then L2 normalisation\n"
+    << "- max_seq_length: " << max_length
+    << (max_length < spec.max_length ? " (the model's context; the encoder's max_length was larger)" : "") << "\n";
+  if (!opt.query_instruction.empty())
+    s << "- query prompt (`prompt_name=\"query\"`): `" << opt.query_instruction << " `"
+      << (spec.skip_instruction ? ", not pooled" : ", pooled") << "\n";
+  s << "\n```python\nfrom sentence_transformers import SentenceTransformer\n"
+    << "model = SentenceTransformer(\"PATH\")\n"
+    << "docs = model.encode([\"a document\"])\n";
+  if (!opt.query_instruction.empty()) s << "queries = model.encode([\"a query\"], prompt_name=\"query\")\n";
+  s << "```\n\nThe texts are padded on the right here (llm2vec pads on the left: the same embeddings, since padding is "
+       "masked).\n";
+  if (!result.differences.empty()) s << "\n## Where the library's embeddings differ from llm2vec's\n\n";
+  for (const std::string& d : result.differences) s << "- " << d << "\n";
+  return s.str();
+}
+
+}  // namespace
+
+SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
+                                                        const SentenceTransformersOptions& opt,
+                                                        const std::string& out_dir) {
+  const fs::path out(out_dir);
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+    throw std::runtime_error(out_dir + ": exists and is not an empty directory (choose another --out)");
+  const bool include_prompt = !spec.skip_instruction;
+  pooling_flag(spec.pooling);  // refuse what the library cannot express before loading anything
+  const fs::path tok_dir = hf_tokenizer_dir(spec.tokenizer);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Encoder encoder(spec, *backend);  // loads the base and merges the adapters in fp32
+  const nlohmann::json pooling = pooling_config(spec.pooling, encoder.dim(), include_prompt);
+  SentenceTransformersExport result;
+  // The library truncates to max_seq_length; positions past the model's context were never trained.
+  const int max_length = std::min(spec.max_length, encoder.model().config.max_position_embeddings);
+  result.max_seq_length = max_length;
+  const Tokenizer& tokenizer = encoder.tokenizer();
+  const std::vector<int> probe = tokenizer.encode("a", true);
+  if ((spec.pooling == PoolingMode::kMean || spec.pooling == PoolingMode::kWeightedMean) && !probe.empty() &&
+      probe.front() == tokenizer.bos_id())
+    result.differences.push_back(
+        std::string("the tokenizer adds a BOS token, which the library's ") + pooling_mode_name(spec.pooling) +
+        " pooling includes and llm2vec's excludes (it pools the text's tokens only)");
+  if (!opt.query_instruction.empty() && spec.skip_instruction)
+    result.differences.push_back(
+        "queries: the library leaves out as many leading tokens as the prompt has on its own, llm2vec the "
+        "instruction's tokens inside `instruction text`; where the tokenizer merges the prompt's trailing space "
+        "into the text's first token (byte-level BPE), the library also leaves out that token");
+
+  const fs::path stage = out.parent_path() / ("." + out.filename().string() + ".tmp-export");
+  fs::remove_all(stage);
+  fs::create_directories(stage);
+  save_model_hf(encoder.model(), stage.string());
+  nlohmann::json config = read_json(stage / "config.json");
+  if (spec.bidirectional) config["is_causal"] = false;
+  write_json(stage / "config.json", config);
+
+  // The tokenizer: padding on the right, a padding token, the encoder's length.
+  fs::copy_file(tok_dir / "tokenizer.json", stage / "tokenizer.json");
+  if (fs::is_regular_file(tok_dir / "special_tokens_map.json"))
+    fs::copy_file(tok_dir / "special_tokens_map.json", stage / "special_tokens_map.json");
+  nlohmann::json tok_config = fs::is_regular_file(tok_dir / "tokenizer_config.json")
+                                  ? read_json(tok_dir / "tokenizer_config.json")
+                                  : nlohmann::json::object();
+  tok_config["padding_side"] = "right";
+  tok_config["model_max_length"] = max_length;
+  if (!tok_config.contains("pad_token") || tok_config["pad_token"].is_null()) {
+    const int pad = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : tokenizer.bos_id();
+    if (pad < 0) throw std::runtime_error(spec.tokenizer + ": the tokenizer has no EOS or BOS token to pad with");
+    tok_config["pad_token"] = tokenizer.decode({pad}, false);
+  }
+  write_json(stage / "tokenizer_config.json", tok_config);
+
+  write_json(stage / "modules.json",
+             nlohmann::json::array({{{"idx", 0}, {"name", "0"}, {"path", ""}, {"type", "sentence_transformers.models.Transformer"}},
+                                    {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"}, {"type", "sentence_transformers.models.Pooling"}},
+                                    {{"idx", 2}, {"name", "2"}, {"path", "2_Normalize"}, {"type", "sentence_transformers.models.Normalize"}}}));
+  write_json(stage / "sentence_bert_config.json", {{"max_seq_length", max_length}, {"do_lower_case", false}});
+  fs::create_directories(stage / "1_Pooling");
+  write_json(stage / "1_Pooling" / "config.json", pooling);
+  fs::create_directories(stage / "2_Normalize");
+  nlohmann::json prompts = nlohmann::json::object();
+  if (!opt.query_instruction.empty()) {
+    prompts["query"] = strip_instruction(opt.query_instruction) + " ";  // llm2vec's format
+  }
+  write_json(stage / "config_sentence_transformers.json",
+             {{"prompts", prompts}, {"default_prompt_name", nullptr}, {"similarity_fn_name", "cosine"}});
+  write_file_atomic((stage / "README.md").string(), model_card(spec, opt, result));
+
+  if (fs::exists(out)) fs::remove(out);  // empty (checked above)
+  fs::rename(stage, out);
+  return result;
+}
+
+}  // namespace l2v
