@@ -172,7 +172,7 @@ TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
   EXPECT_NE(raw.dequantize(raw.tensor("blk.0.attn_q.weight")), q);
 }
 
-TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2AndSmolLM2PreTokenizers) {
+TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2SmolLM2AndSentencePiece) {
   std::ifstream in(kDir + "tokenizer_expected.json");
   const nlohmann::json expected = nlohmann::json::parse(in);
   const std::vector<std::string> lines = expected.at("lines").get<std::vector<std::string>>();
@@ -198,6 +198,34 @@ TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2AndSmolLM2PreTokenizers
       if (got != want[i].get<std::vector<int>>() && ++differ <= 3) ADD_FAILURE() << "line " << i << ": " << lines[i];
     }
     EXPECT_EQ(differ, 0u);
+  }
+  // SentencePiece BPE (Llama 2, Mistral: no merges in the file, scores instead): the ids of Mistral's own
+  // tokenizer.json cut to the same 3,000 pieces, and of the tokenizer transformers builds from the GGUF,
+  // the BOS added, byte fallback for what the cut vocabulary lacks (CJK, emoji).
+  {
+    SCOPED_TRACE("llama (SentencePiece)");
+    const GgufFile f(kDir + "tokenizer_llama.gguf");
+    const HfTokenizerFiles files = gguf_tokenizer(f);
+    const std::string out = dir / "llama";
+    std::filesystem::create_directories(out);
+    write_file_atomic(out + "/tokenizer.json", files.tokenizer.dump());
+    write_file_atomic(out + "/tokenizer_config.json", files.config.dump());
+    const std::unique_ptr<Tokenizer> tok = load_tokenizer(out);
+    EXPECT_EQ(tok->vocab_size(), 6295);
+    EXPECT_EQ(tok->bos_id(), 1);
+    EXPECT_EQ(tok->eos_id(), 2);
+    const std::vector<std::string> spm_lines = expected.at("llama_lines").get<std::vector<std::string>>();
+    for (const char* reference : {"llama", "llama_transformers"}) {
+      size_t differ = 0;
+      for (size_t i = 0; i < spm_lines.size(); ++i) {
+        const std::vector<int> got = tok->encode(spm_lines[i], true);
+        if (got != expected.at(reference)[i].get<std::vector<int>>() && ++differ <= 3)
+          ADD_FAILURE() << reference << ", line " << i << ": " << spm_lines[i];
+      }
+      EXPECT_EQ(differ, 0u) << reference;
+    }
+    EXPECT_EQ(tok->decode(tok->encode("two  spaces, \u00e9t\u00e9 \u4e2d\u6587", true), true),
+              "two  spaces, \u00e9t\u00e9 \u4e2d\u6587");
   }
   // No tokenizer, another tokenizer model, an unknown pre-tokenizer: refused naming the file.
   EXPECT_FALSE(gguf_has_tokenizer(GgufFile(kDir + "tiny.gguf")));
