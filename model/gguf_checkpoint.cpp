@@ -1,6 +1,9 @@
 #include "model/gguf_checkpoint.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
+#include <vector>
 
 namespace l2v {
 namespace {
@@ -25,6 +28,41 @@ std::string hf_name(const std::string& g) {
     if (rest == gg + ".weight" || rest == gg + ".bias" || rest == gg)
       return "model.layers." + n + "." + hf + rest.substr(gg.size());
   return "";
+}
+
+// Llama 3's RoPE scaling (transformers' "llama3" rope_type) as a frequency's divisor: 1 for wavelengths
+// below original/high_freq_factor, `factor` above original/low_freq_factor, a smooth blend between.
+double llama3_rope_factor(double inv_freq, double factor, double low, double high, double original) {
+  const double wavelen = 2.0 * 3.14159265358979323846 / inv_freq;
+  if (wavelen < original / high) return 1.0;
+  if (wavelen > original / low) return factor;
+  const double smooth = (original / wavelen - low) / (high - low);
+  return 1.0 / ((1.0 - smooth) / factor + smooth);
+}
+
+// llama.cpp stores Llama 3.1 / 3.2's scaling as the tensor rope_freqs.weight (a divisor per frequency), not
+// as parameters: the parameters are those whose divisors it holds. Tried: factor = the largest divisor,
+// low_freq_factor 1 and high_freq_factor 4 (every Llama 3.x release), an original context of 2^6 .. 2^20
+// tokens or context_length / factor; a match is every divisor within 1e-5 of it, relative (llama.cpp computes
+// the frequencies in fp32 before the divisors: a divisor in the blend moves by a few fp32 ulps with them,
+// while the next candidate context moves the blend's divisors by percents).
+nlohmann::json llama3_scaling(const std::vector<float>& divisors, double theta, uint64_t head_dim, uint64_t context) {
+  if (divisors.empty() || divisors.size() * 2 != head_dim) return nullptr;
+  const double factor = *std::max_element(divisors.begin(), divisors.end());
+  std::vector<double> originals;
+  for (int k = 6; k <= 20; ++k) originals.push_back(std::ldexp(1.0, k));
+  if (factor > 0) originals.push_back(std::round((double)context / factor));
+  for (double original : originals) {
+    bool all = true;
+    for (size_t i = 0; i < divisors.size() && all; ++i) {
+      const double inv_freq = 1.0 / std::pow(theta, (double)(2 * i) / (double)head_dim);
+      all = std::fabs(llama3_rope_factor(inv_freq, factor, 1.0, 4.0, original) - divisors[i]) <= 1e-5 * divisors[i];
+    }
+    if (all)
+      return {{"rope_type", "llama3"}, {"factor", factor}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+              {"original_max_position_embeddings", (int64_t)original}};
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -57,8 +95,12 @@ GgufCheckpoint::GgufCheckpoint(const std::string& path) : file_(path) {
   const uint64_t heads = uint_of(key("attention.head_count"), true, 0);
   const uint64_t hidden = uint_of(key("embedding_length"), true, 0);
   const uint64_t kv = uint_of(key("attention.head_count_kv"), false, heads);
+  const GgufTensor* rope_freqs = nullptr;
   for (const GgufTensor& t : file_.tensors()) {
-    if (t.name == "rope_freqs.weight") fail("RoPE scaling (the rope_freqs tensor) is not supported");
+    if (t.name == "rope_freqs.weight") {
+      rope_freqs = &t;  // Llama 3's RoPE scaling, below: not a model tensor
+      continue;
+    }
     const std::string hf = hf_name(t.name);
     if (hf.empty()) fail("tensor " + t.name + " is not part of the " + arch + " layout this reader knows");
     int rope_heads = 0;
@@ -83,6 +125,14 @@ GgufCheckpoint::GgufCheckpoint(const std::string& path) : file_(path) {
   const uint64_t head_dim =
       uint_of(key("attention.key_length"), false, uint_of(key("rope.dimension_count"), false, heads ? hidden / heads : 0));
   if (heads && head_dim != hidden / heads) c["head_dim"] = head_dim;
+  if (rope_freqs) {
+    const nlohmann::json scaling = llama3_scaling(file_.dequantize(*rope_freqs), c["rope_theta"].get<double>(),
+                                                  head_dim, c["max_position_embeddings"].get<uint64_t>());
+    if (scaling.is_null())
+      fail("the rope_freqs tensor (RoPE scaling) matches no Llama 3 scaling (low_freq_factor 1, high_freq_factor 4, "
+           "an original context of a power of two): not supported");
+    c["rope_scaling"] = scaling;
+  }
   if (arch == "llama" && tensors_.count("model.layers.0.self_attn.q_proj.bias")) c["attention_bias"] = true;
   for (const char* id : {"bos", "eos"}) {
     const std::string k = std::string("tokenizer.ggml.") + id + "_token_id";

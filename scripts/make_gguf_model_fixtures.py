@@ -1,5 +1,6 @@
-"""Writes test/fixtures/gguf/mistral_tiny.gguf and qwen2_tiny.gguf: the tiny Hugging Face models of
-test/fixtures/{mistral,qwen2}_tiny/model/ as llama.cpp's convert_hf_to_gguf.py lays them out (F32;
+"""Writes test/fixtures/gguf/{mistral,qwen2,llama3}_tiny.gguf: the tiny Hugging Face models of
+test/fixtures/{mistral,qwen2,llama3}_tiny/model/ as llama.cpp's convert_hf_to_gguf.py lays them out (Llama
+3's RoPE scaling as its rope_freqs tensor, a divisor per frequency) (F32;
 F16 and BF16 widened exactly;
 tensors under GGUF names, the architecture's metadata keys, Llama-architecture Q and K rows permuted
 for GGUF's RoPE layout; Mistral is stored as the llama architecture, as llama.cpp does), written with
@@ -11,6 +12,7 @@ Run from the repository root in the scripts venv (scripts/requirements.txt pins 
 """
 import glob
 import json
+import math
 import struct
 
 import gguf
@@ -66,6 +68,27 @@ def gguf_name(name):
     raise KeyError(name)
 
 
+def llama3_rope_freqs(cfg):
+    """The rope_freqs tensor llama.cpp's convert_hf_to_gguf.py writes for Llama 3.1-style RoPE scaling: each
+    frequency's divisor (frequencies in float32, as there)."""
+    rs = cfg["rope_scaling"]
+    dim = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    freqs = 1.0 / (np.float32(cfg["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    factor, low, high, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], \
+        rs["original_max_position_embeddings"]
+    out = []
+    for freq in freqs.astype(np.float32):
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def convert(src, out, arch):
     cfg = json.load(open(src + "/config.json"))
     t = read_safetensors(src)
@@ -84,6 +107,8 @@ def convert(src, out, arch):
     w.add_vocab_size(cfg["vocab_size"])
     w.add_bos_token_id(cfg["bos_token_id"])
     w.add_eos_token_id(cfg["eos_token_id"])
+    if cfg.get("rope_scaling", {}).get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_freqs(cfg))
     for name in sorted(t):
         x = t[name]
         if arch == "llama" and ".q_proj." in name:
@@ -100,3 +125,4 @@ def convert(src, out, arch):
 
 convert("test/fixtures/mistral_tiny/model", "test/fixtures/gguf/mistral_tiny.gguf", "llama")
 convert("test/fixtures/qwen2_tiny/model", "test/fixtures/gguf/qwen2_tiny.gguf", "qwen2")
+convert("test/fixtures/llama3_tiny/model", "test/fixtures/gguf/llama3_tiny.gguf", "llama")

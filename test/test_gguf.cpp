@@ -132,7 +132,9 @@ TEST(Gguf, DamagedFilesAreRefusedNamingTheFile) {
 }
 
 TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
-  for (const char* model : {"mistral_tiny", "qwen2_tiny"}) {
+  // llama3_tiny: Llama 3's RoPE scaling, which the GGUF holds as the rope_freqs tensor (one divisor per
+  // frequency) and the reader turns back into the config's parameters.
+  for (const char* model : {"mistral_tiny", "qwen2_tiny", "llama3_tiny"}) {
     SCOPED_TRACE(model);
     const Checkpoint g = open_checkpoint(kDir + model + ".gguf");
     const Checkpoint hf = open_checkpoint(std::string("test/fixtures/") + model + "/model");
@@ -152,6 +154,11 @@ TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
     EXPECT_EQ(a.qkv_bias, b.qkv_bias);
     EXPECT_EQ(a.bos_token_id, b.bos_token_id);
     EXPECT_EQ(a.eos_token_id, b.eos_token_id);
+    EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
+    EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
+    EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
+    EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
+    EXPECT_EQ(a.rope_scaling.original_max_position_embeddings, b.rope_scaling.original_max_position_embeddings);
     ASSERT_EQ(g.tensors->names(), hf.tensors->names());
     for (const std::string& name : hf.tensors->names()) {
       ASSERT_EQ(g.tensors->shape(name), hf.tensors->shape(name)) << name;
