@@ -47,18 +47,43 @@ const char* pooling_flag(PoolingMode mode) {
     case PoolingMode::kMean: return "pooling_mode_mean_tokens";
     case PoolingMode::kWeightedMean: return "pooling_mode_weightedmean_tokens";
     case PoolingMode::kLastToken: return "pooling_mode_lasttoken";
+    case PoolingMode::kEosToken: return "pooling_mode_lasttoken";  // of the EOS the tokenizer then appends
     case PoolingMode::kBosToken: return "pooling_mode_cls_token";
-    case PoolingMode::kEosToken:
-      throw std::runtime_error(
-          "pooling_mode eos_token cannot be exported to sentence-transformers: llm2vec appends an EOS token to "
-          "every text and pools it, and the library's tokenization appends none (last_token pools the last "
-          "token of the text as it is)");
     case PoolingMode::kLatentAttention:
       throw std::runtime_error(
           "pooling_mode latent_attention cannot be exported to sentence-transformers: NV-Embed's latent-attention "
           "block is no sentence-transformers module (its parameters are in pooling_head.safetensors)");
   }
   throw std::logic_error("pooling_flag: unknown mode");
+}
+
+// eos_token: llm2vec appends the EOS to every text (after truncation, so it is kept) and pools it. The
+// exported tokenizer does the same through its post-processor: a TemplateProcessing that ends each sequence
+// with the EOS (added to the tokenizer's own template, or made when it has none); the library's lasttoken
+// then pools it. Another post-processor type is refused.
+void append_eos(nlohmann::json& tokenizer_json, const std::string& eos, int eos_id, const std::string& where) {
+  nlohmann::json& pp = tokenizer_json["post_processor"];
+  if (pp.is_null()) {
+    pp = {{"type", "TemplateProcessing"},
+          {"single", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+          {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+          {"special_tokens", nlohmann::json::object()}};
+  } else if (pp.value("type", "") != "TemplateProcessing") {
+    throw std::runtime_error(where + ": pooling_mode eos_token needs the exported tokenizer to append the EOS, and "
+                             "its post-processor (" + pp.value("type", std::string("?")) +
+                             ") is not a TemplateProcessing this export can extend");
+  }
+  // The EOS right after each sequence, with its type id: [BOS] A [EOS] ([BOS] B [EOS]).
+  for (const char* which : {"single", "pair"}) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const nlohmann::json& item : pp[which]) {
+      out.push_back(item);
+      if (item.contains("Sequence"))
+        out.push_back({{"SpecialToken", {{"id", eos}, {"type_id", item["Sequence"].value("type_id", 0)}}}});
+    }
+    pp[which] = out;
+  }
+  pp["special_tokens"][eos] = {{"id", eos}, {"ids", {eos_id}}, {"tokens", {eos}}};
 }
 
 nlohmann::json pooling_config(PoolingMode mode, int dim, bool include_prompt) {
@@ -98,47 +123,27 @@ std::string model_card(const EncoderSpec& spec, const SentenceTransformersOption
   return s.str();
 }
 
-}  // namespace
-
-SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
-                                                        const SentenceTransformersOptions& opt,
-                                                        const std::string& out_dir) {
-  const fs::path out(out_dir);
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
-    throw std::runtime_error(out_dir + ": exists and is not an empty directory (choose another --out)");
-  const bool include_prompt = !spec.skip_instruction;
-  pooling_flag(spec.pooling);  // refuse what the library cannot express before loading anything
-  const fs::path tok_dir = hf_tokenizer_dir(spec.tokenizer);
-  std::unique_ptr<Backend> backend = make_cpu_backend();
-  Encoder encoder(spec, *backend);  // loads the base and merges the adapters in fp32
-  const nlohmann::json pooling = pooling_config(spec.pooling, encoder.dim(), include_prompt);
-  SentenceTransformersExport result;
-  // The library truncates to max_seq_length; positions past the model's context were never trained.
-  const int max_length = std::min(spec.max_length, encoder.model().config.max_position_embeddings);
-  result.max_seq_length = max_length;
+// Everything but the rename: the files of the export in `stage`.
+void write_export(const fs::path& stage, const EncoderSpec& spec, const SentenceTransformersOptions& opt,
+                  const Encoder& encoder, const fs::path& tok_dir, const SentenceTransformersExport& result) {
   const Tokenizer& tokenizer = encoder.tokenizer();
-  const std::vector<int> probe = tokenizer.encode("a", true);
-  if ((spec.pooling == PoolingMode::kMean || spec.pooling == PoolingMode::kWeightedMean) && !probe.empty() &&
-      probe.front() == tokenizer.bos_id())
-    result.differences.push_back(
-        std::string("the tokenizer adds a BOS token, which the library's ") + pooling_mode_name(spec.pooling) +
-        " pooling includes and llm2vec's excludes (it pools the text's tokens only)");
-  if (!opt.query_instruction.empty() && spec.skip_instruction)
-    result.differences.push_back(
-        "queries: the library leaves out as many leading tokens as the prompt has on its own, llm2vec the "
-        "instruction's tokens inside `instruction text`; where the tokenizer merges the prompt's trailing space "
-        "into the text's first token (byte-level BPE), the library also leaves out that token");
-
-  const fs::path stage = out.parent_path() / ("." + out.filename().string() + ".tmp-export");
-  fs::remove_all(stage);
-  fs::create_directories(stage);
+  const int max_length = result.max_seq_length;
+  const nlohmann::json pooling = pooling_config(spec.pooling, encoder.dim(), !spec.skip_instruction);
   save_model_hf(encoder.model(), stage.string());
   nlohmann::json config = read_json(stage / "config.json");
   if (spec.bidirectional) config["is_causal"] = false;
   write_json(stage / "config.json", config);
 
-  // The tokenizer: padding on the right, a padding token, the encoder's length.
-  fs::copy_file(tok_dir / "tokenizer.json", stage / "tokenizer.json");
+  // The tokenizer: padding on the right, a padding token, the encoder's length; for eos_token, the EOS
+  // appended to every text.
+  if (spec.pooling == PoolingMode::kEosToken) {
+    if (tokenizer.eos_id() < 0) throw std::runtime_error(spec.tokenizer + ": eos_token pooling needs an EOS token");
+    nlohmann::json tj = read_json(tok_dir / "tokenizer.json");
+    append_eos(tj, tokenizer.decode({tokenizer.eos_id()}, false), tokenizer.eos_id(), spec.tokenizer);
+    write_file_atomic((stage / "tokenizer.json").string(), tj.dump() + "\n");
+  } else {
+    fs::copy_file(tok_dir / "tokenizer.json", stage / "tokenizer.json");
+  }
   if (fs::is_regular_file(tok_dir / "special_tokens_map.json"))
     fs::copy_file(tok_dir / "special_tokens_map.json", stage / "special_tokens_map.json");
   nlohmann::json tok_config = fs::is_regular_file(tok_dir / "tokenizer_config.json")
@@ -169,6 +174,46 @@ SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
              {{"prompts", prompts}, {"default_prompt_name", nullptr}, {"similarity_fn_name", "cosine"}});
   write_file_atomic((stage / "README.md").string(), model_card(spec, opt, result));
 
+}
+
+}  // namespace
+
+SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
+                                                        const SentenceTransformersOptions& opt,
+                                                        const std::string& out_dir) {
+  const fs::path out(out_dir);
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+    throw std::runtime_error(out_dir + ": exists and is not an empty directory (choose another --out)");
+  pooling_flag(spec.pooling);  // refuse what the library cannot express before loading anything
+  const fs::path tok_dir = hf_tokenizer_dir(spec.tokenizer);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Encoder encoder(spec, *backend);  // loads the base and merges the adapters in fp32
+  SentenceTransformersExport result;
+  // The library truncates to max_seq_length; positions past the model's context were never trained.
+  result.max_seq_length = std::min(spec.max_length, encoder.model().config.max_position_embeddings);
+  const Tokenizer& tokenizer = encoder.tokenizer();
+  const std::vector<int> probe = tokenizer.encode("a", true);
+  if ((spec.pooling == PoolingMode::kMean || spec.pooling == PoolingMode::kWeightedMean) && !probe.empty() &&
+      probe.front() == tokenizer.bos_id())
+    result.differences.push_back(
+        std::string("the tokenizer adds a BOS token, which the library's ") + pooling_mode_name(spec.pooling) +
+        " pooling includes and llm2vec's excludes (it pools the text's tokens only)");
+  if (!opt.query_instruction.empty() && spec.skip_instruction)
+    result.differences.push_back(
+        "queries: the library leaves out as many leading tokens as the prompt has on its own, llm2vec the "
+        "instruction's tokens inside `instruction text`; where the tokenizer merges the prompt's trailing space "
+        "into the text's first token (byte-level BPE), the library also leaves out that token");
+
+  const fs::path stage = out.parent_path() / ("." + out.filename().string() + ".tmp-export");
+  fs::remove_all(stage);
+  fs::create_directories(stage);
+  try {
+    write_export(stage, spec, opt, encoder, tok_dir, result);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(stage, ec);  // nothing half-written is left behind
+    throw;
+  }
   if (fs::exists(out)) fs::remove(out);  // empty (checked above)
   fs::rename(stage, out);
   return result;

@@ -13,6 +13,8 @@
 //   DIR/sentence_bert_config.json        max_seq_length: the encoder's max_length, at most the model's context
 //   DIR/1_Pooling/config.json            mean -> mean_tokens, weighted_mean -> weightedmean_tokens (weights
 //                                        1..n over the text's tokens, llm2vec's), last_token -> lasttoken,
+//                                        eos_token -> lasttoken with a tokenizer.json whose template appends
+//                                        the EOS (llm2vec appends it to every text, after truncation),
 //                                        bos_token -> cls_token (the first position); include_prompt false
 //                                        when instructions are not pooled (llm2vec's default)
 //   DIR/2_Normalize/                     L2 normalisation (cosine similarity is unchanged by it)
@@ -27,8 +29,8 @@
 // llm2vec inside `instruction text`: byte-level BPE tokenizes the prompt's trailing space as a token of its
 // own there, so the library also leaves out the text's first token).
 // Not expressible there, refused with the reason: latent_attention (NV-Embed's block is no
-// sentence-transformers module) and eos_token (llm2vec appends an EOS to every text, which the library's
-// tokenization does not), and a tokenizer without a Hugging Face form (llama2.c's tok*.bin).
+// sentence-transformers module), eos_token with a tokenizer whose post-processor is not a TemplateProcessing
+// (or that has no EOS), and a tokenizer without a Hugging Face form (llama2.c's tok*.bin).
 // Written into a sibling staging directory and renamed into place: DIR is complete or absent.
 #pragma once
 #include <string>

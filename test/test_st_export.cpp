@@ -7,7 +7,8 @@
 //
 // Here, without Python, for every variant:
 //   - the export is written again and holds what the library read: modules.json's three modules, the
-//     pooling flag of the mode, include_prompt, the query prompt in llm2vec's format, right padding with a
+//     pooling flag of the mode (eos_token: lasttoken, with a tokenizer template that appends the EOS),
+//     include_prompt, the query prompt in llm2vec's format, right padding with a
 //     padding token, `is_causal: false` exactly for bidirectional models, max_seq_length; its weights are
 //     the base's bit for bit (no adapter: an Encoder on the export gives the base's embeddings exactly);
 //   - our embeddings (the Encoder with the variant's options, L2-normalised as the library's Normalize
@@ -17,7 +18,8 @@
 //   - variants marked expected_equal false (a query prompt that is not pooled: the library counts the
 //     prompt's tokens on the prompt alone, one off from llm2vec's count here) are checked to differ, so the
 //     README's statement stays true.
-// And the refusals: latent_attention, eos_token, a llama2.c tokenizer, an output directory in use.
+// And the refusals: latent_attention, eos_token with a post-processor it cannot extend, a llama2.c tokenizer,
+// an output directory in use.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -75,6 +77,7 @@ std::vector<Variant> variants() {
       if (key == "--pooling_mode") x.spec.pooling = parse_pooling_mode(value.get<std::string>());
       else if (key == "--causal") x.spec.bidirectional = false;
       else if (key == "--no-skip-instruction") x.spec.skip_instruction = false;
+      else if (key == "--max_length") x.spec.max_length = value.get<int>();
       else if (key == "--query_instruction") x.opt.query_instruction = value.get<std::string>();
       else if (key == "expected_equal") x.expected_equal = value.get<bool>();
       else ADD_FAILURE() << name << ": unknown option " << key;
@@ -109,7 +112,8 @@ TEST(SentenceTransformersExport, FilesHoldWhatTheLibraryReads) {
     const SentenceTransformersExport result = export_sentence_transformers(v.spec, v.opt, out.string());
     // The differences it states are exactly the variants the library does not reproduce.
     EXPECT_EQ(result.differences.empty(), v.expected_equal) << v.name;
-    EXPECT_EQ(result.max_seq_length, 256) << "512 by default, cut to the model's 256 positions";
+    const int max_seq_length = std::min(v.spec.max_length, 256);  // 512 by default, cut to the model's 256
+    EXPECT_EQ(result.max_seq_length, max_seq_length) << v.name;
     const nlohmann::json modules = read_json(out / "modules.json");
     ASSERT_EQ(modules.size(), 3u) << v.name;
     EXPECT_EQ(modules[0]["path"], "") << v.name;
@@ -122,8 +126,9 @@ TEST(SentenceTransformersExport, FilesHoldWhatTheLibraryReads) {
     const nlohmann::json pooling = read_json(out / "1_Pooling" / "config.json");
     const char* flag = v.spec.pooling == PoolingMode::kMean           ? "pooling_mode_mean_tokens"
                        : v.spec.pooling == PoolingMode::kWeightedMean ? "pooling_mode_weightedmean_tokens"
-                       : v.spec.pooling == PoolingMode::kLastToken    ? "pooling_mode_lasttoken"
-                                                                      : "pooling_mode_cls_token";
+                       : v.spec.pooling == PoolingMode::kLastToken || v.spec.pooling == PoolingMode::kEosToken
+                           ? "pooling_mode_lasttoken"
+                           : "pooling_mode_cls_token";
     int set = 0;
     for (const auto& [key, value] : pooling.items())
       if (key.rfind("pooling_mode_", 0) == 0) set += value.get<bool>();
@@ -144,10 +149,21 @@ TEST(SentenceTransformersExport, FilesHoldWhatTheLibraryReads) {
       EXPECT_EQ(config["is_causal"], false) << v.name;
     else
       EXPECT_FALSE(config.contains("is_causal")) << v.name;
+    // eos_token: the exported tokenizer appends the EOS after every sequence (llm2vec appends it to every
+    // text), the others' tokenizer.json is the base's.
+    const nlohmann::json tj = read_json(out / "tokenizer.json"), base_tj = read_json(kBase + "/tokenizer.json");
+    if (v.spec.pooling == PoolingMode::kEosToken) {
+      const nlohmann::json& single = tj["post_processor"]["single"];
+      ASSERT_EQ(single.size(), 2u) << v.name;
+      EXPECT_EQ(single[1]["SpecialToken"]["id"], "<|im_end|>");
+      EXPECT_EQ(tj["post_processor"]["pair"].size(), 4u);
+    } else {
+      EXPECT_EQ(tj, base_tj) << v.name;
+    }
     const nlohmann::json tok = read_json(out / "tokenizer_config.json");
     EXPECT_EQ(tok["padding_side"], "right");
     EXPECT_EQ(tok["pad_token"], "<|im_end|>") << "the base has no padding token: its EOS pads";
-    EXPECT_EQ(read_json(out / "sentence_bert_config.json")["max_seq_length"], 256);
+    EXPECT_EQ(read_json(out / "sentence_bert_config.json")["max_seq_length"], max_seq_length);
 
     // The weights are the base's: an Encoder on the export gives the base's embeddings bit for bit.
     const std::vector<std::string> texts = {"one text", "and another, longer text"};
@@ -224,14 +240,28 @@ TEST(SentenceTransformersExport, RefusesWhatTheLibraryCannotExpress) {
   };
   EncoderSpec spec;
   spec.model_name_or_path = spec.tokenizer = kBase;
-  for (PoolingMode mode : {PoolingMode::kEosToken, PoolingMode::kLatentAttention}) {
+  {
     EncoderSpec s = spec;
-    s.pooling = mode;
-    if (mode == PoolingMode::kLatentAttention) s.pooling_head = kBase + "/model.safetensors";  // never read
+    s.pooling = PoolingMode::kLatentAttention;
+    s.pooling_head = kBase + "/model.safetensors";  // never read
     const std::string m = message(s, dir / "out");
-    EXPECT_NE(m.find(pooling_mode_name(mode)), std::string::npos) << m;
-    EXPECT_NE(m.find("cannot be exported"), std::string::npos) << m;
+    EXPECT_NE(m.find("latent_attention cannot be exported"), std::string::npos) << m;
     EXPECT_FALSE(fs::exists(dir / "out")) << "nothing is written when the export is refused";
+  }
+  {  // eos_token with a post-processor the export cannot extend with the EOS
+    const fs::path base = fs::path(dir / "bytelevel");
+    fs::copy(kBase, base);
+    nlohmann::json tj = read_json(base / "tokenizer.json");
+    tj["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                            {"use_regex", true}};
+    std::ofstream(base / "tokenizer.json") << tj.dump();
+    EncoderSpec s = spec;
+    s.model_name_or_path = s.tokenizer = base.string();
+    s.pooling = PoolingMode::kEosToken;
+    const std::string m = message(s, dir / "out");
+    EXPECT_NE(m.find("is not a TemplateProcessing"), std::string::npos) << m;
+    EXPECT_FALSE(fs::exists(dir / "out"));
+    EXPECT_FALSE(fs::exists(dir / ".out.tmp-export")) << "the staging directory is removed on failure";
   }
   EncoderSpec llama2c;
   llama2c.model_name_or_path = "assets/stories260K/stories260K.bin";
