@@ -179,6 +179,15 @@ TEST(GgufCheckpoint, ReadsBackTheHuggingFaceModelItWasWrittenFrom) {
   EXPECT_NE(raw.dequantize(raw.tensor("blk.0.attn_q.weight")), q);
 }
 
+// The tokenizer of fixture `name`.gguf, converted into directory `out` and loaded from there.
+std::unique_ptr<Tokenizer> converted_tokenizer(const std::string& name, const std::string& out) {
+  const HfTokenizerFiles files = gguf_tokenizer(GgufFile(kDir + name + ".gguf"));
+  std::filesystem::create_directories(out);
+  write_file_atomic(out + "/tokenizer.json", files.tokenizer.dump());
+  write_file_atomic(out + "/tokenizer_config.json", files.config.dump());
+  return load_tokenizer(out);
+}
+
 TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2SmolLM2AndSentencePiece) {
   std::ifstream in(kDir + "tokenizer_expected.json");
   const nlohmann::json expected = nlohmann::json::parse(in);
@@ -186,14 +195,8 @@ TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2SmolLM2AndSentencePiece
   test::TempDir dir("gguf_tokenizer");
   for (const char* pre : {"qwen2", "smollm"}) {
     SCOPED_TRACE(pre);
-    const GgufFile f(kDir + "tokenizer_" + pre + ".gguf");
-    ASSERT_TRUE(gguf_has_tokenizer(f));
-    const HfTokenizerFiles files = gguf_tokenizer(f);
-    const std::string out = dir / pre;
-    std::filesystem::create_directories(out);
-    write_file_atomic(out + "/tokenizer.json", files.tokenizer.dump());
-    write_file_atomic(out + "/tokenizer_config.json", files.config.dump());
-    const std::unique_ptr<Tokenizer> tok = load_tokenizer(out);
+    ASSERT_TRUE(gguf_has_tokenizer(GgufFile(kDir + "tokenizer_" + pre + ".gguf")));
+    const std::unique_ptr<Tokenizer> tok = converted_tokenizer(std::string("tokenizer_") + pre, dir / pre);
     EXPECT_EQ(tok->vocab_size(), 3259);
     EXPECT_EQ(tok->bos_id(), 3256);
     EXPECT_EQ(tok->eos_id(), 3258);
@@ -207,17 +210,11 @@ TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2SmolLM2AndSentencePiece
     EXPECT_EQ(differ, 0u);
   }
   // SentencePiece BPE (Llama 2, Mistral: no merges in the file, scores instead): the ids of Mistral's own
-  // tokenizer.json cut to the same 3,000 pieces, and of the tokenizer transformers builds from the GGUF,
+  // tokenizer.json cut to the same 6,295 pieces, and of the tokenizer transformers builds from the GGUF,
   // the BOS added, byte fallback for what the cut vocabulary lacks (CJK, emoji).
   {
     SCOPED_TRACE("llama (SentencePiece)");
-    const GgufFile f(kDir + "tokenizer_llama.gguf");
-    const HfTokenizerFiles files = gguf_tokenizer(f);
-    const std::string out = dir / "llama";
-    std::filesystem::create_directories(out);
-    write_file_atomic(out + "/tokenizer.json", files.tokenizer.dump());
-    write_file_atomic(out + "/tokenizer_config.json", files.config.dump());
-    const std::unique_ptr<Tokenizer> tok = load_tokenizer(out);
+    const std::unique_ptr<Tokenizer> tok = converted_tokenizer("tokenizer_llama", dir / "llama");
     EXPECT_EQ(tok->vocab_size(), 6295);
     EXPECT_EQ(tok->bos_id(), 1);
     EXPECT_EQ(tok->eos_id(), 2);
