@@ -32,8 +32,10 @@ std::pair<int, std::string> run(const std::string& args, bool merge) {
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
-const char* const kCommands[] = {"demo", "generate", "convert", "prepare", "train", "plan", "bench-step", "embed",
-                                 "eval sts", "eval clustering", "eval retrieval", "eval classification"};
+const char* const kCommands[] = {"demo",     "generate",        "convert",        "prepare",
+                                 "train",    "plan",            "bench-step",     "embed",
+                                 "export",   "eval sts",        "eval clustering", "eval retrieval",
+                                 "eval classification"};
 
 TEST(Cli, HelpListsEveryCommandAndEachCommandHasItsOwn) {
   const auto [rc, out] = run("--help", false);
@@ -56,6 +58,29 @@ TEST(Cli, TheEvalGroupListsItsTasks) {
   const auto [bare_rc, bare] = run("eval", true);
   EXPECT_EQ(2, bare_rc);
   EXPECT_TRUE(has(bare, "missing task") && has(bare, "  sts ")) << bare;
+}
+
+// `llm2vec export`: the sentence-transformers directory from the command line, its notes of where the
+// library will differ on stderr, and usage errors for another format or a missing --out.
+TEST(Cli, ExportWritesASentenceTransformersDirectory) {
+  l2v::test::TempDir dir("cli_export");
+  const std::string base = "test/fixtures/st_export/base", out = dir / "st";
+  const auto [rc, text] = run("export --format sentence-transformers --model " + base + " --out " + out +
+                                  " --causal --pooling_mode last_token --query_instruction 'Find the passage:'",
+                              true);
+  EXPECT_EQ(0, rc) << text;
+  EXPECT_TRUE(has(text, "wrote " + out + ": a sentence-transformers model (last_token pooling, causal attention, "
+                                         "max_seq_length 256, query prompt)"))
+      << text;
+  EXPECT_TRUE(has(text, "note: the library's embeddings will differ from embed's: queries:")) << text;
+  for (const char* f : {"modules.json", "1_Pooling/config.json", "config_sentence_transformers.json", "README.md",
+                        "model.safetensors", "tokenizer.json"})
+    EXPECT_TRUE(std::filesystem::exists(out + "/" + f)) << f;
+  const auto [fmt_rc, fmt] = run("export --format onnx --model " + base + " --out " + out + "2", true);
+  EXPECT_EQ(2, fmt_rc) << fmt;
+  EXPECT_TRUE(has(fmt, "the one format is sentence-transformers")) << fmt;
+  const auto [out_rc, no_out] = run("export --format sentence-transformers --model " + base, true);
+  EXPECT_EQ(2, out_rc) << no_out;
 }
 
 TEST(Cli, UnknownCommandsAndTasksAreUsageErrors) {
