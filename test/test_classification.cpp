@@ -20,15 +20,13 @@
 #include <nlohmann/json.hpp>
 
 #include "data/classification.h"
+#include "data/file_io.h"
 
 namespace l2v {
 namespace {
 
 const nlohmann::json& fixture() {
-  static const nlohmann::json j = [] {
-    std::ifstream in("test/fixtures/classification/sklearn.json");
-    return nlohmann::json::parse(in);
-  }();
+  static const nlohmann::json j = read_json_file("test/fixtures/classification/sklearn.json", "the fixture");
   return j;
 }
 

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/clustering.h"
+#include "data/file_io.h"
 #include "data/labelled_texts.h"
 #include "test/temp_dir.h"
 
@@ -29,10 +30,7 @@ namespace l2v {
 namespace {
 
 const nlohmann::json& fixture() {
-  static const nlohmann::json j = [] {
-    std::ifstream in("test/fixtures/clustering/sklearn.json");
-    return nlohmann::json::parse(in);
-  }();
+  static const nlohmann::json j = read_json_file("test/fixtures/clustering/sklearn.json", "the fixture");
   return j;
 }
 

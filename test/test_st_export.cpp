@@ -30,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/file_io.h"
 #include "data/npy.h"
 #include "host/cpu_backend.h"
 #include "model/encoder.h"
@@ -45,11 +46,7 @@ namespace fs = std::filesystem;
 const std::string kDir = "test/fixtures/st_export/";
 const std::string kBase = kDir + "base";
 
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path.string() + ": cannot open");
-  return nlohmann::json::parse(in);
-}
+nlohmann::json read_json(const fs::path& path) { return read_json_file(path.string(), "a JSON file"); }
 
 std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);
