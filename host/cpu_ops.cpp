@@ -76,25 +76,31 @@ inline void axpy(float* y, float a, const float* x, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// dst[i] = src[i] * keep(i) / (1-p) for the element-wise dropout of the LoRA input, i = n*IC + c. One
-// Philox call per aligned group of four elements (dropout_keep4_elementwise: the same bits as one call per
-// element, dropout_keep_elementwise, for a quarter of the work); the unaligned head and tail element-wise.
-void apply_elementwise_dropout(float* dst, const float* src, long n, float p, DropoutKey key, uint32_t site) {
-  const float keep_scale = 1.0f / (1.0f - p);
-  auto one = [&](long i) {
-    dst[i] = dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p) ? src[i] * keep_scale : 0.0f;
-  };
+// f(i, keep(i)) for every i in [0, n) of the element-wise dropout of the LoRA input (i = n*IC + c), in
+// parallel. One Philox call per aligned group of four elements (dropout_keep4_elementwise: the same bits as
+// one call per element, dropout_keep_elementwise, for a quarter of the work); the unaligned head and tail
+// element-wise.
+template <class F>
+void for_each_elementwise_keep(long n, float p, DropoutKey key, uint32_t site, F&& f) {
   const long head = std::min<long>(n, (long)((4 - (key.offset & 3)) & 3));
-  for (long i = 0; i < head; ++i) one(i);
+  for (long i = 0; i < head; ++i) f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
   const long groups = (n - head) / 4;
 #pragma omp parallel for
   for (long g = 0; g < groups; ++g) {
     const long i0 = head + 4 * g;
     bool keep[4];
     dropout_keep4_elementwise(key.seed, site, key.offset + (uint64_t)i0, p, keep);
-    for (int e = 0; e < 4; ++e) dst[i0 + e] = keep[e] ? src[i0 + e] * keep_scale : 0.0f;
+    for (int e = 0; e < 4; ++e) f(i0 + e, keep[e]);
   }
-  for (long i = head + 4 * groups; i < n; ++i) one(i);
+  for (long i = head + 4 * groups; i < n; ++i)
+    f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
+}
+
+// dst[i] = src[i] * keep(i) / (1-p).
+void apply_elementwise_dropout(float* dst, const float* src, long n, float p, DropoutKey key, uint32_t site) {
+  const float keep_scale = 1.0f / (1.0f - p);
+  for_each_elementwise_keep(n, p, key, site,
+                            [&](long i, bool keep) { dst[i] = keep ? src[i] * keep_scale : 0.0f; });
 }
 
 // The attention dropout decisions of one query row (bh, i) for keys j in increasing order: the Philox call
@@ -432,16 +438,14 @@ void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const f
   // replaces it by the dropped input that dA needs, so Philox runs once per element in this backward.
   gemm(false, false, N, IC, R, 1.0f, dxa.data(), R, A, IC, 0.0f, scratch, IC);
   const float keep_scale = 1.0f / (1.0f - dropout_p);
-  const long n = (long)N * IC;
-#pragma omp parallel for
-  for (long i = 0; i < n; ++i) {
-    if (dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, dropout_p)) {
+  for_each_elementwise_keep((long)N * IC, dropout_p, key, site, [&](long i, bool keep) {
+    if (keep) {
       dinp[i] += scratch[i] * keep_scale;
       scratch[i] = inp[i] * keep_scale;
     } else {
       scratch[i] = 0.0f;
     }
-  }
+  });
   gemm(true, false, R, IC, N, 1.0f, dxa.data(), R, scratch, IC, 1.0f, dA, IC);
 }
 
