@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "host/dropout_bits.h"
 #include "host/philox.h"
 
 namespace l2v::cpu {
@@ -77,22 +78,21 @@ inline void axpy(float* y, float a, const float* x, int n) {
 }
 
 // f(i, keep(i)) for every i in [0, n) of the element-wise dropout of the LoRA input (i = n*IC + c), in
-// parallel. One Philox call per aligned group of four elements (dropout_keep4_elementwise: the same bits as
-// one call per element, dropout_keep_elementwise, for a quarter of the work); the unaligned head and tail
-// element-wise.
+// parallel. The decisions of 64 consecutive elements from one elementwise_keep_bits64 (sixteen Philox calls,
+// vectorised where the CPU can: host/dropout_bits.h), the same bits as dropout_keep_elementwise per
+// element; the unaligned head and the tail element-wise.
 template <class F>
 void for_each_elementwise_keep(long n, float p, DropoutKey key, uint32_t site, F&& f) {
   const long head = std::min<long>(n, (long)((4 - (key.offset & 3)) & 3));
   for (long i = 0; i < head; ++i) f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
-  const long groups = (n - head) / 4;
+  const long chunks = (n - head) / 64;
 #pragma omp parallel for
-  for (long g = 0; g < groups; ++g) {
-    const long i0 = head + 4 * g;
-    bool keep[4];
-    dropout_keep4_elementwise(key.seed, site, key.offset + (uint64_t)i0, p, keep);
-    for (int e = 0; e < 4; ++e) f(i0 + e, keep[e]);
+  for (long c = 0; c < chunks; ++c) {
+    const long i0 = head + 64 * c;
+    const uint64_t keep = elementwise_keep_bits64(key.seed, site, (key.offset + (uint64_t)i0) >> 2, p);
+    for (int e = 0; e < 64; ++e) f(i0 + e, (keep >> e) & 1);
   }
-  for (long i = head + 4 * groups; i < n; ++i)
+  for (long i = head + 64 * chunks; i < n; ++i)
     f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
 }
 
@@ -510,17 +510,25 @@ void residual_rmsnorm_forward(float* resid_out, float* norm_out, float* rstd, co
 
 void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
                           const int* targets, int M, int N, int C, int V, float dloss) {
+  const LinearGemms fp32{
+      [&](float* out, const float* x, int m) { matmul_forward(out, x, lm_head, nullptr, m, C, V); },
+      [&](float* dx, const float* dy, int m) { matmul_backward_input(dx, dy, lm_head, m, C, V, false); }};
+  lm_head_crossentropy(fp32, losses, d_hidden, hidden, rows, targets, M, N, C, V, dloss);
+}
+
+void lm_head_crossentropy(const LinearGemms& lm_head, float* losses, float* d_hidden, const float* hidden,
+                          const int* rows, const int* targets, int M, int N, int C, int V, float dloss) {
   for (int k = 0; k < M; ++k)
     require(rows[k] >= 0 && rows[k] < N, "lm_head_crossentropy",
             "row " + std::to_string(rows[k]) + " is outside [0, " + std::to_string(N) + ")");
   // The reference composes the unfused ops on the gathered rows: [M, V] logits, never [N, V].
   std::vector<float> x((size_t)M * C), logits((size_t)M * V);
   for (int k = 0; k < M; ++k) std::copy(hidden + (long)rows[k] * C, hidden + (long)(rows[k] + 1) * C, x.data() + (long)k * C);
-  matmul_forward(logits.data(), x.data(), lm_head, nullptr, M, C, V);
+  lm_head.forward(logits.data(), x.data(), M);
   crossentropy_forward(losses, logits.data(), targets, M, V, -1);
   if (!d_hidden) return;
   crossentropy_softmax_backward(logits.data(), logits.data(), targets, dloss, M, V, -1);
-  matmul_backward_input(x.data(), logits.data(), lm_head, M, C, V, false);
+  lm_head.backward_input(x.data(), logits.data(), M);
   std::fill(d_hidden, d_hidden + (long)N * C, 0.0f);
   for (int k = 0; k < M; ++k) std::copy(x.data() + (long)k * C, x.data() + (long)(k + 1) * C, d_hidden + (long)rows[k] * C);
 }

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "host/cpu_ops.h"
+#include "host/dropout_bits.h"
 #include "host/philox.h"
 #include "test/test_util.h"
 
@@ -86,6 +87,31 @@ TEST(Philox, UnitMapsToHalfOpenInterval) {
 
 // Mean of philox_to_unit over 4*20000 words within 5 sigma of 1/2 (sigma = sqrt(1/12 / n)), and the kept
 // fraction of dropout_keep_elementwise within 5 sigma of 1-p (binomial).
+// The 64-at-a-time keep bits (AVX-512 lanes where the CPU has them) are dropout_keep_elementwise's, element
+// by element: blocks whose 64-bit index carries into the high counter word inside the 16 lanes, seeds with
+// high bits, p at 0, small, large, and exactly on a drawn value (keep is u >= p: kept at p = u, dropped just
+// above it — the integer threshold of the vector path must not be off by one).
+TEST(Philox, SixtyFourKeepBitsAtOnceEqualTheScalarDecisions) {
+  const uint64_t seeds[] = {0, 1234567, 0xDEADBEEF00000007ull};
+  const uint64_t blocks[] = {0, 77, (1ull << 32) - 5, (1ull << 40) + 3};
+  const uint32_t site = 0x1234;
+  for (uint64_t seed : seeds)
+    for (uint64_t block0 : blocks) {
+      const float drawn = l2v::philox_to_unit(l2v::elementwise_dropout_bits(seed, site, block0).v[0]);
+      for (float p : {0.0f, 0.05f, 0.5f, 0.999f, drawn, std::nextafter(drawn, 1.0f)}) {
+        const uint64_t fast = l2v::elementwise_keep_bits64(seed, site, block0, p);
+        const uint64_t scalar = l2v::elementwise_keep_bits64_scalar(seed, site, block0, p);
+        for (int e = 0; e < 64; ++e) {
+          const bool want = l2v::dropout_keep_elementwise(seed, site, 4 * block0 + e, p);
+          ASSERT_EQ(want, (bool)((fast >> e) & 1)) << "seed " << seed << " block " << block0 << " p " << p << " e " << e;
+          ASSERT_EQ(want, (bool)((scalar >> e) & 1)) << "seed " << seed << " block " << block0 << " e " << e;
+        }
+      }
+      EXPECT_TRUE(l2v::elementwise_keep_bits64(seed, site, block0, drawn) & 1);
+      EXPECT_FALSE(l2v::elementwise_keep_bits64(seed, site, block0, std::nextafter(drawn, 1.0f)) & 1);
+    }
+}
+
 TEST(Philox, UniformMeanAndElementwiseKeepRate) {
   const int calls = 20000;
   double s = 0;

@@ -1,0 +1,90 @@
+#include "host/dropout_bits.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "host/philox.h"
+
+namespace l2v {
+namespace {
+
+// keep <=> philox_to_unit(bits) >= p <=> (bits >> 8) * 2^-24 >= p <=> (bits >> 8) >= ceil(p * 2^24): the
+// scaling by 2^24 is exact in fp32 and bits >> 8 an integer, so the integer compare decides the same.
+uint32_t keep_threshold(float p) { return (uint32_t)std::ceil(p * 16777216.0f); }
+
+// g++ 12's AVX-512 shift and set1 intrinsics pass _mm512_undefined_epi32() as their unused source, which its
+// -Wuninitialized reports once they are inlined into a target("avx512f") function: silenced here only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// hi and lo 32 bits of the 16 lane-wise products a * m.
+__attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);                            // lanes 0, 2, ..: 64-bit products
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // lanes 1, 3, ..
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mullo_epi32(a, m);
+}
+
+__attribute__((target("avx512f,bmi2"))) uint64_t keep_bits64_avx512(uint64_t seed, uint32_t site, uint64_t block0,
+                                                                   float p) {
+  // Lane l holds block block0 + l: counter (low 32 bits, high 32 bits, 0xE1E3E7, site), as
+  // elementwise_dropout_bits; the 64-bit add carries into the high word lane by lane.
+  alignas(64) uint32_t lo_words[16], hi_words[16];
+  for (int l = 0; l < 16; ++l) {
+    const uint64_t b = block0 + (uint64_t)l;
+    lo_words[l] = (uint32_t)b;
+    hi_words[l] = (uint32_t)(b >> 32);
+  }
+  __m512i c0 = _mm512_load_si512(lo_words), c1 = _mm512_load_si512(hi_words);
+  __m512i c2 = _mm512_set1_epi32((int)0xE1E3E7u), c3 = _mm512_set1_epi32((int)site);
+  // Every 32-bit lane holds the multiplier: vpmuludq reads the low half of each 64-bit lane, vpmulld all.
+  const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo16(c0, m0, hi0, lo0);
+    mulhilo16(c2, m1, hi1, lo1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)k0));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  const __m512i t = _mm512_set1_epi32((int)keep_threshold(p));
+  const __m512i words[4] = {c0, c1, c2, c3};
+  uint64_t bits = 0;
+  for (int j = 0; j < 4; ++j) {
+    const __mmask16 keep = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(words[j], 8), t);
+    bits |= _pdep_u64((uint64_t)keep, 0x1111111111111111ull << j);  // lane l -> bit 4 l + j
+  }
+  return bits;
+}
+
+#pragma GCC diagnostic pop
+
+bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
+  return ok;
+}
+
+}  // namespace
+
+uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p) {
+  uint64_t bits = 0;
+  for (int l = 0; l < 16; ++l) {
+    const Philox4 r = elementwise_dropout_bits(seed, site, block0 + (uint64_t)l);
+    for (int j = 0; j < 4; ++j)
+      if (philox_to_unit(r.v[j]) >= p) bits |= 1ull << (4 * l + j);
+  }
+  return bits;
+}
+
+uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, float p) {
+  return has_avx512() ? keep_bits64_avx512(seed, site, block0, p) : elementwise_keep_bits64_scalar(seed, site, block0, p);
+}
+
+}  // namespace l2v
