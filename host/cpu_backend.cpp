@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 
+#include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 
 namespace l2v {
@@ -16,7 +18,8 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  const char* name() const override { return "cpu"; }
+  explicit CpuBackend(CpuPrecision precision) : bf16_(precision == CpuPrecision::kBf16) {}
+  const char* name() const override { return bf16_ ? "cpu (bf16 GEMMs)" : "cpu"; }
   bool is_host_memory() const override { return true; }
   bool lora_dropout_needs_scratch() const override { return true; }
 
@@ -28,8 +31,7 @@ class CpuBackend final : public Backend {
     std::memset(p, 0, rounded);
     std::lock_guard<std::mutex> lock(mutex_);
     sizes_[p] = rounded;
-    memory_.current += rounded;
-    memory_.peak = std::max(memory_.peak, memory_.current);
+    account((long)rounded);
     return p;
   }
   void release(void* ptr) override {
@@ -38,6 +40,7 @@ class CpuBackend final : public Backend {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = sizes_.find(ptr);
       if (it != sizes_.end()) {
+        forget_packed_locked(ptr, it->second);
         memory_.current -= it->second;
         sizes_.erase(it);
       }
@@ -48,12 +51,24 @@ class CpuBackend final : public Backend {
     std::lock_guard<std::mutex> lock(mutex_);
     return memory_;
   }
-  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    forget_packed(dst, bytes);
+    std::memcpy(dst, src, bytes);
+  }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
-  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    forget_packed(dst, bytes);
+    std::memmove(dst, src, bytes);
+  }
+  void zero(void* dst, size_t bytes) override {
+    forget_packed(dst, bytes);
+    std::memset(dst, 0, bytes);
+  }
   size_t tensor_element_bytes() const override { return sizeof(float); }
-  void upload_tensor(Tensor dst, const float* host, size_t n) override { std::memcpy(f(dst), host, n * sizeof(float)); }
+  void upload_tensor(Tensor dst, const float* host, size_t n) override {
+    forget_packed(dst, n * sizeof(float));
+    std::memcpy(f(dst), host, n * sizeof(float));
+  }
   void download_tensor(float* host, ConstTensor src, size_t n) override {
     std::memcpy(host, f(src), n * sizeof(float));
   }
@@ -98,11 +113,15 @@ class CpuBackend final : public Backend {
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
-    cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
+    if (!bf16_) return cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
+    if (bias)
+      for (int n = 0; n < N; ++n) std::memcpy(f(out) + (size_t)n * OC, f(bias), sizeof(float) * OC);
+    cpu::gemm_bf16(f(out), OC, f(inp), IC, N, packed(weight, IC, OC).forward, bias != nullptr);
   }
   void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {
-    cpu::matmul_backward_input(f(dinp), f(dout), f(weight), N, IC, OC, accumulate);
+    if (!bf16_) return cpu::matmul_backward_input(f(dinp), f(dout), f(weight), N, IC, OC, accumulate);
+    cpu::gemm_bf16(f(dinp), IC, f(dout), OC, N, packed(weight, IC, OC, /*backward=*/true).backward, accumulate);
   }
   void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
                     float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
@@ -117,6 +136,7 @@ class CpuBackend final : public Backend {
   }
   void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {
+    forget_packed(weight, (size_t)IC * OC * sizeof(float));
     cpu::lora_merge(f(weight), A, B, scale, sign, IC, OC, R);
   }
   void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) override {
@@ -128,7 +148,15 @@ class CpuBackend final : public Backend {
   }
   void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,
                             const int* rows, const int* targets, int M, int N, int C, int V, float dloss) override {
-    cpu::lm_head_crossentropy(losses, f(d_hidden), f(hidden), f(lm_head), rows, targets, M, N, C, V, dloss);
+    if (!bf16_)
+      return cpu::lm_head_crossentropy(losses, f(d_hidden), f(hidden), f(lm_head), rows, targets, M, N, C, V, dloss);
+    // The LM head is a frozen base weight [V, C]: bf16 GEMMs as every linear layer's.
+    const cpu::LinearGemms bf16{
+        [&](float* out, const float* x, int m) { cpu::gemm_bf16(out, V, x, C, m, packed(lm_head, C, V).forward, false); },
+        [&](float* dx, const float* dy, int m) {
+          cpu::gemm_bf16(dx, C, dy, V, m, packed(lm_head, C, V, /*backward=*/true).backward, false);
+        }};
+    cpu::lm_head_crossentropy(bf16, losses, f(d_hidden), f(hidden), rows, targets, M, N, C, V, dloss);
   }
   void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) override {
     cpu::pool_forward(pooled, f(hidden), weights, B, T, C);
@@ -166,14 +194,71 @@ class CpuBackend final : public Backend {
   static float* f(Tensor t) { return reinterpret_cast<float*>(t); }
   static const float* f(ConstTensor t) { return reinterpret_cast<const float*>(t); }
 
+  // The bf16 tiles of a weight [OC, IC]: forward (B = W^T) at its first GEMM, backward (B = W) at its first
+  // backward GEMM.
+  struct PackedWeight {
+    int IC = 0, OC = 0;
+    cpu::PackedBf16 forward, backward;
+    size_t bytes() const { return forward.bytes() + backward.bytes(); }
+  };
+
+  const PackedWeight& packed(ConstTensor weight, int IC, int OC, bool backward = false) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const void* key = weight;
+    auto it = packed_.find(key);
+    if (it != packed_.end() && (it->second.IC != IC || it->second.OC != OC)) {
+      account(-(long)it->second.bytes());
+      packed_.erase(it);
+      it = packed_.end();
+    }
+    if (it == packed_.end()) {
+      it = packed_.emplace(key, PackedWeight{}).first;
+      it->second.IC = IC;
+      it->second.OC = OC;
+    }
+    PackedWeight& p = it->second;
+    const size_t before = p.bytes();
+    if (!p.forward.tiles) p.forward = cpu::pack_bf16_transposed(f(weight), OC, IC);
+    if (backward && !p.backward.tiles) p.backward = cpu::pack_bf16(f(weight), OC, IC);
+    account((long)(p.bytes() - before));
+    return p;
+  }
+  void forget_packed(const void* dst, size_t bytes) {
+    if (!bf16_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    forget_packed_locked(dst, bytes);
+  }
+  // Drops every packed weight overlapping [dst, dst + bytes).
+  void forget_packed_locked(const void* dst, size_t bytes) {
+    if (packed_.empty()) return;
+    const char* lo = static_cast<const char*>(dst);
+    auto it = packed_.lower_bound(lo);
+    if (it != packed_.begin()) --it;  // a weight that starts below dst may reach into it
+    while (it != packed_.end() && static_cast<const char*>(it->first) < lo + bytes) {
+      const char* w = static_cast<const char*>(it->first);
+      if (w + (size_t)it->second.IC * it->second.OC * sizeof(float) > lo) {
+        account(-(long)it->second.bytes());
+        it = packed_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  void account(long delta) {  // under mutex_
+    memory_.current = (size_t)((long)memory_.current + delta);
+    memory_.peak = std::max(memory_.peak, memory_.current);
+  }
+
+  const bool bf16_;
   mutable std::mutex mutex_;
   std::unordered_map<void*, size_t> sizes_;
+  std::map<const void*, PackedWeight> packed_;  // by the weight's address
   BackendMemory memory_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(CpuPrecision precision) { return std::make_unique<CpuBackend>(precision); }
 
 BackendMemory cpu_backend_memory(const Backend& backend) {
   const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);

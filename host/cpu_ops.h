@@ -7,6 +7,7 @@
 // Backward functions OVERWRITE their outputs unless the comment says "accumulates (+=)".
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "host/philox.h"
 
@@ -98,6 +99,14 @@ void crossentropy_softmax_backward(float* dlogits, const float* logits, const in
 // rows must be distinct. (The LM head weight itself is frozen: no gradient for it.)
 void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, const float* lm_head, const int* rows,
                           const int* targets, int M, int N, int C, int V, float dloss);
+// The same with the LM head's two GEMMs given as callbacks (the CPU backend's bf16 GEMMs):
+// forward(out [M, V], x [M, C], M) = x lm_head^T and backward_input(dx [M, C], dy [M, V], M) = dy lm_head.
+struct LinearGemms {
+  std::function<void(float* out, const float* x, int M)> forward;
+  std::function<void(float* dx, const float* dy, int M)> backward_input;
+};
+void lm_head_crossentropy(const LinearGemms& lm_head, float* losses, float* d_hidden, const float* hidden,
+                          const int* rows, const int* targets, int M, int N, int C, int V, float dloss);
 
 // *loss (one double) = (losses[0] + ... + losses[n-1], in double, in that order) / normalizer: the MNTP
 // loss from its rows' cross-entropies, computed where they are so the host reads one value.

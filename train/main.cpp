@@ -27,6 +27,7 @@
 #include "data/sts.h"
 #include "data/tokenizer.h"
 #include "host/cpu_backend.h"
+#include "host/cpu_gemm_bf16.h"
 #include "model/checkpoint.h"
 #include "model/encoder.h"
 #include "model/sentence_transformers.h"
@@ -59,10 +60,17 @@ constexpr const char* kDefaultBackend = "cpu";
 std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision,
                                       const std::string& attention_impl) {
   if (name == "cpu") {
-    if (precision != "fp32") throw UsageError("the cpu backend computes in fp32 only (--precision fp32)");
+    if (precision != "fp32" && precision != "bf16")
+      throw UsageError("--precision for the cpu backend: fp32 or bf16, got '" + precision + "'");
     if (!attention_impl.empty())
       throw UsageError("--attention_impl chooses the cuda backend's kernels (the cpu backend has one attention)");
-    return make_cpu_backend();
+    if (precision == "fp32") return make_cpu_backend(CpuPrecision::kFp32);
+    if (cpu::amx_bf16_available())
+      std::fprintf(stderr, "note: cpu backend in bf16: base-weight GEMMs on AMX-BF16 tiles, the rest in fp32\n");
+    else
+      std::fprintf(stderr, "note: cpu backend in bf16 without AMX-BF16 on this CPU: the portable bf16 GEMM (the "
+                           "same precision, slower than --precision fp32)\n");
+    return make_cpu_backend(CpuPrecision::kBf16);
   }
   if (name == "cuda") {
 #if defined(L2V_WITH_CUDA)
@@ -791,8 +799,10 @@ const OptionSpec kTokenizer{"--tokenizer", "PATH",
                             "tokenizer.json, a directory holding one, or a llama2.c tokenizer .bin"};
 const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default ") + kDefaultBackend + ")"};
 const OptionSpec kPrecision{"--precision", "P",
-                            "storage of activations and base weights: bf16 (cuda default, fp32\n"
-                            "accumulation) or fp32 (cpu: fp32 only)"};
+                            "bf16 or fp32. cuda: storage of activations and base weights (default bf16,\n"
+                            "fp32 accumulation). cpu: the base-weight GEMMs in bf16 (AMX-BF16 where the CPU\n"
+                            "has it, fp32 accumulation; the rest fp32) or all fp32 (default: the\n"
+                            "bit-reproducible reference)"};
 const OptionSpec kAttentionImpl{"--attention_impl", "I",
                                 "cuda attention kernels: simt | mma (tensor cores: bf16, head dim 16, 64\n"
                                 "or 128) | cudnn (cuDNN SDPA: bf16, builds with cuDNN; left/right key padding\n"

@@ -1,0 +1,246 @@
+#include "host/cpu_gemm_bf16.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace l2v::cpu {
+
+uint16_t bf16_from_float(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  // quiet NaN, sign kept
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                 // ties to even
+}
+
+float float_from_bf16(uint16_t b) {
+  const uint32_t u = (uint32_t)b << 16;
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+namespace {
+
+// The output block of one work item: 32 rows x 32 columns = 2 x 2 AMX accumulator tiles (tmm0..3), fed by
+// two A tiles (tmm4, 5: 16 rows x 32 k) and two B tiles (tmm6, 7: 32 k x 16 columns) per 32 k.
+constexpr int kBlock = 32;
+constexpr int kTileElems = 512;  // 16 rows x 64 bytes of bf16
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("l2v::cpu::gemm_bf16: " + what);
+}
+
+PackedBf16 make_packed(int K, int N) {
+  require(K > 0 && N > 0, "a packed matrix needs K > 0 and N > 0, got K=" + std::to_string(K) +
+                              " N=" + std::to_string(N));
+  PackedBf16 p;
+  p.K = K;
+  p.N = N;
+  p.k_blocks = (K + kBlock - 1) / kBlock;
+  p.n_blocks16 = (N + kBlock - 1) / kBlock * 2;
+  const size_t bytes = p.bytes();
+  void* mem = std::aligned_alloc(64, bytes);
+  if (!mem) throw std::bad_alloc();
+  std::memset(mem, 0, bytes);  // the padding is zeros: padded k add exact zeros, padded n are not written
+  p.tiles = {static_cast<uint16_t*>(mem), std::free};
+  return p;
+}
+
+// Where B[k][n] lives in the tiles: tile (n / 16, k / 32), row (k % 32) / 2 (a k pair), column n % 16, and
+// the pair's element k % 2 — the layout TDPBF16PS reads its second operand in.
+inline size_t packed_index(const PackedBf16& p, int k, int n) {
+  return ((size_t)(n / 16) * p.k_blocks + k / kBlock) * kTileElems + (size_t)((k % kBlock) / 2) * 32 +
+         (size_t)(n % 16) * 2 + (size_t)(k % 2);
+}
+
+// The bf16 copy of A's rows, padded with zeros to whole 32 x 32 blocks: one per calling thread, kept between
+// calls (a fresh multi-megabyte buffer per GEMM would be paged in every time).
+uint16_t* a_buffer(size_t elems) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < elems) buf.resize(elems);
+  return buf.data();
+}
+
+// row[0, K) = bf16(src[0, K)) with AVX512-BF16 (every AMX-BF16 CPU has it): round to nearest even like
+// bf16_from_float, except that fp32 subnormals become zero — as AMX treats bf16 subnormal inputs anyway.
+__attribute__((target("avx512f,avx512bf16"))) void convert_row_avx512(uint16_t* row, const float* src, int K) {
+  int k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16), _mm512_loadu_ps(src + k));
+    _mm512_storeu_si512(row + k, (__m512i)v);
+  }
+  for (; k < K; ++k) row[k] = bf16_from_float(src[k]);
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
+  // Palette 1, tiles 0..7 all 16 rows x 64 bytes.
+  alignas(64) uint8_t cfg[64] = {};
+  cfg[0] = 1;
+  for (int t = 0; t < 8; ++t) {
+    const uint16_t colsb = 64;
+    std::memcpy(cfg + 16 + 2 * t, &colsb, sizeof colsb);
+    cfg[48 + t] = 16;
+  }
+  // ldtilecfg by hand: g++ 12's _tile_loadconfig declares an 8-byte memory operand, so the compiler may drop
+  // the stores to the rest of the 64-byte configuration (a general-protection fault at ldtilecfg).
+  struct Config {
+    uint8_t bytes[64];
+  };
+  __asm__ volatile("ldtilecfg %0" ::"m"(*reinterpret_cast<const Config*>(cfg)));
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_release() { _tile_release(); }
+
+// out [32 x 32] fp32 = a [32 rows, row stride a_ld elements] x the two B panels' 32 columns, over k_blocks.
+__attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, const uint16_t* a, size_t a_ld,
+                                                          const uint16_t* b0, const uint16_t* b1, int k_blocks) {
+  const size_t a_stride = a_ld * sizeof(uint16_t);
+  const uint16_t* a1 = a + 16 * a_ld;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    _tile_loadd(4, a + (size_t)kb * kBlock, a_stride);
+    _tile_loadd(5, a1 + (size_t)kb * kBlock, a_stride);
+    _tile_loadd(6, b0 + (size_t)kb * kTileElems, 64);
+    _tile_loadd(7, b1 + (size_t)kb * kTileElems, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  constexpr size_t out_stride = kBlock * sizeof(float);
+  _tile_stored(0, out, out_stride);
+  _tile_stored(1, out + 16, out_stride);
+  _tile_stored(2, out + 16 * kBlock, out_stride);
+  _tile_stored(3, out + 16 * kBlock + 16, out_stride);
+}
+
+// The same block without AMX: the products added in ascending k, one fp32 rounding each.
+void portable_block(float* out, const uint16_t* a, size_t a_ld, const uint16_t* b0, const uint16_t* b1,
+                    int k_blocks) {
+  for (int m = 0; m < kBlock; ++m) {
+    float acc[kBlock] = {};
+    const uint16_t* row = a + (size_t)m * a_ld;
+    for (int kb = 0; kb < k_blocks; ++kb) {
+      const uint16_t* t0 = b0 + (size_t)kb * kTileElems;
+      const uint16_t* t1 = b1 + (size_t)kb * kTileElems;
+      for (int r = 0; r < 16; ++r) {
+        for (int j = 0; j < 2; ++j) {
+          const float av = float_from_bf16(row[kb * kBlock + 2 * r + j]);
+          for (int c = 0; c < 16; ++c) {
+            acc[c] += av * float_from_bf16(t0[r * 32 + c * 2 + j]);
+            acc[16 + c] += av * float_from_bf16(t1[r * 32 + c * 2 + j]);
+          }
+        }
+      }
+    }
+    std::memcpy(out + (size_t)m * kBlock, acc, sizeof acc);
+  }
+}
+
+}  // namespace
+
+PackedBf16 pack_bf16_transposed(const float* W, int N, int K) {
+  PackedBf16 p = make_packed(K, N);
+#pragma omp parallel for if (!omp_in_parallel())
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < K; ++k) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)n * K + k]);
+  return p;
+}
+
+PackedBf16 pack_bf16(const float* W, int K, int N) {
+  PackedBf16 p = make_packed(K, N);
+#pragma omp parallel for if (!omp_in_parallel())
+  for (int k = 0; k < K; ++k)
+    for (int n = 0; n < N; ++n) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * N + n]);
+  return p;
+}
+
+bool amx_bf16_available() {
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE (xgetbv)
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 24)) || !(d & (1u << 22)) || !(b & (1u << 16))) return false;  // AMX-TILE, -BF16, AVX512F
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512-BF16 (A's rounding)
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    // The OS saves the SSE/AVX/AVX-512 state (bits 1, 2, 5-7) and XTILECFG / XTILEDATA (17, 18).
+    const unsigned needed = (1u << 1) | (1u << 2) | (7u << 5) | (3u << 17);
+    if ((lo & needed) != needed) return false;
+    // Linux hands out the 8 KiB tile state per process on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return ok;
+}
+
+void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, bool accumulate,
+               Bf16Kernel kernel) {
+  require(B.tiles != nullptr, "B is not a packed matrix");
+  require(M >= 0 && lda >= B.K && ldc >= B.N, "shapes: M=" + std::to_string(M) + " lda=" + std::to_string(lda) +
+                                                  " ldc=" + std::to_string(ldc) + " for B " + std::to_string(B.K) +
+                                                  " x " + std::to_string(B.N));
+  if (kernel == Bf16Kernel::automatic) kernel = amx_bf16_available() ? Bf16Kernel::amx : Bf16Kernel::portable;
+  require(kernel != Bf16Kernel::amx || amx_bf16_available(), "this CPU (or OS) offers no AMX-BF16");
+  if (M == 0) return;
+
+  const int m_blocks = (M + kBlock - 1) / kBlock, n_blocks = B.n_blocks16 / 2;
+  const size_t a_ld = (size_t)B.k_blocks * kBlock;
+  uint16_t* a16 = a_buffer((size_t)m_blocks * kBlock * a_ld);
+  const bool amx = kernel == Bf16Kernel::amx;
+  const long items = (long)m_blocks * n_blocks;
+#pragma omp parallel if (!omp_in_parallel() && items > 1)
+  {
+#pragma omp for schedule(static)
+    for (int m = 0; m < m_blocks * kBlock; ++m) {
+      uint16_t* row = a16 + (size_t)m * a_ld;
+      const int valid = m < M ? B.K : 0;
+      if (amx)
+        convert_row_avx512(row, A + (size_t)m * lda, valid);
+      else
+        for (int k = 0; k < valid; ++k) row[k] = bf16_from_float(A[(size_t)m * lda + k]);
+      std::fill(row + valid, row + a_ld, uint16_t(0));
+    }
+    if (amx) amx_configure();  // tile configuration is per thread
+    alignas(64) float block[kBlock * kBlock];
+    // Items in panel-major order: a thread's contiguous share sweeps the rows under one 32-column panel of B
+    // (K x 32 bf16, kept in cache) before moving on.
+#pragma omp for schedule(static)
+    for (long item = 0; item < items; ++item) {
+      const int nb = (int)(item / m_blocks), mb = (int)(item % m_blocks);
+      const uint16_t* a = a16 + (size_t)mb * kBlock * a_ld;
+      const uint16_t* b0 = B.tiles.get() + (size_t)(2 * nb) * B.k_blocks * kTileElems;
+      const uint16_t* b1 = b0 + (size_t)B.k_blocks * kTileElems;
+      if (amx)
+        amx_block(block, a, a_ld, b0, b1, B.k_blocks);
+      else
+        portable_block(block, a, a_ld, b0, b1, B.k_blocks);
+      const int m0 = mb * kBlock, n0 = nb * kBlock;
+      const int rows = std::min(kBlock, M - m0), cols = std::min(kBlock, B.N - n0);
+      for (int r = 0; r < rows; ++r) {
+        float* c = C + (size_t)(m0 + r) * ldc + n0;
+        const float* s = block + r * kBlock;
+        if (accumulate)
+          for (int x = 0; x < cols; ++x) c[x] += s[x];
+        else
+          std::memcpy(c, s, sizeof(float) * cols);
+      }
+    }
+    if (amx) amx_release();
+  }
+}
+
+}  // namespace l2v::cpu

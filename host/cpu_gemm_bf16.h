@@ -1,0 +1,48 @@
+// bf16 GEMMs of the CPU backend's --precision bf16: C (+)= A B with A fp32 (rounded to bf16 per call), B a
+// frozen weight packed ONCE into bf16 tiles, and fp32 accumulation. Two kernels: AMX-BF16 tiles
+// (TDPBF16PS, Sapphire Rapids and later) and a portable loop for CPUs without them.
+//
+// Numerics. Each product of two bf16 values is exact in fp32 (8 + 8 significant bits). The portable kernel
+// adds the K products one after another in ascending k in fp32; the AMX unit adds them in its own way
+// (measured here: the first pair's sum is rounded to nearest, longer sums match neither the manual's
+// sequential pseudo-code nor one rounding per pair or per tile, so its results differ from the portable
+// kernel's in the last bits). Both stay within the bound of a sequential fp32 sum, which with the two bf16
+// roundings of the inputs (2^-8 relative each) gives |C - AB| <= (2 * 2^-8 + 2^-16 + gamma_K) sum_k |a_k b_k|
+// (test/test_cpu_gemm_bf16.cpp). One thread computes each output block over the whole K in a fixed order,
+// so on one CPU the results do not depend on the thread count.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace l2v::cpu {
+
+// Round-to-nearest-even fp32 -> bf16 (NaN stays a quiet NaN), and back (exact).
+uint16_t bf16_from_float(float x);
+float float_from_bf16(uint16_t b);
+
+// A K x N matrix B in bf16, zero-padded to K % 32 == 0 and N % 32 == 0, stored as 1 KiB tiles of 32 k by
+// 16 n (16 rows of k pairs, each 16 columns x 2 k: AMX's "VNNI" operand layout); tile (n16, k32) starts at
+// element (n16 * k_blocks + k32) * 512.
+struct PackedBf16 {
+  int K = 0, N = 0, k_blocks = 0, n_blocks16 = 0;
+  std::unique_ptr<uint16_t[], void (*)(void*)> tiles{nullptr, nullptr};
+  size_t bytes() const { return (size_t)k_blocks * n_blocks16 * 512 * sizeof(uint16_t); }
+};
+
+// B = W^T for W [rows = N, cols = K] row-major (a linear layer's forward: out = x W^T, K = IC, N = OC).
+PackedBf16 pack_bf16_transposed(const float* W, int N, int K);
+// B = W for W [rows = K, cols = N] row-major (the backward to the input: dx = dy W, K = OC, N = IC).
+PackedBf16 pack_bf16(const float* W, int K, int N);
+
+enum class Bf16Kernel { automatic, amx, portable };
+
+// True when the CPU has AMX-BF16 (and AVX512-BF16) and the OS lets this process use its tile registers (asked once).
+bool amx_bf16_available();
+
+// C [M, N] (row stride ldc) = A [M, K] (row stride lda) B, or += when accumulate. `automatic` takes AMX when
+// available. Throws std::invalid_argument for a kernel this CPU cannot run or inconsistent shapes.
+void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, bool accumulate,
+               Bf16Kernel kernel = Bf16Kernel::automatic);
+
+}  // namespace l2v::cpu
