@@ -220,6 +220,16 @@ TEST(Cli, EvalRetrievalScoresABeirCollection) {
   EXPECT_EQ(0, again_rc) << again;
   EXPECT_TRUE(has(again, "corpus embeddings from the cache: " + data + "/llm2vec_cache/corpus-")) << again;
   EXPECT_TRUE(has(again, out.substr(out.find("(test): ")))) << "the cached run scored otherwise:\n" << out << again;
+  // The CPU's bf16 GEMMs embed otherwise: their run neither reads the fp32 cache nor fails; a precision the
+  // CPU backend lacks is a usage error naming the choices.
+  const auto [bf16_rc, bf16] = run("eval retrieval --precision bf16 --data " + data + model, true);
+  EXPECT_EQ(0, bf16_rc) << bf16;
+  EXPECT_TRUE(has(bf16, "note: cpu backend in bf16") && has(bf16, "embedding 4 documents") &&
+              !has(bf16, "from the cache"))
+      << bf16;
+  const auto [fp16_rc, fp16] = run("eval retrieval --precision fp16 --data " + data + model, true);
+  EXPECT_EQ(2, fp16_rc) << fp16;
+  EXPECT_TRUE(has(fp16, "--precision for the cpu backend: fp32 or bf16, got 'fp16'")) << fp16;
   std::ofstream(data + "/corpus.jsonl", std::ios::app) << "{\"_id\": \"d5\", \"text\": \"A new text.\"}\n";
   const auto [changed_rc, changed] = run("eval retrieval --data " + data + model, true);
   EXPECT_EQ(0, changed_rc) << changed;
