@@ -10,8 +10,9 @@ the same config (torch's initialisation). Run by scripts/bench_vs_pytorch.sh (th
 DIR: a Hugging Face model directory (config.json; tokenizer.json for the embedding rows); default the bundled
 stories260K converted by `llm2vec convert` (no downloads; no Hugging Face tokenizer, so no embedding rows),
 or SmolLM2-135M-Instruct when scripts/get_smollm2.sh has fetched it. Both sides: bidirectional attention,
-LoRA r 16 / alpha 32 / dropout 0.05 on q, k, v, o, gate, up, down, gradient checkpointing, AdamW, fp32
-(PyTorch also in bf16 autocast, as the issue's table); MNTP with 20% of positions scored; SimCSE on B pairs
+LoRA r 16 / alpha 32 / dropout 0.05 on q, k, v, o, gate, up, down, gradient checkpointing, AdamW; ours in
+fp32 (the reference) and with --precision bf16 (bf16 base-weight GEMMs, AMX where the CPU has it), PyTorch in
+fp32 and in bf16 autocast, as the issue's table; MNTP with 20% of positions scored; SimCSE on B pairs
 (2B rows); supervised on B triples. Every text is at least --seq tokens, so every batch is B x seq on both
 sides. Times are the median of --steps steps after one untimed step. Prints a Markdown table and writes
 WORK/bench.json.
@@ -157,12 +158,13 @@ def main():
             f.write(json.dumps({"query": paragraphs[i], "positive": paragraphs[(i + 1) % len(paragraphs)],
                                 "negative": paragraphs[(i + 2) % len(paragraphs)]}) + "\n")
 
-    def ours_train(stage, data_format, data):
+    def ours_train(stage, data_format, data, dtype):
         prefix = f"{work}/data-{stage}"
         subprocess.run(["build/llm2vec", "prepare", "--tokenizer", tokenizer, "--input", data, "--format",
                         data_format, "--out", prefix, "--quiet"], check=True, cwd=ROOT)
         out = f"{work}/out-{stage}"
-        _, rss = timed(["build/llm2vec", "train", "--backend", "cpu", "--stage", stage, "--model_name_or_path", model,
+        _, rss = timed(["build/llm2vec", "train", "--backend", "cpu", "--torch_dtype", dtype, "--stage", stage,
+                        "--model_name_or_path", model,
                         "--tokenizer", tokenizer, "--dataset_file_path", f"{prefix}-*.bin", "--output_dir", out,
                         "--overwrite_output_dir", "true", "--max_steps", str(N + 1),
                         "--per_device_train_batch_size", str(B), "--max_seq_length", str(T), *lora,
@@ -176,32 +178,39 @@ def main():
                           precision], env)
         return statistics.median(json.loads(out.strip().splitlines()[-1])["step_ms"]), rss
 
-    # MNTP: bench-step (random weights and tokens, the trainer's MNTP micro-batch).
-    out, rss = timed(["build/llm2vec", "bench-step", "--backend", "cpu", "--stage", "mntp", "--model_name_or_path", model,
-                      "--per_device_train_batch_size", str(B), "--max_seq_length", str(T), *lora, "--max_steps",
-                      str(N)], env)
-    ours = {"mntp": (float(re.search(r"median ([\d.]+) ms/step", out).group(1)), rss)}
-    ours["simcse"] = ours_train("simcse", "sentences", f"{work}/long.txt")
-    ours["supervised"] = ours_train("supervised", "supervised", f"{work}/triples.jsonl")
+    ours = {}
+    for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        # MNTP: bench-step (random weights and tokens, the trainer's MNTP micro-batch).
+        out, rss = timed(["build/llm2vec", "bench-step", "--backend", "cpu", "--torch_dtype", dtype, "--stage", "mntp",
+                          "--model_name_or_path", model, "--per_device_train_batch_size", str(B), "--max_seq_length",
+                          str(T), *lora, "--max_steps", str(N)], env)
+        ours["mntp", precision] = (float(re.search(r"median ([\d.]+) ms/step", out).group(1)), rss)
+        ours["simcse", precision] = ours_train("simcse", "sentences", f"{work}/long.txt", dtype)
+        ours["supervised", precision] = ours_train("supervised", "supervised", f"{work}/triples.jsonl", dtype)
     for stage, what in (("mntp", f"MNTP step, {B} x {T} tokens"), ("simcse", f"SimCSE step, {B} pairs x {T}"),
                         ("supervised", f"supervised step, {B} triples x {T}")):
         fp32, bf16 = pytorch(stage, "fp32"), pytorch(stage, "bf16")
-        rows.append({"work": what, "ours_ms": ours[stage][0], "ours_rss_mb": ours[stage][1], "torch_fp32_ms": fp32[0],
-                     "torch_fp32_rss_mb": fp32[1], "torch_bf16_ms": bf16[0], "torch_bf16_rss_mb": bf16[1]})
+        rows.append({"work": what, "ours_ms": ours[stage, "fp32"][0], "ours_rss_mb": ours[stage, "fp32"][1],
+                     "ours_bf16_ms": ours[stage, "bf16"][0], "ours_bf16_rss_mb": ours[stage, "bf16"][1],
+                     "torch_fp32_ms": fp32[0], "torch_fp32_rss_mb": fp32[1], "torch_bf16_ms": bf16[0],
+                     "torch_bf16_rss_mb": bf16[1]})
 
     if hf_tok:
         texts = paragraphs[: args.texts]
         with open(f"{work}/embed.txt", "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in texts)
-        t0 = time.perf_counter()
-        _, rss = timed(["build/llm2vec", "embed", "--backend", "cpu", "--model", model, "--causal", "--pooling_mode",
-                        "mean", "--max_length", str(T), "--batch-size", "16", "--quiet", "--input", f"{work}/embed.txt",
-                        "--output", f"{work}/ours.npy"], env)
-        ours_s = time.perf_counter() - t0
+        ours_embed = {}
+        for precision in ("fp32", "bf16"):
+            t0 = time.perf_counter()
+            _, rss = timed(["build/llm2vec", "embed", "--backend", "cpu", "--precision", precision, "--model", model,
+                            "--causal", "--pooling_mode", "mean", "--max_length", str(T), "--batch-size", "16",
+                            "--quiet", "--input", f"{work}/embed.txt", "--output", f"{work}/ours.npy"], env)
+            ours_embed[precision] = (time.perf_counter() - t0, rss)
         out, trss = timed([sys.executable, __file__, "--model", model, "--threads", str(args.threads), "--seq", str(T),
                            "--torch-embed", f"{work}/embed.txt"], env)
         rows.append({"work": f"embedding {len(texts)} paragraphs (<= {T} tokens), causal mean, batch 16",
-                     "ours_ms": ours_s * 1000, "ours_rss_mb": rss,
+                     "ours_ms": ours_embed["fp32"][0] * 1000, "ours_rss_mb": ours_embed["fp32"][1],
+                     "ours_bf16_ms": ours_embed["bf16"][0] * 1000, "ours_bf16_rss_mb": ours_embed["bf16"][1],
                      "torch_fp32_ms": json.loads(out.strip().splitlines()[-1])["seconds"] * 1000,
                      "torch_fp32_rss_mb": trss, "torch_bf16_ms": None, "torch_bf16_rss_mb": None,
                      "note": "wall time of the whole command (ours: load + tokenize + embed; PyTorch: encode only)"})
@@ -212,14 +221,17 @@ def main():
     except (OSError, StopIteration):
         pass
     print(f"\n{os.path.basename(model)}, {args.threads} threads, {cpu}\n")
-    print("| work | llm2vec.cu | PyTorch fp32 | PyTorch bf16 | ratio fp32 / bf16 | peak memory ours / PyTorch fp32 |")
-    print("|---|---|---|---|---|---|")
+    print("| work | ours fp32 | ours bf16 | PyTorch fp32 | PyTorch bf16 | ratio ours fp32: vs fp32 / bf16 | "
+          "ratio ours bf16: vs fp32 / bf16 | peak memory ours fp32 / bf16 / PyTorch fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         bf = f"{r['torch_bf16_ms']:.0f} ms" if r["torch_bf16_ms"] else "-"
-        ratio = f"{r['torch_fp32_ms'] / r['ours_ms']:.2f}x" + (
-            f" / {r['torch_bf16_ms'] / r['ours_ms']:.2f}x" if r["torch_bf16_ms"] else "")
-        print(f"| {r['work']} | {r['ours_ms']:.0f} ms | {r['torch_fp32_ms']:.0f} ms | {bf} | {ratio} | "
-              f"{r['ours_rss_mb']:.0f} MB / {r['torch_fp32_rss_mb']:.0f} MB |")
+        def ratio(ours_ms):
+            return f"{r['torch_fp32_ms'] / ours_ms:.2f}x" + (
+                f" / {r['torch_bf16_ms'] / ours_ms:.2f}x" if r["torch_bf16_ms"] else "")
+        print(f"| {r['work']} | {r['ours_ms']:.0f} ms | {r['ours_bf16_ms']:.0f} ms | {r['torch_fp32_ms']:.0f} ms | {bf} | "
+              f"{ratio(r['ours_ms'])} | {ratio(r['ours_bf16_ms'])} | {r['ours_rss_mb']:.0f} / "
+              f"{r['ours_bf16_rss_mb']:.0f} / {r['torch_fp32_rss_mb']:.0f} MB |")
     print("\nratio: PyTorch's time / ours (above 1: ours is faster)")
     json.dump({"model": model, "threads": args.threads, "cpu": cpu, "rows": rows}, open(f"{work}/bench.json", "w"),
               indent=2)
