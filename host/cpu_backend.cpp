@@ -10,6 +10,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "host/cpu_attention_bf16.h"
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 
@@ -95,12 +96,18 @@ class CpuBackend final : public Backend {
   void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
                          const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                          DropoutKey key, uint32_t site) override {
+    if (bf16_)
+      return cpu::attention_forward_bf16(f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D, causal, dropout_p,
+                                         key, site);
     cpu::attention_forward(f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out, const float* lse,
                           ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask, int B, int T,
                           int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
                           uint32_t site) override {
+    if (bf16_)
+      return cpu::attention_backward_bf16(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T,
+                                          H, KV, D, causal, dropout_p, key, site);
     cpu::attention_backward(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D,
                             causal, dropout_p, key, site);
   }

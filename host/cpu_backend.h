@@ -1,11 +1,12 @@
 // The CPU backend: host memory and the fp32 reference ops of host/cpu_ops.h.
 //
 // Precision. fp32 (the default) is the bit-reproducible reference: every op is host/cpu_ops.h's, results
-// independent of the thread count. bf16 changes only the GEMMs with frozen base weights
-// (matmul_forward, matmul_backward_input): their weights are packed once into bf16 tiles
-// (host/cpu_gemm_bf16.h) at their first use, the inputs rounded to bf16 per call, products accumulated in
-// fp32 — on AMX-BF16 when the CPU has it, else with the portable kernel. Activations, LoRA, norms, softmax,
-// the LM-head loss and the optimizer stay fp32. A packed copy belongs to the weight's address: it is
+// independent of the thread count. bf16 changes the GEMMs with frozen base weights (matmul_forward,
+// matmul_backward_input, the LM head of lm_head_crossentropy): their weights are packed once into bf16
+// tiles (host/cpu_gemm_bf16.h) at their first use, the inputs rounded to bf16 per call, products
+// accumulated in fp32 — on AMX-BF16 when the CPU has it, else with the portable kernel; and attention's
+// four products (host/cpu_attention_bf16.h). Activations, LoRA, norms, softmax, the loss and the optimizer
+// stay fp32. A packed copy belongs to the weight's address: it is
 // dropped when the backend writes or frees that memory (upload, upload_tensor, copy, zero, lora_merge,
 // release); host code that writes backend memory directly (the loaders) must do so before the weight's
 // first GEMM. Packed bytes count in cpu_backend_memory.

@@ -153,19 +153,23 @@ void portable_block(float* out, const uint16_t* a, size_t a_ld, const uint16_t* 
 
 }  // namespace
 
-PackedBf16 pack_bf16_transposed(const float* W, int N, int K) {
+PackedBf16 pack_bf16_transposed(const float* W, int N, int K, long ldw) {
   PackedBf16 p = make_packed(K, N);
-#pragma omp parallel for if (!omp_in_parallel())
+  if (ldw == 0) ldw = K;
+  require(ldw >= K, "pack_bf16_transposed: row stride " + std::to_string(ldw) + " < K = " + std::to_string(K));
+#pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
   for (int n = 0; n < N; ++n)
-    for (int k = 0; k < K; ++k) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)n * K + k]);
+    for (int k = 0; k < K; ++k) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)n * ldw + k]);
   return p;
 }
 
-PackedBf16 pack_bf16(const float* W, int K, int N) {
+PackedBf16 pack_bf16(const float* W, int K, int N, long ldw) {
   PackedBf16 p = make_packed(K, N);
-#pragma omp parallel for if (!omp_in_parallel())
+  if (ldw == 0) ldw = N;
+  require(ldw >= N, "pack_bf16: row stride " + std::to_string(ldw) + " < N = " + std::to_string(N));
+#pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
   for (int k = 0; k < K; ++k)
-    for (int n = 0; n < N; ++n) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * N + n]);
+    for (int n = 0; n < N; ++n) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * ldw + n]);
   return p;
 }
 

@@ -30,10 +30,12 @@ struct PackedBf16 {
   size_t bytes() const { return (size_t)k_blocks * n_blocks16 * 512 * sizeof(uint16_t); }
 };
 
-// B = W^T for W [rows = N, cols = K] row-major (a linear layer's forward: out = x W^T, K = IC, N = OC).
-PackedBf16 pack_bf16_transposed(const float* W, int N, int K);
-// B = W for W [rows = K, cols = N] row-major (the backward to the input: dx = dy W, K = OC, N = IC).
-PackedBf16 pack_bf16(const float* W, int K, int N);
+// B = W^T for W [rows = N, cols = K] row-major with row stride ldw (default K) (a linear layer's forward:
+// out = x W^T, K = IC, N = OC).
+PackedBf16 pack_bf16_transposed(const float* W, int N, int K, long ldw = 0);
+// B = W for W [rows = K, cols = N] row-major with row stride ldw (default N) (the backward to the input:
+// dx = dy W, K = OC, N = IC).
+PackedBf16 pack_bf16(const float* W, int K, int N, long ldw = 0);
 
 enum class Bf16Kernel { automatic, amx, portable };
 

@@ -103,36 +103,13 @@ void apply_elementwise_dropout(float* dst, const float* src, long n, float p, Dr
                             [&](long i, bool keep) { dst[i] = keep ? src[i] * keep_scale : 0.0f; });
 }
 
-// The attention dropout decisions of one query row (bh, i) for keys j in increasing order: the Philox call
-// of a block of four keys is made once and reused (dropout_keep_attention draws keys 4k .. 4k+3 from one
-// call), the same bits as calling dropout_keep_attention per key.
-class AttentionRowDropout {
- public:
-  AttentionRowDropout(DropoutKey key, uint32_t site, uint32_t bh, uint32_t i, float p)
-      : seed_(key.seed), site_(site), bh_(bh), i_(i), p_(p) {}
-  bool keep(uint32_t j) {
-    if ((j >> 2) != block_) {
-      block_ = j >> 2;
-      bits_ = philox4x32_10(block_, i_, bh_, site_, seed_);
-    }
-    return philox_to_unit(bits_.v[j & 3]) >= p_;
-  }
-
- private:
-  uint64_t seed_;
-  uint32_t site_, bh_, i_;
-  float p_;
-  uint32_t block_ = 0xFFFFFFFFu;
-  Philox4 bits_{};
-};
+}  // namespace
 
 void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p) {
   require(B > 0 && T > 0 && H > 0 && KV > 0 && D > 0, fn, "B, T, H, KV and D must be positive");
   require(H % KV == 0, fn, "H (" + std::to_string(H) + ") must be a multiple of KV (" + std::to_string(KV) + ")");
   require_dropout_p(dropout_p, fn);
 }
-
-}  // namespace
 
 void embedding_forward(float* out, const int* ids, const float* table, int N, int C) {
 #pragma omp parallel for

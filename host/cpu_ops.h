@@ -45,6 +45,8 @@ void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D);
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                        DropoutKey key, uint32_t site);
+// Throws std::invalid_argument naming `fn` for shapes or a dropout probability these ops refuse.
+void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p);
 // dq, dk, dv overwritten. `out` and `lse` are the forward's outputs.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, const float* k, const float* v, const int* key_mask, int B, int T,

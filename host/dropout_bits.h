@@ -1,8 +1,11 @@
-// The element-wise dropout's keep decisions 64 at a time on the CPU: sixteen Philox4x32-10 calls in the
-// lanes of AVX-512 registers where the CPU has them (a scalar loop otherwise), the same bits as
-// dropout_keep_elementwise (host/philox.h) element by element — the masks the CUDA kernels regenerate.
+// Dropout keep decisions in bulk on the CPU, the same bits as host/philox.h's per-element functions (the
+// masks the CUDA kernels regenerate): the element-wise dropout's 64 at a time (sixteen Philox4x32-10 calls
+// in the lanes of AVX-512 registers where the CPU has them, a scalar loop otherwise), and an attention
+// row's with one Philox call per four keys.
 #pragma once
 #include <cstdint>
+
+#include "host/philox.h"
 
 namespace l2v {
 
@@ -11,5 +14,28 @@ uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, 
 
 // The same through the scalar Philox only (the reference the AVX-512 path is tested against).
 uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p);
+
+// The attention dropout decisions of one query row (bh, i) for keys j in increasing order: the Philox call
+// of a block of four keys is made once and reused (dropout_keep_attention draws keys 4k .. 4k+3 from one
+// call), the same bits as calling dropout_keep_attention per key.
+class AttentionRowDropout {
+ public:
+  AttentionRowDropout(DropoutKey key, uint32_t site, uint32_t bh, uint32_t i, float p)
+      : seed_(key.seed), site_(site), bh_(bh), i_(i), p_(p) {}
+  bool keep(uint32_t j) {
+    if ((j >> 2) != block_) {
+      block_ = j >> 2;
+      bits_ = philox4x32_10(block_, i_, bh_, site_, seed_);
+    }
+    return philox_to_unit(bits_.v[j & 3]) >= p_;
+  }
+
+ private:
+  uint64_t seed_;
+  uint32_t site_, bh_, i_;
+  float p_;
+  uint32_t block_ = 0xFFFFFFFFu;
+  Philox4 bits_{};
+};
 
 }  // namespace l2v

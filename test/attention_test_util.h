@@ -1,6 +1,6 @@
 // Shared by the attention kernel tests (test_cuda_attention: the SIMT kernels of cuda/attention.cuh;
 // test_cuda_attention_mma: the tensor-core kernels of cuda/attention_mma.cuh): one case's inputs and
-// its five results, random inputs rounded to the storage type, and the fp32 CPU reference
+// its five results (test/attention_bounds.h), random inputs rounded to the storage type, and the fp32 CPU reference
 // (l2v::cpu::attention_forward / attention_backward) run the way both tests compare against it, and the
 // device run of an implementation's forward and backward.
 #pragma once
@@ -12,24 +12,10 @@
 #include "cuda/attention.cuh"
 #include "cuda/launch.h"
 #include "host/cpu_ops.h"
+#include "test/attention_bounds.h"
 #include "test/cuda_test_util.h"
 
 namespace l2v::test {
-
-struct AttentionDims {
-  int B, T, H, KV, D;
-  bool causal;
-  float p;  // attention dropout
-};
-
-struct AttentionInputs {
-  std::vector<float> q, k, v, dout;
-  std::vector<int> mask;  // key mask [B, T]
-};
-
-struct AttentionResults {
-  std::vector<float> out, lse, dq, dk, dv;
-};
 
 // Random normal q, k, v and dout rounded to T (the reference sees exactly the kernels' values); q is
 // scaled by 2 so that the softmax is far from flat.

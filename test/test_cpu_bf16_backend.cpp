@@ -1,5 +1,6 @@
 // The CPU backend with --precision bf16 (host/cpu_backend.h): its base-weight GEMMs against double-precision
-// references written here, and the packed-weight cache against every way the backend can change a weight.
+// references written here, its attention against the fp32 reference within the bounds of
+// test/attention_bounds.h, and the packed-weight cache against every way the backend can change a weight.
 //
 // Bounds (see host/cpu_gemm_bf16.h). A GEMM rounds its two inputs to bf16 (unit roundoff 2^-8) and sums the
 // K exact products in fp32: with a', w' the rounded inputs, |out - sum a'w'| <= gamma_K sum |a'w'|; a bias
@@ -7,15 +8,20 @@
 // wrong packing (W instead of W^T), a stale packed weight or a missing accumulation are O(|a||w|) off.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "host/cpu_attention_bf16.h"
 #include "host/cpu_backend.h"
 #include "host/cpu_gemm_bf16.h"
+#include "host/cpu_ops.h"
 #include "model/backend.h"
+#include "test/attention_bounds.h"
 #include "test/test_util.h"
 
 namespace l2v {
@@ -209,6 +215,156 @@ TEST(CpuBf16Backend, PackedBytesAreAccountedAndReleasedWithTheWeight) {
   const size_t fp32_before = cpu_backend_memory(*fp32).current;
   fp32->matmul_forward(fo, fx, fw, nullptr, N, IC, OC);
   EXPECT_EQ(cpu_backend_memory(*fp32).current, fp32_before);
+}
+
+// ------------------------------------------------------------------------------------------ attention
+
+struct AttnCase {
+  test::AttentionDims d;
+  int pad;  // 0: none; 1: batch row 0 left-padded by 5 keys and row 1 with holes (every third key); 2: row 1
+            // fully padded (no visible key: out 0, lse -inf, no gradient)
+};
+
+test::AttentionInputs attention_inputs(const AttnCase& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const test::AttentionDims& d = c.d;
+  const size_t N = (size_t)d.B * d.T;
+  auto fill = [&](size_t n, float scale) {
+    std::vector<float> x = randn(n, rng, scale);
+    for (float& e : x) e = bf(e);  // the bf16 GEMMs see exactly these values: the bounds measure the kernel
+    return x;
+  };
+  test::AttentionInputs in;
+  in.q = fill(N * d.H * d.D, 2.0f);  // a softmax far from flat
+  in.k = fill(N * d.KV * d.D, 1.0f);
+  in.v = fill(N * d.KV * d.D, 1.0f);
+  in.dout = fill(N * d.H * d.D, 1.0f);
+  in.mask.assign(N, 1);
+  for (int t = 0; t < d.T; ++t) {
+    if (c.pad == 1) {
+      in.mask[t] = t >= 5;
+      if (d.B > 1) in.mask[(size_t)d.T + t] = t % 3 != 1;
+    } else if (c.pad == 2 && d.B > 1) {
+      in.mask[(size_t)d.T + t] = 0;
+    }
+  }
+  return in;
+}
+
+// The bf16 forward, then its backward on the forward's own out and lse (as training runs them).
+test::AttentionResults run_bf16(const test::AttentionDims& d, const test::AttentionInputs& in, DropoutKey key,
+                                uint32_t site) {
+  const size_t N = (size_t)d.B * d.T;
+  test::AttentionResults r;
+  r.out.resize(N * d.H * d.D);
+  r.lse.resize((size_t)d.B * d.H * d.T);
+  r.dq.resize(N * d.H * d.D);
+  r.dk.resize(N * d.KV * d.D);
+  r.dv.resize(N * d.KV * d.D);
+  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B,
+                              d.T, d.H, d.KV, d.D, d.causal, d.p, key, site);
+  cpu::attention_backward_bf16(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), r.out.data(), r.lse.data(),
+                               in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                               d.causal, d.p, key, site);
+  return r;
+}
+
+// The reference forward on the inputs, its backward on `got`'s out and lse.
+test::AttentionResults run_reference(const test::AttentionDims& d, const test::AttentionInputs& in,
+                                     const test::AttentionResults& got, DropoutKey key, uint32_t site) {
+  test::AttentionResults r = got;
+  cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T,
+                         d.H, d.KV, d.D, d.causal, d.p, key, site);
+  cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), got.out.data(), got.lse.data(),
+                          in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal,
+                          d.p, key, site);
+  return r;
+}
+
+// |got - want| <= pre element by element (the results are fp32: no storage rounding on top); returns the
+// worst |got - want| / pre, or a failure naming the element.
+::testing::AssertionResult within(const char* what, const std::vector<float>& got, const std::vector<float>& want,
+                                  const test::Bound& bound, double* worst) {
+  for (size_t e = 0; e < want.size(); ++e) {
+    if (std::isinf(want[e]) || std::isinf(got[e])) {
+      if (got[e] != want[e]) return ::testing::AssertionFailure() << what << "[" << e << "] = " << got[e] << ", want " << want[e];
+      continue;
+    }
+    const double err = std::fabs((double)got[e] - want[e]);
+    if (err > bound.pre[e])
+      return ::testing::AssertionFailure() << what << "[" << e << "] = " << got[e] << ", want " << want[e]
+                                           << ": error " << err << " > bound " << bound.pre[e];
+    if (bound.pre[e] > 0) *worst = std::max(*worst, err / bound.pre[e]);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+constexpr uint32_t kSite = 7;
+const DropoutKey kKey{0xB16Full, 12};
+
+// The tails of the 32-row query blocks (T = 1, 33, 37, 70), GQA 1, 2 and 4, padding (holes, left, a row
+// without visible keys), causal and bidirectional, dropout. D = 16 and 64: 1/sqrt(D) is a power of two, so
+// scaling dS rounds nothing the derivation does not count. The worst error must also be a sizeable part
+// of the bound for the rounded results (the bound is not so loose that a rounding-sized bug would pass).
+TEST(CpuBf16Backend, AttentionWithinTheTensorCoreBounds) {
+  const AttnCase cases[] = {{{1, 1, 2, 2, 16, false, 0.0f}, 0},  {{2, 37, 4, 2, 16, false, 0.0f}, 1},
+                            {{2, 70, 4, 1, 64, true, 0.1f}, 1},  {{2, 33, 2, 2, 64, false, 0.2f}, 2},
+                            {{1, 40, 4, 4, 16, true, 0.0f}, 0}};
+  double worst[5] = {0, 0, 0, 0, 0};
+  uint32_t seed = 1;
+  for (const AttnCase& c : cases) {
+    SCOPED_TRACE("B T H KV D " + std::to_string(c.d.B) + " " + std::to_string(c.d.T) + " " + std::to_string(c.d.H) +
+                 " " + std::to_string(c.d.KV) + " " + std::to_string(c.d.D) + (c.d.causal ? " causal" : "") +
+                 " p " + std::to_string(c.d.p) + " pad " + std::to_string(c.pad));
+    const test::AttentionInputs in = attention_inputs(c, seed++);
+    const test::AttentionResults got = run_bf16(c.d, in, kKey, kSite);
+    const test::AttentionResults want = run_reference(c.d, in, got, kKey, kSite);
+    const test::AttentionBounds bd = test::derive_attention_bounds(c.d, in, got, kKey, kSite, 1.0 / 256, 0.0);
+    EXPECT_TRUE(within("out", got.out, want.out, bd.out, &worst[0]));
+    EXPECT_TRUE(within("lse", got.lse, want.lse, bd.lse, &worst[1]));
+    EXPECT_TRUE(within("dq", got.dq, want.dq, bd.dq, &worst[2]));
+    EXPECT_TRUE(within("dk", got.dk, want.dk, bd.dk, &worst[3]));
+    EXPECT_TRUE(within("dv", got.dv, want.dv, bd.dv, &worst[4]));
+  }
+  const char* names[5] = {"out", "lse", "dq", "dk", "dv"};
+  for (int t = 0; t < 5; ++t) {
+    std::printf("worst error / bound: %s %.3f\n", names[t], worst[t]);
+    if (t == 1) continue;  // lse is not rounded to bf16: its worst-case bound is far above the typical error
+    EXPECT_GT(worst[t], 0.05) << names[t] << ": the bound is loose";
+  }
+}
+
+// A dropout mask that is not the reference's (another site) fails the bounds: the masks are what the
+// comparison would otherwise hide.
+TEST(CpuBf16Backend, AttentionWithAnotherDropoutSiteFailsTheBounds) {
+  const AttnCase c{{2, 37, 4, 2, 16, false, 0.2f}, 0};
+  const test::AttentionInputs in = attention_inputs(c, 9);
+  const test::AttentionResults got = run_bf16(c.d, in, kKey, kSite + 1);
+  const test::AttentionResults want = run_reference(c.d, in, got, kKey, kSite);
+  const test::AttentionBounds bd = test::derive_attention_bounds(c.d, in, got, kKey, kSite, 1.0 / 256, 0.0);
+  double worst = 0;
+  EXPECT_FALSE(within("out", got.out, want.out, bd.out, &worst));
+}
+
+// The bf16 backend's attention is this one: bit for bit through the backend's handles.
+TEST(CpuBf16Backend, TheBackendRunsTheBf16Attention) {
+  const AttnCase c{{2, 37, 4, 2, 16, true, 0.1f}, 1};
+  const test::AttentionInputs in = attention_inputs(c, 11);
+  const test::AttentionResults direct = run_bf16(c.d, in, kKey, kSite);
+  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
+  const test::AttentionDims& d = c.d;
+  Tensor q = upload(*be, in.q), k = upload(*be, in.k), v = upload(*be, in.v), dout = upload(*be, in.dout);
+  Tensor out = upload(*be, std::vector<float>(direct.out.size())), dq = upload(*be, std::vector<float>(direct.dq.size()));
+  Tensor dk = upload(*be, std::vector<float>(direct.dk.size())), dv = upload(*be, std::vector<float>(direct.dv.size()));
+  std::vector<float> lse(direct.lse.size());
+  be->attention_forward(out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, kKey, kSite);
+  be->attention_backward(dq, dk, dv, dout, out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                         d.causal, d.p, kKey, kSite);
+  EXPECT_EQ(download(*be, out, direct.out.size()), direct.out);
+  EXPECT_EQ(lse, direct.lse);
+  EXPECT_EQ(download(*be, dq, direct.dq.size()), direct.dq);
+  EXPECT_EQ(download(*be, dk, direct.dk.size()), direct.dk);
+  EXPECT_EQ(download(*be, dv, direct.dv.size()), direct.dv);
 }
 
 }  // namespace

@@ -1,0 +1,176 @@
+#include "host/cpu_attention_bf16.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "host/cpu_gemm_bf16.h"
+#include "host/cpu_ops.h"
+#include "host/dropout_bits.h"
+
+namespace l2v::cpu {
+namespace {
+
+constexpr int kRows = 32;  // query rows per block: one row of the GEMMs' 32 x 32 output blocks
+
+// The shapes and strides of one call.
+struct Layout {
+  int B, T, H, KV, D, group, blocks;
+  long q_stride, kv_stride;
+  float sm_scale, keep_scale;
+  bool dropout;
+  Layout(int B_, int T_, int H_, int KV_, int D_, float p)
+      : B(B_), T(T_), H(H_), KV(KV_), D(D_), group(H_ / KV_), blocks((T_ + kRows - 1) / kRows),
+        q_stride((long)H_ * D_), kv_stride((long)KV_ * D_), sm_scale(1.0f / std::sqrt((float)D_)),
+        keep_scale(p > 0.0f ? 1.0f / (1.0f - p) : 1.0f), dropout(p > 0.0f) {}
+  long q_offset(int b, int i, int h) const { return ((long)b * T + i) * q_stride + (long)h * D; }
+  long kv_offset(int b, int j, int g) const { return ((long)b * T + j) * kv_stride + (long)g * D; }
+};
+
+// dst [cols, rows] = src [rows, cols]^T (row strides cols and rows).
+void transpose(float* dst, const float* src, int rows, int cols) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+}  // namespace
+
+void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                            DropoutKey key, uint32_t site) {
+  check_attention_shape("attention_forward_bf16", B, T, H, KV, D, dropout_p);
+  const Layout L(B, T, H, KV, D, dropout_p);
+  // K^T (for the scores) and V (for P' V) of every (batch, kv head), packed once for all its query heads.
+  std::vector<PackedBf16> kt((size_t)B * KV), vp((size_t)B * KV);
+#pragma omp parallel for
+  for (int bg = 0; bg < B * KV; ++bg) {
+    const int b = bg / KV, g = bg % KV;
+    kt[bg] = pack_bf16_transposed(k + L.kv_offset(b, 0, g), T, D, L.kv_stride);
+    vp[bg] = pack_bf16(v + L.kv_offset(b, 0, g), T, D, L.kv_stride);
+  }
+  const long items = (long)B * H * L.blocks;
+#pragma omp parallel
+  {
+    std::vector<float> s((size_t)kRows * T);  // this block's scores, then its dropped probabilities P'
+#pragma omp for schedule(dynamic, 1)
+    for (long it = 0; it < items; ++it) {
+      const int blk = (int)(it % L.blocks), bh = (int)(it / L.blocks);
+      const int h = bh % H, b = bh / H, g = h / L.group;
+      const int i0 = blk * kRows, rows = std::min(kRows, T - i0);
+      gemm_bf16(s.data(), T, q + L.q_offset(b, i0, h), L.q_stride, rows, kt[(size_t)b * KV + g], false);
+      const int* km = key_mask ? key_mask + (long)b * T : nullptr;
+      for (int r = 0; r < rows; ++r) {
+        const int i = i0 + r, jend = causal ? i + 1 : T;
+        float* p = s.data() + (size_t)r * T;
+        float* lse_i = lse + (long)bh * T + i;
+        // The reference's softmax (cpu::attention_forward) on this row's scores.
+        float mx = -INFINITY;
+        bool any = false;
+        for (int j = 0; j < jend; ++j) {
+          if (km && km[j] == 0) {
+            p[j] = -INFINITY;
+            continue;
+          }
+          p[j] *= L.sm_scale;
+          mx = std::max(mx, p[j]);
+          any = true;
+        }
+        std::fill(p + jend, p + T, 0.0f);
+        if (!any) {
+          *lse_i = -INFINITY;
+          std::fill(p, p + jend, 0.0f);
+          continue;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < jend; ++j) {
+          p[j] = std::exp(p[j] - mx);
+          sum += p[j];
+        }
+        *lse_i = mx + std::log(sum);
+        const float inv_sum = 1.0f / sum;
+        AttentionRowDropout mask(key, site, (uint32_t)(key.offset + bh), (uint32_t)i, dropout_p);
+        for (int j = 0; j < jend; ++j) {
+          if (p[j] == 0.0f) continue;
+          const float w = p[j] * inv_sum;
+          p[j] = !L.dropout ? w : mask.keep((uint32_t)j) ? w * L.keep_scale : 0.0f;
+        }
+      }
+      gemm_bf16(out + L.q_offset(b, i0, h), (int)L.q_stride, s.data(), T, rows, vp[(size_t)b * KV + g], false);
+    }
+  }
+}
+
+void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                             const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                             int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
+  check_attention_shape("attention_backward_bf16", B, T, H, KV, D, dropout_p);
+  const Layout L(B, T, H, KV, D, dropout_p);
+#pragma omp parallel
+  {
+    // One block's P then P', and dP then scale * dS ([rows, T]); their transposes ([T, rows]).
+    std::vector<float> p((size_t)kRows * T), ds((size_t)kRows * T), t((size_t)T * kRows);
+#pragma omp for schedule(dynamic, 1)
+    for (int bg = 0; bg < B * KV; ++bg) {
+      const int b = bg / KV, g = bg % KV;
+      const float* kb = k + L.kv_offset(b, 0, g);
+      const float* vb = v + L.kv_offset(b, 0, g);
+      float* dkb = dk + L.kv_offset(b, 0, g);
+      float* dvb = dv + L.kv_offset(b, 0, g);
+      const PackedBf16 kt = pack_bf16_transposed(kb, T, D, L.kv_stride);  // S = Q K^T
+      const PackedBf16 vt = pack_bf16_transposed(vb, T, D, L.kv_stride);  // dP = dO V^T
+      const PackedBf16 kk = pack_bf16(kb, T, D, L.kv_stride);             // dQ = dS K
+      for (int j = 0; j < T; ++j) {
+        std::fill(dkb + (long)j * L.kv_stride, dkb + (long)j * L.kv_stride + D, 0.0f);
+        std::fill(dvb + (long)j * L.kv_stride, dvb + (long)j * L.kv_stride + D, 0.0f);
+      }
+      const int* km = key_mask ? key_mask + (long)b * T : nullptr;
+      for (int h = g * L.group; h < (g + 1) * L.group; ++h) {
+        const int bh = b * H + h;
+        for (int blk = 0; blk < L.blocks; ++blk) {
+          const int i0 = blk * kRows, rows = std::min(kRows, T - i0);
+          const long qo = L.q_offset(b, i0, h);
+          gemm_bf16(p.data(), T, q + qo, L.q_stride, rows, kt, false);
+          gemm_bf16(ds.data(), T, dout + qo, L.q_stride, rows, vt, false);
+          for (int r = 0; r < rows; ++r) {
+            const int i = i0 + r, jend = causal ? i + 1 : T;
+            float* P = p.data() + (size_t)r * T;
+            float* dS = ds.data() + (size_t)r * T;
+            const float lse_i = lse[(long)bh * T + i];
+            if (lse_i == -INFINITY) {  // no visible key: the output was a constant 0
+              std::fill(P, P + T, 0.0f);
+              std::fill(dS, dS + T, 0.0f);
+              continue;
+            }
+            const float* do_i = dout + L.q_offset(b, i, h);
+            const float* o_i = out + L.q_offset(b, i, h);
+            float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
+            for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
+            AttentionRowDropout mask(key, site, (uint32_t)(key.offset + bh), (uint32_t)i, dropout_p);
+            for (int j = 0; j < T; ++j) {
+              if (j >= jend || (km && km[j] == 0)) {
+                P[j] = dS[j] = 0.0f;
+                continue;
+              }
+              const float Pij = std::exp(P[j] * L.sm_scale - lse_i);
+              const bool kept = !L.dropout || mask.keep((uint32_t)j);
+              // A dropped probability receives no gradient through the output.
+              const float dPij = kept ? dS[j] * L.keep_scale : 0.0f;
+              P[j] = kept ? Pij * L.keep_scale : 0.0f;
+              dS[j] = Pij * (dPij - Di) * L.sm_scale;
+            }
+          }
+          gemm_bf16(dq + qo, (int)L.q_stride, ds.data(), T, rows, kk, false);
+          // dk += (scale dS)^T Q, dv += P'^T dO over this block's rows.
+          transpose(t.data(), ds.data(), rows, T);
+          gemm_bf16(dkb, (int)L.kv_stride, t.data(), rows, T, pack_bf16(q + qo, rows, D, L.q_stride), true);
+          transpose(t.data(), p.data(), rows, T);
+          gemm_bf16(dvb, (int)L.kv_stride, t.data(), rows, T, pack_bf16(dout + qo, rows, D, L.q_stride), true);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace l2v::cpu
