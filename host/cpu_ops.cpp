@@ -77,30 +77,30 @@ inline void axpy(float* y, float a, const float* x, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// f(i, keep(i)) for every i in [0, n) of the element-wise dropout of the LoRA input (i = n*IC + c), in
-// parallel. The decisions of 64 consecutive elements from one elementwise_keep_bits64 (sixteen Philox calls,
-// vectorised where the CPU can: host/dropout_bits.h), the same bits as dropout_keep_elementwise per
-// element; the unaligned head and the tail element-wise.
-template <class F>
-void for_each_elementwise_keep(long n, float p, DropoutKey key, uint32_t site, F&& f) {
+// The element-wise dropout of the LoRA input (i = n*IC + c), in parallel: chunk(i0, bits) for the aligned
+// chunks of 64 elements, whose decisions come from one elementwise_keep_bits64 (sixteen Philox calls,
+// vectorised where the CPU can: host/dropout_bits.h), and one(i, keep) for the unaligned head and the tail —
+// the same bits as dropout_keep_elementwise per element.
+template <class One, class Chunk>
+void for_each_elementwise_keep(long n, float p, DropoutKey key, uint32_t site, One&& one, Chunk&& chunk) {
   const long head = std::min<long>(n, (long)((4 - (key.offset & 3)) & 3));
-  for (long i = 0; i < head; ++i) f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
+  for (long i = 0; i < head; ++i) one(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
   const long chunks = (n - head) / 64;
 #pragma omp parallel for
   for (long c = 0; c < chunks; ++c) {
     const long i0 = head + 64 * c;
-    const uint64_t keep = elementwise_keep_bits64(key.seed, site, (key.offset + (uint64_t)i0) >> 2, p);
-    for (int e = 0; e < 64; ++e) f(i0 + e, (keep >> e) & 1);
+    chunk(i0, elementwise_keep_bits64(key.seed, site, (key.offset + (uint64_t)i0) >> 2, p));
   }
   for (long i = head + 64 * chunks; i < n; ++i)
-    f(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
+    one(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
 }
 
 // dst[i] = src[i] * keep(i) / (1-p).
 void apply_elementwise_dropout(float* dst, const float* src, long n, float p, DropoutKey key, uint32_t site) {
   const float keep_scale = 1.0f / (1.0f - p);
-  for_each_elementwise_keep(n, p, key, site,
-                            [&](long i, bool keep) { dst[i] = keep ? src[i] * keep_scale : 0.0f; });
+  for_each_elementwise_keep(
+      n, p, key, site, [&](long i, bool keep) { dst[i] = keep ? src[i] * keep_scale : 0.0f; },
+      [&](long i0, uint64_t bits) { apply_keep_bits64(dst + i0, src + i0, bits, keep_scale); });
 }
 
 }  // namespace
@@ -415,14 +415,20 @@ void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const f
   // replaces it by the dropped input that dA needs, so Philox runs once per element in this backward.
   gemm(false, false, N, IC, R, 1.0f, dxa.data(), R, A, IC, 0.0f, scratch, IC);
   const float keep_scale = 1.0f / (1.0f - dropout_p);
-  for_each_elementwise_keep((long)N * IC, dropout_p, key, site, [&](long i, bool keep) {
-    if (keep) {
-      dinp[i] += scratch[i] * keep_scale;
-      scratch[i] = inp[i] * keep_scale;
-    } else {
-      scratch[i] = 0.0f;
-    }
-  });
+  for_each_elementwise_keep(
+      (long)N * IC, dropout_p, key, site,
+      [&](long i, bool keep) {
+        if (keep) {
+          dinp[i] += scratch[i] * keep_scale;
+          scratch[i] = inp[i] * keep_scale;
+        } else {
+          scratch[i] = 0.0f;
+        }
+      },
+      [&](long i0, uint64_t bits) {
+        accumulate_keep_bits64(dinp + i0, scratch + i0, bits, keep_scale);
+        apply_keep_bits64(scratch + i0, inp + i0, bits, keep_scale);
+      });
   gemm(true, false, R, IC, N, 1.0f, dxa.data(), R, scratch, IC, 1.0f, dA, IC);
 }
 

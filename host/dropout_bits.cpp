@@ -64,6 +64,21 @@ __attribute__((target("avx512f,bmi2"))) uint64_t keep_bits64_avx512(uint64_t see
   return bits;
 }
 
+__attribute__((target("avx512f"))) void apply_avx512(float* dst, const float* src, uint64_t keep, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int q = 0; q < 4; ++q)
+    _mm512_storeu_ps(dst + 16 * q, _mm512_maskz_mul_ps((__mmask16)(keep >> (16 * q)), _mm512_loadu_ps(src + 16 * q), s));
+}
+
+__attribute__((target("avx512f"))) void accumulate_avx512(float* acc, const float* x, uint64_t keep, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int q = 0; q < 4; ++q) {
+    const __mmask16 k = (__mmask16)(keep >> (16 * q));
+    const __m512 a = _mm512_loadu_ps(acc + 16 * q);
+    _mm512_storeu_ps(acc + 16 * q, _mm512_mask_add_ps(a, k, a, _mm512_mul_ps(_mm512_loadu_ps(x + 16 * q), s)));
+  }
+}
+
 #pragma GCC diagnostic pop
 
 bool has_avx512() {
@@ -81,6 +96,17 @@ uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t b
       if (philox_to_unit(r.v[j]) >= p) bits |= 1ull << (4 * l + j);
   }
   return bits;
+}
+
+void apply_keep_bits64(float* dst, const float* src, uint64_t keep, float scale) {
+  if (has_avx512()) return apply_avx512(dst, src, keep, scale);
+  for (int e = 0; e < 64; ++e) dst[e] = (keep >> e) & 1 ? src[e] * scale : 0.0f;
+}
+
+void accumulate_keep_bits64(float* acc, const float* x, uint64_t keep, float scale) {
+  if (has_avx512()) return accumulate_avx512(acc, x, keep, scale);
+  for (int e = 0; e < 64; ++e)
+    if ((keep >> e) & 1) acc[e] += x[e] * scale;
 }
 
 uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, float p) {

@@ -15,6 +15,11 @@ uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, 
 // The same through the scalar Philox only (the reference the AVX-512 path is tested against).
 uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p);
 
+// Applying 64 keep bits to 64 consecutive floats (AVX-512 masked multiplies where the CPU has them; the
+// same fp32 operations either way): dst[e] = bit e ? src[e] * scale : 0, and acc[e] += bit e ? x[e] * scale : 0.
+void apply_keep_bits64(float* dst, const float* src, uint64_t keep, float scale);
+void accumulate_keep_bits64(float* acc, const float* x, uint64_t keep, float scale);
+
 // The attention dropout decisions of one query row (bh, i) for keys j in increasing order: the Philox call
 // of a block of four keys is made once and reused (dropout_keep_attention draws keys 4k .. 4k+3 from one
 // call), the same bits as calling dropout_keep_attention per key.
