@@ -50,7 +50,7 @@ with open(f"{work}/texts.txt", "w", encoding="utf-8") as f:
 def ours(name, *flags):
     t0 = time.time()
     subprocess.run(["build/llm2vec", "embed", "--model", args.model, "--input", f"{work}/texts.txt", "--output",
-                    f"{work}/{name}.npy", "--quiet", "--backend", "cpu", *flags], check=True)
+                    f"{work}/{name}.npy", "--quiet", "--backend", "cpu", "--precision", "fp32", *flags], check=True)
     return np.load(f"{work}/{name}.npy"), time.time() - t0
 
 

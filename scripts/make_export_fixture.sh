@@ -14,7 +14,7 @@
 #   5. convert the base to a Hugging Face directory                                   -> WORK/base_hf
 #   6. copy the two adapters, llm2vec_config.json and inputs.txt into test/fixtures/export/; the test
 #      binary writes the left-padded batch our embed path builds for inputs.txt (batch.safetensors)
-#   7. build/llm2vec embed --model WORK/simcse (our CLI)                              -> WORK/ours.npy
+#   7. build/llm2vec embed --precision fp32 --model WORK/simcse (our CLI)                              -> WORK/ours.npy
 #   8. scripts/check_export.py: PEFT/llm2vec load the chain, embed batch.safetensors, compare with
 #      ours.npy and with WORK/*/merged; writes python_embeddings.npy and check_report.json
 #   9. run build/test/test_export against the new fixture
@@ -44,11 +44,11 @@ build/llm2vec prepare --tokenizer "$TOK" --input "$WORK/simcse.txt" --format sen
 # 3-4. the two stages (the defaults not given here: seed 42, linear decay, clipping 1.0, lora_alpha 2r,
 # lora_dropout 0.05, bidirectional, mean pooling, adapter_layout llm2vec)
 rm -rf "$WORK/mntp" "$WORK/simcse"
-build/llm2vec train --stage mntp --model_name_or_path "$BASE" --tokenizer "$TOK" \
+build/llm2vec train --torch_dtype float32 --stage mntp --model_name_or_path "$BASE" --tokenizer "$TOK" \
   --dataset_file_path "$WORK/data-mntp-*.bin" --output_dir "$WORK/mntp" \
   --max_steps 10 --learning_rate 1e-3 --lora_r 4 --mask_token_type "<0x5F>" --max_seq_length 64 \
   --per_device_train_batch_size 4 --logging_steps 5
-build/llm2vec train --stage simcse --model_name_or_path "$BASE" --tokenizer "$TOK" \
+build/llm2vec train --torch_dtype float32 --stage simcse --model_name_or_path "$BASE" --tokenizer "$TOK" \
   --peft_model_name_or_path "$WORK/mntp" \
   --dataset_file_path "$WORK/data-simcse-*.bin" --output_dir "$WORK/simcse" \
   --max_steps 10 --learning_rate 1e-3 --lora_r 4 --per_device_train_batch_size 8 --logging_steps 5
@@ -56,7 +56,7 @@ build/llm2vec train --stage simcse --model_name_or_path "$BASE" --tokenizer "$TO
 # the same SimCSE stage exported in the causal_lm layout (not committed; check_export.py loads it with
 # PEFT on LlamaForCausalLM and compares it with the llm2vec-layout tensors)
 rm -rf "$WORK/simcse_causal_lm"
-build/llm2vec train --stage simcse --model_name_or_path "$BASE" --tokenizer "$TOK" \
+build/llm2vec train --torch_dtype float32 --stage simcse --model_name_or_path "$BASE" --tokenizer "$TOK" \
   --peft_model_name_or_path "$WORK/mntp" \
   --dataset_file_path "$WORK/data-simcse-*.bin" --output_dir "$WORK/simcse_causal_lm" \
   --max_steps 10 --learning_rate 1e-3 --lora_r 4 --per_device_train_batch_size 8 --logging_steps 5 \
@@ -83,7 +83,7 @@ EOF
 L2V_EXPORT_WRITE_BATCH="$OUT/batch.safetensors" build/test/test_export --gtest_filter='Export.BatchIsOurs'
 
 # 7. our embeddings through the CLI (reads WORK/simcse/llm2vec_run.json: base, tokenizer, adapter chain)
-build/llm2vec embed --model "$WORK/simcse" --input "$OUT/inputs.txt" --output "$WORK/ours.npy" --quiet
+build/llm2vec embed --precision fp32 --model "$WORK/simcse" --input "$OUT/inputs.txt" --output "$WORK/ours.npy" --quiet
 
 # 8. Python
 "$PY" scripts/check_export.py --work "$WORK" --fixture "$OUT"

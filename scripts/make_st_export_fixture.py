@@ -51,7 +51,7 @@ for name, v in json.load(open(f"{FIX}/variants.json")).items():
     inputs = f"{work}/{name}.txt"
     with open(inputs, "w", encoding="utf-8") as f:
         f.writelines((instruction + "\t" + t if instruction else t) + "\n" for t in texts)
-    run("build/llm2vec", "embed", "--model", BASE, *flags, "--normalize", "--quiet", "--input", inputs,
+    run("build/llm2vec", "embed", "--precision", "fp32", "--model", BASE, *flags, "--normalize", "--quiet", "--input", inputs,
         "--output", f"{out}.npy", *(["--instructions"] if instruction else []))
 run("scripts/.venv-st/bin/python", "scripts/check_st_export.py", "--work", work, "--fixture", FIX)
 run("build/test/test_st_export")

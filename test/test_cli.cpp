@@ -203,7 +203,8 @@ TEST(Cli, EvalRetrievalScoresABeirCollection) {
                                             "{\"_id\": \"q2\", \"text\": \"a hot sun\"}\n"
                                             "{\"_id\": \"q3\", \"text\": \"not judged\"}\n";
   std::ofstream(data + "/qrels/test.tsv") << "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n";
-  const std::string model = " --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin";
+  const std::string base = " --model assets/stories260K/stories260K.bin --tokenizer assets/stories260K/tok512.bin";
+  const std::string model = base + " --precision fp32";
   const auto [rc, out] = run("eval retrieval --quiet --data " + data + model + " --json-out " + json, true);
   ASSERT_EQ(0, rc) << out;
   EXPECT_TRUE(has(out, "(test): 2 queries, 4 documents: nDCG@10 ")) << out;
@@ -222,12 +223,12 @@ TEST(Cli, EvalRetrievalScoresABeirCollection) {
   EXPECT_TRUE(has(again, out.substr(out.find("(test): ")))) << "the cached run scored otherwise:\n" << out << again;
   // The CPU's bf16 GEMMs embed otherwise: their run neither reads the fp32 cache nor fails; a precision the
   // CPU backend lacks is a usage error naming the choices.
-  const auto [bf16_rc, bf16] = run("eval retrieval --precision bf16 --data " + data + model, true);
+  const auto [bf16_rc, bf16] = run("eval retrieval --precision bf16 --data " + data + base, true);
   EXPECT_EQ(0, bf16_rc) << bf16;
   EXPECT_TRUE(has(bf16, "note: cpu backend in bf16") && has(bf16, "embedding 4 documents") &&
               !has(bf16, "from the cache"))
       << bf16;
-  const auto [fp16_rc, fp16] = run("eval retrieval --precision fp16 --data " + data + model, true);
+  const auto [fp16_rc, fp16] = run("eval retrieval --precision fp16 --data " + data + base, true);
   EXPECT_EQ(2, fp16_rc) << fp16;
   EXPECT_TRUE(has(fp16, "--precision for the cpu backend: fp32 or bf16, got 'fp16'")) << fp16;
   std::ofstream(data + "/corpus.jsonl", std::ios::app) << "{\"_id\": \"d5\", \"text\": \"A new text.\"}\n";

@@ -118,10 +118,12 @@ class DataParallel : public ::testing::Test {
 
   static std::string data(const std::string& name) { return (data_->path / name).string(); }
 
-  // The options every run here shares; `extra` adds the stage's.
+  // The options every run here shares; `extra` adds the stage's. The fp32 reference precision unless
+  // `extra` names one (the CPU's default is bf16 where it has AMX).
   static std::string train_args(const std::string& out, const std::string& extra, int seed = 3,
                                 bool overwrite = true) {
-    return " train --model_name_or_path " + kModel + " --tokenizer " + kTok + " --seed " + std::to_string(seed) +
+    const std::string precision = extra.find("--torch_dtype") == std::string::npos ? " --torch_dtype float32" : "";
+    return " train --model_name_or_path " + kModel + " --tokenizer " + kTok + " --seed " + std::to_string(seed) + precision +
            " --overwrite_output_dir " + (overwrite ? "true" : "false") +
            " --save_merged_model false --logging_steps 1 --lora_r 4 --learning_rate 1e-3 --save_steps 0 --adam_epsilon 1"
            " --output_dir " + out + " " + extra;

@@ -86,7 +86,7 @@ const std::map<std::string, json>& exceptions() {
       {"overwrite_output_dir", false},  // the configs' true would let a typo delete a finished run
       {"logging_steps", 10},            // a progress line; train_log.jsonl has every step anyway
       {"save_total_limit", 2},          // Hugging Face keeps every checkpoint
-      {"torch_dtype", ""},              // follows the backend: fp32 on the CPU, bf16 on CUDA
+      {"torch_dtype", ""},              // follows the backend (and the CPU's AMX-BF16)
       {"resume_from_checkpoint", ""},   // TrainingArguments' None, as a string key
   };
   return m;

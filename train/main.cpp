@@ -56,6 +56,13 @@ constexpr const char* kDefaultBackend = "cuda";
 constexpr const char* kDefaultBackend = "cpu";
 #endif
 
+// The precision a backend runs in when none is asked for: bf16 on CUDA; on the CPU bf16 where it has
+// AMX-BF16 (its bf16 embeddings sit closer to fp32 than PyTorch's bf16: scripts/check_cpu_bf16.py), else the
+// fp32 reference (the portable bf16 GEMM is slower than fp32).
+std::string default_precision(const std::string& backend) {
+  return backend == "cuda" || cpu::amx_bf16_available() ? "bf16" : "fp32";
+}
+
 // attention_impl: "" (the backend's choice) or the cuda backend's simt | mma | cudnn.
 std::unique_ptr<Backend> make_backend(const std::string& name, const std::string& precision,
                                       const std::string& attention_impl) {
@@ -91,7 +98,7 @@ struct LoadedModel {
 void load(LoadedModel& lm, const ParsedOptions& o) {
   const std::string path = o.required("--model");
   const std::string backend = o.get("--backend", kDefaultBackend);
-  lm.backend = make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"),
+  lm.backend = make_backend(backend, o.get("--precision", default_precision(backend)),
                             o.get("--attention_impl", ""));
   lm.checkpoint = open_checkpoint(path);
   load_model(lm.model, lm.checkpoint.config, *lm.checkpoint.tensors, *lm.backend);
@@ -144,7 +151,7 @@ void print_similarities(const char* title, const std::vector<float>& emb, int n,
 
 std::unique_ptr<Backend> backend_for(const ParsedOptions& o) {
   const std::string backend = o.get("--backend", kDefaultBackend);
-  return make_backend(backend, o.get("--precision", backend == "cuda" ? "bf16" : "fp32"),
+  return make_backend(backend, o.get("--precision", default_precision(backend)),
                       o.get("--attention_impl", ""));
 }
 
@@ -314,7 +321,7 @@ int run_train(const ParsedOptions& o) {
     if (comm->rank() == 0)
       for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
     std::unique_ptr<Backend> backend = make_backend(
-        backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
+        backend_name, !cfg.precision.empty() ? cfg.precision : default_precision(backend_name),
         cfg.attention_impl);
     TrainResult r = run_training(cfg, *backend, {}, comm.get());
     return r.interrupted ? 130 : 0;
@@ -392,7 +399,7 @@ int run_bench_step(const ParsedOptions& o) {
   const ModelConfig mc = model_config_of(cfg.model_name_or_path);
   const std::string backend_name = cfg.backend.empty() ? kDefaultBackend : cfg.backend;
   std::unique_ptr<Backend> backend = make_backend(
-      backend_name, !cfg.precision.empty() ? cfg.precision : backend_name == "cuda" ? "bf16" : "fp32",
+      backend_name, !cfg.precision.empty() ? cfg.precision : default_precision(backend_name),
       cfg.attention_impl);
   const int steps = o.has("--max_steps") ? cfg.max_steps : 5;
   std::printf("bench-step: %s (%d layers, hidden %d, MLP %d, %d heads / %d KV, vocab %d) with random weights, "
@@ -800,9 +807,10 @@ const OptionSpec kTokenizer{"--tokenizer", "PATH",
 const OptionSpec kBackend{"--backend", "NAME", std::string("cpu or cuda (default ") + kDefaultBackend + ")"};
 const OptionSpec kPrecision{"--precision", "P",
                             "bf16 or fp32. cuda: storage of activations and base weights (default bf16,\n"
-                            "fp32 accumulation). cpu: the base-weight GEMMs in bf16 (AMX-BF16 where the CPU\n"
-                            "has it, fp32 accumulation; the rest fp32) or all fp32 (default: the\n"
-                            "bit-reproducible reference)"};
+                            "fp32 accumulation). cpu: bf16 runs the base-weight GEMMs and attention's\n"
+                            "products on bf16 inputs with fp32 accumulation (AMX-BF16), the rest in fp32;\n"
+                            "fp32 is the bit-reproducible reference (default: bf16 where the CPU has\n"
+                            "AMX-BF16, else fp32)"};
 const OptionSpec kAttentionImpl{"--attention_impl", "I",
                                 "cuda attention kernels: simt | mma (tensor cores: bf16, head dim 16, 64\n"
                                 "or 128) | cudnn (cuDNN SDPA: bf16, builds with cuDNN; left/right key padding\n"

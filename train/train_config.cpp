@@ -31,7 +31,7 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"output_dir", 's', nullptr, "where checkpoints, the log and the outputs go (required)"},
       {"backend", 's', "", "cpu | cuda (default: cuda in build/llm2vec_cuda, cpu in build/llm2vec)"},
       {"attention_impl", 's', "", "cuda: simt | mma (tensor cores: bf16, head dim 16, 64 or 128) | cudnn\n(cuDNN SDPA: bf16, builds with cuDNN; left/right key padding only; its own dropout\nRNG, unlike the CPU reference's) (default: the fastest of simt/mma that supports the\ncase, printed at start)"},
-      {"torch_dtype", 's', "", "bfloat16 | float32: storage of activations and base weights (default:\nfloat32 on cpu, bfloat16 on cuda)"},
+      {"torch_dtype", 's', "", "bfloat16 | float32: the backend's precision (see --precision of embed; default:\nbfloat16 on cuda and on CPUs with AMX-BF16, else float32)"},
       {"per_device_train_batch_size", 'i', nullptr,
        "sequences (mntp), sentences (simcse) or triples per micro-batch (default 32 mntp,\n128 simcse, 64 supervised)"},
       {"gradient_accumulation_steps", 'i', 1, "micro-batches per optimizer step (contrastive: each is its own loss)"},

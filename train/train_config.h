@@ -14,7 +14,8 @@
 // betas and epsilon, max_grad_norm 1, seed 42, linear schedule). Deliberate exceptions: overwrite_output_dir
 // false (the configs say true, which would let a typo overwrite a finished run), logging_steps 10 (a
 // progress line; the JSONL log has every step), save_total_limit 2 (Hugging Face keeps every checkpoint)
-// and the precision, which follows the backend (fp32 on the CPU, bf16 on CUDA; llm2vec uses bfloat16).
+// and the precision, which follows the backend (bf16 on CUDA and on CPUs with AMX-BF16, else fp32; llm2vec
+// uses bfloat16).
 // test/test_train_defaults.cpp checks all of this against values read from those sources
 // (scripts/make_default_fixtures.py).
 #pragma once
