@@ -153,24 +153,34 @@ void portable_block(float* out, const uint16_t* a, size_t a_ld, const uint16_t* 
 
 }  // namespace
 
-PackedBf16 pack_bf16_transposed(const float* W, int N, int K, long ldw) {
+namespace {
+
+// B[k][n] = W[k * k_stride + n * n_stride], the loops ordered so that W is read along its rows.
+PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
   PackedBf16 p = make_packed(K, N);
-  if (ldw == 0) ldw = K;
-  require(ldw >= K, "pack_bf16_transposed: row stride " + std::to_string(ldw) + " < K = " + std::to_string(K));
+  const bool n_inner = n_stride == 1;
+  const int outer = n_inner ? K : N, inner = n_inner ? N : K;
 #pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
-  for (int n = 0; n < N; ++n)
-    for (int k = 0; k < K; ++k) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)n * ldw + k]);
+  for (int o = 0; o < outer; ++o)
+    for (int i = 0; i < inner; ++i) {
+      const int k = n_inner ? o : i, n = n_inner ? i : o;
+      p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * k_stride + (size_t)n * n_stride]);
+    }
   return p;
 }
 
+}  // namespace
+
+PackedBf16 pack_bf16_transposed(const float* W, int N, int K, long ldw) {
+  if (ldw == 0) ldw = K;
+  require(ldw >= K, "pack_bf16_transposed: row stride " + std::to_string(ldw) + " < K = " + std::to_string(K));
+  return pack(W, K, N, 1, ldw);
+}
+
 PackedBf16 pack_bf16(const float* W, int K, int N, long ldw) {
-  PackedBf16 p = make_packed(K, N);
   if (ldw == 0) ldw = N;
   require(ldw >= N, "pack_bf16: row stride " + std::to_string(ldw) + " < N = " + std::to_string(N));
-#pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
-  for (int k = 0; k < K; ++k)
-    for (int n = 0; n < N; ++n) p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * ldw + n]);
-  return p;
+  return pack(W, K, N, ldw, 1);
 }
 
 bool amx_bf16_available() {
