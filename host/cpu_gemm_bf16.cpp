@@ -52,16 +52,8 @@ PackedBf16 make_packed(int K, int N) {
   const size_t bytes = p.bytes();
   void* mem = std::aligned_alloc(64, bytes);
   if (!mem) throw std::bad_alloc();
-  std::memset(mem, 0, bytes);  // the padding is zeros: padded k add exact zeros, padded n are not written
-  p.tiles = {static_cast<uint16_t*>(mem), std::free};
+  p.tiles = {static_cast<uint16_t*>(mem), std::free};  // filled by pack, padding (zeros) included
   return p;
-}
-
-// Where B[k][n] lives in the tiles: tile (n / 16, k / 32), row (k % 32) / 2 (a k pair), column n % 16, and
-// the pair's element k % 2 — the layout TDPBF16PS reads its second operand in.
-inline size_t packed_index(const PackedBf16& p, int k, int n) {
-  return ((size_t)(n / 16) * p.k_blocks + k / kBlock) * kTileElems + (size_t)((k % kBlock) / 2) * 32 +
-         (size_t)(n % 16) * 2 + (size_t)(k % 2);
 }
 
 // The bf16 copy of A's rows, padded with zeros to whole 32 x 32 blocks: one per calling thread, kept between
@@ -155,17 +147,25 @@ void portable_block(float* out, const uint16_t* a, size_t a_ld, const uint16_t* 
 
 namespace {
 
-// B[k][n] = W[k * k_stride + n * n_stride], the loops ordered so that W is read along its rows.
+// B[k][n] = W[k * k_stride + n * n_stride], tile by tile in the order the tiles are stored (every element,
+// padding included, written once): B[k][n] sits in tile (n / 16, k / 32), row (k % 32) / 2 (a k pair),
+// column n % 16, element k % 2 of the pair — the layout TDPBF16PS reads its second operand in.
 PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
   PackedBf16 p = make_packed(K, N);
-  const bool n_inner = n_stride == 1;
-  const int outer = n_inner ? K : N, inner = n_inner ? N : K;
+  uint16_t* tiles = p.tiles.get();
 #pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
-  for (int o = 0; o < outer; ++o)
-    for (int i = 0; i < inner; ++i) {
-      const int k = n_inner ? o : i, n = n_inner ? i : o;
-      p.tiles[packed_index(p, k, n)] = bf16_from_float(W[(size_t)k * k_stride + (size_t)n * n_stride]);
+  for (int nb = 0; nb < p.n_blocks16; ++nb) {
+    for (int kb = 0; kb < p.k_blocks; ++kb) {
+      uint16_t* t = tiles + ((size_t)nb * p.k_blocks + kb) * kTileElems;
+      for (int r = 0; r < 16; ++r)
+        for (int c = 0; c < 16; ++c)
+          for (int j = 0; j < 2; ++j) {
+            const int k = kb * kBlock + 2 * r + j, n = nb * 16 + c;
+            t[r * 32 + c * 2 + j] =
+                k < K && n < N ? bf16_from_float(W[(size_t)k * k_stride + (size_t)n * n_stride]) : uint16_t(0);
+          }
     }
+  }
   return p;
 }
 

@@ -26,18 +26,13 @@ __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, _
   lo = _mm512_mullo_epi32(a, m);
 }
 
-__attribute__((target("avx512f,bmi2"))) uint64_t keep_bits64_avx512(uint64_t seed, uint32_t site, uint64_t block0,
+// The keep bits of sixteen Philox4x32-10 calls, lane l with counter (c0[l], c1[l], c2, c3): bit 4 l + j from
+// word j.
+__attribute__((target("avx512f,bmi2"))) uint64_t keep_bits64_avx512(const uint32_t* lo_words, const uint32_t* hi_words,
+                                                                   uint32_t word2, uint32_t word3, uint64_t seed,
                                                                    float p) {
-  // Lane l holds block block0 + l: counter (low 32 bits, high 32 bits, 0xE1E3E7, site), as
-  // elementwise_dropout_bits; the 64-bit add carries into the high word lane by lane.
-  alignas(64) uint32_t lo_words[16], hi_words[16];
-  for (int l = 0; l < 16; ++l) {
-    const uint64_t b = block0 + (uint64_t)l;
-    lo_words[l] = (uint32_t)b;
-    hi_words[l] = (uint32_t)(b >> 32);
-  }
-  __m512i c0 = _mm512_load_si512(lo_words), c1 = _mm512_load_si512(hi_words);
-  __m512i c2 = _mm512_set1_epi32((int)0xE1E3E7u), c3 = _mm512_set1_epi32((int)site);
+  __m512i c0 = _mm512_loadu_si512(lo_words), c1 = _mm512_loadu_si512(hi_words);
+  __m512i c2 = _mm512_set1_epi32((int)word2), c3 = _mm512_set1_epi32((int)word3);
   // Every 32-bit lane holds the multiplier: vpmuludq reads the low half of each 64-bit lane, vpmulld all.
   const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
   uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
@@ -110,7 +105,36 @@ void accumulate_keep_bits64(float* acc, const float* x, uint64_t keep, float sca
 }
 
 uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, float p) {
-  return has_avx512() ? keep_bits64_avx512(seed, site, block0, p) : elementwise_keep_bits64_scalar(seed, site, block0, p);
+  if (!has_avx512()) return elementwise_keep_bits64_scalar(seed, site, block0, p);
+  // Lane l: block block0 + l, counter (low 32 bits, high 32 bits, 0xE1E3E7, site) as elementwise_dropout_bits;
+  // the 64-bit add carries into the high word lane by lane.
+  uint32_t lo[16], hi[16];
+  for (int l = 0; l < 16; ++l) {
+    lo[l] = (uint32_t)(block0 + (uint64_t)l);
+    hi[l] = (uint32_t)((block0 + (uint64_t)l) >> 32);
+  }
+  return keep_bits64_avx512(lo, hi, 0xE1E3E7u, site, seed, p);
+}
+
+uint64_t attention_keep_bits64_scalar(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p) {
+  uint64_t bits = 0;
+  for (int l = 0; l < 16; ++l) {
+    const Philox4 r = philox4x32_10((j0 >> 2) + (uint32_t)l, i, bh, site, seed);
+    for (int w = 0; w < 4; ++w)
+      if (philox_to_unit(r.v[w]) >= p) bits |= 1ull << (4 * l + w);
+  }
+  return bits;
+}
+
+uint64_t attention_keep_bits64(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p) {
+  if (!has_avx512()) return attention_keep_bits64_scalar(seed, site, bh, i, j0, p);
+  // Lane l: keys j0 + 4 l .. j0 + 4 l + 3, counter (key block, i, bh, site) as dropout_keep_attention.
+  uint32_t blocks[16], rows[16];
+  for (int l = 0; l < 16; ++l) {
+    blocks[l] = (j0 >> 2) + (uint32_t)l;
+    rows[l] = i;
+  }
+  return keep_bits64_avx512(blocks, rows, bh, site, seed, p);
 }
 
 }  // namespace l2v

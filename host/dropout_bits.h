@@ -12,8 +12,13 @@ namespace l2v {
 // Bit e (0..63) = dropout_keep_elementwise(seed, site, 4 * block0 + e, p), p in [0, 1).
 uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, float p);
 
-// The same through the scalar Philox only (the reference the AVX-512 path is tested against).
+// Bit e (0..63) = dropout_keep_attention(seed, site, bh, i, j0 + e, p): keys j0 .. j0 + 63 of query row
+// (bh, i); j0 a multiple of 4.
+uint64_t attention_keep_bits64(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p);
+
+// The same through the scalar Philox only (the references the AVX-512 path is tested against).
 uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p);
+uint64_t attention_keep_bits64_scalar(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p);
 
 // Applying 64 keep bits to 64 consecutive floats (AVX-512 masked multiplies where the CPU has them; the
 // same fp32 operations either way): dst[e] = bit e ? src[e] * scale : 0, and acc[e] += bit e ? x[e] * scale : 0.

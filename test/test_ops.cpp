@@ -112,6 +112,25 @@ TEST(Philox, SixtyFourKeepBitsAtOnceEqualTheScalarDecisions) {
     }
 }
 
+// The attention rows' 64 keep bits at a time are dropout_keep_attention's, key by key (AVX-512 and scalar),
+// at p exactly on a drawn value too.
+TEST(Philox, SixtyFourAttentionKeepBitsEqualTheScalarDecisions) {
+  for (uint64_t seed : {0ull, 0xDEADBEEF00000007ull})
+    for (uint32_t j0 : {0u, 64u, 4096u}) {
+      const uint32_t site = 5, bh = 77, i = 130;
+      const float drawn = l2v::philox_to_unit(l2v::philox4x32_10(j0 >> 2, i, bh, site, seed).v[0]);
+      for (float p : {0.0f, 0.1f, 0.5f, drawn, std::nextafter(drawn, 1.0f)}) {
+        const uint64_t fast = l2v::attention_keep_bits64(seed, site, bh, i, j0, p);
+        const uint64_t scalar = l2v::attention_keep_bits64_scalar(seed, site, bh, i, j0, p);
+        for (int e = 0; e < 64; ++e) {
+          const bool want = l2v::dropout_keep_attention(seed, site, bh, i, j0 + e, p);
+          ASSERT_EQ(want, (bool)((fast >> e) & 1)) << "seed " << seed << " j0 " << j0 << " p " << p << " e " << e;
+          ASSERT_EQ(want, (bool)((scalar >> e) & 1)) << "seed " << seed << " j0 " << j0 << " e " << e;
+        }
+      }
+    }
+}
+
 TEST(Philox, UniformMeanAndElementwiseKeepRate) {
   const int calls = 20000;
   double s = 0;
