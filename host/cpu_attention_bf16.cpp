@@ -90,14 +90,15 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
         }
         *lse_i = mx + std::log(sum);
         const float inv_sum = 1.0f / sum;
-        for (int j0 = 0; j0 < jend; j0 += 64) {
-          const uint64_t keep = L.dropout ? attention_keep_bits64(key.seed, site, (uint32_t)(key.offset + bh),
-                                                                  (uint32_t)i, (uint32_t)j0, dropout_p)
-                                          : ~0ull;
-          for (int j = j0; j < std::min(jend, j0 + 64); ++j) {
+        for (int j0 = 0; j0 < jend; j0 += 128) {
+          uint64_t keep[2] = {~0ull, ~0ull};
+          if (L.dropout)
+            attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j0, dropout_p,
+                                   keep);
+          for (int j = j0; j < std::min(jend, j0 + 128); ++j) {
             if (p[j] == 0.0f) continue;
             const float w = p[j] * inv_sum;
-            p[j] = !L.dropout ? w : (keep >> (j - j0)) & 1 ? w * L.keep_scale : 0.0f;
+            p[j] = !L.dropout ? w : (keep[(j - j0) / 64] >> ((j - j0) % 64)) & 1 ? w * L.keep_scale : 0.0f;
           }
         }
       }
@@ -151,17 +152,17 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
             const float* o_i = out + L.q_offset(b, i, h);
             float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
             for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
-            uint64_t keep = ~0ull;
+            uint64_t keep[2] = {~0ull, ~0ull};
             for (int j = 0; j < T; ++j) {
-              if (L.dropout && j % 64 == 0)
-                keep = attention_keep_bits64(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j,
-                                             dropout_p);
+              if (L.dropout && j % 128 == 0)
+                attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j,
+                                       dropout_p, keep);
               if (j >= jend || (km && km[j] == 0)) {
                 P[j] = dS[j] = 0.0f;
                 continue;
               }
               const float Pij = std::exp(P[j] * L.sm_scale - lse_i);
-              const bool kept = (keep >> (j % 64)) & 1;
+              const bool kept = (keep[(j % 128) / 64] >> (j % 64)) & 1;
               // A dropped probability receives no gradient through the output.
               const float dPij = kept ? dS[j] * L.keep_scale : 0.0f;
               P[j] = kept ? Pij * L.keep_scale : 0.0f;

@@ -78,18 +78,21 @@ inline void axpy(float* y, float a, const float* x, int n) {
 }
 
 // The element-wise dropout of the LoRA input (i = n*IC + c), in parallel: chunk(i0, bits) for the aligned
-// chunks of 64 elements, whose decisions come from one elementwise_keep_bits64 (sixteen Philox calls,
-// vectorised where the CPU can: host/dropout_bits.h), and one(i, keep) for the unaligned head and the tail —
-// the same bits as dropout_keep_elementwise per element.
+// chunks of 64 elements, whose decisions come two chunks at a time from elementwise_keep_bits128 (32
+// Philox calls, vectorised where the CPU can: host/dropout_bits.h), and one(i, keep) for the unaligned head
+// and the tail — the same bits as dropout_keep_elementwise per element.
 template <class One, class Chunk>
 void for_each_elementwise_keep(long n, float p, DropoutKey key, uint32_t site, One&& one, Chunk&& chunk) {
   const long head = std::min<long>(n, (long)((4 - (key.offset & 3)) & 3));
   for (long i = 0; i < head; ++i) one(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));
-  const long chunks = (n - head) / 64;
+  const long chunks = (n - head) / 64, pairs = (chunks + 1) / 2;
 #pragma omp parallel for
-  for (long c = 0; c < chunks; ++c) {
-    const long i0 = head + 64 * c;
-    chunk(i0, elementwise_keep_bits64(key.seed, site, (key.offset + (uint64_t)i0) >> 2, p));
+  for (long c = 0; c < pairs; ++c) {
+    const long i0 = head + 128 * c;
+    uint64_t bits[2];
+    elementwise_keep_bits128(key.seed, site, (key.offset + (uint64_t)i0) >> 2, p, bits);
+    chunk(i0, bits[0]);
+    if (2 * c + 1 < chunks) chunk(i0 + 64, bits[1]);  // an odd last chunk leaves the second word unused
   }
   for (long i = head + 64 * chunks; i < n; ++i)
     one(i, dropout_keep_elementwise(key.seed, site, key.offset + (uint64_t)i, p));

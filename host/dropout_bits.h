@@ -1,7 +1,7 @@
 // Dropout keep decisions in bulk on the CPU, the same bits as host/philox.h's per-element functions (the
-// masks the CUDA kernels regenerate): the element-wise dropout's 64 at a time (sixteen Philox4x32-10 calls
-// in the lanes of AVX-512 registers where the CPU has them, a scalar loop otherwise), and an attention
-// row's with one Philox call per four keys.
+// masks the CUDA kernels regenerate): the element-wise dropout's and an attention row's 128 at a time
+// (32 Philox4x32-10 calls in the lanes of AVX-512 registers where the CPU has them, a scalar loop
+// otherwise), and an attention row's key by key with one Philox call per four keys (the fp32 reference).
 #pragma once
 #include <cstdint>
 
@@ -9,16 +9,18 @@
 
 namespace l2v {
 
-// Bit e (0..63) = dropout_keep_elementwise(seed, site, 4 * block0 + e, p), p in [0, 1).
-uint64_t elementwise_keep_bits64(uint64_t seed, uint32_t site, uint64_t block0, float p);
+// bits[e / 64] bit e % 64 (e = 0..127) = dropout_keep_elementwise(seed, site, 4 * block0 + e, p), p in [0, 1).
+void elementwise_keep_bits128(uint64_t seed, uint32_t site, uint64_t block0, float p, uint64_t bits[2]);
 
-// Bit e (0..63) = dropout_keep_attention(seed, site, bh, i, j0 + e, p): keys j0 .. j0 + 63 of query row
-// (bh, i); j0 a multiple of 4.
-uint64_t attention_keep_bits64(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p);
+// bits[e / 64] bit e % 64 = dropout_keep_attention(seed, site, bh, i, j0 + e, p): keys j0 .. j0 + 127 of
+// query row (bh, i); j0 a multiple of 4.
+void attention_keep_bits128(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p,
+                            uint64_t bits[2]);
 
 // The same through the scalar Philox only (the references the AVX-512 path is tested against).
-uint64_t elementwise_keep_bits64_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p);
-uint64_t attention_keep_bits64_scalar(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p);
+void elementwise_keep_bits128_scalar(uint64_t seed, uint32_t site, uint64_t block0, float p, uint64_t bits[2]);
+void attention_keep_bits128_scalar(uint64_t seed, uint32_t site, uint32_t bh, uint32_t i, uint32_t j0, float p,
+                                   uint64_t bits[2]);
 
 // Applying 64 keep bits to 64 consecutive floats (AVX-512 masked multiplies where the CPU has them; the
 // same fp32 operations either way): dst[e] = bit e ? src[e] * scale : 0, and acc[e] += bit e ? x[e] * scale : 0.

@@ -87,48 +87,49 @@ TEST(Philox, UnitMapsToHalfOpenInterval) {
 
 // Mean of philox_to_unit over 4*20000 words within 5 sigma of 1/2 (sigma = sqrt(1/12 / n)), and the kept
 // fraction of dropout_keep_elementwise within 5 sigma of 1-p (binomial).
-// The 64-at-a-time keep bits (AVX-512 lanes where the CPU has them) are dropout_keep_elementwise's, element
-// by element: blocks whose 64-bit index carries into the high counter word inside the 16 lanes, seeds with
-// high bits, p at 0, small, large, and exactly on a drawn value (keep is u >= p: kept at p = u, dropped just
-// above it — the integer threshold of the vector path must not be off by one).
-TEST(Philox, SixtyFourKeepBitsAtOnceEqualTheScalarDecisions) {
+// The keep bits 128 at a time (AVX-512 lanes where the CPU has them) are dropout_keep_elementwise's /
+// dropout_keep_attention's, element by element: element-wise blocks whose 64-bit index carries into the
+// high counter word inside the 32 lanes, seeds with high bits, p at 0, small, large, and exactly on a drawn
+// value (keep is u >= p: kept at p = u, dropped just above it — the integer threshold of the vector path
+// must not be off by one).
+TEST(Philox, KeepBitsInBulkEqualTheScalarDecisions) {
   const uint64_t seeds[] = {0, 1234567, 0xDEADBEEF00000007ull};
-  const uint64_t blocks[] = {0, 77, (1ull << 32) - 5, (1ull << 40) + 3};
-  const uint32_t site = 0x1234;
-  for (uint64_t seed : seeds)
+  const uint64_t blocks[] = {0, 77, (1ull << 32) - 5, (1ull << 32) - 20, (1ull << 40) + 3};
+  const uint32_t site = 0x1234, bh = 77, i = 130;
+  auto bit = [](const uint64_t* bits, int e) { return (bool)((bits[e / 64] >> (e % 64)) & 1); };
+  for (uint64_t seed : seeds) {
     for (uint64_t block0 : blocks) {
       const float drawn = l2v::philox_to_unit(l2v::elementwise_dropout_bits(seed, site, block0).v[0]);
       for (float p : {0.0f, 0.05f, 0.5f, 0.999f, drawn, std::nextafter(drawn, 1.0f)}) {
-        const uint64_t fast = l2v::elementwise_keep_bits64(seed, site, block0, p);
-        const uint64_t scalar = l2v::elementwise_keep_bits64_scalar(seed, site, block0, p);
-        for (int e = 0; e < 64; ++e) {
+        uint64_t fast[2], scalar[2];
+        l2v::elementwise_keep_bits128(seed, site, block0, p, fast);
+        l2v::elementwise_keep_bits128_scalar(seed, site, block0, p, scalar);
+        for (int e = 0; e < 128; ++e) {
           const bool want = l2v::dropout_keep_elementwise(seed, site, 4 * block0 + e, p);
-          ASSERT_EQ(want, (bool)((fast >> e) & 1)) << "seed " << seed << " block " << block0 << " p " << p << " e " << e;
-          ASSERT_EQ(want, (bool)((scalar >> e) & 1)) << "seed " << seed << " block " << block0 << " e " << e;
+          ASSERT_EQ(want, bit(fast, e)) << "seed " << seed << " block " << block0 << " p " << p << " e " << e;
+          ASSERT_EQ(want, bit(scalar, e)) << "seed " << seed << " block " << block0 << " e " << e;
+        }
+        if (p == drawn) {
+          EXPECT_TRUE(bit(fast, 0));
+        } else if (p > drawn) {
+          EXPECT_FALSE(bit(fast, 0));
         }
       }
-      EXPECT_TRUE(l2v::elementwise_keep_bits64(seed, site, block0, drawn) & 1);
-      EXPECT_FALSE(l2v::elementwise_keep_bits64(seed, site, block0, std::nextafter(drawn, 1.0f)) & 1);
     }
-}
-
-// The attention rows' 64 keep bits at a time are dropout_keep_attention's, key by key (AVX-512 and scalar),
-// at p exactly on a drawn value too.
-TEST(Philox, SixtyFourAttentionKeepBitsEqualTheScalarDecisions) {
-  for (uint64_t seed : {0ull, 0xDEADBEEF00000007ull})
     for (uint32_t j0 : {0u, 64u, 4096u}) {
-      const uint32_t site = 5, bh = 77, i = 130;
       const float drawn = l2v::philox_to_unit(l2v::philox4x32_10(j0 >> 2, i, bh, site, seed).v[0]);
       for (float p : {0.0f, 0.1f, 0.5f, drawn, std::nextafter(drawn, 1.0f)}) {
-        const uint64_t fast = l2v::attention_keep_bits64(seed, site, bh, i, j0, p);
-        const uint64_t scalar = l2v::attention_keep_bits64_scalar(seed, site, bh, i, j0, p);
-        for (int e = 0; e < 64; ++e) {
+        uint64_t fast[2], scalar[2];
+        l2v::attention_keep_bits128(seed, site, bh, i, j0, p, fast);
+        l2v::attention_keep_bits128_scalar(seed, site, bh, i, j0, p, scalar);
+        for (int e = 0; e < 128; ++e) {
           const bool want = l2v::dropout_keep_attention(seed, site, bh, i, j0 + e, p);
-          ASSERT_EQ(want, (bool)((fast >> e) & 1)) << "seed " << seed << " j0 " << j0 << " p " << p << " e " << e;
-          ASSERT_EQ(want, (bool)((scalar >> e) & 1)) << "seed " << seed << " j0 " << j0 << " e " << e;
+          ASSERT_EQ(want, bit(fast, e)) << "seed " << seed << " j0 " << j0 << " p " << p << " e " << e;
+          ASSERT_EQ(want, bit(scalar, e)) << "seed " << seed << " j0 " << j0 << " e " << e;
         }
       }
     }
+  }
 }
 
 TEST(Philox, UniformMeanAndElementwiseKeepRate) {
