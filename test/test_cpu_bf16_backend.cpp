@@ -34,12 +34,34 @@ constexpr double kU = 1.0 / 16777216.0;  // fp32 unit roundoff
 
 float bf(float x) { return cpu::float_from_bf16(cpu::bf16_from_float(x)); }
 
-// A backend tensor holding `values`.
-Tensor upload(Backend& be, const std::vector<float>& values) {
-  Tensor t = static_cast<Tensor>(be.alloc(values.size() * sizeof(float)));
-  be.upload_tensor(t, values.data(), values.size());
-  return t;
-}
+// A CPU backend and the tensors a test uploads into it, released with it (the tests run under
+// LeakSanitizer too).
+class TestBackend {
+ public:
+  explicit TestBackend(CpuPrecision precision = CpuPrecision::kFp32) : be_(make_cpu_backend(precision)) {}
+  ~TestBackend() {
+    for (Tensor t : owned_) be_->release(t);
+  }
+  TestBackend(const TestBackend&) = delete;
+  TestBackend& operator=(const TestBackend&) = delete;
+  Backend& operator*() { return *be_; }
+  Backend* operator->() { return be_.get(); }
+  // A tensor holding `values`.
+  Tensor upload(const std::vector<float>& values) {
+    Tensor t = static_cast<Tensor>(be_->alloc(values.size() * sizeof(float)));
+    owned_.push_back(t);
+    be_->upload_tensor(t, values.data(), values.size());
+    return t;
+  }
+  void release(Tensor t) {
+    owned_.erase(std::find(owned_.begin(), owned_.end(), t));
+    be_->release(t);
+  }
+
+ private:
+  std::unique_ptr<Backend> be_;
+  std::vector<Tensor> owned_;
+};
 
 std::vector<float> download(Backend& be, ConstTensor t, size_t n) {
   std::vector<float> v(n);
@@ -51,8 +73,8 @@ TEST(CpuBf16Backend, MatmulForwardWithBiasWithinTheBound) {
   const int N = 37, IC = 70, OC = 45;
   std::mt19937 rng(1);
   const std::vector<float> x = randn((size_t)N * IC, rng), W = randn((size_t)OC * IC, rng), b = randn(OC, rng);
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-  Tensor tx = upload(*be, x), tw = upload(*be, W), tb = upload(*be, b), out = upload(*be, std::vector<float>(N * OC));
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor tx = be.upload(x), tw = be.upload(W), tb = be.upload(b), out = be.upload(std::vector<float>(N * OC));
   be->matmul_forward(out, tx, tw, tb, N, IC, OC);
   const std::vector<float> got = download(*be, out, (size_t)N * OC);
   for (int n = 0; n < N; ++n)
@@ -65,8 +87,8 @@ TEST(CpuBf16Backend, MatmulForwardWithBiasWithinTheBound) {
       ASSERT_LE(std::fabs(got[(size_t)n * OC + o] - s), gamma32(IC + 1) * mag) << "(" << n << ", " << o << ")";
     }
   // The fp32 backend's answer differs by the bf16 roundings, not by O(1): the two backends compute one op.
-  std::unique_ptr<Backend> fp32 = make_cpu_backend();
-  Tensor fx = upload(*fp32, x), fw = upload(*fp32, W), fb = upload(*fp32, b), fo = upload(*fp32, std::vector<float>(N * OC));
+  TestBackend fp32;
+  Tensor fx = fp32.upload(x), fw = fp32.upload(W), fb = fp32.upload(b), fo = fp32.upload(std::vector<float>(N * OC));
   fp32->matmul_forward(fo, fx, fw, fb, N, IC, OC);
   const std::vector<float> ref = download(*fp32, fo, (size_t)N * OC);
   size_t differ = 0;
@@ -78,8 +100,8 @@ TEST(CpuBf16Backend, MatmulBackwardInputOverwritesAndAccumulates) {
   const int N = 33, IC = 50, OC = 64;
   std::mt19937 rng(2);
   const std::vector<float> dy = randn((size_t)N * OC, rng), W = randn((size_t)OC * IC, rng), c0 = randn((size_t)N * IC, rng);
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-  Tensor tdy = upload(*be, dy), tw = upload(*be, W), dx = upload(*be, c0);
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor tdy = be.upload(dy), tw = be.upload(W), dx = be.upload(c0);
   for (bool accumulate : {true, false}) {
     be->upload_tensor(dx, c0.data(), c0.size());
     be->matmul_backward_input(dx, tdy, tw, N, IC, OC, accumulate);
@@ -110,8 +132,8 @@ TEST(CpuBf16Backend, LmHeadCrossEntropyWithinTheBound) {
   const float dloss = 0.2f;
   std::mt19937 rng(3);
   const std::vector<float> h = randn((size_t)N * C, rng), W = randn((size_t)V * C, rng, 0.3f);
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-  Tensor th = upload(*be, h), tw = upload(*be, W), dh = upload(*be, std::vector<float>((size_t)N * C, 7.0f));
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor th = be.upload(h), tw = be.upload(W), dh = be.upload(std::vector<float>((size_t)N * C, 7.0f));
   std::vector<float> losses(M);
   be->lm_head_crossentropy(losses.data(), dh, th, tw, rows, targets, M, N, C, V, dloss);
   const std::vector<float> dgot = download(*be, dh, (size_t)N * C);
@@ -162,13 +184,13 @@ TEST(CpuBf16Backend, PackedWeightsFollowEveryWrite) {
   const std::vector<float> x = randn((size_t)N * IC, rng), W1 = randn((size_t)OC * IC, rng),
                            W2 = randn((size_t)OC * IC, rng), A = randn((size_t)R * IC, rng), B = randn((size_t)OC * R, rng);
   auto fresh = [&](const std::vector<float>& W) {
-    std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-    Tensor tx = upload(*be, x), tw = upload(*be, W), out = upload(*be, std::vector<float>((size_t)N * OC));
+    TestBackend be(CpuPrecision::kBf16);
+    Tensor tx = be.upload(x), tw = be.upload(W), out = be.upload(std::vector<float>((size_t)N * OC));
     be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
     return download(*be, out, (size_t)N * OC);
   };
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-  Tensor tx = upload(*be, x), tw = upload(*be, W1), out = upload(*be, std::vector<float>((size_t)N * OC));
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor tx = be.upload(x), tw = be.upload(W1), out = be.upload(std::vector<float>((size_t)N * OC));
   auto run = [&] {
     be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
     return download(*be, out, (size_t)N * OC);
@@ -176,7 +198,7 @@ TEST(CpuBf16Backend, PackedWeightsFollowEveryWrite) {
   EXPECT_EQ(run(), fresh(W1));
   be->upload_tensor(tw, W2.data(), W2.size());
   EXPECT_EQ(run(), fresh(W2)) << "upload_tensor";
-  Tensor other = upload(*be, W1);
+  Tensor other = be.upload(W1);
   be->copy(tw, other, W1.size() * sizeof(float));
   EXPECT_EQ(run(), fresh(W1)) << "copy";
   be->upload(tw, W2.data(), W2.size() * sizeof(float));
@@ -195,23 +217,23 @@ TEST(CpuBf16Backend, PackedWeightsFollowEveryWrite) {
 TEST(CpuBf16Backend, PackedBytesAreAccountedAndReleasedWithTheWeight) {
   const int N = 4, IC = 64, OC = 96;
   std::mt19937 rng(5);
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
-  Tensor tx = upload(*be, randn((size_t)N * IC, rng)), dy = upload(*be, randn((size_t)N * OC, rng)),
-         out = upload(*be, std::vector<float>((size_t)N * OC)), dx = upload(*be, std::vector<float>((size_t)N * IC));
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor tx = be.upload(randn((size_t)N * IC, rng)), dy = be.upload(randn((size_t)N * OC, rng)),
+         out = be.upload(std::vector<float>((size_t)N * OC)), dx = be.upload(std::vector<float>((size_t)N * IC));
   const size_t before = cpu_backend_memory(*be).current;
-  Tensor tw = upload(*be, randn((size_t)OC * IC, rng));
+  Tensor tw = be.upload(randn((size_t)OC * IC, rng));
   const size_t with_weight = cpu_backend_memory(*be).current;
   be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
   const size_t tile_bytes = (size_t)IC * OC * 2;  // bf16, IC and OC multiples of 32: no padding
   EXPECT_EQ(cpu_backend_memory(*be).current, with_weight + tile_bytes);
   be->matmul_backward_input(dx, dy, tw, N, IC, OC, false);
   EXPECT_EQ(cpu_backend_memory(*be).current, with_weight + 2 * tile_bytes);
-  be->release(tw);
+  be.release(tw);
   EXPECT_EQ(cpu_backend_memory(*be).current, before);
   // The fp32 backend packs nothing.
-  std::unique_ptr<Backend> fp32 = make_cpu_backend();
-  Tensor fx = upload(*fp32, randn((size_t)N * IC, rng)), fo = upload(*fp32, std::vector<float>((size_t)N * OC));
-  Tensor fw = upload(*fp32, randn((size_t)OC * IC, rng));
+  TestBackend fp32;
+  Tensor fx = fp32.upload(randn((size_t)N * IC, rng)), fo = fp32.upload(std::vector<float>((size_t)N * OC));
+  Tensor fw = fp32.upload(randn((size_t)OC * IC, rng));
   const size_t fp32_before = cpu_backend_memory(*fp32).current;
   fp32->matmul_forward(fo, fx, fw, nullptr, N, IC, OC);
   EXPECT_EQ(cpu_backend_memory(*fp32).current, fp32_before);
@@ -351,11 +373,11 @@ TEST(CpuBf16Backend, TheBackendRunsTheBf16Attention) {
   const AttnCase c{{2, 37, 4, 2, 16, true, 0.1f}, 1};
   const test::AttentionInputs in = attention_inputs(c, 11);
   const test::AttentionResults direct = run_bf16(c.d, in, kKey, kSite);
-  std::unique_ptr<Backend> be = make_cpu_backend(CpuPrecision::kBf16);
+  TestBackend be(CpuPrecision::kBf16);
   const test::AttentionDims& d = c.d;
-  Tensor q = upload(*be, in.q), k = upload(*be, in.k), v = upload(*be, in.v), dout = upload(*be, in.dout);
-  Tensor out = upload(*be, std::vector<float>(direct.out.size())), dq = upload(*be, std::vector<float>(direct.dq.size()));
-  Tensor dk = upload(*be, std::vector<float>(direct.dk.size())), dv = upload(*be, std::vector<float>(direct.dv.size()));
+  Tensor q = be.upload(in.q), k = be.upload(in.k), v = be.upload(in.v), dout = be.upload(in.dout);
+  Tensor out = be.upload(std::vector<float>(direct.out.size())), dq = be.upload(std::vector<float>(direct.dq.size()));
+  Tensor dk = be.upload(std::vector<float>(direct.dk.size())), dv = be.upload(std::vector<float>(direct.dv.size()));
   std::vector<float> lse(direct.lse.size());
   be->attention_forward(out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, kKey, kSite);
   be->attention_backward(dq, dk, dv, dout, out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
