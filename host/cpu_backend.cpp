@@ -66,6 +66,7 @@ class CpuBackend final : public Backend {
     std::memset(dst, 0, bytes);
   }
   size_t tensor_element_bytes() const override { return sizeof(float); }
+  bool packs_bf16_weights() const override { return bf16_; }
   void upload_tensor(Tensor dst, const float* host, size_t n) override {
     forget_packed(dst, n * sizeof(float));
     std::memcpy(f(dst), host, n * sizeof(float));

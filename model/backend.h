@@ -36,6 +36,9 @@ class Backend {
   // Everything else is always fp32: norm weights, RoPE tables, rstd, lse, losses, the LoRA master weights,
   // their gradients and the optimizer moments.
   virtual size_t tensor_element_bytes() const = 0;
+  // True when the backend keeps bf16 copies of the base weights beside them (the CPU backend in bf16,
+  // host/cpu_backend.h): the memory plan counts them.
+  virtual bool packs_bf16_weights() const { return false; }
   // The device's peak FLOP/s in this backend's precision (dense bf16 tensor cores, or fp32), 0 when not
   // known (the CPU, an unlisted GPU): the trainer's progress line shows MFU against it.
   virtual double peak_flops() const { return 0.0; }

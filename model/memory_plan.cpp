@@ -73,6 +73,15 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   }
   a.floats("weights", "norms", C);
   if (!c.tie_word_embeddings) a.tensor("weights", "LM head", V * C);
+  if (in.cpu_bf16_tiles) {
+    // Packed at each weight's first GEMM, outside the backend's 64-byte rounding (aligned_alloc of whole
+    // 1 KiB tiles): forward (W^T) and backward (W) tiles of the same size.
+    auto tiles = [](size_t in_f, size_t out_f) { return (in_f + 31) / 32 * 32 * ((out_f + 31) / 32 * 32) * 2; };
+    size_t bytes = 0;
+    for (int id = 0; id < kNumLinears; ++id) bytes += L * 2 * tiles(in_dims[id], out_dims[id]);
+    if (in.mntp) bytes += 2 * tiles(C, V);
+    plan.items.push_back({"weights", "bf16 weight tiles (cpu)", bytes});
+  }
 
   // add_lora: A, B and their gradients per adapted linear; the pooling head's parameters and gradients;
   // AdamW's two moments per trainable tensor.

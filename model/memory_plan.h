@@ -31,6 +31,9 @@ struct PlanInputs {
   LatentAttentionConfig latent;
   size_t tensor_bytes = 4;   // stored tensor element: 4 fp32, 2 bf16
   bool cuda = false;         // the CUDA backend's scratch buffers; else the CPU backend's 64-byte rounding
+  // The CPU backend in bf16 (Backend::packs_bf16_weights): every base weight's bf16 tiles for the forward
+  // and the backward GEMMs (host/cpu_gemm_bf16.h: both dimensions padded to 32), and the LM head's for MNTP.
+  bool cpu_bf16_tiles = false;
   int recompute_layers = 0;  // layers [0, k) recomputed in the backward (ForwardOptions::recompute_layers)
   double scored_fraction = 0.2;  // MNTP: the fraction of positions with a label (mlm_probability)
   // Contrastive stages: the pooled rows of one micro-batch on this rank (SimCSE twice the batch;

@@ -84,7 +84,7 @@ inline void expect_plans_match_allocations(const std::function<std::unique_ptr<B
     quiet.progress = false;
     run_training(cfg, *backend, quiet);
     MemoryPlan plan;
-    choose_recompute_layers(cfg, mc, cuda, backend->tensor_element_bytes(), &plan);
+    choose_recompute_layers(cfg, mc, cuda, backend->tensor_element_bytes(), backend->packs_bf16_weights(), &plan);
     const size_t planned = plan.total() - plan.group_bytes("runtime");
     EXPECT_EQ(planned, peak(*backend)) << what << " on " << backend->name() << "\n"
                                        << format_plan(plan, mc, 0);

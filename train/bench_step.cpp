@@ -30,7 +30,7 @@ BenchStepResult bench_steps(const TrainConfig& cfg, const ModelConfig& mc, Backe
   BenchStepResult r;
   MemoryPlan plan;
   r.recompute_layers = choose_recompute_layers(cfg, mc, !backend.is_host_memory(), backend.tensor_element_bytes(),
-                                               &plan);
+                                               backend.packs_bf16_weights(), &plan);
   r.executed_flops = plan.model_flops + plan.recompute_flops;
   r.model_flops = plan.model_flops;
   r.tokens_per_step = (long)B * T;

@@ -357,6 +357,9 @@ int run_plan(const ParsedOptions& o) {
   const ModelConfig mc = model_config_of(path);
   const bool cuda = (cfg.backend.empty() ? std::string("cuda") : cfg.backend) == "cuda";
   const size_t tensor_bytes = cuda && cfg.precision != "fp32" ? 2 : 4;
+  // The CPU in bf16 (asked for, or its default on this CPU) keeps bf16 tiles of the weights beside them.
+  const bool cpu_bf16_tiles =
+      !cuda && (!cfg.precision.empty() ? cfg.precision : default_precision("cpu")) == "bf16";
   double budget = cfg.gpu_memory_gb;
   std::string budget_note;
   if (budget <= 0 && cuda) {
@@ -377,15 +380,16 @@ int run_plan(const ParsedOptions& o) {
   MemoryPlan plan;
   std::string refusal;
   try {
-    choose_recompute_layers(planned, mc, cuda, tensor_bytes, &plan);
+    choose_recompute_layers(planned, mc, cuda, tensor_bytes, cpu_bf16_tiles, &plan);
   } catch (const std::runtime_error& e) {
     refusal = e.what();
   }
   std::printf("plan: %s (%d layers, hidden %d, MLP %d, %d heads / %d KV, vocab %d), %s, %d x %d tokens per forward, "
               "LoRA r=%d, %s on the %s backend, budget %.2f GB%s\n",
               path.c_str(), mc.num_hidden_layers, mc.hidden_size, mc.intermediate_size, mc.num_attention_heads,
-              mc.num_key_value_heads, mc.vocab_size, stage_name(cfg.stage), plan_inputs(cfg, mc, cuda, tensor_bytes).rows,
-              cfg.max_seq_length, cfg.lora.r, tensor_bytes == 2 ? "bf16" : "fp32", cuda ? "cuda" : "cpu", budget,
+              mc.num_key_value_heads, mc.vocab_size, stage_name(cfg.stage), plan_inputs(cfg, mc, cuda, tensor_bytes, cpu_bf16_tiles).rows,
+              cfg.max_seq_length, cfg.lora.r, tensor_bytes == 2 ? "bf16" : cpu_bf16_tiles ? "bf16 GEMMs" : "fp32",
+              cuda ? "cuda" : "cpu", budget,
               budget_note.c_str());
   std::fputs(format_plan(plan, mc, budget).c_str(), stdout);
   if (!refusal.empty()) std::printf("does not fit: %s\n", refusal.c_str());

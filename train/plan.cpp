@@ -8,7 +8,7 @@
 namespace l2v {
 
 PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
-                       int world_size) {
+                       bool cpu_bf16_tiles, int world_size) {
   PlanInputs in;
   in.mntp = cfg.stage == Stage::kMntp;
   // The largest forward: MNTP's batch, SimCSE's doubled batch, one supervised group; or a chunk of it.
@@ -20,6 +20,7 @@ PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cu
   in.latent = cfg.latent;
   in.tensor_bytes = tensor_bytes;
   in.cuda = cuda;
+  in.cpu_bf16_tiles = cpu_bf16_tiles;
   in.scored_fraction = cfg.mlm_probability;
   in.accumulation = cfg.gradient_accumulation_steps;
   if (!in.mntp) {
@@ -37,8 +38,8 @@ PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cu
 }
 
 int choose_recompute_layers(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
-                            MemoryPlan* plan, int world_size) {
-  const PlanInputs in = plan_inputs(cfg, model, cuda, tensor_bytes, world_size);
+                            bool cpu_bf16_tiles, MemoryPlan* plan, int world_size) {
+  const PlanInputs in = plan_inputs(cfg, model, cuda, tensor_bytes, cpu_bf16_tiles, world_size);
   if (cfg.recompute_layers >= 0 || cfg.gpu_memory_gb <= 0) {
     *plan = plan_memory(model, in);
     return in.recompute_layers;

@@ -15,13 +15,13 @@ namespace l2v {
 // with gradient_checkpointing. The supervised stage is planned with hard negatives when cfg asks for
 // them (an upper bound when the data has none).
 PlanInputs plan_inputs(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
-                       int world_size = 1);
+                       bool cpu_bf16_tiles, int world_size = 1);
 
 // The recomputation a run uses: cfg.recompute_layers when >= 0; with gpu_memory_gb > 0 the least that
 // fits (throws, naming the shortfall, when even every layer recomputed does not); else all or none by
 // gradient_checkpointing. *plan receives the plan it was chosen from.
 int choose_recompute_layers(const TrainConfig& cfg, const ModelConfig& model, bool cuda, size_t tensor_bytes,
-                            MemoryPlan* plan, int world_size = 1);
+                            bool cpu_bf16_tiles, MemoryPlan* plan, int world_size = 1);
 
 // One line per item (group, what, GB), the recomputation, the FLOPs of one step, and last
 // "total: X GB of Y GB" (budget_gb 0: "total: X GB").

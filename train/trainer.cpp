@@ -290,14 +290,15 @@ void Trainer::load_model_and_data() {
   // loaded or written, when the step cannot fit.
   MemoryPlan plan;
   recompute_layers_ = choose_recompute_layers(cfg_, base_.config, !backend_.is_host_memory(),
-                                              backend_.tensor_element_bytes(), &plan, comm_->world_size());
+                                              backend_.tensor_element_bytes(), backend_.packs_bf16_weights(), &plan,
+                                              comm_->world_size());
   // The model FLOPs of one optimizer step: the forward and backward of a whole group (chunks add no
   // model FLOPs), times the groups of a micro-batch (supervised: queries, positives, hard negatives)
   // and the accumulation.
   TrainConfig whole = cfg_;
   whole.embedding_chunk_size = 0;
   const int groups = cfg_.stage == Stage::kSupervised ? (cfg_.hard_negatives ? 3 : 2) : 1;
-  step_flops_ = plan_memory(base_.config, plan_inputs(whole, base_.config, false, 4)).model_flops * groups *
+  step_flops_ = plan_memory(base_.config, plan_inputs(whole, base_.config, false, 4, false)).model_flops * groups *
                 cfg_.gradient_accumulation_steps;
   if (progress_) {
     char budget[64] = "";
