@@ -11,7 +11,7 @@ FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CXXFLAGS := -std=c++17 -O1 -g -I. -MMD -MP -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-unused-const-variable \
                  $(FUZZ_SAN) -fsanitize=fuzzer-no-link
 FUZZ_LIB_SRCS := model/safetensors.cpp model/config.cpp model/llama2c.cpp model/gguf_checkpoint.cpp train/train_config.cpp \
-                 model/model.cpp model/pooling.cpp host/cpu_ops.cpp \
+                 model/model.cpp model/pooling.cpp host/cpu_ops.cpp host/dropout_bits.cpp \
                  $(addprefix data/,batches.cpp file_io.cpp hf_tokenizer.cpp hf_bpe.cpp hf_pipeline.cpp hf_regex.cpp \
                    unicode.cpp tokenizer.cpp llama2c_tokenizer.cpp shard.cpp shard_manifest.cpp \
                    text_sources.cpp sts.cpp npy.cpp gguf.cpp gguf_tokenizer.cpp) \
