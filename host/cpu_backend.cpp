@@ -42,7 +42,7 @@ class CpuBackend final : public Backend {
       auto it = sizes_.find(ptr);
       if (it != sizes_.end()) {
         forget_packed_locked(ptr, it->second);
-        memory_.current -= it->second;
+        account(-(long)it->second);
         sizes_.erase(it);
       }
     }
