@@ -234,6 +234,14 @@ HfTokenizerFiles gguf_tokenizer(const GgufFile& f) {
   // The template above adds them for SentencePiece; the byte-level converters' tokenizer.json adds none.
   out.config["add_bos_token"] = flag("tokenizer.ggml.add_bos_token", spm);
   out.config["add_eos_token"] = flag("tokenizer.ggml.add_eos_token", false);
+  // Without a class transformers picks one by the model type (LlamaTokenizerFast for llama), and that class
+  // adds its default special tokens when the vocabulary lacks them: SmolLM2 gained an "<unk>" (id 49152),
+  // len(tokenizer) exceeded the embedding, llm2vec's MNTP resized it and its own SimCSE stage could no
+  // longer load that adapter on the base model. The generic class adds nothing: tokenizer.json is the whole
+  // tokenizer (its template adds the BOS where the GGUF says so). Its default inputs include token_type_ids,
+  // which decoder-only models refuse: the inputs are named as Llama 3's tokenizer_config.json names them.
+  out.config["tokenizer_class"] = "PreTrainedTokenizerFast";
+  out.config["model_input_names"] = {"input_ids", "attention_mask"};
   return out;
 }
 

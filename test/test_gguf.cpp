@@ -201,6 +201,10 @@ TEST(GgufTokenizer, EncodesAsTheTokenizersLibraryForQwen2SmolLM2AndSentencePiece
     EXPECT_EQ(tok->bos_id(), 3256);
     EXPECT_EQ(tok->eos_id(), 3258);
     EXPECT_TRUE(tok->is_special(3257));
+    // A class that invents no special tokens (transformers' LlamaTokenizerFast would add an "<unk>").
+    const nlohmann::json config = gguf_tokenizer(GgufFile(kDir + "tokenizer_" + pre + ".gguf")).config;
+    EXPECT_EQ(config.value("tokenizer_class", ""), "PreTrainedTokenizerFast");
+    EXPECT_EQ(config.value("model_input_names", nlohmann::json()), nlohmann::json({"input_ids", "attention_mask"}));
     const auto& want = expected.at(pre);
     size_t differ = 0;
     for (size_t i = 0; i < lines.size(); ++i) {
