@@ -16,12 +16,6 @@ namespace {
 uint32_t attention_site(int layer) { return (uint32_t)layer * 16u; }
 uint32_t lora_site(int layer, int linear) { return (uint32_t)layer * 16u + 1u + (uint32_t)linear; }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // Checks that the checkpoint holds `name` with `shape`; returns its element count.
 size_t checked_count(const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
   if (!src.has(name)) throw std::runtime_error(src.describe() + ": missing tensor '" + name + "'");

@@ -1,7 +1,9 @@
 #include "model/peft.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <set>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -58,6 +60,45 @@ void check_export_complete(const std::string& dir) {
                              "--resume_from_checkpoint latest`");
 }
 
+// PEFT also saves whole tensors beside the LoRA factors: the embedding (save_embedding_layers, which it
+// turns on when the vocabulary was resized during training: llm2vec's run_mntp.py does so whenever
+// len(tokenizer) exceeds the embedding) and modules_to_save. Loading the factors alone would run another
+// model than the one trained unless such a tensor is the base's own: the embedding or the LM head, equal to
+// the base's within the rounding of the dtype it was saved in (bf16 at worst: round-to-nearest with 8
+// significant bits, |a - b| <= 2^-8 |b| per element). Anything else is refused by name.
+static void check_whole_tensors(const Model& m, const TensorSource& src) {
+  std::set<std::string> lora;
+  const std::string outer = "base_model.model.model.", inner = "base_model.model.";
+  for (const TrainableParam& p : m.trainable) {
+    lora.insert(p.name);
+    if (p.name.rfind(outer, 0) == 0) lora.insert(inner + p.name.substr(outer.size()));
+  }
+  const size_t V = (size_t)m.config.vocab_size, C = (size_t)m.config.hidden_size;
+  for (const std::string& name : src.names()) {
+    if (lora.count(name)) continue;
+    const bool is_embed = name == inner + "embed_tokens.weight" || name == outer + "embed_tokens.weight";
+    const bool is_head = name == inner + "lm_head.weight";
+    const ConstTensor base = is_embed ? m.embed : is_head ? m.lm_head : nullptr;
+    const std::string what = src.describe() + ": tensor '" + name + "'";
+    if (!base)
+      throw std::runtime_error(what + " is not a LoRA factor of this adapter (modules_to_save or a resized "
+                               "layer?): whole trained tensors in an adapter are not supported");
+    const std::vector<int64_t> shape = src.shape(name);
+    if (shape != std::vector<int64_t>{(int64_t)V, (int64_t)C})
+      throw std::runtime_error(what + " has shape " + shape_str(shape) + ", the model's is [" + std::to_string(V) +
+                               ", " + std::to_string(C) + "]: the vocabulary was resized when the adapter was "
+                               "trained (a tokenizer with tokens the base lacks), which is not supported");
+    std::vector<float> saved(V * C);
+    src.read_f32(name, saved.data(), saved.size());
+    const std::vector<float> own = download_tensor(m, base, V * C);
+    for (size_t i = 0; i < saved.size(); ++i)
+      if (!(std::fabs(saved[i] - own[i]) <= std::ldexp(std::fabs(own[i]), -8)))
+        throw std::runtime_error(what + " differs from the base model's at row " + std::to_string(i / C) +
+                                 ", column " + std::to_string(i % C) + " (" + std::to_string(saved[i]) + " vs " +
+                                 std::to_string(own[i]) + "): a trained embedding is not supported");
+  }
+}
+
 void load_peft_adapter(Model& m, const std::string& dir) {
   namespace fs = std::filesystem;
   check_export_complete(dir);
@@ -65,6 +106,7 @@ void load_peft_adapter(Model& m, const std::string& dir) {
   add_lora(m, c, /*seed=*/0);
   SafetensorsCheckpoint weights((fs::path(dir) / "adapter_model.safetensors").string());
   load_lora_weights(m, weights);
+  check_whole_tensors(m, weights);
 }
 
 PeftLayout parse_peft_layout(const std::string& name) {

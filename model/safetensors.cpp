@@ -44,12 +44,6 @@ int dtype_size(const std::string& d) {
 
 bool mul_ok(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 // Large tensors are converted by several threads; small ones are not worth the fork/join.
 constexpr int64_t kParallelThreshold = 1 << 18;
 

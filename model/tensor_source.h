@@ -9,6 +9,13 @@
 
 namespace l2v {
 
+// "[3, 4]": a shape in error messages.
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
 class TensorSource {
  public:
   virtual ~TensorSource() = default;

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
@@ -248,6 +249,73 @@ TEST(Export, ReexportedAdaptersEqualCommitted) {
     EXPECT_EQ(nonzero_B, n_B);
     EXPECT_EQ(got.metadata(), want.metadata());
   }
+}
+
+// PEFT saves whole tensors beside the LoRA factors when it resized the vocabulary (save_embedding_layers)
+// or for modules_to_save. The base's own embedding saved in bf16 (what llm2vec's run_mntp.py wrote) loads;
+// one element changed by more than bf16's rounding, a resized vocabulary, or a whole projection is refused
+// naming the tensor (ignoring them would silently run another model than the one trained).
+TEST(Export, AdapterWholeTensorsOnlyTheBaseOwnEmbeddingLoads) {
+  test::TempDir tmp("peft_whole");
+  auto backend = make_cpu_backend();
+  Checkpoint ck = open_checkpoint(kBase);
+  Model base;
+  load_model(base, ck.config, *ck.tensors, *backend);
+  const int64_t V = base.config.vocab_size, C = base.config.hidden_size;
+  const std::vector<float> embed = download_tensor(base, base.embed, (size_t)(V * C));
+  auto bf16 = [](float x) {  // round to nearest even, as torch's .to(torch.bfloat16)
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  };
+  std::vector<uint16_t> saved(embed.size());
+  for (size_t i = 0; i < embed.size(); ++i) saved[i] = bf16(embed[i]);
+
+  const std::string committed = kDir + "mntp/";
+  SafetensorsCheckpoint lora(committed + "adapter_model.safetensors");
+  std::vector<std::vector<float>> data;
+  std::vector<SafetensorsEntry> factors;
+  for (const std::string& name : lora.names()) {
+    const std::vector<int64_t> shape = lora.shape(name);
+    size_t n = 1;
+    for (int64_t d : shape) n *= (size_t)d;
+    data.emplace_back(n);
+    lora.read_f32(name, data.back().data(), n);
+  }
+  for (size_t i = 0; i < data.size(); ++i)
+    factors.push_back({lora.names()[i], "F32", lora.shape(lora.names()[i]), data[i].data()});
+  const std::string embed_name = "base_model.model.embed_tokens.weight";
+  auto load_with = [&](const std::string& tag, const std::vector<SafetensorsEntry>& extra) {
+    const std::string dir = (tmp.path / tag).string();
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(committed + "adapter_config.json", dir + "/adapter_config.json");
+    std::vector<SafetensorsEntry> all = factors;
+    all.insert(all.end(), extra.begin(), extra.end());
+    write_safetensors(dir + "/adapter_model.safetensors", all, {{"format", "pt"}});
+    Model m;
+    load_model(m, ck.config, *ck.tensors, *backend);
+    try {
+      load_peft_adapter(m, dir);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(load_with("own", {{embed_name, "BF16", {V, C}, saved.data()}}), "");
+  // Off by two bf16 units in the last place in one element: beyond the rounding, refused at that element.
+  std::vector<uint16_t> trained = saved;
+  trained[5 * C + 3] += 2;
+  const std::string off = load_with("trained", {{embed_name, "BF16", {V, C}, trained.data()}});
+  EXPECT_NE(off.find(embed_name), std::string::npos) << off;
+  EXPECT_NE(off.find("row 5, column 3"), std::string::npos) << off;
+  std::vector<uint16_t> resized = saved;
+  resized.resize((size_t)((V + 1) * C), saved[0]);
+  const std::string grown = load_with("resized", {{embed_name, "BF16", {V + 1, C}, resized.data()}});
+  EXPECT_NE(grown.find("resized"), std::string::npos) << grown;
+  const std::vector<float> proj((size_t)(C * C), 0.5f);
+  const std::string whole = load_with("module", {{"base_model.model.layers.0.self_attn.q_proj.weight", "F32",
+                                                  {C, C}, proj.data()}});
+  EXPECT_NE(whole.find("q_proj.weight' is not a LoRA factor"), std::string::npos) << whole;
 }
 
 }  // namespace
