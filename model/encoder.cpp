@@ -57,7 +57,6 @@ EncoderSpec read_encoder_spec(const std::string& dir) {
     if (j.contains("pooling_head")) s.pooling_head = resolve(j.at("pooling_head").get<std::string>());
     s.bidirectional = j.at("bidirectional").get<bool>();
     s.skip_instruction = j.at("skip_instruction").get<bool>();
-    s.max_length = j.at("max_length").get<int>();
     s.padding_side = parse_padding_side(j.at("padding_side").get<std::string>());
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path + ": " + e.what());
@@ -77,6 +76,8 @@ Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
   tok_ = load_tokenizer(spec.tokenizer);
   if (tok_->vocab_size() > base_.config.vocab_size)
     throw std::runtime_error(spec.tokenizer + ": the tokenizer has more ids than the model's vocabulary");
+  if (spec_.max_length < 0) throw std::runtime_error("embed: max_length must be positive");
+  if (spec_.max_length == 0) spec_.max_length = std::min(512, base_.config.max_position_embeddings);
   load_model(model_, base_.config, *base_.tensors, backend);
   for (const std::string& dir : spec.adapters) {
     load_peft_adapter(model_, dir);

@@ -27,7 +27,10 @@ struct EncoderSpec {
   std::string pooling_head;           // latent_attention: the head's safetensors file
   bool bidirectional = true;
   bool skip_instruction = true;
-  int max_length = 512;
+  // Tokens a text is cut to. 0: llm2vec's default, 512, or the model's context when that is smaller
+  // (resolved by the Encoder). Not the trained max_seq_length: a SimCSE run trains on 128 tokens, yet
+  // llm2vec embeds with 512, and cutting longer texts there changed the embeddings (cosine down to 0.84).
+  int max_length = 0;
   PaddingSide padding_side = PaddingSide::kLeft;
 };
 
@@ -60,6 +63,7 @@ class Encoder {
  public:
   Encoder(const EncoderSpec& spec, Backend& backend);
   int dim() const { return model_.config.hidden_size; }
+  const EncoderSpec& spec() const { return spec_; }  // max_length resolved
   const Tokenizer& tokenizer() const { return *tok_; }
   const Model& model() const { return model_; }  // the base with the adapters merged
   // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward; the

@@ -181,7 +181,7 @@ SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
   Encoder encoder(spec, *backend);  // loads the base and merges the adapters in fp32
   SentenceTransformersExport result;
   // The library truncates to max_seq_length; positions past the model's context were never trained.
-  result.max_seq_length = std::min(spec.max_length, encoder.model().config.max_position_embeddings);
+  result.max_seq_length = std::min(encoder.spec().max_length, encoder.model().config.max_position_embeddings);
   const Tokenizer& tokenizer = encoder.tokenizer();
   const std::vector<int> probe = tokenizer.encode("a", true);
   if ((spec.pooling == PoolingMode::kMean || spec.pooling == PoolingMode::kWeightedMean) && !probe.empty() &&
@@ -199,7 +199,7 @@ SentenceTransformersExport export_sentence_transformers(const EncoderSpec& spec,
   fs::remove_all(stage);
   fs::create_directories(stage);
   try {
-    write_export(stage, spec, opt, encoder, tok_dir, result);
+    write_export(stage, encoder.spec(), opt, encoder, tok_dir, result);
   } catch (...) {
     std::error_code ec;
     fs::remove_all(stage, ec);  // nothing half-written is left behind

@@ -97,6 +97,9 @@ std::vector<float> normalised(std::vector<float> v, size_t dim) {
 std::vector<float> embed(const EncoderSpec& spec, const std::vector<std::string>& texts, const std::string& instruction) {
   std::unique_ptr<Backend> backend = make_cpu_backend();
   Encoder enc(spec, *backend);
+  if (spec.max_length == 0) {
+    EXPECT_EQ(enc.spec().max_length, 256) << "the default: the model's context, smaller than llm2vec's 512";
+  }
   std::vector<EncoderInput> inputs;
   for (const std::string& t : texts) inputs.push_back({instruction, t});
   return normalised(enc.embed(inputs, (int)inputs.size(), false), (size_t)enc.dim());
@@ -109,7 +112,8 @@ TEST(SentenceTransformersExport, FilesHoldWhatTheLibraryReads) {
     const SentenceTransformersExport result = export_sentence_transformers(v.spec, v.opt, out.string());
     // The differences it states are exactly the variants the library does not reproduce.
     EXPECT_EQ(result.differences.empty(), v.expected_equal) << v.name;
-    const int max_seq_length = std::min(v.spec.max_length, 256);  // 512 by default, cut to the model's 256
+    // 512 by default (llm2vec's), cut to the model's 256
+    const int max_seq_length = std::min(v.spec.max_length ? v.spec.max_length : 512, 256);
     EXPECT_EQ(result.max_seq_length, max_seq_length) << v.name;
     const nlohmann::json modules = read_json(out / "modules.json");
     ASSERT_EQ(modules.size(), 3u) << v.name;

@@ -1249,10 +1249,11 @@ TEST(TrainerEncoder, EmbedsAsTheTrainedModelAndPoolsOnlyTheTextAfterAnInstructio
   EXPECT_TRUE(fs::equivalent(simcse, spec.adapters[1]));
   EXPECT_EQ(PoolingMode::kWeightedMean, spec.pooling);
   EXPECT_TRUE(spec.bidirectional);
-  EXPECT_EQ(64, spec.max_length) << "the trained max_seq_length";
+  EXPECT_EQ(0, spec.max_length) << "not the trained max_seq_length (64)";
 
   std::unique_ptr<Backend> be = make_cpu_backend();
   Encoder enc(spec, *be);
+  EXPECT_EQ(512, enc.spec().max_length) << "llm2vec's default (stories260K's context is 512 too)";
   const int C = enc.dim();
   std::vector<EncoderInput> inputs;
   for (const std::string& t : kTexts) inputs.push_back({"", t});
@@ -1261,7 +1262,7 @@ TEST(TrainerEncoder, EmbedsAsTheTrainedModelAndPoolsOnlyTheTextAfterAnInstructio
 
   // In-process: base + both adapters merged, the same batch, the trained pooling.
   std::unique_ptr<Tokenizer> tok = load_tokenizer(kTok);
-  const EmbedBatch batch = text_batch(*tok, kTexts, spec.max_length);
+  const EmbedBatch batch = text_batch(*tok, kTexts, enc.spec().max_length);
   PoolingHead head;
   head.mode = PoolingMode::kWeightedMean;
   std::vector<float> h;
@@ -1290,9 +1291,9 @@ TEST(TrainerEncoder, EmbedsAsTheTrainedModelAndPoolsOnlyTheTextAfterAnInstructio
   const std::vector<int> full = tok->encode("Retrieve semantically similar text: " + text, true);
   const int n_text = (int)tok->encode(text, false).size();
   ASSERT_LT(n_text + 3, (int)full.size());
-  ASSERT_LE((int)full.size(), spec.max_length) << "the check assumes no truncation";
+  ASSERT_LE((int)full.size(), enc.spec().max_length) << "the check assumes no truncation";
   PadOptions pad;
-  pad.max_length = spec.max_length;
+  pad.max_length = enc.spec().max_length;
   const EmbedBatch ib = build_embed_batch({full}, {(int)full.size() - n_text}, *tok, pad);
   const EmbedBatch all_b = build_embed_batch({full}, {0}, *tok, pad);
   Loaded chained(kModel, {mntp, simcse});

@@ -651,7 +651,7 @@ int run_eval_retrieval(const ParsedOptions& o) {
   if (!cache_dir.empty()) {
     std::string texts;
     for (const EncoderInput& d : doc_inputs) texts += d.text + '\0';
-    const uint64_t key = encoder_fingerprint(spec, backend->name()) ^ checksum64(texts.data(), texts.size());
+    const uint64_t key = encoder_fingerprint(enc.spec(), backend->name()) ^ checksum64(texts.data(), texts.size());
     cache = cache_dir + "/corpus-" + checksum_hex(key).substr(2);
   }
   EmbedStats doc_stats, query_stats;
@@ -829,7 +829,8 @@ std::vector<OptionSpec> encoder_model_options() {
       {"--peft", "DIRS", "comma-separated adapters merged in order (replaces the directory's chain)"},
       {"--pooling_mode", "MODE", "mean | weighted_mean | eos_token | last_token | bos_token (default: trained)"},
       {"--causal", "", "causal attention (default: the trained setting; bidirectional for a base model)"},
-      {"--max_length", "N", "truncate texts to N tokens (default: trained max_seq_length, else 512)"}};
+      {"--max_length", "N", "truncate texts to N tokens (default 512 as llm2vec, or the model's context when smaller; not the "
+       "trained max_seq_length)"}};
 }
 
 // The options of the commands that load a model for embedding, then `own`.
