@@ -194,8 +194,9 @@ void add_lora(Model& m, const LoraConfig& lora, uint64_t seed) {
   }
 }
 
-void load_lora_weights(Model& m, const TensorSource& src) {
+std::set<std::string> load_lora_weights(Model& m, const TensorSource& src) {
   const std::string outer = "base_model.model.model.", inner = "base_model.model.";
+  std::set<std::string> read;
   for (TrainableParam& p : m.trainable) {
     std::string name = p.name;
     if (!src.has(name)) name = inner + p.name.substr(outer.size());
@@ -207,7 +208,9 @@ void load_lora_weights(Model& m, const TensorSource& src) {
     std::vector<float> host(p.count);
     src.read_f32(name, host.data(), p.count);
     m.backend->upload(p.value, host.data(), p.count * sizeof(float));
+    read.insert(name);
   }
+  return read;
 }
 
 static void merge_sign(Model& m, float sign) {

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -172,7 +173,8 @@ void add_lora(Model& m, const LoraConfig& lora, uint64_t seed);
 // in use are accepted: PEFT wrapping the whole causal LM (base_model.model.model.layers.…, what
 // TrainableParam::name holds and what we write) and llm2vec's, which wraps the inner decoder
 // (base_model.model.layers.…, the published LLM2Vec adapters).
-void load_lora_weights(Model& m, const TensorSource& src);
+// Returns the names it read (the adapter layout each factor was found under).
+std::set<std::string> load_lora_weights(Model& m, const TensorSource& src);
 // W += scale*B*A for every adapted layer (and the inverse). After merging, the forward skips the branch.
 void merge_lora(Model& m);
 void unmerge_lora(Model& m);

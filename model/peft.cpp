@@ -66,13 +66,8 @@ void check_export_complete(const std::string& dir) {
 // model than the one trained unless such a tensor is the base's own: the embedding or the LM head, equal to
 // the base's within the rounding of the dtype it was saved in (bf16 at worst: round-to-nearest with 8
 // significant bits, |a - b| <= 2^-8 |b| per element). Anything else is refused by name.
-static void check_whole_tensors(const Model& m, const TensorSource& src) {
-  std::set<std::string> lora;
+static void check_whole_tensors(const Model& m, const TensorSource& src, const std::set<std::string>& lora) {
   const std::string outer = "base_model.model.model.", inner = "base_model.model.";
-  for (const TrainableParam& p : m.trainable) {
-    lora.insert(p.name);
-    if (p.name.rfind(outer, 0) == 0) lora.insert(inner + p.name.substr(outer.size()));
-  }
   const size_t V = (size_t)m.config.vocab_size, C = (size_t)m.config.hidden_size;
   for (const std::string& name : src.names()) {
     if (lora.count(name)) continue;
@@ -105,8 +100,7 @@ void load_peft_adapter(Model& m, const std::string& dir) {
   LoraConfig c = load_peft_adapter_config((fs::path(dir) / "adapter_config.json").string());
   add_lora(m, c, /*seed=*/0);
   SafetensorsCheckpoint weights((fs::path(dir) / "adapter_model.safetensors").string());
-  load_lora_weights(m, weights);
-  check_whole_tensors(m, weights);
+  check_whole_tensors(m, weights, load_lora_weights(m, weights));
 }
 
 PeftLayout parse_peft_layout(const std::string& name) {
