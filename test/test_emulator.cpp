@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -579,6 +580,237 @@ TEST(EmulatorRuntime, InvalidLaunchConfigurationSetsLastError) {
     }
   }
   for (float v : x.download()) EXPECT_EQ(v, 0.0f);  // nothing ran
+}
+
+// ---- Graphs (stream capture, host/emu/graph.cpp).
+
+__global__ void axpb(float* x, float a, float b, int n) {  // x = a x + b
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = a * x[i] + b;
+}
+
+__global__ void times_two(float* x, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= 2.0f;
+}
+
+// A stream and pinned host memory for the graph tests.
+struct CaptureFixture {
+  cudaStream_t stream = nullptr;
+  float* pinned = nullptr;  // kPinned floats
+  static constexpr int kPinned = 64;
+  CaptureFixture() {
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), kPinned * sizeof(float)));
+  }
+  ~CaptureFixture() {
+    cudaFreeHost(pinned);
+    cudaStreamDestroy(stream);
+  }
+  cudaStreamCaptureStatus status() const {
+    cudaStreamCaptureStatus st;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+    return st;
+  }
+  size_t nodes(cudaGraph_t g) const {
+    size_t n = 0;
+    CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n));
+    return n;
+  }
+};
+
+TEST(EmulatorGraphs, CaptureRecordsWithoutRunningAndLaunchReplaysInOrder) {
+  CaptureFixture f;
+  const int n = 8;
+  DeviceArray<float> x(std::vector<float>(n, 0.0f)), y(std::vector<float>(n, 0.0f));
+  cublasHandle_t handle;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasSetStream(handle, f.stream), CUBLAS_STATUS_SUCCESS);
+  for (int i = 0; i < n; ++i) f.pinned[i] = (float)i;
+  float a = 3.0f, b = 1.0f, alpha = 2.0f, beta = 0.0f;
+  DeviceArray<float> one(std::vector<float>{1.0f});
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  EXPECT_EQ(f.status(), cudaStreamCaptureStatusActive);
+  CUDA_CHECK(cudaMemcpyAsync(x.ptr, f.pinned, n * sizeof(float), cudaMemcpyHostToDevice, f.stream));
+  launch("axpb", axpb, dim3(1), dim3(32), 0, f.stream, x.ptr, a, b, n);  // x = 3 x + 1
+  CUDA_CHECK(cudaMemsetAsync(y.ptr, 0, n * sizeof(float), f.stream));
+  // y (n x 1) = alpha * x (n x 1) * [1] (1 x 1)
+  ASSERT_EQ(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, 1, 1, &alpha, x.ptr, n, one.ptr, 1, &beta, y.ptr, n),
+            CUBLAS_STATUS_SUCCESS);
+  CUDA_CHECK(cudaMemcpyAsync(f.pinned + 32, y.ptr, n * sizeof(float), cudaMemcpyDeviceToHost, f.stream));
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(f.stream, &graph));
+  ASSERT_NE(graph, nullptr);
+  EXPECT_EQ(f.status(), cudaStreamCaptureStatusNone);
+  EXPECT_EQ(f.nodes(graph), 5u);
+  // Nothing ran during the capture.
+  for (float v : x.download()) EXPECT_EQ(v, 0.0f);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(f.pinned[32 + i], 0.0f);
+
+  cudaGraphExec_t exec = nullptr;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  // Kernel and GEMM scalars are the values at capture; the copy reads the pinned source at launch.
+  a = 100.0f;
+  alpha = 100.0f;
+  for (int i = 0; i < n; ++i) f.pinned[i] = (float)(10 * i);
+  const uint64_t launches = emu::graph_launches(), nodes = emu::graph_nodes_run();
+  CUDA_CHECK(cudaGraphLaunch(exec, f.stream));
+  CUDA_CHECK(cudaStreamSynchronize(f.stream));
+  EXPECT_EQ(emu::graph_launches() - launches, 1u);
+  EXPECT_EQ(emu::graph_nodes_run() - nodes, 5u);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(f.pinned[32 + i], 2.0f * (3.0f * (10 * i) + 1.0f)) << i;
+  // A second launch replays the same chain (the copy resets x first).
+  for (int i = 0; i < n; ++i) f.pinned[i] = 1.0f;
+  CUDA_CHECK(cudaGraphLaunch(exec, f.stream));
+  for (int i = 0; i < n; ++i) EXPECT_EQ(f.pinned[32 + i], 8.0f) << i;
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  cublasDestroy(handle);
+}
+
+TEST(EmulatorGraphs, CallsThatWaitOrAllocateInvalidateTheCapture) {
+  CaptureFixture f;
+  const int n = 4;
+  DeviceArray<float> x(std::vector<float>(n, 1.0f));
+  std::vector<float> pageable(n, 5.0f);
+  cudaEvent_t event;
+  CUDA_CHECK(cudaEventCreate(&event));
+  struct Unsafe {
+    const char* what;
+    std::function<cudaError_t()> call;
+    cudaError_t expected;
+  };
+  void* fresh = nullptr;
+  const std::vector<Unsafe> calls = {
+      {"cudaMalloc", [&] { return cudaMalloc(&fresh, 16); }, cudaErrorStreamCaptureUnsupported},
+      {"cudaFree", [&] { return cudaFree(x.ptr); }, cudaErrorStreamCaptureUnsupported},
+      {"cudaStreamSynchronize", [&] { return cudaStreamSynchronize(f.stream); }, cudaErrorStreamCaptureUnsupported},
+      {"cudaDeviceSynchronize", [&] { return cudaDeviceSynchronize(); }, cudaErrorStreamCaptureUnsupported},
+      {"cudaEventSynchronize", [&] { return cudaEventSynchronize(event); }, cudaErrorStreamCaptureUnsupported},
+      {"cudaMemcpy", [&] { return cudaMemcpy(x.ptr, pageable.data(), 4, cudaMemcpyHostToDevice); },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaMemcpyAsync from pageable memory",
+       [&] { return cudaMemcpyAsync(x.ptr, pageable.data(), 4, cudaMemcpyHostToDevice, f.stream); },
+       cudaErrorStreamCaptureUnsupported},
+      {"cudaMemcpyAsync to pageable memory",
+       [&] { return cudaMemcpyAsync(pageable.data(), x.ptr, 4, cudaMemcpyDeviceToHost, f.stream); },
+       cudaErrorStreamCaptureUnsupported},
+      {"a launch on the legacy stream",
+       [&] {
+         emu::launch("times_two", times_two, dim3(1), dim3(32), 0, nullptr, x.ptr, n);
+         return cudaGetLastError();
+       },
+       cudaErrorStreamCaptureImplicit},
+  };
+  for (const Unsafe& u : calls) {
+    SCOPED_TRACE(u.what);
+    CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+    launch("times_two", times_two, dim3(1), dim3(32), 0, f.stream, x.ptr, n);
+    EXPECT_EQ(u.call(), u.expected);
+    cudaGetLastError();
+    EXPECT_EQ(f.status(), cudaStreamCaptureStatusInvalidated);
+    // The capturing stream refuses work until the capture ends, and ending it gives no graph.
+    emu::launch("times_two", times_two, dim3(1), dim3(32), 0, f.stream, x.ptr, n);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorStreamCaptureInvalidated);
+    cudaGraph_t graph = reinterpret_cast<cudaGraph_t>(&f);
+    EXPECT_EQ(cudaStreamEndCapture(f.stream, &graph), cudaErrorStreamCaptureInvalidated);
+    cudaGetLastError();
+    EXPECT_EQ(graph, nullptr);
+    EXPECT_EQ(f.status(), cudaStreamCaptureStatusNone);
+    for (float v : x.download()) EXPECT_EQ(v, 1.0f);  // nothing ran, nothing was freed
+  }
+  EXPECT_EQ(fresh, nullptr);
+  // The stream works again; copies through pinned memory are allowed inside a capture.
+  launch("times_two", times_two, dim3(1), dim3(32), 0, f.stream, x.ptr, n);
+  for (float v : x.download()) EXPECT_EQ(v, 2.0f);
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  CUDA_CHECK(cudaMemcpyAsync(f.pinned, x.ptr, n * sizeof(float), cudaMemcpyDeviceToHost, f.stream));
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(f.stream, &graph));
+  EXPECT_EQ(f.nodes(graph), 1u);
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  // Nested begin, end without begin.
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  EXPECT_EQ(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal), cudaErrorIllegalState);
+  CUDA_CHECK(cudaStreamEndCapture(f.stream, &graph));
+  EXPECT_EQ(f.nodes(graph), 0u);
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  EXPECT_EQ(cudaStreamEndCapture(f.stream, &graph), cudaErrorIllegalState);
+  cudaGetLastError();
+  CUDA_CHECK(cudaEventDestroy(event));
+}
+
+TEST(EmulatorGraphs, ExecUpdateTakesNewParametersOnlyForTheSameTopology) {
+  CaptureFixture f;
+  const int n = 40;
+  DeviceArray<float> x(std::vector<float>(n, 1.0f));
+  auto capture = [&](const std::function<void()>& work) {
+    CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+    work();
+    cudaGraph_t g = nullptr;
+    CUDA_CHECK(cudaStreamEndCapture(f.stream, &g));
+    return g;
+  };
+  cudaGraph_t first = capture([&] { launch("axpb", axpb, dim3(1), dim3(32), 0, f.stream, x.ptr, 1.0f, 1.0f, 32); });
+  cudaGraphExec_t exec = nullptr;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, first, 0));
+  // Same kernel, other arguments and grid: updated.
+  cudaGraph_t second =
+      capture([&] { launch("axpb", axpb, dim3(2), dim3(32), 0, f.stream, x.ptr, 2.0f, 0.0f, n); });
+  cudaGraphExecUpdateResultInfo info;
+  CUDA_CHECK(cudaGraphExecUpdate(exec, second, &info));
+  EXPECT_EQ(info.result, cudaGraphExecUpdateSuccess);
+  CUDA_CHECK(cudaGraphLaunch(exec, f.stream));
+  for (float v : x.download()) EXPECT_EQ(v, 2.0f);  // every one of the 40, doubled
+  // Another kernel, or another number of nodes: refused, and the executable graph keeps its parameters.
+  cudaGraph_t other_kernel = capture([&] { launch("times_two", times_two, dim3(2), dim3(32), 0, f.stream, x.ptr, n); });
+  EXPECT_EQ(cudaGraphExecUpdate(exec, other_kernel, &info), cudaErrorGraphExecUpdateFailure);
+  EXPECT_EQ(info.result, cudaGraphExecUpdateErrorFunctionChanged);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorGraphExecUpdateFailure);  // also the last error, as the runtime keeps it
+  cudaGraph_t two_nodes = capture([&] {
+    launch("axpb", axpb, dim3(2), dim3(32), 0, f.stream, x.ptr, 1.0f, 1.0f, n);
+    launch("axpb", axpb, dim3(2), dim3(32), 0, f.stream, x.ptr, 1.0f, 1.0f, n);
+  });
+  EXPECT_EQ(cudaGraphExecUpdate(exec, two_nodes, &info), cudaErrorGraphExecUpdateFailure);
+  EXPECT_EQ(info.result, cudaGraphExecUpdateErrorTopologyChanged);
+  cudaGetLastError();
+  cudaGraph_t memset_node = capture([&] { CUDA_CHECK(cudaMemsetAsync(x.ptr, 0, 4, f.stream)); });
+  EXPECT_EQ(cudaGraphExecUpdate(exec, memset_node, &info), cudaErrorGraphExecUpdateFailure);
+  EXPECT_EQ(info.result, cudaGraphExecUpdateErrorNodeTypeChanged);
+  cudaGetLastError();
+  CUDA_CHECK(cudaGraphLaunch(exec, f.stream));
+  for (float v : x.download()) EXPECT_EQ(v, 4.0f);
+  // A graph launch inside a capture (a child graph) is not emulated: refused.
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  EXPECT_EQ(cudaGraphLaunch(exec, f.stream), cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t none = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(f.stream, &none), cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError();
+  for (cudaGraph_t g : {first, second, other_kernel, two_nodes, memset_node}) CUDA_CHECK(cudaGraphDestroy(g));
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+}
+
+TEST(EmulatorGraphs, EventsInsideACaptureOrderOnlyTheCapturingStream) {
+  CaptureFixture f;
+  cudaStream_t other;
+  CUDA_CHECK(cudaStreamCreate(&other));
+  cudaEvent_t event;
+  CUDA_CHECK(cudaEventCreate(&event));
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  CUDA_CHECK(cudaEventRecord(event, f.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(f.stream, event, 0));  // the stream itself: fine
+  // Another stream joining the capture (a fork) is not emulated.
+  EXPECT_EQ(cudaStreamWaitEvent(other, event, 0), cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(f.stream, &graph), cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError();
+  // An event last recorded inside a capture cannot be waited for by the host.
+  EXPECT_EQ(cudaEventSynchronize(event), cudaErrorStreamCaptureUnsupported);
+  cudaGetLastError();
+  CUDA_CHECK(cudaEventRecord(event, f.stream));  // recorded outside: usable again
+  CUDA_CHECK(cudaEventSynchronize(event));
+  CUDA_CHECK(cudaEventDestroy(event));
+  CUDA_CHECK(cudaStreamDestroy(other));
 }
 
 // ---- cuBLAS.

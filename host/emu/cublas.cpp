@@ -80,6 +80,10 @@ CBLAS_TRANSPOSE to_cblas(cublasOperation_t op) { return op == CUBLAS_OP_N ? Cbla
 
 bool valid_op(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == CUBLAS_OP_C; }
 
+void run_gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, float al, const void* A,
+             cudaDataType a_type, int lda, long long stride_a, const void* B, cudaDataType b_type, int ldb,
+             long long stride_b, float be, void* C, cudaDataType c_type, int ldc, long long stride_c, int batch);
+
 // Every GEMM entry point ends here (strides in elements; batch 1 for the plain calls).
 cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
                     const void* alpha, const void* A, cudaDataType a_type, int lda, long long stride_a, const void* B,
@@ -90,8 +94,7 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   // Rows of A and B as stored (column-major): op(A) is m x k, op(B) is k x n.
-  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
-  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
+  const int a_rows = transa == CUBLAS_OP_N ? m : k, b_rows = transb == CUBLAS_OP_N ? k : n;
   if (lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) || ldc < std::max(1, m)) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
@@ -100,6 +103,28 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
   if (!l2v::emu::stream_is_valid(handle->stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
   if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  auto run = [=] {
+    run_gemm(transa, transb, m, n, k, al, A, a_type, lda, stride_a, B, b_type, ldb, stride_b, be, C, c_type, ldc,
+            stride_c, batch);
+  };
+  cudaError_t err = cudaSuccess;
+  switch (l2v::emu::stream_mode(handle->stream, &err)) {
+    case l2v::emu::StreamMode::kError: return CUBLAS_STATUS_EXECUTION_FAILED;
+    case l2v::emu::StreamMode::kRun: run(); break;
+    case l2v::emu::StreamMode::kCapture:  // alpha and beta as they are now, as with the host pointer mode
+      l2v::emu::capture_node(handle->stream,
+                             {l2v::emu::GraphNode::Kind::kLibrary, reinterpret_cast<const void*>(&run_gemm), run});
+      break;
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// The GEMMs of a validated call (or of a graph node replaying one).
+void run_gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, float al, const void* A,
+             cudaDataType a_type, int lda, long long stride_a, const void* B, cudaDataType b_type, int ldb,
+             long long stride_b, float be, void* C, cudaDataType c_type, int ldc, long long stride_c, int batch) {
+  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
+  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
   const size_t a_elem = type_size(a_type), c_elem = type_size(c_type);
   for (int i = 0; i < batch; ++i) {
     const char* a = static_cast<const char*>(A) + i * stride_a * static_cast<long long>(a_elem);
@@ -122,7 +147,6 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
       }
     }
   }
-  return CUBLAS_STATUS_SUCCESS;
 }
 
 }  // namespace

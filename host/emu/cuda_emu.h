@@ -106,11 +106,24 @@ void reset_peak_device_bytes();
 
 // Host waits: the calls that block the host until the device has finished earlier work, as the CUDA
 // runtime documents them (API synchronization behavior): cudaStreamSynchronize, cudaDeviceSynchronize,
-// cudaEventSynchronize, cudaFree, a synchronous cudaMemcpy, and a cudaMemcpyAsync to host memory or from
-// host memory that cudaMallocHost did not allocate (pageable memory, which the driver may stage after
+// cudaEventSynchronize, cudaFree, a synchronous cudaMemcpy, and a cudaMemcpyAsync to or from host memory
+// that cudaMallocHost did not allocate (pageable memory, which the driver may stage after
 // waiting for the stream). Counted since the start of the process, so that a test can assert how often
 // a training step makes the host wait (the emulator itself never waits: its streams are synchronous).
 uint64_t host_waits();
+
+// Graphs (stream capture, host/emu/graph.cpp): cudaStreamBeginCapture records what is queued on the
+// stream — kernel launches with their arguments' values, asynchronous copies and memsets, cuBLAS GEMMs —
+// instead of running it; cudaStreamEndCapture returns the graph; cudaGraphInstantiate / cudaGraphExecUpdate
+// / cudaGraphLaunch replay it in capture order. As in cudaStreamCaptureModeGlobal, a call that would wait
+// for the device or allocate (cudaMalloc, cudaFree, cudaMallocHost, synchronous copies, stream, device
+// and event synchronisation, an asynchronous copy from or to pageable host memory) fails with
+// cudaErrorStreamCaptureUnsupported and invalidates the capture, so a step that captures cleanly here
+// has none of them. Not emulated: captures that fork into other streams through events (refused), graph
+// launches inside a capture (refused), conditional and host nodes. The number of cudaGraphLaunch calls
+// and of nodes they ran since the start of the process:
+uint64_t graph_launches();
+uint64_t graph_nodes_run();
 
 // ---- Shared memory (used through the L2V_SHARED / L2V_DYNAMIC_SHARED macros of cuda/common.cuh).
 // One per declaration site: its address is the key of the block's storage for that declaration.
@@ -187,6 +200,10 @@ struct KernelLaunch {
   cudaStream_t stream;
   void (*thunk)(const void* call);  // runs the kernel body for the current thread
   const void* call;
+  // A heap copy of `call` and its deletion: a launch into a capturing stream keeps its arguments, as
+  // a graph's kernel node keeps the values they had at capture.
+  void* (*clone)(const void* call);
+  void (*destroy)(void* call);
 };
 // Runs every block of the launch and returns when all are done (streams are synchronous). An invalid
 // configuration (empty or oversized grid/block, too much dynamic shared memory, unknown stream) sets
@@ -211,7 +228,8 @@ void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, s
                    const Call& c = *static_cast<const Call*>(p);
                    std::apply(c.kernel, c.params);
                  },
-                 &call});
+                 &call, [](const void* p) -> void* { return new Call(*static_cast<const Call*>(p)); },
+                 [](void* p) { delete static_cast<Call*>(p); }});
 }
 
 // Read-modify-write with a compare-and-swap loop, for the atomics the CPU has no instruction for.

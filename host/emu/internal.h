@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 // L2V_EMU_ASAN: defined in the AddressSanitizer build (g++ and clang spell the test differently), which
@@ -61,5 +62,29 @@ void ptx_thread_returned(unsigned thread);
 void ptx_block_barrier();
 // The block is over (finished or abandoned after an error): drops what is still pending.
 void ptx_block_end();
+
+// ---- Stream capture (graph.cpp). One operation of a captured graph; cudaGraphLaunch runs the nodes in
+// capture order (the emulator's streams are serial, so a captured stream's graph is a chain).
+struct GraphNode {
+  enum class Kind { kKernel, kMemcpy, kMemset, kLibrary };
+  Kind kind;
+  const void* function;      // the kernel (kKernel) or library entry point (kLibrary), else nullptr:
+                             // what cudaGraphExecUpdate compares besides the kind
+  std::function<void()> run; // the operation, with everything it needs captured by value
+};
+// What an operation queued on `stream` does now.
+enum class StreamMode { kRun, kCapture, kError };
+// kCapture when `stream` is capturing; kError (with *err) when its capture was invalidated, or when it is
+// the legacy default stream while another stream captures in global mode (cudaErrorStreamCaptureImplicit,
+// which invalidates that capture); else kRun.
+StreamMode stream_mode(cudaStream_t stream, cudaError_t* err);
+// Appends `node` to the graph `stream` is capturing (stream_mode said kCapture).
+void capture_node(cudaStream_t stream, GraphNode node);
+// A "potentially unsafe" call (one that waits for the device, allocates or frees): while a capture is
+// active it invalidates every active capture and returns cudaErrorStreamCaptureUnsupported (recorded as
+// the last error), as the runtime does in cudaStreamCaptureModeGlobal; otherwise cudaSuccess.
+cudaError_t unsafe_during_capture();
+// A stream is being destroyed: its capture, if any, ends without a graph.
+void drop_capture(cudaStream_t stream);
 
 }  // namespace l2v::emu

@@ -26,6 +26,7 @@ struct CUstream_st {};
 struct CUevent_st {
   bool recorded = false;
   bool timing = true;
+  cudaStream_t captured_in = nullptr;  // last recorded into this capturing stream (then it marks a graph position)
   std::chrono::steady_clock::time_point time;
 };
 
@@ -131,6 +132,12 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
+    case cudaErrorGraphExecUpdateFailure: return "cudaErrorGraphExecUpdateFailure";
     default: return "cudaErrorUnknown";
   }
 }
@@ -147,6 +154,12 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorIllegalState: return "the resource is not in a valid state for this operation";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
+    case cudaErrorGraphExecUpdateFailure: return "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update";
     default: return "unrecognized error code";
   }
 }
@@ -166,7 +179,10 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return l2v::emu::host_wait(cudaSuccess); }
+cudaError_t cudaDeviceSynchronize() {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
+  return l2v::emu::host_wait(cudaSuccess);
+}
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (prop == nullptr) return record_error(cudaErrorInvalidValue);
@@ -245,6 +261,7 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   if (ptr == nullptr) return record_error(cudaErrorInvalidValue);
   *ptr = nullptr;
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   if (size == 0) return cudaSuccess;
   void* p = nullptr;
   if (posix_memalign(&p, 256, size) != 0) return record_error(cudaErrorMemoryAllocation);
@@ -258,6 +275,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
   auto it = l2v::emu::g_allocations.find(ptr);
   if (it == l2v::emu::g_allocations.end()) return record_error(cudaErrorInvalidValue);
@@ -270,6 +288,7 @@ cudaError_t cudaFree(void* ptr) {
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   if (ptr == nullptr) return record_error(cudaErrorInvalidValue);
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   *ptr = size == 0 ? nullptr : std::malloc(size);
   if (size != 0 && *ptr == nullptr) return record_error(cudaErrorMemoryAllocation);
   if (*ptr != nullptr) {
@@ -280,6 +299,7 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   {
     std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
     l2v::emu::g_pinned.erase(static_cast<const char*>(ptr));
@@ -309,20 +329,43 @@ cudaError_t copy_now(void* dst, const void* src, size_t count, cudaMemcpyKind ki
 }  // namespace
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   return l2v::emu::host_wait(copy_now(dst, src, count, kind));
 }
 
-// Waits when the copy goes to the host, or comes from host memory that is not pinned. (The emulator
-// cannot tell host from device pointers under cudaMemcpyDefault; it counts those as waits too.)
+// Waits when the copy goes to or comes from host memory that is not pinned. (The emulator cannot tell
+// host from device pointers under cudaMemcpyDefault; it counts those as waits too.)
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   if (!l2v::emu::stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
-  const bool waits = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost || kind == cudaMemcpyDefault ||
+  const bool waits = (kind == cudaMemcpyDeviceToHost && !l2v::emu::is_pinned(dst, count)) ||
+                     kind == cudaMemcpyHostToHost || kind == cudaMemcpyDefault ||
                      (kind == cudaMemcpyHostToDevice && !l2v::emu::is_pinned(src, count));
+  cudaError_t err = cudaSuccess;
+  switch (l2v::emu::stream_mode(stream, &err)) {
+    case l2v::emu::StreamMode::kError: return record_error(err);
+    case l2v::emu::StreamMode::kRun: break;
+    case l2v::emu::StreamMode::kCapture: {
+      // A memcpy node reads its source when the graph runs: pageable memory (which the driver stages
+      // after waiting) and the copies the emulator cannot classify are refused.
+      if (waits) {
+        l2v::emu::unsafe_during_capture();
+        return record_error(cudaErrorStreamCaptureUnsupported);
+      }
+      if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault || (count != 0 && (dst == nullptr || src == nullptr)))
+        return record_error(cudaErrorInvalidValue);
+      l2v::emu::capture_node(stream, {l2v::emu::GraphNode::Kind::kMemcpy, nullptr,
+                                      [dst, src, count] { std::memmove(dst, src, count); }});
+      return cudaSuccess;
+    }
+  }
+  // A copy to pinned memory still completes before the call returns (streams are synchronous), but the
+  // runtime does not make the host wait for it: the caller must synchronise before reading.
   const cudaError_t result = copy_now(dst, src, count, kind);
   return waits ? l2v::emu::host_wait(result) : result;
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   if (count == 0) return cudaSuccess;
   if (ptr == nullptr) return record_error(cudaErrorInvalidValue);
   std::memset(ptr, value, count);
@@ -331,7 +374,19 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (!l2v::emu::stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
-  return cudaMemset(ptr, value, count);
+  if (count == 0) return cudaSuccess;
+  if (ptr == nullptr) return record_error(cudaErrorInvalidValue);
+  cudaError_t err = cudaSuccess;
+  switch (l2v::emu::stream_mode(stream, &err)) {
+    case l2v::emu::StreamMode::kError: return record_error(err);
+    case l2v::emu::StreamMode::kCapture:
+      l2v::emu::capture_node(stream, {l2v::emu::GraphNode::Kind::kMemset, nullptr,
+                                      [ptr, value, count] { std::memset(ptr, value, count); }});
+      return cudaSuccess;
+    case l2v::emu::StreamMode::kRun: break;
+  }
+  std::memset(ptr, value, count);
+  return cudaSuccess;
 }
 
 // ---- Streams (synchronous: everything issued to one has finished when the call returns).
@@ -346,6 +401,7 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream) {
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) { return cudaStreamCreate(stream); }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  l2v::emu::drop_capture(stream);
   std::lock_guard<std::mutex> lock(l2v::emu::g_mutex);
   if (stream == nullptr || l2v::emu::g_streams.erase(stream) == 0) {
     return record_error(cudaErrorInvalidResourceHandle);
@@ -355,11 +411,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   return l2v::emu::stream_is_valid(stream) ? l2v::emu::host_wait(cudaSuccess)
                                            : record_error(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
   return l2v::emu::stream_is_valid(stream) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
 }
 
@@ -386,25 +444,44 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (!l2v::emu::event_is_valid(event) || !l2v::emu::stream_is_valid(stream)) {
     return record_error(cudaErrorInvalidResourceHandle);
   }
+  cudaError_t err = cudaSuccess;
+  switch (l2v::emu::stream_mode(stream, &err)) {
+    case l2v::emu::StreamMode::kError: return record_error(err);
+    case l2v::emu::StreamMode::kCapture: event->captured_in = stream; return cudaSuccess;  // a position, no node
+    case l2v::emu::StreamMode::kRun: break;
+  }
+  event->captured_in = nullptr;
   event->recorded = true;
   event->time = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
 
 // Streams are synchronous here: the event's work is done when it is recorded, so there is nothing to wait for.
+// An event recorded inside a capture may only be waited for by the capturing stream itself (another
+// stream would join the capture: not emulated).
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   if (!l2v::emu::event_is_valid(event) || !l2v::emu::stream_is_valid(stream)) {
     return record_error(cudaErrorInvalidResourceHandle);
   }
+  if (event->captured_in != nullptr && event->captured_in != stream) {
+    l2v::emu::unsafe_during_capture();
+    return record_error(cudaErrorStreamCaptureUnsupported);
+  }
+  cudaError_t err = cudaSuccess;
+  if (l2v::emu::stream_mode(stream, &err) == l2v::emu::StreamMode::kError) return record_error(err);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
+  if (l2v::emu::event_is_valid(event) && event->captured_in != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
   return l2v::emu::event_is_valid(event) ? l2v::emu::host_wait(cudaSuccess)
                                          : record_error(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (l2v::emu::unsafe_during_capture() != cudaSuccess) return cudaErrorStreamCaptureUnsupported;
+  if (l2v::emu::event_is_valid(event) && event->captured_in != nullptr) return record_error(cudaErrorStreamCaptureUnsupported);
   return l2v::emu::event_is_valid(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
 }
 

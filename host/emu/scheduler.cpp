@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -660,13 +661,10 @@ unsigned active_mask(const char* file, int line) {
   return a.result;
 }
 
-void launch_kernel(const KernelLaunch& k) {
-  if (t_block != nullptr) fail("a kernel cannot launch kernels in the emulator (no dynamic parallelism)");
-  const cudaError_t config = check_configuration(k);
-  if (config != cudaSuccess) {
-    record_error(config);
-    return;
-  }
+namespace {
+
+// Runs every block of a launch whose configuration has been checked.
+void run_launch(const KernelLaunch& k) {
   const Schedule schedule = current_schedule();
   size_t attribute = 0;
   const size_t shared_limit = dynamic_shared_attribute(k.kernel, &attribute) ? kSharedPerBlockOptin : kSharedPerBlock;
@@ -692,6 +690,28 @@ void launch_kernel(const KernelLaunch& k) {
   }
   t_last_launch_stats = {counters.ldmatrix_wavefronts.load(), counters.ldmatrix_bank_conflicts.load()};
   if (first_error) std::rethrow_exception(first_error);
+}
+
+}  // namespace
+
+void launch_kernel(const KernelLaunch& k) {
+  if (t_block != nullptr) fail("a kernel cannot launch kernels in the emulator (no dynamic parallelism)");
+  const cudaError_t config = check_configuration(k);
+  if (config != cudaSuccess) {
+    record_error(config);
+    return;
+  }
+  cudaError_t err = cudaSuccess;
+  switch (stream_mode(k.stream, &err)) {
+    case StreamMode::kRun: return run_launch(k);
+    case StreamMode::kError: record_error(err); return;
+    case StreamMode::kCapture: break;
+  }
+  // A kernel node: the arguments as they are now, replayed on every launch of the graph.
+  std::shared_ptr<void> call(k.clone(k.call), k.destroy);
+  KernelLaunch node = k;
+  node.call = call.get();
+  capture_node(k.stream, {GraphNode::Kind::kKernel, k.kernel, [node, call] { run_launch(node); }});
 }
 
 }  // namespace l2v::emu
