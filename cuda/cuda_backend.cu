@@ -18,6 +18,7 @@
 #include "cuda/device_scratch.h"
 #include "cuda/elementwise.cuh"
 #include "cuda/embedding.cuh"
+#include "cuda/graph_runner.h"
 #include "cuda/latent_attention.cuh"
 #include "cuda/launch.h"
 #include "cuda/lm_head.cuh"
@@ -64,6 +65,7 @@ class CudaBackend final : public Backend {
     if (attention_ == AttentionImpl::kCudnn) refuse_cudnn_not_built();
 #endif
     CUDA_CHECK(cudaStreamCreate(&stream_));
+    graphs_ = std::make_unique<cuda::GraphRunner>(stream_);
     int device = 0;
     cudaDeviceProp prop{};
     if (cudaGetDevice(&device) == cudaSuccess && cudaGetDeviceProperties(&prop, device) == cudaSuccess)
@@ -81,6 +83,7 @@ class CudaBackend final : public Backend {
     cudnn_.reset();
 #endif
     optimizer_list_.reset();
+    graphs_.reset();
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -91,16 +94,38 @@ class CudaBackend final : public Backend {
   bool is_host_memory() const override { return false; }
   bool lora_dropout_needs_scratch() const override { return false; }
 
+  // Inside a graph capture nothing is allocated (run_as_graph then runs the work directly), and a release
+  // waits until the capture is over, which it abandons.
   void* alloc(size_t bytes) override {
+    if (graphs_->capturing())
+      throw std::runtime_error("backend memory allocated inside a CUDA graph capture (" + std::to_string(bytes) +
+                               " bytes)");
     void* p = nullptr;
     CUDA_CHECK(cudaMalloc(&p, bytes == 0 ? 1 : bytes));
     CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
     return p;
   }
-  void release(void* ptr) override { cudaFree(ptr); }
+  void release(void* ptr) override {
+    if (!graphs_->capturing()) {
+      cudaFree(ptr);
+      return;
+    }
+    graphs_->abandon("backend memory released inside a CUDA graph capture");
+    released_in_capture_.push_back(ptr);
+  }
+  bool run_as_graph(int slot, const std::function<void()>& work) override {
+    const bool launched = graphs_->run(slot, work);
+    for (void* p : released_in_capture_) cudaFree(p);  // the capture was abandoned: nothing uses them
+    released_in_capture_.clear();
+    return launched;
+  }
+  GraphStats graph_stats() const override { return graphs_->stats(); }
   // Host buffers are pageable and may be reused right after the call. Small uploads go through the
   // pinned arena and do not wait; larger ones (weights at load time) wait for their copy.
   void upload(void* dst, const void* src, size_t bytes) override {
+    if (graphs_->capturing() && !uploads_.fits_without_waiting(bytes))
+      throw std::runtime_error("an upload of " + std::to_string(bytes) +
+                               " bytes inside a CUDA graph capture does not fit the pinned arena's free part");
     if (uploads_.upload(dst, src, bytes, stream_)) return;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
     synchronize();
@@ -108,6 +133,7 @@ class CudaBackend final : public Backend {
   // A copy to pageable host memory returns once it has completed (CUDA's API synchronization behavior),
   // and so has everything queued on the stream before it: the one wait of a download.
   void download(void* dst, const void* src, size_t bytes) override {
+    if (graphs_->capturing()) throw std::runtime_error("a download inside a CUDA graph capture");
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     uploads_.synchronized();
   }
@@ -370,6 +396,8 @@ class CudaBackend final : public Backend {
   double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
   std::unique_ptr<cuda::DeviceOptimizerList> optimizer_list_;
   cuda::UploadArena uploads_;
+  std::unique_ptr<cuda::GraphRunner> graphs_;
+  std::vector<void*> released_in_capture_;
 #if defined(L2V_WITH_CUDNN)
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // with --attention_impl cudnn
 #endif

@@ -43,6 +43,8 @@ class UploadArena {
     used_ += (bytes + kAlign - 1) / kAlign * kAlign;
     return true;
   }
+  // Whether upload() of `bytes` would queue its copy without waiting for the stream first.
+  bool fits_without_waiting(size_t bytes) const { return bytes <= size_ && used_ + bytes <= size_; }
   // The stream has been synchronised: every queued copy has run, the arena is free again.
   void synchronized() { used_ = 0; }
 

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string>
 
 #include "host/cpu_ops.h"
 #include "host/philox.h"
@@ -19,6 +21,15 @@ namespace l2v {
 struct TensorElements;
 using Tensor = TensorElements*;
 using ConstTensor = const TensorElements*;
+
+// What Backend::run_as_graph has done since the backend was made.
+struct GraphStats {
+  long launches = 0;        // works launched as graphs
+  long instantiations = 0;  // of which through a newly instantiated executable graph
+  long updates = 0;         // of which through a kept one updated in place (cudaGraphExecUpdate)
+  long broken = 0;          // captures abandoned (run_as_graph returned false)
+  std::string last_break;   // why the last one was
+};
 
 class Backend {
  public:
@@ -55,6 +66,23 @@ class Backend {
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
+
+  // CUDA graphs. run_as_graph queues `work` as one graph: every op it queues is captured on the backend's
+  // stream instead of launched, then the graph is launched — through the executable graph kept for
+  // `slot` with the same number of nodes, updated in place with the new parameters (kernel arguments,
+  // shapes, pointers), or a newly instantiated one. Launching thousands of kernels becomes one launch,
+  // and the host's cost per op becomes the capture's. `work` may upload what fits the backend's pinned
+  // arena, and must not wait for the device or allocate: a download, an allocation, a scratch buffer
+  // that has to grow, a large upload (or any exception) abandons the capture, and run_as_graph returns
+  // false having queued nothing — the caller then runs `work` directly, which grows the buffers for the
+  // next capture. So `work` must be safe to run twice on the host (it is, when it only computes its
+  // inputs and queues ops). Backends without graphs (the CPU) return false at once.
+  virtual bool run_as_graph(int slot, const std::function<void()>& work) {
+    (void)slot;
+    (void)work;
+    return false;
+  }
+  virtual GraphStats graph_stats() const { return {}; }
 
   // Ops: see host/cpu_ops.h for the contract of each. Tensor / ConstTensor arguments are tensors (in the
   // backend's precision), float* ones fp32 buffers.

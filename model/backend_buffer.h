@@ -22,10 +22,14 @@ class BackendBuffer {
   void* get(size_t bytes) {
     if (!backend_) throw std::logic_error("BackendBuffer::get: no backend bound");
     if (bytes > bytes_) {
+      // Old buffer first (the memory plan counts no overlap); the size only once the new one exists, so a
+      // failed allocation (out of memory, or refused inside a CUDA graph capture) leaves an empty buffer.
       if (ptr_) backend_->release(ptr_);
       ptr_ = nullptr;
-      bytes_ = grown_bytes(bytes);
-      ptr_ = backend_->alloc(bytes_);
+      bytes_ = 0;
+      const size_t grown = grown_bytes(bytes);
+      ptr_ = backend_->alloc(grown);
+      bytes_ = grown;
     }
     return ptr_;
   }

@@ -312,8 +312,6 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     return;
   }
   m.release_activations();
-  a.capacity_rows = rows;
-  a.capacity_batch = B;
   const ModelConfig& c = m.config;
   const size_t N = (size_t)B * T, C = c.hidden_size, F = c.intermediate_size;
   const size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
@@ -367,6 +365,10 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
   if (!inference && m.backend->lora_dropout_needs_scratch()) a.lora_scratch = f(N * std::max({C, F, QD}));
   a.pool_weights = f32(N);
   a.pooled = f32((size_t)B * C);
+  // Only now: an allocation that failed above (out of memory, or refused inside a CUDA graph capture)
+  // leaves no capacity, so the next call allocates again.
+  a.capacity_rows = rows;
+  a.capacity_batch = B;
 }
 
 void ensure_rope(Model& m, int T) {

@@ -23,9 +23,11 @@
 #   * test_gpu_binary (it checks the binary's no-GPU message, so on a GPU it reports itself skipped);
 #   * build/llm2vec_cuda end to end: MNTP then SimCSE for a few steps on the bundled stories260K model
 #     (head dim 8: the SIMT attention; the tensor-core kernels run in the tests and benchmarks), and
-#     MNTP under `mpirun -np 1` (the NCCL communicator on a real GPU) against the plain run;
+#     MNTP under `mpirun -np 1` (the NCCL communicator on a real GPU) against the plain run, and MNTP
+#     with CUDA graphs against the same steps launched kernel by kernel (the logs must be equal);
 #   * `llm2vec_cuda bench-step`: 10 MNTP training steps of Sheared-LLaMA-1.3B's configuration with random
-#     weights (8 x 512 tokens, bf16, LoRA r=16): ms/step, tokens/s and MFU;
+#     weights (8 x 512 tokens, bf16, LoRA r=16): ms/step, tokens/s and MFU; again with every kernel
+#     launched directly (--cuda_graphs false), and at 2 x 128 tokens with and without graphs;
 #   * build/bench/bench_attention and bench_gemm (each validates before timing), then
 #     scripts/bench_sdpa.py (PyTorch flash and cuDNN SDPA) where PyTorch sees the GPU, and a table of
 #     our TFLOP/s over PyTorch's for every shape both measured;
@@ -150,13 +152,41 @@ nccl_one_rank() {
 export -f nccl_one_rank
 step "NCCL data-parallel path, 1 rank (mpirun -np 1)" 120 bash -c nccl_one_rank
 
+# CUDA graphs on a real GPU: the same steps with every kernel launched directly must give the same
+# losses and gradient norms (the same kernels with the same arguments; a difference would mean cuBLAS
+# chose other algorithms inside captures, or a graph replayed stale parameters).
+graphs_vs_direct() {
+  local tok=assets/stories260K/tok512.bin out=$dir/e2e
+  local args=(train --stage mntp --model_name_or_path assets/stories260K/stories260K.bin --tokenizer "$tok"
+              --dataset_file_path "$out/data/wiki-*.bin" --overwrite_output_dir true --max_steps 8
+              --gradient_accumulation_steps 2 --per_device_train_batch_size 8 --max_seq_length 64 --lora_r 8
+              --mask_token_type '<0x5F>' --attention_dropout 0.1)
+  build/llm2vec_cuda "${args[@]}" --output_dir "$out/graphs" | grep 'CUDA graphs' &&
+    build/llm2vec_cuda "${args[@]}" --output_dir "$out/direct" --cuda_graphs false >/dev/null &&
+    diff <(cut -d, -f1-3 "$out/graphs/train_log.jsonl") <(cut -d, -f1-3 "$out/direct/train_log.jsonl") &&
+    echo "CUDA graphs: the same losses, learning rates and gradient norms as direct launches"
+}
+export -f graphs_vs_direct
+step "CUDA graphs against direct launches (MNTP 8 steps, stories260K)" 120 bash -c graphs_vs_direct
+
 # Training speed at a real size: MNTP steps of Sheared-LLaMA-1.3B's configuration (1.3B parameters) with
 # random weights and tokens, bf16, LoRA r=16 on the 7 projections, 8 x 512 tokens per step, the memory
 # plan's least recomputation for this GPU; prints ms/step, tokens/s and MFU against the GPU's peak.
+gpu_gb="$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print $1 / 1024}')"
 step "bench-step: Sheared-LLaMA-1.3B MNTP 8 x 512, random weights (tokens/s, MFU)" 300 \
   build/llm2vec_cuda bench-step --model_name_or_path assets/configs/Sheared-LLaMA-1.3B --stage mntp \
-    --per_device_train_batch_size 8 --max_seq_length 512 --lora_r 16 --max_steps 10 \
-    --gpu_memory_gb "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print $1 / 1024}')"
+    --per_device_train_batch_size 8 --max_seq_length 512 --lora_r 16 --max_steps 10 --gpu_memory_gb "$gpu_gb"
+# The same steps with every kernel launched directly, and a small step (2 x 128, where launches cost the
+# most) both ways: what the CUDA graphs (cuda_graphs, on by default) are worth.
+step "bench-step: the same, --cuda_graphs false" 300 \
+  build/llm2vec_cuda bench-step --model_name_or_path assets/configs/Sheared-LLaMA-1.3B --stage mntp \
+    --per_device_train_batch_size 8 --max_seq_length 512 --lora_r 16 --max_steps 10 --gpu_memory_gb "$gpu_gb" \
+    --cuda_graphs false
+for graphs in true false; do
+  step "bench-step: Sheared-LLaMA-1.3B MNTP 2 x 128, --cuda_graphs $graphs" 120 \
+    build/llm2vec_cuda bench-step --model_name_or_path assets/configs/Sheared-LLaMA-1.3B --stage mntp \
+      --per_device_train_batch_size 2 --max_seq_length 128 --lora_r 16 --max_steps 10 --cuda_graphs "$graphs"
+done
 
 # A benchmark that finds no usable device exits 0 without result lines: here, with a GPU, that fails.
 for b in bench_attention bench_gemm; do

@@ -99,7 +99,7 @@ const std::set<std::string> kOwnKeys = {
     "use_instructions", "skip_instruction", "padding_side", "save_merged_model", "adapter_layout",
     // Data parallelism: llm2vec always gathers (HardNegativeNLLLoss's all-gather under torch.distributed)
     // and has no chunking; both keys are ours, their defaults its behaviour.
-    "gather_negatives", "embedding_chunk_size", "recompute_layers", "gpu_memory_gb"};
+    "gather_negatives", "embedding_chunk_size", "recompute_layers", "gpu_memory_gb", "cuda_graphs"};
 const std::set<std::string> kPerRun = {"stage", "model_name_or_path", "dataset_file_path", "output_dir",
                                        "peft_model_name_or_path", "stop_after_n_steps"};
 

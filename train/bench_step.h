@@ -3,8 +3,9 @@
 // machine can measure a 1B- or 7B-parameter step from a config.json alone (scripts/gpu_check.sh). Each
 // step is what the trainer runs for one MNTP micro-batch: forward (bidirectional unless configured
 // otherwise, dropout on), the fused LM-head loss on the mlm_probability share of positions, backward and
-// the AdamW step; the step ends with the optimizer's gradient-norm read, so its wall time is the
-// device's. The first step (allocations, cuBLAS heuristics) is run and reported apart.
+// the AdamW step, queued as CUDA graphs with cuda_graphs (as the trainer does); the step ends with the
+// read of its loss and gradient norm, so its wall time is the device's. The first step (allocations,
+// cuBLAS heuristics; its captures are abandoned) is run and reported apart.
 #pragma once
 #include <vector>
 
@@ -21,6 +22,7 @@ struct BenchStepResult {
   double model_flops = 0;              // of one step (the plan's, without recomputation)
   double executed_flops = 0;           // with the recomputed forwards
   int recompute_layers = 0;
+  GraphStats graphs;                   // the backend's, after the run (cuda_graphs)
   double median_ms() const;
 };
 

@@ -422,6 +422,14 @@ int run_bench_step(const ParsedOptions& o) {
               "FLOPs per step, %.3g executed (%d of %d layers recomputed)\n",
               ms, r.step_ms.size(), r.first_ms, r.tokens_per_step / (ms * 1e-3), r.model_flops / (ms * 1e-3) / 1e12, mfu,
               r.model_flops, r.executed_flops, r.recompute_layers, mc.num_hidden_layers);
+  if (!backend->is_host_memory()) {
+    if (cfg.cuda_graphs)
+      std::printf("CUDA graphs: %ld launched (%ld instantiated, %ld updated in place), %ld captures abandoned and run "
+                  "directly\n",
+                  r.graphs.launches, r.graphs.instantiations, r.graphs.updates, r.graphs.broken);
+    else
+      std::printf("CUDA graphs: off (--cuda_graphs false)\n");
+  }
   return 0;
 }
 

@@ -54,6 +54,7 @@ const std::vector<ConfigKey>& train_config_keys() {
       {"bidirectional", 'b', true, "true: bidirectional attention (LLM2Vec); false: causal (the Uni ablation)"},
       {"gradient_checkpointing", 'b', true, "recompute each layer in the backward instead of storing activations"},
       {"recompute_layers", 'i', -1, "recompute the first N layers in the backward and store the others' activations\n(-1: every layer with gradient_checkpointing, none without; or the planner's choice\nwith gpu_memory_gb)"},
+      {"cuda_graphs", 'b', true, "cuda: queue each micro-batch's and each optimizer step's kernels as one CUDA graph\n(captured, then launched; one process only: not under mpirun) instead of launching\nthem one by one (false)"},
       {"gpu_memory_gb", 'f', 0.0, "plan the step to fit this many GB (model/memory_plan.h): the least recomputation\nthat fits, or a refusal before training when nothing fits (0: no plan)"},
       {"lora_r", 'i', 16, "LoRA rank of this stage's new adapter"},
       {"lora_alpha", 'f', nullptr, "LoRA alpha (default 2 * lora_r, as llm2vec)"},
@@ -298,6 +299,7 @@ TrainConfig load_train_config(const std::string& config_path,
   c.recompute_layers = j.at("recompute_layers").get<int>();
   if (c.recompute_layers < -1) throw range_error("recompute_layers", "must be >= -1 (-1: automatic)");
   c.gpu_memory_gb = number("gpu_memory_gb");
+  c.cuda_graphs = j.at("cuda_graphs").get<bool>();
   if (!(c.gpu_memory_gb >= 0)) throw range_error("gpu_memory_gb", "must be >= 0 (0: no plan)");
   c.lora.r = positive("lora_r");
   if (!has("lora_alpha")) j["lora_alpha"] = 2.0 * c.lora.r;  // resolved here so resume compares the value

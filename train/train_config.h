@@ -52,6 +52,7 @@ struct TrainConfig {
   bool bidirectional = true, gradient_checkpointing = true;
   int recompute_layers = -1;   // -1: gradient_checkpointing's all or none, or the plan's with gpu_memory_gb
   double gpu_memory_gb = 0;    // > 0: plan the step into this budget (model/memory_plan.h)
+  bool cuda_graphs = true;     // the trainer's device work as CUDA graphs (Backend::run_as_graph), one process only
   LoraConfig lora;
   int max_seq_length = 512;
   float mlm_probability = 0.2f;

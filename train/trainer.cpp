@@ -155,9 +155,16 @@ class Trainer {
   void check_ranks_agree();
   // One micro-batch's forward, loss and backward, queued: its loss goes to *loss (one double in backend
   // memory), read with the step's other values after the optimizer step is queued.
-  void micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
-  void mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
-  void contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss);
+  // The first micro-batch of a step also zeroes the gradients.
+  void micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens, double* loss);
+  void mntp_micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens, double* loss);
+  void contrastive_micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens, double* loss);
+  // Queues `work` — the device work of a micro-batch or of the optimizer step, everything it does on the
+  // host being safe to repeat — as one CUDA graph when graphs are on (Backend::run_as_graph), else, or when
+  // the backend abandons the capture (the first steps grow buffers), directly. A slot whose captures keep
+  // being abandoned is left to direct launches, said once.
+  void device_work(int slot, const std::function<void()>& work);
+  enum GraphSlot { kFirstMicroBatchGraph, kMicroBatchGraph, kOptimizerGraph, kGraphSlots };
   void forward(const std::vector<int>& ids, const std::vector<int>& key_mask, int B, int T, uint64_t seed,
                int row0);
   void forward(const EmbedBatch& b, uint64_t seed) { forward(b.ids, b.key_mask, b.B, b.T, seed, b.row0); }
@@ -200,6 +207,8 @@ class Trainer {
   std::unique_ptr<FileLock> lock_;  // output_dir's, for the whole run
   int start_step_ = 0;
   int recompute_layers_ = 0;  // ForwardOptions::recompute_layers of every forward (train/plan.h)
+  bool use_graphs_ = false;   // cuda_graphs, on a backend with graphs, in one process
+  int graph_failures_[kGraphSlots] = {};  // consecutive abandoned captures per slot (kGraphGiveUp: given up)
   double step_flops_ = 0;     // model FLOPs of one optimizer step (for MFU)
   uint64_t base_fingerprint_ = 0;
   uint64_t data_fingerprint_ = 0;  // of the shards' contents (open_shard_dataset)
@@ -413,15 +422,36 @@ void Trainer::backward(ConstTensor d_hidden, bool last_of_step) {
   model_backward(m_, d_hidden, layer_callback(last_of_step));
 }
 
+// Consecutive abandoned captures after which a slot's work is launched directly for the rest of the run.
+constexpr int kGraphGiveUp = 8;
+
+void Trainer::device_work(int slot, const std::function<void()>& work) {
+  if (use_graphs_ && graph_failures_[slot] < kGraphGiveUp) {
+    if (backend_.run_as_graph(slot, work)) {
+      graph_failures_[slot] = 0;
+      return;
+    }
+    if (++graph_failures_[slot] == kGraphGiveUp && progress_)
+      std::printf("CUDA graphs: the %s work is launched kernel by kernel from now on: %d captures in a row were "
+                  "abandoned, the last because of: %s\n",
+                  slot == kOptimizerGraph ? "optimizer step's" : "micro-batches'", kGraphGiveUp,
+                  backend_.graph_stats().last_break.c_str());
+  }
+  work();
+}
+
 // The seed of micro-batch `micro`'s dropout: a function of the global micro-batch number only.
 uint64_t micro_seed(uint64_t seed, uint64_t micro) { return splitmix64(seed ^ splitmix64(micro)); }
 
-void Trainer::mntp_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
-  MntpBatch b = mntp_->next();
-  forward(b.ids, b.key_mask, b.B, b.T, micro_seed(cfg_.seed, micro), b.row0);
+void Trainer::mntp_micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens, double* loss) {
+  const MntpBatch b = mntp_->next();
   *tokens += count_tokens(b.key_mask);
-  // Normalised by the global batch's labels: the ranks' parts sum to one process's loss and gradient.
-  queue_mntp_loss(m_, b.labels.data(), true, b.global_labels, loss, layer_callback(last_of_step));
+  device_work(first_of_step ? kFirstMicroBatchGraph : kMicroBatchGraph, [&] {
+    if (first_of_step) zero_grads(m_);
+    forward(b.ids, b.key_mask, b.B, b.T, micro_seed(cfg_.seed, micro), b.row0);
+    // Normalised by the global batch's labels: the ranks' parts sum to one process's loss and gradient.
+    queue_mntp_loss(m_, b.labels.data(), true, b.global_labels, loss, layer_callback(last_of_step));
+  });
 }
 
 void Trainer::contrastive(const float* pooled, float* d_pooled, const std::vector<int>& first,
@@ -471,7 +501,8 @@ void Trainer::contrastive(const float* pooled, float* d_pooled, const std::vecto
                   (size_t)rows[g] * C * sizeof(float));
 }
 
-void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
+void Trainer::contrastive_micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens,
+                                     double* loss) {
   std::vector<EmbedBatch> groups;
   std::vector<uint64_t> seeds;
   if (simcse_) {
@@ -506,11 +537,13 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* to
     rows.push_back(g.B);
     total_rows += g.B;
   }
+  for (const EmbedBatch& g : groups) *tokens += count_tokens(g.key_mask);
+  device_work(first_of_step ? kFirstMicroBatchGraph : kMicroBatchGraph, [&] {
+  if (first_of_step) zero_grads(m_);
   float* pooled = pooled_.floats((size_t)total_rows * C);
   float* d_pooled = d_pooled_.floats((size_t)total_rows * C);
   PoolCache& cache = pool_cache_;  // the last chunk's, then each recomputed chunk's
   for (size_t g = 0; g < groups.size(); ++g) {
-    *tokens += count_tokens(groups[g].key_mask);
     for (size_t c = 0; c < chunks[g].size(); ++c) {
       const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
       const EmbedBatch chunk = chunk_of(g, c);
@@ -537,13 +570,14 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool last_of_step, long* to
       backward(dh, last_of_step && g == 0 && c == 0);
     }
   }
+  });
 }
 
-void Trainer::micro_step(uint64_t micro, bool last_of_step, long* tokens, double* loss) {
+void Trainer::micro_step(uint64_t micro, bool first_of_step, bool last_of_step, long* tokens, double* loss) {
   if (cfg_.stage == Stage::kMntp)
-    mntp_micro_step(micro, last_of_step, tokens, loss);
+    mntp_micro_step(micro, first_of_step, last_of_step, tokens, loss);
   else
-    contrastive_micro_step(micro, last_of_step, tokens, loss);
+    contrastive_micro_step(micro, first_of_step, last_of_step, tokens, loss);
 }
 
 nlohmann::json Trainer::loader_state() const {
@@ -559,7 +593,7 @@ bool resumable_difference(const std::string& key) {
   return key == "resume_from_checkpoint" || key == "overwrite_output_dir" || key == "logging_steps" ||
          key == "save_steps" || key == "save_total_limit" || key == "max_steps" || key == "stop_after_n_steps" ||
          key == "embedding_chunk_size" || key == "per_device_train_batch_size" || key == "recompute_layers" ||
-         key == "gpu_memory_gb";
+         key == "gpu_memory_gb" || key == "cuda_graphs";
 }
 
 // The config keys that name inputs by path. A resume compares what they hold (the weights, tokenizer
@@ -824,6 +858,12 @@ TrainResult Trainer::run() {
   ac.weight_decay = cfg_.weight_decay;
   ac.max_grad_norm = cfg_.max_grad_norm;
 
+  use_graphs_ = cfg_.cuda_graphs && !backend_.is_host_memory() && comm_->world_size() == 1;
+  if (progress_ && !backend_.is_host_memory())
+    std::printf("CUDA graphs: %s\n",
+                use_graphs_ ? "each micro-batch's and optimizer step's kernels captured and launched as one graph"
+                : !cfg_.cuda_graphs ? "off (cuda_graphs false): kernels launched one by one"
+                                    : "off under mpirun (the NCCL streams are not captured): kernels launched one by one");
   SignalScope signals;
   TrainResult result;
   result.steps_done = start_step_;
@@ -841,7 +881,6 @@ TrainResult Trainer::run() {
   float* norm_dev = reinterpret_cast<float*>(readback + K * sizeof(double));
   std::vector<char> readback_host(readback_bytes);
   for (int step = start_step_; step < cfg_.max_steps; ++step) {
-    zero_grads(m_);
     long tokens = 0;
     // A stop signal between micro-batches abandons this step: the checkpoint is that of the steps
     // done, with the loaders where this step began, so a resume redoes the step from its start.
@@ -862,7 +901,7 @@ TrainResult Trainer::run() {
       }
       const uint64_t micro = (uint64_t)step * cfg_.gradient_accumulation_steps + k;
       try {
-        micro_step(micro, k + 1 == cfg_.gradient_accumulation_steps, &tokens, losses_dev + k);
+        micro_step(micro, k == 0, k + 1 == cfg_.gradient_accumulation_steps, &tokens, losses_dev + k);
       } catch (const std::exception& e) {
         throw std::runtime_error("step " + std::to_string(step + 1) + ": " + e.what() +
                                  "; stopped before updating the parameters" +
@@ -879,7 +918,7 @@ TrainResult Trainer::run() {
     float grad_scale = 1.0f / cfg_.gradient_accumulation_steps;
     if (per_rank_losses) grad_scale /= W;
     const double lr = learning_rate_at(cfg_, step);
-    queue_adamw_step(m_, adam_, ac, (float)lr, grad_scale, norm_dev);
+    device_work(kOptimizerGraph, [&] { queue_adamw_step(m_, adam_, ac, (float)lr, grad_scale, norm_dev); });
     backend_.download(readback_host.data(), readback, readback_bytes);
     const std::string intact = last_checkpoint.empty() ? std::string() : "; " + last_checkpoint + " is intact";
     // A non-finite loss comes with non-finite gradients (the cross-entropy of non-finite logits; a
@@ -953,6 +992,13 @@ TrainResult Trainer::run() {
     }
   }
   if (result.last_checkpoint.empty() && start_step_ == cfg_.max_steps) result.last_checkpoint = resume_dir;
+  if (progress_ && use_graphs_) {
+    const GraphStats g = backend_.graph_stats();
+    std::printf("CUDA graphs: %ld launched (%ld instantiated, %ld updated in place), %ld captures abandoned and "
+                "run directly%s%s\n",
+                g.launches, g.instantiations, g.updates, g.broken, g.broken ? " (the last because of: " : "",
+                g.broken ? (g.last_break + ")").c_str() : "");
+  }
   if (writer) {
     rotate_checkpoints();
     export_outputs();
