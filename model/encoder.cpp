@@ -71,7 +71,7 @@ std::string strip_instruction(std::string s) {
   return s.substr(i);
 }
 
-Encoder::Encoder(const EncoderSpec& spec, Backend& backend) : spec_(spec) {
+Encoder::Encoder(const EncoderSpec& spec, Backend& backend, bool cuda_graphs) : spec_(spec), cuda_graphs_(cuda_graphs) {
   base_ = open_checkpoint(spec.model_name_or_path);
   tok_ = load_tokenizer(spec.tokenizer);
   if (tok_->vocab_size() > base_.config.vocab_size)
@@ -164,8 +164,13 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
       for (size_t k = start; k < end; ++k) which += (k > start ? ", " : "") + std::to_string(order[k] + 1);
       throw std::runtime_error("embed: the batch of texts " + which + ": " + e.what());
     }
-    model_forward(model_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
-    const std::vector<float> pooled = pool_forward(model_, head_, b, tok_->bos_id(), tok_->eos_id(), nullptr);
+    // The batch's device work, as one CUDA graph where the backend has them; the embeddings are read after.
+    auto work = [&] {
+      model_forward(model_, b.ids.data(), b.key_mask.data(), b.B, b.T, opt);
+      pool_forward(model_, head_, b, tok_->bos_id(), tok_->eos_id(), model_.acts.pooled, nullptr);
+    };
+    if (!cuda_graphs_ || !model_.backend->run_as_graph(0, work)) work();
+    const std::vector<float> pooled = download_floats(model_, model_.acts.pooled, (size_t)b.B * C);
     for (size_t k = start; k < end; ++k) {
       const float* row = &pooled[(k - start) * C];
       for (int c = 0; c < C; ++c)

@@ -61,7 +61,9 @@ struct EmbedStats {
 
 class Encoder {
  public:
-  Encoder(const EncoderSpec& spec, Backend& backend);
+  // cuda_graphs: each batch's forward and pooling launched as one CUDA graph on a backend that has them
+  // (Backend::run_as_graph); false launches every kernel directly.
+  Encoder(const EncoderSpec& spec, Backend& backend, bool cuda_graphs = true);
   int dim() const { return model_.config.hidden_size; }
   const EncoderSpec& spec() const { return spec_; }  // max_length resolved
   const Tokenizer& tokenizer() const { return *tok_; }
@@ -80,6 +82,7 @@ class Encoder {
   std::unique_ptr<Tokenizer> tok_;
   Model model_;
   PoolingHead head_;
+  bool cuda_graphs_;
 };
 
 }  // namespace l2v

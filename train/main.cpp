@@ -519,7 +519,7 @@ int run_embed(const ParsedOptions& o) {
   }
   if (inputs.empty()) throw std::runtime_error(input + ": no texts");
   std::unique_ptr<Backend> backend = backend_for(o);
-  Encoder enc(spec, *backend);
+  Encoder enc(spec, *backend, !o.has("--no-cuda-graphs"));
   EmbedStats stats;
   std::vector<float> emb = enc.embed(inputs, (int)o.get_int("--batch-size", 16, 1), !o.has("--quiet"), &stats);
   std::fprintf(stderr, "%s\n", truncation_line(stats, "texts").c_str());
@@ -550,7 +550,7 @@ int run_eval_sts(const ParsedOptions& o) {
   else if (format == "tsv") pairs = read_sts_tsv(data);
   else throw UsageError("--format must be sick or tsv");
   std::unique_ptr<Backend> backend = backend_for(o);
-  Encoder enc(spec, *backend);
+  Encoder enc(spec, *backend, !o.has("--no-cuda-graphs"));
   // Each distinct sentence is embedded once.
   std::map<std::string, size_t> index;
   std::vector<EncoderInput> inputs;
@@ -597,7 +597,7 @@ int run_eval_clustering(const ParsedOptions& o) {
   const uint64_t seed = (uint64_t)o.get_int("--seed", 42, 0);
   const bool quiet = o.has("--quiet");
   std::unique_ptr<Backend> backend = backend_for(o);
-  Encoder enc(spec, *backend);
+  Encoder enc(spec, *backend, !o.has("--no-cuda-graphs"));
   std::vector<EncoderInput> inputs;
   for (const LabelledText& t : texts) inputs.push_back({o.get("--instruction", ""), t.text});
   EmbedStats stats;
@@ -651,7 +651,7 @@ int run_eval_retrieval(const ParsedOptions& o) {
   const bool quiet = o.has("--quiet");
   const int batch = (int)o.get_int("--batch-size", 32, 1);
   std::unique_ptr<Backend> backend = backend_for(o);
-  Encoder enc(spec, *backend);
+  Encoder enc(spec, *backend, !o.has("--no-cuda-graphs"));
   // The corpus's embeddings are cached under a fingerprint of the encoder (weights' contents, pooling,
   // attention, max_length, backend precision) and of the documents' texts.
   const std::string cache_dir = o.has("--no-cache") ? "" : o.get("--cache_dir", dir + "/llm2vec_cache");
@@ -755,7 +755,7 @@ int run_eval_classification(const ParsedOptions& o) {
   }
   for (const LabelledText& t : test) test_inputs.push_back({instruction, t.text});
   std::unique_ptr<Backend> backend = backend_for(o);
-  Encoder enc(spec, *backend);
+  Encoder enc(spec, *backend, !o.has("--no-cuda-graphs"));
   const int batch = (int)o.get_int("--batch-size", 32, 1), dim = enc.dim();
   if (!quiet) std::fprintf(stderr, "embedding %zu training texts (the union of %d samples)\n", train_inputs.size(), experiments);
   EmbedStats train_stats, test_stats;
@@ -845,7 +845,8 @@ std::vector<OptionSpec> encoder_model_options() {
 std::vector<OptionSpec> encoder_options(const std::vector<OptionSpec>& own) {
   std::vector<OptionSpec> spec = encoder_model_options();
   spec.insert(spec.end(), own.begin(), own.end());
-  spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision, kAttentionImpl});
+  spec.insert(spec.end(), {{"--quiet", "", "no progress lines"}, kBackend, kPrecision, kAttentionImpl,
+                            {"--no-cuda-graphs", "", "cuda: launch every kernel directly, not each batch's as one CUDA graph"}});
   return spec;
 }
 
