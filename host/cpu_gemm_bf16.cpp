@@ -36,6 +36,7 @@ namespace {
 // two A tiles (tmm4, 5: 16 rows x 32 k) and two B tiles (tmm6, 7: 32 k x 16 columns) per 32 k.
 constexpr int kBlock = 32;
 constexpr int kTileElems = 512;  // 16 rows x 64 bytes of bf16
+constexpr int kChunk = 4;        // row blocks of A that sweep B's panels together (gemm_bf16)
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("l2v::cpu::gemm_bf16: " + what);
@@ -94,15 +95,24 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
 
 __attribute__((target("amx-tile,amx-bf16"))) void amx_release() { _tile_release(); }
 
-// out [32 x 32] fp32 = a [32 rows, row stride a_ld elements] x the two B panels' 32 columns, over k_blocks.
-__attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, const uint16_t* a, size_t a_ld,
-                                                          const uint16_t* b0, const uint16_t* b1, int k_blocks) {
-  const size_t a_stride = a_ld * sizeof(uint16_t);
+// out [32 x 32] fp32 (row stride out_ld elements) = a [32 rows, row stride a_ld elements] x the two B panels'
+// 32 columns over k_blocks, or += when accumulate (out's values are then the accumulators' start).
+__attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, size_t out_ld, bool accumulate,
+                                                          const uint16_t* a, size_t a_ld, const uint16_t* b0,
+                                                          const uint16_t* b1, int k_blocks) {
+  const size_t a_stride = a_ld * sizeof(uint16_t), out_stride = out_ld * sizeof(float);
   const uint16_t* a1 = a + 16 * a_ld;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  if (accumulate) {
+    _tile_loadd(0, out, out_stride);
+    _tile_loadd(1, out + 16, out_stride);
+    _tile_loadd(2, out + 16 * out_ld, out_stride);
+    _tile_loadd(3, out + 16 * out_ld + 16, out_stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
   for (int kb = 0; kb < k_blocks; ++kb) {
     _tile_loadd(4, a + (size_t)kb * kBlock, a_stride);
     _tile_loadd(5, a1 + (size_t)kb * kBlock, a_stride);
@@ -113,11 +123,10 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, const ui
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
-  constexpr size_t out_stride = kBlock * sizeof(float);
   _tile_stored(0, out, out_stride);
   _tile_stored(1, out + 16, out_stride);
-  _tile_stored(2, out + 16 * kBlock, out_stride);
-  _tile_stored(3, out + 16 * kBlock + 16, out_stride);
+  _tile_stored(2, out + 16 * out_ld, out_stride);
+  _tile_stored(3, out + 16 * out_ld + 16, out_stride);
 }
 
 // The same block without AMX: the products added in ascending k, one fp32 rounding each.
@@ -216,6 +225,7 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
   uint16_t* a16 = a_buffer((size_t)m_blocks * kBlock * a_ld);
   const bool amx = kernel == Bf16Kernel::amx;
   const long items = (long)m_blocks * n_blocks;
+  const long items_padded = (long)(m_blocks + kChunk - 1) / kChunk * kChunk * n_blocks;
 #pragma omp parallel if (!omp_in_parallel() && items > 1)
   {
 #pragma omp for schedule(static)
@@ -230,20 +240,29 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
     }
     if (amx) amx_configure();  // tile configuration is per thread
     alignas(64) float block[kBlock * kBlock];
-    // Items in panel-major order: a thread's contiguous share sweeps the rows under one 32-column panel of B
-    // (K x 32 bf16, kept in cache) before moving on.
+    // Items in chunk-major order: kChunk row blocks of A (kChunk x 32 rows x K bf16: 147 KiB at K = 576,
+    // kept in the core's L2) against every 32-column panel of B in turn, the chunk's row blocks under one
+    // panel (K x 32 bf16, in L1) before the next. A thread's contiguous share is whole chunks, so B streams
+    // through once per chunk instead of A once per panel (A: M x K, larger than L2 for a training batch).
+    const long chunk_items = (long)kChunk * n_blocks;
 #pragma omp for schedule(static)
-    for (long item = 0; item < items; ++item) {
-      const int nb = (int)(item / m_blocks), mb = (int)(item % m_blocks);
+    for (long item = 0; item < items_padded; ++item) {
+      const long chunk = item / chunk_items, in_chunk = item % chunk_items;
+      const int nb = (int)(in_chunk / kChunk), mb = (int)(chunk * kChunk + in_chunk % kChunk);
+      if (mb >= m_blocks) continue;
       const uint16_t* a = a16 + (size_t)mb * kBlock * a_ld;
       const uint16_t* b0 = B.tiles.get() + (size_t)(2 * nb) * B.k_blocks * kTileElems;
       const uint16_t* b1 = b0 + (size_t)B.k_blocks * kTileElems;
-      if (amx)
-        amx_block(block, a, a_ld, b0, b1, B.k_blocks);
-      else
-        portable_block(block, a, a_ld, b0, b1, B.k_blocks);
       const int m0 = mb * kBlock, n0 = nb * kBlock;
       const int rows = std::min(kBlock, M - m0), cols = std::min(kBlock, B.N - n0);
+      if (amx && rows == kBlock && cols == kBlock) {  // a whole block: the tiles go straight to C
+        amx_block(C + (size_t)m0 * ldc + n0, ldc, accumulate, a, a_ld, b0, b1, B.k_blocks);
+        continue;
+      }
+      if (amx)
+        amx_block(block, kBlock, false, a, a_ld, b0, b1, B.k_blocks);
+      else
+        portable_block(block, a, a_ld, b0, b1, B.k_blocks);
       for (int r = 0; r < rows; ++r) {
         float* c = C + (size_t)(m0 + r) * ldc + n0;
         const float* s = block + r * kBlock;

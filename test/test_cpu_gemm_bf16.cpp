@@ -35,8 +35,9 @@ std::vector<float> rounded(const std::vector<float>& x) {
 struct Case {
   int M, K, N;
 };
-// Multiples of the 32 x 32 blocks and every kind of ragged edge (M, K and N each not a multiple of 32 or 2).
-const Case kCases[] = {{1, 1, 1}, {37, 45, 50}, {64, 576, 192}, {3, 101, 33}, {96, 64, 17}};
+// Multiples of the 32 x 32 blocks and every kind of ragged edge (M, K and N each not a multiple of 32 or 2);
+// 300 rows are 10 row blocks: two whole chunks of four that sweep B's panels together, and a partial one.
+const Case kCases[] = {{1, 1, 1}, {37, 45, 50}, {64, 576, 192}, {3, 101, 33}, {96, 64, 17}, {300, 64, 70}};
 
 // C = A W^T (W [N, K]) through the forward packing; checks it against double sums of the rounded inputs
 // (bound gamma_K) and of the fp32 inputs (plus the input roundings).

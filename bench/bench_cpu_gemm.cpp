@@ -1,0 +1,83 @@
+// The CPU backend's bf16 GEMM (host/cpu_gemm_bf16.h: a weight packed once into AMX tiles, A rounded to
+// bf16 per call, fp32 accumulation) against OpenBLAS's fp32 sgemm on the same shapes, threads and
+// machine: the linear layers of SmolLM2-135M (hidden 576, MLP 1536, 3 KV heads of 64) and a 6,144-column
+// piece of its LM head, at 16 x 128 = 2,048 rows (a training micro-batch, or an embedding batch).
+// Counters: FLOP/s (2 M N K per GEMM). OpenBLAS runs one single-threaded GEMM per thread on its share of
+// the rows, as the CPU backend runs it. Run from the repository root:
+//   make bench && OMP_NUM_THREADS=2 ./build/bench/bench_cpu_gemm
+// (On a CPU without AMX-BF16 the bf16 rows time the portable kernel, which is not meant to be fast.)
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include <random>
+#include <vector>
+
+#include "host/cpu_gemm_bf16.h"
+
+namespace {
+
+struct Shapes {
+  int M, K, N;
+};
+
+struct Operands {
+  std::vector<float> A, W, C;
+  explicit Operands(const Shapes& s) : A((size_t)s.M * s.K), W((size_t)s.N * s.K), C((size_t)s.M * s.N) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> d(-1, 1);
+    for (float& x : A) x = d(rng);
+    for (float& x : W) x = d(rng);
+  }
+};
+
+Shapes shapes(const benchmark::State& state) {
+  return {(int)state.range(0), (int)state.range(1), (int)state.range(2)};
+}
+
+void set_flops(benchmark::State& state, const Shapes& s) {
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * s.M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_GemmBf16(benchmark::State& state) {
+  const Shapes s = shapes(state);
+  Operands o(s);
+  const l2v::cpu::PackedBf16 B = l2v::cpu::pack_bf16_transposed(o.W.data(), s.N, s.K);  // once, as at load
+  for (auto _ : state) {
+    l2v::cpu::gemm_bf16(o.C.data(), s.N, o.A.data(), s.K, s.M, B, false);
+    benchmark::DoNotOptimize(o.C.data());
+  }
+  set_flops(state, s);
+  state.SetLabel(l2v::cpu::amx_bf16_available() ? "AMX-BF16" : "portable");
+}
+
+void BM_SgemmOpenBlas(benchmark::State& state) {
+  const Shapes s = shapes(state);
+  Operands o(s);
+  for (auto _ : state) {
+#pragma omp parallel
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      const int m0 = (int)((long)s.M * t / n), m1 = (int)((long)s.M * (t + 1) / n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, s.N, s.K, 1.0f, o.A.data() + (size_t)m0 * s.K,
+                  s.K, o.W.data(), s.K, 0.0f, o.C.data() + (size_t)m0 * s.N, s.N);
+    }
+    benchmark::DoNotOptimize(o.C.data());
+  }
+  set_flops(state, s);
+}
+
+// q / o (576 -> 576), k / v (576 -> 192), gate / up (576 -> 1536), down (1536 -> 576), LM head piece.
+void SmolLm2Shapes(benchmark::internal::Benchmark* b) {
+  for (const Shapes& s : {Shapes{2048, 576, 576}, Shapes{2048, 576, 192}, Shapes{2048, 576, 1536},
+                          Shapes{2048, 1536, 576}, Shapes{2048, 576, 6144}})
+    b->Args({s.M, s.K, s.N});
+  b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_GemmBf16)->Apply(SmolLm2Shapes);
+BENCHMARK(BM_SgemmOpenBlas)->Apply(SmolLm2Shapes);
+BENCHMARK_MAIN();
