@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "host/cpu_fast_exp.h"
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 #include "host/dropout_bits.h"
@@ -83,11 +84,10 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
           std::fill(p, p + jend, 0.0f);
           continue;
         }
+        for (int j = 0; j < jend; ++j) p[j] -= mx;
+        exp_inplace(p, jend);  // masked keys: exp(-inf) = 0
         float sum = 0.0f;
-        for (int j = 0; j < jend; ++j) {
-          p[j] = std::exp(p[j] - mx);
-          sum += p[j];
-        }
+        for (int j = 0; j < jend; ++j) sum += p[j];
         *lse_i = mx + std::log(sum);
         const float inv_sum = 1.0f / sum;
         for (int j0 = 0; j0 < jend; j0 += 128) {
@@ -152,6 +152,10 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
             const float* o_i = out + L.q_offset(b, i, h);
             float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
             for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
+            // The forward's probabilities, recomputed: exp(s * scale - lse), 0 for masked and future keys.
+            for (int j = 0; j < T; ++j)
+              P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;
+            exp_inplace(P, T);
             uint64_t keep[2] = {~0ull, ~0ull};
             for (int j = 0; j < T; ++j) {
               if (L.dropout && j % 128 == 0)
@@ -161,7 +165,7 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
                 P[j] = dS[j] = 0.0f;
                 continue;
               }
-              const float Pij = std::exp(P[j] * L.sm_scale - lse_i);
+              const float Pij = P[j];
               const bool kept = (keep[(j % 128) / 64] >> (j % 64)) & 1;
               // A dropped probability receives no gradient through the output.
               const float dPij = kept ? dS[j] * L.keep_scale : 0.0f;

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "host/cpu_attention_bf16.h"
+#include "host/cpu_fast_exp.h"
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 
@@ -113,10 +114,12 @@ class CpuBackend final : public Backend {
                             causal, dropout_p, key, site);
   }
   void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
+    if (bf16_) return cpu::swiglu_forward_fast(f(out), f(gate), f(up), n);  // host/cpu_fast_exp.h
     cpu::swiglu_forward(f(out), f(gate), f(up), n);
   }
   void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
                        long n) override {
+    if (bf16_) return cpu::swiglu_backward_fast(f(dgate), f(dup), f(dout), f(gate), f(up), n);
     cpu::swiglu_backward(f(dgate), f(dup), f(dout), f(gate), f(up), n);
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,

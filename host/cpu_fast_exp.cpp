@@ -1,0 +1,117 @@
+#include "host/cpu_fast_exp.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+
+// GCC 12 warns that the unmasked AVX-512 intrinsics' internal _mm512_undefined_ps() "may be used
+// uninitialized" (its own header's pass-through operand, not this file's): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cmath>
+
+#include "host/cpu_ops.h"
+
+namespace l2v::cpu {
+namespace {
+
+bool avx512_available() {
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return false;  // AVX512F
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const unsigned needed = (1u << 1) | (1u << 2) | (7u << 5);  // SSE, AVX, AVX-512 state
+    return (lo & needed) == needed;
+  }();
+  return ok;
+}
+
+// The contract of host/cpu_fast_exp.h on 16 lanes.
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+  // Clamp first (a NaN passes: max/min return their second operand when either is NaN).
+  x = _mm512_max_ps(_mm512_set1_ps(-110.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2's first 16 bits: n * it is exact
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 y = _mm512_scalef_ps(p, n);
+  // Below -104 the result is 0 exactly (scalef would round some inputs to the smallest subnormals).
+  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_LT_OQ), _mm512_setzero_ps());
+  return y;
+}
+
+__attribute__((target("avx512f"))) void exp_avx512(float* x, long n) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp16(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(x + i, m, exp16(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+// cpu::swiglu_forward, 16 lanes at a time (the tail's lanes masked).
+__attribute__((target("avx512f"))) void swiglu_forward_avx512(float* out, const float* gate, const float* up, long n) {
+  for (long i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
+
+__attribute__((target("avx512f"))) void swiglu_backward_avx512(float* dgate, float* dup, const float* dout,
+                                                               const float* gate, const float* up, long n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (long i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
+    const __m512 d = _mm512_maskz_loadu_ps(m, dout + i);
+    const __m512 one_plus_e = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 sig = _mm512_div_ps(one, one_plus_e);
+    // cpu::swiglu_backward's order of operations.
+    const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), sig),
+                                    _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, sig))));
+    _mm512_mask_storeu_ps(dgate + i, m, dg);
+    _mm512_mask_storeu_ps(dup + i, m, _mm512_mul_ps(d, _mm512_div_ps(g, one_plus_e)));
+  }
+}
+
+// Runs fn over [0, n) in pieces of 16 Ki elements on the OpenMP threads (each piece a multiple of 16).
+template <typename Fn>
+void in_pieces(long n, Fn fn) {
+  constexpr long kPiece = 16384;
+#pragma omp parallel for schedule(static) if (n > kPiece)
+  for (long at = 0; at < n; at += kPiece) fn(at, n - at < kPiece ? n - at : kPiece);
+}
+
+}  // namespace
+
+void exp_inplace(float* x, long n) {
+  if (avx512_available()) return exp_avx512(x, n);
+  for (long i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+void swiglu_forward_fast(float* out, const float* gate, const float* up, long n) {
+  if (!avx512_available()) return swiglu_forward(out, gate, up, n);
+  in_pieces(n, [&](long at, long k) { swiglu_forward_avx512(out + at, gate + at, up + at, k); });
+}
+
+void swiglu_backward_fast(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
+  if (!avx512_available()) return swiglu_backward(dgate, dup, dout, gate, up, n);
+  in_pieces(n, [&](long at, long k) {
+    swiglu_backward_avx512(dgate + at, dup + at, dout + at, gate + at, up + at, k);
+  });
+}
+
+}  // namespace l2v::cpu

@@ -1,0 +1,107 @@
+// Tests of the vectorised exp of the CPU backend's bf16 mode (host/cpu_fast_exp.h) against double exp,
+// and of the SwiGLU ops built on it against the fp32 reference ops (host/cpu_ops.h).
+//
+// Bounds. exp: the header's 2 units in the last place (ulp = 2^(e-23) for a result in [2^e, 2^(e+1)))
+// for normal results; results below the normal range (x < -87.3) within 2 of the smallest subnormals
+// (2^-149) absolutely; exactly 0 below -104 and for -inf, inf above 88.73. SwiGLU: the reference computes
+// g / (1 + e) u with e within 0.5 ulp (the C library's expf; 1 ulp counted) and three roundings; the fast
+// op the same with e within 2 ulp. 1 + e carries e's relative error times e / (1 + e) < 1, so each side is
+// within (2 + 3 x 0.5) ulp = 3.5 ulp of exact, and they differ by at most 7 ulp of the result (2^-24
+// relative per ulp of rounding, 2^-23 spacing: |a - b| <= 7 * 2^-23 |r|). The backward's dgate has six
+// roundings after e on each side: 2 + 6 x 0.5 = 5 ulp each, 10 between them, plus the cancellation in
+// 1 - sig, which the bound covers by measuring against the terms' magnitude (|d u sig| (1 + |g| (1 - sig))).
+// A wrong polynomial coefficient, range reduction or tail mask is off by far more.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "host/cpu_fast_exp.h"
+#include "host/cpu_ops.h"
+
+namespace cpu = l2v::cpu;
+
+namespace {
+
+double ulp_of(double r) {  // fp32's spacing at |r| (normal range)
+  int e = 0;
+  std::frexp(r, &e);  // r = f 2^e, f in [0.5, 1)
+  return std::ldexp(1.0, e - 24);
+}
+
+TEST(CpuFastExp, WithinTwoUlpOfDoubleExpOverTheRange) {
+  std::vector<float> x;
+  for (double v = -104.0; v <= 88.72; v += 0.0013) x.push_back((float)v);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> small(-0.4f, 0.4f);  // around 0: the polynomial alone
+  for (int i = 0; i < 20000; ++i) x.push_back(small(rng));
+  x.push_back(0.0f);
+  x.push_back(-0.0f);
+  std::vector<float> y = x;
+  cpu::exp_inplace(y.data(), (long)y.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double exact = std::exp((double)x[i]);
+    if (exact < std::ldexp(1.0, -126)) {
+      ASSERT_LE(std::fabs(y[i] - exact), 2 * std::ldexp(1.0, -149)) << "x = " << x[i];
+      continue;
+    }
+    const double err = std::fabs(y[i] - exact) / ulp_of(exact);
+    worst = std::max(worst, err);
+    ASSERT_LE(err, 2.0) << "x = " << x[i] << ": " << y[i] << " vs " << exact;
+  }
+  std::printf("exp: worst error %.3f ulp over %zu inputs\n", worst, x.size());
+}
+
+TEST(CpuFastExp, EdgesAndTails) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x = {inf, -inf, 89.0f, 88.8f, -104.5f, -200.0f, std::nanf(""), 0.0f, 1.0f};
+  std::vector<float> y = x;
+  cpu::exp_inplace(y.data(), (long)y.size());  // 9 elements: a masked tail only
+  EXPECT_EQ(y[0], inf);
+  EXPECT_EQ(y[1], 0.0f);
+  EXPECT_EQ(y[2], inf);
+  EXPECT_EQ(y[3], inf);
+  EXPECT_EQ(y[4], 0.0f);
+  EXPECT_EQ(y[5], 0.0f);
+  EXPECT_TRUE(std::isnan(y[6]));
+  EXPECT_EQ(y[7], 1.0f);
+  EXPECT_NEAR(y[8], std::exp(1.0), 2 * ulp_of(std::exp(1.0)));
+  // Every length up to 40 (whole vectors and tails) touches exactly its n elements.
+  for (int n = 0; n <= 40; ++n) {
+    std::vector<float> v(48, 0.5f);
+    cpu::exp_inplace(v.data(), n);
+    for (int i = 0; i < 48; ++i) ASSERT_EQ(v[i], i < n ? (float)std::exp(0.5f) : 0.5f) << "n " << n << " i " << i;
+  }
+}
+
+TEST(CpuFastExp, SwigluForwardAndBackwardFollowTheReference) {
+  const long n = 100003;  // pieces of 16 Ki and a ragged tail
+  std::mt19937 rng(9);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  std::vector<float> g(n), u(n), dout(n);
+  for (long i = 0; i < n; ++i) {
+    g[i] = d(rng);
+    u[i] = d(rng);
+    dout[i] = d(rng);
+  }
+  g[0] = -95.0f;  // silu underflows to -0 * ... and the sigmoid to 0
+  g[1] = 95.0f;
+  std::vector<float> ref(n), fast(n), dg_ref(n), du_ref(n), dg(n), du(n);
+  cpu::swiglu_forward(ref.data(), g.data(), u.data(), n);
+  cpu::swiglu_forward_fast(fast.data(), g.data(), u.data(), n);
+  cpu::swiglu_backward(dg_ref.data(), du_ref.data(), dout.data(), g.data(), u.data(), n);
+  cpu::swiglu_backward_fast(dg.data(), du.data(), dout.data(), g.data(), u.data(), n);
+  const double spacing = std::ldexp(1.0, -23);
+  for (long i = 0; i < n; ++i) {
+    ASSERT_LE(std::fabs(fast[i] - ref[i]), 7 * spacing * std::fabs(ref[i]) + 1e-38) << "forward at " << i;
+    ASSERT_LE(std::fabs(du[i] - du_ref[i]), 7 * spacing * std::fabs(du_ref[i]) + 1e-38) << "dup at " << i;
+    const double sig = 1.0 / (1.0 + std::exp(-(double)g[i]));
+    const double magnitude = std::fabs((double)dout[i] * u[i] * sig) * (1.0 + std::fabs(g[i]) * (1.0 - sig));
+    ASSERT_LE(std::fabs(dg[i] - dg_ref[i]), 10 * spacing * magnitude + 1e-38) << "dgate at " << i;
+  }
+}
+
+}  // namespace
