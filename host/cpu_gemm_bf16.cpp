@@ -37,6 +37,7 @@ namespace {
 constexpr int kBlock = 32;
 constexpr int kTileElems = 512;  // 16 rows x 64 bytes of bf16
 constexpr int kChunk = 4;        // row blocks of A that sweep B's panels together (gemm_bf16)
+constexpr int kKPiece = 8;       // k-blocks of one pass over a chunk on AMX (gemm_bf16)
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("l2v::cpu::gemm_bf16: " + what);
@@ -57,7 +58,9 @@ PackedBf16 make_packed(int K, int N) {
   return p;
 }
 
-// The bf16 copy of A's rows, padded with zeros to whole 32 x 32 blocks: one per calling thread, kept between
+// The bf16 copy of A, padded with zeros to whole 32 x 32 blocks and stored as AMX operand tiles (16 rows x 32 k,
+// 1 KiB contiguous: tile (g, kb) of row group g = m / 16 at element (g * k_blocks + kb) * 512, row m % 16 at
+// + (m % 16) * 32), so that each tile load reads one contiguous KiB: one per calling thread, kept between
 // calls (a fresh multi-megabyte buffer per GEMM would be paged in every time).
 uint16_t* a_buffer(size_t elems) {
   thread_local std::vector<uint16_t> buf;
@@ -65,15 +68,26 @@ uint16_t* a_buffer(size_t elems) {
   return buf.data();
 }
 
-// row[0, K) = bf16(src[0, K)) with AVX512-BF16 (every AMX-BF16 CPU has it): round to nearest even like
-// bf16_from_float, except that fp32 subnormals become zero — as AMX treats bf16 subnormal inputs anyway.
-__attribute__((target("avx512f,avx512bf16"))) void convert_row_avx512(uint16_t* row, const float* src, int K) {
-  int k = 0;
-  for (; k + 32 <= K; k += 32) {
-    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16), _mm512_loadu_ps(src + k));
-    _mm512_storeu_si512(row + k, (__m512i)v);
+// One row of A into its tiles: the 32 k of k-block kb at row + kb * 512, bf16(src[k]) for k < K, zeros up to
+// k_blocks * 32. With AVX512-BF16 (every AMX-BF16 CPU has it): round to nearest even like bf16_from_float,
+// except that fp32 subnormals become zero — as AMX treats bf16 subnormal inputs anyway.
+__attribute__((target("avx512f,avx512bf16"))) void convert_row_avx512(uint16_t* row, const float* src, int K,
+                                                                    int k_blocks) {
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const int k = kb * kBlock, valid = std::max(0, std::min(kBlock, K - k));
+    const __mmask16 lo = (__mmask16)((1u << std::min(valid, 16)) - 1);
+    const __mmask16 hi = (__mmask16)((1u << std::max(0, valid - 16)) - 1);
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
+    _mm512_storeu_si512(row + (size_t)kb * kTileElems, (__m512i)v);
   }
-  for (; k < K; ++k) row[k] = bf16_from_float(src[k]);
+}
+
+void convert_row_portable(uint16_t* row, const float* src, int K, int k_blocks) {
+  for (int kb = 0; kb < k_blocks; ++kb)
+    for (int c = 0; c < kBlock; ++c) {
+      const int k = kb * kBlock + c;
+      row[(size_t)kb * kTileElems + c] = k < K ? bf16_from_float(src[k]) : uint16_t(0);
+    }
 }
 
 __attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
@@ -95,13 +109,13 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
 
 __attribute__((target("amx-tile,amx-bf16"))) void amx_release() { _tile_release(); }
 
-// out [32 x 32] fp32 (row stride out_ld elements) = a [32 rows, row stride a_ld elements] x the two B panels'
-// 32 columns over k_blocks, or += when accumulate (out's values are then the accumulators' start).
+// out [32 x 32] fp32 (row stride out_ld elements) = the A tiles of two row groups (a0, a1: 16 rows each) x
+// the two B panels' 32 columns over k_blocks consecutive tiles, or += when accumulate (out's values are then
+// the accumulators' start).
 __attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, size_t out_ld, bool accumulate,
-                                                          const uint16_t* a, size_t a_ld, const uint16_t* b0,
+                                                          const uint16_t* a, const uint16_t* a1, const uint16_t* b0,
                                                           const uint16_t* b1, int k_blocks) {
-  const size_t a_stride = a_ld * sizeof(uint16_t), out_stride = out_ld * sizeof(float);
-  const uint16_t* a1 = a + 16 * a_ld;
+  const size_t out_stride = out_ld * sizeof(float);
   if (accumulate) {
     _tile_loadd(0, out, out_stride);
     _tile_loadd(1, out + 16, out_stride);
@@ -114,8 +128,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, size_t o
     _tile_zero(3);
   }
   for (int kb = 0; kb < k_blocks; ++kb) {
-    _tile_loadd(4, a + (size_t)kb * kBlock, a_stride);
-    _tile_loadd(5, a1 + (size_t)kb * kBlock, a_stride);
+    _tile_loadd(4, a + (size_t)kb * kTileElems, 64);
+    _tile_loadd(5, a1 + (size_t)kb * kTileElems, 64);
     _tile_loadd(6, b0 + (size_t)kb * kTileElems, 64);
     _tile_loadd(7, b1 + (size_t)kb * kTileElems, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -130,17 +144,17 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_block(float* out, size_t o
 }
 
 // The same block without AMX: the products added in ascending k, one fp32 rounding each.
-void portable_block(float* out, const uint16_t* a, size_t a_ld, const uint16_t* b0, const uint16_t* b1,
-                    int k_blocks) {
+void portable_block(float* out, const uint16_t* a, const uint16_t* b0, const uint16_t* b1, int k_blocks) {
   for (int m = 0; m < kBlock; ++m) {
     float acc[kBlock] = {};
-    const uint16_t* row = a + (size_t)m * a_ld;
+    // Row m's k-block kb: tile (m / 16, kb) of the block's two row groups, its row m % 16.
+    const uint16_t* row = a + (size_t)(m / 16) * k_blocks * kTileElems + (size_t)(m % 16) * kBlock;
     for (int kb = 0; kb < k_blocks; ++kb) {
       const uint16_t* t0 = b0 + (size_t)kb * kTileElems;
       const uint16_t* t1 = b1 + (size_t)kb * kTileElems;
       for (int r = 0; r < 16; ++r) {
         for (int j = 0; j < 2; ++j) {
-          const float av = float_from_bf16(row[kb * kBlock + 2 * r + j]);
+          const float av = float_from_bf16(row[(size_t)kb * kTileElems + 2 * r + j]);
           for (int c = 0; c < 16; ++c) {
             acc[c] += av * float_from_bf16(t0[r * 32 + c * 2 + j]);
             acc[16 + c] += av * float_from_bf16(t1[r * 32 + c * 2 + j]);
@@ -221,55 +235,65 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
   if (M == 0) return;
 
   const int m_blocks = (M + kBlock - 1) / kBlock, n_blocks = B.n_blocks16 / 2;
-  const size_t a_ld = (size_t)B.k_blocks * kBlock;
-  uint16_t* a16 = a_buffer((size_t)m_blocks * kBlock * a_ld);
+  const size_t group_elems = (size_t)B.k_blocks * kTileElems;  // the tiles of 16 rows
+  uint16_t* a16 = a_buffer((size_t)m_blocks * 2 * group_elems);
   const bool amx = kernel == Bf16Kernel::amx;
-  const long items = (long)m_blocks * n_blocks;
-  const long items_padded = (long)(m_blocks + kChunk - 1) / kChunk * kChunk * n_blocks;
+  const long items = (long)((m_blocks + kChunk - 1) / kChunk) * n_blocks;
 #pragma omp parallel if (!omp_in_parallel() && items > 1)
   {
 #pragma omp for schedule(static)
     for (int m = 0; m < m_blocks * kBlock; ++m) {
-      uint16_t* row = a16 + (size_t)m * a_ld;
+      uint16_t* row = a16 + (size_t)(m / 16) * group_elems + (size_t)(m % 16) * kBlock;
       const int valid = m < M ? B.K : 0;
       if (amx)
-        convert_row_avx512(row, A + (size_t)m * lda, valid);
+        convert_row_avx512(row, A + (size_t)m * lda, valid, B.k_blocks);
       else
-        for (int k = 0; k < valid; ++k) row[k] = bf16_from_float(A[(size_t)m * lda + k]);
-      std::fill(row + valid, row + a_ld, uint16_t(0));
+        convert_row_portable(row, A + (size_t)m * lda, valid, B.k_blocks);
     }
     if (amx) amx_configure();  // tile configuration is per thread
-    alignas(64) float block[kBlock * kBlock];
-    // Items in chunk-major order: kChunk row blocks of A (kChunk x 32 rows x K bf16: 147 KiB at K = 576,
-    // kept in the core's L2) against every 32-column panel of B in turn, the chunk's row blocks under one
-    // panel (K x 32 bf16, in L1) before the next. A thread's contiguous share is whole chunks, so B streams
-    // through once per chunk instead of A once per panel (A: M x K, larger than L2 for a training batch).
-    const long chunk_items = (long)kChunk * n_blocks;
+    alignas(64) float blocks[kChunk * kBlock * kBlock];  // the chunk's output blocks at the ragged edges
+    // An item is a chunk of kChunk row blocks of A (kChunk x 32 rows x K bf16: 147 KiB at K = 576, kept in
+    // the core's L2) against one 32-column panel of B, items in chunk-major order: a thread's contiguous
+    // share is whole chunks, so B streams through once per chunk instead of A once per panel (A: M x K, larger
+    // than L2 for a training batch). On AMX the item runs K in pieces of kKPiece k-blocks, each piece of the
+    // panel (kKPiece x 32 x 32 bf16: 16 KiB) against the chunk's row blocks in turn, so the panel's piece and
+    // a row block's (16 KiB) stay in L1 (a whole K x 32 panel and row block, 72 KiB at K = 576, do not); the
+    // output blocks carry the sums from piece to piece (in C, or in `blocks` at the ragged edges).
+    const int k_piece = amx ? kKPiece : B.k_blocks;
 #pragma omp for schedule(static)
-    for (long item = 0; item < items_padded; ++item) {
-      const long chunk = item / chunk_items, in_chunk = item % chunk_items;
-      const int nb = (int)(in_chunk / kChunk), mb = (int)(chunk * kChunk + in_chunk % kChunk);
-      if (mb >= m_blocks) continue;
-      const uint16_t* a = a16 + (size_t)mb * kBlock * a_ld;
+    for (long item = 0; item < items; ++item) {
+      const int chunk = (int)(item / n_blocks), nb = (int)(item % n_blocks);
+      const int mb_end = std::min(m_blocks, (chunk + 1) * kChunk);
       const uint16_t* b0 = B.tiles.get() + (size_t)(2 * nb) * B.k_blocks * kTileElems;
       const uint16_t* b1 = b0 + (size_t)B.k_blocks * kTileElems;
-      const int m0 = mb * kBlock, n0 = nb * kBlock;
-      const int rows = std::min(kBlock, M - m0), cols = std::min(kBlock, B.N - n0);
-      if (amx && rows == kBlock && cols == kBlock) {  // a whole block: the tiles go straight to C
-        amx_block(C + (size_t)m0 * ldc + n0, ldc, accumulate, a, a_ld, b0, b1, B.k_blocks);
-        continue;
+      const int n0 = nb * kBlock, cols = std::min(kBlock, B.N - n0);
+      for (int kp = 0; kp < B.k_blocks; kp += k_piece) {
+        const int kn = std::min(k_piece, B.k_blocks - kp);
+        const size_t at = (size_t)kp * kTileElems;
+        for (int mb = chunk * kChunk; mb < mb_end; ++mb) {
+          const uint16_t* a = a16 + (size_t)mb * 2 * group_elems + at;
+          const int m0 = mb * kBlock, rows = std::min(kBlock, M - m0);
+          float* edge = blocks + (size_t)(mb - chunk * kChunk) * kBlock * kBlock;
+          if (!amx)
+            portable_block(edge, a, b0, b1, kn);
+          else if (rows == kBlock && cols == kBlock)  // a whole block: the tiles go straight to C
+            amx_block(C + (size_t)m0 * ldc + n0, ldc, accumulate || kp > 0, a, a + group_elems, b0 + at, b1 + at, kn);
+          else
+            amx_block(edge, kBlock, kp > 0, a, a + group_elems, b0 + at, b1 + at, kn);
+        }
       }
-      if (amx)
-        amx_block(block, kBlock, false, a, a_ld, b0, b1, B.k_blocks);
-      else
-        portable_block(block, a, a_ld, b0, b1, B.k_blocks);
-      for (int r = 0; r < rows; ++r) {
-        float* c = C + (size_t)(m0 + r) * ldc + n0;
-        const float* s = block + r * kBlock;
-        if (accumulate)
-          for (int x = 0; x < cols; ++x) c[x] += s[x];
-        else
-          std::memcpy(c, s, sizeof(float) * cols);
+      for (int mb = chunk * kChunk; mb < mb_end; ++mb) {
+        const int m0 = mb * kBlock, rows = std::min(kBlock, M - m0);
+        if (amx && rows == kBlock && cols == kBlock) continue;
+        const float* edge = blocks + (size_t)(mb - chunk * kChunk) * kBlock * kBlock;
+        for (int r = 0; r < rows; ++r) {
+          float* c = C + (size_t)(m0 + r) * ldc + n0;
+          const float* s = edge + r * kBlock;
+          if (accumulate)
+            for (int x = 0; x < cols; ++x) c[x] += s[x];
+          else
+            std::memcpy(c, s, sizeof(float) * cols);
+        }
       }
     }
     if (amx) amx_release();

@@ -91,7 +91,7 @@ TEST(CpuGemmBf16, AmxKernelWithinTheSummationBound) {
 // The backward packing (B = W) gives the same bits as the forward packing of W^T; strided A and C, and
 // accumulation into C, leave the columns past N alone.
 TEST(CpuGemmBf16, BothPackingsStridesAndAccumulation) {
-  const int M = 45, K = 70, N = 39, lda = 75, ldc = 44;
+  const int M = 45, K = 300, N = 39, lda = 305, ldc = 44;  // K: two of the AMX kernel's K pieces
   std::mt19937 rng(7);
   const std::vector<float> A = randn((size_t)M * lda, rng), W = randn((size_t)K * N, rng);  // W [K, N]
   std::vector<float> Wt((size_t)N * K);
