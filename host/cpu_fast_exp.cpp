@@ -1,6 +1,5 @@
 #include "host/cpu_fast_exp.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
 
 // GCC 12 warns that the unmasked AVX-512 intrinsics' internal _mm512_undefined_ps() "may be used
@@ -15,15 +14,7 @@ namespace l2v::cpu {
 namespace {
 
 bool avx512_available() {
-  static const bool ok = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return false;  // AVX512F
-    unsigned lo = 0, hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    const unsigned needed = (1u << 1) | (1u << 2) | (7u << 5);  // SSE, AVX, AVX-512 state
-    return (lo & needed) == needed;
-  }();
+  static const bool ok = __builtin_cpu_supports("avx512f");
   return ok;
 }
 

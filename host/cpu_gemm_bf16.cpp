@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+// GCC 12 warns that the AVX-512 intrinsics' internal _mm512_undefined_*() "may be used uninitialized" (its
+// own header's pass-through operand, not this file's): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace l2v::cpu {
 
 uint16_t bf16_from_float(float x) {
@@ -173,13 +177,69 @@ namespace {
 // B[k][n] = W[k * k_stride + n * n_stride], tile by tile in the order the tiles are stored (every element,
 // padding included, written once): B[k][n] sits in tile (n / 16, k / 32), row (k % 32) / 2 (a k pair),
 // column n % 16, element k % 2 of the pair — the layout TDPBF16PS reads its second operand in.
+// bf16_from_float on 16 lanes, each result in the low half of its 32-bit lane (the same bits: ties to even,
+// subnormals kept, a NaN quieted with its sign).
+__attribute__((target("avx512f"))) __m512i bf16_lanes(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                       _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+      16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+
+__mmask16 lanes_below(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1); }
+
+// One tile of pack() with AVX-512, for the two layouts the backend packs: W's rows are k (n_stride 1: a tile
+// row is two 16-column pieces of rows 2r and 2r + 1, interleaved) or n (k_stride 1: a column of the tile is
+// 32 consecutive k of one row of W, its 16 pairs scattered down the tile).
+__attribute__((target("avx512f"))) void pack_tile_avx512(uint16_t* t, const float* W, int K, int N, long k_stride,
+                                                         long n_stride, int kb, int nb) {
+  uint32_t* t32 = reinterpret_cast<uint32_t*>(t);  // [16 k pairs][16 columns]
+  const int k0 = kb * kBlock, n0 = nb * 16;
+  if (n_stride == 1) {
+    const __mmask16 cols = lanes_below(N - n0);
+    for (int r = 0; r < 16; ++r) {
+      const int k = k0 + 2 * r;
+      const __m512 lo = _mm512_maskz_loadu_ps(k < K ? cols : 0, W + (size_t)k * k_stride + n0);
+      const __m512 hi = _mm512_maskz_loadu_ps(k + 1 < K ? cols : 0, W + (size_t)(k + 1) * k_stride + n0);
+      _mm512_storeu_si512(t32 + r * 16, _mm512_or_si512(bf16_lanes(lo), _mm512_slli_epi32(bf16_lanes(hi), 16)));
+    }
+    return;
+  }
+  const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(16));
+  // The 16 lanes of k0 .. k0 + 31 in pair order: even k from the first load's lanes, odd from the second's.
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (int c = 0; c < 16; ++c) {
+    const int n = n0 + c;
+    __m512i pairs = _mm512_setzero_si512();
+    if (n < N) {
+      const float* row = W + (size_t)n * n_stride + k0;
+      const __m512i a = bf16_lanes(_mm512_maskz_loadu_ps(lanes_below(K - k0), row));
+      const __m512i b = bf16_lanes(_mm512_maskz_loadu_ps(lanes_below(K - k0 - 16), row + 16));
+      pairs = _mm512_or_si512(_mm512_permutex2var_epi32(a, even, b),
+                              _mm512_slli_epi32(_mm512_permutex2var_epi32(a, odd, b), 16));
+    }
+    _mm512_i32scatter_epi32(t32 + c, down, pairs, 4);
+  }
+}
+
 PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
   PackedBf16 p = make_packed(K, N);
   uint16_t* tiles = p.tiles.get();
+  const bool vector = __builtin_cpu_supports("avx512f") && (k_stride == 1 || n_stride == 1);
 #pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
   for (int nb = 0; nb < p.n_blocks16; ++nb) {
     for (int kb = 0; kb < p.k_blocks; ++kb) {
       uint16_t* t = tiles + ((size_t)nb * p.k_blocks + kb) * kTileElems;
+      if (vector) {
+        pack_tile_avx512(t, W, K, N, k_stride, n_stride, kb, nb);
+        continue;
+      }
       for (int r = 0; r < 16; ++r)
         for (int c = 0; c < 16; ++c)
           for (int j = 0; j < 2; ++j) {

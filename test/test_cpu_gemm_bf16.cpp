@@ -119,6 +119,34 @@ TEST(CpuGemmBf16, BothPackingsStridesAndAccumulation) {
   }
 }
 
+// Both packings put bf16_from_float(W) — ties to even, subnormals kept, NaN quieted — at the documented
+// place of every element (tile (n / 16, k / 32), k pair (k % 32) / 2, column n % 16, element k % 2), and
+// zeros in the padding, for row strides past the width and sizes that end inside a tile and a pair.
+TEST(CpuGemmBf16, PackedTilesHoldTheRoundedWeights) {
+  const int K = 71, N = 37;
+  std::mt19937 rng(11);
+  std::vector<float> kn = randn((size_t)K * (N + 3), rng);  // W [K, N] with row stride N + 3
+  const float specials[] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 0x1p-130f, -0x1p-140f, std::nanf(""),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::max(), -0.0f};
+  for (size_t i = 0; i < sizeof specials / sizeof *specials; ++i) kn[i * 97 % kn.size()] = specials[i];
+  const uint32_t low_nan = 0x7f800001u;  // a NaN that rounding alone would turn into infinity
+  std::memcpy(&kn[5], &low_nan, sizeof low_nan);
+  std::vector<float> nk((size_t)N * (K + 5));  // the same W^T [N, K] with row stride K + 5
+  for (int k = 0; k < K; ++k)
+    for (int n = 0; n < N; ++n) nk[(size_t)n * (K + 5) + k] = kn[(size_t)k * (N + 3) + n];
+  const cpu::PackedBf16 direct = cpu::pack_bf16(kn.data(), K, N, N + 3);
+  const cpu::PackedBf16 via_t = cpu::pack_bf16_transposed(nk.data(), N, K, K + 5);
+  for (const cpu::PackedBf16* p : {&direct, &via_t}) {
+    for (int k = 0; k < p->k_blocks * 32; ++k)
+      for (int n = 0; n < p->n_blocks16 * 16; ++n) {
+        const size_t at = ((size_t)(n / 16) * p->k_blocks + k / 32) * 512 + (size_t)((k % 32) / 2) * 32 + (n % 16) * 2 + k % 2;
+        const uint16_t want = k < K && n < N ? cpu::bf16_from_float(kn[(size_t)k * (N + 3) + n]) : uint16_t(0);
+        ASSERT_EQ(p->tiles[at], want) << (p == &direct ? "pack_bf16" : "pack_bf16_transposed") << " k " << k
+                                      << " n " << n;
+      }
+  }
+}
+
 // One thread computes each output block over the whole K: the bits do not depend on the thread count.
 TEST(CpuGemmBf16, ResultsDoNotDependOnTheThreadCount) {
   const int M = 200, K = 96, N = 160;
