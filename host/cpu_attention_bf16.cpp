@@ -1,5 +1,6 @@
 #include "host/cpu_attention_bf16.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -10,6 +11,10 @@
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 #include "host/dropout_bits.h"
+
+// GCC 12 warns that the AVX-512 intrinsics' internal _mm512_undefined_*() "may be used uninitialized" (its
+// own header's pass-through operand, not this file's): a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace l2v::cpu {
 namespace {
@@ -30,6 +35,81 @@ struct Layout {
   long kv_offset(int b, int j, int g) const { return ((long)b * T + j) * kv_stride + (long)g * D; }
 };
 
+// The forward's softmax and dropout of one query row, the reference's operations on 16 lanes where the CPU
+// has AVX-512F (the scalar loop below otherwise): p [T] holds the row's scores on entry and its dropped
+// probabilities P' on return (0 past jend and at masked keys); returns the row's lse (-inf, and p all 0,
+// when no key is visible). keep_bits(j0, bits) gives the dropout bits of keys j0 .. j0 + 127.
+template <typename KeepBits>
+__attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int* km, int jend, int T, const Layout& L,
+                                                            KeepBits keep_bits) {
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY), scale = _mm512_set1_ps(L.sm_scale);
+  __m512 vmax = neg_inf;
+  bool any = false;
+  for (int j = 0; j < jend; j += 16) {
+    __mmask16 valid = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+    if (km) valid = _mm512_mask_cmpneq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, km + j), _mm512_setzero_si512());
+    const __m512 v = _mm512_mask_mul_ps(neg_inf, valid, _mm512_maskz_loadu_ps(valid, p + j), scale);
+    _mm512_mask_storeu_ps(p + j, jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1), v);
+    vmax = _mm512_max_ps(vmax, v);
+    any |= valid != 0;
+  }
+  std::fill(p + jend, p + T, 0.0f);
+  if (!any) {
+    std::fill(p, p + jend, 0.0f);
+    return -INFINITY;
+  }
+  const float mx = _mm512_reduce_max_ps(vmax);
+  for (int j = 0; j < jend; ++j) p[j] -= mx;
+  exp_inplace(p, jend);  // masked keys: exp(-inf) = 0
+  __m512 vsum = _mm512_setzero_ps();
+  for (int j = 0; j < jend; j += 16) {
+    const __mmask16 m = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+    vsum = _mm512_add_ps(vsum, _mm512_maskz_loadu_ps(m, p + j));
+  }
+  const float sum = _mm512_reduce_add_ps(vsum);
+  const __m512 inv_sum = _mm512_set1_ps(1.0f / sum), keep_scale = _mm512_set1_ps(L.keep_scale);
+  for (int j0 = 0; j0 < jend; j0 += 128) {
+    uint64_t keep[2] = {~0ull, ~0ull};
+    if (L.dropout) keep_bits(j0, keep);
+    for (int j = j0; j < std::min(jend, j0 + 128); j += 16) {
+      const __mmask16 m = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+      __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + j), inv_sum);
+      if (L.dropout) {
+        const __mmask16 kept = (__mmask16)(keep[(j - j0) / 64] >> ((j - j0) % 64));
+        w = _mm512_maskz_mul_ps(kept, w, keep_scale);
+      }
+      _mm512_mask_storeu_ps(p + j, m, w);
+    }
+  }
+  return mx + std::log(sum);
+}
+
+// The backward's row: P [T] holds the scores on entry, P' on return; dS [T] holds dP on entry, scale * dS
+// on return (the reference's operations, 16 lanes at a time; both 0 past jend and at masked keys).
+template <typename KeepBits>
+__attribute__((target("avx512f"))) void backward_row_avx512(float* P, float* dS, const int* km, int jend, int T,
+                                                            float lse_i, float Di, const Layout& L,
+                                                            KeepBits keep_bits) {
+  for (int j = 0; j < T; ++j) P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;
+  exp_inplace(P, T);
+  const __m512 keep_scale = _mm512_set1_ps(L.keep_scale), scale = _mm512_set1_ps(L.sm_scale), d = _mm512_set1_ps(Di);
+  for (int j0 = 0; j0 < T; j0 += 128) {
+    uint64_t keep[2] = {~0ull, ~0ull};
+    if (L.dropout) keep_bits(j0, keep);
+    for (int j = j0; j < std::min(T, j0 + 128); j += 16) {
+      const __mmask16 m = T - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - j)) - 1);
+      __mmask16 valid = j >= jend ? (__mmask16)0 : jend - j >= 16 ? m : (__mmask16)((1u << (jend - j)) - 1);
+      if (km) valid = _mm512_mask_cmpneq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, km + j), _mm512_setzero_si512());
+      const __mmask16 kept = valid & (__mmask16)(keep[(j - j0) / 64] >> ((j - j0) % 64));
+      const __m512 pij = _mm512_maskz_loadu_ps(m, P + j), dp = _mm512_maskz_loadu_ps(m, dS + j);
+      // A dropped probability receives no gradient through the output.
+      const __m512 dpij = _mm512_maskz_mul_ps(kept, dp, keep_scale);
+      _mm512_mask_storeu_ps(P + j, m, _mm512_maskz_mul_ps(kept, pij, keep_scale));
+      _mm512_mask_storeu_ps(dS + j, m, _mm512_maskz_mul_ps(valid, _mm512_mul_ps(pij, _mm512_sub_ps(dpij, d)), scale));
+    }
+  }
+}
+
 // dst [cols, rows] = src [rows, cols]^T (row strides cols and rows).
 void transpose(float* dst, const float* src, int rows, int cols) {
   for (int r = 0; r < rows; ++r)
@@ -43,6 +123,7 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
                             DropoutKey key, uint32_t site) {
   check_attention_shape("attention_forward_bf16", B, T, H, KV, D, dropout_p);
   const Layout L(B, T, H, KV, D, dropout_p);
+  const bool avx512 = __builtin_cpu_supports("avx512f");
   // K^T (for the scores) and V (for P' V) of every (batch, kv head), packed once for all its query heads.
   std::vector<PackedBf16> kt((size_t)B * KV), vp((size_t)B * KV);
 #pragma omp parallel for
@@ -66,6 +147,13 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
         const int i = i0 + r, jend = causal ? i + 1 : T;
         float* p = s.data() + (size_t)r * T;
         float* lse_i = lse + (long)bh * T + i;
+        if (avx512) {
+          *lse_i = softmax_row_avx512(p, km, jend, T, L, [&](int j0, uint64_t bits[2]) {
+            attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j0, dropout_p,
+                                   bits);
+          });
+          continue;
+        }
         // The reference's softmax (cpu::attention_forward) on this row's scores.
         float mx = -INFINITY;
         bool any = false;
@@ -112,6 +200,7 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
                              int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
   check_attention_shape("attention_backward_bf16", B, T, H, KV, D, dropout_p);
   const Layout L(B, T, H, KV, D, dropout_p);
+  const bool avx512 = __builtin_cpu_supports("avx512f");
 #pragma omp parallel
   {
     // One block's P then P', and dP then scale * dS ([rows, T]); their transposes ([T, rows]).
@@ -152,6 +241,13 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
             const float* o_i = out + L.q_offset(b, i, h);
             float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
             for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
+            if (avx512) {
+              backward_row_avx512(P, dS, km, jend, T, lse_i, Di, L, [&](int j0, uint64_t bits[2]) {
+                attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j0,
+                                       dropout_p, bits);
+              });
+              continue;
+            }
             // The forward's probabilities, recomputed: exp(s * scale - lse), 0 for masked and future keys.
             for (int j = 0; j < T; ++j)
               P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;

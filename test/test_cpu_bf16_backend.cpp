@@ -324,14 +324,14 @@ test::AttentionResults run_reference(const test::AttentionDims& d, const test::A
 constexpr uint32_t kSite = 7;
 const DropoutKey kKey{0xB16Full, 12};
 
-// The tails of the 32-row query blocks (T = 1, 33, 37, 70), GQA 1, 2 and 4, padding (holes, left, a row
-// without visible keys), causal and bidirectional, dropout. D = 16 and 64: 1/sqrt(D) is a power of two, so
+// The tails of the 32-row query blocks (T = 1, 33, 37, 70, 150), GQA 1, 2 and 4, padding (holes, left, a row
+// without visible keys), causal and bidirectional, dropout (over two 128-key blocks of mask bits at T = 150). D = 16 and 64: 1/sqrt(D) is a power of two, so
 // scaling dS rounds nothing the derivation does not count. The worst error must also be a sizeable part
 // of the bound for the rounded results (the bound is not so loose that a rounding-sized bug would pass).
 TEST(CpuBf16Backend, AttentionWithinTheTensorCoreBounds) {
   const AttnCase cases[] = {{{1, 1, 2, 2, 16, false, 0.0f}, 0},  {{2, 37, 4, 2, 16, false, 0.0f}, 1},
                             {{2, 70, 4, 1, 64, true, 0.1f}, 1},  {{2, 33, 2, 2, 64, false, 0.2f}, 2},
-                            {{1, 40, 4, 4, 16, true, 0.0f}, 0}};
+                            {{1, 40, 4, 4, 16, true, 0.0f}, 0},  {{1, 150, 2, 1, 16, true, 0.1f}, 1}};
   double worst[5] = {0, 0, 0, 0, 0};
   uint32_t seed = 1;
   for (const AttnCase& c : cases) {
