@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "host/cpu_fast_exp.h"
+#include "host/cpu_fast_ops.h"
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 #include "host/dropout_bits.h"

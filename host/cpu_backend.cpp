@@ -11,7 +11,7 @@
 #include <unordered_map>
 
 #include "host/cpu_attention_bf16.h"
-#include "host/cpu_fast_exp.h"
+#include "host/cpu_fast_ops.h"
 #include "host/cpu_gemm_bf16.h"
 #include "host/cpu_ops.h"
 
@@ -81,10 +81,12 @@ class CpuBackend final : public Backend {
   }
   void rmsnorm_forward(Tensor out, float* rstd, ConstTensor inp, const float* weight, int N, int C,
                        float eps) override {
+    if (bf16_) return cpu::rmsnorm_forward_fast(f(out), rstd, f(inp), weight, N, C, eps);  // host/cpu_fast_ops.h
     cpu::rmsnorm_forward(f(out), rstd, f(inp), weight, N, C, eps);
   }
   void rmsnorm_backward(Tensor dinp, ConstTensor dout, ConstTensor inp, const float* weight, const float* rstd,
                         int N, int C) override {
+    if (bf16_) return cpu::rmsnorm_backward_fast(f(dinp), f(dout), f(inp), weight, rstd, N, C);
     cpu::rmsnorm_backward(f(dinp), f(dout), f(inp), weight, rstd, N, C);
   }
   void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T, int nh,
@@ -114,7 +116,7 @@ class CpuBackend final : public Backend {
                             causal, dropout_p, key, site);
   }
   void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
-    if (bf16_) return cpu::swiglu_forward_fast(f(out), f(gate), f(up), n);  // host/cpu_fast_exp.h
+    if (bf16_) return cpu::swiglu_forward_fast(f(out), f(gate), f(up), n);  // host/cpu_fast_ops.h
     cpu::swiglu_forward(f(out), f(gate), f(up), n);
   }
   void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
@@ -155,6 +157,10 @@ class CpuBackend final : public Backend {
   }
   void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {
+    if (bf16_) {
+      cpu::residual_forward(f(resid_out), f(a), f(b), (long)N * C);
+      return cpu::rmsnorm_forward_fast(f(norm_out), rstd, f(resid_out), weight, N, C, eps);
+    }
     cpu::residual_rmsnorm_forward(f(resid_out), f(norm_out), rstd, f(a), f(b), weight, N, C, eps);
   }
   void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,

@@ -1,12 +1,14 @@
-#include "host/cpu_fast_exp.h"
+#include "host/cpu_fast_ops.h"
 
 #include <immintrin.h>
 
 // GCC 12 warns that the unmasked AVX-512 intrinsics' internal _mm512_undefined_ps() "may be used
 // uninitialized" (its own header's pass-through operand, not this file's): a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same, in _mm512_reduce_add_pd's _mm512_extractf64x4_pd
 
 #include <cmath>
+#include <vector>
 
 #include "host/cpu_ops.h"
 
@@ -18,7 +20,7 @@ bool avx512_available() {
   return ok;
 }
 
-// The contract of host/cpu_fast_exp.h on 16 lanes.
+// The contract of host/cpu_fast_ops.h on 16 lanes.
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
   // Clamp first (a NaN passes: max/min return their second operand when either is NaN).
   x = _mm512_max_ps(_mm512_set1_ps(-110.0f), x);
@@ -86,7 +88,73 @@ void in_pieces(long n, Fn fn) {
   for (long at = 0; at < n; at += kPiece) fn(at, n - at < kPiece ? n - at : kPiece);
 }
 
+// Lanes 0-7 / 8-15 of v widened to double.
+__attribute__((target("avx512f"))) inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+__attribute__((target("avx512f"))) inline __m512d high_pd(__m512 v) {
+  return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE)));
+}
+
+// The sum over c of (double)x[c] * y[c] (y == nullptr: x[c] squared), eight doubles per lane group.
+__attribute__((target("avx512f"))) double dot_double(const float* x, const float* y, int C) {
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + c), yv = y ? _mm512_maskz_loadu_ps(m, y + c) : xv;
+    lo = _mm512_fmadd_pd(low_pd(xv), low_pd(yv), lo);
+    hi = _mm512_fmadd_pd(high_pd(xv), high_pd(yv), hi);
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+}
+
+__attribute__((target("avx512f"))) void rmsnorm_forward_row(float* o, float* rstd, const float* x, const float* w,
+                                                            int C, float eps) {
+  const float r = 1.0f / std::sqrt((float)(dot_double(x, nullptr, C) / C) + eps);
+  *rstd = r;
+  const __m512 rv = _mm512_set1_ps(r);
+  for (int c = 0; c < C; c += 16) {  // weight * (x * rstd), as LlamaRMSNorm
+    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    _mm512_mask_storeu_ps(o + c, m,
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + c), rv)));
+  }
+}
+
+// wdy: C floats of scratch for the row's w * dy.
+__attribute__((target("avx512f"))) void rmsnorm_backward_row(float* dx, const float* dy, const float* x, const float* w,
+                                                             float r, int C, float* wdy) {
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    _mm512_mask_storeu_ps(wdy + c, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_maskz_loadu_ps(m, dy + c)));
+  }
+  // The reference's acc = sum (w dy) x in double, w dy rounded to fp32 first; dx += r (w dy) - x coef.
+  const float coef = r * r * r * (float)(dot_double(wdy, x, C) / C);
+  const __m512 rv = _mm512_set1_ps(r), cv = _mm512_set1_ps(coef);
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __m512 t = _mm512_sub_ps(_mm512_mul_ps(rv, _mm512_maskz_loadu_ps(m, wdy + c)),
+                                   _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + c), cv));
+    _mm512_mask_storeu_ps(dx + c, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dx + c), t));
+  }
+}
+
 }  // namespace
+
+void rmsnorm_forward_fast(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+  if (!avx512_available() || C <= 0) return rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) rmsnorm_forward_row(out + (long)n * C, rstd + n, inp + (long)n * C, weight, C, eps);
+}
+
+void rmsnorm_backward_fast(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                           int N, int C) {
+  if (!avx512_available() || C <= 0) return rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
+#pragma omp parallel
+  {
+    std::vector<float> wdy((size_t)C);
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; ++n)
+      rmsnorm_backward_row(dinp + (long)n * C, dout + (long)n * C, inp + (long)n * C, weight, rstd[n], C, wdy.data());
+  }
+}
 
 void exp_inplace(float* x, long n) {
   if (avx512_available()) return exp_avx512(x, n);

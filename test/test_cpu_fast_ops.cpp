@@ -1,4 +1,4 @@
-// Tests of the vectorised exp of the CPU backend's bf16 mode (host/cpu_fast_exp.h) against double exp,
+// Tests of the vectorised exp of the CPU backend's bf16 mode (host/cpu_fast_ops.h) against double exp,
 // and of the SwiGLU ops built on it against the fp32 reference ops (host/cpu_ops.h).
 //
 // Bounds. exp: the header's 2 units in the last place (ulp = 2^(e-23) for a result in [2^e, 2^(e+1)))
@@ -18,7 +18,7 @@
 #include <random>
 #include <vector>
 
-#include "host/cpu_fast_exp.h"
+#include "host/cpu_fast_ops.h"
 #include "host/cpu_ops.h"
 
 namespace cpu = l2v::cpu;
@@ -31,7 +31,7 @@ double ulp_of(double r) {  // fp32's spacing at |r| (normal range)
   return std::ldexp(1.0, e - 24);
 }
 
-TEST(CpuFastExp, WithinTwoUlpOfDoubleExpOverTheRange) {
+TEST(CpuFastOps, WithinTwoUlpOfDoubleExpOverTheRange) {
   std::vector<float> x;
   for (double v = -104.0; v <= 88.72; v += 0.0013) x.push_back((float)v);
   std::mt19937 rng(5);
@@ -55,7 +55,7 @@ TEST(CpuFastExp, WithinTwoUlpOfDoubleExpOverTheRange) {
   std::printf("exp: worst error %.3f ulp over %zu inputs\n", worst, x.size());
 }
 
-TEST(CpuFastExp, EdgesAndTails) {
+TEST(CpuFastOps, EdgesAndTails) {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> x = {inf, -inf, 89.0f, 88.8f, -104.5f, -200.0f, std::nanf(""), 0.0f, 1.0f};
   std::vector<float> y = x;
@@ -77,7 +77,7 @@ TEST(CpuFastExp, EdgesAndTails) {
   }
 }
 
-TEST(CpuFastExp, SwigluForwardAndBackwardFollowTheReference) {
+TEST(CpuFastOps, SwigluForwardAndBackwardFollowTheReference) {
   const long n = 100003;  // pieces of 16 Ki and a ragged tail
   std::mt19937 rng(9);
   std::normal_distribution<float> d(0.0f, 3.0f);
@@ -101,6 +101,39 @@ TEST(CpuFastExp, SwigluForwardAndBackwardFollowTheReference) {
     const double sig = 1.0 / (1.0 + std::exp(-(double)g[i]));
     const double magnitude = std::fabs((double)dout[i] * u[i] * sig) * (1.0 + std::fabs(g[i]) * (1.0 - sig));
     ASSERT_LE(std::fabs(dg[i] - dg_ref[i]), 10 * spacing * magnitude + 1e-38) << "dgate at " << i;
+  }
+}
+
+// RMSNorm: both sum the row in double (another order: the double sums differ by far less than an fp32 ulp),
+// then round once to fp32 and apply the same fp32 operations: rstd and every output within 1 ulp of the
+// reference's (a dropped weight, a wrong mean or a lost tail lane is off by far more). The backward adds to
+// dinp: checked from a non-zero start. C = 576 (whole vectors) and 45 (a tail).
+TEST(CpuFastOps, RmsnormForwardAndBackwardFollowTheReference) {
+  for (int C : {576, 45}) {
+    const int N = 37;
+    std::mt19937 rng(C);
+    std::normal_distribution<float> d(0.0f, 2.0f);
+    std::vector<float> x((size_t)N * C), w(C), dy((size_t)N * C), start((size_t)N * C);
+    for (float& v : x) v = d(rng);
+    for (float& v : w) v = 1.0f + 0.1f * d(rng);
+    for (float& v : dy) v = d(rng);
+    for (float& v : start) v = d(rng);
+    std::vector<float> out_ref((size_t)N * C), out((size_t)N * C), r_ref(N), r(N), dx_ref = start, dx = start;
+    cpu::rmsnorm_forward(out_ref.data(), r_ref.data(), x.data(), w.data(), N, C, 1e-5f);
+    cpu::rmsnorm_forward_fast(out.data(), r.data(), x.data(), w.data(), N, C, 1e-5f);
+    cpu::rmsnorm_backward(dx_ref.data(), dy.data(), x.data(), w.data(), r_ref.data(), N, C);
+    cpu::rmsnorm_backward_fast(dx.data(), dy.data(), x.data(), w.data(), r_ref.data(), N, C);
+    const double spacing = std::ldexp(1.0, -23);
+    for (int n = 0; n < N; ++n) ASSERT_LE(std::fabs(r[n] - r_ref[n]), spacing * r_ref[n]) << "rstd " << n;
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_LE(std::fabs(out[i] - out_ref[i]), 2 * spacing * std::fabs(out_ref[i]) + 1e-37) << "out " << i;
+      // dx = start + r (w dy) - x coef: coef within 1 ulp, three roundings; bounded by its terms' sizes.
+      const size_t c = i % C;
+      const double terms = std::fabs(start[i]) + std::fabs((double)r_ref[i / C] * w[c] * dy[i]) +
+                           std::fabs((double)x[i]) * std::fabs(dx_ref[i] - start[i] - (double)r_ref[i / C] * w[c] * dy[i]) +
+                           std::fabs(dx_ref[i]);
+      ASSERT_LE(std::fabs(dx[i] - dx_ref[i]), 2 * spacing * terms) << "dinp " << i;
+    }
   }
 }
 

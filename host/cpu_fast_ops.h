@@ -1,0 +1,33 @@
+// Element-wise and row ops of the CPU backend's --precision bf16 on AVX-512 lanes: a vectorised exp, the
+// SiLU-gated SwiGLU (forward and backward) built on it, and RMSNorm (forward and backward). The fp32
+// reference mode keeps host/cpu_ops.h's scalar loops (the C library's expf, sums in one order), whose bits
+// the tests and fixtures rely on. Every function falls back to those reference ops without AVX-512F.
+//
+// Numerics. exp(x) = 2^n exp(r) with n = round(x log2 e) and r = x - n ln2 (Cody-Waite: ln2 split in two,
+// the first part exact in few bits, so r carries no cancellation error beyond one rounding), |r| <= ln2/2;
+// exp(r) by its Taylor polynomial of degree 7 (truncation r^8/8! < 5.4e-9, under a tenth of fp32's unit
+// roundoff) in Horner form with FMAs; 2^n applied by VSCALEFPS (exact, with IEEE overflow to inf and
+// underflow through the subnormals to 0). Measured against double exp over [-104, 88.7] and at the edges
+// (test_cpu_fast_ops): at most 2 units in the last place — 2^-23 relative, against bf16's 2^-8. Inputs
+// beyond the range: exp(+inf) = inf, exp(x > 88.73) = inf, exp(-inf) = 0, exp(x < -104) = 0 (not the
+// smallest subnormals: attention's masked keys must weigh exactly 0), NaN stays NaN.
+//
+// RMSNorm: cpu::rmsnorm_forward / rmsnorm_backward's formulas with their row sums in double as there, eight
+// lanes at a time (another order of the same double additions: rstd and the outputs within 1 ulp of the
+// reference's, test_cpu_fast_ops).
+#pragma once
+
+namespace l2v::cpu {
+
+// x[i] = exp(x[i]) for i in [0, n).
+void exp_inplace(float* x, long n);
+// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (cpu::swiglu_forward with exp_inplace's exp).
+void swiglu_forward_fast(float* out, const float* gate, const float* up, long n);
+// cpu::swiglu_backward with exp_inplace's exp.
+void swiglu_backward_fast(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n);
+// cpu::rmsnorm_forward / rmsnorm_backward (dinp +=) on AVX-512 lanes.
+void rmsnorm_forward_fast(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_fast(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                           int N, int C);
+
+}  // namespace l2v::cpu
