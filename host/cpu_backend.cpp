@@ -172,7 +172,8 @@ class CpuBackend final : public Backend {
         [&](float* out, const float* x, int m) { cpu::gemm_bf16(out, V, x, C, m, packed(lm_head, C, V).forward, false); },
         [&](float* dx, const float* dy, int m) {
           cpu::gemm_bf16(dx, C, dy, V, m, packed(lm_head, C, V, /*backward=*/true).backward, false);
-        }};
+        },
+        cpu::crossentropy_fast};
     cpu::lm_head_crossentropy(bf16, losses, f(d_hidden), f(hidden), rows, targets, M, N, C, V, dloss);
   }
   void pool_forward(float* pooled, ConstTensor hidden, const float* weights, int B, int T, int C) override {

@@ -136,7 +136,56 @@ __attribute__((target("avx512f"))) void rmsnorm_backward_row(float* dx, const fl
   }
 }
 
+__attribute__((target("avx512f"))) float max_row(const float* x, int n) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int c = 0; c < n; c += 16) {
+    const __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + c));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+__attribute__((target("avx512f"))) double sum_double(const float* x, int n) {
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  for (int c = 0; c < n; c += 16) {
+    const __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(k, x + c);
+    lo = _mm512_add_pd(lo, low_pd(v));
+    hi = _mm512_add_pd(hi, high_pd(v));
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+}
+
+// d = dloss * (d * inv_sum - onehot(target)) over one row.
+__attribute__((target("avx512f"))) void softmax_grad_row(float* d, int V, float inv_sum, float dloss, int target) {
+  const __m512 s = _mm512_set1_ps(inv_sum), g = _mm512_set1_ps(dloss);
+  for (int c = 0; c < V; c += 16) {
+    const __mmask16 k = V - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - c)) - 1);
+    const __mmask16 hot = target >= c && target < c + 16 ? (__mmask16)(1u << (target - c)) : (__mmask16)0;
+    const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, d + c), s);
+    _mm512_mask_storeu_ps(d + c, k, _mm512_mul_ps(g, _mm512_mask_sub_ps(p, hot, p, _mm512_set1_ps(1.0f))));
+  }
+}
+
 }  // namespace
+
+void crossentropy_fast(float* losses, float* logits, const int* targets, float dloss, int M, int V, bool backward) {
+  if (!avx512_available()) {
+    crossentropy_forward(losses, logits, targets, M, V, -1);
+    if (backward) crossentropy_softmax_backward(logits, logits, targets, dloss, M, V, -1);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < M; ++n) {
+    float* l = logits + (long)n * V;
+    const float mx = max_row(l, V), target = l[targets[n]];
+    for (int c = 0; c < V; ++c) l[c] -= mx;
+    exp_inplace(l, V);  // the row now holds the exponentials (normalised below for the gradient)
+    const double sum = sum_double(l, V);
+    losses[n] = (float)(std::log(sum) + mx - target);
+    if (backward) softmax_grad_row(l, V, (float)(1.0 / sum), dloss, targets[n]);
+  }
+}
 
 void rmsnorm_forward_fast(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
   if (!avx512_available() || C <= 0) return rmsnorm_forward(out, rstd, inp, weight, N, C, eps);

@@ -498,7 +498,8 @@ void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, c
                           const int* targets, int M, int N, int C, int V, float dloss) {
   const LinearGemms fp32{
       [&](float* out, const float* x, int m) { matmul_forward(out, x, lm_head, nullptr, m, C, V); },
-      [&](float* dx, const float* dy, int m) { matmul_backward_input(dx, dy, lm_head, m, C, V, false); }};
+      [&](float* dx, const float* dy, int m) { matmul_backward_input(dx, dy, lm_head, m, C, V, false); },
+      nullptr};  // the reference's cross-entropy
   lm_head_crossentropy(fp32, losses, d_hidden, hidden, rows, targets, M, N, C, V, dloss);
 }
 
@@ -511,9 +512,17 @@ void lm_head_crossentropy(const LinearGemms& lm_head, float* losses, float* d_hi
   std::vector<float> x((size_t)M * C), logits((size_t)M * V);
   for (int k = 0; k < M; ++k) std::copy(hidden + (long)rows[k] * C, hidden + (long)(rows[k] + 1) * C, x.data() + (long)k * C);
   lm_head.forward(logits.data(), x.data(), M);
-  crossentropy_forward(losses, logits.data(), targets, M, V, -1);
+  if (lm_head.crossentropy) {
+    for (int k = 0; k < M; ++k)
+      require(targets[k] >= 0 && targets[k] < V, "lm_head_crossentropy",
+              "target " + std::to_string(targets[k]) + " of row " + std::to_string(k) + " is outside [0, " +
+                  std::to_string(V) + ")");
+    lm_head.crossentropy(losses, logits.data(), targets, dloss, M, V, d_hidden != nullptr);
+  } else {
+    crossentropy_forward(losses, logits.data(), targets, M, V, -1);
+    if (d_hidden) crossentropy_softmax_backward(logits.data(), logits.data(), targets, dloss, M, V, -1);
+  }
   if (!d_hidden) return;
-  crossentropy_softmax_backward(logits.data(), logits.data(), targets, dloss, M, V, -1);
   lm_head.backward_input(x.data(), logits.data(), M);
   std::fill(d_hidden, d_hidden + (long)N * C, 0.0f);
   for (int k = 0; k < M; ++k) std::copy(x.data() + (long)k * C, x.data() + (long)(k + 1) * C, d_hidden + (long)rows[k] * C);

@@ -106,6 +106,11 @@ void lm_head_crossentropy(float* losses, float* d_hidden, const float* hidden, c
 struct LinearGemms {
   std::function<void(float* out, const float* x, int M)> forward;
   std::function<void(float* dx, const float* dy, int M)> backward_input;
+  // Optional: the cross-entropy of the [M, V] logits into losses, and with backward its gradient in place
+  // of the logits (the bf16 mode's host/cpu_fast_ops.h); unset, crossentropy_forward and
+  // crossentropy_softmax_backward.
+  std::function<void(float* losses, float* logits, const int* targets, float dloss, int M, int V, bool backward)>
+      crossentropy;
 };
 void lm_head_crossentropy(const LinearGemms& lm_head, float* losses, float* d_hidden, const float* hidden,
                           const int* rows, const int* targets, int M, int N, int C, int V, float dloss);
