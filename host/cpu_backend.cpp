@@ -10,6 +10,9 @@
 #include <string>
 #include <unordered_map>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "host/cpu_attention_bf16.h"
 #include "host/cpu_fast_ops.h"
 #include "host/cpu_gemm_bf16.h"
@@ -42,8 +45,20 @@ class CpuBackend final : public Backend {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = sizes_.find(ptr);
       if (it != sizes_.end()) {
-        forget_packed_locked(ptr, it->second);
-        account(-(long)it->second);
+        auto d = released_.find(ptr);
+        size_t given_back = 0;
+        if (d != released_.end()) {  // its tiles go with it
+          given_back = d->second;
+          released_.erase(d);
+          auto t = packed_.find(ptr);
+          if (t != packed_.end()) {
+            account(-(long)t->second.bytes());
+            packed_.erase(t);
+          }
+        } else {
+          forget_packed_locked(ptr, it->second);
+        }
+        account(-(long)(it->second - given_back));
         sizes_.erase(it);
       }
     }
@@ -57,7 +72,10 @@ class CpuBackend final : public Backend {
     forget_packed(dst, bytes);
     std::memcpy(dst, src, bytes);
   }
-  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override {
+    check_not_released(src, bytes, "download");
+    std::memcpy(dst, src, bytes);
+  }
   void copy(void* dst, const void* src, size_t bytes) override {
     forget_packed(dst, bytes);
     std::memmove(dst, src, bytes);
@@ -73,7 +91,27 @@ class CpuBackend final : public Backend {
     std::memcpy(f(dst), host, n * sizeof(float));
   }
   void download_tensor(float* host, ConstTensor src, size_t n) override {
+    check_not_released(src, n * sizeof(float), "download_tensor");
     std::memcpy(host, f(src), n * sizeof(float));
+  }
+  // bf16: the forward tiles are made, then the fp32 pages inside the allocation go back to the system
+  // (madvise MADV_DONTNEED: the address range stays this allocation's, so no other buffer takes it).
+  void keep_only_forward_form(ConstTensor weight, int IC, int OC) override {
+    if (!bf16_) return;
+    packed(weight, IC, OC);
+    std::lock_guard<std::mutex> lock(mutex_);
+    void* p = const_cast<TensorElements*>(weight);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end() || it->second < (size_t)IC * OC * sizeof(float))
+      throw std::logic_error("keep_only_forward_form: the weight is not one whole allocation of this backend");
+    if (released_.count(p)) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)p + page - 1) / page * page,
+                    hi = ((uintptr_t)p + it->second) / page * page;
+    const size_t bytes = hi > lo ? hi - lo : 0;
+    if (bytes > 0 && madvise(reinterpret_cast<void*>(lo), bytes, MADV_DONTNEED) != 0)
+      throw std::runtime_error("keep_only_forward_form: madvise failed");
+    released_[p] = bytes;
+    account(-(long)bytes);
   }
 
   void embedding_forward(Tensor out, const int* ids, ConstTensor table, int N, int C) override {
@@ -223,6 +261,12 @@ class CpuBackend final : public Backend {
   const PackedWeight& packed(ConstTensor weight, int IC, int OC, bool backward = false) {
     std::lock_guard<std::mutex> lock(mutex_);
     const void* key = weight;
+    if (released_.count(const_cast<TensorElements*>(weight))) {
+      const auto it = packed_.find(key);
+      if (backward || it == packed_.end() || it->second.IC != IC || it->second.OC != OC)
+        throw std::logic_error("a weight kept only in its forward form (keep_only_forward_form) was used otherwise");
+      return it->second;
+    }
     auto it = packed_.find(key);
     if (it != packed_.end() && (it->second.IC != IC || it->second.OC != OC)) {
       account(-(long)it->second.bytes());
@@ -246,8 +290,28 @@ class CpuBackend final : public Backend {
     std::lock_guard<std::mutex> lock(mutex_);
     forget_packed_locked(dst, bytes);
   }
-  // Drops every packed weight overlapping [dst, dst + bytes).
+  // Throws when [p, p + bytes) overlaps a weight whose fp32 values were given back.
+  void check_not_released(const void* p, size_t bytes, const char* what) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_not_released_locked(p, bytes, what);
+  }
+  void check_not_released_locked(const void* p, size_t bytes, const char* what) const {
+    if (released_.empty()) return;
+    char* lo = static_cast<char*>(const_cast<void*>(p));
+    // Allocations do not overlap: the released one starting last at or before lo, and any starting inside.
+    auto it = released_.upper_bound(lo);
+    bool overlaps = it != released_.end() && static_cast<char*>(it->first) < lo + bytes;
+    if (it != released_.begin()) {
+      --it;
+      overlaps |= static_cast<char*>(it->first) + sizes_.at(it->first) > lo;
+    }
+    if (overlaps)
+      throw std::logic_error(std::string(what) +
+                             ": the weight's fp32 values were given back (keep_only_forward_form: inference)");
+  }
+  // Drops every packed weight overlapping [dst, dst + bytes) (about to be written).
   void forget_packed_locked(const void* dst, size_t bytes) {
+    check_not_released_locked(dst, bytes, "a write");
     if (packed_.empty()) return;
     const char* lo = static_cast<const char*>(dst);
     auto it = packed_.lower_bound(lo);
@@ -271,6 +335,7 @@ class CpuBackend final : public Backend {
   mutable std::mutex mutex_;
   std::unordered_map<void*, size_t> sizes_;
   std::map<const void*, PackedWeight> packed_;  // by the weight's address
+  std::map<void*, size_t> released_;  // keep_only_forward_form: allocation -> bytes given back
   BackendMemory memory_;
 };
 

@@ -53,6 +53,15 @@ class Backend {
   // The device's peak FLOP/s in this backend's precision (dense bf16 tensor cores, or fp32), 0 when not
   // known (the CPU, an unlisted GPU): the trainer's progress line shows MFU against it.
   virtual double peak_flops() const { return 0.0; }
+  // Inference: the weight [OC, IC] (one whole allocation) is from now on only read by matmul_forward. A
+  // backend that multiplies another form of it (the CPU backend's bf16 tiles) makes that form now and gives
+  // the original's memory back; any other read or write of the weight then throws std::logic_error. Others
+  // do nothing.
+  virtual void keep_only_forward_form(ConstTensor weight, int IC, int OC) {
+    (void)weight;
+    (void)IC;
+    (void)OC;
+  }
   virtual void upload_tensor(Tensor dst, const float* host, size_t n) = 0;     // converts from fp32
   virtual void download_tensor(float* host, ConstTensor src, size_t n) = 0;   // converts to fp32
 

@@ -123,6 +123,11 @@ std::vector<size_t> length_order(const std::vector<EncoderInput>& inputs) {
 std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int batch_size, bool progress,
                                   EmbedStats* stats) {
   if (batch_size < 1) throw std::runtime_error("embed: batch size must be positive");
+  if (!forward_forms_only_) {  // inference from here on: e.g. 0.42 GB less for SmolLM2-135M in CPU bf16
+    for (const LayerWeights& layer : model_.layers)
+      for (const Linear& lin : layer.linear) model_.backend->keep_only_forward_form(lin.weight, lin.in, lin.out);
+    forward_forms_only_ = true;
+  }
   const int C = dim();
   PadOptions pad;
   pad.max_length = spec_.max_length;

@@ -67,7 +67,10 @@ class Encoder {
   int dim() const { return model_.config.hidden_size; }
   const EncoderSpec& spec() const { return spec_; }  // max_length resolved
   const Tokenizer& tokenizer() const { return *tok_; }
-  const Model& model() const { return model_; }  // the base with the adapters merged
+  // The base with the adapters merged. Its linear weights' values are there until the first embed(),
+  // which keeps them only in the form the backend multiplies (Backend::keep_only_forward_form: the CPU
+  // backend's bf16 tiles, giving the fp32 copies back); read them before embedding (the export does).
+  const Model& model() const { return model_; }
   // Embeddings [inputs.size(), dim] (not normalised), in input order, batch_size texts per forward; the
   // texts go through in llm2vec's order (by decreasing length), so that batches carry little padding.
   // progress: a line on stderr every few batches.
@@ -83,6 +86,7 @@ class Encoder {
   Model model_;
   PoolingHead head_;
   bool cuda_graphs_;
+  bool forward_forms_only_ = false;  // keep_only_forward_form done (first embed)
 };
 
 }  // namespace l2v

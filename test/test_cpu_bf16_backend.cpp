@@ -239,6 +239,44 @@ TEST(CpuBf16Backend, PackedBytesAreAccountedAndReleasedWithTheWeight) {
   EXPECT_EQ(cpu_backend_memory(*fp32).current, fp32_before);
 }
 
+// Inference keeps a weight only in its tiles (Backend::keep_only_forward_form): the forward gives the same
+// bits as before, the fp32 pages inside the allocation are given back (the accounting drops by them: a
+// 256 x 576 weight holds whole pages), and every other use of the weight — a download, a write, the
+// backward's packing — throws instead of reading zeros; releasing it gives back the rest. The fp32 backend
+// keeps the weight as it is.
+TEST(CpuBf16Backend, KeepOnlyForwardFormGivesTheWeightBack) {
+  const int N = 3, IC = 576, OC = 256;
+  std::mt19937 rng(8);
+  TestBackend be(CpuPrecision::kBf16);
+  Tensor tx = be.upload(randn((size_t)N * IC, rng)), out = be.upload(std::vector<float>((size_t)N * OC)),
+         dy = be.upload(randn((size_t)N * OC, rng)), dx = be.upload(std::vector<float>((size_t)N * IC));
+  const size_t before = cpu_backend_memory(*be).current;
+  Tensor tw = be.upload(randn((size_t)OC * IC, rng));
+  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+  const std::vector<float> want = download(*be, out, (size_t)N * OC);
+  const size_t packed = cpu_backend_memory(*be).current;
+  be->keep_only_forward_form(tw, IC, OC);
+  const size_t weight_bytes = (size_t)OC * IC * sizeof(float), page = 4096;
+  EXPECT_LE(packed - cpu_backend_memory(*be).current, weight_bytes);
+  EXPECT_GE(packed - cpu_backend_memory(*be).current, weight_bytes - 2 * page);
+  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+  EXPECT_EQ(download(*be, out, (size_t)N * OC), want);
+  std::vector<float> host((size_t)OC * IC);
+  EXPECT_THROW(be->download_tensor(host.data(), tw, host.size()), std::logic_error);
+  EXPECT_THROW(be->download(host.data(), tensor_offset(*be, tw, 1000), 16), std::logic_error);
+  EXPECT_THROW(be->upload_tensor(tw, host.data(), 16), std::logic_error);
+  EXPECT_THROW(be->matmul_backward_input(dx, dy, tw, N, IC, OC, false), std::logic_error);
+  be->keep_only_forward_form(tw, IC, OC);  // again: nothing more to give back
+  be.release(tw);
+  EXPECT_EQ(cpu_backend_memory(*be).current, before);
+  // The buffers beside it are untouched.
+  EXPECT_NO_THROW(download(*be, out, (size_t)N * OC));
+  TestBackend fp32;
+  Tensor fw = fp32.upload(randn((size_t)OC * IC, rng));
+  fp32->keep_only_forward_form(fw, IC, OC);
+  EXPECT_NO_THROW(download(*fp32, fw, (size_t)OC * IC));
+}
+
 // ------------------------------------------------------------------------------------------ attention
 
 struct AttnCase {
