@@ -77,6 +77,7 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, bytes);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
+    check_not_released(src, bytes, "copy");
     forget_packed(dst, bytes);
     std::memmove(dst, src, bytes);
   }

@@ -265,6 +265,7 @@ TEST(CpuBf16Backend, KeepOnlyForwardFormGivesTheWeightBack) {
   EXPECT_THROW(be->download_tensor(host.data(), tw, host.size()), std::logic_error);
   EXPECT_THROW(be->download(host.data(), tensor_offset(*be, tw, 1000), 16), std::logic_error);
   EXPECT_THROW(be->upload_tensor(tw, host.data(), 16), std::logic_error);
+  EXPECT_THROW(be->copy(dx, tw, 16), std::logic_error);
   EXPECT_THROW(be->matmul_backward_input(dx, dy, tw, N, IC, OC, false), std::logic_error);
   be->keep_only_forward_form(tw, IC, OC);  // again: nothing more to give back
   be.release(tw);

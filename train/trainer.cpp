@@ -539,37 +539,37 @@ void Trainer::contrastive_micro_step(uint64_t micro, bool first_of_step, bool la
   }
   for (const EmbedBatch& g : groups) *tokens += count_tokens(g.key_mask);
   device_work(first_of_step ? kFirstMicroBatchGraph : kMicroBatchGraph, [&] {
-  if (first_of_step) zero_grads(m_);
-  float* pooled = pooled_.floats((size_t)total_rows * C);
-  float* d_pooled = d_pooled_.floats((size_t)total_rows * C);
-  PoolCache& cache = pool_cache_;  // the last chunk's, then each recomputed chunk's
-  for (size_t g = 0; g < groups.size(); ++g) {
-    for (size_t c = 0; c < chunks[g].size(); ++c) {
-      const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
-      const EmbedBatch chunk = chunk_of(g, c);
-      forward(chunk, seeds[g]);
-      pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
-                   last ? &cache : nullptr);
-    }
-  }
-  contrastive(pooled, d_pooled, first, rows, loss);
-  for (size_t g = groups.size(); g-- > 0;) {
-    for (size_t c = chunks[g].size(); c-- > 0;) {
-      const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
-      const EmbedBatch chunk = chunk_of(g, c);
-      const float* d_chunk = d_pooled + (size_t)(first[g] + chunks[g][c].first) * C;
-      if (!last) {
-        // The same forward and pooled rows as before (same seed and row0); they overwrite what the loss used.
-        // The last chunk's backward is done: its cache is reused.
+    if (first_of_step) zero_grads(m_);
+    float* pooled = pooled_.floats((size_t)total_rows * C);
+    float* d_pooled = d_pooled_.floats((size_t)total_rows * C);
+    PoolCache& cache = pool_cache_;  // the last chunk's, then each recomputed chunk's
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (size_t c = 0; c < chunks[g].size(); ++c) {
+        const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
+        const EmbedBatch chunk = chunk_of(g, c);
         forward(chunk, seeds[g]);
-        pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(), pooled + (size_t)(first[g] + chunks[g][c].first) * C,
-                     &cache);
+        pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(),
+                     pooled + (size_t)(first[g] + chunks[g][c].first) * C, last ? &cache : nullptr);
       }
-      Tensor dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
-      pool_backward(m_, head_, cache, d_chunk, dh);
-      backward(dh, last_of_step && g == 0 && c == 0);
     }
-  }
+    contrastive(pooled, d_pooled, first, rows, loss);
+    for (size_t g = groups.size(); g-- > 0;) {
+      for (size_t c = chunks[g].size(); c-- > 0;) {
+        const bool last = g + 1 == groups.size() && c + 1 == chunks[g].size();
+        const EmbedBatch chunk = chunk_of(g, c);
+        const float* d_chunk = d_pooled + (size_t)(first[g] + chunks[g][c].first) * C;
+        if (!last) {
+          // The same forward and pooled rows as before (same seed and row0); they overwrite what the loss used.
+          // The last chunk's backward is done: its cache is reused.
+          forward(chunk, seeds[g]);
+          pool_forward(m_, head_, chunk, tok_->bos_id(), tok_->eos_id(),
+                       pooled + (size_t)(first[g] + chunks[g][c].first) * C, &cache);
+        }
+        Tensor dh = d_hidden_buffer((size_t)chunk.B * chunk.T * C);
+        pool_backward(m_, head_, cache, d_chunk, dh);
+        backward(dh, last_of_step && g == 0 && c == 0);
+      }
+    }
   });
 }
 
