@@ -602,6 +602,7 @@ struct CaptureFixture {
   CaptureFixture() {
     CUDA_CHECK(cudaStreamCreate(&stream));
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), kPinned * sizeof(float)));
+    std::fill(pinned, pinned + kPinned, 0.0f);  // pinned memory starts uninitialised, as malloc's
   }
   ~CaptureFixture() {
     cudaFreeHost(pinned);
