@@ -15,6 +15,7 @@
 // GCC 12 warns that the AVX-512 intrinsics' internal _mm512_undefined_*() "may be used uninitialized" (its
 // own header's pass-through operand, not this file's): a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same at -O1 (the sanitizer build)
 
 namespace l2v::cpu {
 namespace {
