@@ -47,10 +47,10 @@ __attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int*
   __m512 vmax = neg_inf;
   bool any = false;
   for (int j = 0; j < jend; j += 16) {
-    __mmask16 valid = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+    __mmask16 valid = lanes_below(jend - j);
     if (km) valid = _mm512_mask_cmpneq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, km + j), _mm512_setzero_si512());
     const __m512 v = _mm512_mask_mul_ps(neg_inf, valid, _mm512_maskz_loadu_ps(valid, p + j), scale);
-    _mm512_mask_storeu_ps(p + j, jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1), v);
+    _mm512_mask_storeu_ps(p + j, lanes_below(jend - j), v);
     vmax = _mm512_max_ps(vmax, v);
     any |= valid != 0;
   }
@@ -64,7 +64,7 @@ __attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int*
   exp_inplace(p, jend);  // masked keys: exp(-inf) = 0
   __m512 vsum = _mm512_setzero_ps();
   for (int j = 0; j < jend; j += 16) {
-    const __mmask16 m = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+    const __mmask16 m = lanes_below(jend - j);
     vsum = _mm512_add_ps(vsum, _mm512_maskz_loadu_ps(m, p + j));
   }
   const float sum = _mm512_reduce_add_ps(vsum);
@@ -73,7 +73,7 @@ __attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int*
     uint64_t keep[2] = {~0ull, ~0ull};
     if (L.dropout) keep_bits(j0, keep);
     for (int j = j0; j < std::min(jend, j0 + 128); j += 16) {
-      const __mmask16 m = jend - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (jend - j)) - 1);
+      const __mmask16 m = lanes_below(jend - j);
       __m512 w = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + j), inv_sum);
       if (L.dropout) {
         const __mmask16 kept = (__mmask16)(keep[(j - j0) / 64] >> ((j - j0) % 64));
@@ -98,8 +98,8 @@ __attribute__((target("avx512f"))) void backward_row_avx512(float* P, float* dS,
     uint64_t keep[2] = {~0ull, ~0ull};
     if (L.dropout) keep_bits(j0, keep);
     for (int j = j0; j < std::min(T, j0 + 128); j += 16) {
-      const __mmask16 m = T - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - j)) - 1);
-      __mmask16 valid = j >= jend ? (__mmask16)0 : jend - j >= 16 ? m : (__mmask16)((1u << (jend - j)) - 1);
+      const __mmask16 m = lanes_below(T - j);
+      __mmask16 valid = lanes_below(jend - j) & m;
       if (km) valid = _mm512_mask_cmpneq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, km + j), _mm512_setzero_si512());
       const __mmask16 kept = valid & (__mmask16)(keep[(j - j0) / 64] >> ((j - j0) % 64));
       const __m512 pij = _mm512_maskz_loadu_ps(m, P + j), dp = _mm512_maskz_loadu_ps(m, dS + j);

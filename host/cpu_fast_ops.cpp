@@ -47,7 +47,7 @@ __attribute__((target("avx512f"))) void exp_avx512(float* x, long n) {
   long i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp16(_mm512_loadu_ps(x + i)));
   if (i < n) {
-    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+    const __mmask16 m = lanes_below(n - i);
     _mm512_mask_storeu_ps(x + i, m, exp16(_mm512_maskz_loadu_ps(m, x + i)));
   }
 }
@@ -55,7 +55,7 @@ __attribute__((target("avx512f"))) void exp_avx512(float* x, long n) {
 // cpu::swiglu_forward, 16 lanes at a time (the tail's lanes masked).
 __attribute__((target("avx512f"))) void swiglu_forward_avx512(float* out, const float* gate, const float* up, long n) {
   for (long i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    const __mmask16 m = lanes_below(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
     const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
     const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
@@ -67,7 +67,7 @@ __attribute__((target("avx512f"))) void swiglu_backward_avx512(float* dgate, flo
                                                                const float* gate, const float* up, long n) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (long i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    const __mmask16 m = lanes_below(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
     const __m512 d = _mm512_maskz_loadu_ps(m, dout + i);
     const __m512 one_plus_e = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
@@ -98,7 +98,7 @@ __attribute__((target("avx512f"))) inline __m512d high_pd(__m512 v) {
 __attribute__((target("avx512f"))) double dot_double(const float* x, const float* y, int C) {
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   for (int c = 0; c < C; c += 16) {
-    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __mmask16 m = lanes_below(C - c);
     const __m512 xv = _mm512_maskz_loadu_ps(m, x + c), yv = y ? _mm512_maskz_loadu_ps(m, y + c) : xv;
     lo = _mm512_fmadd_pd(low_pd(xv), low_pd(yv), lo);
     hi = _mm512_fmadd_pd(high_pd(xv), high_pd(yv), hi);
@@ -112,7 +112,7 @@ __attribute__((target("avx512f"))) void rmsnorm_forward_row(float* o, float* rst
   *rstd = r;
   const __m512 rv = _mm512_set1_ps(r);
   for (int c = 0; c < C; c += 16) {  // weight * (x * rstd), as LlamaRMSNorm
-    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __mmask16 m = lanes_below(C - c);
     _mm512_mask_storeu_ps(o + c, m,
                           _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + c), rv)));
   }
@@ -122,14 +122,14 @@ __attribute__((target("avx512f"))) void rmsnorm_forward_row(float* o, float* rst
 __attribute__((target("avx512f"))) void rmsnorm_backward_row(float* dx, const float* dy, const float* x, const float* w,
                                                              float r, int C, float* wdy) {
   for (int c = 0; c < C; c += 16) {
-    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __mmask16 m = lanes_below(C - c);
     _mm512_mask_storeu_ps(wdy + c, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_maskz_loadu_ps(m, dy + c)));
   }
   // The reference's acc = sum (w dy) x in double, w dy rounded to fp32 first; dx += r (w dy) - x coef.
   const float coef = r * r * r * (float)(dot_double(wdy, x, C) / C);
   const __m512 rv = _mm512_set1_ps(r), cv = _mm512_set1_ps(coef);
   for (int c = 0; c < C; c += 16) {
-    const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+    const __mmask16 m = lanes_below(C - c);
     const __m512 t = _mm512_sub_ps(_mm512_mul_ps(rv, _mm512_maskz_loadu_ps(m, wdy + c)),
                                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + c), cv));
     _mm512_mask_storeu_ps(dx + c, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dx + c), t));
@@ -139,7 +139,7 @@ __attribute__((target("avx512f"))) void rmsnorm_backward_row(float* dx, const fl
 __attribute__((target("avx512f"))) float max_row(const float* x, int n) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int c = 0; c < n; c += 16) {
-    const __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    const __mmask16 k = lanes_below(n - c);
     m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + c));
   }
   return _mm512_reduce_max_ps(m);
@@ -148,7 +148,7 @@ __attribute__((target("avx512f"))) float max_row(const float* x, int n) {
 __attribute__((target("avx512f"))) double sum_double(const float* x, int n) {
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   for (int c = 0; c < n; c += 16) {
-    const __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    const __mmask16 k = lanes_below(n - c);
     const __m512 v = _mm512_maskz_loadu_ps(k, x + c);
     lo = _mm512_add_pd(lo, low_pd(v));
     hi = _mm512_add_pd(hi, high_pd(v));
@@ -160,7 +160,7 @@ __attribute__((target("avx512f"))) double sum_double(const float* x, int n) {
 __attribute__((target("avx512f"))) void softmax_grad_row(float* d, int V, float inv_sum, float dloss, int target) {
   const __m512 s = _mm512_set1_ps(inv_sum), g = _mm512_set1_ps(dloss);
   for (int c = 0; c < V; c += 16) {
-    const __mmask16 k = V - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - c)) - 1);
+    const __mmask16 k = lanes_below(V - c);
     const __mmask16 hot = target >= c && target < c + 16 ? (__mmask16)(1u << (target - c)) : (__mmask16)0;
     const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, d + c), s);
     _mm512_mask_storeu_ps(d + c, k, _mm512_mul_ps(g, _mm512_mask_sub_ps(p, hot, p, _mm512_set1_ps(1.0f))));

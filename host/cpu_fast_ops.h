@@ -20,8 +20,14 @@
 // lanes at a time (another order of the same double additions: rstd and the outputs within 1 ulp of the
 // reference's, test_cpu_fast_ops).
 #pragma once
+#include <immintrin.h>
 
 namespace l2v::cpu {
+
+// The AVX-512 lane mask of the first n of 16 lanes (all for n >= 16, none for n <= 0): a row's tail.
+inline __mmask16 lanes_below(long n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
 
 // x[i] = exp(x[i]) for i in [0, n).
 void exp_inplace(float* x, long n);

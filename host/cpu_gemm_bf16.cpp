@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "host/cpu_fast_ops.h"
+
 // GCC 12 warns that the AVX-512 intrinsics' internal _mm512_undefined_*() "may be used uninitialized" (its
 // own header's pass-through operand, not this file's): a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -80,8 +82,7 @@ __attribute__((target("avx512f,avx512bf16"))) void convert_row_avx512(uint16_t* 
                                                                     int k_blocks) {
   for (int kb = 0; kb < k_blocks; ++kb) {
     const int k = kb * kBlock, valid = std::max(0, std::min(kBlock, K - k));
-    const __mmask16 lo = (__mmask16)((1u << std::min(valid, 16)) - 1);
-    const __mmask16 hi = (__mmask16)((1u << std::max(0, valid - 16)) - 1);
+    const __mmask16 lo = lanes_below(valid), hi = lanes_below(valid - 16);
     const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
     _mm512_storeu_si512(row + (size_t)kb * kTileElems, (__m512i)v);
   }
@@ -190,8 +191,6 @@ __attribute__((target("avx512f"))) __m512i bf16_lanes(__m512 v) {
                                                 _mm512_set1_epi32(0x7f800000));
   return _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
 }
-
-__mmask16 lanes_below(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1); }
 
 // One tile of pack() with AVX-512, for the two layouts the backend packs: W's rows are k (n_stride 1: a tile
 // row is two 16-column pieces of rows 2r and 2r + 1, interleaved) or n (k_stride 1: a column of the tile is
