@@ -37,12 +37,12 @@ struct Layout {
 };
 
 // The forward's softmax and dropout of one query row, the reference's operations on 16 lanes where the CPU
-// has AVX-512F (the scalar loop below otherwise): p [T] holds the row's scores on entry and its dropped
+// has AVX-512F (the scalar loop below otherwise): p [keys] holds the row's scores on entry and its dropped
 // probabilities P' on return (0 past jend and at masked keys); returns the row's lse (-inf, and p all 0,
 // when no key is visible). keep_bits(j0, bits) gives the dropout bits of keys j0 .. j0 + 127.
 template <typename KeepBits>
-__attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int* km, int jend, int T, const Layout& L,
-                                                            KeepBits keep_bits) {
+__attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int* km, int jend, int keys,
+                                                            const Layout& L, KeepBits keep_bits) {
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY), scale = _mm512_set1_ps(L.sm_scale);
   __m512 vmax = neg_inf;
   bool any = false;
@@ -54,20 +54,13 @@ __attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int*
     vmax = _mm512_max_ps(vmax, v);
     any |= valid != 0;
   }
-  std::fill(p + jend, p + T, 0.0f);
+  std::fill(p + jend, p + keys, 0.0f);
   if (!any) {
     std::fill(p, p + jend, 0.0f);
     return -INFINITY;
   }
   const float mx = _mm512_reduce_max_ps(vmax);
-  for (int j = 0; j < jend; ++j) p[j] -= mx;
-  exp_inplace(p, jend);  // masked keys: exp(-inf) = 0
-  __m512 vsum = _mm512_setzero_ps();
-  for (int j = 0; j < jend; j += 16) {
-    const __mmask16 m = lanes_below(jend - j);
-    vsum = _mm512_add_ps(vsum, _mm512_maskz_loadu_ps(m, p + j));
-  }
-  const float sum = _mm512_reduce_add_ps(vsum);
+  const float sum = exp_shifted_sum(p, jend, mx);  // masked keys: exp(-inf) = 0
   const __m512 inv_sum = _mm512_set1_ps(1.0f / sum), keep_scale = _mm512_set1_ps(L.keep_scale);
   for (int j0 = 0; j0 < jend; j0 += 128) {
     uint64_t keep[2] = {~0ull, ~0ull};
@@ -85,20 +78,20 @@ __attribute__((target("avx512f"))) float softmax_row_avx512(float* p, const int*
   return mx + std::log(sum);
 }
 
-// The backward's row: P [T] holds the scores on entry, P' on return; dS [T] holds dP on entry, scale * dS
+// The backward's row: P [keys] holds the scores on entry, P' on return; dS [keys] holds dP on entry, scale * dS
 // on return (the reference's operations, 16 lanes at a time; both 0 past jend and at masked keys).
 template <typename KeepBits>
-__attribute__((target("avx512f"))) void backward_row_avx512(float* P, float* dS, const int* km, int jend, int T,
+__attribute__((target("avx512f"))) void backward_row_avx512(float* P, float* dS, const int* km, int jend, int keys,
                                                             float lse_i, float Di, const Layout& L,
                                                             KeepBits keep_bits) {
-  for (int j = 0; j < T; ++j) P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;
-  exp_inplace(P, T);
+  for (int j = 0; j < keys; ++j) P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;
+  exp_inplace(P, keys);
   const __m512 keep_scale = _mm512_set1_ps(L.keep_scale), scale = _mm512_set1_ps(L.sm_scale), d = _mm512_set1_ps(Di);
-  for (int j0 = 0; j0 < T; j0 += 128) {
+  for (int j0 = 0; j0 < keys; j0 += 128) {
     uint64_t keep[2] = {~0ull, ~0ull};
     if (L.dropout) keep_bits(j0, keep);
-    for (int j = j0; j < std::min(T, j0 + 128); j += 16) {
-      const __mmask16 m = lanes_below(T - j);
+    for (int j = j0; j < std::min(keys, j0 + 128); j += 16) {
+      const __mmask16 m = lanes_below(keys - j);
       __mmask16 valid = lanes_below(jend - j) & m;
       if (km) valid = _mm512_mask_cmpneq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, km + j), _mm512_setzero_si512());
       const __mmask16 kept = valid & (__mmask16)(keep[(j - j0) / 64] >> ((j - j0) % 64));
@@ -111,10 +104,10 @@ __attribute__((target("avx512f"))) void backward_row_avx512(float* P, float* dS,
   }
 }
 
-// dst [cols, rows] = src [rows, cols]^T (row strides cols and rows).
-void transpose(float* dst, const float* src, int rows, int cols) {
+// dst [cols, rows] = src [rows, cols]^T (row strides src_ld and rows).
+void transpose(float* dst, const float* src, int rows, int cols, int src_ld) {
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+    for (int c = 0; c < cols; ++c) dst[(size_t)c * rows + r] = src[(size_t)r * src_ld + c];
 }
 
 }  // namespace
@@ -136,20 +129,22 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
   const long items = (long)B * H * L.blocks;
 #pragma omp parallel
   {
-    std::vector<float> s((size_t)kRows * T);  // this block's scores, then its dropped probabilities P'
+    // This block's scores, then its dropped probabilities P' (aligned: the tiles store the scores).
+    const auto s = aligned_array<float>((size_t)kRows * T);
 #pragma omp for schedule(dynamic, 1)
     for (long it = 0; it < items; ++it) {
       const int blk = (int)(it % L.blocks), bh = (int)(it / L.blocks);
       const int h = bh % H, b = bh / H, g = h / L.group;
       const int i0 = blk * kRows, rows = std::min(kRows, T - i0);
-      gemm_bf16(s.data(), T, q + L.q_offset(b, i0, h), L.q_stride, rows, kt[(size_t)b * KV + g], false);
+      const int keys = causal ? i0 + rows : T;  // the keys the block's rows see: the scores and P' V stop there
+      gemm_bf16_part(s.get(), T, q + L.q_offset(b, i0, h), L.q_stride, rows, kt[(size_t)b * KV + g], D, keys, false);
       const int* km = key_mask ? key_mask + (long)b * T : nullptr;
       for (int r = 0; r < rows; ++r) {
         const int i = i0 + r, jend = causal ? i + 1 : T;
-        float* p = s.data() + (size_t)r * T;
+        float* p = s.get() + (size_t)r * T;
         float* lse_i = lse + (long)bh * T + i;
         if (avx512) {
-          *lse_i = softmax_row_avx512(p, km, jend, T, L, [&](int j0, uint64_t bits[2]) {
+          *lse_i = softmax_row_avx512(p, km, jend, keys, L, [&](int j0, uint64_t bits[2]) {
             attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j0, dropout_p,
                                    bits);
           });
@@ -167,7 +162,7 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
           mx = std::max(mx, p[j]);
           any = true;
         }
-        std::fill(p + jend, p + T, 0.0f);
+        std::fill(p + jend, p + keys, 0.0f);
         if (!any) {
           *lse_i = -INFINITY;
           std::fill(p, p + jend, 0.0f);
@@ -191,7 +186,8 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
           }
         }
       }
-      gemm_bf16(out + L.q_offset(b, i0, h), (int)L.q_stride, s.data(), T, rows, vp[(size_t)b * KV + g], false);
+      gemm_bf16_part(out + L.q_offset(b, i0, h), (int)L.q_stride, s.get(), T, rows, vp[(size_t)b * KV + g], keys, D,
+                     false);
     }
   }
 }
@@ -205,7 +201,8 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
 #pragma omp parallel
   {
     // One block's P then P', and dP then scale * dS ([rows, T]); their transposes ([T, rows]).
-    std::vector<float> p((size_t)kRows * T), ds((size_t)kRows * T), t((size_t)T * kRows);
+    const auto p = aligned_array<float>((size_t)kRows * T), ds = aligned_array<float>((size_t)kRows * T),
+               t = aligned_array<float>((size_t)T * kRows);
 #pragma omp for schedule(dynamic, 1)
     for (int bg = 0; bg < B * KV; ++bg) {
       const int b = bg / KV, g = bg % KV;
@@ -225,17 +222,18 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
         const int bh = b * H + h;
         for (int blk = 0; blk < L.blocks; ++blk) {
           const int i0 = blk * kRows, rows = std::min(kRows, T - i0);
+          const int keys = causal ? i0 + rows : T;  // the keys the block's rows see (as in the forward)
           const long qo = L.q_offset(b, i0, h);
-          gemm_bf16(p.data(), T, q + qo, L.q_stride, rows, kt, false);
-          gemm_bf16(ds.data(), T, dout + qo, L.q_stride, rows, vt, false);
+          gemm_bf16_part(p.get(), T, q + qo, L.q_stride, rows, kt, D, keys, false);
+          gemm_bf16_part(ds.get(), T, dout + qo, L.q_stride, rows, vt, D, keys, false);
           for (int r = 0; r < rows; ++r) {
             const int i = i0 + r, jend = causal ? i + 1 : T;
-            float* P = p.data() + (size_t)r * T;
-            float* dS = ds.data() + (size_t)r * T;
+            float* P = p.get() + (size_t)r * T;
+            float* dS = ds.get() + (size_t)r * T;
             const float lse_i = lse[(long)bh * T + i];
             if (lse_i == -INFINITY) {  // no visible key: the output was a constant 0
-              std::fill(P, P + T, 0.0f);
-              std::fill(dS, dS + T, 0.0f);
+              std::fill(P, P + keys, 0.0f);
+              std::fill(dS, dS + keys, 0.0f);
               continue;
             }
             const float* do_i = dout + L.q_offset(b, i, h);
@@ -243,18 +241,18 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
             float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
             for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
             if (avx512) {
-              backward_row_avx512(P, dS, km, jend, T, lse_i, Di, L, [&](int j0, uint64_t bits[2]) {
+              backward_row_avx512(P, dS, km, jend, keys, lse_i, Di, L, [&](int j0, uint64_t bits[2]) {
                 attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j0,
                                        dropout_p, bits);
               });
               continue;
             }
             // The forward's probabilities, recomputed: exp(s * scale - lse), 0 for masked and future keys.
-            for (int j = 0; j < T; ++j)
+            for (int j = 0; j < keys; ++j)
               P[j] = j >= jend || (km && km[j] == 0) ? -INFINITY : P[j] * L.sm_scale - lse_i;
-            exp_inplace(P, T);
+            exp_inplace(P, keys);
             uint64_t keep[2] = {~0ull, ~0ull};
-            for (int j = 0; j < T; ++j) {
+            for (int j = 0; j < keys; ++j) {
               if (L.dropout && j % 128 == 0)
                 attention_keep_bits128(key.seed, site, (uint32_t)(key.offset + bh), (uint32_t)i, (uint32_t)j,
                                        dropout_p, keep);
@@ -270,12 +268,12 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
               dS[j] = Pij * (dPij - Di) * L.sm_scale;
             }
           }
-          gemm_bf16(dq + qo, (int)L.q_stride, ds.data(), T, rows, kk, false);
-          // dk += (scale dS)^T Q, dv += P'^T dO over this block's rows.
-          transpose(t.data(), ds.data(), rows, T);
-          gemm_bf16(dkb, (int)L.kv_stride, t.data(), rows, T, pack_bf16(q + qo, rows, D, L.q_stride), true);
-          transpose(t.data(), p.data(), rows, T);
-          gemm_bf16(dvb, (int)L.kv_stride, t.data(), rows, T, pack_bf16(dout + qo, rows, D, L.q_stride), true);
+          gemm_bf16_part(dq + qo, (int)L.q_stride, ds.get(), T, rows, kk, keys, D, false);
+          // dk += (scale dS)^T Q, dv += P'^T dO over this block's rows (keys past `keys` receive nothing).
+          transpose(t.get(), ds.get(), rows, keys, T);
+          gemm_bf16(dkb, (int)L.kv_stride, t.get(), rows, keys, pack_bf16(q + qo, rows, D, L.q_stride), true);
+          transpose(t.get(), p.get(), rows, keys, T);
+          gemm_bf16(dvb, (int)L.kv_stride, t.get(), rows, keys, pack_bf16(dout + qo, rows, D, L.q_stride), true);
         }
       }
     }

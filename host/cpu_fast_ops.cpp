@@ -52,6 +52,18 @@ __attribute__((target("avx512f"))) void exp_avx512(float* x, long n) {
   }
 }
 
+__attribute__((target("avx512f"))) float exp_shifted_sum_avx512(float* x, long n, float shift) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512 sum = _mm512_setzero_ps();
+  for (long i = 0; i < n; i += 16) {
+    const __mmask16 m = lanes_below(n - i);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
 // cpu::swiglu_forward, 16 lanes at a time (the tail's lanes masked).
 __attribute__((target("avx512f"))) void swiglu_forward_avx512(float* out, const float* gate, const float* up, long n) {
   for (long i = 0; i < n; i += 16) {
@@ -208,6 +220,13 @@ void rmsnorm_backward_fast(float* dinp, const float* dout, const float* inp, con
 void exp_inplace(float* x, long n) {
   if (avx512_available()) return exp_avx512(x, n);
   for (long i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+float exp_shifted_sum(float* x, long n, float shift) {
+  if (avx512_available()) return exp_shifted_sum_avx512(x, n, shift);
+  float sum = 0.0f;
+  for (long i = 0; i < n; ++i) sum += x[i] = std::exp(x[i] - shift);
+  return sum;
 }
 
 void swiglu_forward_fast(float* out, const float* gate, const float* up, long n) {

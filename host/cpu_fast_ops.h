@@ -31,6 +31,10 @@ inline __mmask16 lanes_below(long n) {
 
 // x[i] = exp(x[i]) for i in [0, n).
 void exp_inplace(float* x, long n);
+// x[i] = exp(x[i] - shift) for i in [0, n) (the difference rounded to fp32 first, as a subtraction before
+// exp_inplace would); returns their sum (fp32 additions in an unspecified order). Softmax's exponentials and
+// their sum in one pass.
+float exp_shifted_sum(float* x, long n, float shift);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (cpu::swiglu_forward with exp_inplace's exp).
 void swiglu_forward_fast(float* out, const float* gate, const float* up, long n);
 // cpu::swiglu_backward with exp_inplace's exp.

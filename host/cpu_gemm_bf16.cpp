@@ -59,27 +59,21 @@ PackedBf16 make_packed(int K, int N) {
   p.N = N;
   p.k_blocks = (K + kBlock - 1) / kBlock;
   p.n_blocks16 = (N + kBlock - 1) / kBlock * 2;
-  const size_t bytes = p.bytes();
-  void* mem = std::aligned_alloc(64, bytes);
-  if (!mem) throw std::bad_alloc();
-  p.tiles = {static_cast<uint16_t*>(mem), std::free};  // filled by pack, padding (zeros) included
+  p.tiles = aligned_array<uint16_t>(p.bytes() / sizeof(uint16_t));  // filled by pack, padding (zeros) included
   return p;
 }
 
 // The bf16 copy of a chunk of A's rows, padded with zeros to whole 32 x 32 blocks and stored as AMX operand
 // tiles (16 rows x 32 k, 1 KiB contiguous: tile (g, kb) of the chunk's row group g = m / 16 at element
 // (g * k_blocks + kb) * 512, row m % 16 at + (m % 16) * 32), so that each tile load reads one contiguous KiB:
-// one per thread, kept between calls. 64-byte aligned: a tile load
-// whose rows straddle cache lines runs at half speed (measured: 1.5 against 0.7 TFLOP/s per core from L1),
-// and std::vector's large blocks are only 16-byte aligned.
+// one per thread, kept between calls (aligned: a tile load whose rows straddle cache lines runs at half speed,
+// measured 0.7 against 1.5 TFLOP/s per core from L1).
 uint16_t* a_buffer(size_t elems) {
-  thread_local std::unique_ptr<uint16_t, decltype(&std::free)> buf{nullptr, std::free};
+  thread_local std::unique_ptr<uint16_t[], void (*)(void*)> buf{nullptr, std::free};
   thread_local size_t capacity = 0;
   if (capacity < elems) {
     buf.reset();  // the old block first: the peak stays one buffer
-    void* mem = std::aligned_alloc(64, (elems * sizeof(uint16_t) + 63) / 64 * 64);
-    if (!mem) throw std::bad_alloc();
-    buf.reset(static_cast<uint16_t*>(mem));
+    buf = aligned_array<uint16_t>(elems);
     capacity = elems;
   }
   return buf.get();
@@ -299,16 +293,28 @@ bool amx_bf16_available() {
 
 void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, bool accumulate,
                Bf16Kernel kernel) {
+  gemm_bf16_part(C, ldc, A, lda, M, B, B.K, B.N, accumulate, kernel);
+}
+
+void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, int K, int N,
+                    bool accumulate, Bf16Kernel kernel) {
   require(B.tiles != nullptr, "B is not a packed matrix");
-  require(M >= 0 && lda >= B.K && ldc >= B.N, "shapes: M=" + std::to_string(M) + " lda=" + std::to_string(lda) +
-                                                  " ldc=" + std::to_string(ldc) + " for B " + std::to_string(B.K) +
-                                                  " x " + std::to_string(B.N));
+  require(K > 0 && K <= B.K && N > 0 && N <= B.N,
+          "the part " + std::to_string(K) + " x " + std::to_string(N) + " is outside B " + std::to_string(B.K) +
+              " x " + std::to_string(B.N));
+  require(M >= 0 && lda >= K && ldc >= N, "shapes: M=" + std::to_string(M) + " lda=" + std::to_string(lda) +
+                                              " ldc=" + std::to_string(ldc) + " for B " + std::to_string(K) + " x " +
+                                              std::to_string(N));
   if (kernel == Bf16Kernel::automatic) kernel = amx_bf16_available() ? Bf16Kernel::amx : Bf16Kernel::portable;
   require(kernel != Bf16Kernel::amx || amx_bf16_available(), "this CPU (or OS) offers no AMX-BF16");
   if (M == 0) return;
 
-  const int m_blocks = (M + kBlock - 1) / kBlock, n_blocks = B.n_blocks16 / 2;
-  const size_t group_elems = (size_t)B.k_blocks * kTileElems;  // the tiles of 16 rows
+  // B's tiles keep their places (tile (n16, kb) at (n16 * B.k_blocks + kb) * 512); the part uses the first
+  // k_blocks of each panel and the first n_blocks panels. A's rows are converted with zeros from k on, so the
+  // last k-block's rows of B past k meet zeros.
+  const int k_blocks = (K + kBlock - 1) / kBlock, m_blocks = (M + kBlock - 1) / kBlock,
+            n_blocks = (N + kBlock - 1) / kBlock;
+  const size_t group_elems = (size_t)k_blocks * kTileElems;  // the tiles of 16 rows
   const bool amx = kernel == Bf16Kernel::amx;
   const long items = (long)((m_blocks + kChunk - 1) / kChunk) * n_blocks;
 #pragma omp parallel if (!omp_in_parallel() && items > 1)
@@ -327,7 +333,7 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
     // panel (kKPiece x 32 x 32 bf16: 16 KiB) against the chunk's row blocks in turn, so the panel's piece and
     // a row block's (16 KiB) stay in L1 (a whole K x 32 panel and row block, 72 KiB at K = 576, do not); the
     // output blocks carry the sums from piece to piece (in C, or in `blocks` at the ragged edges).
-    const int k_piece = amx ? kKPiece : B.k_blocks;
+    const int k_piece = amx ? kKPiece : k_blocks;
 #pragma omp for schedule(static)
     for (long item = 0; item < items; ++item) {
       const int chunk = (int)(item / n_blocks), nb = (int)(item % n_blocks);
@@ -336,19 +342,19 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
         for (int m = chunk * kChunk * kBlock; m < mb_end * kBlock; ++m) {
           const int local = m - chunk * kChunk * kBlock;
           uint16_t* row = a16 + (size_t)(local / 16) * group_elems + (size_t)(local % 16) * kBlock;
-          const int valid = m < M ? B.K : 0;
+          const int valid = m < M ? K : 0;
           if (amx)
-            convert_row_avx512(row, A + (size_t)m * lda, valid, B.k_blocks);
+            convert_row_avx512(row, A + (size_t)m * lda, valid, k_blocks);
           else
-            convert_row_portable(row, A + (size_t)m * lda, valid, B.k_blocks);
+            convert_row_portable(row, A + (size_t)m * lda, valid, k_blocks);
         }
         converted = chunk;
       }
       const uint16_t* b0 = B.tiles.get() + (size_t)(2 * nb) * B.k_blocks * kTileElems;
       const uint16_t* b1 = b0 + (size_t)B.k_blocks * kTileElems;
-      const int n0 = nb * kBlock, cols = std::min(kBlock, B.N - n0);
-      for (int kp = 0; kp < B.k_blocks; kp += k_piece) {
-        const int kn = std::min(k_piece, B.k_blocks - kp);
+      const int n0 = nb * kBlock, cols = std::min(kBlock, N - n0);
+      for (int kp = 0; kp < k_blocks; kp += k_piece) {
+        const int kn = std::min(k_piece, k_blocks - kp);
         const size_t at = (size_t)kp * kTileElems;
         for (int mb = chunk * kChunk; mb < mb_end; ++mb) {
           const uint16_t* a = a16 + (size_t)(mb - chunk * kChunk) * 2 * group_elems + at;

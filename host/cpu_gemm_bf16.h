@@ -13,9 +13,20 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <new>
 
 namespace l2v::cpu {
+
+// n elements of T, uninitialised, 64-byte aligned: the tiles' operands and outputs (a tile row that straddles
+// two cache lines loads and stores at half speed; std::vector's large blocks are 16-byte aligned).
+template <typename T>
+std::unique_ptr<T[], void (*)(void*)> aligned_array(size_t n) {
+  void* mem = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+  if (!mem) throw std::bad_alloc();
+  return {static_cast<T*>(mem), std::free};
+}
 
 // Round-to-nearest-even fp32 -> bf16 (NaN stays a quiet NaN), and back (exact).
 uint16_t bf16_from_float(float x);
@@ -46,5 +57,12 @@ bool amx_bf16_available();
 // available. Throws std::invalid_argument for a kernel this CPU cannot run or inconsistent shapes.
 void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, bool accumulate,
                Bf16Kernel kernel = Bf16Kernel::automatic);
+
+// The same on B's leading part: C [M, n] (+)= A [M, k] B [:k, :n] for 0 < k <= K, 0 < n <= N (A's columns
+// from k on are not read, C's from n on not written). Causal attention multiplies by the keys up to a
+// block's last query only. The results equal gemm_bf16's on B's leading k x n part packed alone: B's rows
+// from k to the end of k's 32-row block meet A's zeros (exact zero products, unless B holds inf or NaN there).
+void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, int k, int n,
+                    bool accumulate, Bf16Kernel kernel = Bf16Kernel::automatic);
 
 }  // namespace l2v::cpu

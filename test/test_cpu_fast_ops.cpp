@@ -77,6 +77,31 @@ TEST(CpuFastOps, EdgesAndTails) {
   }
 }
 
+// exp_shifted_sum: each element exp_inplace's exp of the fp32 difference (the same bits as subtracting, then
+// exp_inplace), masked keys (-inf) exactly 0, exactly n elements written, and the sum within the bound of
+// fp32 summation of n positive terms (gamma_n times the sum; n - 1 roundings, any order).
+TEST(CpuFastOps, ExpShiftedSumIsExpOfTheDifferenceAndItsSum) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> score(-30.0f, 5.0f);
+  for (int n : {0, 1, 15, 16, 17, 100, 129}) {
+    std::vector<float> x(n + 8, 7.0f);
+    for (int i = 0; i < n; ++i) x[i] = i % 7 == 3 ? -std::numeric_limits<float>::infinity() : score(rng);
+    const float shift = 4.75f;
+    std::vector<float> want(x.begin(), x.begin() + n);
+    for (float& v : want) v -= shift;
+    cpu::exp_inplace(want.data(), n);
+    const float sum = cpu::exp_shifted_sum(x.data(), n, shift);
+    double exact = 0;
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(x[i], want[i]) << "n " << n << " i " << i;
+      exact += x[i];
+    }
+    for (int i = n; i < n + 8; ++i) ASSERT_EQ(x[i], 7.0f) << "n " << n << ": element " << i << " written";
+    const double u = std::ldexp(1.0, -24), gamma = n * u / (1 - n * u);
+    EXPECT_LE(std::fabs(sum - exact), gamma * exact) << "n " << n;
+  }
+}
+
 TEST(CpuFastOps, SwigluForwardAndBackwardFollowTheReference) {
   const long n = 100003;  // pieces of 16 Ki and a ragged tail
   std::mt19937 rng(9);

@@ -163,6 +163,40 @@ TEST(CpuGemmBf16, ResultsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(0, std::memcmp(one.data(), many.data(), one.size() * sizeof(float)));
 }
 
+// gemm_bf16_part on B's leading k x n part gives the bits of gemm_bf16 on that part packed alone (the rows of
+// B's last k-block past k meet A's zeros: exact zero products), reads none of A's columns from k on (NaN
+// there would show) and writes none of C's from n on; k and n end inside a block, M spans three chunks.
+TEST(CpuGemmBf16, PartEqualsTheLeadingPartPackedAlone) {
+  const int M = 300, K = 150, N = 100, k = 77, n = 45;
+  std::mt19937 rng(5);
+  std::vector<float> A = randn((size_t)M * K, rng);
+  const std::vector<float> W = randn((size_t)N * K, rng);  // W [N, K]: B = W^T
+  for (int m = 0; m < M; ++m)
+    for (int c = k; c < K; ++c) A[(size_t)m * K + c] = std::nanf("");
+  const cpu::PackedBf16 whole = cpu::pack_bf16_transposed(W.data(), N, K);
+  const cpu::PackedBf16 alone = cpu::pack_bf16_transposed(W.data(), n, k, K);
+  for (cpu::Bf16Kernel kernel : {cpu::Bf16Kernel::portable, cpu::Bf16Kernel::amx}) {
+    if (kernel == cpu::Bf16Kernel::amx && !cpu::amx_bf16_available()) continue;
+    for (bool accumulate : {false, true}) {
+      std::vector<float> want = randn((size_t)M * N, rng), got = want;
+      const std::vector<float> before = got;
+      cpu::gemm_bf16(want.data(), N, A.data(), K, M, alone, accumulate, kernel);
+      cpu::gemm_bf16_part(got.data(), N, A.data(), K, M, whole, k, n, accumulate, kernel);
+      for (int m = 0; m < M; ++m)
+        for (int c = 0; c < N; ++c) {
+          const size_t at = (size_t)m * N + c;
+          if (c < n)
+            ASSERT_EQ(0, std::memcmp(&got[at], &want[at], sizeof(float))) << "at (" << m << ", " << c << ")";
+          else
+            ASSERT_EQ(0, std::memcmp(&got[at], &before[at], sizeof(float))) << "column " << c << " written";
+        }
+    }
+  }
+  std::vector<float> C((size_t)M * N);
+  EXPECT_THROW(cpu::gemm_bf16_part(C.data(), N, A.data(), K, M, whole, K + 1, n, false), std::invalid_argument);
+  EXPECT_THROW(cpu::gemm_bf16_part(C.data(), N, A.data(), K, M, whole, k, 0, false), std::invalid_argument);
+}
+
 TEST(CpuGemmBf16, RejectsBadShapes) {
   std::vector<float> W(6, 1.0f), A(6, 1.0f), C(6);
   EXPECT_THROW(cpu::pack_bf16(W.data(), 0, 3), std::invalid_argument);
