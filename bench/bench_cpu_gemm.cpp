@@ -2,6 +2,7 @@
 // bf16 per call, fp32 accumulation) against OpenBLAS's fp32 sgemm on the same shapes, threads and
 // machine: the linear layers of SmolLM2-135M (hidden 576, MLP 1536, 3 KV heads of 64) and a 6,144-column
 // piece of its LM head, at 16 x 128 = 2,048 rows (a training micro-batch, or an embedding batch).
+// The shared-input rows: q/k/v and gate/up of one input in one gemm_bf16_shared call against a call per weight.
 // Counters: FLOP/s (2 M N K per GEMM). OpenBLAS runs one single-threaded GEMM per thread on its share of
 // the rows, as the CPU backend runs it. Run from the repository root:
 //   make bench && OMP_NUM_THREADS=2 ./build/bench/bench_cpu_gemm
@@ -76,8 +77,43 @@ void SmolLm2Shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// One input through several weights (SmolLM2's q, k, v: 576 -> 576, 192, 192; gate, up: 576 -> 1536 twice),
+// as the CPU backend's matmul_forward_shared runs them (gemm_bf16_shared: A rounded to bf16 once) against
+// one gemm_bf16 per weight (A rounded per call). Arg: 0 for q/k/v, 1 for gate/up.
+void shared_input(benchmark::State& state, bool shared) {
+  const int M = 2048, K = 576;
+  const std::vector<int> widths = state.range(0) == 0 ? std::vector<int>{576, 192, 192} : std::vector<int>{1536, 1536};
+  Operands in(Shapes{M, K, 1});
+  std::vector<Operands> w;
+  std::vector<l2v::cpu::PackedBf16> packed;
+  std::vector<l2v::cpu::Bf16Product> products;
+  double flops = 0;
+  for (int n : widths) {
+    w.emplace_back(Shapes{M, K, n});
+    packed.push_back(l2v::cpu::pack_bf16_transposed(w.back().W.data(), n, K));
+    flops += 2.0 * M * n * K;
+  }
+  for (size_t i = 0; i < widths.size(); ++i)
+    products.push_back({w[i].C.data(), widths[i], &packed[i], widths[i], false});
+  for (auto _ : state) {
+    if (shared) {
+      l2v::cpu::gemm_bf16_shared(in.A.data(), K, M, K, products.data(), (int)products.size());
+    } else {
+      for (const l2v::cpu::Bf16Product& p : products)
+        l2v::cpu::gemm_bf16(p.C, p.ldc, in.A.data(), K, M, *p.B, false);
+    }
+    benchmark::DoNotOptimize(products.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(state.range(0) == 0 ? "q, k, v" : "gate, up");
+}
+void BM_GemmBf16SharedInput(benchmark::State& state) { shared_input(state, true); }
+void BM_GemmBf16PerWeight(benchmark::State& state) { shared_input(state, false); }
+
 }  // namespace
 
 BENCHMARK(BM_GemmBf16)->Apply(SmolLm2Shapes);
 BENCHMARK(BM_SgemmOpenBlas)->Apply(SmolLm2Shapes);
+BENCHMARK(BM_GemmBf16SharedInput)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_GemmBf16PerWeight)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

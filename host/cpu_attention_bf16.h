@@ -2,8 +2,8 @@
 // (host/cpu_ops.h: shapes, masks, GQA, causal, lse, the same Philox dropout masks) with its products on
 // bf16 GEMMs (host/cpu_gemm_bf16.h: AMX where the CPU has it), as flash attention runs on GPUs.
 //
-// Schedule. Query rows in blocks of 32 per (batch, head): the block's scores against every key
-// ([32, T] fp32 in the thread's scratch; no T x T matrix), the softmax, lse and dropout in fp32 with the
+// Schedule. Query rows in blocks of 32 per (batch, head): the block's scores against every key it may see
+// (causal: the keys up to its last query; [32, T] fp32 in the thread's scratch; no T x T matrix), the softmax, lse and dropout in fp32 with the
 // reference's operations (its exp: host/cpu_fast_ops.h's, within 2 ulp of the C library's), then P' V. The backward runs per (batch, kv head): for each of its query heads
 // and query blocks it recomputes P, forms dP = dO V^T, dS = P (dP' - D_i) in fp32, and adds dS K to dq and
 // dS^T Q, P'^T dO to dk, dv (fp32 accumulators owned by the item: deterministic, thread-count independent).

@@ -170,6 +170,18 @@ class CpuBackend final : public Backend {
       for (int n = 0; n < N; ++n) std::memcpy(f(out) + (size_t)n * OC, f(bias), sizeof(float) * OC);
     cpu::gemm_bf16(f(out), OC, f(inp), IC, N, packed(weight, IC, OC).forward, bias != nullptr);
   }
+  void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
+    if (!bf16_) return Backend::matmul_forward_shared(inp, N, IC, layers, count);
+    std::vector<cpu::Bf16Product> products;
+    for (int i = 0; i < count; ++i) {
+      const SharedInputLinear& l = layers[i];
+      if (l.bias)
+        for (int n = 0; n < N; ++n) std::memcpy(f(l.out) + (size_t)n * l.OC, f(l.bias), sizeof(float) * l.OC);
+      const cpu::PackedBf16& B = packed(l.weight, IC, l.OC).forward;
+      products.push_back({f(l.out), l.OC, &B, l.OC, l.bias != nullptr});
+    }
+    cpu::gemm_bf16_shared(f(inp), IC, N, IC, products.data(), count);
+  }
   void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {
     if (!bf16_) return cpu::matmul_backward_input(f(dinp), f(dout), f(weight), N, IC, OC, accumulate);

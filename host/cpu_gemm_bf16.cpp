@@ -298,45 +298,61 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
 
 void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, int K, int N,
                     bool accumulate, Bf16Kernel kernel) {
-  require(B.tiles != nullptr, "B is not a packed matrix");
-  require(K > 0 && K <= B.K && N > 0 && N <= B.N,
-          "the part " + std::to_string(K) + " x " + std::to_string(N) + " is outside B " + std::to_string(B.K) +
-              " x " + std::to_string(B.N));
-  require(M >= 0 && lda >= K && ldc >= N, "shapes: M=" + std::to_string(M) + " lda=" + std::to_string(lda) +
-                                              " ldc=" + std::to_string(ldc) + " for B " + std::to_string(K) + " x " +
-                                              std::to_string(N));
+  const Bf16Product product{C, ldc, &B, N, accumulate};
+  gemm_bf16_shared(A, lda, M, K, &product, 1, kernel);
+}
+
+void gemm_bf16_shared(const float* A, int lda, int M, int K, const Bf16Product* products, int count,
+                      Bf16Kernel kernel) {
+  require(count > 0, "no products");
+  // first_panel[p]: the index of product p's first 32-column panel among all the products' panels.
+  std::vector<int> first_panel(count + 1, 0);
+  for (int p = 0; p < count; ++p) {
+    const Bf16Product& pr = products[p];
+    require(pr.B && pr.B->tiles != nullptr, "B is not a packed matrix");
+    require(K > 0 && K <= pr.B->K && pr.n > 0 && pr.n <= pr.B->N,
+            "the part " + std::to_string(K) + " x " + std::to_string(pr.n) + " is outside B " +
+                std::to_string(pr.B->K) + " x " + std::to_string(pr.B->N));
+    require(M >= 0 && lda >= K && pr.ldc >= pr.n,
+            "shapes: M=" + std::to_string(M) + " lda=" + std::to_string(lda) + " ldc=" + std::to_string(pr.ldc) +
+                " for B " + std::to_string(K) + " x " + std::to_string(pr.n));
+    first_panel[p + 1] = first_panel[p] + (pr.n + kBlock - 1) / kBlock;
+  }
   if (kernel == Bf16Kernel::automatic) kernel = amx_bf16_available() ? Bf16Kernel::amx : Bf16Kernel::portable;
   require(kernel != Bf16Kernel::amx || amx_bf16_available(), "this CPU (or OS) offers no AMX-BF16");
   if (M == 0) return;
 
-  // B's tiles keep their places (tile (n16, kb) at (n16 * B.k_blocks + kb) * 512); the part uses the first
-  // k_blocks of each panel and the first n_blocks panels. A's rows are converted with zeros from k on, so the
-  // last k-block's rows of B past k meet zeros.
-  const int k_blocks = (K + kBlock - 1) / kBlock, m_blocks = (M + kBlock - 1) / kBlock,
-            n_blocks = (N + kBlock - 1) / kBlock;
+  // B's tiles keep their places (tile (n16, kb) at (n16 * B.k_blocks + kb) * 512); a part uses the first
+  // k_blocks of each panel and the first panels up to its n. A's rows are converted with zeros from K on, so
+  // the last k-block's rows of B past K meet zeros.
+  const int k_blocks = (K + kBlock - 1) / kBlock, m_blocks = (M + kBlock - 1) / kBlock;
+  const int panels = first_panel[count];
   const size_t group_elems = (size_t)k_blocks * kTileElems;  // the tiles of 16 rows
   const bool amx = kernel == Bf16Kernel::amx;
-  const long items = (long)((m_blocks + kChunk - 1) / kChunk) * n_blocks;
+  const long items = (long)((m_blocks + kChunk - 1) / kChunk) * panels;
 #pragma omp parallel if (!omp_in_parallel() && items > 1)
   {
     if (amx) amx_configure();  // tile configuration is per thread
     // The bf16 tiles of the chunk this thread works on, converted when its first item of the chunk comes (a
     // chunk split between two threads is converted by both, into their own buffers: the same bits): the
-    // conversion's output is still in L2 when the tiles read it, and no thread waits for the others'.
+    // conversion's output is still in L2 when the tiles read it, no thread waits for the others', and the
+    // products that share A share its conversion.
     uint16_t* a16 = a_buffer((size_t)kChunk * 2 * group_elems);
     int converted = -1;
     alignas(64) float blocks[kChunk * kBlock * kBlock];  // the chunk's output blocks at the ragged edges
     // An item is a chunk of kChunk row blocks of A (kChunk x 32 rows x K bf16: 147 KiB at K = 576, kept in
-    // the core's L2) against one 32-column panel of B, items in chunk-major order: a thread's contiguous
-    // share is whole chunks, so B streams through once per chunk instead of A once per panel (A: M x K, larger
-    // than L2 for a training batch). On AMX the item runs K in pieces of kKPiece k-blocks, each piece of the
-    // panel (kKPiece x 32 x 32 bf16: 16 KiB) against the chunk's row blocks in turn, so the panel's piece and
-    // a row block's (16 KiB) stay in L1 (a whole K x 32 panel and row block, 72 KiB at K = 576, do not); the
-    // output blocks carry the sums from piece to piece (in C, or in `blocks` at the ragged edges).
+    // the core's L2) against one 32-column panel of a product's B, items in chunk-major order: a thread's
+    // contiguous share is whole chunks, so the Bs stream through once per chunk instead of A once per panel
+    // (A: M x K, larger than L2 for a training batch). On AMX the item runs K in pieces of kKPiece k-blocks,
+    // each piece of the panel (kKPiece x 32 x 32 bf16: 16 KiB) against the chunk's row blocks in turn, so the
+    // panel's piece and a row block's (16 KiB) stay in L1 (a whole K x 32 panel and row block, 72 KiB at
+    // K = 576, do not); the output blocks carry the sums from piece to piece (in C, or in `blocks` at the
+    // ragged edges).
     const int k_piece = amx ? kKPiece : k_blocks;
+    int p = 0;  // the product of the current item (items come in ascending order within a thread)
 #pragma omp for schedule(static)
     for (long item = 0; item < items; ++item) {
-      const int chunk = (int)(item / n_blocks), nb = (int)(item % n_blocks);
+      const int chunk = (int)(item / panels), panel = (int)(item % panels);
       const int mb_end = std::min(m_blocks, (chunk + 1) * kChunk);
       if (chunk != converted) {
         for (int m = chunk * kChunk * kBlock; m < mb_end * kBlock; ++m) {
@@ -350,9 +366,14 @@ void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const Pac
         }
         converted = chunk;
       }
+      while (panel < first_panel[p] || panel >= first_panel[p + 1]) p = (p + 1) % count;
+      const Bf16Product& pr = products[p];
+      const PackedBf16& B = *pr.B;
+      float* C = pr.C;
+      const int nb = panel - first_panel[p], ldc = pr.ldc;
       const uint16_t* b0 = B.tiles.get() + (size_t)(2 * nb) * B.k_blocks * kTileElems;
       const uint16_t* b1 = b0 + (size_t)B.k_blocks * kTileElems;
-      const int n0 = nb * kBlock, cols = std::min(kBlock, N - n0);
+      const int n0 = nb * kBlock, cols = std::min(kBlock, pr.n - n0);
       for (int kp = 0; kp < k_blocks; kp += k_piece) {
         const int kn = std::min(k_piece, k_blocks - kp);
         const size_t at = (size_t)kp * kTileElems;
@@ -363,7 +384,8 @@ void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const Pac
           if (!amx)
             portable_block(edge, a, b0, b1, kn);
           else if (rows == kBlock && cols == kBlock)  // a whole block: the tiles go straight to C
-            amx_block(C + (size_t)m0 * ldc + n0, ldc, accumulate || kp > 0, a, a + group_elems, b0 + at, b1 + at, kn);
+            amx_block(C + (size_t)m0 * ldc + n0, ldc, pr.accumulate || kp > 0, a, a + group_elems, b0 + at, b1 + at,
+                      kn);
           else
             amx_block(edge, kBlock, kp > 0, a, a + group_elems, b0 + at, b1 + at, kn);
         }
@@ -375,7 +397,7 @@ void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const Pac
         for (int r = 0; r < rows; ++r) {
           float* c = C + (size_t)(m0 + r) * ldc + n0;
           const float* s = edge + r * kBlock;
-          if (accumulate)
+          if (pr.accumulate)
             for (int x = 0; x < cols; ++x) c[x] += s[x];
           else
             std::memcpy(c, s, sizeof(float) * cols);

@@ -65,4 +65,18 @@ void gemm_bf16(float* C, int ldc, const float* A, int lda, int M, const PackedBf
 void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const PackedBf16& B, int k, int n,
                     bool accumulate, Bf16Kernel kernel = Bf16Kernel::automatic);
 
+// One product of gemm_bf16_shared: C [M, n] (row stride ldc) (+)= A [M, k] B [:k, :n], n <= B.N.
+struct Bf16Product {
+  float* C;
+  int ldc;
+  const PackedBf16* B;
+  int n;
+  bool accumulate;
+};
+// The products of one A [M, k] with several packed matrices (a layer's q, k and v of one input; gate and
+// up): A's rows are rounded to bf16 once for all of them (each product on its own would convert A again:
+// a fifth of a SmolLM2 GEMM's time). Each product's bits are gemm_bf16_part's for it alone.
+void gemm_bf16_shared(const float* A, int lda, int M, int k, const Bf16Product* products, int count,
+                      Bf16Kernel kernel = Bf16Kernel::automatic);
+
 }  // namespace l2v::cpu

@@ -22,6 +22,14 @@ struct TensorElements;
 using Tensor = TensorElements*;
 using ConstTensor = const TensorElements*;
 
+// One linear layer of Backend::matmul_forward_shared: out [N, OC] = inp W^T + bias (bias may be null).
+struct SharedInputLinear {
+  Tensor out;
+  ConstTensor weight;
+  ConstTensor bias;
+  int OC;
+};
+
 // What Backend::run_as_graph has done since the backend was made.
 struct GraphStats {
   long launches = 0;        // works launched as graphs
@@ -118,6 +126,13 @@ class Backend {
                               int OC) = 0;
   virtual void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
+  // matmul_forward of several layers on one input (q, k and v; gate and up), each with matmul_forward's
+  // result to the bit: a backend may share the work on the input (the CPU's bf16 mode rounds it to bf16
+  // once). By default one matmul_forward each.
+  virtual void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) {
+    for (int i = 0; i < count; ++i)
+      matmul_forward(layers[i].out, inp, layers[i].weight, layers[i].bias, N, IC, layers[i].OC);
+  }
   virtual void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
                             float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
                             int R) = 0;

@@ -395,14 +395,35 @@ DropoutKey attention_key(const Model& m, const ForwardOptions& opt) {
   return {opt.seed, opt.row0 * (uint64_t)m.config.num_attention_heads};
 }
 
+// out += the LoRA branch of this linear layer, when it has an active adapter.
+void lora_branch_forward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor out, Tensor xa,
+                         ConstTensor inp, int N) {
+  const Linear& lin = m.layers[layer].linear[id];
+  if (lora_active(m, lin))
+    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt),
+                            elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+}
+
 // out = inp W^T + b, plus the LoRA branch of this linear layer.
 void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor out, Tensor xa, ConstTensor inp,
                     int N) {
   const Linear& lin = m.layers[layer].linear[id];
   m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
-  if (lora_active(m, lin))
-    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt),
-                            elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+  lora_branch_forward(m, opt, layer, id, out, xa, inp, N);
+}
+
+// linear_forward of several layers on the same input (q, k, v; gate, up): the base products in one backend
+// call (which may share the work on the input), then each layer's LoRA branch.
+template <int kCount>
+void linears_forward(Model& m, const ForwardOptions& opt, int layer, const int (&ids)[kCount],
+                     const Tensor (&outs)[kCount], const std::array<Tensor, kNumLinears>& xa, ConstTensor inp, int N) {
+  SharedInputLinear base[kCount];
+  for (int i = 0; i < kCount; ++i) {
+    const Linear& lin = m.layers[layer].linear[ids[i]];
+    base[i] = {outs[i], lin.weight, lin.bias, lin.out};
+  }
+  m.backend->matmul_forward_shared(inp, N, m.layers[layer].linear[ids[0]].in, base, kCount);
+  for (int i = 0; i < kCount; ++i) lora_branch_forward(m, opt, layer, ids[i], outs[i], xa[ids[i]], inp, N);
 }
 
 // dinp (+)= dout W, and the adapter's gradients.
@@ -431,9 +452,7 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   {
     Range range(be, "attention block");
     be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
-    linear_forward(m, opt, l, kQ, s.q, s.xa[kQ], s.x1, N);
-    linear_forward(m, opt, l, kK, s.k, s.xa[kK], s.x1, N);
-    linear_forward(m, opt, l, kV, s.v, s.xa[kV], s.x1, N);
+    linears_forward(m, opt, l, {kQ, kK, kV}, {s.q, s.k, s.v}, s.xa, s.x1, N);
     be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
     be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
     be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
@@ -444,8 +463,7 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     Range range(be, "mlp block");
     // h_mid = h + o and x2 = norm(h_mid) in one pass over the residual stream.
     be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
-    linear_forward(m, opt, l, kGate, s.gate, s.xa[kGate], s.x2, N);
-    linear_forward(m, opt, l, kUp, s.up, s.xa[kUp], s.x2, N);
+    linears_forward(m, opt, l, {kGate, kUp}, {s.gate, s.up}, s.xa, s.x2, N);
     be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
     linear_forward(m, opt, l, kDown, a.tmp, s.xa[kDown], s.act, N);
     be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);

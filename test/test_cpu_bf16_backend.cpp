@@ -96,6 +96,34 @@ TEST(CpuBf16Backend, MatmulForwardWithBiasWithinTheBound) {
   EXPECT_GT(differ, ref.size() / 2) << "bf16 mode computed in fp32";
 }
 
+// matmul_forward_shared (q, k, v of one input: one with a bias) gives each layer matmul_forward's bits, in
+// the bf16 mode (one rounding of the input for all) and in the fp32 reference (the default loop).
+TEST(CpuBf16Backend, MatmulForwardSharedEqualsOneMatmulPerLayer) {
+  const int N = 150, IC = 70, widths[3] = {45, 33, 64};
+  std::mt19937 rng(4);
+  const std::vector<float> x = randn((size_t)N * IC, rng), b = randn(widths[1], rng);
+  for (CpuPrecision precision : {CpuPrecision::kBf16, CpuPrecision::kFp32}) {
+    TestBackend be(precision);
+    Tensor tx = be.upload(x), tb = be.upload(b);
+    SharedInputLinear layers[3];
+    Tensor alone[3];
+    for (int i = 0; i < 3; ++i) {
+      const int OC = widths[i];
+      Tensor tw = be.upload(randn((size_t)OC * IC, rng));
+      layers[i] = {be.upload(std::vector<float>((size_t)N * OC, 7.0f)), tw, i == 1 ? tb : nullptr, OC};
+      alone[i] = be.upload(std::vector<float>((size_t)N * OC, 7.0f));
+      be->matmul_forward(alone[i], tx, tw, layers[i].bias, N, IC, OC);
+    }
+    be->matmul_forward_shared(tx, N, IC, layers, 3);
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<float> got = download(*be, layers[i].out, (size_t)N * widths[i]);
+      const std::vector<float> want = download(*be, alone[i], (size_t)N * widths[i]);
+      ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
+          << "layer " << i << (precision == CpuPrecision::kBf16 ? " (bf16)" : " (fp32)");
+    }
+  }
+}
+
 TEST(CpuBf16Backend, MatmulBackwardInputOverwritesAndAccumulates) {
   const int N = 33, IC = 50, OC = 64;
   std::mt19937 rng(2);

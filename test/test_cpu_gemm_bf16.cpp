@@ -197,6 +197,36 @@ TEST(CpuGemmBf16, PartEqualsTheLeadingPartPackedAlone) {
   EXPECT_THROW(cpu::gemm_bf16_part(C.data(), N, A.data(), K, M, whole, k, 0, false), std::invalid_argument);
 }
 
+// gemm_bf16_shared: each product's bits are gemm_bf16_part's for it alone (the input rounded once, the
+// panels of several Bs in one sweep), with parts of different widths, one accumulating, over three chunks.
+TEST(CpuGemmBf16, SharedProductsEqualEachAlone) {
+  const int M = 300, K = 100, k = 90;
+  const int widths[3] = {64, 33, 100}, parts[3] = {64, 20, 97};
+  std::mt19937 rng(6);
+  const std::vector<float> A = randn((size_t)M * K, rng);
+  std::vector<cpu::PackedBf16> Bs;
+  for (int n : widths) {
+    const std::vector<float> W = randn((size_t)n * K, rng);
+    Bs.push_back(cpu::pack_bf16_transposed(W.data(), n, K));
+  }
+  for (cpu::Bf16Kernel kernel : {cpu::Bf16Kernel::portable, cpu::Bf16Kernel::amx}) {
+    if (kernel == cpu::Bf16Kernel::amx && !cpu::amx_bf16_available()) continue;
+    std::vector<std::vector<float>> shared, alone;
+    std::vector<cpu::Bf16Product> products;
+    for (int i = 0; i < 3; ++i) {
+      shared.push_back(randn((size_t)M * widths[i], rng));
+      alone.push_back(shared.back());
+    }
+    for (int i = 0; i < 3; ++i) {
+      products.push_back({shared[i].data(), widths[i], &Bs[i], parts[i], i == 2});
+      cpu::gemm_bf16_part(alone[i].data(), widths[i], A.data(), K, M, Bs[i], k, parts[i], i == 2, kernel);
+    }
+    cpu::gemm_bf16_shared(A.data(), K, M, k, products.data(), 3, kernel);
+    for (int i = 0; i < 3; ++i)
+      ASSERT_EQ(0, std::memcmp(shared[i].data(), alone[i].data(), shared[i].size() * sizeof(float))) << "product " << i;
+  }
+}
+
 TEST(CpuGemmBf16, RejectsBadShapes) {
   std::vector<float> W(6, 1.0f), A(6, 1.0f), C(6);
   EXPECT_THROW(cpu::pack_bf16(W.data(), 0, 3), std::invalid_argument);
