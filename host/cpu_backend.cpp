@@ -208,10 +208,8 @@ class CpuBackend final : public Backend {
   }
   void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {
-    if (bf16_) {
-      cpu::residual_forward(f(resid_out), f(a), f(b), (long)N * C);
-      return cpu::rmsnorm_forward_fast(f(norm_out), rstd, f(resid_out), weight, N, C, eps);
-    }
+    if (bf16_)  // host/cpu_fast_ops.h
+      return cpu::residual_rmsnorm_forward_fast(f(resid_out), f(norm_out), rstd, f(a), f(b), weight, N, C, eps);
     cpu::residual_rmsnorm_forward(f(resid_out), f(norm_out), rstd, f(a), f(b), weight, N, C, eps);
   }
   void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,

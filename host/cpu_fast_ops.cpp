@@ -130,6 +130,14 @@ __attribute__((target("avx512f"))) void rmsnorm_forward_row(float* o, float* rst
   }
 }
 
+// out = a + b over one row (the reference's one rounding per element).
+__attribute__((target("avx512f"))) void residual_row_avx512(float* out, const float* a, const float* b, int C) {
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes_below(C - c);
+    _mm512_mask_storeu_ps(out + c, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + c), _mm512_maskz_loadu_ps(m, b + c)));
+  }
+}
+
 // wdy: C floats of scratch for the row's w * dy.
 __attribute__((target("avx512f"))) void rmsnorm_backward_row(float* dx, const float* dy, const float* x, const float* w,
                                                              float r, int C, float* wdy) {
@@ -203,6 +211,17 @@ void rmsnorm_forward_fast(float* out, float* rstd, const float* inp, const float
   if (!avx512_available() || C <= 0) return rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) rmsnorm_forward_row(out + (long)n * C, rstd + n, inp + (long)n * C, weight, C, eps);
+}
+
+void residual_rmsnorm_forward_fast(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                                   const float* weight, int N, int C, float eps) {
+  if (!avx512_available() || C <= 0) return residual_rmsnorm_forward(resid_out, norm_out, rstd, a, b, weight, N, C, eps);
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const long at = (long)n * C;
+    residual_row_avx512(resid_out + at, a + at, b + at, C);
+    rmsnorm_forward_row(norm_out + at, rstd + n, resid_out + at, weight, C, eps);  // the row still in L1
+  }
 }
 
 void rmsnorm_backward_fast(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,

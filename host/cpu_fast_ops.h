@@ -47,5 +47,9 @@ void crossentropy_fast(float* losses, float* logits, const int* targets, float d
 void rmsnorm_forward_fast(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
 void rmsnorm_backward_fast(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
                            int N, int C);
+// cpu::residual_rmsnorm_forward row by row: each row's sum, then its norm while the row is in L1 (one pass
+// over memory instead of two; the same bits as residual_forward followed by rmsnorm_forward_fast).
+void residual_rmsnorm_forward_fast(float* resid_out, float* norm_out, float* rstd, const float* a, const float* b,
+                                   const float* weight, int N, int C, float eps);
 
 }  // namespace l2v::cpu

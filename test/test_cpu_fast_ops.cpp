@@ -167,6 +167,30 @@ TEST(CpuFastOps, RmsnormForwardAndBackwardFollowTheReference) {
 // library's): log(sum) differs by at most 3 * 2^-23, and each side rounds the loss once (2^-24 |loss|).
 // Gradient: dloss * (e / sum - onehot): e within 3 ulp of each other, the quotient's and the subtraction's
 // roundings on each side: 5 ulp (2^-23) of |e / sum| + |onehot|, times dloss. V = 1000 (a tail of 8 lanes),
+// The fused residual + RMSNorm: the sum exactly the reference's (one rounding per element, every element
+// including a tail's), the norm and rstd those of rmsnorm_forward_fast on that sum, to the bit.
+TEST(CpuFastOps, ResidualRmsnormIsTheSumThenTheNorm) {
+  for (int C : {576, 45}) {
+    const int N = 37;
+    std::mt19937 rng(C + 1);
+    std::normal_distribution<float> d(0.0f, 2.0f);
+    std::vector<float> a((size_t)N * C), b((size_t)N * C), w(C);
+    for (float& v : a) v = d(rng);
+    for (float& v : b) v = d(rng);
+    for (float& v : w) v = 1.0f + 0.1f * d(rng);
+    std::vector<float> sum_ref((size_t)N * C), norm_ref((size_t)N * C), r_ref(N);
+    cpu::residual_forward(sum_ref.data(), a.data(), b.data(), (long)N * C);
+    cpu::rmsnorm_forward_fast(norm_ref.data(), r_ref.data(), sum_ref.data(), w.data(), N, C, 1e-5f);
+    std::vector<float> sum((size_t)N * C), norm((size_t)N * C), r(N);
+    cpu::residual_rmsnorm_forward_fast(sum.data(), norm.data(), r.data(), a.data(), b.data(), w.data(), N, C, 1e-5f);
+    for (size_t i = 0; i < sum.size(); ++i) {
+      ASSERT_EQ(sum[i], sum_ref[i]) << "C " << C << " sum at " << i;
+      ASSERT_EQ(norm[i], norm_ref[i]) << "C " << C << " norm at " << i;
+    }
+    for (int n = 0; n < N; ++n) ASSERT_EQ(r[n], r_ref[n]) << "C " << C << " rstd of row " << n;
+  }
+}
+
 // targets in the first lane, the tail and the middle; logits spread to +-20 so the exps span many binades.
 TEST(CpuFastOps, CrossEntropyFollowsTheReference) {
   const int M = 4, V = 1000;
