@@ -239,8 +239,7 @@ PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
   PackedBf16 p = make_packed(K, N);
   uint16_t* tiles = p.tiles.get();
   const bool vector = __builtin_cpu_supports("avx512f") && (k_stride == 1 || n_stride == 1);
-#pragma omp parallel for if (!omp_in_parallel() && (long)N * K > 65536)
-  for (int nb = 0; nb < p.n_blocks16; ++nb) {
+  auto panel = [&](int nb) {  // the tiles of 16 columns nb
     for (int kb = 0; kb < p.k_blocks; ++kb) {
       uint16_t* t = tiles + ((size_t)nb * p.k_blocks + kb) * kTileElems;
       if (vector) {
@@ -255,6 +254,14 @@ PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
                 k < K && n < N ? bf16_from_float(W[(size_t)k * k_stride + (size_t)n * n_stride]) : uint16_t(0);
           }
     }
+  };
+  // Threads for a whole weight; inside a parallel region (attention packs each head's K and V there) the
+  // calling thread alone, without even an inactive nested region (it costs more than a small pack).
+  if (omp_in_parallel() || (long)N * K <= 65536) {
+    for (int nb = 0; nb < p.n_blocks16; ++nb) panel(nb);
+  } else {
+#pragma omp parallel for
+    for (int nb = 0; nb < p.n_blocks16; ++nb) panel(nb);
   }
   return p;
 }
@@ -304,9 +311,10 @@ void gemm_bf16_part(float* C, int ldc, const float* A, int lda, int M, const Pac
 
 void gemm_bf16_shared(const float* A, int lda, int M, int K, const Bf16Product* products, int count,
                       Bf16Kernel kernel) {
-  require(count > 0, "no products");
+  require(count > 0 && count <= kMaxSharedProducts,
+          std::to_string(count) + " products (1 to " + std::to_string(kMaxSharedProducts) + ")");
   // first_panel[p]: the index of product p's first 32-column panel among all the products' panels.
-  std::vector<int> first_panel(count + 1, 0);
+  int first_panel[kMaxSharedProducts + 1] = {0};
   for (int p = 0; p < count; ++p) {
     const Bf16Product& pr = products[p];
     require(pr.B && pr.B->tiles != nullptr, "B is not a packed matrix");
@@ -330,8 +338,8 @@ void gemm_bf16_shared(const float* A, int lda, int M, int K, const Bf16Product* 
   const size_t group_elems = (size_t)k_blocks * kTileElems;  // the tiles of 16 rows
   const bool amx = kernel == Bf16Kernel::amx;
   const long items = (long)((m_blocks + kChunk - 1) / kChunk) * panels;
-#pragma omp parallel if (!omp_in_parallel() && items > 1)
-  {
+  // One thread's contiguous share of the items [begin, end).
+  auto run = [&](long begin, long end) {
     if (amx) amx_configure();  // tile configuration is per thread
     // The bf16 tiles of the chunk this thread works on, converted when its first item of the chunk comes (a
     // chunk split between two threads is converted by both, into their own buffers: the same bits): the
@@ -350,8 +358,7 @@ void gemm_bf16_shared(const float* A, int lda, int M, int K, const Bf16Product* 
     // ragged edges).
     const int k_piece = amx ? kKPiece : k_blocks;
     int p = 0;  // the product of the current item (items come in ascending order within a thread)
-#pragma omp for schedule(static)
-    for (long item = 0; item < items; ++item) {
+    for (long item = begin; item < end; ++item) {
       const int chunk = (int)(item / panels), panel = (int)(item % panels);
       const int mb_end = std::min(m_blocks, (chunk + 1) * kChunk);
       if (chunk != converted) {
@@ -405,6 +412,13 @@ void gemm_bf16_shared(const float* A, int lda, int M, int K, const Bf16Product* 
       }
     }
     if (amx) amx_release();
+  };
+  // Inside a parallel region (attention's blocks) the calling thread runs every item: no nested region.
+  if (omp_in_parallel() || items == 1) return run(0, items);
+#pragma omp parallel
+  {
+    const long t = omp_get_thread_num(), threads = omp_get_num_threads();
+    run(items * t / threads, items * (t + 1) / threads);
   }
 }
 

@@ -76,6 +76,7 @@ struct Bf16Product {
 // The products of one A [M, k] with several packed matrices (a layer's q, k and v of one input; gate and
 // up): A's rows are rounded to bf16 once for all of them (each product on its own would convert A again:
 // a fifth of a SmolLM2 GEMM's time). Each product's bits are gemm_bf16_part's for it alone.
+constexpr int kMaxSharedProducts = 8;  // count's limit
 void gemm_bf16_shared(const float* A, int lda, int M, int k, const Bf16Product* products, int count,
                       Bf16Kernel kernel = Bf16Kernel::automatic);
 

@@ -235,6 +235,9 @@ TEST(CpuGemmBf16, RejectsBadShapes) {
   EXPECT_THROW(cpu::gemm_bf16(C.data(), 1, A.data(), 3, 2, B, false), std::invalid_argument);  // ldc < N
   cpu::PackedBf16 empty;
   EXPECT_THROW(cpu::gemm_bf16(C.data(), 2, A.data(), 3, 2, empty, false), std::invalid_argument);
+  const cpu::Bf16Product products[cpu::kMaxSharedProducts + 1] = {};
+  EXPECT_THROW(cpu::gemm_bf16_shared(A.data(), 3, 2, 3, products, 0), std::invalid_argument);
+  EXPECT_THROW(cpu::gemm_bf16_shared(A.data(), 3, 2, 3, products, cpu::kMaxSharedProducts + 1), std::invalid_argument);
 }
 
 }  // namespace
