@@ -54,6 +54,12 @@ bench: $(BENCH_BINS)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/lib/libl2v.a
 	$(CXX) $(CXXFLAGS) $^ -o $@ -lbenchmark $(LDLIBS)
 
+# oneDNN, optional (Debian libdnnl-dev): where installed, bench_cpu_gemm times its bf16 matmul beside ours.
+ifneq ($(wildcard /usr/include/oneapi/dnnl/dnnl.hpp),)
+$(BUILD)/bench/bench_cpu_gemm.o: CXXFLAGS += -DL2V_HAVE_ONEDNN
+$(BUILD)/bench/bench_cpu_gemm: LDLIBS += -ldnnl
+endif
+
 # test/test_fault_injection.cpp and test/test_cli.cpp run the binary.
 test: $(MAIN_BIN) $(TEST_BINS)
 	@bash scripts/run_tests.sh $(TEST_BINS)

@@ -2,6 +2,7 @@
 // bf16 per call, fp32 accumulation) against OpenBLAS's fp32 sgemm on the same shapes, threads and
 // machine: the linear layers of SmolLM2-135M (hidden 576, MLP 1536, 3 KV heads of 64) and a 6,144-column
 // piece of its LM head, at 16 x 128 = 2,048 rows (a training micro-batch, or an embedding batch).
+// Where oneDNN is installed (Debian: libdnnl-dev; the Makefile then builds this with it), its bf16 matmul too.
 // The shared-input rows: q/k/v and gate/up of one input in one gemm_bf16_shared call against a call per weight.
 // Counters: FLOP/s (2 M N K per GEMM). OpenBLAS runs one single-threaded GEMM per thread on its share of
 // the rows, as the CPU backend runs it. Run from the repository root:
@@ -15,6 +16,10 @@
 #include <vector>
 
 #include "host/cpu_gemm_bf16.h"
+
+#ifdef L2V_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
 
 namespace {
 
@@ -77,6 +82,42 @@ void SmolLm2Shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+#ifdef L2V_HAVE_ONEDNN
+// oneDNN's bf16 matmul (brgemm on AMX where the CPU has it) under the same contract as BM_GemmBf16: the weight
+// reordered once into the layout the primitive prefers, A rounded from fp32 to bf16 per call (a reorder),
+// fp32 output. Threads: oneDNN's OpenMP runtime, OMP_NUM_THREADS as ours.
+void BM_OneDnnBf16(benchmark::State& state) {
+  using namespace dnnl;
+  const Shapes s = shapes(state);
+  Operands o(s);
+  engine eng(engine::kind::cpu, 0);
+  stream str(eng);
+  const memory::desc a_f32({s.M, s.K}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc a_bf16({s.M, s.K}, memory::data_type::bf16, memory::format_tag::ab);
+  const memory::desc w_f32({s.K, s.N}, memory::data_type::f32, memory::format_tag::ba);  // W [N, K] = B^T
+  const memory::desc w_any({s.K, s.N}, memory::data_type::bf16, memory::format_tag::any);
+  const memory::desc c_f32({s.M, s.N}, memory::data_type::f32, memory::format_tag::ab);
+#if DNNL_VERSION_MAJOR >= 3
+  const matmul::primitive_desc pd(eng, a_bf16, w_any, c_f32);
+#else
+  const matmul::primitive_desc pd(matmul::desc(a_bf16, w_any, c_f32), eng);
+#endif
+  memory a(a_f32, eng, o.A.data()), a16(a_bf16, eng), w(w_f32, eng, o.W.data()), packed(pd.weights_desc(), eng),
+      c(c_f32, eng, o.C.data());
+  reorder(w, packed).execute(str, w, packed);  // once, as at load
+  const reorder round_a(a, a16);
+  const matmul mm(pd);
+  for (auto _ : state) {
+    round_a.execute(str, a, a16);
+    mm.execute(str, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, packed}, {DNNL_ARG_DST, c}});
+    str.wait();
+    benchmark::DoNotOptimize(o.C.data());
+  }
+  set_flops(state, s);
+  state.SetLabel(pd.impl_info_str());
+}
+#endif
+
 // One input through several weights (SmolLM2's q, k, v: 576 -> 576, 192, 192; gate, up: 576 -> 1536 twice),
 // as the CPU backend's matmul_forward_shared runs them (gemm_bf16_shared: A rounded to bf16 once) against
 // one gemm_bf16 per weight (A rounded per call). Arg: 0 for q/k/v, 1 for gate/up.
@@ -114,6 +155,9 @@ void BM_GemmBf16PerWeight(benchmark::State& state) { shared_input(state, false);
 
 BENCHMARK(BM_GemmBf16)->Apply(SmolLm2Shapes);
 BENCHMARK(BM_SgemmOpenBlas)->Apply(SmolLm2Shapes);
+#ifdef L2V_HAVE_ONEDNN
+BENCHMARK(BM_OneDnnBf16)->Apply(SmolLm2Shapes);
+#endif
 BENCHMARK(BM_GemmBf16SharedInput)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_GemmBf16PerWeight)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();
