@@ -15,8 +15,9 @@ fp32 (the reference) and with --precision bf16 (bf16 base-weight GEMMs, AMX wher
 fp32 and in bf16 autocast for the steps (the embedding: the model loaded in bfloat16, as llm2vec's configs
 run it), as the issue's table; MNTP with 20% of positions scored; SimCSE on B pairs
 (2B rows); supervised on B triples. Every text is at least --seq tokens, so every batch is B x seq on both
-sides. Times are the median of --steps steps after one untimed step. Prints a Markdown table and writes
-WORK/bench.json.
+sides. Times are the median of --steps steps after one untimed step. The embedding has two rows: our whole
+command against PyTorch's `encode` call, and our `embed`'s own time (its last progress line: packing,
+tokenizing, forwards) against the same call. Prints a Markdown table and writes WORK/bench.json.
 """
 import argparse
 import json
