@@ -347,7 +347,11 @@ void SafetensorsCheckpoint::read_f32(const std::string& name, float* dst, size_t
   const int64_t n = static_cast<int64_t>(count);
   // Elements are copied through memcpy because the data section need not be aligned for the dtype.
   if (t.dtype == "F32") {
-    if (n > 0) std::memcpy(dst, src, count * sizeof(float));
+    // In pieces on every thread: the copy also pages in the file's mapping and the destination.
+    constexpr int64_t kPiece = kParallelThreshold;
+#pragma omp parallel for schedule(static) if (n > kParallelThreshold)
+    for (int64_t at = 0; at < n; at += kPiece)
+      std::memcpy(dst + at, src + at * sizeof(float), (size_t)std::min(kPiece, n - at) * sizeof(float));
   } else if (t.dtype == "BF16" || t.dtype == "F16") {
     const bool bf = t.dtype == "BF16";
 #pragma omp parallel for schedule(static) if (n > kParallelThreshold)

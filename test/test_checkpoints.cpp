@@ -134,6 +134,22 @@ TEST_F(Checkpoints, RoundTripF32AndI64) {
   EXPECT_TRUE(ck2.metadata().empty());
 }
 
+// An F32 tensor above the reader's threshold for copying in pieces on every thread (2^18 elements), whose
+// length is not a multiple of a piece and whose data starts after another tensor: every element in place.
+TEST_F(Checkpoints, LargeF32TensorIsReadWhole) {
+  const int64_t n = (int64_t(1) << 19) + 12345;
+  std::vector<float> big(n);
+  for (int64_t i = 0; i < n; ++i) big[i] = (float)i * 0.5f - 7.0f;
+  const float first = 3.0f;
+  const std::string p = path("big.safetensors");
+  l2v::write_safetensors(p, {{"a", "F32", {1}, &first}, {"big", "F32", {n}, big.data()}});
+  SafetensorsCheckpoint ck(p);
+  std::vector<float> back(n + 1, -1.0f);
+  ck.read_f32("big", back.data(), n);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(back[i], big[i]) << "element " << i;
+  EXPECT_EQ(back[n], -1.0f) << "written past the tensor";
+}
+
 TEST_F(Checkpoints, ReadsI32AsI64) {
   std::vector<int32_t> v = {3, -1, 2147483647};
   write_bytes(path("i32.safetensors"),
