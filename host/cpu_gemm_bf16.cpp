@@ -199,6 +199,35 @@ __attribute__((target("avx512f"))) __m512i bf16_lanes(__m512 v) {
   return _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
 }
 
+// v[r] lane c = v[c] lane r on entry: a 16 x 16 transpose of 32-bit lanes in registers (pairs of lanes, then
+// of 64-bit lanes, then of 128-bit quarters twice), where scattering each column down the tile cost sixteen
+// scattered stores per column.
+__attribute__((target("avx512f"))) void transpose16x16_epi32(__m512i v[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // t[i] = (v[i]0, v[i+1]0, v[i]1, v[i+1]1, ...) per 128-bit quarter
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks of lanes within each quarter
+    v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {  // quarters: rows i, i + 4 (first halves), i + 8, i + 12
+    t[i] = _mm512_shuffle_i32x4(v[i], v[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(v[i], v[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(v[i + 8], v[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(v[i + 8], v[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    v[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    v[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    v[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
 // One tile of pack() with AVX-512, for the two layouts the backend packs: W's rows are k (n_stride 1: a tile
 // row is two 16-column pieces of rows 2r and 2r + 1, interleaved) or n (k_stride 1: a column of the tile is
 // 32 consecutive k of one row of W, its 16 pairs scattered down the tile).
@@ -216,23 +245,23 @@ __attribute__((target("avx512f"))) void pack_tile_avx512(uint16_t* t, const floa
     }
     return;
   }
-  const __m512i down = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(16));
   // The 16 lanes of k0 .. k0 + 31 in pair order: even k from the first load's lanes, odd from the second's.
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  __m512i v[16];  // v[c]: column c's 16 k pairs; the tile is their 16 x 16 transpose
   for (int c = 0; c < 16; ++c) {
     const int n = n0 + c;
-    __m512i pairs = _mm512_setzero_si512();
+    v[c] = _mm512_setzero_si512();
     if (n < N) {
       const float* row = W + (size_t)n * n_stride + k0;
       const __m512i a = bf16_lanes(_mm512_maskz_loadu_ps(lanes_below(K - k0), row));
       const __m512i b = bf16_lanes(_mm512_maskz_loadu_ps(lanes_below(K - k0 - 16), row + 16));
-      pairs = _mm512_or_si512(_mm512_permutex2var_epi32(a, even, b),
-                              _mm512_slli_epi32(_mm512_permutex2var_epi32(a, odd, b), 16));
+      v[c] = _mm512_or_si512(_mm512_permutex2var_epi32(a, even, b),
+                             _mm512_slli_epi32(_mm512_permutex2var_epi32(a, odd, b), 16));
     }
-    _mm512_i32scatter_epi32(t32 + c, down, pairs, 4);
   }
+  transpose16x16_epi32(v);
+  for (int r = 0; r < 16; ++r) _mm512_storeu_si512(t32 + r * 16, v[r]);
 }
 
 PackedBf16 pack(const float* W, int K, int N, long k_stride, long n_stride) {
