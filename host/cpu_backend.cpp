@@ -187,10 +187,10 @@ class CpuBackend final : public Backend {
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
     if (!bf16_) return cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
-    if (bias)
-      for (int n = 0; n < N; ++n) std::memcpy(f(out) + (size_t)n * OC, f(bias), sizeof(float) * OC);
-    cpu::gemm_bf16(f(out), OC, f(inp), IC, N, packed(weight, IC, OC).forward, bias != nullptr);
+    const SharedInputLinear layer{out, weight, bias, OC};
+    matmul_forward_shared(inp, N, IC, &layer, 1);
   }
+  // bf16: every layer's output preset to its bias (then accumulated), one gemm_bf16_shared for all.
   void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
     if (!bf16_) return Backend::matmul_forward_shared(inp, N, IC, layers, count);
     std::vector<cpu::Bf16Product> products;

@@ -199,8 +199,9 @@ void crossentropy_fast(float* losses, float* logits, const int* targets, float d
   for (int n = 0; n < M; ++n) {
     float* l = logits + (long)n * V;
     const float mx = max_row(l, V), target = l[targets[n]];
-    for (int c = 0; c < V; ++c) l[c] -= mx;
-    exp_inplace(l, V);  // the row now holds the exponentials (normalised below for the gradient)
+    // The row now holds the exponentials (normalised below for the gradient); their sum is taken again in
+    // double, as the reference's.
+    exp_shifted_sum_avx512(l, V, mx);
     const double sum = sum_double(l, V);
     losses[n] = (float)(std::log(sum) + mx - target);
     if (backward) softmax_grad_row(l, V, (float)(1.0 / sum), dloss, targets[n]);
