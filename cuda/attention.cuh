@@ -46,14 +46,11 @@
 #include "cuda/workspace_sizes.h"
 #include "host/philox.h"
 
-// Full unrolling of the loops over register arrays (nvcc keeps them in registers only when every index is
-// a constant); unrolling by 4 of the long loops over the head dim and over a tile, which fully unrolled
-// would hoist so many shared loads that the accumulators spill. g++ would warn about an unknown pragma.
+// Unrolling by 4 of the long loops over the head dim and over a tile, which fully unrolled (L2V_UNROLL,
+// cuda/common.cuh) would hoist so many shared loads that the accumulators spill.
 #if defined(__CUDACC__)
-#define L2V_ATTN_UNROLL _Pragma("unroll")
 #define L2V_ATTN_UNROLL_4 _Pragma("unroll 4")
 #else
-#define L2V_ATTN_UNROLL
 #define L2V_ATTN_UNROLL_4
 #endif
 
@@ -236,7 +233,7 @@ struct Chunk<__nv_bfloat16> {
   __device__ __forceinline__ static void load(const __nv_bfloat16* src, float (&x)[8]) {
     const uint4 v = *reinterpret_cast<const uint4*>(src);
     const unsigned w[4] = {v.x, v.y, v.z, v.w};
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int i = 0; i < 4; ++i) {
       x[2 * i] = __uint_as_float(w[i] << 16);
       x[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
@@ -244,7 +241,7 @@ struct Chunk<__nv_bfloat16> {
   }
   __device__ __forceinline__ static void store(__nv_bfloat16* dst, const float (&x)[8]) {
     unsigned w[4];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int i = 0; i < 4; ++i) {
       w[i] = static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i]))) |
              static_cast<unsigned>(__bfloat16_as_ushort(__float2bfloat16_rn(x[2 * i + 1]))) << 16;
@@ -260,7 +257,7 @@ struct Chunk<__half> {
   __device__ __forceinline__ static void load(const __half* src, float (&x)[8]) {
     const uint4 v = *reinterpret_cast<const uint4*>(src);
     const unsigned w[4] = {v.x, v.y, v.z, v.w};
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int i = 0; i < 4; ++i) {
       x[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] & 0xFFFFu)));
       x[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[i] >> 16)));
@@ -282,10 +279,10 @@ __device__ __forceinline__ void load_rows(float* dst, const T* src, long src_str
     if (r < rows) {
       C::load(src + r * src_stride + col, x);
     } else {
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int e = 0; e < C::kSize; ++e) x[e] = 0.0f;
     }
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < C::kSize; ++e) dst[r * (kD + 1) + col + e] = x[e];
   }
 }
@@ -298,7 +295,7 @@ __device__ __forceinline__ void store_rows(T* dst, const float* src, long dst_st
   for (int c = tid; c < rows * kPerRow; c += kThreads) {
     const int r = c / kPerRow, col = c % kPerRow * C::kSize;
     float x[C::kSize];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < C::kSize; ++e) x[e] = src[r * (kD + 1) + col + e];
     C::store(dst + r * dst_stride + col, x);
   }
@@ -317,14 +314,14 @@ __device__ __forceinline__ void load_key_flags(int* key_ok, const int* key_mask,
 // Max / sum over the kWidth consecutive lanes of a row group (every lane of the warp takes part).
 template <int kWidth>
 __device__ __forceinline__ float group_max(float x) {
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int off = kWidth / 2; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xFFFFFFFFu, x, off, kWidth));
   return x;
 }
 
 template <int kWidth>
 __device__ __forceinline__ float group_sum(float x) {
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int off = kWidth / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, off, kWidth);
   return x;
 }
@@ -335,20 +332,20 @@ __device__ __forceinline__ float group_sum(float x) {
 template <class Tr>
 __device__ __forceinline__ void query_tile_dots(float (&acc)[Tr::kRowsPerThread][4 * Tr::kQuads], const float* a_s,
                                                 const float* b_s, int group, int lane) {
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < Tr::kRowsPerThread; ++m) {
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < 4 * Tr::kQuads; ++c) acc[m][c] = 0.0f;
   }
   L2V_ATTN_UNROLL_4
   for (int d = 0; d < Tr::kD; ++d) {
     float a[Tr::kRowsPerThread];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int m = 0; m < Tr::kRowsPerThread; ++m) a[m] = a_s[(group + Tr::kRowGroups * m) * Tr::kStride + d];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < 4 * Tr::kQuads; ++c) {
       const float bv = b_s[(4 * (lane + Tr::kLanes * (c / 4)) + c % 4) * Tr::kStride + d];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int m = 0; m < Tr::kRowsPerThread; ++m) acc[m][c] = fmaf(a[m], bv, acc[m][c]);
     }
   }
@@ -359,20 +356,20 @@ __device__ __forceinline__ void query_tile_dots(float (&acc)[Tr::kRowsPerThread]
 template <class Tr>
 __device__ __forceinline__ void key_tile_dots(float (&acc)[Tr::kRowsPerThread][4], const float* a_s,
                                               const float* b_s, int rgroup, int quad) {
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < Tr::kRowsPerThread; ++m) {
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) acc[m][e] = 0.0f;
   }
   L2V_ATTN_UNROLL_4
   for (int d = 0; d < Tr::kD; ++d) {
     float bv[4];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) bv[e] = b_s[(4 * quad + e) * Tr::kStride + d];
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int m = 0; m < Tr::kRowsPerThread; ++m) {
       const float a = a_s[(rgroup + Tr::kRowGroups * m) * Tr::kStride + d];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int e = 0; e < 4; ++e) acc[m][e] = fmaf(a, bv[e], acc[m][e]);
     }
   }
@@ -414,11 +411,11 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
 
   // Running max (base-2 units), this thread's share of the running sum, and its output columns.
   float m_run[M], l_run[M], acc[M][C];
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < M; ++m) {
     m_run[m] = -INFINITY;
     l_run[m] = 0.0f;
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
   }
 
@@ -434,11 +431,11 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     float s[M][K];
     query_tile_dots<Tr>(s, q_s, k_s, group, lane);
 
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int m = 0; m < M; ++m) {
       const int il = group + Tr::kRowGroups * m, i = i0 + il;
       float tile_max = -INFINITY;
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int c = 0; c < K; ++c) {
         const int jl = 4 * (lane + Tr::kLanes * (c / 4)) + c % 4;
         const bool visible = key_ok[jl] && (!p.causal || j0 + jl <= i);
@@ -452,14 +449,14 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       const float alpha = exp2f(m_run[m] - m_use);
       m_run[m] = m_new;
       l_run[m] *= alpha;
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int c = 0; c < C; ++c) acc[m][c] *= alpha;
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int qd = 0; qd < Tr::kQuads; ++qd) {
         const int q4 = lane + Tr::kLanes * qd;  // the thread's quad within the tile
         const unsigned keep =
             dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int e = 0; e < 4; ++e) {
           const float pe = exp2f(s[m][4 * qd + e] - m_use);
           l_run[m] += pe;  // the softmax denominator counts dropped probabilities too
@@ -473,12 +470,12 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     L2V_ATTN_UNROLL_4
     for (int jl = 0; jl < Tr::kBlockN; ++jl) {
       float pv[M];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int m = 0; m < M; ++m) pv[m] = p_s[(group + Tr::kRowGroups * m) * Tr::kPStride + jl];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int c = 0; c < C; ++c) {
         const float vv = v_s[jl * Tr::kStride + lane + Tr::kLanes * c];
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int m = 0; m < M; ++m) acc[m][c] = fmaf(pv[m], vv, acc[m][c]);
       }
     }
@@ -487,12 +484,12 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
 
   // Normalise; rows with no visible key (l == 0) get 0 and lse = -inf. The q tile is free after the
   // loop's last barrier: stage the output there for 16-byte stores.
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < M; ++m) {
     const int il = group + Tr::kRowGroups * m;
     const float l = group_sum<Tr::kLanes>(l_run[m]);
     const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) q_s[il * Tr::kStride + lane + Tr::kLanes * c] = acc[m][c] * inv_l;
     if (lane == 0 && il < rows) {
       p.lse[(long)bh * p.seqlen + i0 + il] = l > 0.0f ? (m_run[m] + log2f(l)) * kLn2 : -INFINITY;
@@ -520,7 +517,7 @@ __global__ void __launch_bounds__(kDotThreads) attention_bwd_dot_kernel(const At
     float a[Ch::kSize], o[Ch::kSize];
     Ch::load(p.dout + r * kD + col, a);
     Ch::load(p.out + r * kD + col, o);
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < Ch::kSize; ++e) acc = fmaf(a[e], o[e], acc);
   }
   acc = group_sum<kChunks>(acc);
@@ -559,14 +556,14 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
   // lse in base-2 units. A row with no visible key (lse = -inf) or past the end takes +inf, so that
   // every P = exp2(s - inf) of it is 0 instead of exp2(-inf + inf) = NaN.
   float lse2[M], dsum[M], acc[M][C];
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < M; ++m) {
     const int il = group + Tr::kRowGroups * m;
     const long row = (long)bh * p.seqlen + i0 + il;
     const float L = il < rows ? p.lse[row] : -INFINITY;
     lse2[m] = L == -INFINITY ? INFINITY : L * kLog2e;
     dsum[m] = il < rows ? p.dsum[row] : 0.0f;
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) acc[m][c] = 0.0f;
   }
 
@@ -584,15 +581,15 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     query_tile_dots<Tr>(dp, do_s, v_s, group, lane);
 
     // dS = P * (dP - D_i), where dP of a dropped probability is 0 and of a kept one dout.v / (1-p).
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int m = 0; m < M; ++m) {
       const int il = group + Tr::kRowGroups * m, i = i0 + il;
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int qd = 0; qd < Tr::kQuads; ++qd) {
         const int q4 = lane + Tr::kLanes * qd;
         const unsigned keep =
             dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + q4), p.dropout_p) : 0xFu;
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int jl = 4 * q4 + e, c = 4 * qd + e;
           const bool visible = key_ok[jl] && (!p.causal || j0 + jl <= i);
@@ -607,22 +604,22 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     L2V_ATTN_UNROLL_4
     for (int jl = 0; jl < Tr::kBlockN; ++jl) {
       float ds[M];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int m = 0; m < M; ++m) ds[m] = ds_s[(group + Tr::kRowGroups * m) * Tr::kPStride + jl];
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int c = 0; c < C; ++c) {
         const float kv = k_s[jl * Tr::kStride + lane + Tr::kLanes * c];
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int m = 0; m < M; ++m) acc[m][c] = fmaf(ds[m], kv, acc[m][c]);
       }
     }
     __syncthreads();
   }
 
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int m = 0; m < M; ++m) {
     const int il = group + Tr::kRowGroups * m;
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) q_s[il * Tr::kStride + lane + Tr::kLanes * c] = acc[m][c] * p.scale;
   }
   __syncthreads();
@@ -659,9 +656,9 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
   load_key_flags<Tr::kBlockN>(key_ok, p.key_mask, b, p.seqlen, j0, tid, Tr::kThreads);
 
   float dk[N][C], dv[N][C];
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < N; ++n) {
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) dk[n][c] = dv[n][c] = 0.0f;
   }
 
@@ -686,12 +683,12 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       float s[R][4], dp[R][4];
       key_tile_dots<Tr>(s, q_s, k_s, rgroup, quad);
       key_tile_dots<Tr>(dp, do_s, v_s, rgroup, quad);
-      L2V_ATTN_UNROLL
+      L2V_UNROLL
       for (int m = 0; m < R; ++m) {
         const int il = rgroup + Tr::kRowGroups * m, i = i0 + il;
         const unsigned keep =
             dropout ? attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)i, (uint32_t)(j0 / 4 + quad), p.dropout_p) : 0xFu;
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int jl = 4 * quad + e;
           const bool visible = key_ok[jl] && (!p.causal || j0 + jl <= i);
@@ -706,16 +703,16 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
       L2V_ATTN_UNROLL_4
       for (int il = 0; il < Tr::kBlockM; ++il) {
         float pk[N], dsk[N];
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int n = 0; n < N; ++n) {
           pk[n] = pt_s[(kgroup + Tr::kKeyGroups * n) * Tr::kPStride + il];
           dsk[n] = dst_s[(kgroup + Tr::kKeyGroups * n) * Tr::kPStride + il];
         }
-        L2V_ATTN_UNROLL
+        L2V_UNROLL
         for (int c = 0; c < C; ++c) {
           const float dov = do_s[il * Tr::kStride + lane + Tr::kLanes * c];
           const float qv = q_s[il * Tr::kStride + lane + Tr::kLanes * c];
-          L2V_ATTN_UNROLL
+          L2V_UNROLL
           for (int n = 0; n < N; ++n) {
             dv[n][c] = fmaf(pk[n], dov, dv[n][c]);
             dk[n][c] = fmaf(dsk[n], qv, dk[n][c]);
@@ -727,10 +724,10 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
   }
 
   // The loops ran at least once (j0 < T), so the last barrier is behind every read of k_s and v_s.
-  L2V_ATTN_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < N; ++n) {
     const int jl = kgroup + Tr::kKeyGroups * n;
-    L2V_ATTN_UNROLL
+    L2V_UNROLL
     for (int c = 0; c < C; ++c) {
       k_s[jl * Tr::kStride + lane + Tr::kLanes * c] = dk[n][c] * p.scale;
       v_s[jl * Tr::kStride + lane + Tr::kLanes * c] = dv[n][c];
@@ -921,5 +918,4 @@ void attention_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, c
 
 }  // namespace l2v::cuda
 
-#undef L2V_ATTN_UNROLL
 #undef L2V_ATTN_UNROLL_4

@@ -60,12 +60,6 @@
 #include "cuda/launch.h"
 #include "cuda/ptx.cuh"
 
-#if defined(__CUDACC__)
-#define L2V_MMA_UNROLL _Pragma("unroll")
-#else
-#define L2V_MMA_UNROLL
-#endif
-
 namespace l2v::cuda {
 
 // Whether the tensor-core kernels take this case: 16-bit storage and a compiled head dim.
@@ -135,16 +129,16 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* rows, int kk, 
 template <int kN, int kD, typename T, class AFrag>
 __device__ __forceinline__ void warp_scores(float (&s)[kN / 8][4], AFrag&& a, const T* b_s, int lane) {
   static_assert(kN % 16 == 0, "n tiles in pairs");
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < kN / 8; ++n) {
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
   }
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int kk = 0; kk < kD / 16; ++kk) {
     uint32_t af[4];
     a(kk, af);
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int np = 0; np < kN / 16; ++np) {
       uint32_t b[4];
       ptx::ldmatrix<4>(b, b_s + (16 * np + lane % 8 + 8 * (lane / 16)) * (kD + 8) + 16 * kk + 8 * (lane / 8 % 2));
@@ -161,11 +155,11 @@ __device__ __forceinline__ void warp_scores(float (&s)[kN / 8][4], AFrag&& a, co
 template <int kK, int kD, typename T>
 __device__ __forceinline__ void warp_accumulate(float (&acc)[kD / 8][4], const float (&p)[kK / 8][4], const T* b_s,
                                                 int lane) {
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int kk = 0; kk < kK / 16; ++kk) {
     const uint32_t a[4] = {pack2<T>(p[2 * kk][0], p[2 * kk][1]), pack2<T>(p[2 * kk][2], p[2 * kk][3]),
                            pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int dp = 0; dp < kD / 16; ++dp) {
       uint32_t b[4];
       ptx::ldmatrix<4, true>(b, b_s + (16 * kk + lane % 8 + 8 * (lane / 8 % 2)) * (kD + 8) + 16 * dp + 8 * (lane / 16));
@@ -208,7 +202,7 @@ __device__ __forceinline__ unsigned keep_bits_cols(const AttentionParams<T>& p, 
   const unsigned mine = attention_keep4(p.seed, p.site, p.bh_offset + bh, (uint32_t)(i0 + 2 * tig + (x & 1)),
                                         (uint32_t)((kbase + 8 * (x >> 1)) / 4 + g / 4), p.dropout_p);
   unsigned bits = 0;
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int y = 0; y < 4; ++y) {
     const unsigned v = __shfl_sync(kFull, mine, (lane & ~12) | (y << 2));
     bits |= (v >> x & 1u) << (2 * (y >> 1) + (y & 1));
@@ -231,11 +225,11 @@ __device__ __forceinline__ float quad_max(float x) {
 template <int kD, typename T>
 __device__ __forceinline__ void store_rows(T* dst, long stride, const float (&acc)[kD / 8][4], const float (&mul)[2],
                                            int row0, int rows, int lane) {
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + lane / 4 + 8 * r;
     if (row >= rows) continue;
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int n = 0; n < kD / 8; ++n) {
       *reinterpret_cast<uint32_t*>(dst + row * stride + 8 * n + 2 * (lane % 4)) =
           pack2<T>(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
@@ -308,16 +302,16 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
   uint32_t qf[Tr::kKSteps][4];
   // Running max (base-2 units), this lane's share of the running sum, the output fragments.
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, o[kD / 8][4];
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < kD / 8; ++n) {
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
   }
 
   for (int t = 0; t < qb.n_tiles; ++t) {
     next_tile(t + 1 < qb.n_tiles, [&] { qb.copy_kv(p, k_s, v_s, t + 1); });
     if (t == 0) {
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int kk = 0; kk < Tr::kKSteps; ++kk) load_a<kD>(qf[kk], q_s + 16 * warp * kS, kk, lane);
     }
     const T* kt = k_s + t % 2 * kN * kS;
@@ -328,15 +322,15 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
     warp_scores<kN, kD, T>(
         s,
         [&](int kk, uint32_t(&a)[4]) {
-          L2V_MMA_UNROLL
+          L2V_UNROLL
           for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
         },
         kt, lane);
 
     float tile_max[2] = {-INFINITY, -INFINITY};
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int n = 0; n < kN / 8; ++n) {
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int j = j0 + 8 * n + 2 * tig + e % 2;
         const bool visible = key_ok(p, qb.b, j) && (!p.causal || j <= qb.i[e / 2]);
@@ -345,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
       }
     }
     float m_use[2];
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int r = 0; r < 2; ++r) {
       const float m_new = fmaxf(m_run[r], quad_max(tile_max[r]));
       // A row that has seen no visible key yet has max -inf: exponentiate against 0 instead, so that
@@ -354,16 +348,16 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
       const float alpha = exp2f(m_run[r] - m_use[r]);
       m_run[r] = m_new;
       l_run[r] *= alpha;
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int n = 0; n < kD / 8; ++n) {
         o[n][2 * r] *= alpha;
         o[n][2 * r + 1] *= alpha;
       }
     }
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int n = 0; n < kN / 8; ++n) {
       const unsigned keep = dropout ? keep_bits_rows(p, qb.bh, qb.i, j0 + 8 * n, tig) : 0xFu;
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int e = 0; e < 4; ++e) {
         const float pe = exp2f(s[n][e] - m_use[e / 2]);
         l_run[e / 2] += pe;  // the softmax denominator counts dropped probabilities too
@@ -375,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
   }
 
   float inv_l[2];
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(l_run[r]);
     inv_l[r] = l > 0.0f ? 1.0f / l : 0.0f;
@@ -407,16 +401,16 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_dq_kernel(const Att
   // lse in base-2 units; a row without a visible key (lse = -inf) or past the end takes +inf, so that
   // each of its P = exp2(s - inf) is 0 rather than exp2(-inf + inf) = NaN.
   float lse2[2], dsum[2], acc[kD / 8][4];
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int r = 0; r < 2; ++r) {
     const long row = (long)qb.bh * p.seqlen + qb.i[r];
     const float L = qb.i[r] < p.seqlen ? p.lse[row] : -INFINITY;
     lse2[r] = L == -INFINITY ? INFINITY : L * kLog2e;
     dsum[r] = qb.i[r] < p.seqlen ? p.dsum[row] : 0.0f;
   }
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < kD / 8; ++n) {
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
   }
   const T* q_w = q_s + 16 * warp * kS;
@@ -433,10 +427,10 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_dq_kernel(const Att
     warp_scores<kN, kD, T>(dp, [&](int kk, uint32_t(&a)[4]) { load_a<kD>(a, do_w, kk, lane); }, vt, lane);
 
     // dS = P (dP - D_i), where dP of a dropped probability is 0 and of a kept one dout.v / (1-p).
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int n = 0; n < kN / 8; ++n) {
       const unsigned keep = dropout ? keep_bits_rows(p, qb.bh, qb.i, j0 + 8 * n, tig) : 0xFu;
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int j = j0 + 8 * n + 2 * tig + e % 2;
         const bool visible = key_ok(p, qb.b, j) && (!p.causal || j <= qb.i[e / 2]);
@@ -497,9 +491,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_mma_dkdv_kernel(const A
   ptx::cp_async_commit_group();
 
   float dk[kD / 8][4], dv[kD / 8][4];
-  L2V_MMA_UNROLL
+  L2V_UNROLL
   for (int n = 0; n < kD / 8; ++n) {
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
   }
   const T* k_w = k_s + 16 * warp * kS;
@@ -519,14 +513,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_mma_dkdv_kernel(const A
     warp_scores<kM, kD, T>(dp, [&](int kk, uint32_t(&a)[4]) { load_a<kD>(a, v_w, kk, lane); }, dot, lane);
 
     // s becomes the dropped, rescaled P^T and dp becomes dS^T.
-    L2V_MMA_UNROLL
+    L2V_UNROLL
     for (int n = 0; n < kM / 8; ++n) {
       const unsigned keep = dropout ? keep_bits_cols(p, bh, kbase, i0 + 8 * n, lane) : 0xFu;
-      L2V_MMA_UNROLL
+      L2V_UNROLL
       for (int c = 0; c < 2; ++c) {
         const int il = 8 * n + 2 * tig + c, i = i0 + il;
         const float L = ptx::ld_shared(lse_t + il), D = ptx::ld_shared(dsum_t + il);
-        L2V_MMA_UNROLL
+        L2V_UNROLL
         for (int r = 0; r < 2; ++r) {
           const int e = 2 * r + c;
           const bool visible = i < p.seqlen && L != -INFINITY && ok[r] && (!p.causal || j[r] <= i);
@@ -641,4 +635,3 @@ void attention_mma_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* ou
 
 }  // namespace l2v::cuda
 
-#undef L2V_MMA_UNROLL

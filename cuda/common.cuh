@@ -11,6 +11,14 @@
 // emulator, shared memory starts with every byte 0xFF (NaN floats), so reading before writing shows.
 #pragma once
 
+// Full unrolling of a loop over register arrays (nvcc keeps them in registers only when every index is a
+// constant). g++ (the emulator) would warn about an unknown pragma.
+#if defined(__CUDACC__)
+#define L2V_UNROLL _Pragma("unroll")
+#else
+#define L2V_UNROLL
+#endif
+
 #if defined(__CUDACC__)
 
 #include <cuda_bf16.h>

@@ -250,18 +250,21 @@ class CudaBackend final : public Backend {
                              bool accumulate) override {
     cuda::matmul_backward_input_cuda(cublas_, t(dinp), t(dout), t(weight), N, IC, OC, accumulate);
   }
-  void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t site, Tensor /*scratch: the kernels need none*/, int N,
-                    int IC, int OC, int R) override {
-    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_forward_cuda(cublas_, t(out), t(xa), t(inp), A, B, scale, dropout_p, key, site, ws, N, IC, OC, R);
+  void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) override {
+    cuda::LoraForwardBranch<T> br[kMaxLoraBranches];
+    for (int i = 0; i < count && i < kMaxLoraBranches; ++i) {
+      const LoraForwardBranch& b = branches[i];
+      br[i] = {t(b.out), t(b.xa), b.A, b.B, b.site, b.OC};
+    }
+    cuda::lora_forward_cuda(cublas_, lora_input(in), br, count, lora_workspace(in, branches, count));
   }
-  void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
-                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                     Tensor /*scratch: the kernels need none*/, int N, int IC, int OC, int R) override {
-    void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(N, IC, OC, R));
-    cuda::lora_backward_cuda(cublas_, t(dinp), dA, dB, t(dout), t(inp), t(xa), A, B, scale, dropout_p, key, site, ws,
-                             N, IC, OC, R);
+  void lora_backward(Tensor dinp, const LoraInput& in, const LoraBackwardBranch* branches, int count) override {
+    cuda::LoraBackwardBranch<T> br[kMaxLoraBranches];
+    for (int i = 0; i < count && i < kMaxLoraBranches; ++i) {
+      const LoraBackwardBranch& b = branches[i];
+      br[i] = {t(b.dout), t(b.xa), b.A, b.B, b.dA, b.dB, b.site, b.OC};
+    }
+    cuda::lora_backward_cuda(cublas_, t(dinp), lora_input(in), br, count, lora_workspace(in, branches, count));
   }
   void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {
@@ -386,6 +389,17 @@ class CudaBackend final : public Backend {
   // Tensor handles hold T.
   static T* t(Tensor p) { return reinterpret_cast<T*>(p); }
   static const T* t(ConstTensor p) { return reinterpret_cast<const T*>(p); }
+  static cuda::LoraInput<T> lora_input(const LoraInput& in) {
+    return {t(in.inp), in.N, in.IC, in.R, in.scale, in.dropout_p, in.key};
+  }
+  // The LoRA workspace for these branches (grown when needed); the launchers check the count.
+  template <typename Branch>
+  void* lora_workspace(const LoraInput& in, const Branch* branches, int count) {
+    int OC[kMaxLoraBranches];
+    for (int i = 0; i < count && i < kMaxLoraBranches; ++i) OC[i] = branches[i].OC;
+    return lora_workspace_.get(cuda::lora_branches_workspace_bytes(sizeof(T), in.N, in.IC, OC,
+                                                                   std::min(count, kMaxLoraBranches), in.R));
+  }
 
   AttentionImpl attention_;
   std::set<int> announced_;  // head dims whose attention choice was printed

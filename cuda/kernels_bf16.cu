@@ -51,11 +51,10 @@ template void attention_mma_backward_cuda<__half>(__half*, __half*, __half*, con
                                                   float*, cudaStream_t);
 template void matmul_forward_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, const bf16*, int, int, int);
 template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);
-template void lora_forward_cuda<bf16>(cublasHandle_t, bf16*, bf16*, const bf16*, const float*, const float*, float,
-                                      float, DropoutKey, uint32_t, void*, int, int, int, int);
-template void lora_backward_cuda<bf16>(cublasHandle_t, bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
-                                       const float*, const float*, float, float, DropoutKey, uint32_t, void*, int, int,
-                                       int, int);
+template void lora_forward_cuda<bf16>(cublasHandle_t, const LoraInput<bf16>&, const LoraForwardBranch<bf16>*, int,
+                                      void*);
+template void lora_backward_cuda<bf16>(cublasHandle_t, bf16*, const LoraInput<bf16>&, const LoraBackwardBranch<bf16>*,
+                                       int, void*);
 template void lora_merge_cuda<bf16>(cublasHandle_t, bf16*, const float*, const float*, float, float, void*, int, int,
                                     int);
 template void lm_head_crossentropy_cuda<bf16>(cublasHandle_t, float*, bf16*, const bf16*, const bf16*, const int*,

@@ -1,7 +1,10 @@
 // The LoRA branch on the GPU (host/cpu_ops.h: lora_forward, lora_backward, lora_merge; PEFT semantics):
 //   out += scale * dropout(inp) A^T B^T,   A [R, IC], B [OC, R],
 // with cuBLAS for the products that do not touch the dropped input, and three kernels that apply the
-// input dropout in registers where it does: no dropped copy of the input is ever written.
+// input dropout in registers where it does: no dropped copy of the input is ever written. The launchers
+// take up to kMaxLoraBranches adapters that read one input (q, k and v; gate and up; model/backend.h), each
+// with its own A, B and dropout mask, so that the dropout kernels read the input, and update its gradient,
+// once for all of them.
 //
 // Types. Activations (inp, out, dout, dinp) and the saved xa [N, R] are stored as T (float or bf16); A, B,
 // dA and dB are fp32 master parameters. cuBLAS multiplies only operands of one type, so for T = bf16 the
@@ -13,17 +16,20 @@
 // place. The dropout kernels read A in fp32 and keep the dropped input in fp32 registers (one rounding
 // fewer than a bf16 copy would cost).
 //
-// Dropout: element i = n*IC + c is kept when dropout_keep_elementwise(key.seed, site, key.offset + i, p)
-// (host/philox.h) and scaled by 1/(1-p): the CPU reference's mask bit for bit. With p > 0
-//   forward:  xa = dropout(inp) A^T                       (lora_xa_dropout: tiles of 32 rows x 16 ranks)
-//   backward: dinp += mask * keep_scale * (dxa A)          (lora_dinp_dropout: 16 rows x 64 columns)
-//             dA += dxa^T dropout(inp)                     (lora_da_dropout_partials over at most 16 slices
+// Dropout: element i = n*IC + c of branch b is kept when dropout_keep_elementwise(key.seed, site_b,
+// key.offset + i, p) (host/philox.h) and scaled by 1/(1-p): the CPU reference's mask bit for bit. With p > 0
+//   forward:  xa_b = dropout_b(inp) A_b^T                 (lora_xa_dropout: tiles of 32 rows x 16 ranks of
+//                                                           every branch)
+//   backward: dinp += sum_b mask_b * keep_scale * (dxa_b A_b)  (lora_dinp_dropout: 16 rows x 64 columns; the
+//                                                           branches summed in fp32, one rounding to T)
+//             dA_b += dxa_b^T dropout_b(inp)               (lora_da_dropout_partials over at most 16 slices
 //                                                           of rows, then lora_da_sum adds them in order)
-// each regenerating the mask where it is used; fp32 accumulation in a fixed order (results do not depend
-// on the device or the schedule). With p = 0 every product is a cuBLAS GEMM on inp itself.
+// each regenerating the masks where they are used; fp32 accumulation in a fixed order (results do not
+// depend on the device or the schedule; xa_b, dA_b and dB_b have the bits of branch b alone). With p = 0
+// every product is a cuBLAS GEMM on inp itself, per branch.
 //
-// Memory is the caller's: `workspace` holds the bf16 weight copies, the backward's dxa and dA's partial
-// sums (lora_workspace_bytes). Kernels run on the handle's stream.
+// Memory is the caller's: `workspace` holds, per branch, the bf16 weight copies, the backward's dxa and dA's
+// partial sums (workspace_sizes.h: lora_branches_workspace_bytes). Kernels run on the handle's stream.
 #pragma once
 
 #include <cstddef>
@@ -33,8 +39,38 @@
 #include "cuda/matmul.cuh"
 #include "cuda/workspace_sizes.h"
 #include "host/philox.h"
+#include "model/backend.h"
 
 namespace l2v::cuda {
+
+// The input the branches of one call share (model/backend.h: LoraInput), and the branches.
+template <typename T>
+struct LoraInput {
+  const T* inp;  // [N, IC]
+  int N, IC, R;
+  float scale, dropout_p;
+  DropoutKey key;
+};
+template <typename T>
+struct LoraForwardBranch {
+  T* out;  // [N, OC]
+  T* xa;   // [N, R]
+  const float* A;
+  const float* B;
+  uint32_t site;
+  int OC;
+};
+template <typename T>
+struct LoraBackwardBranch {
+  const T* dout;  // [N, OC]
+  const T* xa;
+  const float* A;
+  const float* B;
+  float* dA;
+  float* dB;
+  uint32_t site;
+  int OC;
+};
 
 namespace lora_detail {
 
@@ -96,20 +132,64 @@ constexpr int kXaRows = 32;    // lora_xa_dropout: rows per block
 constexpr int kXaCols = 32;    //   columns per step of its loop over IC
 constexpr int kRowTile = 16;   // lora_dinp_dropout and lora_da_dropout_partials: rows per step
 constexpr int kColTile = 64;   //   columns per block
+// lora_dinp_dropout's occupancy floor for kB branches (blocks of 256 threads per SM). With none, ptxas held
+// the three branches' kernel to 64 registers on sm_90 and spilled, and gave one branch 86-96 registers (2
+// blocks per SM); floors of 3 (at most 80 registers) and 5 (48) fit without spilling.
+constexpr int dinp_min_blocks(int kB) { return kB == 1 ? 5 : 3; }
 static_assert(kXaRows * kXaCols == 4 * kThreads && kRowTile * kColTile == 4 * kThreads &&
                   kRowTile * kRanks == kThreads && kRanks * kXaCols == 2 * kThreads,
               "each thread loads 4 inputs and computes the outputs the tiles below give it");
 
-// The dropped input at row n, columns c0 .. c0+3 in fp32 (0 past IC): inp * keep_scale where the mask
-// keeps it. One Philox call for the four when their first index is a multiple of 4.
+// The branches' operands of the dropout kernels, passed by value; entries past the launch's count unused.
 template <typename T>
-__device__ __forceinline__ void load_dropped4(float v[4], const T* __restrict__ inp, int n, int c0, int IC, float p,
-                                              float keep_scale, DropoutKey key, uint32_t site) {
+struct DropoutBranches {
+  const float* A[kMaxLoraBranches];
+  T* xa[kMaxLoraBranches];              // forward: xa, written; backward: dxa, read
+  float* partials[kMaxLoraBranches];    // backward: dA's per-slice sums
+  float* dA[kMaxLoraBranches];
+  uint32_t site[kMaxLoraBranches];
+};
+
+// Calls f(std::integral_constant<int, count>{}) for count = 1 .. kMaxLoraBranches: the kernels below are
+// instantiated per branch count, so that their per-branch tiles and accumulators have static sizes.
+template <typename F>
+void with_branch_count(int count, F&& f) {
+  static_assert(kMaxLoraBranches == 3, "one case per branch count");
+  switch (count) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 3>{}); break;
+  }
+}
+
+// The input at row n, columns c0 .. c0+3 in fp32 (0 past IC).
+template <typename T>
+__device__ __forceinline__ void load_input4(float x[4], const T* __restrict__ inp, int n, int c0, int IC) {
+  for (int j = 0; j < 4; ++j) x[j] = c0 + j < IC ? gemm_detail::to_float(inp[(long)n * IC + c0 + j]) : 0.0f;
+}
+
+// One branch's dropped input from x (load_input4 of row n, column c0): x * keep_scale where its mask keeps
+// the element, else 0. One Philox call for the four when c0 is a multiple of 4.
+__device__ __forceinline__ void drop4(float* v, const float x[4], int n, int c0, int IC, float p, float keep_scale,
+                                      DropoutKey key, uint32_t site) {
   bool keep[4];
   dropout_keep4_elementwise(key.seed, site, key.offset + (uint64_t)n * IC + c0, p, keep);
-  for (int j = 0; j < 4; ++j) {
-    const int c = c0 + j;
-    v[j] = c < IC && keep[j] ? gemm_detail::to_float(inp[(long)n * IC + c]) * keep_scale : 0.0f;
+  for (int j = 0; j < 4; ++j) v[j] = keep[j] ? x[j] * keep_scale : 0.0f;
+}
+
+// Row n's input at columns c0 .. c0+3, read once and dropped by each of the kB branches' masks into
+// xs[b][lr][lc .. lc+3] (zeros where `valid` is false: a row past the end).
+template <int kB, int kRows, int kLd, typename T>
+__device__ __forceinline__ void store_dropped4(float (&xs)[kB][kRows][kLd], int lr, int lc, const T* __restrict__ inp,
+                                               bool valid, int n, int c0, int IC, float p, float keep_scale,
+                                               DropoutKey key, const DropoutBranches<T>& br) {
+  float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (valid) load_input4(x, inp, n, c0, IC);
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (valid) drop4(v, x, n, c0, IC, p, keep_scale, key, br.site[b]);
+    for (int j = 0; j < 4; ++j) xs[b][lr][lc + j] = v[j];
   }
 }
 
@@ -124,116 +204,159 @@ __device__ __forceinline__ void load_a_tile(float (&as)[kRanks][kLd], const floa
   }
 }
 
-// xa [N, R] = dropout(inp) A^T. Block: rows n0 .. n0+31, ranks r0 .. r0+15; thread t computes ranks
-// r0 + t % 16 of rows t / 16 and t / 16 + 16, summing over IC in order.
-template <typename T>
+// xa_b [N, R] = dropout_b(inp) A_b^T for kB branches, reading each input element once. Block: rows
+// n0 .. n0+31, ranks r0 .. r0+15 of every branch; thread t computes ranks r0 + t % 16 of rows t / 16 and
+// t / 16 + 16, summing over IC in order (each branch's bits as it would have alone).
+template <typename T, int kB>
 __global__ void __launch_bounds__(kThreads)
-    lora_xa_dropout_kernel(T* __restrict__ xa, const T* __restrict__ inp, const float* __restrict__ A, int N, int IC,
-                           int R, float p, float keep_scale, DropoutKey key, uint32_t site) {
-  L2V_SHARED(float, xs, [kXaRows][kXaCols + 1]);
-  L2V_SHARED(float, as, [kRanks][kXaCols + 1]);
+    lora_xa_dropout_kernel(DropoutBranches<T> br, const T* __restrict__ inp, int N, int IC, int R, float p,
+                           float keep_scale, DropoutKey key) {
+  L2V_SHARED(float, xs, [kB][kXaRows][kXaCols + 1]);
+  L2V_SHARED(float, as, [kB][kRanks][kXaCols + 1]);
   const int t = threadIdx.x, n0 = blockIdx.x * kXaRows, r0 = blockIdx.y * kRanks;
   const int r = t % kRanks, row = t / kRanks;
-  float acc0 = 0.0f, acc1 = 0.0f;
+  const int lr = t / (kXaCols / 4), lc = 4 * (t % (kXaCols / 4));
+  float acc0[kB], acc1[kB];
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b) acc0[b] = acc1[b] = 0.0f;
   for (int c0 = 0; c0 < IC; c0 += kXaCols) {
-    const int lr = t / (kXaCols / 4), lc = 4 * (t % (kXaCols / 4));
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (n0 + lr < N) load_dropped4(v, inp, n0 + lr, c0 + lc, IC, p, keep_scale, key, site);
-    for (int j = 0; j < 4; ++j) xs[lr][lc + j] = v[j];
-    load_a_tile<kXaCols>(as, A, r0, c0, R, IC);
+    store_dropped4(xs, lr, lc, inp, n0 + lr < N, n0 + lr, c0 + lc, IC, p, keep_scale, key, br);
+    L2V_UNROLL
+    for (int b = 0; b < kB; ++b) load_a_tile<kXaCols>(as[b], br.A[b], r0, c0, R, IC);
     __syncthreads();
     const int cols = IC - c0 < kXaCols ? IC - c0 : kXaCols;
     for (int c = 0; c < cols; ++c) {
-      const float a = as[r][c];
-      acc0 = fmaf(xs[row][c], a, acc0);
-      acc1 = fmaf(xs[row + kXaRows / 2][c], a, acc1);
+      L2V_UNROLL
+      for (int b = 0; b < kB; ++b) {
+        const float a = as[b][r][c];
+        acc0[b] = fmaf(xs[b][row][c], a, acc0[b]);
+        acc1[b] = fmaf(xs[b][row + kXaRows / 2][c], a, acc1[b]);
+      }
     }
     __syncthreads();
   }
   if (r0 + r >= R) return;
-  if (n0 + row < N) xa[(long)(n0 + row) * R + r0 + r] = gemm_detail::from_float<T>(acc0);
-  if (n0 + row + kXaRows / 2 < N) xa[(long)(n0 + row + kXaRows / 2) * R + r0 + r] = gemm_detail::from_float<T>(acc1);
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b) {
+    if (n0 + row < N) br.xa[b][(long)(n0 + row) * R + r0 + r] = gemm_detail::from_float<T>(acc0[b]);
+    if (n0 + row + kXaRows / 2 < N)
+      br.xa[b][(long)(n0 + row + kXaRows / 2) * R + r0 + r] = gemm_detail::from_float<T>(acc1[b]);
+  }
 }
 
-// dinp [N, IC] += keep_scale * (dxa A) where the mask keeps the element; dropped elements are neither
-// read nor written. Block: rows n0 .. n0+15, columns c0 .. c0+63; thread t computes columns
-// c0 + 4 (t % 16) .. +3 of row t / 16, summing over R in order.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    lora_dinp_dropout_kernel(T* __restrict__ dinp, const T* __restrict__ dxa, const float* __restrict__ A, int N,
-                             int IC, int R, float p, float keep_scale, DropoutKey key, uint32_t site) {
-  L2V_SHARED(float, ds, [kRowTile][kRanks + 1]);
-  L2V_SHARED(float, as, [kRanks][kColTile]);
+// dinp [N, IC] += sum over the kB branches of keep_scale * (dxa_b A_b) where branch b's mask keeps the
+// element: one read and one rounded write of dinp for all of them, the branches added in order in fp32.
+// Elements no branch keeps are neither read nor written. Block: rows n0 .. n0+15, columns c0 .. c0+63;
+// thread t computes columns c0 + 4 (t % 16) .. +3 of row t / 16, summing over R in order.
+template <typename T, int kB>
+__global__ void __launch_bounds__(kThreads, dinp_min_blocks(kB))
+    lora_dinp_dropout_kernel(T* __restrict__ dinp, DropoutBranches<T> br, int N, int IC, int R, float p,
+                             float keep_scale, DropoutKey key) {
+  L2V_SHARED(float, ds, [kB][kRowTile][kRanks + 1]);
+  L2V_SHARED(float, as, [kB][kRanks][kColTile]);
   const int t = threadIdx.x, n0 = blockIdx.y * kRowTile, c0 = blockIdx.x * kColTile;
-  const int row = t / (kColTile / 4), c4 = 4 * (t % (kColTile / 4));
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const int row = t / (kColTile / 4), c4 = 4 * (t % (kColTile / 4)), n = n0 + row;
+  float acc[kB][4];
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b)
+    for (int j = 0; j < 4; ++j) acc[b][j] = 0.0f;
   for (int r0 = 0; r0 < R; r0 += kRanks) {
     const int dr = t / kRanks, dk = t % kRanks;
-    ds[dr][dk] = n0 + dr < N && r0 + dk < R ? gemm_detail::to_float(dxa[(long)(n0 + dr) * R + r0 + dk]) : 0.0f;
-    load_a_tile<kColTile>(as, A, r0, c0, R, IC);
+    L2V_UNROLL
+    for (int b = 0; b < kB; ++b) {
+      ds[b][dr][dk] =
+          n0 + dr < N && r0 + dk < R ? gemm_detail::to_float(br.xa[b][(long)(n0 + dr) * R + r0 + dk]) : 0.0f;
+      load_a_tile<kColTile>(as[b], br.A[b], r0, c0, R, IC);
+    }
     __syncthreads();
     const int ranks = R - r0 < kRanks ? R - r0 : kRanks;
     for (int k = 0; k < ranks; ++k) {
-      const float d = ds[row][k];
-      for (int j = 0; j < 4; ++j) acc[j] = fmaf(d, as[k][c4 + j], acc[j]);
+      L2V_UNROLL
+      for (int b = 0; b < kB; ++b) {
+        const float d = ds[b][row][k];
+        for (int j = 0; j < 4; ++j) acc[b][j] = fmaf(d, as[b][k][c4 + j], acc[b][j]);
+      }
     }
     __syncthreads();
   }
-  const int n = n0 + row;
   if (n >= N) return;
-  bool keep[4];
-  dropout_keep4_elementwise(key.seed, site, key.offset + (uint64_t)n * IC + c0 + c4, p, keep);
+  // Bit 4 b + j: branch b keeps column c0 + c4 + j (a mask word rather than a bool array: fewer registers).
+  unsigned keep = 0;
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b) {
+    bool k4[4];
+    dropout_keep4_elementwise(key.seed, br.site[b], key.offset + (uint64_t)n * IC + c0 + c4, p, k4);
+    L2V_UNROLL
+    for (int j = 0; j < 4; ++j) keep |= (unsigned)k4[j] << (4 * b + j);
+  }
+  L2V_UNROLL
   for (int j = 0; j < 4; ++j) {
     const int c = c0 + c4 + j;
-    if (c >= IC || !keep[j]) continue;
+    if (c >= IC || (keep & (0x111u << j)) == 0) continue;
     const long i = (long)n * IC + c;
-    dinp[i] = gemm_detail::from_float<T>(gemm_detail::to_float(dinp[i]) + acc[j] * keep_scale);
+    float v = gemm_detail::to_float(dinp[i]);
+    L2V_UNROLL
+    for (int b = 0; b < kB; ++b)
+      if (keep & (1u << (4 * b + j))) v = v + acc[b][j] * keep_scale;
+    dinp[i] = gemm_detail::from_float<T>(v);
   }
 }
 
-// partials [slice, R, IC] = dxa^T dropout(inp) over the rows of one slice (blockIdx.z; lora_slice_rows
-// each), in order. Block: columns c0 .. c0+63, ranks r0 .. r0+15; thread t computes columns
-// c0 + 4 (t % 16) .. +3 of rank r0 + t / 16.
-template <typename T>
+// partials_b [slice, R, IC] = dxa_b^T dropout_b(inp) over the rows of one slice (blockIdx.z; lora_slice_rows
+// each), in order, for kB branches reading each input element once. Block: columns c0 .. c0+63, ranks
+// r0 .. r0+15 of every branch; thread t computes columns c0 + 4 (t % 16) .. +3 of rank r0 + t / 16.
+template <typename T, int kB>
 __global__ void __launch_bounds__(kThreads)
-    lora_da_dropout_partials_kernel(float* __restrict__ partials, const T* __restrict__ dxa,
-                                    const T* __restrict__ inp, int N, int IC, int R, int slice_rows, float p,
-                                    float keep_scale, DropoutKey key, uint32_t site) {
-  L2V_SHARED(float, xs, [kRowTile][kColTile]);
-  L2V_SHARED(float, ds, [kRowTile][kRanks + 1]);
+    lora_da_dropout_partials_kernel(DropoutBranches<T> br, const T* __restrict__ inp, int N, int IC, int R,
+                                    int slice_rows, float p, float keep_scale, DropoutKey key) {
+  L2V_SHARED(float, xs, [kB][kRowTile][kColTile]);
+  L2V_SHARED(float, ds, [kB][kRowTile][kRanks + 1]);
   const int t = threadIdx.x, c0 = blockIdx.x * kColTile, r0 = blockIdx.y * kRanks;
   const int r = t / (kColTile / 4), c4 = 4 * (t % (kColTile / 4));
   const int first = blockIdx.z * slice_rows, last = first + slice_rows < N ? first + slice_rows : N;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float acc[kB][4];
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b)
+    for (int j = 0; j < 4; ++j) acc[b][j] = 0.0f;
   for (int n0 = first; n0 < last; n0 += kRowTile) {
     const int lr = t / (kColTile / 4), lc = 4 * (t % (kColTile / 4));
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (n0 + lr < last) load_dropped4(v, inp, n0 + lr, c0 + lc, IC, p, keep_scale, key, site);
-    for (int j = 0; j < 4; ++j) xs[lr][lc + j] = v[j];
     const int dr = t / kRanks, dk = t % kRanks;
-    ds[dr][dk] = n0 + dr < last && r0 + dk < R ? gemm_detail::to_float(dxa[(long)(n0 + dr) * R + r0 + dk]) : 0.0f;
+    store_dropped4(xs, lr, lc, inp, n0 + lr < last, n0 + lr, c0 + lc, IC, p, keep_scale, key, br);
+    L2V_UNROLL
+    for (int b = 0; b < kB; ++b)
+      ds[b][dr][dk] =
+          n0 + dr < last && r0 + dk < R ? gemm_detail::to_float(br.xa[b][(long)(n0 + dr) * R + r0 + dk]) : 0.0f;
     __syncthreads();
     const int rows = last - n0 < kRowTile ? last - n0 : kRowTile;
     for (int k = 0; k < rows; ++k) {
-      const float d = ds[k][r];
-      for (int j = 0; j < 4; ++j) acc[j] = fmaf(d, xs[k][c4 + j], acc[j]);
+      L2V_UNROLL
+      for (int b = 0; b < kB; ++b) {
+        const float d = ds[b][k][r];
+        for (int j = 0; j < 4; ++j) acc[b][j] = fmaf(d, xs[b][k][c4 + j], acc[b][j]);
+      }
     }
     __syncthreads();
   }
   if (r0 + r >= R) return;
-  float* out = partials + ((long)blockIdx.z * R + r0 + r) * IC;
-  for (int j = 0; j < 4; ++j)
-    if (c0 + c4 + j < IC) out[c0 + c4 + j] = acc[j];
+  L2V_UNROLL
+  for (int b = 0; b < kB; ++b) {
+    float* out = br.partials[b] + ((long)blockIdx.z * R + r0 + r) * IC;
+    for (int j = 0; j < 4; ++j)
+      if (c0 + c4 + j < IC) out[c0 + c4 + j] = acc[b][j];
+  }
 }
 
-// dA [R*IC] += the slices' partial sums, added in slice order.
-template <int kBlockSize>
+// dA_b [R*IC] += branch b's slices' partial sums, added in slice order, for kB branches.
+template <typename T, int kB, int kBlockSize>
 __global__ void __launch_bounds__(kBlockSize)
-    lora_da_sum_kernel(float* __restrict__ dA, const float* __restrict__ partials, int slices, long n) {
+    lora_da_sum_kernel(DropoutBranches<T> br, int slices, long n) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-    float sum = partials[i];
-    for (int s = 1; s < slices; ++s) sum += partials[(long)s * n + i];
-    dA[i] += sum;
+    L2V_UNROLL
+    for (int b = 0; b < kB; ++b) {
+      float sum = br.partials[b][i];
+      for (int s = 1; s < slices; ++s) sum += br.partials[b][(long)s * n + i];
+      br.dA[b][i] += sum;
+    }
   }
 }
 
@@ -246,65 +369,114 @@ inline void check_args(const char* fn, float dropout_p, const void* workspace, s
   gemm_detail::require(N <= 65535 * kRowTile, fn, "too many rows for the dropout kernels' grid");
 }
 
+// Checks every branch and returns its operands (each from its own region of the workspace).
+template <typename T, typename Branch>
+void prepare_branches(const char* fn, cudaStream_t stream, const LoraInput<T>& in, const Branch* br, int count,
+                      void* workspace, Operands<T>* ops) {
+  gemm_detail::require(count >= 1 && count <= kMaxLoraBranches, fn, "1 to 3 branches per call");
+  int OC[kMaxLoraBranches];
+  for (int b = 0; b < count; ++b) OC[b] = br[b].OC;
+  const size_t bytes = lora_branches_workspace_bytes(sizeof(T), in.N, in.IC, OC, count, in.R);
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  for (int b = 0; b < count; ++b) {
+    check_args(fn, in.dropout_p, workspace, bytes, in.N, in.IC, br[b].OC, in.R);
+    if (in.N > 0) ops[b] = prepare<T>(stream, ws, br[b].A, br[b].B, in.N, in.IC, br[b].OC, in.R);
+    if (ws) ws += lora_branch_region_bytes(sizeof(T), in.N, in.IC, br[b].OC, in.R);
+  }
+}
+
 }  // namespace lora_detail
 
-// Bytes of the `workspace` of lora_forward_cuda / lora_backward_cuda for N rows (lora_merge_cuda: N = 0).
+// Bytes of the `workspace` of lora_merge_cuda (N = 0) and of one branch of lora_forward_cuda /
+// lora_backward_cuda (several: lora_branches_workspace_bytes).
 template <typename T>
 size_t lora_workspace_bytes(int N, int IC, int OC, int R) {
   return lora_workspace_bytes(sizeof(T), N, IC, OC, R);
 }
 
-// out [N, OC] += scale * dropout(inp) A^T B^T, saving xa [N, R] = dropout(inp) A^T for the backward.
-// The second product is one GEMM with alpha = scale and beta = 1 straight into out: no extra pass.
+// For each branch: out_b [N, OC_b] += scale * dropout_b(inp) A_b^T B_b^T, saving xa_b [N, R] =
+// dropout_b(inp) A_b^T for the backward. With dropout one kernel computes every branch's xa from one read
+// of the input; without, one cuBLAS GEMM per branch. The second product is one GEMM per branch with
+// alpha = scale and beta = 1 straight into out_b: no extra pass. workspace: lora_branches_workspace_bytes.
 template <typename T>
-void lora_forward_cuda(cublasHandle_t handle, T* out, T* xa, const T* inp, const float* A, const float* B, float scale,
-                       float dropout_p, DropoutKey key, uint32_t site, void* workspace, int N, int IC, int OC, int R) {
+void lora_forward_cuda(cublasHandle_t handle, const LoraInput<T>& in, const LoraForwardBranch<T>* br, int count,
+                       void* workspace) {
   using namespace lora_detail;
-  check_args("lora_forward_cuda", dropout_p, workspace, lora_workspace_bytes<T>(N, IC, OC, R), N, IC, OC, R);
-  if (N == 0) return;
   const cudaStream_t stream = gemm_detail::stream_of(handle);
-  const Operands<T> w = prepare<T>(stream, workspace, A, B, N, IC, OC, R);
-  if (dropout_p > 0.0f) {
-    const dim3 grid((unsigned)((N + kXaRows - 1) / kXaRows), (unsigned)((R + kRanks - 1) / kRanks));
-    l2v::launch("lora_xa_dropout", lora_xa_dropout_kernel<T>, grid, dim3(kThreads), 0, stream, xa, inp, A, N, IC, R,
-                dropout_p, 1.0f / (1.0f - dropout_p), key, site);
+  Operands<T> w[kMaxLoraBranches];
+  prepare_branches("lora_forward_cuda", stream, in, br, count, workspace, w);
+  if (in.N == 0) return;
+  if (in.dropout_p > 0.0f) {
+    DropoutBranches<T> d{};
+    for (int b = 0; b < count; ++b) {
+      d.A[b] = br[b].A;
+      d.xa[b] = br[b].xa;
+      d.site[b] = br[b].site;
+    }
+    const dim3 grid((unsigned)((in.N + kXaRows - 1) / kXaRows), (unsigned)((in.R + kRanks - 1) / kRanks));
+    with_branch_count(count, [&](auto kB) {
+      l2v::launch("lora_xa_dropout", lora_xa_dropout_kernel<T, decltype(kB)::value>, grid, dim3(kThreads), 0, stream,
+                  d, in.inp, in.N, in.IC, in.R, in.dropout_p, 1.0f / (1.0f - in.dropout_p), in.key);
+    });
   } else {
-    gemm_rowmajor(handle, false, true, N, R, IC, 1.0f, inp, IC, w.A, IC, 0.0f, xa, R);
+    for (int b = 0; b < count; ++b)
+      gemm_rowmajor(handle, false, true, in.N, in.R, in.IC, 1.0f, in.inp, in.IC, w[b].A, in.IC, 0.0f, br[b].xa, in.R);
   }
-  gemm_rowmajor(handle, false, true, N, OC, R, scale, xa, R, w.B, R, 1.0f, out, OC);
+  for (int b = 0; b < count; ++b)
+    gemm_rowmajor(handle, false, true, in.N, br[b].OC, in.R, in.scale, br[b].xa, in.R, w[b].B, in.R, 1.0f, br[b].out,
+                  br[b].OC);
 }
 
-// Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] from dout [N, OC], the forward's inp and xa:
-//   dB += scale dout^T xa,  dxa = scale dout B,  dA += dxa^T dropout(inp),  dinp += dropout'(dxa A).
-// Without dropout the dA and dinp GEMMs read inp and accumulate into dinp directly (beta = 1); with it,
-// the dropout kernels regenerate the mask in registers.
+// Accumulates (+=) dinp [N, IC] and each branch's dA_b [R, IC] and dB_b [OC_b, R] from its dout_b [N, OC_b],
+// the forward's inp and xa_b:
+//   dB_b += scale dout_b^T xa_b,  dxa_b = scale dout_b B_b,  dA_b += dxa_b^T dropout_b(inp),
+//   dinp += sum_b dropout_b'(dxa_b A_b).
+// Without dropout the dA and dinp GEMMs read inp and accumulate into dinp directly (beta = 1), per branch;
+// with it, one kernel updates dinp for every branch (one rounding of the sum) and one computes every
+// branch's dA partial sums from one read of the input, regenerating the masks in registers.
 template <typename T>
-void lora_backward_cuda(cublasHandle_t handle, T* dinp, float* dA, float* dB, const T* dout, const T* inp, const T* xa,
-                        const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                        void* workspace, int N, int IC, int OC, int R) {
+void lora_backward_cuda(cublasHandle_t handle, T* dinp, const LoraInput<T>& in, const LoraBackwardBranch<T>* br,
+                        int count, void* workspace) {
   using namespace lora_detail;
-  check_args("lora_backward_cuda", dropout_p, workspace, lora_workspace_bytes<T>(N, IC, OC, R), N, IC, OC, R);
-  if (N == 0) return;
   const cudaStream_t stream = gemm_detail::stream_of(handle);
-  const Operands<T> w = prepare<T>(stream, workspace, A, B, N, IC, OC, R);
-  gemm_rowmajor(handle, true, false, OC, R, N, scale, dout, OC, xa, R, 1.0f, dB, R);
-  gemm_rowmajor(handle, false, false, N, R, OC, scale, dout, OC, w.B, R, 0.0f, w.dxa, R);
-  if (dropout_p == 0.0f) {
-    gemm_rowmajor(handle, true, false, R, IC, N, 1.0f, w.dxa, R, inp, IC, 1.0f, dA, IC);
-    gemm_rowmajor(handle, false, false, N, IC, R, 1.0f, w.dxa, R, w.A, IC, 1.0f, dinp, IC);
+  Operands<T> w[kMaxLoraBranches];
+  prepare_branches("lora_backward_cuda", stream, in, br, count, workspace, w);
+  const int N = in.N, IC = in.IC, R = in.R;
+  if (N == 0) return;
+  for (int b = 0; b < count; ++b) {
+    gemm_rowmajor(handle, true, false, br[b].OC, R, N, in.scale, br[b].dout, br[b].OC, br[b].xa, R, 1.0f, br[b].dB, R);
+    gemm_rowmajor(handle, false, false, N, R, br[b].OC, in.scale, br[b].dout, br[b].OC, w[b].B, R, 0.0f, w[b].dxa, R);
+  }
+  if (in.dropout_p == 0.0f) {
+    for (int b = 0; b < count; ++b) {
+      gemm_rowmajor(handle, true, false, R, IC, N, 1.0f, w[b].dxa, R, in.inp, IC, 1.0f, br[b].dA, IC);
+      gemm_rowmajor(handle, false, false, N, IC, R, 1.0f, w[b].dxa, R, w[b].A, IC, 1.0f, dinp, IC);
+    }
     return;
   }
-  const float keep_scale = 1.0f / (1.0f - dropout_p);
+  DropoutBranches<T> d{};
+  for (int b = 0; b < count; ++b) {
+    d.A[b] = br[b].A;
+    d.xa[b] = w[b].dxa;
+    d.partials[b] = w[b].partials;
+    d.dA[b] = br[b].dA;
+    d.site[b] = br[b].site;
+  }
+  const float keep_scale = 1.0f / (1.0f - in.dropout_p);
   const unsigned col_blocks = (unsigned)((IC + kColTile - 1) / kColTile);
-  l2v::launch("lora_dinp_dropout", lora_dinp_dropout_kernel<T>, dim3(col_blocks, (unsigned)((N + kRowTile - 1) / kRowTile)),
-              dim3(kThreads), 0, stream, dinp, w.dxa, A, N, IC, R, dropout_p, keep_scale, key, site);
   const int slices = lora_slices(N);
-  l2v::launch("lora_da_dropout_partials", lora_da_dropout_partials_kernel<T>,
-              dim3(col_blocks, (unsigned)((R + kRanks - 1) / kRanks), (unsigned)slices), dim3(kThreads), 0, stream,
-              w.partials, w.dxa, inp, N, IC, R, lora_slice_rows(N), dropout_p, keep_scale, key, site);
-  const long n = (long)R * IC;
-  l2v::launch("lora_da_sum", lora_da_sum_kernel<kThreads>, dim3(gemm_detail::elementwise_grid(n)), dim3(kThreads), 0, stream,
-              dA, w.partials, slices, n);
+  with_branch_count(count, [&](auto kB) {
+    constexpr int kBranches = decltype(kB)::value;
+    l2v::launch("lora_dinp_dropout", lora_dinp_dropout_kernel<T, kBranches>,
+                dim3(col_blocks, (unsigned)((N + kRowTile - 1) / kRowTile)), dim3(kThreads), 0, stream, dinp, d, N, IC,
+                R, in.dropout_p, keep_scale, in.key);
+    l2v::launch("lora_da_dropout_partials", lora_da_dropout_partials_kernel<T, kBranches>,
+                dim3(col_blocks, (unsigned)((R + kRanks - 1) / kRanks), (unsigned)slices), dim3(kThreads), 0, stream,
+                d, in.inp, N, IC, R, lora_slice_rows(N), in.dropout_p, keep_scale, in.key);
+    const long n = (long)R * IC;
+    l2v::launch("lora_da_sum", lora_da_sum_kernel<T, kBranches, kThreads>, dim3(gemm_detail::elementwise_grid(n)),
+                dim3(kThreads), 0, stream, d, slices, n);
+  });
 }
 
 // weight [OC, IC] += sign * scale * B A (sign +1 merges, -1 unmerges): one GEMM with beta = 1. For bf16 the

@@ -34,6 +34,15 @@ inline size_t lora_partials_offset(size_t elem, int N, int IC, int OC, int R) {
 inline size_t lora_workspace_bytes(size_t elem, int N, int IC, int OC, int R) {
   return lora_partials_offset(elem, N, IC, OC, R) + sizeof(float) * (size_t)lora_slices(N) * R * IC;
 }
+// Adapters sharing an input (cuda/lora.cuh's launchers): one region per branch, each as above.
+inline size_t lora_branch_region_bytes(size_t elem, int N, int IC, int OC, int R) {
+  return workspace_align_up(lora_workspace_bytes(elem, N, IC, OC, R));
+}
+inline size_t lora_branches_workspace_bytes(size_t elem, int N, int IC, const int* OC, int count, int R) {
+  size_t bytes = 0;
+  for (int i = 0; i < count; ++i) bytes += lora_branch_region_bytes(elem, N, IC, OC[i], R);
+  return bytes;
+}
 
 // The MNTP head (cuda/lm_head.cuh) over `chunk` rows: the gathered hidden rows, fp32 logits, and (16-bit
 // storage) separate dlogits.

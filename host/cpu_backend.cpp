@@ -208,16 +208,19 @@ class CpuBackend final : public Backend {
     if (!bf16_) return cpu::matmul_backward_input(f(dinp), f(dout), f(weight), N, IC, OC, accumulate);
     cpu::gemm_bf16(f(dinp), IC, f(dout), OC, N, packed(weight, IC, OC, /*backward=*/true).backward, accumulate);
   }
-  void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
-                    float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
-                    int R) override {
-    cpu::lora_forward(f(out), f(xa), f(inp), A, B, scale, dropout_p, key, site, f(scratch), N, IC, OC, R);
+  void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) override {
+    for (int i = 0; i < count; ++i) {
+      const LoraForwardBranch& b = branches[i];
+      cpu::lora_forward(f(b.out), f(b.xa), f(in.inp), b.A, b.B, in.scale, in.dropout_p, in.key, b.site,
+                        f(in.scratch), in.N, in.IC, b.OC, in.R);
+    }
   }
-  void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
-                     const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
-                     Tensor scratch, int N, int IC, int OC, int R) override {
-    cpu::lora_backward(f(dinp), dA, dB, f(dout), f(inp), f(xa), A, B, scale, dropout_p, key, site, f(scratch), N, IC,
-                       OC, R);
+  void lora_backward(Tensor dinp, const LoraInput& in, const LoraBackwardBranch* branches, int count) override {
+    for (int i = 0; i < count; ++i) {
+      const LoraBackwardBranch& b = branches[i];
+      cpu::lora_backward(f(dinp), b.dA, b.dB, f(b.dout), f(in.inp), f(b.xa), b.A, b.B, in.scale, in.dropout_p,
+                         in.key, b.site, f(in.scratch), in.N, in.IC, b.OC, in.R);
+    }
   }
   void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                   int R) override {

@@ -30,6 +30,42 @@ struct SharedInputLinear {
   int OC;
 };
 
+// The LoRA adapters of linear layers that read one input (q, k and v of x1; gate and up of x2; or one layer
+// alone) go to Backend::lora_forward / lora_backward together, so that a backend can read the input, and
+// write its gradient, once for all of them. What they share:
+struct LoraInput {
+  ConstTensor inp;  // [N, IC]
+  int N, IC, R;
+  float scale;      // PEFT's alpha / r (or alpha / sqrt(r))
+  float dropout_p;  // on the adapter's input; each branch draws its own mask (its site)
+  DropoutKey key;
+  Tensor scratch;   // [N, IC] for the dropped input where lora_dropout_needs_scratch(), else unused
+};
+// At most this many branches per call (q, k, v).
+constexpr int kMaxLoraBranches = 3;
+// One adapter of Backend::lora_forward: out [N, OC] += scale dropout(inp) A^T B^T, xa [N, R] = dropout(inp) A^T
+// saved for the backward. A [R, IC], B [OC, R] are fp32.
+struct LoraForwardBranch {
+  Tensor out;
+  Tensor xa;
+  const float* A;
+  const float* B;
+  uint32_t site;  // the dropout mask's RNG site
+  int OC;
+};
+// One adapter of Backend::lora_backward, from its output's gradient dout [N, OC] and the forward's xa:
+// dA [R, IC] and dB [OC, R] are accumulated (+=).
+struct LoraBackwardBranch {
+  ConstTensor dout;
+  ConstTensor xa;
+  const float* A;
+  const float* B;
+  float* dA;
+  float* dB;
+  uint32_t site;
+  int OC;
+};
+
 // What Backend::run_as_graph has done since the backend was made.
 struct GraphStats {
   long launches = 0;        // works launched as graphs
@@ -133,12 +169,10 @@ class Backend {
     for (int i = 0; i < count; ++i)
       matmul_forward(layers[i].out, inp, layers[i].weight, layers[i].bias, N, IC, layers[i].OC);
   }
-  virtual void lora_forward(Tensor out, Tensor xa, ConstTensor inp, const float* A, const float* B, float scale,
-                            float dropout_p, DropoutKey key, uint32_t site, Tensor scratch, int N, int IC, int OC,
-                            int R) = 0;
-  virtual void lora_backward(Tensor dinp, float* dA, float* dB, ConstTensor dout, ConstTensor inp, ConstTensor xa,
-                             const float* A, const float* B, float scale, float dropout_p, DropoutKey key,
-                             uint32_t site, Tensor scratch, int N, int IC, int OC, int R) = 0;
+  // cpu::lora_forward of each branch on the shared input, and cpu::lora_backward of each accumulating into the
+  // one dinp [N, IC] (branches in order); 1 <= count <= kMaxLoraBranches.
+  virtual void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) = 0;
+  virtual void lora_backward(Tensor dinp, const LoraInput& in, const LoraBackwardBranch* branches, int count) = 0;
   virtual void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
   virtual void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) = 0;

@@ -155,11 +155,16 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   if (in.cuda) {
     // The CUDA backend's scratch (cuda/cuda_backend.cu), each at the largest size the step asks for.
     a.bytes("scratch", "attention backward", cuda::attention_backward_scratch_bytes((int)B, (int)T, (int)H));
+    // The LoRA workspace of the largest group of adapters sharing an input (model.h: kLinearGroups).
     size_t lora_ws = 0;
-    for (int id = 0; id < kNumLinears; ++id)
-      if (in.lora.targets[id] && in.lora.r > 0)
-        lora_ws = std::max(lora_ws, cuda::lora_workspace_bytes(in.tensor_bytes, (int)N, (int)in_dims[id],
-                                                               (int)out_dims[id], in.lora.r));
+    for (const LinearGroup& g : kLinearGroups) {
+      int OC[kMaxLoraBranches], count = 0;
+      for (int i = 0; i < g.count; ++i)
+        if (in.lora.targets[g.ids[i]] && in.lora.r > 0) OC[count++] = (int)out_dims[g.ids[i]];
+      if (count > 0)
+        lora_ws = std::max(lora_ws, cuda::lora_branches_workspace_bytes(in.tensor_bytes, (int)N,
+                                                                        (int)in_dims[g.ids[0]], OC, count, in.lora.r));
+    }
     if (lora_ws) a.bytes("scratch", "LoRA workspace", lora_ws);
     if (in.mntp) a.bytes("scratch", "LM head (chunked logits)", cuda::lm_head_scratch_bytes(in.tensor_bytes, cuda::kLmHeadChunk, (int)C, (int)V));
     if (!in.mntp && in.loss_queries > 0)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <random>
 #include <stdexcept>
 
@@ -395,46 +396,66 @@ DropoutKey attention_key(const Model& m, const ForwardOptions& opt) {
   return {opt.seed, opt.row0 * (uint64_t)m.config.num_attention_heads};
 }
 
-// out += the LoRA branch of this linear layer, when it has an active adapter.
-void lora_branch_forward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor out, Tensor xa,
-                         ConstTensor inp, int N) {
-  const Linear& lin = m.layers[layer].linear[id];
-  if (lora_active(m, lin))
-    m.backend->lora_forward(out, xa, inp, lin.lora_A, lin.lora_B, m.lora.scale(), lora_dropout(m, opt),
-                            elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N, lin.in, lin.out, m.lora.r);
+// The LoRA input of a group's layers (they share IC, hence the dropout key) and its active branches' ids.
+LoraInput lora_input(const Model& m, const ForwardOptions& opt, const Linear& first, ConstTensor inp, int N) {
+  return {inp, N, first.in, m.lora.r, m.lora.scale(), lora_dropout(m, opt), elementwise_key(m, opt, first.in),
+          m.acts.lora_scratch};
+}
+int active_lora_ids(const Model& m, int layer, const LinearGroup& g, LinearId (&ids)[kMaxLoraBranches]) {
+  int count = 0;
+  for (int i = 0; i < g.count; ++i)
+    if (lora_active(m, m.layers[layer].linear[g.ids[i]])) ids[count++] = g.ids[i];
+  return count;
 }
 
-// out = inp W^T + b, plus the LoRA branch of this linear layer.
-void linear_forward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor out, Tensor xa, ConstTensor inp,
-                    int N) {
-  const Linear& lin = m.layers[layer].linear[id];
-  m.backend->matmul_forward(out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
-  lora_branch_forward(m, opt, layer, id, out, xa, inp, N);
-}
-
-// linear_forward of several layers on the same input (q, k, v; gate, up): the base products in one backend
-// call (which may share the work on the input), then each layer's LoRA branch.
-template <int kCount>
-void linears_forward(Model& m, const ForwardOptions& opt, int layer, const int (&ids)[kCount],
-                     const Tensor (&outs)[kCount], const std::array<Tensor, kNumLinears>& xa, ConstTensor inp, int N) {
-  SharedInputLinear base[kCount];
-  for (int i = 0; i < kCount; ++i) {
-    const Linear& lin = m.layers[layer].linear[ids[i]];
-    base[i] = {outs[i], lin.weight, lin.bias, lin.out};
+// outs[i] = inp W_i^T + b_i plus the LoRA branch, for the group's layers in its order: the base products in
+// one backend call (which may share the work on the input), then the active adapters in one.
+void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
+                     std::initializer_list<Tensor> outs, const std::array<Tensor, kNumLinears>& xa, ConstTensor inp,
+                     int N) {
+  const LayerWeights& w = m.layers[layer];
+  SharedInputLinear base[kMaxLoraBranches];
+  Tensor out_of[kNumLinears] = {};
+  for (int i = 0; i < g.count; ++i) {
+    const Linear& lin = w.linear[g.ids[i]];
+    out_of[g.ids[i]] = outs.begin()[i];
+    base[i] = {outs.begin()[i], lin.weight, lin.bias, lin.out};
   }
-  m.backend->matmul_forward_shared(inp, N, m.layers[layer].linear[ids[0]].in, base, kCount);
-  for (int i = 0; i < kCount; ++i) lora_branch_forward(m, opt, layer, ids[i], outs[i], xa[ids[i]], inp, N);
+  m.backend->matmul_forward_shared(inp, N, w.linear[g.ids[0]].in, base, g.count);
+  LinearId ids[kMaxLoraBranches];
+  const int count = active_lora_ids(m, layer, g, ids);
+  if (count == 0) return;
+  LoraForwardBranch branches[kMaxLoraBranches];
+  for (int i = 0; i < count; ++i) {
+    const Linear& lin = w.linear[ids[i]];
+    branches[i] = {out_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lora_site(layer, ids[i]), lin.out};
+  }
+  m.backend->lora_forward(lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
 
-// dinp (+)= dout W, and the adapter's gradients.
-void linear_backward(Model& m, const ForwardOptions& opt, int layer, int id, Tensor dinp, ConstTensor dout,
-                     ConstTensor inp, ConstTensor xa, int N, bool accumulate) {
-  const Linear& lin = m.layers[layer].linear[id];
-  m.backend->matmul_backward_input(dinp, dout, lin.weight, N, lin.in, lin.out, accumulate);
-  if (lora_active(m, lin))
-    m.backend->lora_backward(dinp, lin.grad_A, lin.grad_B, dout, inp, xa, lin.lora_A, lin.lora_B, m.lora.scale(),
-                             lora_dropout(m, opt), elementwise_key(m, opt, lin.in), lora_site(layer, id), m.acts.lora_scratch, N,
-                             lin.in, lin.out, m.lora.r);
+// dinp = sum_i douts[i] W_i over the group's layers, plus their adapters' input gradients (their parameter
+// gradients accumulated): the base products first, then the active adapters in one backend call, which may
+// read inp and update dinp once for all of them.
+void linears_backward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
+                      std::initializer_list<ConstTensor> douts, Tensor dinp, ConstTensor inp,
+                      const std::array<Tensor, kNumLinears>& xa, int N) {
+  const LayerWeights& w = m.layers[layer];
+  ConstTensor dout_of[kNumLinears] = {};
+  for (int i = 0; i < g.count; ++i) {
+    const Linear& lin = w.linear[g.ids[i]];
+    dout_of[g.ids[i]] = douts.begin()[i];
+    m.backend->matmul_backward_input(dinp, douts.begin()[i], lin.weight, N, lin.in, lin.out, i > 0);
+  }
+  LinearId ids[kMaxLoraBranches];
+  const int count = active_lora_ids(m, layer, g, ids);
+  if (count == 0) return;
+  LoraBackwardBranch branches[kMaxLoraBranches];
+  for (int i = 0; i < count; ++i) {
+    const Linear& lin = w.linear[ids[i]];
+    branches[i] = {dout_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lin.grad_A, lin.grad_B,
+                   lora_site(layer, ids[i]), lin.out};
+  }
+  m.backend->lora_backward(dinp, lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
 
 float attn_dropout(const ForwardOptions& opt) { return opt.training ? opt.attn_dropout : 0.0f; }
@@ -452,20 +473,20 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   {
     Range range(be, "attention block");
     be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, {kQ, kK, kV}, {s.q, s.k, s.v}, s.xa, s.x1, N);
+    linears_forward(m, opt, l, kQkvGroup, {s.q, s.k, s.v}, s.xa, s.x1, N);
     be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
     be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
     be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
                          attention_key(m, opt), attention_site(l));
-    linear_forward(m, opt, l, kO, a.tmp, s.xa[kO], s.att, N);
+    linears_forward(m, opt, l, kOGroup, {a.tmp}, s.xa, s.att, N);
   }
   {
     Range range(be, "mlp block");
     // h_mid = h + o and x2 = norm(h_mid) in one pass over the residual stream.
     be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, {kGate, kUp}, {s.gate, s.up}, s.xa, s.x2, N);
+    linears_forward(m, opt, l, kGateUpGroup, {s.gate, s.up}, s.xa, s.x2, N);
     be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
-    linear_forward(m, opt, l, kDown, a.tmp, s.xa[kDown], s.act, N);
+    linears_forward(m, opt, l, kDownGroup, {a.tmp}, s.xa, s.act, N);
     be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);
   }
 }
@@ -482,21 +503,18 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   Range layer_range(be, "layer backward");
 
   // MLP block: h_next = h_mid + down(swiglu(gate(x2), up(x2))), x2 = norm(h_mid).
-  linear_backward(m, opt, l, kDown, a.d_act, a.d_resid, s.act, s.xa[kDown], N, false);
+  linears_backward(m, opt, l, kDownGroup, {a.d_resid}, a.d_act, s.act, s.xa, N);
   be.swiglu_backward(a.d_gate, a.d_up, a.d_act, s.gate, s.up, (long)N * c.intermediate_size);
-  linear_backward(m, opt, l, kGate, a.d_x, a.d_gate, s.x2, s.xa[kGate], N, false);
-  linear_backward(m, opt, l, kUp, a.d_x, a.d_up, s.x2, s.xa[kUp], N, true);
+  linears_backward(m, opt, l, kGateUpGroup, {a.d_gate, a.d_up}, a.d_x, s.x2, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, s.h_mid, w.mlp_norm, s.rstd2, N, C);
 
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
-  linear_backward(m, opt, l, kO, a.d_att, a.d_resid, s.att, s.xa[kO], N, false);
+  linears_backward(m, opt, l, kOGroup, {a.d_resid}, a.d_att, s.att, s.xa, N);
   be.attention_backward(a.d_q, a.d_k, a.d_v, a.d_att, s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D,
                         opt.causal, attn_dropout(opt), attention_key(m, opt), attention_site(l));
   be.rope_backward(a.d_q, a.d_q, m.rope_cos, m.rope_sin, N, T, H, D);
   be.rope_backward(a.d_k, a.d_k, m.rope_cos, m.rope_sin, N, T, KV, D);
-  linear_backward(m, opt, l, kQ, a.d_x, a.d_q, s.x1, s.xa[kQ], N, false);
-  linear_backward(m, opt, l, kK, a.d_x, a.d_k, s.x1, s.xa[kK], N, true);
-  linear_backward(m, opt, l, kV, a.d_x, a.d_v, s.x1, s.xa[kV], N, true);
+  linears_backward(m, opt, l, kQkvGroup, {a.d_q, a.d_k, a.d_v}, a.d_x, s.x1, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, h, w.attn_norm, s.rstd1, N, C);
 }
 

@@ -22,6 +22,17 @@ namespace l2v {
 // The linear layers of a decoder layer, in Hugging Face / PEFT naming order.
 enum LinearId : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinears };
 const char* linear_name(int id);  // "q_proj", ..., "down_proj"
+// The linear layers that read one input, run together: their base products in one backend call, their LoRA
+// branches in another (model/backend.h: matmul_forward_shared, lora_forward, lora_backward). q/k/v read the
+// attention norm's output, o the attention's, gate/up the MLP norm's, down SwiGLU's. The memory plan sizes
+// the CUDA LoRA workspace by these groups.
+struct LinearGroup {
+  int count;
+  std::array<LinearId, kMaxLoraBranches> ids;
+};
+inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}}, kOGroup{1, {kO}}, kGateUpGroup{2, {kGate, kUp}},
+    kDownGroup{1, {kDown}};
+inline constexpr std::array<LinearGroup, 4> kLinearGroups{kQkvGroup, kOGroup, kGateUpGroup, kDownGroup};
 bool parse_linear_name(const std::string& name, int* id);
 
 struct LoraConfig {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -172,44 +173,83 @@ struct LoraShape {
 const LoraShape kLoraShapes[] = {{1, 9, 7, 1}, {37, 129, 67, 4}, {50, 96, 130, 16}, {3, 5, 2, 16}, {40, 70, 33, 20},
                                  {1100, 9, 5, 3}};
 
+// Up to three adapters on one input (q, k and v): each its own A, B, output width and dropout site.
+constexpr int kBranchCounts[] = {1, 3};
+int branch_oc(const LoraShape& s, int b) { return s.OC + 3 * b; }
+std::string lora_where(const LoraShape& s, float p, int count) {
+  return "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " + std::to_string(s.OC) + " R " +
+         std::to_string(s.R) + " p " + std::to_string(p) + " branches " + std::to_string(count);
+}
+template <typename T>
+using DevPtr = std::unique_ptr<Dev<T>>;
+
 TYPED_TEST(Gemm, LoraForward) {
   using T = TypeParam;
   // An offset that is not a multiple of 4 (the kernel's per-element path; DropoutKey in host/philox.h).
   const l2v::DropoutKey seed{0x5EEDull, 4097};
-  const uint32_t site = 77;
   for (const LoraShape s : kLoraShapes) {
     for (float p : {0.0f, 0.3f}) {
-      const float scale = 16.0f / s.R;
-      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
-      const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
-      const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
-      const auto out0 = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
-      std::vector<float> ref = out0, xa_ref((size_t)s.N * s.R), scratch_ref((size_t)s.N * s.IC);
-      cpu::lora_forward(ref.data(), xa_ref.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
-                        scratch_ref.data(), s.N, s.IC, s.OC, s.R);
-      std::vector<float> mag = absv(out0), xa_mag(xa_ref.size()), scratch_mag(scratch_ref.size());
-      cpu::lora_forward(mag.data(), xa_mag.data(), absv(inp).data(), absv(A).data(), absv(B).data(), scale, p, seed,
-                        site, scratch_mag.data(), s.N, s.IC, s.OC, s.R);
-
-      Dev<T> d_inp(inp), d_out(out0), d_xa(xa_ref.size());
-      Dev<float> d_A(A), d_B(B);
-      Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
-      lc::lora_forward_cuda<T>(this->handle_, d_out.ptr, d_xa.ptr, d_inp.ptr, d_A.ptr, d_B.ptr, scale, p, seed,
-                               site, ws.ptr, s.N, s.IC, s.OC, s.R);
-      this->sync();
-      const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +
-                                std::to_string(s.OC) + " R " + std::to_string(s.R) + " p " + std::to_string(p);
-      // xa: K = IC; bf16 rounds xa, and without dropout (a cuBLAS GEMM on bf16 copies) A too; the dropout
-      // kernel multiplies the reference's fp32 dropped value by fp32 A. A wrong mask bit moves an element of
-      // xa by about mag / IC, far above the fp32 bound. out: K = IC + R + 1; bf16 rounds those, B and the
-      // result.
-      const int xa_roundings = p > 0 ? 1 : 2;
-      EXPECT_TRUE(Close(this->family("lora_forward xa"), d_xa.get(), xa_ref, xa_mag,
-                        2 * s.IC * kU32 + xa_roundings * Prec<T>::u))
-          << where;
-      EXPECT_TRUE(Close(this->family("lora_forward out"), d_out.get(), ref, mag,
-                        2 * (s.IC + s.R + 1) * kU32 + (xa_roundings + 2) * Prec<T>::u))
-          << where;
+      for (const int count : kBranchCounts) {
+        const float scale = 16.0f / s.R;
+        const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+        Dev<T> d_inp(inp);
+        const lc::LoraInput<T> in{d_inp.ptr, s.N, s.IC, s.R, scale, p, seed};
+        std::vector<std::vector<float>> ref(count), xa_ref(count), mag(count), xa_mag(count);
+        std::vector<DevPtr<T>> d_out, d_xa, d_out1, d_xa1;
+        std::vector<DevPtr<float>> d_A, d_B;
+        lc::LoraForwardBranch<T> br[l2v::kMaxLoraBranches];
+        int OC[l2v::kMaxLoraBranches];
+        for (int b = 0; b < count; ++b) {
+          OC[b] = branch_oc(s, b);
+          const uint32_t site = 77 + b;
+          const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
+          const auto B = randn((size_t)OC[b] * s.R, this->rng_, 0.2f);
+          const auto out0 = rounded<T>(randn((size_t)s.N * OC[b], this->rng_));
+          ref[b] = out0;
+          xa_ref[b].resize((size_t)s.N * s.R);
+          std::vector<float> scratch((size_t)s.N * s.IC);
+          cpu::lora_forward(ref[b].data(), xa_ref[b].data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
+                            scratch.data(), s.N, s.IC, OC[b], s.R);
+          mag[b] = absv(out0);
+          xa_mag[b].resize(xa_ref[b].size());
+          cpu::lora_forward(mag[b].data(), xa_mag[b].data(), absv(inp).data(), absv(A).data(), absv(B).data(), scale,
+                            p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
+          d_out.push_back(std::make_unique<Dev<T>>(out0));
+          d_xa.push_back(std::make_unique<Dev<T>>(xa_ref[b].size()));
+          d_out1.push_back(std::make_unique<Dev<T>>(out0));
+          d_xa1.push_back(std::make_unique<Dev<T>>(xa_ref[b].size()));
+          d_A.push_back(std::make_unique<Dev<float>>(A));
+          d_B.push_back(std::make_unique<Dev<float>>(B));
+          br[b] = {d_out[b]->ptr, d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, site, OC[b]};
+        }
+        Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), s.N, s.IC, OC, count, s.R));
+        lc::lora_forward_cuda<T>(this->handle_, in, br, count, ws.ptr);
+        // Each branch alone, for the bits.
+        for (int b = 0; b < count; ++b) {
+          lc::LoraForwardBranch<T> one = br[b];
+          one.out = d_out1[b]->ptr;
+          one.xa = d_xa1[b]->ptr;
+          lc::lora_forward_cuda<T>(this->handle_, in, &one, 1, ws.ptr);
+        }
+        this->sync();
+        const std::string where = lora_where(s, p, count);
+        for (int b = 0; b < count; ++b) {
+          // xa: K = IC; bf16 rounds xa, and without dropout (a cuBLAS GEMM on bf16 copies) A too; the dropout
+          // kernel multiplies the reference's fp32 dropped value by fp32 A. A wrong mask bit (another
+          // branch's site) moves an element of xa by about mag / IC, far above the fp32 bound. out:
+          // K = IC + R + 1; bf16 rounds those, B and the result.
+          const int xa_roundings = p > 0 ? 1 : 2;
+          const auto xa = d_xa[b]->get(), out = d_out[b]->get();
+          EXPECT_TRUE(Close(this->family("lora_forward xa"), xa, xa_ref[b], xa_mag[b],
+                            2 * s.IC * kU32 + xa_roundings * Prec<T>::u))
+              << where << " branch " << b;
+          EXPECT_TRUE(Close(this->family("lora_forward out"), out, ref[b], mag[b],
+                            2 * (s.IC + s.R + 1) * kU32 + (xa_roundings + 2) * Prec<T>::u))
+              << where << " branch " << b;
+          EXPECT_TRUE(Identical(xa, d_xa1[b]->get())) << where << " branch " << b << ": xa unlike the branch alone";
+          EXPECT_TRUE(Identical(out, d_out1[b]->get())) << where << " branch " << b << ": out unlike the branch alone";
+        }
+      }
     }
   }
 }
@@ -218,50 +258,89 @@ TYPED_TEST(Gemm, LoraBackward) {
   using T = TypeParam;
   // An offset that is a multiple of 4 (the kernel's one-Philox-per-thread path).
   const l2v::DropoutKey seed{0xD20Full, 1 << 20};
-  const uint32_t site = 3;
   for (const LoraShape s : kLoraShapes) {
     for (float p : {0.0f, 0.3f}) {
-      const float scale = 16.0f / s.R;
-      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
-      const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
-      const auto B = randn((size_t)s.OC * s.R, this->rng_, 0.2f);
-      const auto dout = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
-      // xa as the forward saved it (in T).
-      std::vector<float> out_unused((size_t)s.N * s.OC), xa((size_t)s.N * s.R), scratch((size_t)s.N * s.IC);
-      cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
-                        scratch.data(), s.N, s.IC, s.OC, s.R);
-      xa = rounded<T>(xa);
-      const auto dinp0 = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
-      const auto dA0 = randn((size_t)s.R * s.IC, this->rng_), dB0 = randn((size_t)s.OC * s.R, this->rng_);
-
-      std::vector<float> dinp = dinp0, dA = dA0, dB = dB0;
-      cpu::lora_backward(dinp.data(), dA.data(), dB.data(), dout.data(), inp.data(), xa.data(), A.data(), B.data(),
-                         scale, p, seed, site, scratch.data(), s.N, s.IC, s.OC, s.R);
-      std::vector<float> dinp_mag = absv(dinp0), dA_mag = absv(dA0), dB_mag = absv(dB0), scratch_mag(scratch.size());
-      cpu::lora_backward(dinp_mag.data(), dA_mag.data(), dB_mag.data(), absv(dout).data(), absv(inp).data(),
-                         absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, site,
-                         scratch_mag.data(), s.N, s.IC, s.OC, s.R);
-
-      Dev<T> d_inp(inp), d_dout(dout), d_xa(xa), d_dinp(dinp0);
-      Dev<float> d_A(A), d_B(B), d_dA(dA0), d_dB(dB0);
-      Bytes ws(lc::lora_workspace_bytes<T>(s.N, s.IC, s.OC, s.R));
-      lc::lora_backward_cuda<T>(this->handle_, d_dinp.ptr, d_dA.ptr, d_dB.ptr, d_dout.ptr, d_inp.ptr, d_xa.ptr, d_A.ptr,
-                                d_B.ptr, scale, p, seed, site, ws.ptr, s.N, s.IC, s.OC, s.R);
-      this->sync();
-      const std::string where = "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " +
-                                std::to_string(s.OC) + " R " + std::to_string(s.R) + " p " + std::to_string(p);
-      // dB: K = N + 1, fp32 out of T operands that are the reference's own inputs: no rounding.
-      EXPECT_TRUE(Close(this->family("lora_backward dB"), d_dB.get(), dB, dB_mag, 2 * (s.N + 1) * kU32)) << where;
-      // dA: K = OC + N + slices + 1 (the dropout kernels add at most 16 slices' partial sums); bf16 rounds B
-      // and dxa (the dropout kernel's dropped input is the reference's fp32 value).
-      EXPECT_TRUE(Close(this->family("lora_backward dA"), d_dA.get(), dA, dA_mag,
-                        2 * (s.OC + s.N + lc::kLoraMaxSlices + 1) * kU32 + 2 * Prec<T>::u))
-          << where;
-      // dinp: K = OC + R + 2; bf16 rounds B, dxa and the result, and without dropout (cuBLAS on bf16
-      // copies) A too; the dropout kernel reads A in fp32.
-      EXPECT_TRUE(Close(this->family("lora_backward dinp"), d_dinp.get(), dinp, dinp_mag,
-                        2 * (s.OC + s.R + 2) * kU32 + (p > 0 ? 3 : 4) * Prec<T>::u))
-          << where;
+      for (const int count : kBranchCounts) {
+        const float scale = 16.0f / s.R;
+        const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+        const auto dinp0 = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+        Dev<T> d_inp(inp), d_dinp(dinp0), d_dinp1(dinp0);
+        const lc::LoraInput<T> in{d_inp.ptr, s.N, s.IC, s.R, scale, p, seed};
+        // The reference runs the branches one after the other into one dinp.
+        std::vector<float> dinp = dinp0, dinp_mag = absv(dinp0), scratch((size_t)s.N * s.IC);
+        std::vector<std::vector<float>> dA(count), dB(count), dA_mag(count), dB_mag(count);
+        std::vector<DevPtr<T>> d_dout, d_xa;
+        std::vector<DevPtr<float>> d_A, d_B, d_dA, d_dB, d_dA1, d_dB1;
+        lc::LoraBackwardBranch<T> br[l2v::kMaxLoraBranches];
+        int OC[l2v::kMaxLoraBranches];
+        int chain = 2;  // dinp's fp32 additions: its start, then each branch's OC + R terms and its sum
+        for (int b = 0; b < count; ++b) {
+          OC[b] = branch_oc(s, b);
+          chain += OC[b] + s.R + 1;
+          const uint32_t site = 3 + 5 * b;
+          const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
+          const auto B = randn((size_t)OC[b] * s.R, this->rng_, 0.2f);
+          const auto dout = rounded<T>(randn((size_t)s.N * OC[b], this->rng_));
+          // xa as the forward saved it (in T).
+          std::vector<float> out_unused((size_t)s.N * OC[b]), xa((size_t)s.N * s.R);
+          cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
+                            scratch.data(), s.N, s.IC, OC[b], s.R);
+          xa = rounded<T>(xa);
+          const auto dA0 = randn((size_t)s.R * s.IC, this->rng_), dB0 = randn((size_t)OC[b] * s.R, this->rng_);
+          dA[b] = dA0;
+          dB[b] = dB0;
+          cpu::lora_backward(dinp.data(), dA[b].data(), dB[b].data(), dout.data(), inp.data(), xa.data(), A.data(),
+                             B.data(), scale, p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
+          dA_mag[b] = absv(dA0);
+          dB_mag[b] = absv(dB0);
+          cpu::lora_backward(dinp_mag.data(), dA_mag[b].data(), dB_mag[b].data(), absv(dout).data(),
+                             absv(inp).data(), absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, site,
+                             scratch.data(), s.N, s.IC, OC[b], s.R);
+          d_dout.push_back(std::make_unique<Dev<T>>(dout));
+          d_xa.push_back(std::make_unique<Dev<T>>(xa));
+          d_A.push_back(std::make_unique<Dev<float>>(A));
+          d_B.push_back(std::make_unique<Dev<float>>(B));
+          d_dA.push_back(std::make_unique<Dev<float>>(dA0));
+          d_dB.push_back(std::make_unique<Dev<float>>(dB0));
+          d_dA1.push_back(std::make_unique<Dev<float>>(dA0));
+          d_dB1.push_back(std::make_unique<Dev<float>>(dB0));
+          br[b] = {d_dout[b]->ptr, d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, d_dA[b]->ptr, d_dB[b]->ptr, site, OC[b]};
+        }
+        Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), s.N, s.IC, OC, count, s.R));
+        lc::lora_backward_cuda<T>(this->handle_, d_dinp.ptr, in, br, count, ws.ptr);
+        for (int b = 0; b < count; ++b) {  // each branch alone, in order, for the bits
+          lc::LoraBackwardBranch<T> one = br[b];
+          one.dA = d_dA1[b]->ptr;
+          one.dB = d_dB1[b]->ptr;
+          lc::lora_backward_cuda<T>(this->handle_, d_dinp1.ptr, in, &one, 1, ws.ptr);
+        }
+        this->sync();
+        const std::string where = lora_where(s, p, count);
+        for (int b = 0; b < count; ++b) {
+          // dB: K = N + 1, fp32 out of T operands that are the reference's own inputs: no rounding.
+          const auto got_dA = d_dA[b]->get(), got_dB = d_dB[b]->get();
+          EXPECT_TRUE(Close(this->family("lora_backward dB"), got_dB, dB[b], dB_mag[b], 2 * (s.N + 1) * kU32))
+              << where << " branch " << b;
+          // dA: K = OC + N + slices + 1 (the dropout kernels add at most 16 slices' partial sums); bf16 rounds
+          // B and dxa (the dropout kernel's dropped input is the reference's fp32 value).
+          EXPECT_TRUE(Close(this->family("lora_backward dA"), got_dA, dA[b], dA_mag[b],
+                            2 * (OC[b] + s.N + lc::kLoraMaxSlices + 1) * kU32 + 2 * Prec<T>::u))
+              << where << " branch " << b;
+          EXPECT_TRUE(Identical(got_dA, d_dA1[b]->get())) << where << " branch " << b << ": dA unlike it alone";
+          EXPECT_TRUE(Identical(got_dB, d_dB1[b]->get())) << where << " branch " << b << ": dB unlike it alone";
+        }
+        // dinp: K = `chain`; bf16 rounds each branch's B and dxa, and the result: once with dropout (the
+        // branches summed in fp32), once per branch without (a cuBLAS GEMM with beta = 1 each, on bf16
+        // copies of A too); the dropout kernel reads A in fp32.
+        const auto got_dinp = d_dinp.get();
+        EXPECT_TRUE(Close(this->family("lora_backward dinp"), got_dinp, dinp, dinp_mag,
+                          2 * chain * kU32 + (p > 0 ? 3 : 3 + count) * Prec<T>::u))
+            << where;
+        // In fp32 the sum in registers is the same chain of additions as one branch after the other.
+        if (std::is_same<T, float>::value) {
+          EXPECT_TRUE(Identical(got_dinp, d_dinp1.get())) << where;
+        }
+      }
     }
   }
 }
@@ -297,13 +376,18 @@ TYPED_TEST(Gemm, LoraRejectsBadArguments) {
   using T = TypeParam;
   Dev<T> x(12), out(6), xa(2);
   Dev<float> A(4), B(6);
-  Bytes ws(lc::lora_workspace_bytes<T>(2, 2, 3, 2));
-  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, out.ptr, xa.ptr, x.ptr, A.ptr, B.ptr, 1.0f, 1.0f, 1, 1, ws.ptr, 2,
-                                        2, 3, 2),
+  const int OC[] = {3, 3, 3, 3};
+  Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), 2, 2, OC, 4, 2));
+  const lc::LoraForwardBranch<T> br[4] = {{out.ptr, xa.ptr, A.ptr, B.ptr, 1, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 2, 3},
+                                          {out.ptr, xa.ptr, A.ptr, B.ptr, 3, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 4, 3}};
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 1.0f, {1, 1}}, br, 1, ws.ptr),
                std::invalid_argument);  // p = 1
-  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, out.ptr, xa.ptr, x.ptr, A.ptr, B.ptr, 1.0f, 0.0f, 1, 1, nullptr, 2,
-                                        2, 3, 2),
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 0.0f, {1, 1}}, br, 1, nullptr),
                std::invalid_argument);  // no workspace (it holds at least dxa)
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 0.0f, {1, 1}}, br, 4, ws.ptr),
+               std::invalid_argument);  // more branches than kMaxLoraBranches
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 0.0f, {1, 1}}, br, 0, ws.ptr),
+               std::invalid_argument);  // none
 }
 
 // The fused MNTP head. Loss bound (both types: the logits are fp32 from exact products of T values):
