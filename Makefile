@@ -13,7 +13,7 @@ BUILD    := build
 MPI_INC  := /usr/lib/x86_64-linux-gnu/openmpi/include
 CXXFLAGS := -std=c++17 -O2 -g -fopenmp -Wall -Wextra -Werror -I. -isystem $(MPI_INC) -MMD -MP
 LDLIBS   := -lopenblas -lpcre2-8 -lutf8proc -lpthread -L/usr/lib/x86_64-linux-gnu/openmpi/lib -lmpi
-GTEST    := -lgtest -lgtest_main
+GTEST    := -lgtest_main -lgtest
 
 LIB_SRCS  := $(filter-out train/main.cpp,$(wildcard host/*.cpp model/*.cpp data/*.cpp train/*.cpp))
 LIB_OBJS  := $(patsubst %.cpp,$(BUILD)/%.o,$(LIB_SRCS))

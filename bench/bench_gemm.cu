@@ -1,8 +1,11 @@
 // One Mistral-7B decoder layer's GEMMs on the GPU through the CUDA backend's cuBLAS wrappers
 // (cuda/matmul.cuh: matmul_forward_cuda, matmul_backward_input_cuda), bf16 with fp32 accumulation, at
 // 16384 tokens per step: the 7 projections (q, o: 4096 -> 4096; k, v: 4096 -> 1024; gate, up: 4096 ->
-// 14336; down: 14336 -> 4096), forward (out = inp W^T) and the input gradient (dinp = dout W; the base
-// weights are frozen under LoRA, so there is no weight gradient).
+// 14336; down: 14336 -> 4096), forward (out = inp W^T, through cuBLASLt) and the input gradient (dinp =
+// dout W; the base weights are frozen under LoRA, so there is no weight gradient). Beside the forward, its
+// peer: the same product through cublasGemmEx (impl=cublas), as the forward ran before cuBLASLt; and the
+// down projection with the residual added by the GEMM (impl=cublaslt_residual: D = C + inp W^T, C != D;
+// its bytes count C's read).
 //   usage: bench_gemm          (from anywhere; without a GPU it says so and exits 0)
 //
 // Before timing, each GEMM is validated on 256 sampled output elements against a double-precision dot
@@ -18,6 +21,7 @@
 
 #include "bench/gpu_bench.h"
 #include "cuda/matmul.cuh"
+#include "cuda/workspace_sizes.h"
 
 namespace {
 
@@ -79,6 +83,10 @@ int main() {
   l2v::bench::Timer timer;
   cublasHandle_t handle;
   CUBLAS_CHECK(cublasCreate(&handle));
+  cublasLtHandle_t lt;
+  CUBLAS_CHECK(cublasLtCreate(&lt));
+  DeviceArray<unsigned char> lt_workspace(l2v::cuda::kLtWorkspaceBytes);
+  const l2v::cuda::LtContext ctx{handle, lt, lt_workspace.ptr, l2v::cuda::kLtWorkspaceBytes};
   bool all_ok = true;
   for (const Projection& pr : kLayer) {
     DeviceArray<bf16> x((size_t)kTokens * pr.in), w((size_t)pr.out * pr.in), y((size_t)kTokens * pr.out);
@@ -86,7 +94,14 @@ int main() {
     l2v::bench::fill_uniform(x, 11);
     l2v::bench::fill_uniform(w, 12, -0.05f, 0.05f);
     l2v::bench::fill_uniform(dy, 13);
-    const auto fwd = [&] { l2v::cuda::matmul_forward_cuda(handle, y.ptr, x.ptr, w.ptr, (const bf16*)nullptr, kTokens, pr.in, pr.out); };
+    const auto fwd = [&] { l2v::cuda::matmul_forward_cuda(ctx, y.ptr, x.ptr, w.ptr, (const bf16*)nullptr, kTokens, pr.in, pr.out); };
+    const auto fwd_gemmex = [&] {
+      l2v::cuda::gemm_rowmajor(handle, false, true, kTokens, pr.out, pr.in, 1.0f, x.ptr, pr.in, w.ptr, pr.in, 0.0f, y.ptr,
+                               pr.out);
+    };
+    const auto fwd_residual = [&] {  // y = dy + x W^T (dy stands for the residual stream)
+      l2v::cuda::matmul_forward_cuda(ctx, y.ptr, x.ptr, w.ptr, (const bf16*)nullptr, kTokens, pr.in, pr.out, dy.ptr);
+    };
     const auto bwd = [&] { l2v::cuda::matmul_backward_input_cuda(handle, dx.ptr, dy.ptr, w.ptr, kTokens, pr.in, pr.out, false); };
     fwd();
     bwd();
@@ -101,9 +116,16 @@ int main() {
     if (!ok_f || !ok_b) continue;
     const double flops = 2.0 * kTokens * pr.in * pr.out;
     const double bytes = 2.0 * ((double)kTokens * pr.in + (double)pr.in * pr.out + (double)kTokens * pr.out);
-    l2v::bench::report(base + " pass=fwd", flops, bytes, timer.median_ms(fwd));
+    // base names impl=cublas (cublasGemmEx); the forward's rows rename it.
+    const auto named = [&](const char* impl) { return "bench=gemm impl=" + std::string(impl) + base.substr(base.find(" shape=")); };
+    l2v::bench::report(named("cublaslt") + " pass=fwd", flops, bytes, timer.median_ms(fwd));
+    l2v::bench::report(base + " pass=fwd", flops, bytes, timer.median_ms(fwd_gemmex));
+    if (std::string(pr.name) == "down_proj")
+      l2v::bench::report(named("cublaslt_residual") + " pass=fwd", flops, bytes + 2.0 * kTokens * pr.out,
+                         timer.median_ms(fwd_residual));
     l2v::bench::report(base + " pass=bwd", flops, bytes, timer.median_ms(bwd));
   }
+  CUBLAS_CHECK(cublasLtDestroy(lt));
   CUBLAS_CHECK(cublasDestroy(handle));
   if (!all_ok) std::printf("bench_gemm: a validation FAILED (its timings were skipped)\n");
   return all_ok ? 0 : 1;

@@ -20,7 +20,7 @@ PTX_CHECK_OBJ  := $(BUILD)/nvcc/cuda/ptx_check.o
 CUDA_OBJS      := $(CUDA_SRCS:%.cu=$(BUILD)/nvcc/%.o)
 CUDA_BIN       := $(BUILD)/llm2vec_cuda
 CUDA_REPORT    := $(BUILD)/cuda/resource_report.txt
-CUDA_LDLIBS    := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lnccl
+CUDA_LDLIBS    := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl
 DYNAMIC_SMEM   := $(BUILD)/cuda/dynamic_smem
 
 # ptxas -v writes the resource usage of every kernel to stderr: keep it beside the object, and the

@@ -73,6 +73,7 @@ class CudaBackend final : public Backend {
     cudaGetLastError();
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    CUBLAS_CHECK(cublasLtCreate(&lt_));
 #if defined(L2V_WITH_CUDNN)
     if (attention_ == AttentionImpl::kCudnn) cudnn_ = std::make_unique<cuda::CudnnAttention>(stream_);
 #endif
@@ -84,6 +85,7 @@ class CudaBackend final : public Backend {
 #endif
     optimizer_list_.reset();
     graphs_.reset();
+    cublasLtDestroy(lt_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -244,7 +246,13 @@ class CudaBackend final : public Backend {
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
-    cuda::matmul_forward_cuda(cublas_, t(out), t(inp), t(weight), t(bias), N, IC, OC);
+    cuda::matmul_forward_cuda(lt_context(), t(out), t(inp), t(weight), t(bias), N, IC, OC);
+  }
+  void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
+    for (int i = 0; i < count; ++i) {
+      const SharedInputLinear& l = layers[i];
+      cuda::matmul_forward_cuda(lt_context(), t(l.out), t(inp), t(l.weight), t(l.bias), N, IC, l.OC, t(l.residual));
+    }
   }
   void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {
@@ -270,9 +278,6 @@ class CudaBackend final : public Backend {
                   int R) override {
     void* ws = lora_workspace_.get(cuda::lora_workspace_bytes<T>(1, IC, OC, R));
     cuda::lora_merge_cuda(cublas_, t(weight), A, B, scale, sign, ws, IC, OC, R);
-  }
-  void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) override {
-    cuda::residual_forward_cuda(t(out), t(a), t(b), n, stream_);
   }
   void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {
@@ -389,6 +394,9 @@ class CudaBackend final : public Backend {
   // Tensor handles hold T.
   static T* t(Tensor p) { return reinterpret_cast<T*>(p); }
   static const T* t(ConstTensor p) { return reinterpret_cast<const T*>(p); }
+  cuda::LtContext lt_context() {
+    return {cublas_, lt_, lt_workspace_.get(cuda::kLtWorkspaceBytes), cuda::kLtWorkspaceBytes};
+  }
   static cuda::LoraInput<T> lora_input(const LoraInput& in) {
     return {t(in.inp), in.N, in.IC, in.R, in.scale, in.dropout_p, in.key};
   }
@@ -405,8 +413,9 @@ class CudaBackend final : public Backend {
   std::set<int> announced_;  // head dims whose attention choice was printed
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
   cuda::DeviceScratch attention_scratch_, contrastive_scratch_, latent_scratch_, lora_workspace_, lm_head_scratch_,
-      norm_scratch_, staging_;
+      norm_scratch_, staging_, lt_workspace_;
   double peak_flops_ = 0.0;  // gpu_peak_flops of this device and precision
   std::unique_ptr<cuda::DeviceOptimizerList> optimizer_list_;
   cuda::UploadArena uploads_;

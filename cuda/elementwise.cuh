@@ -1,4 +1,4 @@
-// Element-wise kernels over activations: the residual add and fp32 <-> bf16 conversions; and the small
+// Element-wise kernels over activations: fp32 <-> bf16 conversions; and the small
 // device helpers every row / element-wise kernel header (embedding, rmsnorm, rope, swiglu, adamw) shares:
 // storage-type conversions, 128-bit packs and warp / block sums.
 //
@@ -109,24 +109,6 @@ inline void require(bool ok, const char* fn, const std::string& what) {
 
 // ---- Kernels.
 
-// out = a + b over n values, groups of V (see the top of the file).
-template <int V, typename T>
-__global__ void __launch_bounds__(ew::kBlock) residual_forward_kernel(T* out, const T* a, const T* b, long n) {
-  const long groups = (n + V - 1) / V;
-  for (long g = blockIdx.x * (long)blockDim.x + threadIdx.x; g < groups; g += (long)gridDim.x * blockDim.x) {
-    const long i = g * V;
-    if (i + V <= n) {
-      float x[V], y[V];
-      ew::load_floats<V>(x, a + i);
-      ew::load_floats<V>(y, b + i);
-      for (int k = 0; k < V; ++k) x[k] += y[k];
-      ew::store_floats<V>(out + i, x);
-    } else {
-      for (long j = i; j < n; ++j) out[j] = ew::from_float<T>(ew::to_float(a[j]) + ew::to_float(b[j]));
-    }
-  }
-}
-
 // out = (Dst) in. A conversion to the same type is a copy.
 template <int V, typename Dst, typename Src>
 __global__ void __launch_bounds__(ew::kBlock) convert_kernel(Dst* out, const Src* in, long n) {
@@ -144,22 +126,6 @@ __global__ void __launch_bounds__(ew::kBlock) convert_kernel(Dst* out, const Src
 }
 
 // ---- Launchers (T = float or __nv_bfloat16).
-
-// out = a + b over n values (cpu::residual_forward). out may alias a or b: each element is read and
-// written by the same thread.
-template <typename T>
-void residual_forward_cuda(T* out, const T* a, const T* b, long n, cudaStream_t stream) {
-  ew::require(n >= 0, "residual_forward_cuda", "n must be non-negative");
-  if (n == 0) return;
-  constexpr int V = ew::kVec<T>;
-  if (ew::aligned16(out) && ew::aligned16(a) && ew::aligned16(b)) {
-    l2v::launch("residual_forward", residual_forward_kernel<V, T>, dim3(ew::grid_for((n + V - 1) / V)),
-                dim3(ew::kBlock), 0, stream, out, a, b, n);
-  } else {
-    l2v::launch("residual_forward", residual_forward_kernel<1, T>, dim3(ew::grid_for(n)), dim3(ew::kBlock), 0, stream,
-                out, a, b, n);
-  }
-}
 
 // out = in converted from Src to Dst (float <-> __nv_bfloat16; to bf16 rounds to nearest even, NaN stays
 // NaN). out must not overlap in unless Dst and Src are the same type and out == in.

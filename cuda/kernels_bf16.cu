@@ -32,7 +32,6 @@ template void rope_backward_cuda<bf16>(bf16*, const bf16*, const float*, const f
                                        cudaStream_t);
 template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
 template void swiglu_backward_cuda<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, long, cudaStream_t);
-template void residual_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
 template void pool_forward_cuda<bf16>(float*, const bf16*, const float*, int, int, int, cudaStream_t);
 template void pool_backward_cuda<bf16>(bf16*, const float*, const float*, int, int, int, cudaStream_t);
 template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);
@@ -49,7 +48,8 @@ template void attention_mma_backward_cuda<__half>(__half*, __half*, __half*, con
                                                   const float*, const __half*, const __half*, const __half*,
                                                   const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
                                                   float*, cudaStream_t);
-template void matmul_forward_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, const bf16*, int, int, int);
+template void matmul_forward_cuda<bf16>(const LtContext&, bf16*, const bf16*, const bf16*, const bf16*, int, int, int,
+                                        const bf16*);
 template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);
 template void lora_forward_cuda<bf16>(cublasHandle_t, const LoraInput<bf16>&, const LoraForwardBranch<bf16>*, int,
                                       void*);

@@ -369,11 +369,13 @@ inline void check_args(const char* fn, float dropout_p, const void* workspace, s
   gemm_detail::require(N <= 65535 * kRowTile, fn, "too many rows for the dropout kernels' grid");
 }
 
-// Checks every branch and returns its operands (each from its own region of the workspace).
+// Checks every branch and gives its operands (each from its own region of the workspace); returns the
+// branch count, within [1, kMaxLoraBranches] for the compiler too (the callers' loops index arrays by it).
 template <typename T, typename Branch>
-void prepare_branches(const char* fn, cudaStream_t stream, const LoraInput<T>& in, const Branch* br, int count,
-                      void* workspace, Operands<T>* ops) {
+int prepare_branches(const char* fn, cudaStream_t stream, const LoraInput<T>& in, const Branch* br, int count,
+                     void* workspace, Operands<T>* ops) {
   gemm_detail::require(count >= 1 && count <= kMaxLoraBranches, fn, "1 to 3 branches per call");
+  count = count < 1 ? 1 : (count > kMaxLoraBranches ? kMaxLoraBranches : count);
   int OC[kMaxLoraBranches];
   for (int b = 0; b < count; ++b) OC[b] = br[b].OC;
   const size_t bytes = lora_branches_workspace_bytes(sizeof(T), in.N, in.IC, OC, count, in.R);
@@ -383,6 +385,7 @@ void prepare_branches(const char* fn, cudaStream_t stream, const LoraInput<T>& i
     if (in.N > 0) ops[b] = prepare<T>(stream, ws, br[b].A, br[b].B, in.N, in.IC, br[b].OC, in.R);
     if (ws) ws += lora_branch_region_bytes(sizeof(T), in.N, in.IC, br[b].OC, in.R);
   }
+  return count;
 }
 
 }  // namespace lora_detail
@@ -403,8 +406,8 @@ void lora_forward_cuda(cublasHandle_t handle, const LoraInput<T>& in, const Lora
                        void* workspace) {
   using namespace lora_detail;
   const cudaStream_t stream = gemm_detail::stream_of(handle);
-  Operands<T> w[kMaxLoraBranches];
-  prepare_branches("lora_forward_cuda", stream, in, br, count, workspace, w);
+  Operands<T> w[kMaxLoraBranches] = {};
+  count = prepare_branches("lora_forward_cuda", stream, in, br, count, workspace, w);
   if (in.N == 0) return;
   if (in.dropout_p > 0.0f) {
     DropoutBranches<T> d{};
@@ -439,8 +442,8 @@ void lora_backward_cuda(cublasHandle_t handle, T* dinp, const LoraInput<T>& in, 
                         int count, void* workspace) {
   using namespace lora_detail;
   const cudaStream_t stream = gemm_detail::stream_of(handle);
-  Operands<T> w[kMaxLoraBranches];
-  prepare_branches("lora_backward_cuda", stream, in, br, count, workspace, w);
+  Operands<T> w[kMaxLoraBranches] = {};
+  count = prepare_branches("lora_backward_cuda", stream, in, br, count, workspace, w);
   const int N = in.N, IC = in.IC, R = in.R;
   if (N == 0) return;
   for (int b = 0; b < count; ++b) {

@@ -1,6 +1,6 @@
-// nn.Linear on the GPU (host/cpu_ops.h: matmul_forward, matmul_backward_input) and the cuBLAS plumbing the
-// other GEMM users (cuda/lora.cuh, cuda/lm_head.cuh) share: CUBLAS_CHECK, the storage-type traits, and a
-// row-major GEMM on top of column-major cublasGemmEx.
+// nn.Linear on the GPU (host/cpu_ops.h: matmul_forward with its bias and residual through cuBLASLt,
+// matmul_backward_input) and the cuBLAS plumbing the other GEMM users (cuda/lora.cuh, cuda/lm_head.cuh)
+// share: CUBLAS_CHECK, the storage-type traits, and a row-major GEMM on top of column-major cublasGemmEx.
 //
 // Storage type T is float or __nv_bfloat16 for activations and weights. Every GEMM accumulates in fp32
 // (CUBLAS_COMPUTE_32F); a bf16 result is rounded once, when cuBLAS stores it.
@@ -10,6 +10,7 @@
 // different streams. The handle must be in the default host pointer mode (alpha/beta live on the host).
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <cstddef>
@@ -93,9 +94,9 @@ void gemm_rowmajor(cublasHandle_t handle, bool trans_a, bool trans_b, int M, int
                             CUBLAS_GEMM_DEFAULT));
 }
 
-// out [N, OC] = bias broadcast over the rows: the GEMM then adds inp W^T with beta = 1, so a bf16 output is
-// rounded once (from the fp32 sum of bias and product), as the reference's single fp32 result would be.
-// Columns on x, rows on a y grid-stride loop: no 64-bit division per element.
+// out [N, OC] = bias broadcast over the rows, for a GEMM that then adds its product with beta = 1 (the
+// latent-attention head's fp32 cuBLAS products), so that the result is rounded once. Columns on x, rows on
+// a y grid-stride loop: no 64-bit division per element.
 template <typename T>
 __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
     broadcast_bias_kernel(T* __restrict__ out, const T* __restrict__ bias, int N, int OC) {
@@ -105,19 +106,62 @@ __global__ void __launch_bounds__(gemm_detail::kElementwiseBlock)
   for (int n = blockIdx.y; n < N; n += gridDim.y) out[(long)n * OC + o] = b;
 }
 
-// out [N, OC] = inp [N, IC] weight [OC, IC]^T (+ bias [OC] when bias != nullptr).
-// Column-major: out^T [OC, N] = weight [OC, IC] (the transpose of its column-major view) * inp^T.
+// cuBLASLt: its handle and workspace (kLtWorkspaceBytes, cuda/workspace_sizes.h), and the cuBLAS handle
+// whose stream its launches share.
+struct LtContext {
+  cublasHandle_t blas;
+  cublasLtHandle_t lt;
+  void* workspace;
+  size_t workspace_bytes;
+};
+
+namespace gemm_detail {
+
+// The descriptors of one cublasLtMatmul call, destroyed with it.
+struct LtMatmulDesc {
+  cublasLtMatmulDesc_t desc = nullptr;
+  LtMatmulDesc(cublasOperation_t transa, cublasOperation_t transb) {
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof(transa)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof(transb)));
+  }
+  ~LtMatmulDesc() { cublasLtMatmulDescDestroy(desc); }
+  LtMatmulDesc(const LtMatmulDesc&) = delete;
+  LtMatmulDesc& operator=(const LtMatmulDesc&) = delete;
+};
+struct LtLayout {
+  cublasLtMatrixLayout_t layout = nullptr;
+  LtLayout(cudaDataType type, int rows, int cols, int ld) {
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, (uint64_t)rows, (uint64_t)cols, (int64_t)ld));
+  }
+  ~LtLayout() { cublasLtMatrixLayoutDestroy(layout); }
+  LtLayout(const LtLayout&) = delete;
+  LtLayout& operator=(const LtLayout&) = delete;
+};
+
+}  // namespace gemm_detail
+
+// out [N, OC] = inp [N, IC] weight [OC, IC]^T (+ bias [OC] when bias != nullptr) (+ residual [N, OC] when
+// residual != nullptr; it may be out itself): one cublasLtMatmul, D = W inp^T + beta C in column-major
+// terms with C = residual (beta = 1), the bias added per row of D in the epilogue, the sum rounded once to T.
+// The residual stream's addition and the bias cost no pass of their own over out.
 template <typename T>
-void matmul_forward_cuda(cublasHandle_t handle, T* out, const T* inp, const T* weight, const T* bias, int N, int IC,
-                         int OC) {
+void matmul_forward_cuda(const LtContext& ctx, T* out, const T* inp, const T* weight, const T* bias, int N, int IC,
+                         int OC, const T* residual = nullptr) {
   gemm_detail::require(N >= 0 && IC > 0 && OC > 0, "matmul_forward_cuda", "N must be >= 0, IC and OC > 0");
   if (N == 0) return;
+  constexpr cudaDataType type = gemm_detail::Storage<T>::kType;
+  gemm_detail::LtMatmulDesc op(CUBLAS_OP_T, CUBLAS_OP_N);
   if (bias) {
-    const dim3 grid((OC + gemm_detail::kElementwiseBlock - 1) / gemm_detail::kElementwiseBlock, N < 1024 ? N : 1024);
-    l2v::launch("broadcast_bias", broadcast_bias_kernel<T>, grid, dim3(gemm_detail::kElementwiseBlock), 0,
-                gemm_detail::stream_of(handle), out, bias, N, OC);
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  gemm_rowmajor(handle, false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+  const gemm_detail::LtLayout w(type, IC, OC, IC), x(type, IC, N, IC), d(type, OC, N, OC);
+  const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, op.desc, &alpha, weight, w.layout, inp, x.layout, &beta,
+                              residual ? residual : out, d.layout, out, d.layout, nullptr, ctx.workspace,
+                              ctx.workspace_bytes, gemm_detail::stream_of(ctx.blas)));
 }
 
 // dinp [N, IC] = dout [N, OC] weight [OC, IC], or += when accumulate (cuBLAS beta = 1: one rounding of the

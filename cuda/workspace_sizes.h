@@ -44,6 +44,10 @@ inline size_t lora_branches_workspace_bytes(size_t elem, int N, int IC, const in
   return bytes;
 }
 
+// cuBLASLt's workspace (cuda/matmul.cuh): what NVIDIA's cuBLAS documentation recommends for Hopper (32 MiB;
+// 4 MiB would do before it), so that the heuristic may pick kernels that split K or stage through it.
+constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
+
 // The MNTP head (cuda/lm_head.cuh) over `chunk` rows: the gathered hidden rows, fp32 logits, and (16-bit
 // storage) separate dlogits.
 inline size_t lm_head_scratch_bytes(size_t elem, int chunk, int C, int V) {

@@ -186,20 +186,25 @@ class CpuBackend final : public Backend {
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
-    if (!bf16_) return cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
     const SharedInputLinear layer{out, weight, bias, OC};
     matmul_forward_shared(inp, N, IC, &layer, 1);
   }
-  // bf16: every layer's output preset to its bias (then accumulated), one gemm_bf16_shared for all.
+  // bf16: every layer's output preset to its residual and bias (then accumulated), one gemm_bf16_shared for
+  // all.
   void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
-    if (!bf16_) return Backend::matmul_forward_shared(inp, N, IC, layers, count);
+    if (!bf16_) {
+      for (int i = 0; i < count; ++i) {
+        const SharedInputLinear& l = layers[i];
+        cpu::matmul_forward(f(l.out), f(inp), f(l.weight), f(l.bias), N, IC, l.OC, f(l.residual));
+      }
+      return;
+    }
     std::vector<cpu::Bf16Product> products;
     for (int i = 0; i < count; ++i) {
       const SharedInputLinear& l = layers[i];
-      if (l.bias)
-        for (int n = 0; n < N; ++n) std::memcpy(f(l.out) + (size_t)n * l.OC, f(l.bias), sizeof(float) * l.OC);
+      const bool preset = cpu::linear_preset(f(l.out), f(l.bias), f(l.residual), N, l.OC);
       const cpu::PackedBf16& B = packed(l.weight, IC, l.OC).forward;
-      products.push_back({f(l.out), l.OC, &B, l.OC, l.bias != nullptr});
+      products.push_back({f(l.out), l.OC, &B, l.OC, preset});
     }
     cpu::gemm_bf16_shared(f(inp), IC, N, IC, products.data(), count);
   }
@@ -226,9 +231,6 @@ class CpuBackend final : public Backend {
                   int R) override {
     forget_packed(weight, (size_t)IC * OC * sizeof(float));
     cpu::lora_merge(f(weight), A, B, scale, sign, IC, OC, R);
-  }
-  void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) override {
-    cpu::residual_forward(f(out), f(a), f(b), n);
   }
   void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a, ConstTensor b,
                                 const float* weight, int N, int C, float eps) override {

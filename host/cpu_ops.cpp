@@ -374,12 +374,27 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
   }
 }
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC) {
-  if (bias) {
+bool linear_preset(float* out, const float* bias, const float* residual, int N, int OC) {
+  if (!bias && !residual) return false;
 #pragma omp parallel for
-    for (int n = 0; n < N; ++n) std::memcpy(out + (long)n * OC, bias, sizeof(float) * OC);
+  for (int n = 0; n < N; ++n) {
+    float* o = out + (long)n * OC;
+    const float* r = residual ? residual + (long)n * OC : nullptr;
+    if (r && bias) {
+      for (int i = 0; i < OC; ++i) o[i] = r[i] + bias[i];
+    } else if (r) {
+      if (o != r) std::memcpy(o, r, sizeof(float) * OC);
+    } else {
+      std::memcpy(o, bias, sizeof(float) * OC);
+    }
   }
-  gemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, bias ? 1.0f : 0.0f, out, OC);
+  return true;
+}
+
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC,
+                    const float* residual) {
+  const bool preset = linear_preset(out, bias, residual, N, OC);
+  gemm(false, true, N, OC, IC, 1.0f, inp, IC, weight, IC, preset ? 1.0f : 0.0f, out, OC);
 }
 
 void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,

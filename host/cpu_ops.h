@@ -56,8 +56,14 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 void swiglu_forward(float* out, const float* gate, const float* up, long n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n);
 
-// out [N, OC] = inp [N, IC] * weight[OC, IC]^T (+ bias[OC] when bias != nullptr). (nn.Linear)
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC);
+// out [N, OC] = inp [N, IC] * weight[OC, IC]^T (+ bias[OC] when bias != nullptr) (nn.Linear), and with a
+// residual [N, OC] (may be out itself) added: out = residual + bias + inp weight^T, the residual stream's
+// addition done by the product's accumulation (the GPU's GEMM epilogue) instead of a separate pass.
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC,
+                    const float* residual = nullptr);
+// The part of matmul_forward before the product: out = residual + bias (or either alone) row by row.
+// Returns false, writing nothing, when there is neither (the product then overwrites out).
+bool linear_preset(float* out, const float* bias, const float* residual, int N, int OC);
 // dinp [N, IC] = dout * weight, or += when accumulate. Base weights are frozen: no weight gradient.
 void matmul_backward_input(float* dinp, const float* dout, const float* weight, int N, int IC, int OC,
                            bool accumulate);

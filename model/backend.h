@@ -22,12 +22,14 @@ struct TensorElements;
 using Tensor = TensorElements*;
 using ConstTensor = const TensorElements*;
 
-// One linear layer of Backend::matmul_forward_shared: out [N, OC] = inp W^T + bias (bias may be null).
+// One linear layer of Backend::matmul_forward_shared: out [N, OC] = residual + inp W^T + bias (residual and
+// bias may be null; residual [N, OC] may be out itself).
 struct SharedInputLinear {
   Tensor out;
   ConstTensor weight;
   ConstTensor bias;
   int OC;
+  ConstTensor residual = nullptr;
 };
 
 // The LoRA adapters of linear layers that read one input (q, k and v of x1; gate and up of x2; or one layer
@@ -162,20 +164,16 @@ class Backend {
                               int OC) = 0;
   virtual void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
-  // matmul_forward of several layers on one input (q, k and v; gate and up), each with matmul_forward's
-  // result to the bit: a backend may share the work on the input (the CPU's bf16 mode rounds it to bf16
-  // once). By default one matmul_forward each.
-  virtual void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) {
-    for (int i = 0; i < count; ++i)
-      matmul_forward(layers[i].out, inp, layers[i].weight, layers[i].bias, N, IC, layers[i].OC);
-  }
+  // cpu::matmul_forward (with its residual) of several layers on one input (q, k and v; gate and up), each
+  // with its result alone to the bit: a backend may share the work on the input (the CPU's bf16 mode rounds
+  // it to bf16 once). The CUDA backend adds bias and residual in the GEMM's epilogue (cuBLASLt).
+  virtual void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) = 0;
   // cpu::lora_forward of each branch on the shared input, and cpu::lora_backward of each accumulating into the
   // one dinp [N, IC] (branches in order); 1 <= count <= kMaxLoraBranches.
   virtual void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) = 0;
   virtual void lora_backward(Tensor dinp, const LoraInput& in, const LoraBackwardBranch* branches, int count) = 0;
   virtual void lora_merge(Tensor weight, const float* A, const float* B, float scale, float sign, int IC, int OC,
                           int R) = 0;
-  virtual void residual_forward(Tensor out, ConstTensor a, ConstTensor b, long n) = 0;
   virtual void residual_rmsnorm_forward(Tensor resid_out, Tensor norm_out, float* rstd, ConstTensor a,
                                         ConstTensor b, const float* weight, int N, int C, float eps) = 0;
   virtual void lm_head_crossentropy(float* losses, Tensor d_hidden, ConstTensor hidden, ConstTensor lm_head,

@@ -123,7 +123,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   a.tensor("activations", "final hidden", N * C);
   a.floats("activations", "final hidden", N, 2);  // rstd_final, losses
   a.floats("activations", "final hidden", 2);     // the loss (one double)
-  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * widest})
+  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * C})
     a.tensor("backward", "gradient buffers", n);
   // The dropped LoRA inputs: the CPU reference stores them; the CUDA kernels apply the mask in registers.
   if (!in.cuda) a.tensor("backward", "LoRA dropout inputs", N * widest);
@@ -154,6 +154,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
 
   if (in.cuda) {
     // The CUDA backend's scratch (cuda/cuda_backend.cu), each at the largest size the step asks for.
+    a.bytes("scratch", "cuBLASLt workspace", cuda::kLtWorkspaceBytes);
     a.bytes("scratch", "attention backward", cuda::attention_backward_scratch_bytes((int)B, (int)T, (int)H));
     // The LoRA workspace of the largest group of adapters sharing an input (model.h: kLinearGroups).
     size_t lora_ws = 0;

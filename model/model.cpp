@@ -361,7 +361,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     a.d_up = f(N * F);
     a.d_act = f(N * F);
   }
-  a.tmp = f(N * std::max({C, F, QD}));
+  a.tmp = f(N * C);  // the o projection's output
   // The dropped LoRA inputs: training only, on backends that store them (model/backend.h).
   if (!inference && m.backend->lora_dropout_needs_scratch()) a.lora_scratch = f(N * std::max({C, F, QD}));
   a.pool_weights = f32(N);
@@ -408,18 +408,19 @@ int active_lora_ids(const Model& m, int layer, const LinearGroup& g, LinearId (&
   return count;
 }
 
-// outs[i] = inp W_i^T + b_i plus the LoRA branch, for the group's layers in its order: the base products in
-// one backend call (which may share the work on the input), then the active adapters in one.
+// outs[i] = inp W_i^T + b_i plus the LoRA branch (plus `residual` when given), for the group's layers in its
+// order: the base products in one backend call (which may share the work on the input, and adds bias and
+// residual with the product), then the active adapters in one.
 void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
                      std::initializer_list<Tensor> outs, const std::array<Tensor, kNumLinears>& xa, ConstTensor inp,
-                     int N) {
+                     int N, ConstTensor residual = nullptr) {
   const LayerWeights& w = m.layers[layer];
   SharedInputLinear base[kMaxLoraBranches];
   Tensor out_of[kNumLinears] = {};
   for (int i = 0; i < g.count; ++i) {
     const Linear& lin = w.linear[g.ids[i]];
     out_of[g.ids[i]] = outs.begin()[i];
-    base[i] = {outs.begin()[i], lin.weight, lin.bias, lin.out};
+    base[i] = {outs.begin()[i], lin.weight, lin.bias, lin.out, residual};
   }
   m.backend->matmul_forward_shared(inp, N, w.linear[g.ids[0]].in, base, g.count);
   LinearId ids[kMaxLoraBranches];
@@ -486,8 +487,8 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
     linears_forward(m, opt, l, kGateUpGroup, {s.gate, s.up}, s.xa, s.x2, N);
     be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
-    linears_forward(m, opt, l, kDownGroup, {a.tmp}, s.xa, s.act, N);
-    be.residual_forward(h_next, s.h_mid, a.tmp, (long)N * C);
+    // h_next = h_mid + down(act): the residual added by the product (no pass of its own).
+    linears_forward(m, opt, l, kDownGroup, {h_next}, s.xa, s.act, N, s.h_mid);
   }
 }
 

@@ -12,8 +12,8 @@
 # tool is there and says so otherwise. With nvcc and the project's dependencies it builds the binaries
 # (make); without them it uses binaries already in build/ (built elsewhere and shipped with the
 # repository: build/llm2vec, build/llm2vec_cuda, build/test/test_gpu_binary, build/gpu/test/*,
-# build/bench/bench_attention and bench_gemm; they load libcudart and libcublas from CUDA_HOME/lib64 or
-# the library path, checked with ldd).
+# build/bench/bench_attention, bench_gemm and bench_lora; they load libcudart, libcublas and libcublasLt
+# from CUDA_HOME/lib64 or the library path, checked with ldd).
 #
 # What runs on the GPU:
 #   * every CUDA test (test/test_cuda_*.cpp) built by nvcc against the real CUDA runtime (make gpu-tests,
@@ -28,7 +28,7 @@
 #   * `llm2vec_cuda bench-step`: 10 MNTP training steps of Sheared-LLaMA-1.3B's configuration with random
 #     weights (8 x 512 tokens, bf16, LoRA r=16): ms/step, tokens/s and MFU; again with every kernel
 #     launched directly (--cuda_graphs false), and at 2 x 128 tokens with and without graphs;
-#   * build/bench/bench_attention and bench_gemm (each validates before timing), then
+#   * build/bench/bench_attention, bench_gemm and bench_lora (each validates before timing), then
 #     scripts/bench_sdpa.py (PyTorch flash and cuDNN SDPA) where PyTorch sees the GPU, and a table of
 #     our TFLOP/s over PyTorch's for every shape both measured;
 #   * scripts/profile_nsys.sh on the stories260K step (where nsys exists);
@@ -89,7 +89,7 @@ fi
 gpu_tests=()
 for src in test/test_cuda_*.cpp; do gpu_tests+=("build/gpu/test/$(basename "$src" .cpp)"); done
 targets=(build/llm2vec build/llm2vec_cuda build/test/test_gpu_binary build/bench/bench_attention
-         build/bench/bench_gemm "${gpu_tests[@]}")
+         build/bench/bench_gemm build/bench/bench_lora "${gpu_tests[@]}")
 if [[ $have_nvcc -eq 1 ]]; then
   step "build" 3000 make -j"$(nproc)" "${targets[@]}"
 fi
@@ -108,7 +108,7 @@ done
 if [[ $have_gpu -eq 0 ]]; then
   echo
   echo "== the benchmarks without a GPU"
-  for b in build/bench/bench_attention build/bench/bench_gemm; do [[ -x $b ]] && "$b"; done
+  for b in build/bench/bench_attention build/bench/bench_gemm build/bench/bench_lora; do [[ -x $b ]] && "$b"; done
   echo
   echo "NO GPU on this machine: the build was checked, nothing ran on a device (no CUDA test, benchmark,"
   echo "profile or PyTorch comparison). Run scripts/gpu_check.sh on a machine with an NVIDIA GPU."
@@ -189,7 +189,7 @@ for graphs in true false; do
 done
 
 # A benchmark that finds no usable device exits 0 without result lines: here, with a GPU, that fails.
-for b in bench_attention bench_gemm; do
+for b in bench_attention bench_gemm bench_lora; do
   step "$b" 300 bash -o pipefail -c "build/bench/$b | tee '$dir/$b.txt' && grep -q '^bench=' '$dir/$b.txt'"
 done
 if [[ $have_torch -eq 1 ]]; then

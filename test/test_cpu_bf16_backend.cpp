@@ -124,6 +124,39 @@ TEST(CpuBf16Backend, MatmulForwardSharedEqualsOneMatmulPerLayer) {
   }
 }
 
+// out = residual + bias + x W^T (the down projection's residual added by the product), the residual a
+// separate tensor or out itself: in bf16 the products of bf16-rounded x and W summed in fp32 onto the fp32
+// residual + bias, within the fp32 sum's bound; in fp32 the reference's bound alike.
+TEST(CpuBf16Backend, MatmulForwardSharedAddsTheResidual) {
+  const int N = 37, IC = 70, OC = 45;
+  std::mt19937 rng(6);
+  const std::vector<float> x = randn((size_t)N * IC, rng), W = randn((size_t)OC * IC, rng), b = randn(OC, rng);
+  const std::vector<float> r = randn((size_t)N * OC, rng);
+  for (CpuPrecision precision : {CpuPrecision::kBf16, CpuPrecision::kFp32}) {
+    const bool bf16 = precision == CpuPrecision::kBf16;
+    for (bool in_place : {false, true}) {
+      TestBackend be(precision);
+      Tensor tx = be.upload(x), tw = be.upload(W), tb = be.upload(b), tr = be.upload(r);
+      Tensor out = in_place ? tr : be.upload(std::vector<float>((size_t)N * OC, 7.0f));
+      const SharedInputLinear layer{out, tw, tb, OC, tr};
+      be->matmul_forward_shared(tx, N, IC, &layer, 1);
+      const std::vector<float> got = download(*be, out, (size_t)N * OC);
+      for (int n = 0; n < N; ++n)
+        for (int o = 0; o < OC; ++o) {
+          double s = (double)r[(size_t)n * OC + o] + b[o], mag = std::fabs(s);
+          for (int i = 0; i < IC; ++i) {
+            const double xi = bf16 ? bf(x[(size_t)n * IC + i]) : x[(size_t)n * IC + i];
+            const double wi = bf16 ? bf(W[(size_t)o * IC + i]) : W[(size_t)o * IC + i];
+            s += xi * wi;
+            mag += std::fabs(xi * wi);
+          }
+          ASSERT_LE(std::fabs(got[(size_t)n * OC + o] - s), gamma32(IC + 2) * mag)
+              << (bf16 ? "bf16" : "fp32") << " in place " << in_place << " (" << n << ", " << o << ")";
+        }
+    }
+  }
+}
+
 TEST(CpuBf16Backend, MatmulBackwardInputOverwritesAndAccumulates) {
   const int N = 33, IC = 50, OC = 64;
   std::mt19937 rng(2);

@@ -101,15 +101,21 @@ class Gemm : public ::testing::Test {
     // A stream of its own: the launchers must put their kernels on the handle's stream.
     CUDA_CHECK(cudaStreamCreate(&stream_));
     ASSERT_EQ(cublasSetStream(handle_, stream_), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasLtCreate(&lt_), CUBLAS_STATUS_SUCCESS);
   }
   void TearDown() override {
+    cublasLtDestroy(lt_);
     cublasDestroy(handle_);
     cudaStreamDestroy(stream_);
   }
   void sync() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   std::string family(const char* op) const { return std::string(op) + " " + Prec<T>::name; }
 
+  lc::LtContext lt() { return {handle_, lt_, lt_workspace_.ptr, lc::kLtWorkspaceBytes}; }
+
   cublasHandle_t handle_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  Bytes lt_workspace_{lc::kLtWorkspaceBytes};
   cudaStream_t stream_ = nullptr;
   std::mt19937 rng_{20240611};
 };
@@ -117,27 +123,40 @@ class Gemm : public ::testing::Test {
 using StorageTypes = ::testing::Types<float, bf16>;
 TYPED_TEST_SUITE(Gemm, StorageTypes);
 
+// cuBLASLt's D = residual + bias + inp W^T (the residual a separate C, or out itself), rounded once.
 TYPED_TEST(Gemm, MatmulForward) {
   using T = TypeParam;
   struct Shape {
     int N, IC, OC;
   };
+  enum Residual { kNone, kSeparate, kInPlace };
   for (const Shape s : {Shape{1, 7, 5}, Shape{37, 129, 67}, Shape{64, 96, 33}, Shape{5, 1, 3}}) {
     for (bool with_bias : {false, true}) {
-      const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
-      const auto w = rounded<T>(randn((size_t)s.OC * s.IC, this->rng_, 0.3f));
-      const auto bias = rounded<T>(randn(s.OC, this->rng_));
-      std::vector<float> ref((size_t)s.N * s.OC), mag(ref.size());
-      cpu::matmul_forward(ref.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.N, s.IC, s.OC);
-      cpu::matmul_forward(mag.data(), absv(inp).data(), absv(w).data(), with_bias ? absv(bias).data() : nullptr, s.N,
-                          s.IC, s.OC);
-      Dev<T> d_inp(inp), d_w(w), d_bias(bias), d_out(ref.size());
-      lc::matmul_forward_cuda<T>(this->handle_, d_out.ptr, d_inp.ptr, d_w.ptr, with_bias ? d_bias.ptr : nullptr, s.N,
-                                 s.IC, s.OC);
-      this->sync();
-      // K = IC (+1 for the bias); one rounding of the result to T.
-      EXPECT_TRUE(Close(this->family("matmul_forward"), d_out.get(), ref, mag, 2 * (s.IC + 1) * kU32 + Prec<T>::u))
-          << "N " << s.N << " IC " << s.IC << " OC " << s.OC << " bias " << with_bias;
+      for (const Residual res : {kNone, kSeparate, kInPlace}) {
+        const auto inp = rounded<T>(randn((size_t)s.N * s.IC, this->rng_));
+        const auto w = rounded<T>(randn((size_t)s.OC * s.IC, this->rng_, 0.3f));
+        const auto bias = rounded<T>(randn(s.OC, this->rng_));
+        const auto resid = rounded<T>(randn((size_t)s.N * s.OC, this->rng_));
+        const float* b = with_bias ? bias.data() : nullptr;
+        const float* r = res == kNone ? nullptr : resid.data();
+        std::vector<float> ref((size_t)s.N * s.OC), mag(ref.size());
+        cpu::matmul_forward(ref.data(), inp.data(), w.data(), b, s.N, s.IC, s.OC, r);
+        const auto abs_bias = absv(bias), abs_resid = absv(resid);
+        cpu::matmul_forward(mag.data(), absv(inp).data(), absv(w).data(), b ? abs_bias.data() : nullptr, s.N, s.IC,
+                            s.OC, r ? abs_resid.data() : nullptr);
+        Dev<T> d_inp(inp), d_w(w), d_bias(bias), d_resid(resid), d_out(ref.size());
+        T* out = res == kInPlace ? d_resid.ptr : d_out.ptr;
+        lc::matmul_forward_cuda<T>(this->lt(), out, d_inp.ptr, d_w.ptr, with_bias ? d_bias.ptr : nullptr, s.N, s.IC,
+                                   s.OC, res == kNone ? nullptr : d_resid.ptr);
+        this->sync();
+        // K = IC (+1 for the bias, +1 for the residual); one rounding of the result to T.
+        EXPECT_TRUE(Close(this->family("matmul_forward"), res == kInPlace ? d_resid.get() : d_out.get(), ref, mag,
+                          2 * (s.IC + 2) * kU32 + Prec<T>::u))
+            << "N " << s.N << " IC " << s.IC << " OC " << s.OC << " bias " << with_bias << " residual " << res;
+        if (res == kSeparate) {
+          EXPECT_TRUE(Identical(d_resid.get(), resid)) << "the residual is read only";
+        }
+      }
     }
   }
 }

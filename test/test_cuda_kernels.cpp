@@ -375,25 +375,6 @@ TYPED_TEST(Kernels, SwiGluForwardAndBackward) {
   }
 }
 
-// ======================================================================================= Residual, scale
-
-TYPED_TEST(Kernels, ResidualAddIsExactAndMayRunInPlace) {
-  using T = TypeParam;
-  for (const FlatShape& s : kFlatShapes) {
-    const long n = s.n;
-    const std::vector<float> a = rounded<T>(randn(n, this->rng_)), b = rounded<T>(randn(n, this->rng_));
-    std::vector<float> want(n);
-    cpu::residual_forward(want.data(), a.data(), b.data(), n);
-    want = rounded<T>(want);  // one fp32 add, one rounding to T
-    Dev<T> da(a, s.offset), db(b, s.offset), dout(n, s.offset);
-    lc::residual_forward_cuda(dout.ptr, da.ptr, db.ptr, n, this->stream_);
-    lc::residual_forward_cuda(db.ptr, da.ptr, db.ptr, n, this->stream_);
-    this->sync();
-    EXPECT_TRUE(Identical(this->family("residual_forward"), dout.get(), want)) << "n=" << n;
-    EXPECT_TRUE(Identical(this->family("residual_forward"), db.get(), want)) << "in place, n=" << n;
-  }
-}
-
 // ================================================================================================ Pooling
 
 // pool_forward / pool_backward against cpu::pool_forward / pool_backward, bit for bit (see

@@ -1,7 +1,7 @@
 // The memory planner against the CUDA backend on the emulator: real training runs (the cases of
 // test/memory_plan_test_util.h) reach a peak of device memory (cudaMalloc minus cudaFree, counted by the
 // emulator) equal to the plan of their configuration with the CUDA backend's scratch — the attention
-// backward's statistics, the LoRA workspace, the chunked LM head, the global norm's lists and the bf16
+// backward's statistics, the LoRA workspace, cuBLASLt's workspace, the chunked LM head, the global norm's lists and the bf16
 // conversion staging — byte for byte, in bf16 and in fp32 storage. (The plan's "runtime" item, the CUDA
 // context and cuBLAS's own memory, is not the backend's and is left out of the comparison.)
 #include <gtest/gtest.h>

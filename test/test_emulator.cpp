@@ -20,6 +20,7 @@
 #include "cuda/common.cuh"
 #include "cuda/launch.h"
 #include "test/cuda_test_util.h"
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 namespace {
@@ -1017,6 +1018,169 @@ TEST(EmulatorCublas, BetaZeroIgnoresCAndUnsupportedCombinations) {
   EXPECT_EQ(cublasSgemm(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a.ptr, m, b.ptr, k, &zero, c.ptr, m),
             CUBLAS_STATUS_NOT_INITIALIZED);
   ASSERT_EQ(cublasDestroy(handle), CUBLAS_STATUS_SUCCESS);
+}
+
+// cublasLtMatmul: D = alpha op(A) op(B) + beta C + bias[row], C != D of one layout, bf16 in and out, every
+// transpose, leading dimensions above the rows (D's padding rows untouched, C only read).
+struct LtDescs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
+  ~LtDescs() {
+    cublasLtMatmulDescDestroy(op);
+    for (cublasLtMatrixLayout_t l : {a, b, c, d}) cublasLtMatrixLayoutDestroy(l);
+  }
+};
+void lt_descs(LtDescs& x, const GemmShape& s, cudaDataType type) {
+  ASSERT_EQ(cublasLtMatmulDescCreate(&x.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+  const cublasOperation_t ta = op(s.ta), tb = op(s.tb);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.a, type, s.ta ? s.k : s.m, s.ta ? s.m : s.k, s.lda), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.b, type, s.tb ? s.n : s.k, s.tb ? s.k : s.n, s.ldb), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.c, type, s.m, s.n, s.ldc), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.d, type, s.m, s.n, s.ldc), CUBLAS_STATUS_SUCCESS);
+}
+std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& v) {
+  std::vector<__nv_bfloat16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
+  return out;
+}
+std::vector<float> bf16_rounded(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
+
+TEST(EmulatorCublas, LtMatmulOutOfPlaceWithBiasEpilogue) {
+  cublasLtHandle_t lt;
+  ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+  for (const GemmShape& s : gemm_shapes()) {
+    const std::vector<float> a = bf16_rounded(random_floats(s.a_size(), 7)), b = bf16_rounded(random_floats(s.b_size(), 8));
+    const std::vector<float> c0 = bf16_rounded(random_floats(s.c_size(), 9)), bias = bf16_rounded(random_floats(s.m, 10));
+    const std::vector<float> d0 = bf16_rounded(random_floats(s.c_size(), 11));
+    const float alpha = 0.75f, beta = 1.0f;
+    std::vector<double> want(c0.begin(), c0.end());
+    host_gemm(s.ta, s.tb, s.m, s.n, s.k, alpha, a, s.lda, b, s.ldb, beta, want, s.ldc);
+    DeviceArray<__nv_bfloat16> da(to_bf16(a)), db(to_bf16(b)), dc(to_bf16(c0)), dd(to_bf16(d0)), dbias(to_bf16(bias));
+    LtDescs x;
+    lt_descs(x, s, CUDA_R_16BF);
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    const void* bias_ptr = dbias.ptr;
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+              CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)),
+              CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasLtMatmul(lt, x.op, &alpha, da.ptr, x.a, db.ptr, x.b, &beta, dc.ptr, x.c, dd.ptr, x.d, nullptr,
+                             nullptr, 0, nullptr),
+              CUBLAS_STATUS_SUCCESS);
+    const std::vector<__nv_bfloat16> got = dd.download(), c_after = dc.download();
+    for (int j = 0; j < s.n; ++j) {
+      for (int i = 0; i < s.ldc; ++i) {
+        const size_t e = static_cast<size_t>(j) * s.ldc + i;
+        EXPECT_EQ(__bfloat162float(c_after[e]), c0[e]) << "C is only read";
+        if (i < s.m) {
+          // One rounding of the fp32 sum (its own error ~k 2^-24 of the terms, below 1e-5 here).
+          const double v = want[e] + bias[i];
+          EXPECT_NEAR(__bfloat162float(got[e]), v, std::fabs(v) / 256 + 1e-5) << "ta=" << s.ta << " tb=" << s.tb;
+        } else {
+          EXPECT_EQ(__bfloat162float(got[e]), d0[e]) << "padding rows of D must not be written";
+        }
+      }
+    }
+  }
+  ASSERT_EQ(cublasLtDestroy(lt), CUBLAS_STATUS_SUCCESS);
+}
+
+TEST(EmulatorCublas, LtMatmulRefusesWhatItDoesNotSupport) {
+  cublasLtHandle_t lt;
+  ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+  const GemmShape s = gemm_shapes()[0];
+  DeviceArray<float> a(random_floats(s.a_size(), 1)), b(random_floats(s.b_size(), 2)), c(random_floats(s.c_size(), 3));
+  const float one = 1.0f;
+  const auto run = [&](const LtDescs& x) {
+    return cublasLtMatmul(lt, x.op, &one, a.ptr, x.a, b.ptr, x.b, &one, c.ptr, x.c, c.ptr, x.d, nullptr, nullptr, 0,
+                          nullptr);
+  };
+  {
+    LtDescs x;
+    lt_descs(x, s, CUDA_R_32F);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_SUCCESS);  // in place (C == D)
+    EXPECT_EQ(cublasLtMatmul(nullptr, x.op, &one, a.ptr, x.a, b.ptr, x.b, &one, c.ptr, x.c, c.ptr, x.d, nullptr,
+                             nullptr, 0, nullptr),
+              CUBLAS_STATUS_NOT_INITIALIZED);
+    const int32_t wrong_size = 0;
+    EXPECT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &wrong_size, sizeof(wrong_size)),
+              CUBLAS_STATUS_INVALID_VALUE);
+    const int32_t pointer_mode = 0;
+    EXPECT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pointer_mode,
+                                             sizeof(pointer_mode)),
+              CUBLAS_STATUS_NOT_SUPPORTED);
+    cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;  // without a bias pointer
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_INVALID_VALUE);
+    epilogue = CUBLASLT_EPILOGUE_RELU;
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_NOT_SUPPORTED);
+  }
+  {
+    LtDescs x;  // C's leading dimension unlike D's
+    lt_descs(x, s, CUDA_R_32F);
+    cublasLtMatrixLayoutDestroy(x.c);
+    ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.c, CUDA_R_32F, s.m, s.n, s.ldc + 1), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_INVALID_VALUE);
+  }
+  {
+    LtDescs x;  // op(B) with the wrong inner dimension
+    lt_descs(x, s, CUDA_R_32F);
+    cublasLtMatrixLayoutDestroy(x.b);
+    ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.b, CUDA_R_32F, s.k + 1, s.n, s.ldb), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_INVALID_VALUE);
+  }
+  {
+    LtDescs x;  // D in bf16 from fp32 operands
+    lt_descs(x, s, CUDA_R_32F);
+    cublasLtMatrixLayoutDestroy(x.c);
+    cublasLtMatrixLayoutDestroy(x.d);
+    ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.c, CUDA_R_16BF, s.m, s.n, s.ldc), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasLtMatrixLayoutCreate(&x.d, CUDA_R_16BF, s.m, s.n, s.ldc), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_NOT_SUPPORTED);
+  }
+  ASSERT_EQ(cublasLtDestroy(lt), CUBLAS_STATUS_SUCCESS);
+}
+
+TEST(EmulatorGraphs, LtMatmulIsCapturedAndReplayed) {
+  CaptureFixture f;
+  cublasLtHandle_t lt;
+  ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
+  const GemmShape s = gemm_shapes()[3];
+  const std::vector<float> a = random_floats(s.a_size(), 4), b = random_floats(s.b_size(), 5);
+  const std::vector<float> c0 = random_floats(s.c_size(), 6);
+  DeviceArray<float> da(a), db(b), dc(c0), dd(std::vector<float>(s.c_size(), 0.0f));
+  LtDescs x;
+  lt_descs(x, s, CUDA_R_32F);
+  float alpha = 2.0f, beta = 1.0f;
+  CUDA_CHECK(cudaStreamBeginCapture(f.stream, cudaStreamCaptureModeGlobal));
+  ASSERT_EQ(cublasLtMatmul(lt, x.op, &alpha, da.ptr, x.a, db.ptr, x.b, &beta, dc.ptr, x.c, dd.ptr, x.d, nullptr,
+                           nullptr, 0, f.stream),
+            CUBLAS_STATUS_SUCCESS);
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamEndCapture(f.stream, &graph));
+  EXPECT_EQ(f.nodes(graph), 1u);
+  for (float v : dd.download()) EXPECT_EQ(v, 0.0f) << "nothing ran during the capture";
+  cudaGraphExec_t exec = nullptr;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  alpha = 100.0f;  // the scalars as captured
+  CUDA_CHECK(cudaGraphLaunch(exec, f.stream));
+  CUDA_CHECK(cudaStreamSynchronize(f.stream));
+  std::vector<double> want(c0.begin(), c0.end());
+  host_gemm(s.ta, s.tb, s.m, s.n, s.k, 2.0f, a, s.lda, b, s.ldb, 1.0f, want, s.ldc);
+  const std::vector<float> got = dd.download();
+  for (int j = 0; j < s.n; ++j)
+    for (int i = 0; i < s.m; ++i) EXPECT_NEAR(got[j * s.ldc + i], want[j * s.ldc + i], 1e-5) << i << "," << j;
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  ASSERT_EQ(cublasLtDestroy(lt), CUBLAS_STATUS_SUCCESS);
 }
 
 // ---- Bug finding. The kernels' line numbers are part of what the reports must name.

@@ -1,6 +1,9 @@
-// The cuBLAS subset the project uses, emulated on the CPU with the real declarations of cublas_v2.h:
-// GEMM with cuBLAS semantics (column-major, op(A) m x k, op(B) k x n, leading dimensions, strided
-// batches, alpha/beta with C not read when beta == 0) computed by OpenBLAS in fp32.
+// The cuBLAS subset the project uses, emulated on the CPU with the real declarations of cublas_v2.h and
+// cublasLt.h: GEMM with cuBLAS semantics (column-major, op(A) m x k, op(B) k x n, leading dimensions,
+// strided batches, alpha/beta with C not read when beta == 0) computed by OpenBLAS in fp32; and
+// cublasLtMatmul's D = alpha op(A) op(B) + beta C (+ bias per row of D: CUBLASLT_EPILOGUE_BIAS), C and D
+// of one layout, in place or not, the sum rounded once to D's type (algo NULL: the implicit heuristic;
+// the workspace is not used). Other descriptor attributes and epilogues return CUBLAS_STATUS_NOT_SUPPORTED.
 //
 // Supported cublasGemmEx type combinations (others return CUBLAS_STATUS_NOT_SUPPORTED):
 //   A/B CUDA_R_32F  -> C CUDA_R_32F
@@ -12,10 +15,12 @@
 // is read and written with round-to-nearest-even. The math mode and the pointer mode are recorded and
 // do not change results (host and "device" scalars are the same memory here).
 #include <cblas.h>
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include "host/emu/cuda_emu.h"
@@ -119,12 +124,32 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// D = alpha op(A) op(B) + beta C (+ bias[row] when bias != nullptr) in fp32 from operands widened to fp32,
+// rounded once to D's type; C has D's type and layout (C == D: in place). beta == 0 never reads C.
+void gemm_widened(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, float al, const void* A,
+                  cudaDataType ab_type, int lda, const void* B, int ldb, float be, const void* C, void* D,
+                  cudaDataType d_type, int ld, const void* bias) {
+  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
+  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
+  const std::vector<float> a32 = widen(A, ab_type, a_rows, a_cols, lda);
+  const std::vector<float> b32 = widen(B, ab_type, b_rows, b_cols, ldb);
+  std::vector<float> d32 = be == 0.0f ? std::vector<float>(static_cast<size_t>(m) * n) : widen(C, d_type, m, n, ld);
+  cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, al, a32.data(), std::max(1, a_rows),
+              b32.data(), std::max(1, b_rows), be, d32.data(), m);
+  for (int col = 0; col < n; ++col) {
+    for (int r = 0; r < m; ++r) {
+      float v = d32[static_cast<size_t>(col) * m + r];
+      if (bias) v += load(bias, d_type, r);
+      store(D, d_type, static_cast<size_t>(col) * ld + r, v);
+    }
+  }
+}
+
 // The GEMMs of a validated call (or of a graph node replaying one).
 void run_gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, float al, const void* A,
              cudaDataType a_type, int lda, long long stride_a, const void* B, cudaDataType b_type, int ldb,
              long long stride_b, float be, void* C, cudaDataType c_type, int ldc, long long stride_c, int batch) {
-  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
-  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
+  (void)b_type;  // == a_type (validated)
   const size_t a_elem = type_size(a_type), c_elem = type_size(c_type);
   for (int i = 0; i < batch; ++i) {
     const char* a = static_cast<const char*>(A) + i * stride_a * static_cast<long long>(a_elem);
@@ -135,17 +160,7 @@ void run_gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, 
                   lda, reinterpret_cast<const float*>(b), ldb, be, reinterpret_cast<float*>(c), ldc);
       continue;
     }
-    const std::vector<float> a32 = widen(a, a_type, a_rows, a_cols, lda);
-    const std::vector<float> b32 = widen(b, b_type, b_rows, b_cols, ldb);
-    // beta == 0: C is output only (it may hold NaN), as in BLAS.
-    std::vector<float> c32 = be == 0.0f ? std::vector<float>(static_cast<size_t>(m) * n) : widen(c, c_type, m, n, ldc);
-    cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, al, a32.data(), std::max(1, a_rows),
-                b32.data(), std::max(1, b_rows), be, c32.data(), m);
-    for (int col = 0; col < n; ++col) {
-      for (int r = 0; r < m; ++r) {
-        store(c, c_type, static_cast<size_t>(col) * ldc + r, c32[static_cast<size_t>(col) * m + r]);
-      }
-    }
+    gemm_widened(transa, transb, m, n, k, al, a, a_type, lda, b, ldb, be, c, c, c_type, ldc, nullptr);
   }
 }
 
@@ -255,4 +270,133 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           cublasComputeType_t computeType, cublasGemmAlgo_t) {
   return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb, strideB, beta, C, Ctype,
               ldc, strideC, batchCount, computeType);
+}
+
+// ---- cuBLASLt ----
+
+struct cublasLtContext {};
+
+namespace {
+
+// What the semi-opaque descriptors hold here (in their data words).
+struct LtMatmulDesc {
+  cublasComputeType_t compute;
+  cudaDataType_t scale;
+  cublasOperation_t transa, transb;
+  cublasLtEpilogue_t epilogue;
+  const void* bias;
+};
+struct LtLayout {
+  cudaDataType type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+static_assert(sizeof(LtMatmulDesc) <= sizeof(cublasLtMatmulDescOpaque_t) &&
+                  sizeof(LtLayout) <= sizeof(cublasLtMatrixLayoutOpaque_t),
+              "the descriptors fit their opaque words");
+LtMatmulDesc* desc_of(cublasLtMatmulDesc_t d) { return reinterpret_cast<LtMatmulDesc*>(d->data); }
+const LtLayout* layout_of(cublasLtMatrixLayout_t l) { return reinterpret_cast<const LtLayout*>(l->data); }
+
+
+}  // namespace
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
+  if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  *handle = new cublasLtContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComputeType_t compute,
+                                        cudaDataType_t scale) {
+  if (desc == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  *desc = new cublasLtMatmulDescOpaque_t{};
+  *desc_of(*desc) = {compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr};
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
+  delete desc;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr,
+                                              const void* buf, size_t bytes) {
+  if (desc == nullptr || buf == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  LtMatmulDesc& d = *desc_of(desc);
+  auto set = [&](auto& field) {
+    if (bytes != sizeof(field)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(&field, buf, bytes);
+    return CUBLAS_STATUS_SUCCESS;
+  };
+  switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: return set(d.transa);
+    case CUBLASLT_MATMUL_DESC_TRANSB: return set(d.transb);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: return set(d.epilogue);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return set(d.bias);
+    default: return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+  if (layout == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  *layout = new cublasLtMatrixLayoutOpaque_t{};
+  *reinterpret_cast<LtLayout*>((*layout)->data) = {type, rows, cols, ld};
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
+  delete layout;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
+                              cublasLtMatrixLayout_t a_desc, const void* B, cublasLtMatrixLayout_t b_desc,
+                              const void* beta, const void* C, cublasLtMatrixLayout_t c_desc, void* D,
+                              cublasLtMatrixLayout_t d_desc, const cublasLtMatmulAlgo_t*, void*, size_t,
+                              cudaStream_t stream) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (desc == nullptr || a_desc == nullptr || b_desc == nullptr || c_desc == nullptr || d_desc == nullptr ||
+      alpha == nullptr || beta == nullptr) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  const LtMatmulDesc d = *desc_of(desc);
+  const LtLayout a = *layout_of(a_desc), b = *layout_of(b_desc), c = *layout_of(c_desc), dl = *layout_of(d_desc);
+  if (!valid_op(d.transa) || !valid_op(d.transb)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (d.scale != CUDA_R_32F || !fp32_compute(d.compute)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue != CUBLASLT_EPILOGUE_DEFAULT && d.epilogue != CUBLASLT_EPILOGUE_BIAS) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && d.bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  // op(A) m x k, op(B) k x n, C and D m x n with one layout.
+  const uint64_t m = dl.rows, n = dl.cols, k = d.transa == CUBLAS_OP_N ? a.cols : a.rows;
+  if ((d.transa == CUBLAS_OP_N ? a.rows : a.cols) != m || (d.transb == CUBLAS_OP_N ? b.rows : b.cols) != k ||
+      (d.transb == CUBLAS_OP_N ? b.cols : b.rows) != n || c.rows != m || c.cols != n || c.ld != dl.ld ||
+      a.ld < (int64_t)std::max<uint64_t>(1, a.rows) || b.ld < (int64_t)std::max<uint64_t>(1, b.rows) ||
+      dl.ld < (int64_t)std::max<uint64_t>(1, m) || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (a.type != b.type || c.type != dl.type || !supported(a.type, dl.type)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (!l2v::emu::stream_is_valid(stream)) return CUBLAS_STATUS_EXECUTION_FAILED;
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  const void* bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS ? d.bias : nullptr;
+  auto run = [=] {
+    gemm_widened(d.transa, d.transb, (int)m, (int)n, (int)k, al, A, a.type, (int)a.ld, B, (int)b.ld, be, C, D,
+                  dl.type, (int)dl.ld, bias);
+  };
+  cudaError_t err = cudaSuccess;
+  switch (l2v::emu::stream_mode(stream, &err)) {
+    case l2v::emu::StreamMode::kError: return CUBLAS_STATUS_EXECUTION_FAILED;
+    case l2v::emu::StreamMode::kRun: run(); break;
+    case l2v::emu::StreamMode::kCapture:  // alpha, beta and the descriptors as they are now
+      l2v::emu::capture_node(stream,
+                             {l2v::emu::GraphNode::Kind::kLibrary, reinterpret_cast<const void*>(&gemm_widened), run});
+      break;
+  }
+  return CUBLAS_STATUS_SUCCESS;
 }
