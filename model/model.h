@@ -121,7 +121,7 @@ struct Activations {
   int* targets = nullptr;         // [N] MNTP: the label each of those rows predicts
   float* losses = nullptr;        // [N]
   double* loss = nullptr;         // one double: the MNTP loss of mntp_loss
-  // backward scratch, shared by all layers
+  // backward scratch, shared by all layers; tmp [N, C] holds the o projection's output in the forward
   Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate, d_up, d_act, tmp;
   Tensor lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
   float* pool_weights = nullptr;  // [N] fp32: the pooling weights of each position (model/pooling.h)
