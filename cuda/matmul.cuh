@@ -156,6 +156,9 @@ void matmul_forward_cuda(const LtContext& ctx, T* out, const T* inp, const T* we
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const int32_t bias_type = type;  // stored as the activations are (said, not left to the default)
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
   }
   const gemm_detail::LtLayout w(type, IC, OC, IC), x(type, IC, N, IC), d(type, OC, N, OC);
   const float alpha = 1.0f, beta = residual ? 1.0f : 0.0f;

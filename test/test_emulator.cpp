@@ -1053,7 +1053,8 @@ std::vector<float> bf16_rounded(std::vector<float> v) {
 TEST(EmulatorCublas, LtMatmulOutOfPlaceWithBiasEpilogue) {
   cublasLtHandle_t lt;
   ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
-  for (const GemmShape& s : gemm_shapes()) {
+  const std::vector<GemmShape> shapes = gemm_shapes();
+  for (const GemmShape& s : shapes) {
     const std::vector<float> a = bf16_rounded(random_floats(s.a_size(), 7)), b = bf16_rounded(random_floats(s.b_size(), 8));
     const std::vector<float> c0 = bf16_rounded(random_floats(s.c_size(), 9)), bias = bf16_rounded(random_floats(s.m, 10));
     const std::vector<float> d0 = bf16_rounded(random_floats(s.c_size(), 11));
@@ -1064,7 +1065,15 @@ TEST(EmulatorCublas, LtMatmulOutOfPlaceWithBiasEpilogue) {
     LtDescs x;
     lt_descs(x, s, CUDA_R_16BF);
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-    const void* bias_ptr = dbias.ptr;
+    // Odd shapes: the bias in fp32 (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE); even ones: D's type, the default.
+    const bool fp32_bias = (&s - shapes.data()) % 2 == 1;
+    DeviceArray<float> dbias32(bias);
+    const void* bias_ptr = fp32_bias ? static_cast<const void*>(dbias32.ptr) : static_cast<const void*>(dbias.ptr);
+    if (fp32_bias) {
+      const int32_t bias_type = CUDA_R_32F;
+      ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
+                CUBLAS_STATUS_SUCCESS);
+    }
     ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
               CUBLAS_STATUS_SUCCESS);
     ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)),
@@ -1118,6 +1127,13 @@ TEST(EmulatorCublas, LtMatmulRefusesWhatItDoesNotSupport) {
     ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
               CUBLAS_STATUS_SUCCESS);
     EXPECT_EQ(run(x), CUBLAS_STATUS_INVALID_VALUE);
+    const void* bias_ptr = b.ptr;  // fp32 operands: a bf16 bias is neither D's type nor fp32
+    const int32_t bias_type = CUDA_R_16BF;
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)),
+              CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
+              CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(run(x), CUBLAS_STATUS_NOT_SUPPORTED);
     epilogue = CUBLASLT_EPILOGUE_RELU;
     ASSERT_EQ(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
               CUBLAS_STATUS_SUCCESS);

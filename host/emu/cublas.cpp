@@ -1,7 +1,8 @@
 // The cuBLAS subset the project uses, emulated on the CPU with the real declarations of cublas_v2.h and
 // cublasLt.h: GEMM with cuBLAS semantics (column-major, op(A) m x k, op(B) k x n, leading dimensions,
 // strided batches, alpha/beta with C not read when beta == 0) computed by OpenBLAS in fp32; and
-// cublasLtMatmul's D = alpha op(A) op(B) + beta C (+ bias per row of D: CUBLASLT_EPILOGUE_BIAS), C and D
+// cublasLtMatmul's D = alpha op(A) op(B) + beta C (+ bias per row of D: CUBLASLT_EPILOGUE_BIAS; the bias in
+// D's type, the default, or fp32), C and D
 // of one layout, in place or not, the sum rounded once to D's type (algo NULL: the implicit heuristic;
 // the workspace is not used). Other descriptor attributes and epilogues return CUBLAS_STATUS_NOT_SUPPORTED.
 //
@@ -124,11 +125,11 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
   return CUBLAS_STATUS_SUCCESS;
 }
 
-// D = alpha op(A) op(B) + beta C (+ bias[row] when bias != nullptr) in fp32 from operands widened to fp32,
+// D = alpha op(A) op(B) + beta C (+ bias[row] of bias_type when bias != nullptr) in fp32 from operands widened,
 // rounded once to D's type; C has D's type and layout (C == D: in place). beta == 0 never reads C.
 void gemm_widened(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, float al, const void* A,
                   cudaDataType ab_type, int lda, const void* B, int ldb, float be, const void* C, void* D,
-                  cudaDataType d_type, int ld, const void* bias) {
+                  cudaDataType d_type, int ld, const void* bias, cudaDataType bias_type) {
   const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
   const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
   const std::vector<float> a32 = widen(A, ab_type, a_rows, a_cols, lda);
@@ -139,7 +140,7 @@ void gemm_widened(cublasOperation_t transa, cublasOperation_t transb, int m, int
   for (int col = 0; col < n; ++col) {
     for (int r = 0; r < m; ++r) {
       float v = d32[static_cast<size_t>(col) * m + r];
-      if (bias) v += load(bias, d_type, r);
+      if (bias) v += load(bias, bias_type, r);
       store(D, d_type, static_cast<size_t>(col) * ld + r, v);
     }
   }
@@ -160,7 +161,7 @@ void run_gemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, 
                   lda, reinterpret_cast<const float*>(b), ldb, be, reinterpret_cast<float*>(c), ldc);
       continue;
     }
-    gemm_widened(transa, transb, m, n, k, al, a, a_type, lda, b, ldb, be, c, c, c_type, ldc, nullptr);
+    gemm_widened(transa, transb, m, n, k, al, a, a_type, lda, b, ldb, be, c, c, c_type, ldc, nullptr, c_type);
   }
 }
 
@@ -285,6 +286,7 @@ struct LtMatmulDesc {
   cublasOperation_t transa, transb;
   cublasLtEpilogue_t epilogue;
   const void* bias;
+  int32_t bias_type;  // a cudaDataType, or -1: D's
 };
 struct LtLayout {
   cudaDataType type;
@@ -316,7 +318,7 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComput
                                         cudaDataType_t scale) {
   if (desc == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
   *desc = new cublasLtMatmulDescOpaque_t{};
-  *desc_of(*desc) = {compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr};
+  *desc_of(*desc) = {compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr, -1};
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -339,6 +341,7 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasL
     case CUBLASLT_MATMUL_DESC_TRANSB: return set(d.transb);
     case CUBLASLT_MATMUL_DESC_EPILOGUE: return set(d.epilogue);
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return set(d.bias);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return set(d.bias_type);
     default: return CUBLAS_STATUS_NOT_SUPPORTED;
   }
 }
@@ -385,9 +388,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   const void* bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS ? d.bias : nullptr;
+  const cudaDataType bias_type = d.bias_type == -1 ? dl.type : static_cast<cudaDataType>(d.bias_type);
+  if (bias && bias_type != dl.type && bias_type != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
   auto run = [=] {
     gemm_widened(d.transa, d.transb, (int)m, (int)n, (int)k, al, A, a.type, (int)a.ld, B, (int)b.ld, be, C, D,
-                  dl.type, (int)dl.ld, bias);
+                  dl.type, (int)dl.ld, bias, bias_type);
   };
   cudaError_t err = cudaSuccess;
   switch (l2v::emu::stream_mode(stream, &err)) {
