@@ -192,8 +192,9 @@ struct LoraShape {
 const LoraShape kLoraShapes[] = {{1, 9, 7, 1}, {37, 129, 67, 4}, {50, 96, 130, 16}, {3, 5, 2, 16}, {40, 70, 33, 20},
                                  {1100, 9, 5, 3}};
 
-// Up to three adapters on one input (q, k and v): each its own A, B, output width and dropout site.
-constexpr int kBranchCounts[] = {1, 3};
+// Up to three adapters on one input (q, k and v; gate and up): each its own A, B, output width and dropout
+// site.
+constexpr int kBranchCounts[] = {1, 2, 3};
 int branch_oc(const LoraShape& s, int b) { return s.OC + 3 * b; }
 std::string lora_where(const LoraShape& s, float p, int count) {
   return "N " + std::to_string(s.N) + " IC " + std::to_string(s.IC) + " OC " + std::to_string(s.OC) + " R " +
