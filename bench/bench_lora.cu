@@ -89,11 +89,12 @@ int main() {
         CUDA_CHECK(cudaMemset(z.dB->ptr, 0, z.dB->bytes()));
       }
       const uint32_t site = 100 + b;
-      fwd[b] = {br[b].out->ptr, br[b].xa->ptr, br[b].A->ptr, br[b].B->ptr, site, OC[b]};
-      fwd1[b] = {sep[b].out->ptr, sep[b].xa->ptr, sep[b].A->ptr, sep[b].B->ptr, site, OC[b]};
-      bwd[b] = {br[b].dout->ptr, br[b].xa->ptr, br[b].A->ptr, br[b].B->ptr, br[b].dA->ptr, br[b].dB->ptr, site, OC[b]};
+      fwd[b] = {br[b].out->ptr, br[b].xa->ptr, br[b].A->ptr, br[b].B->ptr, site, OC[b], OC[b]};
+      fwd1[b] = {sep[b].out->ptr, sep[b].xa->ptr, sep[b].A->ptr, sep[b].B->ptr, site, OC[b], OC[b]};
+      bwd[b] = {br[b].dout->ptr, br[b].xa->ptr, br[b].A->ptr, br[b].B->ptr, br[b].dA->ptr, br[b].dB->ptr, site, OC[b],
+                OC[b]};
       bwd1[b] = {sep[b].dout->ptr, sep[b].xa->ptr, sep[b].A->ptr, sep[b].B->ptr, sep[b].dA->ptr, sep[b].dB->ptr, site,
-                 OC[b]};
+                 OC[b], OC[b]};
       flops_fwd += 2.0 * kTokens * kRank * (kIn + OC[b]);
       flops_bwd += 4.0 * kTokens * kRank * (kIn + OC[b]);
       bytes_fwd += 2.0 * 2 * kTokens * OC[b];  // out read and written

@@ -238,11 +238,11 @@ class CudaBackend final : public Backend {
     cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
                                   D, causal, dropout_p, key, site, scratch, stream_);
   }
-  void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
-    cuda::swiglu_forward_cuda(t(out), t(gate), t(up), n, stream_);
+  void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) override {
+    cuda::swiglu_forward_cuda(t(out), t(gate_up), N, F, stream_);
   }
-  void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up, long n) override {
-    cuda::swiglu_backward_cuda(t(dgate), t(dup), t(dout), t(gate), t(up), n, stream_);
+  void swiglu_backward(Tensor d_gate_up, ConstTensor dout, ConstTensor gate_up, long N, int F) override {
+    cuda::swiglu_backward_cuda(t(d_gate_up), t(dout), t(gate_up), N, F, stream_);
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
@@ -262,7 +262,7 @@ class CudaBackend final : public Backend {
     cuda::LoraForwardBranch<T> br[kMaxLoraBranches];
     for (int i = 0; i < count && i < kMaxLoraBranches; ++i) {
       const LoraForwardBranch& b = branches[i];
-      br[i] = {t(b.out), t(b.xa), b.A, b.B, b.site, b.OC};
+      br[i] = {t(b.out), t(b.xa), b.A, b.B, b.site, b.OC, b.ld};
     }
     cuda::lora_forward_cuda(cublas_, lora_input(in), br, count, lora_workspace(in, branches, count));
   }
@@ -270,7 +270,7 @@ class CudaBackend final : public Backend {
     cuda::LoraBackwardBranch<T> br[kMaxLoraBranches];
     for (int i = 0; i < count && i < kMaxLoraBranches; ++i) {
       const LoraBackwardBranch& b = branches[i];
-      br[i] = {t(b.dout), t(b.xa), b.A, b.B, b.dA, b.dB, b.site, b.OC};
+      br[i] = {t(b.dout), t(b.xa), b.A, b.B, b.dA, b.dB, b.site, b.OC, b.ld};
     }
     cuda::lora_backward_cuda(cublas_, t(dinp), lora_input(in), br, count, lora_workspace(in, branches, count));
   }

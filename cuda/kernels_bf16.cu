@@ -30,8 +30,8 @@ template void rope_forward_cuda<bf16>(bf16*, const bf16*, const float*, const fl
                                       cudaStream_t);
 template void rope_backward_cuda<bf16>(bf16*, const bf16*, const float*, const float*, int, int, int, int,
                                        cudaStream_t);
-template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, cudaStream_t);
-template void swiglu_backward_cuda<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, long, cudaStream_t);
+template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, long, int, cudaStream_t);
+template void swiglu_backward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, int, cudaStream_t);
 template void pool_forward_cuda<bf16>(float*, const bf16*, const float*, int, int, int, cudaStream_t);
 template void pool_backward_cuda<bf16>(bf16*, const float*, const float*, int, int, int, cudaStream_t);
 template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);

@@ -53,23 +53,23 @@ struct LoraInput {
 };
 template <typename T>
 struct LoraForwardBranch {
-  T* out;  // [N, OC]
+  T* out;  // [N, OC], rows ld apart
   T* xa;   // [N, R]
   const float* A;
   const float* B;
   uint32_t site;
-  int OC;
+  int OC, ld;
 };
 template <typename T>
 struct LoraBackwardBranch {
-  const T* dout;  // [N, OC]
+  const T* dout;  // [N, OC], rows ld apart
   const T* xa;
   const float* A;
   const float* B;
   float* dA;
   float* dB;
   uint32_t site;
-  int OC;
+  int OC, ld;
 };
 
 namespace lora_detail {
@@ -382,6 +382,7 @@ int prepare_branches(const char* fn, cudaStream_t stream, const LoraInput<T>& in
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   for (int b = 0; b < count; ++b) {
     check_args(fn, in.dropout_p, workspace, bytes, in.N, in.IC, br[b].OC, in.R);
+    gemm_detail::require(br[b].ld >= br[b].OC, fn, "a branch's row stride (ld) must be at least its OC");
     if (in.N > 0) ops[b] = prepare<T>(stream, ws, br[b].A, br[b].B, in.N, in.IC, br[b].OC, in.R);
     if (ws) ws += lora_branch_region_bytes(sizeof(T), in.N, in.IC, br[b].OC, in.R);
   }
@@ -397,7 +398,7 @@ size_t lora_workspace_bytes(int N, int IC, int OC, int R) {
   return lora_workspace_bytes(sizeof(T), N, IC, OC, R);
 }
 
-// For each branch: out_b [N, OC_b] += scale * dropout_b(inp) A_b^T B_b^T, saving xa_b [N, R] =
+// For each branch: out_b [N, OC_b] (rows ld_b apart) += scale * dropout_b(inp) A_b^T B_b^T, saving xa_b [N, R] =
 // dropout_b(inp) A_b^T for the backward. With dropout one kernel computes every branch's xa from one read
 // of the input; without, one cuBLAS GEMM per branch. The second product is one GEMM per branch with
 // alpha = scale and beta = 1 straight into out_b: no extra pass. workspace: lora_branches_workspace_bytes.
@@ -427,10 +428,11 @@ void lora_forward_cuda(cublasHandle_t handle, const LoraInput<T>& in, const Lora
   }
   for (int b = 0; b < count; ++b)
     gemm_rowmajor(handle, false, true, in.N, br[b].OC, in.R, in.scale, br[b].xa, in.R, w[b].B, in.R, 1.0f, br[b].out,
-                  br[b].OC);
+                  br[b].ld);
 }
 
-// Accumulates (+=) dinp [N, IC] and each branch's dA_b [R, IC] and dB_b [OC_b, R] from its dout_b [N, OC_b],
+// Accumulates (+=) dinp [N, IC] and each branch's dA_b [R, IC] and dB_b [OC_b, R] from its dout_b [N, OC_b]
+// (rows ld_b apart),
 // the forward's inp and xa_b:
 //   dB_b += scale dout_b^T xa_b,  dxa_b = scale dout_b B_b,  dA_b += dxa_b^T dropout_b(inp),
 //   dinp += sum_b dropout_b'(dxa_b A_b).
@@ -447,8 +449,8 @@ void lora_backward_cuda(cublasHandle_t handle, T* dinp, const LoraInput<T>& in, 
   const int N = in.N, IC = in.IC, R = in.R;
   if (N == 0) return;
   for (int b = 0; b < count; ++b) {
-    gemm_rowmajor(handle, true, false, br[b].OC, R, N, in.scale, br[b].dout, br[b].OC, br[b].xa, R, 1.0f, br[b].dB, R);
-    gemm_rowmajor(handle, false, false, N, R, br[b].OC, in.scale, br[b].dout, br[b].OC, w[b].B, R, 0.0f, w[b].dxa, R);
+    gemm_rowmajor(handle, true, false, br[b].OC, R, N, in.scale, br[b].dout, br[b].ld, br[b].xa, R, 1.0f, br[b].dB, R);
+    gemm_rowmajor(handle, false, false, N, R, br[b].OC, in.scale, br[b].dout, br[b].ld, w[b].B, R, 0.0f, w[b].dxa, R);
   }
   if (in.dropout_p == 0.0f) {
     for (int b = 0; b < count; ++b) {

@@ -175,14 +175,13 @@ class CpuBackend final : public Backend {
     cpu::attention_backward(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D,
                             causal, dropout_p, key, site);
   }
-  void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) override {
-    if (bf16_) return cpu::swiglu_forward_fast(f(out), f(gate), f(up), n);  // host/cpu_fast_ops.h
-    cpu::swiglu_forward(f(out), f(gate), f(up), n);
+  void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) override {
+    if (bf16_) return cpu::swiglu_forward_fast(f(out), f(gate_up), N, F);  // host/cpu_fast_ops.h
+    cpu::swiglu_forward(f(out), f(gate_up), N, F);
   }
-  void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
-                       long n) override {
-    if (bf16_) return cpu::swiglu_backward_fast(f(dgate), f(dup), f(dout), f(gate), f(up), n);
-    cpu::swiglu_backward(f(dgate), f(dup), f(dout), f(gate), f(up), n);
+  void swiglu_backward(Tensor d_gate_up, ConstTensor dout, ConstTensor gate_up, long N, int F) override {
+    if (bf16_) return cpu::swiglu_backward_fast(f(d_gate_up), f(dout), f(gate_up), N, F);
+    cpu::swiglu_backward(f(d_gate_up), f(dout), f(gate_up), N, F);
   }
   void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                       int OC) override {
@@ -216,14 +215,14 @@ class CpuBackend final : public Backend {
   void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) override {
     for (int i = 0; i < count; ++i) {
       const LoraForwardBranch& b = branches[i];
-      cpu::lora_forward(f(b.out), f(b.xa), f(in.inp), b.A, b.B, in.scale, in.dropout_p, in.key, b.site,
+      cpu::lora_forward(f(b.out), b.ld, f(b.xa), f(in.inp), b.A, b.B, in.scale, in.dropout_p, in.key, b.site,
                         f(in.scratch), in.N, in.IC, b.OC, in.R);
     }
   }
   void lora_backward(Tensor dinp, const LoraInput& in, const LoraBackwardBranch* branches, int count) override {
     for (int i = 0; i < count; ++i) {
       const LoraBackwardBranch& b = branches[i];
-      cpu::lora_backward(f(dinp), b.dA, b.dB, f(b.dout), f(in.inp), f(b.xa), b.A, b.B, in.scale, in.dropout_p,
+      cpu::lora_backward(f(dinp), b.dA, b.dB, f(b.dout), b.ld, f(in.inp), f(b.xa), b.A, b.B, in.scale, in.dropout_p,
                          in.key, b.site, f(in.scratch), in.N, in.IC, b.OC, in.R);
     }
   }

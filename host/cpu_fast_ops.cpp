@@ -92,14 +92,6 @@ __attribute__((target("avx512f"))) void swiglu_backward_avx512(float* dgate, flo
   }
 }
 
-// Runs fn over [0, n) in pieces of 16 Ki elements on the OpenMP threads (each piece a multiple of 16).
-template <typename Fn>
-void in_pieces(long n, Fn fn) {
-  constexpr long kPiece = 16384;
-#pragma omp parallel for schedule(static) if (n > kPiece)
-  for (long at = 0; at < n; at += kPiece) fn(at, n - at < kPiece ? n - at : kPiece);
-}
-
 // Lanes 0-7 / 8-15 of v widened to double.
 __attribute__((target("avx512f"))) inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 __attribute__((target("avx512f"))) inline __m512d high_pd(__m512 v) {
@@ -249,16 +241,24 @@ float exp_shifted_sum(float* x, long n, float shift) {
   return sum;
 }
 
-void swiglu_forward_fast(float* out, const float* gate, const float* up, long n) {
-  if (!avx512_available()) return swiglu_forward(out, gate, up, n);
-  in_pieces(n, [&](long at, long k) { swiglu_forward_avx512(out + at, gate + at, up + at, k); });
+// One row per task: gate, up and the outputs are contiguous within a row.
+void swiglu_forward_fast(float* out, const float* gate_up, long N, int F) {
+  if (!avx512_available()) return swiglu_forward(out, gate_up, N, F);
+#pragma omp parallel for schedule(static) if (N * F > 16384)
+  for (long n = 0; n < N; ++n) {
+    const float* g = gate_up + n * 2 * F;
+    swiglu_forward_avx512(out + n * F, g, g + F, F);
+  }
 }
 
-void swiglu_backward_fast(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
-  if (!avx512_available()) return swiglu_backward(dgate, dup, dout, gate, up, n);
-  in_pieces(n, [&](long at, long k) {
-    swiglu_backward_avx512(dgate + at, dup + at, dout + at, gate + at, up + at, k);
-  });
+void swiglu_backward_fast(float* d_gate_up, const float* dout, const float* gate_up, long N, int F) {
+  if (!avx512_available()) return swiglu_backward(d_gate_up, dout, gate_up, N, F);
+#pragma omp parallel for schedule(static) if (N * F > 16384)
+  for (long n = 0; n < N; ++n) {
+    const float* g = gate_up + n * 2 * F;
+    float* d = d_gate_up + n * 2 * F;
+    swiglu_backward_avx512(d, d + F, dout + n * F, g, g + F, F);
+  }
 }
 
 }  // namespace l2v::cpu

@@ -35,10 +35,11 @@ void exp_inplace(float* x, long n);
 // exp_inplace would); returns their sum (fp32 additions in an unspecified order). Softmax's exponentials and
 // their sum in one pass.
 float exp_shifted_sum(float* x, long n, float shift);
-// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (cpu::swiglu_forward with exp_inplace's exp).
-void swiglu_forward_fast(float* out, const float* gate, const float* up, long n);
+// out [N, F] = silu(gate) * up, silu(g) = g / (1 + exp(-g)), from gate_up [N, 2F] (cpu::swiglu_forward with
+// exp_inplace's exp).
+void swiglu_forward_fast(float* out, const float* gate_up, long N, int F);
 // cpu::swiglu_backward with exp_inplace's exp.
-void swiglu_backward_fast(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n);
+void swiglu_backward_fast(float* d_gate_up, const float* dout, const float* gate_up, long N, int F);
 // cpu::crossentropy_forward into losses [M] and, when backward is true, cpu::crossentropy_softmax_backward
 // in place of logits [M, V] (the exponentials computed once, with exp_inplace's exp; the row sums in double
 // as there). No ignored rows: every target must be in [0, V) (checked by the caller).

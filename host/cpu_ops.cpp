@@ -36,7 +36,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
           int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
-    for (long i = 0; i < (long)M * N; ++i) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
+    for (long i = 0; i < M; ++i)
+      for (long j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
     return;
   }
   // One threading system: OpenMP runs single-threaded OpenBLAS GEMMs on blocks of rows of C. OpenBLAS's
@@ -354,23 +355,25 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   }
 }
 
-void swiglu_forward(float* out, const float* gate, const float* up, long n) {
+void swiglu_forward(float* out, const float* gate_up, long N, int F) {
 #pragma omp parallel for
-  for (long i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];  // torch's silu: x / (1 + exp(-x))
+  for (long i = 0; i < N * F; ++i) {
+    const long row = i / F * 2 * F, f = i % F;
+    const float g = gate_up[row + f];
+    out[i] = g / (1.0f + std::exp(-g)) * gate_up[row + F + f];  // torch's silu: x / (1 + exp(-x))
   }
 }
 
-void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
+void swiglu_backward(float* d_gate_up, const float* dout, const float* gate_up, long N, int F) {
 #pragma omp parallel for
-  for (long i = 0; i < n; ++i) {
-    const float g = gate[i];
+  for (long i = 0; i < N * F; ++i) {
+    const long row = i / F * 2 * F, f = i % F;
+    const float g = gate_up[row + f], u = gate_up[row + F + f];
     const float one_plus_e = 1.0f + std::exp(-g);
     const float sig = 1.0f / one_plus_e;
     // Order of torch's silu_backward applied to d(silu) = dout * up.
-    dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
-    dup[i] = dout[i] * (g / one_plus_e);  // the forward's silu value, as autograd saves it
+    d_gate_up[row + f] = dout[i] * u * sig * (1.0f + g * (1.0f - sig));
+    d_gate_up[row + F + f] = dout[i] * (g / one_plus_e);  // the forward's silu value, as autograd saves it
   }
 }
 
@@ -402,9 +405,10 @@ void matmul_backward_input(float* dinp, const float* dout, const float* weight, 
   gemm(false, false, N, IC, OC, 1.0f, dout, OC, weight, IC, accumulate ? 1.0f : 0.0f, dinp, IC);
 }
 
-void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+void lora_forward(float* out, int ld_out, float* xa, const float* inp, const float* A, const float* B, float scale,
                   float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R) {
   require_dropout_p(dropout_p, "lora_forward");
+  require(ld_out >= OC, "lora_forward", "out's row stride must be at least OC");
   const float* x = inp;
   if (dropout_p > 0.0f) {
     require(scratch != nullptr, "lora_forward", "dropout_p > 0 needs a scratch buffer [N, IC]");
@@ -412,19 +416,20 @@ void lora_forward(float* out, float* xa, const float* inp, const float* A, const
     x = scratch;
   }
   gemm(false, true, N, R, IC, 1.0f, x, IC, A, IC, 0.0f, xa, R);
-  gemm(false, true, N, OC, R, scale, xa, R, B, R, 1.0f, out, OC);
+  gemm(false, true, N, OC, R, scale, xa, R, B, R, 1.0f, out, ld_out);
 }
 
-void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int ld_dout, const float* inp, const float* xa,
                    const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                    float* scratch, int N, int IC, int OC, int R) {
   require_dropout_p(dropout_p, "lora_backward");
+  require(ld_dout >= OC, "lora_backward", "dout's row stride must be at least OC");
   const bool dropout = dropout_p > 0.0f;
   require(!dropout || scratch != nullptr, "lora_backward", "dropout_p > 0 needs a scratch buffer [N, IC]");
 
-  gemm(true, false, OC, R, N, scale, dout, OC, xa, R, 1.0f, dB, R);
+  gemm(true, false, OC, R, N, scale, dout, ld_dout, xa, R, 1.0f, dB, R);
   std::vector<float> dxa((size_t)N * R);
-  gemm(false, false, N, R, OC, scale, dout, OC, B, R, 0.0f, dxa.data(), R);
+  gemm(false, false, N, R, OC, scale, dout, ld_dout, B, R, 0.0f, dxa.data(), R);
 
   if (!dropout) {
     gemm(true, false, R, IC, N, 1.0f, dxa.data(), R, inp, IC, 1.0f, dA, IC);

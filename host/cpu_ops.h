@@ -52,9 +52,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
                         int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site);
 
-// SwiGLU: out = silu(gate) * up, element-wise over n values.
-void swiglu_forward(float* out, const float* gate, const float* up, long n);
-void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n);
+// SwiGLU of the Llama MLP over N rows, in the layout of the fused gate|up product: row n of gate_up [N, 2F]
+// holds the gate projection in columns [0, F) and the up projection in [F, 2F); out [N, F] = silu(gate) * up.
+void swiglu_forward(float* out, const float* gate_up, long N, int F);
+// d_gate_up [N, 2F] (overwritten, in the same layout; may be gate_up itself) from dout [N, F].
+void swiglu_backward(float* d_gate_up, const float* dout, const float* gate_up, long N, int F);
 
 // out [N, OC] = inp [N, IC] * weight[OC, IC]^T (+ bias[OC] when bias != nullptr) (nn.Linear), and with a
 // residual [N, OC] (may be out itself) added: out = residual + bias + inp weight^T, the residual stream's
@@ -69,16 +71,18 @@ void matmul_backward_input(float* dinp, const float* dout, const float* weight, 
                            bool accumulate);
 
 // LoRA branch (PEFT semantics), added to the base layer's output:
-//   out += scale * dropout(inp) A^T B^T,  A [R, IC], B [OC, R], scale = alpha / R.
+//   out += scale * dropout(inp) A^T B^T,  A [R, IC], B [OC, R], scale = alpha / R,
+// out's rows ld_out >= OC elements apart (a column block of a fused product, e.g. gate|up's [N, 2F]).
 // Saves xa [N, R] = dropout(inp) A^T for the backward. Dropout on inp is element-wise with
 // dropout_keep_elementwise(key.seed, site, key.offset + n*IC + c, p) and 1/(1-p) scaling; `scratch` [N, IC] holds the
 // dropped input when dropout_p > 0 (unused otherwise, may be nullptr then).
-void lora_forward(float* out, float* xa, const float* inp, const float* A, const float* B, float scale,
+void lora_forward(float* out, int ld_out, float* xa, const float* inp, const float* A, const float* B, float scale,
                   float dropout_p, DropoutKey key, uint32_t site, float* scratch, int N, int IC, int OC, int R);
-// Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] (gradient accumulation over micro-batches).
+// Accumulates (+=) dinp [N, IC], dA [R, IC] and dB [OC, R] (gradient accumulation over micro-batches) from
+// dout [N, OC], rows ld_dout >= OC apart.
 // The dropped input is regenerated from (key, site) into `scratch`: its contents on entry are not
 // used, so one scratch buffer can serve every layer.
-void lora_backward(float* dinp, float* dA, float* dB, const float* dout, const float* inp, const float* xa,
+void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int ld_dout, const float* inp, const float* xa,
                    const float* A, const float* B, float scale, float dropout_p, DropoutKey key, uint32_t site,
                    float* scratch, int N, int IC, int OC, int R);
 // weight [OC, IC] += sign * scale * B A  (sign = +1 merges the adapter into the base weight, -1 unmerges).

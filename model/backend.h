@@ -46,7 +46,8 @@ struct LoraInput {
 // At most this many branches per call (q, k, v).
 constexpr int kMaxLoraBranches = 3;
 // One adapter of Backend::lora_forward: out [N, OC] += scale dropout(inp) A^T B^T, xa [N, R] = dropout(inp) A^T
-// saved for the backward. A [R, IC], B [OC, R] are fp32.
+// saved for the backward. A [R, IC], B [OC, R] are fp32. out's rows are ld >= OC elements apart: the layer's
+// output may be a column block of a fused product (gate and up in gate|up's [N, 2F]).
 struct LoraForwardBranch {
   Tensor out;
   Tensor xa;
@@ -54,9 +55,10 @@ struct LoraForwardBranch {
   const float* B;
   uint32_t site;  // the dropout mask's RNG site
   int OC;
+  int ld;         // out's row stride
 };
-// One adapter of Backend::lora_backward, from its output's gradient dout [N, OC] and the forward's xa:
-// dA [R, IC] and dB [OC, R] are accumulated (+=).
+// One adapter of Backend::lora_backward, from its output's gradient dout [N, OC] (rows ld >= OC apart) and the
+// forward's xa: dA [R, IC] and dB [OC, R] are accumulated (+=).
 struct LoraBackwardBranch {
   ConstTensor dout;
   ConstTensor xa;
@@ -66,6 +68,7 @@ struct LoraBackwardBranch {
   float* dB;
   uint32_t site;
   int OC;
+  int ld;  // dout's row stride
 };
 
 // What Backend::run_as_graph has done since the backend was made.
@@ -157,9 +160,8 @@ class Backend {
                                   const float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
                                   const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                                   float dropout_p, DropoutKey key, uint32_t site) = 0;
-  virtual void swiglu_forward(Tensor out, ConstTensor gate, ConstTensor up, long n) = 0;
-  virtual void swiglu_backward(Tensor dgate, Tensor dup, ConstTensor dout, ConstTensor gate, ConstTensor up,
-                               long n) = 0;
+  virtual void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) = 0;
+  virtual void swiglu_backward(Tensor d_gate_up, ConstTensor dout, ConstTensor gate_up, long N, int F) = 0;
   virtual void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
                               int OC) = 0;
   virtual void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,

@@ -62,13 +62,18 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   const int K = std::clamp(in.recompute_layers, 0, (int)L);
   plan.recompute_layers = K;
 
-  // load_model: embeddings, per layer two norms and seven linears (+ biases), the final norm, lm_head.
+  // load_model: embeddings, per layer two norms and seven linears (+ biases; a fused group's in one
+  // allocation each), the final norm, lm_head.
   a.tensor("weights", "embeddings", V * C);
   for (size_t l = 0; l < L; ++l) {
     a.floats("weights", "norms", C, 2);
-    for (int id = 0; id < kNumLinears; ++id) {
-      a.tensor("weights", "linear layers", out_dims[id] * in_dims[id]);
-      if ((id <= kV && c.qkv_bias) || (id == kO && c.o_bias)) a.tensor("weights", "biases", out_dims[id]);
+    for (const LinearGroup& g : kLinearGroups) {
+      const bool bias = linear_has_bias(c, g.ids[0]);
+      for (int i = 0; i < (g.fused ? 1 : g.count); ++i) {
+        const size_t out = g.fused ? group_out_features(c, g) : out_dims[g.ids[i]];
+        a.tensor("weights", "linear layers", out * in_dims[g.ids[i]]);
+        if (bias) a.tensor("weights", "biases", out);
+      }
     }
   }
   a.floats("weights", "norms", C);
@@ -78,7 +83,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
     // 1 KiB tiles): forward (W^T) and backward (W) tiles of the same size.
     auto tiles = [](size_t in_f, size_t out_f) { return (in_f + 31) / 32 * 32 * ((out_f + 31) / 32 * 32) * 2; };
     size_t bytes = 0;
-    for (int id = 0; id < kNumLinears; ++id) bytes += L * 2 * tiles(in_dims[id], out_dims[id]);
+    for (const LinearGroup& g : kLinearGroups)  // a fused group is one weight [W, IC]
+      for (int i = 0; i < (g.fused ? 1 : g.count); ++i)
+        bytes += L * 2 * tiles(in_dims[g.ids[i]], g.fused ? group_out_features(c, g) : out_dims[g.ids[i]]);
     if (in.mntp) bytes += 2 * tiles(C, V);
     plan.items.push_back({"weights", "bf16 weight tiles (cpu)", bytes});
   }
@@ -115,7 +122,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   for (size_t s = 0; s < slots; ++s) {
     const std::string g = K > 0 && s == 0 ? "recomputation" : "activations";
     const std::string w = K > 0 && s == 0 ? "the recomputed layers' shared slot" : "stored layers";
-    for (size_t n : {N * C, N * QD, N * KVD, N * KVD, N * QD, N * C, N * C, N * F, N * F, N * F}) a.tensor(g, w, n);
+    for (size_t n : {N * C, N * QD, N * KVD, N * KVD, N * QD, N * C, N * C, N * 2 * F, N * F}) a.tensor(g, w, n);
     for (int id = 0; id < kNumLinears; ++id) a.tensor(g, w, N * R);
     a.floats(g, w, N, 2);      // rstd1, rstd2
     a.floats(g, w, B * H * T);  // lse
@@ -123,7 +130,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   a.tensor("activations", "final hidden", N * C);
   a.floats("activations", "final hidden", N, 2);  // rstd_final, losses
   a.floats("activations", "final hidden", 2);     // the loss (one double)
-  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * F, N * F, N * F, N * C})
+  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * 2 * F, N * F, N * C})
     a.tensor("backward", "gradient buffers", n);
   // The dropped LoRA inputs: the CPU reference stores them; the CUDA kernels apply the mask in registers.
   if (!in.cuda) a.tensor("backward", "LoRA dropout inputs", N * widest);

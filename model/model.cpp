@@ -29,10 +29,10 @@ size_t checked_count(const TensorSource& src, const std::string& name, const std
   return n;
 }
 
-// Loads a checkpoint tensor into a backend tensor (linear weights, biases, embeddings).
-Tensor load_tensor(Model& m, const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
+// Reads a checkpoint tensor into backend tensor memory at dst (linear weights, biases, embeddings).
+void read_tensor(Model& m, const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape,
+                 Tensor dst) {
   const size_t n = checked_count(src, name, shape);
-  Tensor dst = m.alloc_tensor(n);
   if (m.backend->is_host_memory() && m.backend->tensor_element_bytes() == sizeof(float)) {
     // Host fp32 tensors are floats: straight from the (mmap'ed) file into the weights, no staging copy.
     src.read_f32(name, reinterpret_cast<float*>(dst), n);
@@ -41,6 +41,12 @@ Tensor load_tensor(Model& m, const TensorSource& src, const std::string& name, c
     src.read_f32(name, host.data(), n);
     m.backend->upload_tensor(dst, host.data(), n);
   }
+}
+
+// Loads a checkpoint tensor into a backend tensor of its own.
+Tensor load_tensor(Model& m, const TensorSource& src, const std::string& name, const std::vector<int64_t>& shape) {
+  Tensor dst = m.alloc_tensor(checked_count(src, name, shape));
+  read_tensor(m, src, name, shape, dst);
   return dst;
 }
 
@@ -129,6 +135,14 @@ int linear_in_features(const ModelConfig& c, int id) {
   return id == kO ? c.num_attention_heads * c.head_dim : id == kDown ? c.intermediate_size : c.hidden_size;
 }
 
+bool linear_has_bias(const ModelConfig& c, int id) { return (id <= kV && c.qkv_bias) || (id == kO && c.o_bias); }
+
+int group_out_features(const ModelConfig& c, const LinearGroup& g) {
+  int W = 0;
+  for (int i = 0; i < g.count; ++i) W += linear_out_features(c, g.ids[i]);
+  return W;
+}
+
 int linear_out_features(const ModelConfig& c, int id) {
   switch (id) {
     case kQ: return c.num_attention_heads * c.head_dim;
@@ -151,14 +165,28 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
     LayerWeights& L = m.layers[l];
     L.attn_norm = load_floats(m, src, p + "input_layernorm.weight", {C});
     L.mlp_norm = load_floats(m, src, p + "post_attention_layernorm.weight", {C});
-    for (int id = 0; id < kNumLinears; ++id) {
-      Linear& lin = L.linear[id];
-      lin.in = linear_in_features(c, id);
-      lin.out = linear_out_features(c, id);
-      const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
-      lin.weight = load_tensor(m, src, name + ".weight", {lin.out, lin.in});
-      bool has_bias = (id <= kV && c.qkv_bias) || (id == kO && c.o_bias);
-      if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
+    for (const LinearGroup& g : kLinearGroups) {
+      // A fused group's weights (and biases) are row blocks of one allocation; otherwise one each.
+      const int IC = linear_in_features(c, g.ids[0]), W = group_out_features(c, g);
+      const bool has_bias = linear_has_bias(c, g.ids[0]);  // alike within a group
+      Tensor weights = g.fused ? m.alloc_tensor((size_t)W * IC) : nullptr;
+      Tensor biases = g.fused && has_bias ? m.alloc_tensor(W) : nullptr;
+      int row = 0;
+      for (int i = 0; i < g.count; ++i) {
+        Linear& lin = L.linear[g.ids[i]];
+        lin.in = IC;
+        lin.out = linear_out_features(c, g.ids[i]);
+        const std::string name = p + (g.ids[i] <= kO ? "self_attn." : "mlp.") + linear_name(g.ids[i]);
+        const std::vector<int64_t> shape{lin.out, lin.in};
+        if (g.fused) {
+          read_tensor(m, src, name + ".weight", shape, lin.weight = tensor_offset(m, weights, (size_t)row * IC));
+          if (has_bias) read_tensor(m, src, name + ".bias", {lin.out}, lin.bias = tensor_offset(m, biases, row));
+        } else {
+          lin.weight = load_tensor(m, src, name + ".weight", shape);
+          if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
+        }
+        row += lin.out;
+      }
     }
   }
   m.final_norm = load_floats(m, src, "model.norm.weight", {C});
@@ -340,8 +368,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     la.h_mid = f(N * C);
     la.x2 = f(N * C);
     la.rstd2 = f32(N);
-    la.gate = f(N * F);
-    la.up = f(N * F);
+    la.gate_up = f(N * 2 * F);
     la.act = f(N * F);
     for (Tensor& xa : la.xa) xa = f(N * R);
   }
@@ -357,8 +384,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     a.d_k = f(N * KVD);
     a.d_v = f(N * KVD);
     a.d_att = f(N * QD);
-    a.d_gate = f(N * F);
-    a.d_up = f(N * F);
+    a.d_gate_up = f(N * 2 * F);
     a.d_act = f(N * F);
   }
   a.tmp = f(N * C);  // the o projection's output
@@ -408,44 +434,75 @@ int active_lora_ids(const Model& m, int layer, const LinearGroup& g, LinearId (&
   return count;
 }
 
+// Where each layer of group g writes its output (reads its output's gradient): outs holds one tensor per
+// layer, or a fused group's one [N, W] whose column blocks they are. Fills `at` by LinearId and returns the
+// row stride.
+template <typename T>
+int group_outputs(const Model& m, int layer, const LinearGroup& g, std::initializer_list<T> outs,
+                  T (&at)[kNumLinears]) {
+  if (!g.fused) {
+    for (int i = 0; i < g.count; ++i) at[g.ids[i]] = outs.begin()[i];
+    return 0;  // each its own width
+  }
+  int col = 0;
+  for (int i = 0; i < g.count; ++i) {
+    at[g.ids[i]] = tensor_offset(m, outs.begin()[0], col);
+    col += m.layers[layer].linear[g.ids[i]].out;
+  }
+  return col;
+}
+
 // outs[i] = inp W_i^T + b_i plus the LoRA branch (plus `residual` when given), for the group's layers in its
-// order: the base products in one backend call (which may share the work on the input, and adds bias and
-// residual with the product), then the active adapters in one.
+// order: the base products in one backend call (one GEMM for a fused group; otherwise the backend may share
+// the work on the input), which adds bias and residual with the product, then the active adapters in one.
 void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
                      std::initializer_list<Tensor> outs, const std::array<Tensor, kNumLinears>& xa, ConstTensor inp,
                      int N, ConstTensor residual = nullptr) {
   const LayerWeights& w = m.layers[layer];
-  SharedInputLinear base[kMaxLoraBranches];
   Tensor out_of[kNumLinears] = {};
-  for (int i = 0; i < g.count; ++i) {
-    const Linear& lin = w.linear[g.ids[i]];
-    out_of[g.ids[i]] = outs.begin()[i];
-    base[i] = {outs.begin()[i], lin.weight, lin.bias, lin.out, residual};
+  const int ld = group_outputs(m, layer, g, outs, out_of);
+  const Linear& first = w.linear[g.ids[0]];
+  SharedInputLinear base[kMaxLoraBranches];
+  int products = 0;
+  if (g.fused) {
+    base[products++] = {outs.begin()[0], first.weight, first.bias, ld, residual};
+  } else {
+    for (int i = 0; i < g.count; ++i) {
+      const Linear& lin = w.linear[g.ids[i]];
+      base[products++] = {out_of[g.ids[i]], lin.weight, lin.bias, lin.out, residual};
+    }
   }
-  m.backend->matmul_forward_shared(inp, N, w.linear[g.ids[0]].in, base, g.count);
+  m.backend->matmul_forward_shared(inp, N, first.in, base, products);
   LinearId ids[kMaxLoraBranches];
   const int count = active_lora_ids(m, layer, g, ids);
   if (count == 0) return;
   LoraForwardBranch branches[kMaxLoraBranches];
   for (int i = 0; i < count; ++i) {
     const Linear& lin = w.linear[ids[i]];
-    branches[i] = {out_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lora_site(layer, ids[i]), lin.out};
+    branches[i] = {out_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lora_site(layer, ids[i]), lin.out,
+                   ld ? ld : lin.out};
   }
   m.backend->lora_forward(lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
 
-// dinp = sum_i douts[i] W_i over the group's layers, plus their adapters' input gradients (their parameter
-// gradients accumulated): the base products first, then the active adapters in one backend call, which may
-// read inp and update dinp once for all of them.
+// dinp = sum_i douts[i] W_i over the group's layers (one GEMM for a fused group, whose douts is its one
+// [N, W] gradient), plus their adapters' input gradients (their parameter gradients accumulated): the base
+// products first, then the active adapters in one backend call, which may read inp and update dinp once for
+// all of them.
 void linears_backward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
                       std::initializer_list<ConstTensor> douts, Tensor dinp, ConstTensor inp,
                       const std::array<Tensor, kNumLinears>& xa, int N) {
   const LayerWeights& w = m.layers[layer];
   ConstTensor dout_of[kNumLinears] = {};
-  for (int i = 0; i < g.count; ++i) {
-    const Linear& lin = w.linear[g.ids[i]];
-    dout_of[g.ids[i]] = douts.begin()[i];
-    m.backend->matmul_backward_input(dinp, douts.begin()[i], lin.weight, N, lin.in, lin.out, i > 0);
+  const int ld = group_outputs(m, layer, g, douts, dout_of);
+  const Linear& first = w.linear[g.ids[0]];
+  if (g.fused) {
+    m.backend->matmul_backward_input(dinp, douts.begin()[0], first.weight, N, first.in, ld, false);
+  } else {
+    for (int i = 0; i < g.count; ++i) {
+      const Linear& lin = w.linear[g.ids[i]];
+      m.backend->matmul_backward_input(dinp, dout_of[g.ids[i]], lin.weight, N, lin.in, lin.out, i > 0);
+    }
   }
   LinearId ids[kMaxLoraBranches];
   const int count = active_lora_ids(m, layer, g, ids);
@@ -454,7 +511,7 @@ void linears_backward(Model& m, const ForwardOptions& opt, int layer, const Line
   for (int i = 0; i < count; ++i) {
     const Linear& lin = w.linear[ids[i]];
     branches[i] = {dout_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lin.grad_A, lin.grad_B,
-                   lora_site(layer, ids[i]), lin.out};
+                   lora_site(layer, ids[i]), lin.out, ld ? ld : lin.out};
   }
   m.backend->lora_backward(dinp, lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
@@ -485,8 +542,8 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
     Range range(be, "mlp block");
     // h_mid = h + o and x2 = norm(h_mid) in one pass over the residual stream.
     be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, kGateUpGroup, {s.gate, s.up}, s.xa, s.x2, N);
-    be.swiglu_forward(s.act, s.gate, s.up, (long)N * c.intermediate_size);
+    linears_forward(m, opt, l, kGateUpGroup, {s.gate_up}, s.xa, s.x2, N);
+    be.swiglu_forward(s.act, s.gate_up, N, c.intermediate_size);
     // h_next = h_mid + down(act): the residual added by the product (no pass of its own).
     linears_forward(m, opt, l, kDownGroup, {h_next}, s.xa, s.act, N, s.h_mid);
   }
@@ -503,10 +560,10 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   const LayerWeights& w = m.layers[l];
   Range layer_range(be, "layer backward");
 
-  // MLP block: h_next = h_mid + down(swiglu(gate(x2), up(x2))), x2 = norm(h_mid).
+  // MLP block: h_next = h_mid + down(swiglu(gate|up(x2))), x2 = norm(h_mid).
   linears_backward(m, opt, l, kDownGroup, {a.d_resid}, a.d_act, s.act, s.xa, N);
-  be.swiglu_backward(a.d_gate, a.d_up, a.d_act, s.gate, s.up, (long)N * c.intermediate_size);
-  linears_backward(m, opt, l, kGateUpGroup, {a.d_gate, a.d_up}, a.d_x, s.x2, s.xa, N);
+  be.swiglu_backward(a.d_gate_up, a.d_act, s.gate_up, N, c.intermediate_size);
+  linears_backward(m, opt, l, kGateUpGroup, {a.d_gate_up}, a.d_x, s.x2, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, s.h_mid, w.mlp_norm, s.rstd2, N, C);
 
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).

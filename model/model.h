@@ -26,12 +26,18 @@ const char* linear_name(int id);  // "q_proj", ..., "down_proj"
 // branches in another (model/backend.h: matmul_forward_shared, lora_forward, lora_backward). q/k/v read the
 // attention norm's output, o the attention's, gate/up the MLP norm's, down SwiGLU's. The memory plan sizes
 // the CUDA LoRA workspace by these groups.
+// A fused group is one linear layer of the summed width W in memory: its weights are row blocks of one
+// allocation [W, IC] (each Linear's weight points at its block; biases likewise), its output one tensor
+// [N, W] whose column blocks are the layers' outputs (rows W apart) and its output gradient the same. Its
+// base product is one GEMM forward and one backward (no accumulation of dinp over the layers). gate|up is
+// fused: SwiGLU reads and writes that layout (Backend::swiglu_forward).
 struct LinearGroup {
   int count;
   std::array<LinearId, kMaxLoraBranches> ids;
+  bool fused;
 };
-inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}}, kOGroup{1, {kO}}, kGateUpGroup{2, {kGate, kUp}},
-    kDownGroup{1, {kDown}};
+inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}, false}, kOGroup{1, {kO}, false},
+    kGateUpGroup{2, {kGate, kUp}, true}, kDownGroup{1, {kDown}, false};
 inline constexpr std::array<LinearGroup, 4> kLinearGroups{kQkvGroup, kOGroup, kGateUpGroup, kDownGroup};
 bool parse_linear_name(const std::string& name, int* id);
 
@@ -97,7 +103,7 @@ struct ForwardOptions {
 
 // Per-layer saved activations of one forward pass (backend memory).
 struct LayerActivations {
-  Tensor x1, q, k, v, att, h_mid, x2, gate, up, act;
+  Tensor x1, q, k, v, att, h_mid, x2, gate_up, act;  // gate_up [N, 2F]: gate in columns [0, F), up in [F, 2F)
   float *rstd1, *rstd2, *lse;
   std::array<Tensor, kNumLinears> xa;  // LoRA intermediates dropout(x) A^T [N, r]
 };
@@ -122,7 +128,7 @@ struct Activations {
   float* losses = nullptr;        // [N]
   double* loss = nullptr;         // one double: the MNTP loss of mntp_loss
   // backward scratch, shared by all layers; tmp [N, C] holds the o projection's output in the forward
-  Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate, d_up, d_act, tmp;
+  Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate_up, d_act, tmp;
   Tensor lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
   float* pool_weights = nullptr;  // [N] fp32: the pooling weights of each position (model/pooling.h)
   float* pooled = nullptr;        // [B, C] fp32: pooled rows, or their gradient in the backward
@@ -161,9 +167,13 @@ struct Model {
   std::vector<void*> activation_memory_;
 };
 
-// In- and out-features of decoder linear `id` (q_proj .. down_proj) for config `c`.
+// In- and out-features of decoder linear `id` (q_proj .. down_proj) for config `c`, and the summed
+// out-features of a group (a fused group's width W).
 int linear_in_features(const ModelConfig& c, int id);
 int linear_out_features(const ModelConfig& c, int id);
+int group_out_features(const ModelConfig& c, const LinearGroup& g);
+// Whether decoder linear `id` has a bias (Qwen2's q/k/v; o when the config says so).
+bool linear_has_bias(const ModelConfig& c, int id);
 
 // The number of LayerActivations slots for L layers with the first `recompute_layers` recomputed, and
 // the slot layer `layer` uses (Activations::layers).

@@ -41,7 +41,7 @@ RandomWeights::RandomWeights(const ModelConfig& c, uint64_t seed)
       const int64_t in = linear_in_features(c, id), out = linear_out_features(c, id);
       const std::string name = p + (id <= kO ? "self_attn." : "mlp.") + linear_name(id);
       add(name + ".weight", {out, in}, std_range(1.0 / std::sqrt((double)in)));
-      if ((id <= kV && c.qkv_bias) || (id == kO && c.o_bias)) add(name + ".bias", {out}, std_range(0.3));
+      if (linear_has_bias(c, id)) add(name + ".bias", {out}, std_range(0.3));
     }
   }
   add("model.norm.weight", {C}, {0.8f, 1.2f});

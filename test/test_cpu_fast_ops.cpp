@@ -103,29 +103,29 @@ TEST(CpuFastOps, ExpShiftedSumIsExpOfTheDifferenceAndItsSum) {
 }
 
 TEST(CpuFastOps, SwigluForwardAndBackwardFollowTheReference) {
-  const long n = 100003;  // pieces of 16 Ki and a ragged tail
+  const long N = 100;
+  const int F = 1003;  // rows of 62 whole lanes of 16 and a ragged tail; 100 rows over the threads
   std::mt19937 rng(9);
   std::normal_distribution<float> d(0.0f, 3.0f);
-  std::vector<float> g(n), u(n), dout(n);
-  for (long i = 0; i < n; ++i) {
-    g[i] = d(rng);
-    u[i] = d(rng);
-    dout[i] = d(rng);
-  }
-  g[0] = -95.0f;  // silu underflows to -0 * ... and the sigmoid to 0
-  g[1] = 95.0f;
-  std::vector<float> ref(n), fast(n), dg_ref(n), du_ref(n), dg(n), du(n);
-  cpu::swiglu_forward(ref.data(), g.data(), u.data(), n);
-  cpu::swiglu_forward_fast(fast.data(), g.data(), u.data(), n);
-  cpu::swiglu_backward(dg_ref.data(), du_ref.data(), dout.data(), g.data(), u.data(), n);
-  cpu::swiglu_backward_fast(dg.data(), du.data(), dout.data(), g.data(), u.data(), n);
+  std::vector<float> gu(N * 2 * F), dout(N * F);
+  for (float& x : gu) x = d(rng);
+  for (float& x : dout) x = d(rng);
+  gu[0] = -95.0f;  // silu underflows to -0 * ... and the sigmoid to 0
+  gu[1] = 95.0f;
+  std::vector<float> ref(N * F), fast(N * F), dref(N * 2 * F), dfast(N * 2 * F);
+  cpu::swiglu_forward(ref.data(), gu.data(), N, F);
+  cpu::swiglu_forward_fast(fast.data(), gu.data(), N, F);
+  cpu::swiglu_backward(dref.data(), dout.data(), gu.data(), N, F);
+  cpu::swiglu_backward_fast(dfast.data(), dout.data(), gu.data(), N, F);
   const double spacing = std::ldexp(1.0, -23);
-  for (long i = 0; i < n; ++i) {
+  for (long i = 0; i < N * F; ++i) {
+    const long g_at = i / F * 2 * F + i % F, u_at = g_at + F;
+    const float g = gu[g_at], u = gu[u_at];
     ASSERT_LE(std::fabs(fast[i] - ref[i]), 7 * spacing * std::fabs(ref[i]) + 1e-38) << "forward at " << i;
-    ASSERT_LE(std::fabs(du[i] - du_ref[i]), 7 * spacing * std::fabs(du_ref[i]) + 1e-38) << "dup at " << i;
-    const double sig = 1.0 / (1.0 + std::exp(-(double)g[i]));
-    const double magnitude = std::fabs((double)dout[i] * u[i] * sig) * (1.0 + std::fabs(g[i]) * (1.0 - sig));
-    ASSERT_LE(std::fabs(dg[i] - dg_ref[i]), 10 * spacing * magnitude + 1e-38) << "dgate at " << i;
+    ASSERT_LE(std::fabs(dfast[u_at] - dref[u_at]), 7 * spacing * std::fabs(dref[u_at]) + 1e-38) << "dup at " << i;
+    const double sig = 1.0 / (1.0 + std::exp(-(double)g));
+    const double magnitude = std::fabs((double)dout[i] * u * sig) * (1.0 + std::fabs(g) * (1.0 - sig));
+    ASSERT_LE(std::fabs(dfast[g_at] - dref[g_at]), 10 * spacing * magnitude + 1e-38) << "dgate at " << i;
   }
 }
 

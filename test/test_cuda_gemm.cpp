@@ -202,6 +202,31 @@ std::string lora_where(const LoraShape& s, float p, int count) {
 }
 template <typename T>
 using DevPtr = std::unique_ptr<Dev<T>>;
+// The branches' outputs (output gradients) are column blocks of one [N, W] array, as the fused gate|up
+// product holds gate and up: branch b at columns [col_b, col_b + OC_b), rows ld = W apart, W one column wider
+// than the blocks (which no branch may touch). A launcher that took OC for the row stride fails these.
+struct Blocks {
+  int ld = 1, col[l2v::kMaxLoraBranches] = {};
+  Blocks(const LoraShape& s, int count) {
+    int w = 0;
+    for (int b = 0; b < count; ++b) {
+      col[b] = w;
+      w += branch_oc(s, b);
+    }
+    ld = w + 1;
+  }
+};
+// Columns [col, col + OC) of row-major [N, ld] `wide`, and the reverse.
+std::vector<float> block_of(const std::vector<float>& wide, int N, int ld, int col, int OC) {
+  std::vector<float> out((size_t)N * OC);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < OC; ++j) out[(size_t)n * OC + j] = wide[(size_t)n * ld + col + j];
+  return out;
+}
+void put_block(std::vector<float>& wide, const std::vector<float>& blk, int N, int ld, int col, int OC) {
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < OC; ++j) wide[(size_t)n * ld + col + j] = blk[(size_t)n * OC + j];
+}
 
 TYPED_TEST(Gemm, LoraForward) {
   using T = TypeParam;
@@ -215,7 +240,10 @@ TYPED_TEST(Gemm, LoraForward) {
         Dev<T> d_inp(inp);
         const lc::LoraInput<T> in{d_inp.ptr, s.N, s.IC, s.R, scale, p, seed};
         std::vector<std::vector<float>> ref(count), xa_ref(count), mag(count), xa_mag(count);
-        std::vector<DevPtr<T>> d_out, d_xa, d_out1, d_xa1;
+        const Blocks blk(s, count);
+        const auto wide0 = rounded<T>(randn((size_t)s.N * blk.ld, this->rng_));
+        Dev<T> d_out(wide0), d_out1(wide0);
+        std::vector<DevPtr<T>> d_xa, d_xa1;
         std::vector<DevPtr<float>> d_A, d_B;
         lc::LoraForwardBranch<T> br[l2v::kMaxLoraBranches];
         int OC[l2v::kMaxLoraBranches];
@@ -224,34 +252,35 @@ TYPED_TEST(Gemm, LoraForward) {
           const uint32_t site = 77 + b;
           const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
           const auto B = randn((size_t)OC[b] * s.R, this->rng_, 0.2f);
-          const auto out0 = rounded<T>(randn((size_t)s.N * OC[b], this->rng_));
+          const auto out0 = block_of(wide0, s.N, blk.ld, blk.col[b], OC[b]);
           ref[b] = out0;
           xa_ref[b].resize((size_t)s.N * s.R);
           std::vector<float> scratch((size_t)s.N * s.IC);
-          cpu::lora_forward(ref[b].data(), xa_ref[b].data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
-                            scratch.data(), s.N, s.IC, OC[b], s.R);
+          cpu::lora_forward(ref[b].data(), OC[b], xa_ref[b].data(), inp.data(), A.data(), B.data(), scale, p, seed,
+                            site, scratch.data(), s.N, s.IC, OC[b], s.R);
           mag[b] = absv(out0);
           xa_mag[b].resize(xa_ref[b].size());
-          cpu::lora_forward(mag[b].data(), xa_mag[b].data(), absv(inp).data(), absv(A).data(), absv(B).data(), scale,
-                            p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
-          d_out.push_back(std::make_unique<Dev<T>>(out0));
+          cpu::lora_forward(mag[b].data(), OC[b], xa_mag[b].data(), absv(inp).data(), absv(A).data(),
+                            absv(B).data(), scale, p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
           d_xa.push_back(std::make_unique<Dev<T>>(xa_ref[b].size()));
-          d_out1.push_back(std::make_unique<Dev<T>>(out0));
           d_xa1.push_back(std::make_unique<Dev<T>>(xa_ref[b].size()));
           d_A.push_back(std::make_unique<Dev<float>>(A));
           d_B.push_back(std::make_unique<Dev<float>>(B));
-          br[b] = {d_out[b]->ptr, d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, site, OC[b]};
+          br[b] = {d_out.ptr + blk.col[b], d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, site, OC[b], blk.ld};
         }
         Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), s.N, s.IC, OC, count, s.R));
         lc::lora_forward_cuda<T>(this->handle_, in, br, count, ws.ptr);
         // Each branch alone, for the bits.
         for (int b = 0; b < count; ++b) {
           lc::LoraForwardBranch<T> one = br[b];
-          one.out = d_out1[b]->ptr;
+          one.out = d_out1.ptr + blk.col[b];
           one.xa = d_xa1[b]->ptr;
           lc::lora_forward_cuda<T>(this->handle_, in, &one, 1, ws.ptr);
         }
         this->sync();
+        const auto wide = d_out.get(), wide1 = d_out1.get();
+        EXPECT_EQ(block_of(wide, s.N, blk.ld, blk.ld - 1, 1), block_of(wide0, s.N, blk.ld, blk.ld - 1, 1))
+            << lora_where(s, p, count) << ": the column beside the blocks was written";
         const std::string where = lora_where(s, p, count);
         for (int b = 0; b < count; ++b) {
           // xa: K = IC; bf16 rounds xa, and without dropout (a cuBLAS GEMM on bf16 copies) A too; the dropout
@@ -259,7 +288,7 @@ TYPED_TEST(Gemm, LoraForward) {
           // branch's site) moves an element of xa by about mag / IC, far above the fp32 bound. out:
           // K = IC + R + 1; bf16 rounds those, B and the result.
           const int xa_roundings = p > 0 ? 1 : 2;
-          const auto xa = d_xa[b]->get(), out = d_out[b]->get();
+          const auto xa = d_xa[b]->get(), out = block_of(wide, s.N, blk.ld, blk.col[b], OC[b]);
           EXPECT_TRUE(Close(this->family("lora_forward xa"), xa, xa_ref[b], xa_mag[b],
                             2 * s.IC * kU32 + xa_roundings * Prec<T>::u))
               << where << " branch " << b;
@@ -267,7 +296,8 @@ TYPED_TEST(Gemm, LoraForward) {
                             2 * (s.IC + s.R + 1) * kU32 + (xa_roundings + 2) * Prec<T>::u))
               << where << " branch " << b;
           EXPECT_TRUE(Identical(xa, d_xa1[b]->get())) << where << " branch " << b << ": xa unlike the branch alone";
-          EXPECT_TRUE(Identical(out, d_out1[b]->get())) << where << " branch " << b << ": out unlike the branch alone";
+          EXPECT_TRUE(Identical(out, block_of(wide1, s.N, blk.ld, blk.col[b], OC[b])))
+              << where << " branch " << b << ": out unlike the branch alone";
         }
       }
     }
@@ -289,7 +319,10 @@ TYPED_TEST(Gemm, LoraBackward) {
         // The reference runs the branches one after the other into one dinp.
         std::vector<float> dinp = dinp0, dinp_mag = absv(dinp0), scratch((size_t)s.N * s.IC);
         std::vector<std::vector<float>> dA(count), dB(count), dA_mag(count), dB_mag(count);
-        std::vector<DevPtr<T>> d_dout, d_xa;
+        const Blocks blk(s, count);
+        std::vector<float> dout_wide = rounded<T>(randn((size_t)s.N * blk.ld, this->rng_));
+        Dev<T> d_dout(dout_wide);
+        std::vector<DevPtr<T>> d_xa;
         std::vector<DevPtr<float>> d_A, d_B, d_dA, d_dB, d_dA1, d_dB1;
         lc::LoraBackwardBranch<T> br[l2v::kMaxLoraBranches];
         int OC[l2v::kMaxLoraBranches];
@@ -300,23 +333,22 @@ TYPED_TEST(Gemm, LoraBackward) {
           const uint32_t site = 3 + 5 * b;
           const auto A = randn((size_t)s.R * s.IC, this->rng_, 0.2f);
           const auto B = randn((size_t)OC[b] * s.R, this->rng_, 0.2f);
-          const auto dout = rounded<T>(randn((size_t)s.N * OC[b], this->rng_));
+          const auto dout = block_of(dout_wide, s.N, blk.ld, blk.col[b], OC[b]);
           // xa as the forward saved it (in T).
           std::vector<float> out_unused((size_t)s.N * OC[b]), xa((size_t)s.N * s.R);
-          cpu::lora_forward(out_unused.data(), xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
+          cpu::lora_forward(out_unused.data(), OC[b], xa.data(), inp.data(), A.data(), B.data(), scale, p, seed, site,
                             scratch.data(), s.N, s.IC, OC[b], s.R);
           xa = rounded<T>(xa);
           const auto dA0 = randn((size_t)s.R * s.IC, this->rng_), dB0 = randn((size_t)OC[b] * s.R, this->rng_);
           dA[b] = dA0;
           dB[b] = dB0;
-          cpu::lora_backward(dinp.data(), dA[b].data(), dB[b].data(), dout.data(), inp.data(), xa.data(), A.data(),
-                             B.data(), scale, p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
+          cpu::lora_backward(dinp.data(), dA[b].data(), dB[b].data(), dout.data(), OC[b], inp.data(), xa.data(),
+                             A.data(), B.data(), scale, p, seed, site, scratch.data(), s.N, s.IC, OC[b], s.R);
           dA_mag[b] = absv(dA0);
           dB_mag[b] = absv(dB0);
-          cpu::lora_backward(dinp_mag.data(), dA_mag[b].data(), dB_mag[b].data(), absv(dout).data(),
+          cpu::lora_backward(dinp_mag.data(), dA_mag[b].data(), dB_mag[b].data(), absv(dout).data(), OC[b],
                              absv(inp).data(), absv(xa).data(), absv(A).data(), absv(B).data(), scale, p, seed, site,
                              scratch.data(), s.N, s.IC, OC[b], s.R);
-          d_dout.push_back(std::make_unique<Dev<T>>(dout));
           d_xa.push_back(std::make_unique<Dev<T>>(xa));
           d_A.push_back(std::make_unique<Dev<float>>(A));
           d_B.push_back(std::make_unique<Dev<float>>(B));
@@ -324,7 +356,8 @@ TYPED_TEST(Gemm, LoraBackward) {
           d_dB.push_back(std::make_unique<Dev<float>>(dB0));
           d_dA1.push_back(std::make_unique<Dev<float>>(dA0));
           d_dB1.push_back(std::make_unique<Dev<float>>(dB0));
-          br[b] = {d_dout[b]->ptr, d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, d_dA[b]->ptr, d_dB[b]->ptr, site, OC[b]};
+          br[b] = {d_dout.ptr + blk.col[b], d_xa[b]->ptr, d_A[b]->ptr, d_B[b]->ptr, d_dA[b]->ptr, d_dB[b]->ptr, site,
+                   OC[b], blk.ld};
         }
         Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), s.N, s.IC, OC, count, s.R));
         lc::lora_backward_cuda<T>(this->handle_, d_dinp.ptr, in, br, count, ws.ptr);
@@ -398,8 +431,12 @@ TYPED_TEST(Gemm, LoraRejectsBadArguments) {
   Dev<float> A(4), B(6);
   const int OC[] = {3, 3, 3, 3};
   Bytes ws(lc::lora_branches_workspace_bytes(sizeof(T), 2, 2, OC, 4, 2));
-  const lc::LoraForwardBranch<T> br[4] = {{out.ptr, xa.ptr, A.ptr, B.ptr, 1, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 2, 3},
-                                          {out.ptr, xa.ptr, A.ptr, B.ptr, 3, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 4, 3}};
+  const lc::LoraForwardBranch<T> br[4] = {{out.ptr, xa.ptr, A.ptr, B.ptr, 1, 3, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 2, 3, 3},
+                                          {out.ptr, xa.ptr, A.ptr, B.ptr, 3, 3, 3}, {out.ptr, xa.ptr, A.ptr, B.ptr, 4, 3, 3}};
+  lc::LoraForwardBranch<T> narrow = br[0];
+  narrow.ld = 2;
+  EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 0.0f, {1, 1}}, &narrow, 1, ws.ptr),
+               std::invalid_argument);  // rows closer than OC
   EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 1.0f, {1, 1}}, br, 1, ws.ptr),
                std::invalid_argument);  // p = 1
   EXPECT_THROW(lc::lora_forward_cuda<T>(this->handle_, {x.ptr, 2, 2, 2, 1.0f, 0.0f, {1, 1}}, br, 1, nullptr),

@@ -330,48 +330,50 @@ TYPED_TEST(Kernels, RopeForwardAndBackwardOutOfPlaceAndInPlace) {
 
 // ================================================================================================ SwiGLU
 
-// n = 1, one whole pack, packs plus a tail of 3, and misaligned pointers.
-struct FlatShape {
-  long n;
+// Rows [gate | up] of the fused gate|up product: one element; rows of whole packs (F a multiple of both
+// types' pack width); F = 1003, not a multiple of a pack (one element per thread: a pack would straddle two
+// rows); and misaligned pointers.
+struct SwigluShape {
+  long N;
+  int F;
   size_t offset;
 };
-const FlatShape kFlatShapes[] = {{1, 0}, {8, 0}, {1003, 0}, {1003, 1}};
+const SwigluShape kSwigluShapes[] = {{1, 1, 0}, {2, 8, 0}, {5, 64, 0}, {3, 1003, 0}, {5, 64, 1}};
 
 // fp32 forward: exp within 2 ulps, then three correctly rounded ops: 8 u relative. Backward: dgate is
 // dout*up*sig*(1 + g(1 - sig)), where 1 + g(1 - sig) cancels near g = -1.28, so its tolerance is 16 u of
 // |dout up| sig (1 + |g| (1 - sig)); dup = dout*silu(g): 8 u relative. Plus 2^-8 |ref| for bf16.
 TYPED_TEST(Kernels, SwiGluForwardAndBackward) {
   using T = TypeParam;
-  for (const FlatShape& s : kFlatShapes) {
-    const long n = s.n;
-    const std::vector<float> gate = rounded<T>(randn(n, this->rng_, 3.0f)), up = rounded<T>(randn(n, this->rng_));
+  for (const SwigluShape& s : kSwigluShapes) {
+    const long N = s.N, F = s.F, n = N * F;
+    const std::vector<float> gu = rounded<T>(randn(N * 2 * F, this->rng_, 3.0f));
     const std::vector<float> dout = rounded<T>(randn(n, this->rng_));
-    std::vector<float> want(n), want_dg(n), want_du(n);
-    cpu::swiglu_forward(want.data(), gate.data(), up.data(), n);
-    cpu::swiglu_backward(want_dg.data(), want_du.data(), dout.data(), gate.data(), up.data(), n);
-    std::vector<double> tol_dg(n);
+    std::vector<float> want(n), want_d(N * 2 * F);
+    cpu::swiglu_forward(want.data(), gu.data(), N, s.F);
+    cpu::swiglu_backward(want_d.data(), dout.data(), gu.data(), N, s.F);
+    std::vector<double> tol_d(N * 2 * F);
     for (long i = 0; i < n; ++i) {
-      const double g = gate[i], sig = 1.0 / (1.0 + std::exp(-g));
-      tol_dg[i] = 16 * kU32 * std::fabs((double)dout[i] * up[i]) * sig * (1.0 + std::fabs(g) * (1.0 - sig)) +
-                  Prec<T>::u * std::fabs(want_dg[i]);
+      const long at = i / F * 2 * F + i % F;
+      const double g = gu[at], sig = 1.0 / (1.0 + std::exp(-g));
+      tol_d[at] = 16 * kU32 * std::fabs((double)dout[i] * gu[at + F]) * sig * (1.0 + std::fabs(g) * (1.0 - sig)) +
+                  Prec<T>::u * std::fabs(want_d[at]);
+      tol_d[at + F] = (8 * kU32 + Prec<T>::u) * std::fabs(want_d[at + F]);
     }
-    const std::string at = "n=" + std::to_string(n) + " offset=" + std::to_string(s.offset);
+    const std::string at = "N=" + std::to_string(N) + " F=" + std::to_string(F) + " offset=" + std::to_string(s.offset);
 
-    Dev<T> dgate(gate, s.offset), dup_in(up, s.offset), ddout(dout, s.offset), dout_fwd(n, s.offset);
-    Dev<T> ddg(n, s.offset), ddu(n, s.offset);
-    lc::swiglu_forward_cuda(dout_fwd.ptr, dgate.ptr, dup_in.ptr, n, this->stream_);
-    lc::swiglu_backward_cuda(ddg.ptr, ddu.ptr, ddout.ptr, dgate.ptr, dup_in.ptr, n, this->stream_);
+    Dev<T> dgu(gu, s.offset), ddout(dout, s.offset), dact(n, s.offset), dd(N * 2 * F, s.offset);
+    lc::swiglu_forward_cuda(dact.ptr, dgu.ptr, N, s.F, this->stream_);
+    lc::swiglu_backward_cuda(dd.ptr, ddout.ptr, dgu.ptr, N, s.F, this->stream_);
     this->sync();
-    EXPECT_TRUE(Close(this->family("swiglu_forward"), dout_fwd.get(), want, 0.0, 8 * kU32 + Prec<T>::u)) << at;
-    EXPECT_TRUE(Close(this->family("swiglu_backward dgate"), ddg.get(), want_dg, tol_dg)) << at;
-    EXPECT_TRUE(Close(this->family("swiglu_backward dup"), ddu.get(), want_du, 0.0, 8 * kU32 + Prec<T>::u)) << at;
+    EXPECT_TRUE(Close(this->family("swiglu_forward"), dact.get(), want, 0.0, 8 * kU32 + Prec<T>::u)) << at;
+    EXPECT_TRUE(Close(this->family("swiglu_backward"), dd.get(), want_d, tol_d)) << at;
 
-    // The backward may write its gradients over its inputs (dgate over gate, dup over up).
-    const std::vector<float> dg = ddg.get(), du = ddu.get();
-    lc::swiglu_backward_cuda(dgate.ptr, dup_in.ptr, ddout.ptr, dgate.ptr, dup_in.ptr, n, this->stream_);
+    // The backward may write its gradient over its input.
+    const std::vector<float> d = dd.get();
+    lc::swiglu_backward_cuda(dgu.ptr, ddout.ptr, dgu.ptr, N, s.F, this->stream_);
     this->sync();
-    EXPECT_TRUE(Identical(this->family("swiglu_backward in place"), dgate.get(), dg)) << at;
-    EXPECT_TRUE(Identical(this->family("swiglu_backward in place"), dup_in.get(), du)) << at;
+    EXPECT_TRUE(Identical(this->family("swiglu_backward in place"), dgu.get(), d)) << at;
   }
 }
 
@@ -808,7 +810,7 @@ TEST(Launchers, RejectBadShapes) {
   EXPECT_THROW(lc::DeviceOptimizerList(&negative, 1), std::invalid_argument);
   // Empty work launches nothing (a zero-sized grid would be a launch error).
   EXPECT_NO_THROW(lc::rmsnorm_forward_cuda(p, p, p, p, 0, 16, 1e-5f, nullptr));
-  EXPECT_NO_THROW(lc::swiglu_forward_cuda(p, p, p, 0, nullptr));
+  EXPECT_NO_THROW(lc::swiglu_forward_cuda(p, p, 0, 0, nullptr));
 }
 
 }  // namespace

@@ -713,49 +713,58 @@ TEST(AttentionDropout, MaskIsThePhiloxAttentionMaskAndRateIsP) {
 
 double silu_d(double g) { return g / (1.0 + std::exp(-g)); }
 
-// Includes saturated gates (+-30, +-100): the result must stay finite (exp overflow must not give inf/inf).
+// gate_up rows [gate | up] as the fused gate|up product writes them: a gate read from the up half (or rows
+// F apart instead of 2F) fails these. Includes saturated gates (+-30, +-100): the result must stay finite
+// (exp overflow must not give inf/inf).
 TEST(SwiGLU, ForwardMatchesDoubleReference) {
   std::mt19937 rng(800);
-  const long n = 41;
-  auto gate = randn(n, rng, 2.0f), up = randn(n, rng);
+  const long N = 3;
+  const int F = 14;
+  auto gu = randn(N * 2 * F, rng, 2.0f);
   const float extremes[] = {-100.f, -30.f, 0.f, 30.f, 100.f};
-  for (int i = 0; i < 5; ++i) gate[i] = extremes[i];
-  std::vector<float> out(n);
-  cpu::swiglu_forward(out.data(), gate.data(), up.data(), n);
-  std::vector<double> ref(n);
-  for (long i = 0; i < n; ++i) ref[i] = silu_d(gate[i]) * up[i];
-  EXPECT_TRUE(AllClose(out.data(), ref.data(), n, 1e-7, 2e-6));
+  for (int i = 0; i < 5; ++i) gu[2 * F + i] = extremes[i];  // row 1's gates
+  std::vector<float> out(N * F);
+  cpu::swiglu_forward(out.data(), gu.data(), N, F);
+  std::vector<double> ref(N * F);
+  for (long n = 0; n < N; ++n)
+    for (int f = 0; f < F; ++f) ref[n * F + f] = silu_d(gu[n * 2 * F + f]) * gu[n * 2 * F + F + f];
+  EXPECT_TRUE(AllClose(out.data(), ref.data(), N * F, 1e-7, 2e-6));
 }
 
 TEST(SwiGLU, BackwardMatchesFiniteDifferencesAndClosedForm) {
   std::mt19937 rng(801);
-  const long n = 37;
-  auto gate = randn(n, rng, 2.0f), up = randn(n, rng), R = randn(n, rng);
-  std::vector<float> out(n), dgate(n, 777.f), dup(n, 777.f);
+  const long N = 3;
+  const int F = 13;
+  auto gu = randn(N * 2 * F, rng, 2.0f), R = randn(N * F, rng);
+  std::vector<float> out(N * F), dgu(N * 2 * F, 777.f);
   auto loss = [&] {
-    cpu::swiglu_forward(out.data(), gate.data(), up.data(), n);
-    return dot(out.data(), R.data(), n);
+    cpu::swiglu_forward(out.data(), gu.data(), N, F);
+    return dot(out.data(), R.data(), N * F);
   };
-  cpu::swiglu_backward(dgate.data(), dup.data(), R.data(), gate.data(), up.data(), n);
-  EXPECT_TRUE(GradOk(grad_check(gate.data(), n, dgate.data(), loss, kH, kFdTol, kFdTol))) << "dgate";
-  EXPECT_TRUE(GradOk(grad_check(up.data(), n, dup.data(), loss, kH, kFdTol, kFdTol))) << "dup";
+  cpu::swiglu_backward(dgu.data(), R.data(), gu.data(), N, F);
+  EXPECT_TRUE(GradOk(grad_check(gu.data(), N * 2 * F, dgu.data(), loss, kH, kFdTol, kFdTol))) << "d_gate_up";
   // Closed form: d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g).
-  std::vector<double> rg(n), ru(n);
-  for (long i = 0; i < n; ++i) {
-    const double g = gate[i], s = 1.0 / (1.0 + std::exp(-g));
-    rg[i] = (double)R[i] * up[i] * s * (1.0 + g * (1.0 - s));
-    ru[i] = (double)R[i] * silu_d(g);
-  }
-  EXPECT_TRUE(AllClose(dgate.data(), rg.data(), n, 1e-6, 1e-5)) << "dgate closed form";
-  EXPECT_TRUE(AllClose(dup.data(), ru.data(), n, 1e-6, 1e-5)) << "dup closed form";
-  // Saturated gates: finite gradients.
-  const float gs[4] = {-100.f, -30.f, 30.f, 100.f}, us[4] = {1.f, -2.f, 0.5f, 3.f}, ds[4] = {1.f, 1.f, 1.f, 1.f};
-  float dg[4], du[4];
-  cpu::swiglu_backward(dg, du, ds, gs, us, 4);
-  for (int i = 0; i < 4; ++i) EXPECT_TRUE(std::isfinite(dg[i]) && std::isfinite(du[i])) << "gate " << gs[i];
-  EXPECT_NEAR(dg[3], 3.0, 1e-5);   // silu'(100) = 1
-  EXPECT_NEAR(du[3], 100.0, 1e-4); // silu(100) = 100
-  EXPECT_NEAR(dg[0], 0.0, 1e-6);
+  std::vector<double> ref(N * 2 * F);
+  for (long n = 0; n < N; ++n)
+    for (int f = 0; f < F; ++f) {
+      const long at = n * 2 * F + f;
+      const double g = gu[at], u = gu[at + F], r = R[n * F + f], s = 1.0 / (1.0 + std::exp(-g));
+      ref[at] = r * u * s * (1.0 + g * (1.0 - s));
+      ref[at + F] = r * silu_d(g);
+    }
+  EXPECT_TRUE(AllClose(dgu.data(), ref.data(), N * 2 * F, 1e-6, 1e-5)) << "closed form";
+  // In place (d_gate_up over gate_up): the same values.
+  std::vector<float> inplace = gu;
+  cpu::swiglu_backward(inplace.data(), R.data(), inplace.data(), N, F);
+  EXPECT_EQ(inplace, dgu);
+  // Saturated gates: finite gradients (one row of F = 4: gates then ups).
+  const float gs[8] = {-100.f, -30.f, 30.f, 100.f, 1.f, -2.f, 0.5f, 3.f}, ds[4] = {1.f, 1.f, 1.f, 1.f};
+  float d[8];
+  cpu::swiglu_backward(d, ds, gs, 1, 4);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(std::isfinite(d[i])) << i;
+  EXPECT_NEAR(d[3], 3.0, 1e-5);    // silu'(100) * up = 3
+  EXPECT_NEAR(d[7], 100.0, 1e-4);  // silu(100) = 100
+  EXPECT_NEAR(d[0], 0.0, 1e-6);
 }
 
 // ============================================================================================ matmul
@@ -865,7 +874,7 @@ TEST(Lora, ForwardEqualsMergedWeightDifference) {
   std::mt19937 rng(1001);
   auto Z = randn((size_t)d.N * d.OC, rng);
   std::vector<float> out = Z, xa((size_t)d.N * d.R, 777.f);
-  cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite, nullptr,
+  cpu::lora_forward(out.data(), d.OC, xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite, nullptr,
                     d.N, d.IC, d.OC, d.R);
   auto ba = lora_ba(d);
   std::vector<double> want((size_t)d.N * d.OC), tol(want.size()), xa_ref((size_t)d.N * d.R), xa_tol(xa_ref.size());
@@ -924,7 +933,7 @@ TEST(Lora, MergeUnmergeAndMergedMatmul) {
   std::vector<float> merged_out((size_t)d.N * d.OC), split_out((size_t)d.N * d.OC), xa((size_t)d.N * d.R);
   cpu::matmul_forward(merged_out.data(), d.x.data(), W1.data(), bias.data(), d.N, d.IC, d.OC);
   cpu::matmul_forward(split_out.data(), d.x.data(), d.W.data(), bias.data(), d.N, d.IC, d.OC);
-  cpu::lora_forward(split_out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite,
+  cpu::lora_forward(split_out.data(), d.OC, xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, 0.0f, kSeed, kSite,
                     nullptr, d.N, d.IC, d.OC, d.R);
   std::vector<double> so(split_out.begin(), split_out.end()), stol(so.size());
   for (int n = 0; n < d.N; ++n)
@@ -955,13 +964,13 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
     float* scr = p > 0 ? scratch.data() : nullptr;
     auto loss = [&] {
       std::fill(out.begin(), out.end(), 0.0f);
-      cpu::lora_forward(out.data(), xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kSite, scr,
+      cpu::lora_forward(out.data(), d.OC, xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kSite, scr,
                         d.N, d.IC, d.OC, d.R);
       return dot(out.data(), R.data(), out.size());
     };
     loss();
     std::vector<float> dinp = P1, dA = P2, dB = P3;
-    cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.x.data(), xa.data(), d.A.data(), d.B.data(),
+    cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.OC, d.x.data(), xa.data(), d.A.data(), d.B.data(),
                        d.scale, p, kSeed, kSite, scr, d.N, d.IC, d.OC, d.R);
     auto minus = [](const std::vector<float>& a, const std::vector<float>& b) {
       std::vector<float> r(a.size());
@@ -975,7 +984,7 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
 
     // Second micro-batch with the same data: P + 2 g (each sum rounds once more: 4 u of the magnitudes).
     loss();
-    cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.x.data(), xa.data(), d.A.data(), d.B.data(),
+    cpu::lora_backward(dinp.data(), dA.data(), dB.data(), R.data(), d.OC, d.x.data(), xa.data(), d.A.data(), d.B.data(),
                        d.scale, p, kSeed, kSite, scr, d.N, d.IC, d.OC, d.R);
     auto twice = [](const std::vector<float>& P, const std::vector<float>& g, std::vector<double>& want,
                     std::vector<double>& tol) {
@@ -996,6 +1005,50 @@ TEST(Lora, BackwardAccumulatesFiniteDifferenceGradients) {
   }
 }
 
+// A layer's output as a column block of a wider one (gate and up in the fused gate|up product's [N, 2F]):
+// forward and backward through rows ld apart give the bits of the contiguous layout, with dropout, and leave
+// the columns beside the block alone. A product that took OC for the row stride fails it.
+TEST(Lora, OutputAsAColumnBlockOfAWiderProduct) {
+  const float p = 0.3f;
+  LoraData d = make_lora(6, 10, 7, 3, 6.0f, 1250);
+  const int ld = 2 * d.OC + 1, col = d.OC;  // the second of two blocks, one spare column
+  std::mt19937 rng(1251);
+  const auto wide0 = randn((size_t)d.N * ld, rng), dwide = randn((size_t)d.N * ld, rng);
+  std::vector<float> out((size_t)d.N * d.OC), dout((size_t)d.N * d.OC);
+  for (int n = 0; n < d.N; ++n)
+    for (int o = 0; o < d.OC; ++o) {
+      out[(size_t)n * d.OC + o] = wide0[(size_t)n * ld + col + o];
+      dout[(size_t)n * d.OC + o] = dwide[(size_t)n * ld + col + o];
+    }
+  std::vector<float> xa((size_t)d.N * d.R), xa_w(xa.size()), scratch(d.x.size()), wide = wide0;
+  cpu::lora_forward(out.data(), d.OC, xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kSite,
+                    scratch.data(), d.N, d.IC, d.OC, d.R);
+  cpu::lora_forward(wide.data() + col, ld, xa_w.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p, kSeed, kSite,
+                    scratch.data(), d.N, d.IC, d.OC, d.R);
+  EXPECT_EQ(xa_w, xa);
+  for (int n = 0; n < d.N; ++n)
+    for (int j = 0; j < ld; ++j) {
+      const size_t i = (size_t)n * ld + j;
+      if (j >= col && j < col + d.OC) {
+        EXPECT_EQ(wide[i], out[(size_t)n * d.OC + j - col]) << n << "," << j;
+      } else {
+        EXPECT_EQ(wide[i], wide0[i]) << "outside the block: " << n << "," << j;
+      }
+    }
+  std::vector<float> dinp(d.x.size()), dA(d.A.size()), dB(d.B.size());
+  std::vector<float> dinp_w = dinp, dA_w = dA, dB_w = dB;
+  cpu::lora_backward(dinp.data(), dA.data(), dB.data(), dout.data(), d.OC, d.x.data(), xa.data(), d.A.data(),
+                     d.B.data(), d.scale, p, kSeed, kSite, scratch.data(), d.N, d.IC, d.OC, d.R);
+  cpu::lora_backward(dinp_w.data(), dA_w.data(), dB_w.data(), dwide.data() + col, ld, d.x.data(), xa.data(),
+                     d.A.data(), d.B.data(), d.scale, p, kSeed, kSite, scratch.data(), d.N, d.IC, d.OC, d.R);
+  EXPECT_EQ(dinp_w, dinp);
+  EXPECT_EQ(dA_w, dA);
+  EXPECT_EQ(dB_w, dB);
+  EXPECT_THROW(cpu::lora_forward(out.data(), d.OC - 1, xa.data(), d.x.data(), d.A.data(), d.B.data(), d.scale, p,
+                                 kSeed, kSite, scratch.data(), d.N, d.IC, d.OC, d.R),
+               std::invalid_argument);
+}
+
 // Input dropout read through xa: with x = 1 and A = I (R = IC), xa[n, c] = keep(n*IC + c) / (1-p). Every element
 // must match dropout_keep_elementwise(seed, site, n*IC + c, p), and the drop rate over 8192 elements is within
 // 5 binomial sigma of p. Same seed/site: bit-identical; other seed: different; p = 0: seed-independent.
@@ -1010,7 +1063,7 @@ TEST(LoraDropout, MaskRateAndDeterminism) {
     std::vector<float> scratch(x.size());
     out.assign((size_t)N * OC, 0.0f);
     xa.assign((size_t)N * R, 777.f);
-    cpu::lora_forward(out.data(), xa.data(), x.data(), A.data(), B.data(), 1.0f, pp, seed, site,
+    cpu::lora_forward(out.data(), OC, xa.data(), x.data(), A.data(), B.data(), 1.0f, pp, seed, site,
                       pp > 0 ? scratch.data() : nullptr, N, IC, OC, R);
   };
   std::vector<float> o1, xa1, o2, xa2;
