@@ -40,6 +40,9 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kTokens = 16384, kH = 32, kKV = 8, kD = 128;
 constexpr uint64_t kSeed = 1234;
+// Packed q, k and v. The model passes the column blocks of its fused q|k|v rows instead (host/qkv_strides.h),
+// which the kernels read the same way: D contiguous elements per row and head.
+const l2v::QkvStrides kPacked = l2v::packed_qkv(kH, kKV, kD);
 constexpr double kU = 1.0 / 256, kEps32 = 1.0 / 16777216.0;
 
 struct Problem {
@@ -65,22 +68,22 @@ struct Problem {
 
   void forward(bool mma, Outputs& o) {
     if (mma) {
-      l2v::cuda::attention_mma_forward_cuda(o.out.ptr, o.lse.ptr, q.ptr, k.ptr, v.ptr, nullptr, B, T, kH, kKV, kD,
+      l2v::cuda::attention_mma_forward_cuda(o.out.ptr, o.lse.ptr, q.ptr, k.ptr, v.ptr, kPacked, nullptr, B, T, kH, kKV, kD,
                                             false, dropout, kSeed, 0, nullptr);
     } else {
-      l2v::cuda::attention_forward_cuda(o.out.ptr, o.lse.ptr, q.ptr, k.ptr, v.ptr, nullptr, B, T, kH, kKV, kD, false,
+      l2v::cuda::attention_forward_cuda(o.out.ptr, o.lse.ptr, q.ptr, k.ptr, v.ptr, kPacked, nullptr, B, T, kH, kKV, kD, false,
                                         dropout, kSeed, 0, nullptr);
     }
   }
   void backward(bool mma, Outputs& o) {
     if (mma) {
       l2v::cuda::attention_mma_backward_cuda(o.dq.ptr, o.dk.ptr, o.dv.ptr, dout.ptr, o.out.ptr, o.lse.ptr, q.ptr,
-                                             k.ptr, v.ptr, nullptr, B, T, kH, kKV, kD, false, dropout, kSeed, 0,
+                                             k.ptr, v.ptr, kPacked, nullptr, B, T, kH, kKV, kD, false, dropout, kSeed, 0,
                                              scratch.ptr, nullptr);
     } else {
       l2v::cuda::attention_backward_cuda(o.dq.ptr, o.dk.ptr, o.dv.ptr, dout.ptr, o.out.ptr, o.lse.ptr, q.ptr, k.ptr,
-                                         v.ptr, nullptr, B, T, kH, kKV, kD, false, dropout, kSeed, 0, scratch.ptr,
-                                         nullptr);
+                                         v.ptr, kPacked, nullptr, B, T, kH, kKV, kD, false, dropout, kSeed, 0,
+                                         scratch.ptr, nullptr);
     }
   }
   std::string fields(const char* impl, const char* pass) const {

@@ -45,6 +45,7 @@
 #include "cuda/launch.h"
 #include "cuda/workspace_sizes.h"
 #include "host/philox.h"
+#include "host/qkv_strides.h"
 
 // Unrolling by 4 of the long loops over the head dim and over a tile, which fully unrolled (L2V_UNROLL,
 // cuda/common.cuh) would hoist so many shared loads that the accumulators spill.
@@ -72,7 +73,8 @@ struct AttentionParams {
   float* dsum;  // [B, H, T] backward scratch: dout_i . out_i
   int B, seqlen, H, KV;
   int group;                 // H / KV query heads per kv head
-  int q_stride, kv_stride;   // elements from one token to the next: H*D and KV*D
+  // Elements from one token to the next (host/qkv_strides.h): q and dq; k, v, dk and dv; out and dout (H*D).
+  int q_stride, kv_stride, o_stride;
   bool causal;
   float scale;               // 1/sqrt(D)
   float scale_log2;          // scale * log2(e): scores are kept in base-2 units so that exp is one exp2
@@ -496,7 +498,7 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     }
   }
   __syncthreads();
-  store_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(p.out + (tok0 + i0) * p.q_stride + (long)h * Tr::kD, q_s, p.q_stride,
+  store_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(p.out + (tok0 + i0) * p.o_stride + (long)h * Tr::kD, q_s, p.o_stride,
                                                 rows, tid);
 }
 
@@ -546,12 +548,12 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
   const int i0 = (int)(gridDim.x - 1 - blockIdx.x) * Tr::kBlockM;
   const int rows = min(Tr::kBlockM, p.seqlen - i0);
   const long tok0 = (long)b * p.seqlen;
-  const long q_off = (tok0 + i0) * p.q_stride + (long)h * Tr::kD;
+  const long q_off = (tok0 + i0) * p.q_stride + (long)h * Tr::kD, o_off = (tok0 + i0) * p.o_stride + (long)h * Tr::kD;
   const uint32_t bh = (uint32_t)(b * p.H + h);
   const bool dropout = p.dropout_p > 0.0f;
 
   load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(q_s, p.q + q_off, p.q_stride, rows, tid);
-  load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(do_s, p.dout + q_off, p.q_stride, rows, tid);
+  load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(do_s, p.dout + o_off, p.o_stride, rows, tid);
 
   // lse in base-2 units. A row with no visible key (lse = -inf) or past the end takes +inf, so that
   // every P = exp2(s - inf) of it is 0 instead of exp2(-inf + inf) = NaN.
@@ -669,8 +671,9 @@ __global__ void __launch_bounds__(Tr::kThreads, min_blocks_per_sm(Tr::kThreads))
     for (int i0 = i_start; i0 < p.seqlen; i0 += Tr::kBlockM) {
       const int rows = min(Tr::kBlockM, p.seqlen - i0);
       const long q_off = (tok0 + i0) * p.q_stride + (long)h * Tr::kD;
+      const long o_off = (tok0 + i0) * p.o_stride + (long)h * Tr::kD;
       load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(q_s, p.q + q_off, p.q_stride, rows, tid);
-      load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(do_s, p.dout + q_off, p.q_stride, rows, tid);
+      load_rows<Tr::kD, Tr::kBlockM, Tr::kThreads>(do_s, p.dout + o_off, p.o_stride, rows, tid);
       for (int il = tid; il < Tr::kBlockM; il += Tr::kThreads) {
         // As in the dq kernel: +inf for rows without a visible key and rows past the end (P = 0).
         const long row = (long)bh * p.seqlen + i0 + il;
@@ -814,9 +817,9 @@ inline void require_aligned(const void* ptr, const char* fn, const char* name) {
 
 // Checks the shape (as l2v::cpu does, plus the grid limits) and fills the shared fields.
 template <typename T>
-AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* v, const int* key_mask, int B,
-                               int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                               uint32_t site) {
+AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* v, QkvStrides ld,
+                               const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
+                               DropoutKey key, uint32_t site) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, __nv_bfloat16>::value ||
                     std::is_same<T, __half>::value,
                 "attention kernels store float or __nv_bfloat16 (and __half: the tensor-core kernels only)");
@@ -826,6 +829,11 @@ AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* 
   require(dropout_p >= 0.0f && dropout_p < 1.0f, fn,
           "dropout probability must lie in [0, 1), got " + std::to_string(dropout_p));
   require(H <= 65535 && B <= 65535, fn, "H and B must be at most 65535 (grid y and z)");
+  require(ld.q >= H * D && ld.kv >= KV * D, fn,
+          "row strides q " + std::to_string(ld.q) + ", kv " + std::to_string(ld.kv) + " below H*D, KV*D");
+  // Every row of q, k and v starts 16-byte aligned, as the first does.
+  require((ld.q * sizeof(T)) % 16 == 0 && (ld.kv * sizeof(T)) % 16 == 0, fn,
+          "row strides must be multiples of 16 bytes (the kernels move 16-byte vectors)");
   require_aligned(q, fn, "q");
   require_aligned(k, fn, "k");
   require_aligned(v, fn, "v");
@@ -839,8 +847,9 @@ AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* 
   p.H = H;
   p.KV = KV;
   p.group = H / KV;
-  p.q_stride = H * D;
-  p.kv_stride = KV * D;
+  p.q_stride = ld.q;
+  p.kv_stride = ld.kv;
+  p.o_stride = H * D;
   p.causal = causal;
   p.scale = 1.0f / sqrtf(static_cast<float>(D));
   p.scale_log2 = p.scale * kLog2e;
@@ -856,10 +865,10 @@ AttentionParams<T> make_params(const char* fn, const T* q, const T* k, const T* 
 // make_params plus the backward's buffers, checked.
 template <typename T>
 AttentionParams<T> make_backward_params(const char* fn, T* dq, T* dk, T* dv, const T* dout, const T* out,
-                                        const float* lse, const T* q, const T* k, const T* v, const int* key_mask,
-                                        int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
-                                        DropoutKey key, uint32_t site, float* scratch) {
-  AttentionParams<T> p = make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
+                                        const float* lse, const T* q, const T* k, const T* v, QkvStrides ld,
+                                        const int* key_mask, int B, int T_, int H, int KV, int D, bool causal,
+                                        float dropout_p, DropoutKey key, uint32_t site, float* scratch) {
+  AttentionParams<T> p = make_params(fn, q, k, v, ld, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   require(scratch != nullptr, fn, "scratch must hold attention_backward_scratch_bytes(B, T, H, KV, D) bytes");
   for (const void* ptr : {static_cast<const void*>(dq), static_cast<const void*>(dk), static_cast<const void*>(dv),
                           static_cast<const void*>(dout), static_cast<const void*>(out)}) {
@@ -881,15 +890,16 @@ AttentionParams<T> make_backward_params(const char* fn, T* dq, T* dk, T* dv, con
 // ---- Host launchers (asynchronous on `stream`; they throw std::runtime_error on bad arguments and
 // failed launches).
 
-// out [N, H*D] and lse [B, H, T] are overwritten. site selects the dropout site as in l2v::cpu.
+// out [N, H*D] and lse [B, H, T] are overwritten; q, k, v rows are `ld` apart (host/qkv_strides.h). site
+// selects the dropout site as in l2v::cpu.
 template <typename T>
-void attention_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, const int* key_mask, int B,
-                            int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                            uint32_t site, cudaStream_t stream) {
+void attention_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, QkvStrides ld,
+                            const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
+                            DropoutKey key, uint32_t site, cudaStream_t stream) {
   namespace ad = attention_detail;
   const char* fn = "attention_forward_cuda";
   AttentionParams<T> p =
-      ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
+      ad::make_params(fn, q, k, v, ld, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   ad::require_aligned(out, fn, "out");
   p.out = out;
   p.lse = lse;
@@ -902,17 +912,18 @@ inline size_t attention_backward_scratch_bytes(int B, int T_, int H, int /*KV*/,
   return attention_backward_scratch_bytes(B, T_, H);  // cuda/workspace_sizes.h
 }
 
-// dq [N, H*D], dk and dv [N, KV*D] are overwritten. out and lse are the forward's outputs; scratch holds
-// attention_backward_scratch_bytes(B, T, H, KV, D) bytes (contents on entry unused).
+// dq [N, H*D], dk and dv [N, KV*D] (rows `ld` apart, as q, k, v) are overwritten. out and lse are the
+// forward's outputs; scratch holds attention_backward_scratch_bytes(B, T, H, KV, D) bytes (contents on entry
+// unused).
 template <typename T>
 void attention_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
-                             const T* k, const T* v, const int* key_mask, int B, int T_, int H, int KV, int D,
-                             bool causal, float dropout_p, DropoutKey key, uint32_t site, float* scratch,
+                             const T* k, const T* v, QkvStrides ld, const int* key_mask, int B, int T_, int H, int KV,
+                             int D, bool causal, float dropout_p, DropoutKey key, uint32_t site, float* scratch,
                              cudaStream_t stream) {
   namespace ad = attention_detail;
   const char* fn = "attention_backward_cuda";
-  const AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H,
-                                                        KV, D, causal, dropout_p, key, site, scratch);
+  const AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, ld, key_mask, B, T_,
+                                                        H, KV, D, causal, dropout_p, key, site, scratch);
   ad::dispatch_head_dim(D, fn, [&](auto d) { ad::run_attention_bwd<decltype(d)::value>(p, stream); });
 }
 

@@ -244,7 +244,7 @@ template <int kD>
 struct QueryBlock {
   using Tr = MmaTraits<kD>;
   int tid, warp, lane, b, kvh, i0, rows, n_tiles;
-  long tok0, q_off;  // the block's first token, and the offset of its first q (out, dout, dq) row
+  long tok0, q_off, o_off;  // the block's first token, and the offsets of its first q (dq) and out (dout) rows
   uint32_t bh;
   int i[2];
   template <typename T>
@@ -253,7 +253,8 @@ struct QueryBlock {
         // Under the causal mask later query tiles have more keys: the grid starts with them.
         i0((int)(gridDim.x - 1 - blockIdx.x) * Tr::kRows), rows(min(Tr::kRows, p.seqlen - i0)),
         n_tiles(attention_detail::key_tiles(p.seqlen, p.causal, i0, rows, Tr::kBlockN)), tok0((long)b * p.seqlen),
-        q_off((tok0 + i0) * p.q_stride + (long)blockIdx.y * kD), bh((uint32_t)(b * p.H + blockIdx.y)),
+        q_off((tok0 + i0) * p.q_stride + (long)blockIdx.y * kD), o_off((tok0 + i0) * p.o_stride + (long)blockIdx.y * kD),
+        bh((uint32_t)(b * p.H + blockIdx.y)),
         i{i0 + 16 * warp + lane / 4, i0 + 16 * warp + lane / 4 + 8} {}
   // Starts the copies of key tile t into buffer t % 2 of k_s and v_s [2][kBlockN][kD + 8].
   template <typename T>
@@ -377,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
       p.lse[(long)qb.bh * p.seqlen + qb.i[r]] = l > 0.0f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
     }
   }
-  store_rows<kD>(p.out + qb.q_off, p.q_stride, o, inv_l, 16 * warp, qb.rows, lane);
+  store_rows<kD>(p.out + qb.o_off, p.o_stride, o, inv_l, 16 * warp, qb.rows, lane);
 }
 
 template <int kD, typename T>
@@ -395,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_dq_kernel(const Att
   const bool dropout = p.dropout_p > 0.0f;
   qb.copy_kv(p, k_s, v_s, 0);
   copy_rows_async<kD, Tr::kRows>(q_s, p.q + qb.q_off, p.q_stride, qb.rows, qb.tid);
-  copy_rows_async<kD, Tr::kRows>(do_s, p.dout + qb.q_off, p.q_stride, qb.rows, qb.tid);
+  copy_rows_async<kD, Tr::kRows>(do_s, p.dout + qb.o_off, p.o_stride, qb.rows, qb.tid);
   ptx::cp_async_commit_group();
 
   // lse in base-2 units; a row without a visible key (lse = -inf) or past the end takes +inf, so that
@@ -474,9 +475,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_mma_dkdv_kernel(const A
   auto copy_q = [&](int step) {
     const int h = kvh * p.group + step / q_tiles, i0 = i_start + step % q_tiles * kM;
     const int rows = min(kM, p.seqlen - i0), buf = step % 2;
-    const long q_off = (tok0 + i0) * p.q_stride + (long)h * kD;
+    const long q_off = (tok0 + i0) * p.q_stride + (long)h * kD, o_off = (tok0 + i0) * p.o_stride + (long)h * kD;
     copy_rows_async<kD, kM>(q_s + buf * kM * kS, p.q + q_off, p.q_stride, rows, tid);
-    copy_rows_async<kD, kM>(do_s + buf * kM * kS, p.dout + q_off, p.q_stride, rows, tid);
+    copy_rows_async<kD, kM>(do_s + buf * kM * kS, p.dout + o_off, p.o_stride, rows, tid);
     // lse and D_i of rows past the end are zero-filled; those rows are masked below.
     const long row = ((long)b * p.H + h) * p.seqlen + i0;
     for (int il = tid; il < kM; il += kThreads) {
@@ -605,14 +606,14 @@ void dispatch_mma_head_dim(int D, const char* fn, F&& f) {
 // __half and D = 16, 64, 128.
 
 template <typename T>
-void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, const int* key_mask, int B,
-                                int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                                uint32_t site, cudaStream_t stream) {
+void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, const T* v, QkvStrides ld,
+                                const int* key_mask, int B, int T_, int H, int KV, int D, bool causal,
+                                float dropout_p, DropoutKey key, uint32_t site, cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_forward_cuda";
-  AttentionParams<T> p = ad::make_params(fn, q, k, v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
+  AttentionParams<T> p = ad::make_params(fn, q, k, v, ld, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
   ad::require_aligned(out, fn, "out");
   p.out = out;
   p.lse = lse;
@@ -621,15 +622,15 @@ void attention_mma_forward_cuda(T* out, float* lse, const T* q, const T* k, cons
 
 template <typename T>
 void attention_mma_backward_cuda(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse, const T* q,
-                                 const T* k, const T* v, const int* key_mask, int B, int T_, int H, int KV, int D,
-                                 bool causal, float dropout_p, DropoutKey key, uint32_t site, float* scratch,
-                                 cudaStream_t stream) {
+                                 const T* k, const T* v, QkvStrides ld, const int* key_mask, int B, int T_, int H,
+                                 int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site,
+                                 float* scratch, cudaStream_t stream) {
   static_assert(attention_mma_storage<T>(), "the tensor-core attention stores __nv_bfloat16 or __half");
   namespace ad = attention_detail;
   namespace md = attention_mma_detail;
   const char* fn = "attention_mma_backward_cuda";
-  AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, key_mask, B, T_, H, KV, D,
-                                                  causal, dropout_p, key, site, scratch);
+  AttentionParams<T> p = ad::make_backward_params(fn, dq, dk, dv, dout, out, lse, q, k, v, ld, key_mask, B, T_, H,
+                                                  KV, D, causal, dropout_p, key, site, scratch);
   md::dispatch_mma_head_dim(D, fn, [&](auto d) { md::run_attention_mma_bwd<decltype(d)::value>(p, stream); });
 }
 

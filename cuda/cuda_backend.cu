@@ -183,45 +183,54 @@ class CudaBackend final : public Backend {
                         int C) override {
     cuda::rmsnorm_backward_cuda(t(dinp), t(dout), t(inp), weight, rstd, N, C, stream_);
   }
-  void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T_, int nh,
+  void rope_forward(Tensor out, ConstTensor x, int ld, const float* cos, const float* sin, int N, int T_, int nh,
                     int D) override {
-    cuda::rope_forward_cuda(t(out), t(x), cos, sin, N, T_, nh, D, stream_);
+    cuda::rope_forward_cuda(t(out), t(x), ld, cos, sin, N, T_, nh, D, stream_);
   }
-  void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T_, int nh,
+  void rope_backward(Tensor dx, ConstTensor dout, int ld, const float* cos, const float* sin, int N, int T_, int nh,
                      int D) override {
-    cuda::rope_backward_cuda(t(dx), t(dout), cos, sin, N, T_, nh, D, stream_);
+    cuda::rope_backward_cuda(t(dx), t(dout), ld, cos, sin, N, T_, nh, D, stream_);
   }
-  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask,
-                         int B, int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                         uint32_t site) override {
+  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld,
+                         const int* key_mask, int B, int T_, int H, int KV, int D, bool causal, float dropout_p,
+                         DropoutKey key, uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
-        cudnn_->forward(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
+        const CudnnQkv in = cudnn_qkv(q, k, v, ld, (long)B * T_, H, KV, D, 0);
+        cudnn_->forward(t(out), lse, in.q, in.k, in.v, key_mask, B, T_, H, KV, D, causal, dropout_p, key, site);
         return;
       }
     }
 #endif
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
-        cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p,
-                                         key, site, stream_);
+        cuda::attention_mma_forward_cuda(t(out), lse, t(q), t(k), t(v), ld, key_mask, B, T_, H, KV, D, causal,
+                                         dropout_p, key, site, stream_);
         return;
       }
     }
-    cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D, causal, dropout_p, key,
+    cuda::attention_forward_cuda(t(out), lse, t(q), t(k), t(v), ld, key_mask, B, T_, H, KV, D, causal, dropout_p, key,
                                  site, stream_);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out, const float* lse,
-                          ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask, int B, int T_, int H,
-                          int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) override {
+                          ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld, const int* key_mask, int B,
+                          int T_, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
+                          uint32_t site) override {
     [[maybe_unused]] const Kernels kernels = attention_kernels(D);
 #if defined(L2V_WITH_CUDNN)
     if constexpr (std::is_same<T, __nv_bfloat16>::value) {
       if (kernels == Kernels::kCudnn) {
-        cudnn_->backward(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV, D,
+        const long N = (long)B * T_;
+        const CudnnQkv in = cudnn_qkv(q, k, v, ld, N, H, KV, D, 0), grad = cudnn_qkv(dq, dk, dv, ld, N, H, KV, D, 1);
+        cudnn_->backward(grad.q, grad.k, grad.v, t(dout), t(out), lse, in.q, in.k, in.v, key_mask, B, T_, H, KV, D,
                          causal, dropout_p, key, site);
+        if (grad.staged) {  // the gradients back into their blocks
+          copy_rows(dq, ld.q, grad.q, H * D, N, H * D);
+          copy_rows(dk, ld.kv, grad.k, KV * D, N, KV * D);
+          copy_rows(dv, ld.kv, grad.v, KV * D, N, KV * D);
+        }
         return;
       }
     }
@@ -230,13 +239,13 @@ class CudaBackend final : public Backend {
         static_cast<float*>(attention_scratch_.get(cuda::attention_backward_scratch_bytes(B, T_, H, KV, D)));
     if constexpr (cuda::attention_mma_storage<T>()) {
       if (kernels == Kernels::kMma) {
-        cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_,
-                                          H, KV, D, causal, dropout_p, key, site, scratch, stream_);
+        cuda::attention_mma_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), ld, key_mask, B,
+                                          T_, H, KV, D, causal, dropout_p, key, site, scratch, stream_);
         return;
       }
     }
-    cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), key_mask, B, T_, H, KV,
-                                  D, causal, dropout_p, key, site, scratch, stream_);
+    cuda::attention_backward_cuda(t(dq), t(dk), t(dv), t(dout), t(out), lse, t(q), t(k), t(v), ld, key_mask, B, T_, H,
+                                  KV, D, causal, dropout_p, key, site, scratch, stream_);
   }
   void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) override {
     cuda::swiglu_forward_cuda(t(out), t(gate_up), N, F, stream_);
@@ -401,6 +410,37 @@ class CudaBackend final : public Backend {
     return {t(in.inp), in.N, in.IC, in.R, in.scale, in.dropout_p, in.key};
   }
   // The LoRA workspace for these branches (grown when needed); the launchers check the count.
+#if defined(L2V_WITH_CUDNN)
+  // cuDNN's SDPA is given packed q, k and v (its ragged padding layout ties each tensor's offsets to its row
+  // stride): when their rows are `ld` apart (the fused q|k|v product's blocks), slot 0 (inputs) or 1
+  // (gradients) of cudnn_staging_ receives packed copies — a copy of N x (H + 2 KV) x D each way that the
+  // simt and mma kernels, which read the strides, do not make.
+  struct CudnnQkv {
+    T *q, *k, *v;
+    bool staged;
+  };
+  template <typename P>
+  CudnnQkv cudnn_qkv(P q, P k, P v, QkvStrides ld, long N, int H, int KV, int D, int slot) {
+    auto* q_ = const_cast<T*>(reinterpret_cast<const T*>(q));
+    auto* k_ = const_cast<T*>(reinterpret_cast<const T*>(k));
+    auto* v_ = const_cast<T*>(reinterpret_cast<const T*>(v));
+    const QkvStrides packed = packed_qkv(H, KV, D);
+    if (ld.q == packed.q && ld.kv == packed.kv) return {q_, k_, v_, false};
+    T* s = static_cast<T*>(cudnn_staging_[slot].get((size_t)N * (H + 2 * KV) * D * sizeof(T)));
+    const CudnnQkv out{s, s + N * H * D, s + N * (H + KV) * D, true};
+    if (slot == 0) {
+      copy_rows(out.q, packed.q, q_, ld.q, N, packed.q);
+      copy_rows(out.k, packed.kv, k_, ld.kv, N, packed.kv);
+      copy_rows(out.v, packed.kv, v_, ld.kv, N, packed.kv);
+    }
+    return out;
+  }
+  template <typename D, typename S>
+  void copy_rows(D* dst, int dst_ld, S* src, int src_ld, long rows, int cols) {
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_ld * sizeof(T), src, src_ld * sizeof(T), cols * sizeof(T), rows,
+                                 cudaMemcpyDeviceToDevice, stream_));
+  }
+#endif
   template <typename Branch>
   void* lora_workspace(const LoraInput& in, const Branch* branches, int count) {
     int OC[kMaxLoraBranches];
@@ -423,6 +463,7 @@ class CudaBackend final : public Backend {
   std::vector<void*> released_in_capture_;
 #if defined(L2V_WITH_CUDNN)
   std::unique_ptr<cuda::CudnnAttention> cudnn_;  // with --attention_impl cudnn
+  cuda::DeviceScratch cudnn_staging_[2];          // cudnn_qkv's packed copies
 #endif
 };
 

@@ -26,9 +26,9 @@ template void residual_rmsnorm_forward_cuda<bf16>(bf16*, bf16*, float*, const bf
                                                   int, float, cudaStream_t);
 template void rmsnorm_backward_cuda<bf16>(bf16*, const bf16*, const bf16*, const float*, const float*, int, int,
                                           cudaStream_t);
-template void rope_forward_cuda<bf16>(bf16*, const bf16*, const float*, const float*, int, int, int, int,
+template void rope_forward_cuda<bf16>(bf16*, const bf16*, int, const float*, const float*, int, int, int, int,
                                       cudaStream_t);
-template void rope_backward_cuda<bf16>(bf16*, const bf16*, const float*, const float*, int, int, int, int,
+template void rope_backward_cuda<bf16>(bf16*, const bf16*, int, const float*, const float*, int, int, int, int,
                                        cudaStream_t);
 template void swiglu_forward_cuda<bf16>(bf16*, const bf16*, long, int, cudaStream_t);
 template void swiglu_backward_cuda<bf16>(bf16*, const bf16*, const bf16*, long, int, cudaStream_t);
@@ -36,18 +36,19 @@ template void pool_forward_cuda<bf16>(float*, const bf16*, const float*, int, in
 template void pool_backward_cuda<bf16>(bf16*, const float*, const float*, int, int, int, cudaStream_t);
 template void convert_cuda<bf16, float>(bf16*, const float*, long, cudaStream_t);
 template void convert_cuda<float, bf16>(float*, const bf16*, long, cudaStream_t);
-template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, const int*, int, int,
-                                           int, int, int, bool, float, DropoutKey, uint32_t, cudaStream_t);
+template void attention_forward_cuda<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, QkvStrides,
+                                           const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
+                                           cudaStream_t);
 template void attention_backward_cuda<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const float*, const bf16*,
-                                            const bf16*, const bf16*, const int*, int, int, int, int, int, bool, float,
-                                            DropoutKey, uint32_t, float*, cudaStream_t);
+                                            const bf16*, const bf16*, QkvStrides, const int*, int, int, int, int, int,
+                                            bool, float, DropoutKey, uint32_t, float*, cudaStream_t);
 template void attention_mma_forward_cuda<__half>(__half*, float*, const __half*, const __half*, const __half*,
-                                                 const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
-                                                 cudaStream_t);
+                                                 QkvStrides, const int*, int, int, int, int, int, bool, float,
+                                                 DropoutKey, uint32_t, cudaStream_t);
 template void attention_mma_backward_cuda<__half>(__half*, __half*, __half*, const __half*, const __half*,
-                                                  const float*, const __half*, const __half*, const __half*,
-                                                  const int*, int, int, int, int, int, bool, float, DropoutKey, uint32_t,
-                                                  float*, cudaStream_t);
+                                                  const float*, const __half*, const __half*, const __half*, QkvStrides,
+                                                  const int*, int, int, int, int, int, bool, float, DropoutKey,
+                                                  uint32_t, float*, cudaStream_t);
 template void matmul_forward_cuda<bf16>(const LtContext&, bf16*, const bf16*, const bf16*, const bf16*, int, int, int,
                                         const bf16*);
 template void matmul_backward_input_cuda<bf16>(cublasHandle_t, bf16*, const bf16*, const bf16*, int, int, int, bool);

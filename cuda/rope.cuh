@@ -1,7 +1,8 @@
 // Rotary position embedding in Hugging Face's rotate_half convention, forward and backward. The fp32 CPU
 // reference is host/cpu_ops.cpp (cpu::rope_forward / rope_backward; tables from cpu::rope_tables).
 //
-// x [N, nh*D] in T = float or __nv_bfloat16; row n is position n % seq_len; for i < D/2 each head's pair
+// x [N, nh*D] in T = float or __nv_bfloat16, rows ld >= nh*D apart for x and out (packed, or a column block of
+// the fused q|k|v product); row n is position n % seq_len; for i < D/2 each head's pair
 // (x[i], x[i+D/2]) is rotated by the angle of its position:
 //   out[i]     = x[i] cos[t,i] - x[i+D/2] sin[t,i]
 //   out[i+D/2] = x[i+D/2] cos[t,i] + x[i] sin[t,i]
@@ -12,7 +13,7 @@
 //
 // One thread per group of V pairs of one head: it reads both halves before writing either, so the
 // rotation may run in place (out == x). Groups are 16-byte packs when D/2 is a multiple of the pack
-// width and every pointer is 16-byte aligned, single pairs otherwise.
+// width and every pointer and row is 16-byte aligned, single pairs otherwise.
 #pragma once
 
 #include "cuda/elementwise.cuh"
@@ -21,8 +22,8 @@ namespace l2v::cuda {
 
 // sin_sign = +1: forward; -1: backward.
 template <int V, typename T>
-__global__ void __launch_bounds__(ew::kBlock) rope_kernel(T* out, const T* x, const float* cos, const float* sin, int N,
-                                                          int seq_len, int nh, int D, float sin_sign) {
+__global__ void __launch_bounds__(ew::kBlock) rope_kernel(T* out, const T* x, int ld, const float* cos, const float* sin,
+                                                          int N, int seq_len, int nh, int D, float sin_sign) {
   const int half = D / 2;
   const int groups_per_head = half / V;
   const long total = (long)N * nh * groups_per_head;
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(ew::kBlock) rope_kernel(T* out, const T* x, co
     const int i = (int)(g - head * groups_per_head) * V;
     const long n = head / nh;
     const long t_off = (n % seq_len) * half + i;
-    const long base = head * D + i;
+    const long base = n * ld + (head - n * nh) * D + i;
     float x0[V], x1[V], c[V], s[V];
     ew::load_floats<V>(x0, x + base);
     ew::load_floats<V>(x1, x + base + half);
@@ -50,37 +51,37 @@ __global__ void __launch_bounds__(ew::kBlock) rope_kernel(T* out, const T* x, co
 
 namespace ew {
 template <typename T>
-void rope_launch(const char* name, T* out, const T* x, const float* cos, const float* sin, int N, int seq_len, int nh,
-                 int D, float sin_sign, cudaStream_t stream) {
-  require(N >= 0 && seq_len > 0 && nh > 0 && D > 0 && D % 2 == 0, name,
-          "need N >= 0, seq_len > 0, nh > 0 and D even and positive");
+void rope_launch(const char* name, T* out, const T* x, int ld, const float* cos, const float* sin, int N, int seq_len,
+                 int nh, int D, float sin_sign, cudaStream_t stream) {
+  require(N >= 0 && seq_len > 0 && nh > 0 && D > 0 && D % 2 == 0 && ld >= nh * D, name,
+          "need N >= 0, seq_len > 0, nh > 0, D even and positive, and ld >= nh*D");
   if (N == 0) return;
   const int half = D / 2;
   constexpr int V = kVec<T>;
-  if (half % V == 0 && aligned16(out) && aligned16(x) && aligned16(cos) && aligned16(sin)) {
+  if (half % V == 0 && ld % V == 0 && aligned16(out) && aligned16(x) && aligned16(cos) && aligned16(sin)) {
     l2v::launch(name, rope_kernel<V, T>, dim3(grid_for((long)N * nh * (half / V))), dim3(kBlock), 0, stream, out, x,
-                cos, sin, N, seq_len, nh, D, sin_sign);
+                ld, cos, sin, N, seq_len, nh, D, sin_sign);
   } else {
-    l2v::launch(name, rope_kernel<1, T>, dim3(grid_for((long)N * nh * half)), dim3(kBlock), 0, stream, out, x, cos, sin,
-                N, seq_len, nh, D, sin_sign);
+    l2v::launch(name, rope_kernel<1, T>, dim3(grid_for((long)N * nh * half)), dim3(kBlock), 0, stream, out, x, ld, cos,
+                sin, N, seq_len, nh, D, sin_sign);
   }
 }
 }  // namespace ew
 
 // ---- Launchers (T = float or __nv_bfloat16). seq_len is T of cpu_ops.h.
 
-// out [N, nh*D] = rope(x); out may alias x.
+// out [N, nh*D] = rope(x) (rows ld apart); out may alias x.
 template <typename T>
-void rope_forward_cuda(T* out, const T* x, const float* cos, const float* sin, int N, int seq_len, int nh, int D,
-                       cudaStream_t stream) {
-  ew::rope_launch("rope_forward", out, x, cos, sin, N, seq_len, nh, D, 1.0f, stream);
+void rope_forward_cuda(T* out, const T* x, int ld, const float* cos, const float* sin, int N, int seq_len, int nh,
+                       int D, cudaStream_t stream) {
+  ew::rope_launch("rope_forward", out, x, ld, cos, sin, N, seq_len, nh, D, 1.0f, stream);
 }
 
-// dx [N, nh*D] = the inverse rotation of dout; dx may alias dout.
+// dx [N, nh*D] = the inverse rotation of dout (rows ld apart); dx may alias dout.
 template <typename T>
-void rope_backward_cuda(T* dx, const T* dout, const float* cos, const float* sin, int N, int seq_len, int nh, int D,
-                        cudaStream_t stream) {
-  ew::rope_launch("rope_backward", dx, dout, cos, sin, N, seq_len, nh, D, -1.0f, stream);
+void rope_backward_cuda(T* dx, const T* dout, int ld, const float* cos, const float* sin, int N, int seq_len, int nh,
+                        int D, cudaStream_t stream) {
+  ew::rope_launch("rope_backward", dx, dout, ld, cos, sin, N, seq_len, nh, D, -1.0f, stream);
 }
 
 }  // namespace l2v::cuda

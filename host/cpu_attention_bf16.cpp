@@ -25,14 +25,15 @@ constexpr int kRows = 32;  // query rows per block: one row of the GEMMs' 32 x 3
 // The shapes and strides of one call.
 struct Layout {
   int B, T, H, KV, D, group, blocks;
-  long q_stride, kv_stride;
+  long q_stride, kv_stride, o_stride;  // q and dq; k, v, dk and dv; out and dout (packed)
   float sm_scale, keep_scale;
   bool dropout;
-  Layout(int B_, int T_, int H_, int KV_, int D_, float p)
-      : B(B_), T(T_), H(H_), KV(KV_), D(D_), group(H_ / KV_), blocks((T_ + kRows - 1) / kRows),
-        q_stride((long)H_ * D_), kv_stride((long)KV_ * D_), sm_scale(1.0f / std::sqrt((float)D_)),
+  Layout(int B_, int T_, int H_, int KV_, int D_, float p, QkvStrides ld)
+      : B(B_), T(T_), H(H_), KV(KV_), D(D_), group(H_ / KV_), blocks((T_ + kRows - 1) / kRows), q_stride(ld.q),
+        kv_stride(ld.kv), o_stride((long)H_ * D_), sm_scale(1.0f / std::sqrt((float)D_)),
         keep_scale(p > 0.0f ? 1.0f / (1.0f - p) : 1.0f), dropout(p > 0.0f) {}
   long q_offset(int b, int i, int h) const { return ((long)b * T + i) * q_stride + (long)h * D; }
+  long o_offset(int b, int i, int h) const { return ((long)b * T + i) * o_stride + (long)h * D; }
   long kv_offset(int b, int j, int g) const { return ((long)b * T + j) * kv_stride + (long)g * D; }
 };
 
@@ -112,11 +113,11 @@ void transpose(float* dst, const float* src, int rows, int cols, int src_ld) {
 
 }  // namespace
 
-void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v,
+void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, QkvStrides ld,
                             const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                             DropoutKey key, uint32_t site) {
-  check_attention_shape("attention_forward_bf16", B, T, H, KV, D, dropout_p);
-  const Layout L(B, T, H, KV, D, dropout_p);
+  check_attention_shape("attention_forward_bf16", B, T, H, KV, D, dropout_p, ld);
+  const Layout L(B, T, H, KV, D, dropout_p, ld);
   const bool avx512 = __builtin_cpu_supports("avx512f");
   // K^T (for the scores) and V (for P' V) of every (batch, kv head), packed once for all its query heads.
   std::vector<PackedBf16> kt((size_t)B * KV), vp((size_t)B * KV);
@@ -186,17 +187,18 @@ void attention_forward_bf16(float* out, float* lse, const float* q, const float*
           }
         }
       }
-      gemm_bf16_part(out + L.q_offset(b, i0, h), (int)L.q_stride, s.get(), T, rows, vp[(size_t)b * KV + g], keys, D,
+      gemm_bf16_part(out + L.o_offset(b, i0, h), (int)L.o_stride, s.get(), T, rows, vp[(size_t)b * KV + g], keys, D,
                      false);
     }
   }
 }
 
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                             const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
-                             int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
-  check_attention_shape("attention_backward_bf16", B, T, H, KV, D, dropout_p);
-  const Layout L(B, T, H, KV, D, dropout_p);
+                             const float* q, const float* k, const float* v, QkvStrides ld, const int* key_mask,
+                             int B, int T, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
+                             uint32_t site) {
+  check_attention_shape("attention_backward_bf16", B, T, H, KV, D, dropout_p, ld);
+  const Layout L(B, T, H, KV, D, dropout_p, ld);
   const bool avx512 = __builtin_cpu_supports("avx512f");
 #pragma omp parallel
   {
@@ -223,9 +225,9 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
         for (int blk = 0; blk < L.blocks; ++blk) {
           const int i0 = blk * kRows, rows = std::min(kRows, T - i0);
           const int keys = causal ? i0 + rows : T;  // the keys the block's rows see (as in the forward)
-          const long qo = L.q_offset(b, i0, h);
+          const long qo = L.q_offset(b, i0, h), oo = L.o_offset(b, i0, h);
           gemm_bf16_part(p.get(), T, q + qo, L.q_stride, rows, kt, D, keys, false);
-          gemm_bf16_part(ds.get(), T, dout + qo, L.q_stride, rows, vt, D, keys, false);
+          gemm_bf16_part(ds.get(), T, dout + oo, L.o_stride, rows, vt, D, keys, false);
           for (int r = 0; r < rows; ++r) {
             const int i = i0 + r, jend = causal ? i + 1 : T;
             float* P = p.get() + (size_t)r * T;
@@ -236,8 +238,8 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
               std::fill(dS, dS + keys, 0.0f);
               continue;
             }
-            const float* do_i = dout + L.q_offset(b, i, h);
-            const float* o_i = out + L.q_offset(b, i, h);
+            const float* do_i = dout + L.o_offset(b, i, h);
+            const float* o_i = out + L.o_offset(b, i, h);
             float Di = 0.0f;  // dout_i . out_i = sum_j P_ij dP_ij
             for (int d = 0; d < D; ++d) Di += do_i[d] * o_i[d];
             if (avx512) {
@@ -273,7 +275,7 @@ void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
           transpose(t.get(), ds.get(), rows, keys, T);
           gemm_bf16(dkb, (int)L.kv_stride, t.get(), rows, keys, pack_bf16(q + qo, rows, D, L.q_stride), true);
           transpose(t.get(), p.get(), rows, keys, T);
-          gemm_bf16(dvb, (int)L.kv_stride, t.get(), rows, keys, pack_bf16(dout + qo, rows, D, L.q_stride), true);
+          gemm_bf16(dvb, (int)L.kv_stride, t.get(), rows, keys, pack_bf16(dout + oo, rows, D, L.o_stride), true);
         }
       }
     }

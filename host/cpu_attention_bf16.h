@@ -16,15 +16,17 @@
 #include <cstdint>
 
 #include "host/philox.h"
+#include "host/qkv_strides.h"
 
 namespace l2v::cpu {
 
-void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v,
+void attention_forward_bf16(float* out, float* lse, const float* q, const float* k, const float* v, QkvStrides ld,
                             const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                             DropoutKey key, uint32_t site);
 
 void attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                             const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                             const float* q, const float* k, const float* v, QkvStrides ld, const int* key_mask,
+                             int B, int T,
                              int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site);
 
 }  // namespace l2v::cpu

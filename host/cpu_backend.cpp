@@ -149,30 +149,30 @@ class CpuBackend final : public Backend {
     if (bf16_) return cpu::rmsnorm_backward_fast(f(dinp), f(dout), f(inp), weight, rstd, N, C);
     cpu::rmsnorm_backward(f(dinp), f(dout), f(inp), weight, rstd, N, C);
   }
-  void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_forward(Tensor out, ConstTensor x, int ld, const float* cos, const float* sin, int N, int T, int nh,
                     int D) override {
-    cpu::rope_forward(f(out), f(x), cos, sin, N, T, nh, D);
+    cpu::rope_forward(f(out), f(x), ld, cos, sin, N, T, nh, D);
   }
-  void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T, int nh,
+  void rope_backward(Tensor dx, ConstTensor dout, int ld, const float* cos, const float* sin, int N, int T, int nh,
                      int D) override {
-    cpu::rope_backward(f(dx), f(dout), cos, sin, N, T, nh, D);
+    cpu::rope_backward(f(dx), f(dout), ld, cos, sin, N, T, nh, D);
   }
-  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
+  void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld,
                          const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                          DropoutKey key, uint32_t site) override {
     if (bf16_)
-      return cpu::attention_forward_bf16(f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D, causal, dropout_p,
-                                         key, site);
-    cpu::attention_forward(f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
+      return cpu::attention_forward_bf16(f(out), lse, f(q), f(k), f(v), ld, key_mask, B, T, H, KV, D, causal,
+                                         dropout_p, key, site);
+    cpu::attention_forward(f(out), lse, f(q), f(k), f(v), ld, key_mask, B, T, H, KV, D, causal, dropout_p, key, site);
   }
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out, const float* lse,
-                          ConstTensor q, ConstTensor k, ConstTensor v, const int* key_mask, int B, int T,
-                          int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
+                          ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld, const int* key_mask, int B,
+                          int T, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
                           uint32_t site) override {
     if (bf16_)
-      return cpu::attention_backward_bf16(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T,
-                                          H, KV, D, causal, dropout_p, key, site);
-    cpu::attention_backward(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), key_mask, B, T, H, KV, D,
+      return cpu::attention_backward_bf16(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), ld, key_mask,
+                                          B, T, H, KV, D, causal, dropout_p, key, site);
+    cpu::attention_backward(f(dq), f(dk), f(dv), f(dout), f(out), lse, f(q), f(k), f(v), ld, key_mask, B, T, H, KV, D,
                             causal, dropout_p, key, site);
   }
   void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) override {

@@ -109,9 +109,11 @@ void apply_elementwise_dropout(float* dst, const float* src, long n, float p, Dr
 
 }  // namespace
 
-void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p) {
+void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p, QkvStrides ld) {
   require(B > 0 && T > 0 && H > 0 && KV > 0 && D > 0, fn, "B, T, H, KV and D must be positive");
   require(H % KV == 0, fn, "H (" + std::to_string(H) + ") must be a multiple of KV (" + std::to_string(KV) + ")");
+  require(ld.q >= H * D && ld.kv >= KV * D, fn,
+          "row strides q " + std::to_string(ld.q) + ", kv " + std::to_string(ld.kv) + " below H*D, KV*D");
   require_dropout_p(dropout_p, fn);
 }
 
@@ -157,7 +159,7 @@ void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const fl
 namespace {
 // Rotates each (x[i], x[i+D/2]) pair of every head by the angle of position n % T; sin_sign = -1
 // rotates backwards, which is the transpose of the forward rotation (its Jacobian), i.e. the backward.
-void rope_rotate(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D,
+void rope_rotate(float* out, const float* x, int ld, const float* cos, const float* sin, int N, int T, int nh, int D,
                  float sin_sign) {
   const int half = D / 2;
 #pragma omp parallel for
@@ -165,7 +167,7 @@ void rope_rotate(float* out, const float* x, const float* cos, const float* sin,
     const float* c = cos + (long)(n % T) * half;
     const float* s = sin + (long)(n % T) * half;
     for (int h = 0; h < nh; ++h) {
-      const long base = ((long)n * nh + h) * D;
+      const long base = (long)n * ld + (long)h * D;
       // Lanes of i (SSE2's four by default; the same roundings as one at a time, fp contraction being off).
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
@@ -179,15 +181,16 @@ void rope_rotate(float* out, const float* x, const float* cos, const float* sin,
 }
 }  // namespace
 
-void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D) {
-  require(D % 2 == 0 && T > 0, "rope_forward", "D must be even and T positive");
-  rope_rotate(out, x, cos, sin, N, T, nh, D, 1.0f);
+void rope_forward(float* out, const float* x, int ld, const float* cos, const float* sin, int N, int T, int nh,
+                  int D) {
+  require(D % 2 == 0 && T > 0 && ld >= nh * D, "rope_forward", "D must be even, T positive and ld at least nh*D");
+  rope_rotate(out, x, ld, cos, sin, N, T, nh, D, 1.0f);
 }
 
-void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+void rope_backward(float* dx, const float* dout, int ld, const float* cos, const float* sin, int N, int T, int nh,
                    int D) {
-  require(D % 2 == 0 && T > 0, "rope_backward", "D must be even and T positive");
-  rope_rotate(dx, dout, cos, sin, N, T, nh, D, -1.0f);
+  require(D % 2 == 0 && T > 0 && ld >= nh * D, "rope_backward", "D must be even, T positive and ld at least nh*D");
+  rope_rotate(dx, dout, ld, cos, sin, N, T, nh, D, -1.0f);
 }
 
 void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D) {
@@ -206,12 +209,12 @@ void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D) {
   }
 }
 
-void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const int* key_mask,
-                       int B, int T, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key,
-                       uint32_t site) {
-  check_attention_shape("attention_forward", B, T, H, KV, D, dropout_p);
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, QkvStrides ld,
+                       const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
+                       DropoutKey key, uint32_t site) {
+  check_attention_shape("attention_forward", B, T, H, KV, D, dropout_p, ld);
   const int group = H / KV;
-  const long q_stride = (long)H * D, kv_stride = (long)KV * D;
+  const long q_stride = ld.q, kv_stride = ld.kv, o_stride = (long)H * D;
   const float sm_scale = 1.0f / std::sqrt((float)D);
   const bool dropout = dropout_p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
@@ -226,7 +229,7 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
       const int i = (int)(r % T), bh = (int)(r / T);
       const int h = bh % H, b = bh / H, g = h / group;
       const float* qi = q + ((long)b * T + i) * q_stride + (long)h * D;
-      float* oi = out + ((long)b * T + i) * q_stride + (long)h * D;
+      float* oi = out + ((long)b * T + i) * o_stride + (long)h * D;
       const float* kb = k + (long)b * T * kv_stride + (long)g * D;
       const float* vb = v + (long)b * T * kv_stride + (long)g * D;
       const int* km = key_mask ? key_mask + (long)b * T : nullptr;
@@ -275,11 +278,11 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 //   pass 2, per key row (b, kv head g, j): dk_j and dv_j, summed over the query heads of group g.
 // Both passes evaluate ds_ij with the same operations in the same order, so they agree exactly.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                        const float* q, const float* k, const float* v, const int* key_mask, int B, int T, int H,
-                        int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
-  check_attention_shape("attention_backward", B, T, H, KV, D, dropout_p);
+                        const float* q, const float* k, const float* v, QkvStrides ld, const int* key_mask, int B,
+                        int T, int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site) {
+  check_attention_shape("attention_backward", B, T, H, KV, D, dropout_p, ld);
   const int group = H / KV;
-  const long q_stride = (long)H * D, kv_stride = (long)KV * D;
+  const long q_stride = ld.q, kv_stride = ld.kv, o_stride = (long)H * D;
   const float sm_scale = 1.0f / std::sqrt((float)D);
   const bool dropout = dropout_p > 0.0f;
   const float keep_scale = dropout ? 1.0f / (1.0f - dropout_p) : 1.0f;
@@ -290,9 +293,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   for (long r = 0; r < rows; ++r) {
     const int i = (int)(r % T), bh = (int)(r / T);
     const int h = bh % H, b = bh / H, g = h / group;
-    const long qoff = ((long)b * T + i) * q_stride + (long)h * D;
+    const long qoff = ((long)b * T + i) * q_stride + (long)h * D, ooff = ((long)b * T + i) * o_stride + (long)h * D;
     const float* qi = q + qoff;
-    const float* doi = dout + qoff;
+    const float* doi = dout + ooff;
     float* dqi = dq + qoff;
     const float* kb = k + (long)b * T * kv_stride + (long)g * D;
     const float* vb = v + (long)b * T * kv_stride + (long)g * D;
@@ -304,7 +307,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       Dsum[r] = 0.0f;
       continue;
     }
-    const float Di = dot(doi, out + qoff, D);
+    const float Di = dot(doi, out + ooff, D);
     Dsum[r] = Di;
     const int jend = causal ? i + 1 : T;
     AttentionRowDropout mask(key, site, (uint32_t)(key.offset + bh), (uint32_t)i, dropout_p);
@@ -338,9 +341,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     for (int h = g * group; h < (g + 1) * group; ++h) {
       const int bh = b * H + h;
       for (int i = causal ? j : 0; i < T; ++i) {
-        const long qoff = ((long)b * T + i) * q_stride + (long)h * D;
-        const float* qi = q + qoff;
-        const float* doi = dout + qoff;
+        const float* qi = q + ((long)b * T + i) * q_stride + (long)h * D;
+        const float* doi = dout + ((long)b * T + i) * o_stride + (long)h * D;
         const long row = (long)bh * T + i;
         const float P = std::exp(dot(qi, kj, D) * sm_scale - lse[row]);
         float dP = 0.0f;

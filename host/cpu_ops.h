@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "host/philox.h"
+#include "host/qkv_strides.h"
 
 namespace l2v::cpu {
 
@@ -22,34 +23,36 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
 void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight,
                       const float* rstd, int N, int C);
 
-// RoPE in Hugging Face's rotate_half convention on x [N, nh*D] (row n is position n % T):
+// RoPE in Hugging Face's rotate_half convention on x [N, nh*D], rows ld >= nh*D apart for x and out (a
+// column block of the fused q|k|v product) (row n is position n % T):
 //   out[i]     = x[i] cos[t,i] - x[i+D/2] sin[t,i]
 //   out[i+D/2] = x[i+D/2] cos[t,i] + x[i] sin[t,i]      for i < D/2,
 // with cos/sin tables [T, D/2] (see rope_tables). out may alias x.
-void rope_forward(float* out, const float* x, const float* cos, const float* sin, int N, int T, int nh, int D);
+void rope_forward(float* out, const float* x, int ld, const float* cos, const float* sin, int N, int T, int nh, int D);
 // The inverse rotation (the Jacobian is orthogonal). dx may alias dout.
-void rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int N, int T, int nh,
+void rope_backward(float* dx, const float* dout, int ld, const float* cos, const float* sin, int N, int T, int nh,
                    int D);
 // cos/sin [T, D/2] at positions 0..T-1 from inverse frequencies inv_freq [D/2], in fp32 as transformers.
 void rope_tables(float* cos, float* sin, const float* inv_freq, int T, int D);
 
 // Scaled dot-product attention, flash-attention style: the T x T probabilities are never returned;
 // the backward recomputes them from q, k and the saved log-sum-exp.
-//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), out [N, H*D], lse [B, H, T].
+//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), their rows `ld` apart
+//   (host/qkv_strides.h: packed, or blocks of the fused q|k|v product); out [N, H*D] packed, lse [B, H, T].
 //   key_mask [B, T]: 1 = a real token, 0 = padding (never attended to); nullptr = all real.
 //   causal: query i sees keys j <= i; otherwise all keys (LLM2Vec's bidirectional attention).
 //   Scores are scaled by 1/sqrt(D). A query row with no visible key gets out = 0 and lse = -inf.
 //   dropout_p > 0: each probability is kept with probability 1-p (dropout_keep_attention(key.seed, site,
 //   key.offset + b*H+h, i, j, p)) and scaled by 1/(1-p), as torch.nn.functional.dropout on the softmax
 //   output.
-void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, QkvStrides ld,
                        const int* key_mask, int B, int T, int H, int KV, int D, bool causal, float dropout_p,
                        DropoutKey key, uint32_t site);
-// Throws std::invalid_argument naming `fn` for shapes or a dropout probability these ops refuse.
-void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p);
-// dq, dk, dv overwritten. `out` and `lse` are the forward's outputs.
+// Throws std::invalid_argument naming `fn` for shapes, strides or a dropout probability these ops refuse.
+void check_attention_shape(const char* fn, int B, int T, int H, int KV, int D, float dropout_p, QkvStrides ld);
+// dq, dk, dv overwritten (rows `ld` apart, as q, k, v). `out` and `lse` are the forward's outputs.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
-                        const float* q, const float* k, const float* v, const int* key_mask, int B, int T,
+                        const float* q, const float* k, const float* v, QkvStrides ld, const int* key_mask, int B, int T,
                         int H, int KV, int D, bool causal, float dropout_p, DropoutKey key, uint32_t site);
 
 // SwiGLU of the Llama MLP over N rows, in the layout of the fused gate|up product: row n of gate_up [N, 2F]

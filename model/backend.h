@@ -149,15 +149,17 @@ class Backend {
                                float eps) = 0;
   virtual void rmsnorm_backward(Tensor dinp, ConstTensor dout, ConstTensor inp, const float* weight,
                                 const float* rstd, int N, int C) = 0;
-  virtual void rope_forward(Tensor out, ConstTensor x, const float* cos, const float* sin, int N, int T, int nh,
-                            int D) = 0;
-  virtual void rope_backward(Tensor dx, ConstTensor dout, const float* cos, const float* sin, int N, int T,
+  // RoPE on rows ld apart (x and out); attention with q, k, v (dq, dk, dv) rows `ld` apart and out, dout packed
+  // (host/qkv_strides.h: the model passes the column blocks of its fused q|k|v product).
+  virtual void rope_forward(Tensor out, ConstTensor x, int ld, const float* cos, const float* sin, int N, int T,
+                            int nh, int D) = 0;
+  virtual void rope_backward(Tensor dx, ConstTensor dout, int ld, const float* cos, const float* sin, int N, int T,
                              int nh, int D) = 0;
-  virtual void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
+  virtual void attention_forward(Tensor out, float* lse, ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld,
                                  const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                                  float dropout_p, DropoutKey key, uint32_t site) = 0;
   virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, ConstTensor dout, ConstTensor out,
-                                  const float* lse, ConstTensor q, ConstTensor k, ConstTensor v,
+                                  const float* lse, ConstTensor q, ConstTensor k, ConstTensor v, QkvStrides ld,
                                   const int* key_mask, int B, int T, int H, int KV, int D, bool causal,
                                   float dropout_p, DropoutKey key, uint32_t site) = 0;
   virtual void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) = 0;

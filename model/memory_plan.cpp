@@ -122,7 +122,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   for (size_t s = 0; s < slots; ++s) {
     const std::string g = K > 0 && s == 0 ? "recomputation" : "activations";
     const std::string w = K > 0 && s == 0 ? "the recomputed layers' shared slot" : "stored layers";
-    for (size_t n : {N * C, N * QD, N * KVD, N * KVD, N * QD, N * C, N * C, N * 2 * F, N * F}) a.tensor(g, w, n);
+    for (size_t n : {N * C, N * (QD + 2 * KVD), N * QD, N * C, N * C, N * 2 * F, N * F}) a.tensor(g, w, n);
     for (int id = 0; id < kNumLinears; ++id) a.tensor(g, w, N * R);
     a.floats(g, w, N, 2);      // rstd1, rstd2
     a.floats(g, w, B * H * T);  // lse
@@ -130,7 +130,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   a.tensor("activations", "final hidden", N * C);
   a.floats("activations", "final hidden", N, 2);  // rstd_final, losses
   a.floats("activations", "final hidden", 2);     // the loss (one double)
-  for (size_t n : {N * C, N * C, N * C, N * QD, N * KVD, N * KVD, N * QD, N * 2 * F, N * F, N * C})
+  for (size_t n : {N * C, N * C, N * C, N * (QD + 2 * KVD), N * QD, N * 2 * F, N * F, N * C})
     a.tensor("backward", "gradient buffers", n);
   // The dropped LoRA inputs: the CPU reference stores them; the CUDA kernels apply the mask in registers.
   if (!in.cuda) a.tensor("backward", "LoRA dropout inputs", N * widest);

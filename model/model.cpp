@@ -360,9 +360,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
   for (LayerActivations& la : a.layers) {
     la.x1 = f(N * C);
     la.rstd1 = f32(N);
-    la.q = f(N * QD);
-    la.k = f(N * KVD);
-    la.v = f(N * KVD);
+    la.qkv = f(N * (QD + 2 * KVD));
     la.att = f(N * QD);
     la.lse = f32((size_t)B * c.num_attention_heads * T);
     la.h_mid = f(N * C);
@@ -380,9 +378,7 @@ void ensure_activations(Model& m, int B, int T, int recompute_layers, bool infer
     a.d_resid = f(N * C);
     a.d_x = f(N * C);
     a.d_hidden = f(N * C);
-    a.d_q = f(N * QD);
-    a.d_k = f(N * KVD);
-    a.d_v = f(N * KVD);
+    a.d_qkv = f(N * (QD + 2 * KVD));
     a.d_att = f(N * QD);
     a.d_gate_up = f(N * 2 * F);
     a.d_act = f(N * F);
@@ -518,6 +514,19 @@ void linears_backward(Model& m, const ForwardOptions& opt, int layer, const Line
 
 float attn_dropout(const ForwardOptions& opt) { return opt.training ? opt.attn_dropout : 0.0f; }
 
+// q, k and v as the column blocks of the fused q|k|v product (or of its gradient) [N, W].
+template <typename P>
+struct QkvBlocks {
+  P q, k, v;
+  int W;
+  QkvBlocks(const Model& m, P qkv) : W(group_out_features(m.config, kQkvGroup)) {
+    const int QD = m.config.num_attention_heads * m.config.head_dim, KVD = m.config.num_key_value_heads * m.config.head_dim;
+    q = qkv;
+    k = tensor_offset(m, qkv, QD);
+    v = tensor_offset(m, qkv, QD + KVD);
+  }
+};
+
 void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations& s) {
   const ModelConfig& c = m.config;
   Backend& be = *m.backend;
@@ -531,11 +540,12 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   {
     Range range(be, "attention block");
     be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, kQkvGroup, {s.q, s.k, s.v}, s.xa, s.x1, N);
-    be.rope_forward(s.q, s.q, m.rope_cos, m.rope_sin, N, T, H, D);
-    be.rope_forward(s.k, s.k, m.rope_cos, m.rope_sin, N, T, KV, D);
-    be.attention_forward(s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt),
-                         attention_key(m, opt), attention_site(l));
+    linears_forward(m, opt, l, kQkvGroup, {s.qkv}, s.xa, s.x1, N);
+    const QkvBlocks<Tensor> qkv(m, s.qkv);
+    be.rope_forward(qkv.q, qkv.q, qkv.W, m.rope_cos, m.rope_sin, N, T, H, D);
+    be.rope_forward(qkv.k, qkv.k, qkv.W, m.rope_cos, m.rope_sin, N, T, KV, D);
+    be.attention_forward(s.att, s.lse, qkv.q, qkv.k, qkv.v, {qkv.W, qkv.W}, a.key_mask, B, T, H, KV, D, opt.causal,
+                         attn_dropout(opt), attention_key(m, opt), attention_site(l));
     linears_forward(m, opt, l, kOGroup, {a.tmp}, s.xa, s.att, N);
   }
   {
@@ -568,11 +578,13 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
 
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
   linears_backward(m, opt, l, kOGroup, {a.d_resid}, a.d_att, s.att, s.xa, N);
-  be.attention_backward(a.d_q, a.d_k, a.d_v, a.d_att, s.att, s.lse, s.q, s.k, s.v, a.key_mask, B, T, H, KV, D,
-                        opt.causal, attn_dropout(opt), attention_key(m, opt), attention_site(l));
-  be.rope_backward(a.d_q, a.d_q, m.rope_cos, m.rope_sin, N, T, H, D);
-  be.rope_backward(a.d_k, a.d_k, m.rope_cos, m.rope_sin, N, T, KV, D);
-  linears_backward(m, opt, l, kQkvGroup, {a.d_q, a.d_k, a.d_v}, a.d_x, s.x1, s.xa, N);
+  const QkvBlocks<Tensor> qkv(m, s.qkv), d_qkv(m, a.d_qkv);
+  be.attention_backward(d_qkv.q, d_qkv.k, d_qkv.v, a.d_att, s.att, s.lse, qkv.q, qkv.k, qkv.v, {qkv.W, qkv.W},
+                        a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt), attention_key(m, opt),
+                        attention_site(l));
+  be.rope_backward(d_qkv.q, d_qkv.q, d_qkv.W, m.rope_cos, m.rope_sin, N, T, H, D);
+  be.rope_backward(d_qkv.k, d_qkv.k, d_qkv.W, m.rope_cos, m.rope_sin, N, T, KV, D);
+  linears_backward(m, opt, l, kQkvGroup, {a.d_qkv}, a.d_x, s.x1, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, h, w.attn_norm, s.rstd1, N, C);
 }
 

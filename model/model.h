@@ -29,14 +29,15 @@ const char* linear_name(int id);  // "q_proj", ..., "down_proj"
 // A fused group is one linear layer of the summed width W in memory: its weights are row blocks of one
 // allocation [W, IC] (each Linear's weight points at its block; biases likewise), its output one tensor
 // [N, W] whose column blocks are the layers' outputs (rows W apart) and its output gradient the same. Its
-// base product is one GEMM forward and one backward (no accumulation of dinp over the layers). gate|up is
-// fused: SwiGLU reads and writes that layout (Backend::swiglu_forward).
+// base product is one GEMM forward and one backward (no accumulation of dinp over the layers). q|k|v and
+// gate|up are fused: RoPE and attention read and write q, k and v with that row stride (host/qkv_strides.h),
+// SwiGLU gate|up rows (Backend::swiglu_forward).
 struct LinearGroup {
   int count;
   std::array<LinearId, kMaxLoraBranches> ids;
   bool fused;
 };
-inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}, false}, kOGroup{1, {kO}, false},
+inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}, true}, kOGroup{1, {kO}, false},
     kGateUpGroup{2, {kGate, kUp}, true}, kDownGroup{1, {kDown}, false};
 inline constexpr std::array<LinearGroup, 4> kLinearGroups{kQkvGroup, kOGroup, kGateUpGroup, kDownGroup};
 bool parse_linear_name(const std::string& name, int* id);
@@ -103,7 +104,8 @@ struct ForwardOptions {
 
 // Per-layer saved activations of one forward pass (backend memory).
 struct LayerActivations {
-  Tensor x1, q, k, v, att, h_mid, x2, gate_up, act;  // gate_up [N, 2F]: gate in columns [0, F), up in [F, 2F)
+  // qkv [N, H*D + 2 KV*D]: q, k, v as column blocks (RoPE applied in place); gate_up [N, 2F]: gate, up.
+  Tensor x1, qkv, att, h_mid, x2, gate_up, act;
   float *rstd1, *rstd2, *lse;
   std::array<Tensor, kNumLinears> xa;  // LoRA intermediates dropout(x) A^T [N, r]
 };
@@ -128,7 +130,7 @@ struct Activations {
   float* losses = nullptr;        // [N]
   double* loss = nullptr;         // one double: the MNTP loss of mntp_loss
   // backward scratch, shared by all layers; tmp [N, C] holds the o projection's output in the forward
-  Tensor d_resid, d_x, d_hidden, d_q, d_k, d_v, d_att, d_gate_up, d_act, tmp;
+  Tensor d_resid, d_x, d_hidden, d_qkv, d_att, d_gate_up, d_act, tmp;
   Tensor lora_scratch = nullptr;  // [N, max in-features] dropped LoRA inputs
   float* pool_weights = nullptr;  // [N] fp32: the pooling weights of each position (model/pooling.h)
   float* pooled = nullptr;        // [B, C] fp32: pooled rows, or their gradient in the backward

@@ -4,7 +4,11 @@
 // (l2v::cpu::attention_forward / attention_backward) run the way both tests compare against it, and the
 // device run of an implementation's forward and backward.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <random>
 #include <utility>
 #include <vector>
@@ -50,31 +54,100 @@ inline AttentionResults cpu_attention(const AttentionDims& d, const AttentionInp
   r.dq.resize(N * d.H * d.D);
   r.dk.resize(N * d.KV * d.D);
   r.dv.resize(N * d.KV * d.D);
-  l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B,
-                              d.T, d.H, d.KV, d.D, d.causal, d.p, seed, site);
+  const QkvStrides ld = packed_qkv(d.H, d.KV, d.D);
+  l2v::cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(),
+                              d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed, site);
   l2v::cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), out.data(), lse.data(),
-                               in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                               in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
                                d.causal, d.p, seed, site);
   return r;
 }
 
+// The layouts a device run can give q, k and v (and dq, dk, dv): packed arrays, or the column blocks of one
+// [N, W] array as the model's fused q|k|v product holds them, W = (H + 2 KV) D plus 16 bytes of spare columns
+// that hold NaN (a kernel that read them would spread NaN; one that wrote them is caught).
+enum class QkvLayout { kPacked, kFused };
+
+// q, k, v (or dq, dk, dv) on the device in `layout`.
+template <typename T>
+struct DeviceQkv {
+  int N, H, KV, D, W;
+  QkvLayout layout;
+  std::unique_ptr<Dev<T>> all, q_, k_, v_;
+  T *q, *k, *v;
+  DeviceQkv(const AttentionDims& d, QkvLayout l) : N(d.B * d.T), H(d.H), KV(d.KV), D(d.D), layout(l) {
+    const int pad = 16 / (int)sizeof(T);
+    W = (H + 2 * KV) * D + pad;
+    if (layout == QkvLayout::kFused) {
+      all = std::make_unique<Dev<T>>((size_t)N * W);  // NaN everywhere until written
+      q = all->ptr;
+      k = q + H * D;
+      v = k + KV * D;
+    } else {
+      q_ = std::make_unique<Dev<T>>((size_t)N * H * D);
+      k_ = std::make_unique<Dev<T>>((size_t)N * KV * D);
+      v_ = std::make_unique<Dev<T>>((size_t)N * KV * D);
+      q = q_->ptr;
+      k = k_->ptr;
+      v = v_->ptr;
+    }
+  }
+  QkvStrides strides() const { return layout == QkvLayout::kFused ? QkvStrides{W, W} : packed_qkv(H, KV, D); }
+  void upload(const std::vector<float>& hq, const std::vector<float>& hk, const std::vector<float>& hv) {
+    if (layout == QkvLayout::kPacked) {
+      q_->upload(hq);
+      k_->upload(hk);
+      v_->upload(hv);
+      return;
+    }
+    std::vector<float> wide((size_t)N * W, std::numeric_limits<float>::quiet_NaN());
+    for (int n = 0; n < N; ++n) {
+      std::copy_n(&hq[(size_t)n * H * D], H * D, &wide[(size_t)n * W]);
+      std::copy_n(&hk[(size_t)n * KV * D], KV * D, &wide[(size_t)n * W + H * D]);
+      std::copy_n(&hv[(size_t)n * KV * D], KV * D, &wide[(size_t)n * W + (H + KV) * D]);
+    }
+    all->upload(wide);
+  }
+  // The three arrays packed, after checking (fused) that the spare columns still hold NaN.
+  std::vector<std::vector<float>> get() const {
+    if (layout == QkvLayout::kPacked) return {q_->get(), k_->get(), v_->get()};
+    const std::vector<float> wide = all->get();
+    std::vector<std::vector<float>> out(3);
+    const int widths[3] = {H * D, KV * D, KV * D};
+    for (int n = 0; n < N; ++n) {
+      int col = 0;
+      for (int t = 0; t < 3; ++t) {
+        out[t].insert(out[t].end(), &wide[(size_t)n * W + col], &wide[(size_t)n * W + col + widths[t]]);
+        col += widths[t];
+      }
+      for (; col < W; ++col) EXPECT_TRUE(std::isnan(wide[(size_t)n * W + col])) << "spare column written, row " << n;
+    }
+    return out;
+  }
+};
+
 // One implementation's forward, then its backward on the forward's own out and lse (as in training),
-// on the device: `fwd` and `bwd` have the signatures of attention_forward_cuda<T> and
-// attention_backward_cuda<T> (cuda/attention.cuh), which every attention implementation shares.
+// on the device, with q, k, v and their gradients in `layout`: `fwd` and `bwd` have the signatures of
+// attention_forward_cuda<T> and attention_backward_cuda<T> (cuda/attention.cuh), which every attention
+// implementation shares.
 template <typename T, class Fwd, class Bwd>
 AttentionResults run_attention_kernels(const AttentionDims& d, const AttentionInputs& in, Fwd fwd, Bwd bwd,
-                                       DropoutKey seed, uint32_t site) {
+                                       DropoutKey seed, uint32_t site, QkvLayout layout = QkvLayout::kPacked) {
   const size_t N = (size_t)d.B * d.T;
-  Dev<T> q(in.q), k(in.k), v(in.v), dout(in.dout);
+  DeviceQkv<T> qkv(d, layout), grad(d, layout);
+  qkv.upload(in.q, in.k, in.v);
+  Dev<T> dout(in.dout);
   Raw<int> mask(in.mask);
-  Dev<T> out(N * d.H * d.D), dq(N * d.H * d.D), dk(N * d.KV * d.D), dv(N * d.KV * d.D);
+  Dev<T> out(N * d.H * d.D);
   Dev<float> lse((size_t)d.B * d.H * d.T);
   Dev<float> scratch(l2v::cuda::attention_backward_scratch_bytes(d.B, d.T, d.H, d.KV, d.D) / sizeof(float));
-  fwd(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed, site, nullptr);
-  bwd(dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, mask.ptr, d.B, d.T, d.H, d.KV, d.D,
-      d.causal, d.p, seed, site, scratch.ptr, nullptr);
+  fwd(out.ptr, lse.ptr, qkv.q, qkv.k, qkv.v, qkv.strides(), mask.ptr, d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, seed,
+      site, nullptr);
+  bwd(grad.q, grad.k, grad.v, dout.ptr, out.ptr, lse.ptr, qkv.q, qkv.k, qkv.v, qkv.strides(), mask.ptr, d.B, d.T, d.H,
+      d.KV, d.D, d.causal, d.p, seed, site, scratch.ptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  return {out.get(), lse.get(), dq.get(), dk.get(), dv.get()};
+  std::vector<std::vector<float>> g = grad.get();
+  return {out.get(), lse.get(), std::move(g[0]), std::move(g[1]), std::move(g[2])};
 }
 
 }  // namespace l2v::test

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <memory>
 #include <random>
@@ -383,10 +384,11 @@ test::AttentionResults run_bf16(const test::AttentionDims& d, const test::Attent
   r.dq.resize(N * d.H * d.D);
   r.dk.resize(N * d.KV * d.D);
   r.dv.resize(N * d.KV * d.D);
-  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B,
-                              d.T, d.H, d.KV, d.D, d.causal, d.p, key, site);
+  const QkvStrides ld = packed_qkv(d.H, d.KV, d.D);
+  cpu::attention_forward_bf16(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(),
+                              d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, key, site);
   cpu::attention_backward_bf16(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), r.out.data(), r.lse.data(),
-                               in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                               in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
                                d.causal, d.p, key, site);
   return r;
 }
@@ -395,11 +397,12 @@ test::AttentionResults run_bf16(const test::AttentionDims& d, const test::Attent
 test::AttentionResults run_reference(const test::AttentionDims& d, const test::AttentionInputs& in,
                                      const test::AttentionResults& got, DropoutKey key, uint32_t site) {
   test::AttentionResults r = got;
-  cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T,
-                         d.H, d.KV, d.D, d.causal, d.p, key, site);
+  const QkvStrides ld = packed_qkv(d.H, d.KV, d.D);
+  cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(), d.B,
+                         d.T, d.H, d.KV, d.D, d.causal, d.p, key, site);
   cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), got.out.data(), got.lse.data(),
-                          in.q.data(), in.k.data(), in.v.data(), in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal,
-                          d.p, key, site);
+                          in.q.data(), in.k.data(), in.v.data(), ld, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                          d.causal, d.p, key, site);
   return r;
 }
 
@@ -468,6 +471,39 @@ TEST(CpuBf16Backend, AttentionWithAnotherDropoutSiteFailsTheBounds) {
   EXPECT_FALSE(within("out", got.out, want.out, bd.out, &worst));
 }
 
+// q, k, v and their gradients as column blocks of the fused q|k|v product's rows (spare columns of NaN): the
+// packed layout's bits, the spare columns neither read nor written.
+TEST(CpuBf16Backend, AttentionOnFusedQkvRowsGivesThePackedBits) {
+  const AttnCase c{{2, 37, 4, 2, 16, true, 0.1f}, 1};
+  const test::AttentionInputs in = attention_inputs(c, 13);
+  const test::AttentionDims& d = c.d;
+  const test::AttentionResults packed = run_bf16(d, in, kKey, kSite);
+  const int N = d.B * d.T, QD = d.H * d.D, KVD = d.KV * d.D, W = QD + 2 * KVD + 5;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> qkv((size_t)N * W, nan), grad((size_t)N * W, nan);
+  for (int n = 0; n < N; ++n) {
+    std::copy_n(&in.q[(size_t)n * QD], QD, &qkv[(size_t)n * W]);
+    std::copy_n(&in.k[(size_t)n * KVD], KVD, &qkv[(size_t)n * W + QD]);
+    std::copy_n(&in.v[(size_t)n * KVD], KVD, &qkv[(size_t)n * W + QD + KVD]);
+  }
+  std::vector<float> out(packed.out.size()), lse(packed.lse.size());
+  const float *q = qkv.data(), *k = q + QD, *v = k + KVD;
+  cpu::attention_forward_bf16(out.data(), lse.data(), q, k, v, {W, W}, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+                              d.causal, d.p, kKey, kSite);
+  cpu::attention_backward_bf16(grad.data(), grad.data() + QD, grad.data() + QD + KVD, in.dout.data(), out.data(),
+                               lse.data(), q, k, v, {W, W}, in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal, d.p,
+                               kKey, kSite);
+  EXPECT_EQ(out, packed.out);
+  EXPECT_EQ(lse, packed.lse);
+  for (int n = 0; n < N; ++n) {
+    const float* row = &grad[(size_t)n * W];
+    EXPECT_TRUE(std::equal(row, row + QD, &packed.dq[(size_t)n * QD])) << "dq row " << n;
+    EXPECT_TRUE(std::equal(row + QD, row + QD + KVD, &packed.dk[(size_t)n * KVD])) << "dk row " << n;
+    EXPECT_TRUE(std::equal(row + QD + KVD, row + QD + 2 * KVD, &packed.dv[(size_t)n * KVD])) << "dv row " << n;
+    for (int j = QD + 2 * KVD; j < W; ++j) EXPECT_TRUE(std::isnan(row[j])) << "spare column written, row " << n;
+  }
+}
+
 // The bf16 backend's attention is this one: bit for bit through the backend's handles.
 TEST(CpuBf16Backend, TheBackendRunsTheBf16Attention) {
   const AttnCase c{{2, 37, 4, 2, 16, true, 0.1f}, 1};
@@ -479,8 +515,10 @@ TEST(CpuBf16Backend, TheBackendRunsTheBf16Attention) {
   Tensor out = be.upload(std::vector<float>(direct.out.size())), dq = be.upload(std::vector<float>(direct.dq.size()));
   Tensor dk = be.upload(std::vector<float>(direct.dk.size())), dv = be.upload(std::vector<float>(direct.dv.size()));
   std::vector<float> lse(direct.lse.size());
-  be->attention_forward(out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, kKey, kSite);
-  be->attention_backward(dq, dk, dv, dout, out, lse.data(), q, k, v, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
+  const QkvStrides ld = packed_qkv(d.H, d.KV, d.D);
+  be->attention_forward(out, lse.data(), q, k, v, ld, in.mask.data(), d.B, d.T, d.H, d.KV, d.D, d.causal, d.p, kKey,
+                        kSite);
+  be->attention_backward(dq, dk, dv, dout, out, lse.data(), q, k, v, ld, in.mask.data(), d.B, d.T, d.H, d.KV, d.D,
                          d.causal, d.p, kKey, kSite);
   EXPECT_EQ(download(*be, out, direct.out.size()), direct.out);
   EXPECT_EQ(lse, direct.lse);

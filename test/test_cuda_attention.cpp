@@ -135,9 +135,9 @@ Results run_cpu(const Shape& s, const Inputs& in, const std::vector<float>& out,
 
 // The SIMT forward, then the SIMT backward on the forward's own out and lse (as in training).
 template <typename T>
-Results run_cuda(const Shape& s, const Inputs& in) {
+Results run_cuda(const Shape& s, const Inputs& in, l2v::test::QkvLayout layout = l2v::test::QkvLayout::kPacked) {
   return l2v::test::run_attention_kernels<T>(dims(s), in, l2v::cuda::attention_forward_cuda<T>,
-                                             l2v::cuda::attention_backward_cuda<T>, kSeed, kSite);
+                                             l2v::cuda::attention_backward_cuda<T>, kSeed, kSite, layout);
 }
 
 // Per element of a result: the sum of |terms| behind it (mag) and the bound on |kernel - reference| of the
@@ -339,6 +339,25 @@ TEST(CudaAttention, BitwiseIdenticalInEveryScheduleOrder) {
 }
 #endif
 
+// q, k, v and their gradients as column blocks of the fused q|k|v product's rows (the model's layout): the
+// packed layout's bits, and the spare columns beside the blocks neither read nor written
+// (test/attention_test_util.h). A kernel that took H*D for q's stride, or q's for out's, fails it.
+template <typename T>
+void check_fused_layout(const Shape& s) {
+  const Inputs in = make_inputs<T>(s, 21);
+  const Results packed = run_cuda<T>(s, in), fused = run_cuda<T>(s, in, l2v::test::QkvLayout::kFused);
+  EXPECT_EQ(fused.out, packed.out) << describe(s);
+  EXPECT_EQ(fused.lse, packed.lse) << describe(s);
+  EXPECT_EQ(fused.dq, packed.dq) << describe(s);
+  EXPECT_EQ(fused.dk, packed.dk) << describe(s);
+  EXPECT_EQ(fused.dv, packed.dv) << describe(s);
+}
+
+TEST(CudaAttention, FusedQkvRowsGiveThePackedBits) {
+  check_fused_layout<float>({3, 37, 4, 2, 16, true, 0.3f, Padding::kMixed});
+  check_fused_layout<__nv_bfloat16>({2, 33, 2, 1, 64, false, 0.0f, Padding::kMixed});
+}
+
 // Rows with no visible key: out 0, lse -inf, and zero gradients for them and for padding keys.
 TEST(CudaAttention, AllPaddingRowsGiveZeroOutputAndGradients) {
   const Shape s{3, 33, 2, 1, 16, false, 0.0f, Padding::kMixed};  // batch row 2 is all padding
@@ -359,23 +378,32 @@ TEST(CudaAttention, AllPaddingRowsGiveZeroOutputAndGradients) {
 TEST(CudaAttention, RejectsUnsupportedArguments) {
   Dev<float> x(4 * 32 * 128), lse(4 * 32), scratch(4 * 32);
   auto forward = [&](int H, int KV, int D, float p) {
-    l2v::cuda::attention_forward_cuda<float>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr, 1, 4, H, KV, D, false, p,
-                                             0, 0, nullptr);
+    l2v::cuda::attention_forward_cuda<float>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, l2v::packed_qkv(H, KV, D), nullptr,
+                                             1, 4, H, KV, D, false, p, 0, 0, nullptr);
   };
   using l2v::test::error_of;
   const std::string d32 = error_of([&] { forward(1, 1, 32, 0.0f); });
   EXPECT_NE(d32.find("head dim D=32 is not supported"), std::string::npos) << d32;
   EXPECT_NE(error_of([&] { forward(3, 2, 16, 0.0f); }).find("multiple of KV"), std::string::npos);
   EXPECT_NE(error_of([&] { forward(1, 1, 16, 1.0f); }).find("dropout probability"), std::string::npos);
+  // Row strides below the heads' width, or that misalign rows for the 16-byte vectors.
+  auto strided = [&](l2v::QkvStrides ld) {
+    l2v::cuda::attention_forward_cuda<float>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, ld, nullptr, 1, 4, 2, 1, 16, false,
+                                             0.0f, 0, 0, nullptr);
+  };
+  EXPECT_NE(error_of([&] { strided({31, 16}); }).find("row strides"), std::string::npos);
+  EXPECT_NE(error_of([&] { strided({32, 15}); }).find("row strides"), std::string::npos);
+  EXPECT_NE(error_of([&] { strided({34, 16}); }).find("multiples of 16 bytes"), std::string::npos);
   const std::string bwd = error_of([&] {
-    l2v::cuda::attention_backward_cuda<float>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr,
-                                              1, 4, 1, 1, 96, false, 0.0f, 0, 0, scratch.ptr, nullptr);
+    l2v::cuda::attention_backward_cuda<float>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr,
+                                              l2v::packed_qkv(1, 1, 96), nullptr, 1, 4, 1, 1, 96, false, 0.0f, 0, 0,
+                                              scratch.ptr, nullptr);
   });
   EXPECT_NE(bwd.find("attention_backward_cuda: head dim D=96"), std::string::npos) << bwd;
   EXPECT_NE(error_of([&] {
               l2v::cuda::attention_backward_cuda<float>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr,
-                                                        x.ptr, nullptr, 1, 4, 1, 1, 16, false, 0.0f, 0, 0, nullptr,
-                                                        nullptr);
+                                                        x.ptr, l2v::packed_qkv(1, 1, 16), nullptr, 1, 4, 1, 1, 16,
+                                                        false, 0.0f, 0, 0, nullptr, nullptr);
             }).find("scratch"),
             std::string::npos);
 }

@@ -154,11 +154,13 @@ void check_case(const Case& c) {
   const int* km = masked ? dmask : nullptr;
   const int* hm = masked ? mask.data() : nullptr;
 
-  be->attention_forward(out.t(), lse.f(), q.t(), k.t(), v.t(), km, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
+  const QkvStrides packed = packed_qkv(c.H, c.KV, c.D);
+  be->attention_forward(out.t(), lse.f(), q.t(), k.t(), v.t(), packed, km, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7,
+                        1);
   const std::vector<float> hout = out.get(), hlse = lse.get();
   std::vector<float> ref_out(nq), ref_lse(nlse);
-  cpu::attention_forward(ref_out.data(), ref_lse.data(), hq.data(), hk.data(), hv.data(), hm, c.B, c.T, c.H, c.KV, c.D,
-                         c.causal, 0.0f, 7, 1);
+  cpu::attention_forward(ref_out.data(), ref_lse.data(), hq.data(), hk.data(), hv.data(), packed, hm, c.B, c.T, c.H,
+                         c.KV, c.D, c.causal, 0.0f, 7, 1);
 
   // out: per element, from the reference's probabilities P_ij = exp(scale q_i.k_j - lse_i).
   const double scale = 1.0 / std::sqrt((double)c.D);
@@ -191,14 +193,44 @@ void check_case(const Case& c) {
       }
   std::printf("  %s: worst out error %.2f of its bound\n", describe(c).c_str(), worst);
 
-  be->attention_backward(dq.t(), dk.t(), dv.t(), dout.t(), out.t(), lse.f(), q.t(), k.t(), v.t(), km, c.B, c.T, c.H,
-                         c.KV, c.D, c.causal, 0.0f, 7, 1);
+  be->attention_backward(dq.t(), dk.t(), dv.t(), dout.t(), out.t(), lse.f(), q.t(), k.t(), v.t(), packed, km, c.B,
+                         c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
   std::vector<float> ref_dq(nq), ref_dk(nkv), ref_dv(nkv);
   cpu::attention_backward(ref_dq.data(), ref_dk.data(), ref_dv.data(), hdout.data(), hout.data(), hlse.data(),
-                          hq.data(), hk.data(), hv.data(), hm, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
+                          hq.data(), hk.data(), hv.data(), packed, hm, c.B, c.T, c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
   expect_normwise(dq.get(), ref_dq, 8 * kU, "dq");
   expect_normwise(dk.get(), ref_dk, 8 * kU, "dk");
   expect_normwise(dv.get(), ref_dv, 8 * kU, "dv");
+
+  // The model's layout: q, k, v and their gradients as column blocks of fused q|k|v rows, which the backend
+  // copies to and from packed staging for cuDNN. The forward's bits, and the gradients within the same bounds.
+  const int N = c.B * c.T, QD = c.H * c.D, KVD = c.KV * c.D, W = QD + 2 * KVD;
+  std::vector<float> wide((size_t)N * W);
+  for (int n = 0; n < N; ++n) {
+    std::copy_n(&hq[(size_t)n * QD], QD, &wide[(size_t)n * W]);
+    std::copy_n(&hk[(size_t)n * KVD], KVD, &wide[(size_t)n * W + QD]);
+    std::copy_n(&hv[(size_t)n * KVD], KVD, &wide[(size_t)n * W + QD + KVD]);
+  }
+  DeviceTensor qkv(*be, wide.size(), true), grad(*be, wide.size(), true), out2(*be, nq, true), lse2(*be, nlse, false);
+  qkv.set(wide);
+  const QkvStrides fused{W, W};
+  auto block = [&](const DeviceTensor& t, int col) { return tensor_offset(*be, t.t(), col); };
+  be->attention_forward(out2.t(), lse2.f(), block(qkv, 0), block(qkv, QD), block(qkv, QD + KVD), fused, km, c.B, c.T,
+                        c.H, c.KV, c.D, c.causal, 0.0f, 7, 1);
+  EXPECT_EQ(out2.get(), hout) << "fused q|k|v rows";
+  be->attention_backward(block(grad, 0), block(grad, QD), block(grad, QD + KVD), dout.t(), out.t(), lse.f(),
+                         block(qkv, 0), block(qkv, QD), block(qkv, QD + KVD), fused, km, c.B, c.T, c.H, c.KV, c.D,
+                         c.causal, 0.0f, 7, 1);
+  const std::vector<float> g = grad.get();
+  std::vector<float> gq, gk, gv;
+  for (int n = 0; n < N; ++n) {
+    gq.insert(gq.end(), &g[(size_t)n * W], &g[(size_t)n * W + QD]);
+    gk.insert(gk.end(), &g[(size_t)n * W + QD], &g[(size_t)n * W + QD + KVD]);
+    gv.insert(gv.end(), &g[(size_t)n * W + QD + KVD], &g[(size_t)n * W + W]);
+  }
+  expect_normwise(gq, ref_dq, 8 * kU, "dq (fused rows)");
+  expect_normwise(gk, ref_dk, 8 * kU, "dk (fused rows)");
+  expect_normwise(gv, ref_dv, 8 * kU, "dv (fused rows)");
   be->release(dmask);
 }
 
@@ -300,7 +332,8 @@ void forward_with_mask(Backend& be, const std::vector<int>& mask, bool causal, i
   int* dmask = static_cast<int*>(be.alloc(sizeof(int) * B * T));
   be.upload(dmask, mask.data(), sizeof(int) * B * T);
   try {
-    be.attention_forward(out.t(), lse.f(), q.t(), q.t(), q.t(), dmask, B, T, H, H, D, causal, 0.0f, 1, 1);
+    be.attention_forward(out.t(), lse.f(), q.t(), q.t(), q.t(), packed_qkv(H, H, D), dmask, B, T, H, H, D, causal,
+                         0.0f, 1, 1);
   } catch (...) {
     be.release(dmask);
     throw;
@@ -349,7 +382,8 @@ TEST(CudnnAttention, DropoutKeepsOneMinusPOfTheProbabilityMassAndIsKeyedBySeedAn
   q.set(std::vector<float>(n, 0.0f));
   v.set(std::vector<float>(n, 1.0f));
   auto run = [&](uint32_t site) {
-    be->attention_forward(out.t(), lse.f(), q.t(), q.t(), v.t(), nullptr, B, T, H, H, D, false, p, 42, site);
+    be->attention_forward(out.t(), lse.f(), q.t(), q.t(), v.t(), packed_qkv(H, H, D), nullptr, B, T, H, H, D, false, p,
+                          42, site);
     return out.get();
   };
   const std::vector<float> a = run(3), again = run(3), other = run(4);

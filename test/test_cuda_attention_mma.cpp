@@ -107,10 +107,11 @@ Inputs random_inputs(const Case& c, uint32_t seed) {
 
 // The mma forward, then the mma backward on the forward's own out and lse.
 template <typename T>
-Results run_mma(const Case& c, const Inputs& in, uint32_t site = kSite, uint64_t offset = 0) {
+Results run_mma(const Case& c, const Inputs& in, uint32_t site = kSite, uint64_t offset = 0,
+                l2v::test::QkvLayout layout = l2v::test::QkvLayout::kPacked) {
   return l2v::test::run_attention_kernels<T>(dims(c), in, l2v::cuda::attention_mma_forward_cuda<T>,
                                              l2v::cuda::attention_mma_backward_cuda<T>, l2v::DropoutKey{kSeed, offset},
-                                             site);
+                                             site, layout);
 }
 
 // The reference forward on the inputs; its backward on the kernels' out and lse (`fwd`).
@@ -293,6 +294,21 @@ TEST(CudaAttentionMma, DropoutMasksAreTheCpusBitForBit) {
   check_masks<__nv_bfloat16>({2, 61, 2, 2, 64, true, 0.5f, {{0, 7}, {11, 0}}}, 6);
 }
 
+// q, k, v and their gradients as column blocks of the fused q|k|v product's rows (the model's layout): the
+// packed layout's bits, the spare columns beside the blocks neither read nor written
+// (test/attention_test_util.h). A kernel that took H*D for q's stride, or q's for out's, fails it.
+TEST(CudaAttentionMma, FusedQkvRowsGiveThePackedBits) {
+  const Case c{2, 40, 4, 2, 64, true, 0.3f, {{0, 9}, {0, 0, true}}};
+  const Inputs in = random_inputs<__nv_bfloat16>(c, 31);
+  const Results packed = run_mma<__nv_bfloat16>(c, in),
+                fused = run_mma<__nv_bfloat16>(c, in, kSite, 0, l2v::test::QkvLayout::kFused);
+  EXPECT_EQ(fused.out, packed.out);
+  EXPECT_EQ(fused.lse, packed.lse);
+  EXPECT_EQ(fused.dq, packed.dq);
+  EXPECT_EQ(fused.dk, packed.dk);
+  EXPECT_EQ(fused.dv, packed.dv);
+}
+
 #if defined(L2V_EMULATE)  // the emulator's scheduling orders and counters
 // Without atomics and with every barrier in place, the results do not depend on the order in which the
 // emulator runs a block's threads.
@@ -331,7 +347,8 @@ void print_bank_conflicts() {
       dv(N * c.KV * D);
   Dev<float> lse((size_t)c.B * c.H * c.T), scratch(N * c.H);
   l2v::cuda::AttentionParams<bf16> p = ad::make_backward_params("test", dq.ptr, dk.ptr, dv.ptr, dout.ptr, out.ptr,
-                                                                lse.ptr, q.ptr, k.ptr, v.ptr, nullptr, c.B, c.T, c.H,
+                                                                lse.ptr, q.ptr, k.ptr, v.ptr,
+                                                                l2v::packed_qkv(c.H, c.KV, D), nullptr, c.B, c.T, c.H,
                                                                 c.KV, D, c.causal, 0.0f, kSeed, kSite, scratch.ptr);
   md::run_attention_mma_fwd<D>(p, nullptr);
   const emu::LaunchStats fwd = emu::last_launch_stats();
@@ -363,16 +380,16 @@ TEST(CudaAttentionMma, RejectsUnsupportedArguments) {
   Dev<float> lse(4 * 32), scratch(4 * 32);
   using l2v::test::error_of;
   const std::string d8 = error_of([&] {
-    l2v::cuda::attention_mma_forward_cuda<__nv_bfloat16>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, nullptr, 1, 4, 1, 1, 8,
-                                                         false, 0.0f, 0, 0, nullptr);
+    l2v::cuda::attention_mma_forward_cuda<__nv_bfloat16>(x.ptr, lse.ptr, x.ptr, x.ptr, x.ptr, l2v::packed_qkv(1, 1, 8),
+                                                         nullptr, 1, 4, 1, 1, 8, false, 0.0f, 0, 0, nullptr);
   });
   EXPECT_NE(d8.find("attention_mma_forward_cuda: head dim D=8 is not supported by the tensor-core kernels"),
             std::string::npos)
       << d8;
   const std::string bwd = error_of([&] {
     l2v::cuda::attention_mma_backward_cuda<__nv_bfloat16>(x.ptr, x.ptr, x.ptr, x.ptr, x.ptr, lse.ptr, x.ptr, x.ptr,
-                                                          x.ptr, nullptr, 1, 4, 3, 2, 16, false, 0.0f, 0, 0,
-                                                          scratch.ptr, nullptr);
+                                                          x.ptr, l2v::packed_qkv(3, 2, 16), nullptr, 1, 4, 3, 2, 16,
+                                                          false, 0.0f, 0, 0, scratch.ptr, nullptr);
   });
   EXPECT_NE(bwd.find("multiple of KV"), std::string::npos) << bwd;
 }

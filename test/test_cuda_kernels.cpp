@@ -308,22 +308,28 @@ TYPED_TEST(Kernels, RopeForwardAndBackwardOutOfPlaceAndInPlace) {
     for (bool backward : {false, true}) {
       std::vector<float> want(n);
       if (backward) {
-        cpu::rope_backward(want.data(), x.data(), cos.data(), sin.data(), s.N, s.T, s.nh, s.D);
+        cpu::rope_backward(want.data(), x.data(), s.nh * s.D, cos.data(), sin.data(), s.N, s.T, s.nh, s.D);
       } else {
-        cpu::rope_forward(want.data(), x.data(), cos.data(), sin.data(), s.N, s.T, s.nh, s.D);
+        cpu::rope_forward(want.data(), x.data(), s.nh * s.D, cos.data(), sin.data(), s.N, s.T, s.nh, s.D);
       }
-      Dev<T> dx(x, s.offset), dout(n, s.offset);
-      if (backward) {
-        lc::rope_backward_cuda(dout.ptr, dx.ptr, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
-        lc::rope_backward_cuda(dx.ptr, dx.ptr, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
-      } else {
-        lc::rope_forward_cuda(dout.ptr, dx.ptr, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
-        lc::rope_forward_cuda(dx.ptr, dx.ptr, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
-      }
+      // Also in place on a column block of wider rows (q or k in the fused q|k|v product): 16 bytes of other
+      // columns on each side, which must keep their values.
+      const int packed = s.nh * s.D, pad = 16 / (int)sizeof(T), ld = packed + 2 * pad;
+      const std::vector<float> wide0 = rounded<T>(randn((size_t)s.N * ld, this->rng_));
+      std::vector<float> wide_want = wide0;
+      for (int r = 0; r < s.N; ++r) std::copy_n(&x[(size_t)r * packed], packed, &wide_want[(size_t)r * ld + pad]);
+      Dev<T> dx(x, s.offset), dout(n, s.offset), dwide(wide_want, s.offset);
+      auto rope = backward ? lc::rope_backward_cuda<T> : lc::rope_forward_cuda<T>;
+      rope(dout.ptr, dx.ptr, packed, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
+      rope(dx.ptr, dx.ptr, packed, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
+      rope(dwide.ptr + pad, dwide.ptr + pad, ld, dcos.ptr, dsin.ptr, s.N, s.T, s.nh, s.D, this->stream_);
       this->sync();
       const char* name = backward ? "rope_backward" : "rope_forward";
-      EXPECT_TRUE(Close(this->family(name), dout.get(), want, rope_tol<T>(x, want, s.D))) << at;
-      EXPECT_TRUE(Identical(this->family(name), dx.get(), dout.get())) << "in place, " << at;
+      const std::vector<float> got = dout.get();
+      EXPECT_TRUE(Close(this->family(name), got, want, rope_tol<T>(x, want, s.D))) << at;
+      EXPECT_TRUE(Identical(this->family(name), dx.get(), got)) << "in place, " << at;
+      for (int r = 0; r < s.N; ++r) std::copy_n(&got[(size_t)r * packed], packed, &wide_want[(size_t)r * ld + pad]);
+      EXPECT_TRUE(Identical(this->family(name), dwide.get(), wide_want)) << "rows " << ld << " apart, " << at;
     }
   }
 }
@@ -801,7 +807,8 @@ TEST(AdamWStep, DeviceListMatchesOnlyItsOwnTensors) {
 TEST(Launchers, RejectBadShapes) {
   float* p = nullptr;
   EXPECT_THROW(lc::rmsnorm_forward_cuda(p, p, p, p, 1, 0, 1e-5f, nullptr), std::invalid_argument);
-  EXPECT_THROW(lc::rope_forward_cuda(p, p, p, p, 1, 1, 1, 7, nullptr), std::invalid_argument);
+  EXPECT_THROW(lc::rope_forward_cuda(p, p, 7, p, p, 1, 1, 1, 7, nullptr), std::invalid_argument);
+  EXPECT_THROW(lc::rope_forward_cuda(p, p, 7, p, p, 1, 1, 1, 8, nullptr), std::invalid_argument);  // ld < nh*D
   cpu::AdamWStepArgs step0;
   step0.step = 0;
   lc::DeviceOptimizerList none(nullptr, 0);

@@ -22,6 +22,7 @@
 // attention with h = 1e-3 reached 1.02 (hence h = 1e-2); scaling any analytic gradient by 1.01 fails every check.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -36,6 +37,8 @@
 #include "test/test_util.h"
 
 namespace cpu = l2v::cpu;
+using l2v::packed_qkv;
+using l2v::QkvStrides;
 using l2v::test::AllClose;
 using l2v::test::AllWithin;
 using l2v::test::dot;
@@ -293,7 +296,7 @@ TEST(Rope, ForwardMatchesHuggingFaceRotateHalfAndPreservesNorm) {
     cpu::rope_tables(cs.data(), sn.data(), inv.data(), T, D);
     auto x = randn((size_t)N * nh * D, rng);
     std::vector<float> out(x.size());
-    cpu::rope_forward(out.data(), x.data(), cs.data(), sn.data(), N, T, nh, D);
+    cpu::rope_forward(out.data(), x.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
     auto ref = rope_ref(x, inv, N, T, nh, D);
     EXPECT_TRUE(AllClose(out.data(), ref.data(), out.size(), 1e-5, 1e-5)) << "D=" << D;
     // A rotation preserves the norm of every head vector.
@@ -305,9 +308,40 @@ TEST(Rope, ForwardMatchesHuggingFaceRotateHalfAndPreservesNorm) {
       }
     // out may alias x: same bits as the out-of-place call.
     std::vector<float> y = x;
-    cpu::rope_forward(y.data(), y.data(), cs.data(), sn.data(), N, T, nh, D);
+    cpu::rope_forward(y.data(), y.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
     EXPECT_EQ(0, std::memcmp(y.data(), out.data(), y.size() * sizeof(float))) << "in-place, D=" << D;
   }
+}
+
+// Heads as a column block of wider rows (q or k in the fused q|k|v product): rows ld apart give the packed
+// result's bits, and the other columns stay as they were.
+TEST(Rope, RowsOfAWiderArrayGiveThePackedBits) {
+  std::mt19937 rng(7);
+  const int B = 2, T = 5, N = B * T, nh = 3, D = 8, ld = nh * D + 5, col = 2;
+  auto inv = make_inv_freq(D);
+  std::vector<float> cs((size_t)T * D / 2), sn((size_t)T * D / 2);
+  cpu::rope_tables(cs.data(), sn.data(), inv.data(), T, D);
+  const auto wide0 = randn((size_t)N * ld, rng);
+  std::vector<float> x((size_t)N * nh * D);
+  for (int n = 0; n < N; ++n) std::copy_n(&wide0[(size_t)n * ld + col], nh * D, &x[(size_t)n * nh * D]);
+  for (bool backward : {false, true}) {
+    std::vector<float> want(x.size()), wide = wide0;
+    if (backward) {
+      cpu::rope_backward(want.data(), x.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
+      cpu::rope_backward(wide.data() + col, wide.data() + col, ld, cs.data(), sn.data(), N, T, nh, D);
+    } else {
+      cpu::rope_forward(want.data(), x.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
+      cpu::rope_forward(wide.data() + col, wide.data() + col, ld, cs.data(), sn.data(), N, T, nh, D);
+    }
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < ld; ++j) {
+        const size_t i = (size_t)n * ld + j;
+        const bool in = j >= col && j < col + nh * D;
+        EXPECT_EQ(wide[i], in ? want[(size_t)n * nh * D + j - col] : wide0[i]) << backward << " " << n << "," << j;
+      }
+  }
+  EXPECT_THROW(cpu::rope_forward(x.data(), x.data(), nh * D - 1, cs.data(), sn.data(), N, T, nh, D),
+               std::invalid_argument);
 }
 
 // The backward is the transpose of the (linear) forward: finite differences of sum(rope(x) * R), the adjoint
@@ -321,10 +355,10 @@ TEST(Rope, BackwardIsTransposeOfForward) {
   auto x = randn((size_t)N * nh * D, rng), R = randn(x.size(), rng);
   std::vector<float> out(x.size()), dx(x.size());
   auto loss = [&] {
-    cpu::rope_forward(out.data(), x.data(), cs.data(), sn.data(), N, T, nh, D);
+    cpu::rope_forward(out.data(), x.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
     return dot(out.data(), R.data(), out.size());
   };
-  cpu::rope_backward(dx.data(), R.data(), cs.data(), sn.data(), N, T, nh, D);
+  cpu::rope_backward(dx.data(), R.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
   auto res = grad_check(x.data(), x.size(), dx.data(), loss, kH, kFdTol, kFdTol);
   EXPECT_TRUE(GradOk(res)) << "rope dx";
 
@@ -336,13 +370,13 @@ TEST(Rope, BackwardIsTransposeOfForward) {
   EXPECT_NEAR(lhs, rhs, 1e-5 * mag);
 
   std::vector<float> back(x.size());
-  cpu::rope_backward(back.data(), out.data(), cs.data(), sn.data(), N, T, nh, D);
+  cpu::rope_backward(back.data(), out.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
   std::vector<double> xd(x.begin(), x.end());
   EXPECT_TRUE(AllClose(back.data(), xd.data(), x.size(), 1e-5, 1e-5)) << "inverse rotation";
 
   // dx may alias dout.
   std::vector<float> y = R;
-  cpu::rope_backward(y.data(), y.data(), cs.data(), sn.data(), N, T, nh, D);
+  cpu::rope_backward(y.data(), y.data(), nh * D, cs.data(), sn.data(), N, T, nh, D);
   EXPECT_EQ(0, std::memcmp(y.data(), dx.data(), y.size() * sizeof(float))) << "in-place backward";
 }
 
@@ -462,8 +496,8 @@ TEST_P(AttentionP, ForwardMatchesNaiveSoftmaxReference) {
   AttnData a = make_attn(c, 100);
   const size_t N = (size_t)c.B * c.T;
   std::vector<float> out(N * c.H * c.D, 777.f), lse((size_t)c.B * c.H * c.T, 777.f);
-  cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                         c.D, c.causal, c.p, kSeed, kSite);
+  cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D),
+                         a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
   std::vector<double> ro, rl;
   attention_ref(ro, rl, a.q, a.k, a.v, a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
   EXPECT_TRUE(AllClose(out.data(), ro.data(), out.size(), 2e-5, 2e-5)) << "out";
@@ -482,6 +516,48 @@ TEST_P(AttentionP, ForwardMatchesNaiveSoftmaxReference) {
 // (seed, site, b*H+h, i, j), so the output is a smooth deterministic function of q, k, v and finite
 // differences apply; agreement then also proves that the backward regenerates the SAME dropout mask as the
 // forward (a different mask would give a gradient of a different function, O(1) off).
+// q, k, v (and dq, dk, dv) as column blocks of the fused q|k|v product's rows, with spare columns: the packed
+// layout's bits, the spare columns (NaN) neither read nor written. A stride taken for out's, or H*D taken
+// for q's, fails it.
+TEST_P(AttentionP, FusedQkvRowsGiveThePackedBits) {
+  const AttnCfg c = GetParam();
+  AttnData a = make_attn(c, 150);
+  const int N = c.B * c.T, QD = c.H * c.D, KVD = c.KV * c.D, W = QD + 2 * KVD + 3;
+  std::mt19937 rng(151);
+  const auto dout = randn((size_t)N * QD, rng);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> qkv((size_t)N * W, nan);
+  for (int n = 0; n < N; ++n) {
+    std::copy_n(&a.q[(size_t)n * QD], QD, &qkv[(size_t)n * W]);
+    std::copy_n(&a.k[(size_t)n * KVD], KVD, &qkv[(size_t)n * W + QD]);
+    std::copy_n(&a.v[(size_t)n * KVD], KVD, &qkv[(size_t)n * W + QD + KVD]);
+  }
+  const float *q = qkv.data(), *k = q + QD, *v = k + KVD;
+  std::vector<float> out((size_t)N * QD), lse((size_t)c.B * c.H * c.T), out_f(out.size()), lse_f(lse.size());
+  cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D),
+                         a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
+  cpu::attention_forward(out_f.data(), lse_f.data(), q, k, v, QkvStrides{W, W}, a.m(), c.B, c.T, c.H, c.KV, c.D,
+                         c.causal, c.p, kSeed, kSite);
+  EXPECT_EQ(0, std::memcmp(out_f.data(), out.data(), out.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(lse_f.data(), lse.data(), lse.size() * sizeof(float)));
+  std::vector<float> dq((size_t)N * QD), dk((size_t)N * KVD), dv(dk.size()), grad((size_t)N * W, nan);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(), a.q.data(),
+                          a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D), a.m(), c.B, c.T, c.H, c.KV, c.D,
+                          c.causal, c.p, kSeed, kSite);
+  cpu::attention_backward(grad.data(), grad.data() + QD, grad.data() + QD + KVD, dout.data(), out.data(), lse.data(),
+                          q, k, v, QkvStrides{W, W}, a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
+  for (int n = 0; n < N; ++n) {
+    const float* row = &grad[(size_t)n * W];
+    EXPECT_EQ(0, std::memcmp(row, &dq[(size_t)n * QD], QD * sizeof(float))) << "dq row " << n;
+    EXPECT_EQ(0, std::memcmp(row + QD, &dk[(size_t)n * KVD], KVD * sizeof(float))) << "dk row " << n;
+    EXPECT_EQ(0, std::memcmp(row + QD + KVD, &dv[(size_t)n * KVD], KVD * sizeof(float))) << "dv row " << n;
+    for (int j = QD + 2 * KVD; j < W; ++j) EXPECT_TRUE(std::isnan(row[j])) << "spare column written, row " << n;
+  }
+  EXPECT_THROW(cpu::attention_forward(out_f.data(), lse_f.data(), q, k, v, QkvStrides{QD - 1, W}, a.m(), c.B, c.T,
+                                      c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite),
+               std::invalid_argument);
+}
+
 TEST_P(AttentionP, BackwardMatchesFiniteDifferences) {
   const AttnCfg c = GetParam();
   AttnData a = make_attn(c, 200);
@@ -490,15 +566,16 @@ TEST_P(AttentionP, BackwardMatchesFiniteDifferences) {
   auto R = randn(N * c.H * c.D, rng);
   std::vector<float> out(N * c.H * c.D), lse((size_t)c.B * c.H * c.T);
   auto loss = [&] {
-    cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                           c.D, c.causal, c.p, kSeed, kSite);
+    cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D),
+                           a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
     return dot(out.data(), R.data(), out.size());
   };
   loss();
   // Outputs are overwritten: pre-fill with a sentinel.
   std::vector<float> dq(a.q.size(), 777.f), dk(a.k.size(), 777.f), dv(a.v.size(), 777.f);
   cpu::attention_backward(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), a.q.data(),
-                          a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
+                          a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p,
+                          kSeed, kSite);
   EXPECT_TRUE(GradOk(grad_check(a.q.data(), a.q.size(), dq.data(), loss, kHAttn, kFdTol, kFdTol, c.max_checks, 1)))
       << "dq";
   EXPECT_TRUE(GradOk(grad_check(a.k.data(), a.k.size(), dk.data(), loss, kHAttn, kFdTol, kFdTol, c.max_checks, 2)))
@@ -514,8 +591,8 @@ void run_attn(const AttnCfg& c, const AttnData& a, std::vector<float>& out, std:
               uint64_t seed = kSeed, uint32_t site = kSite) {
   out.assign((size_t)c.B * c.T * c.H * c.D, 777.f);
   lse.assign((size_t)c.B * c.H * c.T, 777.f);
-  cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV,
-                         c.D, c.causal, c.p, seed, site);
+  cpu::attention_forward(out.data(), lse.data(), a.q.data(), a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D),
+                         a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, seed, site);
 }
 
 // Causal: changing q, k, v of tokens j > i leaves the outputs (and lse) of positions <= i bit-identical.
@@ -604,7 +681,8 @@ TEST(Attention, QueryWithoutVisibleKeyGivesZero) {
     auto R = randn(out.size(), rng);
     std::vector<float> dq(a.q.size(), 777.f), dk(a.k.size(), 777.f), dv(a.v.size(), 777.f);
     cpu::attention_backward(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), a.q.data(),
-                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
+                            a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p,
+                          kSeed, kSite);
     int empty_rows = 0;
     for (int b = 0; b < c.B; ++b)
       for (int i = 0; i < c.T; ++i) {
@@ -647,7 +725,8 @@ TEST(AttentionDropout, DeterministicPerSeedAndStream) {
     g[1].assign(a.k.size(), 0.f);
     g[2].assign(a.v.size(), 0.f);
     cpu::attention_backward(g[0].data(), g[1].data(), g[2].data(), R.data(), o1.data(), l1.data(), a.q.data(),
-                            a.k.data(), a.v.data(), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p, kSeed, kSite);
+                            a.k.data(), a.v.data(), packed_qkv(c.H, c.KV, c.D), a.m(), c.B, c.T, c.H, c.KV, c.D, c.causal, c.p,
+                          kSeed, kSite);
   }
   for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(g1[i].data(), g2[i].data(), g1[i].size() * sizeof(float)));
 
@@ -679,8 +758,8 @@ TEST(AttentionDropout, MaskIsThePhiloxAttentionMaskAndRateIsP) {
       for (size_t n = 0; n < N; ++n)
         for (int g = 0; g < KV; ++g) v[(n * KV + g) * D + n % T] = 1.0f;
       std::vector<float> out(N * H * D), lse((size_t)B * H * T);
-      cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), nullptr, B, T, H, KV, D, causal, p,
-                             kSeed, kSite);
+      cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), packed_qkv(H, KV, D), nullptr, B,
+                             T, H, KV, D, causal, p, kSeed, kSite);
       long total = 0, dropped = 0, mismatched = 0;
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
