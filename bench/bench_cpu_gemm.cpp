@@ -3,7 +3,8 @@
 // machine: the linear layers of SmolLM2-135M (hidden 576, MLP 1536, 3 KV heads of 64) and a 6,144-column
 // piece of its LM head, at 16 x 128 = 2,048 rows (a training micro-batch, or an embedding batch).
 // Where oneDNN is installed (Debian: libdnnl-dev; the Makefile then builds this with it), its bf16 matmul too.
-// The shared-input rows: q/k/v and gate/up of one input in one gemm_bf16_shared call against a call per weight.
+// The shared-input rows: q/k/v and gate/up of one input as the model runs them (one weight of the summed width,
+// the fused layers of model.h), in one gemm_bf16_shared call over their separate weights, and a call per weight.
 // Counters: FLOP/s (2 M N K per GEMM). OpenBLAS runs one single-threaded GEMM per thread on its share of
 // the rows, as the CPU backend runs it. Run from the repository root:
 //   make bench && OMP_NUM_THREADS=2 ./build/bench/bench_cpu_gemm
@@ -118,10 +119,12 @@ void BM_OneDnnBf16(benchmark::State& state) {
 }
 #endif
 
-// One input through several weights (SmolLM2's q, k, v: 576 -> 576, 192, 192; gate, up: 576 -> 1536 twice),
-// as the CPU backend's matmul_forward_shared runs them (gemm_bf16_shared: A rounded to bf16 once) against
-// one gemm_bf16 per weight (A rounded per call). Arg: 0 for q/k/v, 1 for gate/up.
-void shared_input(benchmark::State& state, bool shared) {
+// One input through several weights (SmolLM2's q, k, v: 576 -> 576, 192, 192; gate, up: 576 -> 1536 twice):
+// fused, as the model holds them (one weight of the summed width: one gemm_bf16); shared (gemm_bf16_shared
+// over the separate weights: A rounded to bf16 once); or one gemm_bf16 per weight (A rounded per call).
+// Arg: 0 for q/k/v, 1 for gate/up.
+enum class Layout { kFused, kShared, kPerWeight };
+void shared_input(benchmark::State& state, Layout layout) {
   const int M = 2048, K = 576;
   const std::vector<int> widths = state.range(0) == 0 ? std::vector<int>{576, 192, 192} : std::vector<int>{1536, 1536};
   Operands in(Shapes{M, K, 1});
@@ -129,27 +132,35 @@ void shared_input(benchmark::State& state, bool shared) {
   std::vector<l2v::cpu::PackedBf16> packed;
   std::vector<l2v::cpu::Bf16Product> products;
   double flops = 0;
+  int total = 0;
   for (int n : widths) {
     w.emplace_back(Shapes{M, K, n});
     packed.push_back(l2v::cpu::pack_bf16_transposed(w.back().W.data(), n, K));
     flops += 2.0 * M * n * K;
+    total += n;
   }
   for (size_t i = 0; i < widths.size(); ++i)
     products.push_back({w[i].C.data(), widths[i], &packed[i], widths[i], false});
+  Operands fused(Shapes{M, K, total});
+  const l2v::cpu::PackedBf16 fused_w = l2v::cpu::pack_bf16_transposed(fused.W.data(), total, K);
   for (auto _ : state) {
-    if (shared) {
+    if (layout == Layout::kFused) {
+      l2v::cpu::gemm_bf16(fused.C.data(), total, in.A.data(), K, M, fused_w, false);
+    } else if (layout == Layout::kShared) {
       l2v::cpu::gemm_bf16_shared(in.A.data(), K, M, K, products.data(), (int)products.size());
     } else {
       for (const l2v::cpu::Bf16Product& p : products)
         l2v::cpu::gemm_bf16(p.C, p.ldc, in.A.data(), K, M, *p.B, false);
     }
     benchmark::DoNotOptimize(products.data());
+    benchmark::DoNotOptimize(fused.C.data());
   }
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(state.range(0) == 0 ? "q, k, v" : "gate, up");
 }
-void BM_GemmBf16SharedInput(benchmark::State& state) { shared_input(state, true); }
-void BM_GemmBf16PerWeight(benchmark::State& state) { shared_input(state, false); }
+void BM_GemmBf16FusedWeight(benchmark::State& state) { shared_input(state, Layout::kFused); }
+void BM_GemmBf16SharedInput(benchmark::State& state) { shared_input(state, Layout::kShared); }
+void BM_GemmBf16PerWeight(benchmark::State& state) { shared_input(state, Layout::kPerWeight); }
 
 }  // namespace
 
@@ -158,6 +169,7 @@ BENCHMARK(BM_SgemmOpenBlas)->Apply(SmolLm2Shapes);
 #ifdef L2V_HAVE_ONEDNN
 BENCHMARK(BM_OneDnnBf16)->Apply(SmolLm2Shapes);
 #endif
+BENCHMARK(BM_GemmBf16FusedWeight)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_GemmBf16SharedInput)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_GemmBf16PerWeight)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -1,8 +1,11 @@
 // One Mistral-7B decoder layer's GEMMs on the GPU through the CUDA backend's cuBLAS wrappers
 // (cuda/matmul.cuh: matmul_forward_cuda, matmul_backward_input_cuda), bf16 with fp32 accumulation, at
-// 16384 tokens per step: the 7 projections (q, o: 4096 -> 4096; k, v: 4096 -> 1024; gate, up: 4096 ->
-// 14336; down: 14336 -> 4096), forward (out = inp W^T, through cuBLASLt) and the input gradient (dinp =
-// dout W; the base weights are frozen under LoRA, so there is no weight gradient). Beside the forward, its
+// 16384 tokens per step: the products the model runs (model.h kLinearGroups: the fused q|k|v, 4096 -> 6144;
+// o, 4096 -> 4096; the fused gate|up, 4096 -> 28672; down, 14336 -> 4096) and, as their peer, the 7
+// projections one by one as the model ran them before the fusion (q: 4096 -> 4096; k, v: 4096 -> 1024; gate,
+// up: 4096 -> 14336), whose input gradients after the first of a group accumulate into dinp (beta = 1: one
+// more read of it, counted in their bytes). Forward: out = inp W^T, through cuBLASLt; the input gradient:
+// dinp = dout W (the base weights are frozen under LoRA, so there is no weight gradient). Beside the forward, its
 // peer: the same product through cublasGemmEx (impl=cublas), as the forward ran before cuBLASLt; and the
 // down projection with the residual added by the GEMM (impl=cublaslt_residual: D = C + inp W^T, C != D;
 // its bytes count C's read).
@@ -34,10 +37,13 @@ constexpr double kU = 1.0 / 256, kEps32 = 1.0 / 16777216.0;
 struct Projection {
   const char* name;
   int in, out;
+  bool accumulate;  // the input gradient adds into dinp (a group's later layers, unfused)
 };
-constexpr Projection kLayer[] = {{"q_proj", 4096, 4096},    {"k_proj", 4096, 1024},  {"v_proj", 4096, 1024},
-                                 {"o_proj", 4096, 4096},    {"gate_proj", 4096, 14336}, {"up_proj", 4096, 14336},
-                                 {"down_proj", 14336, 4096}};
+constexpr Projection kLayer[] = {{"qkv_proj", 4096, 6144, false},    {"o_proj", 4096, 4096, false},
+                                 {"gate_up_proj", 4096, 28672, false}, {"down_proj", 14336, 4096, false},
+                                 {"q_proj", 4096, 4096, false},      {"k_proj", 4096, 1024, true},
+                                 {"v_proj", 4096, 1024, true},       {"gate_proj", 4096, 14336, false},
+                                 {"up_proj", 4096, 14336, true}};
 
 // Row r of a row-major [rows, cols] device matrix, as floats.
 std::vector<float> row_of(const bf16* m, int cols, int r) {
@@ -102,8 +108,11 @@ int main() {
     const auto fwd_residual = [&] {  // y = dy + x W^T (dy stands for the residual stream)
       l2v::cuda::matmul_forward_cuda(ctx, y.ptr, x.ptr, w.ptr, (const bf16*)nullptr, kTokens, pr.in, pr.out, dy.ptr);
     };
-    const auto bwd = [&] { l2v::cuda::matmul_backward_input_cuda(handle, dx.ptr, dy.ptr, w.ptr, kTokens, pr.in, pr.out, false); };
+    const auto bwd = [&] {
+      l2v::cuda::matmul_backward_input_cuda(handle, dx.ptr, dy.ptr, w.ptr, kTokens, pr.in, pr.out, pr.accumulate);
+    };
     fwd();
+    CUDA_CHECK(cudaMemset(dx.ptr, 0, dx.bytes()));  // the validated product alone, when it accumulates
     bwd();
     CUDA_CHECK(cudaDeviceSynchronize());
     const std::string base = std::string("bench=gemm impl=cublas shape=") + pr.name + "_M" + std::to_string(kTokens) +
@@ -123,7 +132,8 @@ int main() {
     if (std::string(pr.name) == "down_proj")
       l2v::bench::report(named("cublaslt_residual") + " pass=fwd", flops, bytes + 2.0 * kTokens * pr.out,
                          timer.median_ms(fwd_residual));
-    l2v::bench::report(base + " pass=bwd", flops, bytes, timer.median_ms(bwd));
+    l2v::bench::report(base + " pass=bwd", flops, bytes + (pr.accumulate ? 2.0 * kTokens * pr.in : 0.0),
+                       timer.median_ms(bwd));
   }
   CUBLAS_CHECK(cublasLtDestroy(lt));
   CUBLAS_CHECK(cublasDestroy(handle));

@@ -253,15 +253,9 @@ class CudaBackend final : public Backend {
   void swiglu_backward(Tensor d_gate_up, ConstTensor dout, ConstTensor gate_up, long N, int F) override {
     cuda::swiglu_backward_cuda(t(d_gate_up), t(dout), t(gate_up), N, F, stream_);
   }
-  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
-                      int OC) override {
-    cuda::matmul_forward_cuda(lt_context(), t(out), t(inp), t(weight), t(bias), N, IC, OC);
-  }
-  void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
-    for (int i = 0; i < count; ++i) {
-      const SharedInputLinear& l = layers[i];
-      cuda::matmul_forward_cuda(lt_context(), t(l.out), t(inp), t(l.weight), t(l.bias), N, IC, l.OC, t(l.residual));
-    }
+  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC, int OC,
+                      ConstTensor residual) override {
+    cuda::matmul_forward_cuda(lt_context(), t(out), t(inp), t(weight), t(bias), N, IC, OC, t(residual));
   }
   void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {

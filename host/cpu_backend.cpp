@@ -183,29 +183,13 @@ class CpuBackend final : public Backend {
     if (bf16_) return cpu::swiglu_backward_fast(f(d_gate_up), f(dout), f(gate_up), N, F);
     cpu::swiglu_backward(f(d_gate_up), f(dout), f(gate_up), N, F);
   }
-  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
-                      int OC) override {
-    const SharedInputLinear layer{out, weight, bias, OC};
-    matmul_forward_shared(inp, N, IC, &layer, 1);
-  }
-  // bf16: every layer's output preset to its residual and bias (then accumulated), one gemm_bf16_shared for
-  // all.
-  void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) override {
-    if (!bf16_) {
-      for (int i = 0; i < count; ++i) {
-        const SharedInputLinear& l = layers[i];
-        cpu::matmul_forward(f(l.out), f(inp), f(l.weight), f(l.bias), N, IC, l.OC, f(l.residual));
-      }
-      return;
-    }
-    std::vector<cpu::Bf16Product> products;
-    for (int i = 0; i < count; ++i) {
-      const SharedInputLinear& l = layers[i];
-      const bool preset = cpu::linear_preset(f(l.out), f(l.bias), f(l.residual), N, l.OC);
-      const cpu::PackedBf16& B = packed(l.weight, IC, l.OC).forward;
-      products.push_back({f(l.out), l.OC, &B, l.OC, preset});
-    }
-    cpu::gemm_bf16_shared(f(inp), IC, N, IC, products.data(), count);
+  // bf16: out preset to residual + bias (then accumulated onto), the product on the weight's bf16 tiles.
+  void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC, int OC,
+                      ConstTensor residual) override {
+    if (!bf16_) return cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC, f(residual));
+    const bool preset = cpu::linear_preset(f(out), f(bias), f(residual), N, OC);
+    const cpu::Bf16Product product{f(out), OC, &packed(weight, IC, OC).forward, OC, preset};
+    cpu::gemm_bf16_shared(f(inp), IC, N, IC, &product, 1);
   }
   void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                              bool accumulate) override {

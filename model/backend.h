@@ -22,16 +22,6 @@ struct TensorElements;
 using Tensor = TensorElements*;
 using ConstTensor = const TensorElements*;
 
-// One linear layer of Backend::matmul_forward_shared: out [N, OC] = residual + inp W^T + bias (residual and
-// bias may be null; residual [N, OC] may be out itself).
-struct SharedInputLinear {
-  Tensor out;
-  ConstTensor weight;
-  ConstTensor bias;
-  int OC;
-  ConstTensor residual = nullptr;
-};
-
 // The LoRA adapters of linear layers that read one input (q, k and v of x1; gate and up of x2; or one layer
 // alone) go to Backend::lora_forward / lora_backward together, so that a backend can read the input, and
 // write its gradient, once for all of them. What they share:
@@ -164,14 +154,13 @@ class Backend {
                                   float dropout_p, DropoutKey key, uint32_t site) = 0;
   virtual void swiglu_forward(Tensor out, ConstTensor gate_up, long N, int F) = 0;
   virtual void swiglu_backward(Tensor d_gate_up, ConstTensor dout, ConstTensor gate_up, long N, int F) = 0;
+  // cpu::matmul_forward with its residual: out [N, OC] = residual + inp W^T + bias (residual and bias may be
+  // null; residual may be out itself). The CUDA backend adds bias and residual in the GEMM's epilogue
+  // (cuBLASLt).
   virtual void matmul_forward(Tensor out, ConstTensor inp, ConstTensor weight, ConstTensor bias, int N, int IC,
-                              int OC) = 0;
+                              int OC, ConstTensor residual) = 0;
   virtual void matmul_backward_input(Tensor dinp, ConstTensor dout, ConstTensor weight, int N, int IC, int OC,
                                      bool accumulate) = 0;
-  // cpu::matmul_forward (with its residual) of several layers on one input (q, k and v; gate and up), each
-  // with its result alone to the bit: a backend may share the work on the input (the CPU's bf16 mode rounds
-  // it to bf16 once). The CUDA backend adds bias and residual in the GEMM's epilogue (cuBLASLt).
-  virtual void matmul_forward_shared(ConstTensor inp, int N, int IC, const SharedInputLinear* layers, int count) = 0;
   // cpu::lora_forward of each branch on the shared input, and cpu::lora_backward of each accumulating into the
   // one dinp [N, IC] (branches in order); 1 <= count <= kMaxLoraBranches.
   virtual void lora_forward(const LoraInput& in, const LoraForwardBranch* branches, int count) = 0;

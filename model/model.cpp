@@ -449,8 +449,8 @@ int group_outputs(const Model& m, int layer, const LinearGroup& g, std::initiali
 }
 
 // outs[i] = inp W_i^T + b_i plus the LoRA branch (plus `residual` when given), for the group's layers in its
-// order: the base products in one backend call (one GEMM for a fused group; otherwise the backend may share
-// the work on the input), which adds bias and residual with the product, then the active adapters in one.
+// order: the base products (one GEMM for a fused group), which add bias and residual with the product, then
+// the active adapters in one backend call.
 void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
                      std::initializer_list<Tensor> outs, const std::array<Tensor, kNumLinears>& xa, ConstTensor inp,
                      int N, ConstTensor residual = nullptr) {
@@ -458,17 +458,14 @@ void linears_forward(Model& m, const ForwardOptions& opt, int layer, const Linea
   Tensor out_of[kNumLinears] = {};
   const int ld = group_outputs(m, layer, g, outs, out_of);
   const Linear& first = w.linear[g.ids[0]];
-  SharedInputLinear base[kMaxLoraBranches];
-  int products = 0;
   if (g.fused) {
-    base[products++] = {outs.begin()[0], first.weight, first.bias, ld, residual};
+    m.backend->matmul_forward(outs.begin()[0], inp, first.weight, first.bias, N, first.in, ld, residual);
   } else {
     for (int i = 0; i < g.count; ++i) {
       const Linear& lin = w.linear[g.ids[i]];
-      base[products++] = {out_of[g.ids[i]], lin.weight, lin.bias, lin.out, residual};
+      m.backend->matmul_forward(out_of[g.ids[i]], inp, lin.weight, lin.bias, N, lin.in, lin.out, residual);
     }
   }
-  m.backend->matmul_forward_shared(inp, N, first.in, base, products);
   LinearId ids[kMaxLoraBranches];
   const int count = active_lora_ids(m, layer, g, ids);
   if (count == 0) return;
@@ -630,7 +627,7 @@ void lm_head_forward(Model& m) {
   Range range(*m.backend, "lm head");
   if (!a.logits) a.logits = m.alloc_tensor(a.capacity_rows * (size_t)m.config.vocab_size, true);
   m.backend->matmul_forward(a.logits, a.final_hidden, m.lm_head, nullptr, a.B * a.T, m.config.hidden_size,
-                            m.config.vocab_size);
+                            m.config.vocab_size, nullptr);
 }
 
 void model_backward(Model& m, ConstTensor d_final_hidden, const std::function<void(int layer)>& layer_done) {

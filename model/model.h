@@ -22,8 +22,8 @@ namespace l2v {
 // The linear layers of a decoder layer, in Hugging Face / PEFT naming order.
 enum LinearId : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinears };
 const char* linear_name(int id);  // "q_proj", ..., "down_proj"
-// The linear layers that read one input, run together: their base products in one backend call, their LoRA
-// branches in another (model/backend.h: matmul_forward_shared, lora_forward, lora_backward). q/k/v read the
+// The linear layers that read one input, run together: their LoRA branches in one backend call
+// (model/backend.h: lora_forward, lora_backward). q/k/v read the
 // attention norm's output, o the attention's, gate/up the MLP norm's, down SwiGLU's. The memory plan sizes
 // the CUDA LoRA workspace by these groups.
 // A fused group is one linear layer of the summed width W in memory: its weights are row blocks of one

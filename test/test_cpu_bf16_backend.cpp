@@ -76,7 +76,7 @@ TEST(CpuBf16Backend, MatmulForwardWithBiasWithinTheBound) {
   const std::vector<float> x = randn((size_t)N * IC, rng), W = randn((size_t)OC * IC, rng), b = randn(OC, rng);
   TestBackend be(CpuPrecision::kBf16);
   Tensor tx = be.upload(x), tw = be.upload(W), tb = be.upload(b), out = be.upload(std::vector<float>(N * OC));
-  be->matmul_forward(out, tx, tw, tb, N, IC, OC);
+  be->matmul_forward(out, tx, tw, tb, N, IC, OC, nullptr);
   const std::vector<float> got = download(*be, out, (size_t)N * OC);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < OC; ++o) {
@@ -90,45 +90,17 @@ TEST(CpuBf16Backend, MatmulForwardWithBiasWithinTheBound) {
   // The fp32 backend's answer differs by the bf16 roundings, not by O(1): the two backends compute one op.
   TestBackend fp32;
   Tensor fx = fp32.upload(x), fw = fp32.upload(W), fb = fp32.upload(b), fo = fp32.upload(std::vector<float>(N * OC));
-  fp32->matmul_forward(fo, fx, fw, fb, N, IC, OC);
+  fp32->matmul_forward(fo, fx, fw, fb, N, IC, OC, nullptr);
   const std::vector<float> ref = download(*fp32, fo, (size_t)N * OC);
   size_t differ = 0;
   for (size_t i = 0; i < ref.size(); ++i) differ += ref[i] != got[i];
   EXPECT_GT(differ, ref.size() / 2) << "bf16 mode computed in fp32";
 }
 
-// matmul_forward_shared (q, k, v of one input: one with a bias) gives each layer matmul_forward's bits, in
-// the bf16 mode (one rounding of the input for all) and in the fp32 reference (the default loop).
-TEST(CpuBf16Backend, MatmulForwardSharedEqualsOneMatmulPerLayer) {
-  const int N = 150, IC = 70, widths[3] = {45, 33, 64};
-  std::mt19937 rng(4);
-  const std::vector<float> x = randn((size_t)N * IC, rng), b = randn(widths[1], rng);
-  for (CpuPrecision precision : {CpuPrecision::kBf16, CpuPrecision::kFp32}) {
-    TestBackend be(precision);
-    Tensor tx = be.upload(x), tb = be.upload(b);
-    SharedInputLinear layers[3];
-    Tensor alone[3];
-    for (int i = 0; i < 3; ++i) {
-      const int OC = widths[i];
-      Tensor tw = be.upload(randn((size_t)OC * IC, rng));
-      layers[i] = {be.upload(std::vector<float>((size_t)N * OC, 7.0f)), tw, i == 1 ? tb : nullptr, OC};
-      alone[i] = be.upload(std::vector<float>((size_t)N * OC, 7.0f));
-      be->matmul_forward(alone[i], tx, tw, layers[i].bias, N, IC, OC);
-    }
-    be->matmul_forward_shared(tx, N, IC, layers, 3);
-    for (int i = 0; i < 3; ++i) {
-      const std::vector<float> got = download(*be, layers[i].out, (size_t)N * widths[i]);
-      const std::vector<float> want = download(*be, alone[i], (size_t)N * widths[i]);
-      ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
-          << "layer " << i << (precision == CpuPrecision::kBf16 ? " (bf16)" : " (fp32)");
-    }
-  }
-}
-
 // out = residual + bias + x W^T (the down projection's residual added by the product), the residual a
 // separate tensor or out itself: in bf16 the products of bf16-rounded x and W summed in fp32 onto the fp32
 // residual + bias, within the fp32 sum's bound; in fp32 the reference's bound alike.
-TEST(CpuBf16Backend, MatmulForwardSharedAddsTheResidual) {
+TEST(CpuBf16Backend, MatmulForwardAddsTheResidual) {
   const int N = 37, IC = 70, OC = 45;
   std::mt19937 rng(6);
   const std::vector<float> x = randn((size_t)N * IC, rng), W = randn((size_t)OC * IC, rng), b = randn(OC, rng);
@@ -139,8 +111,7 @@ TEST(CpuBf16Backend, MatmulForwardSharedAddsTheResidual) {
       TestBackend be(precision);
       Tensor tx = be.upload(x), tw = be.upload(W), tb = be.upload(b), tr = be.upload(r);
       Tensor out = in_place ? tr : be.upload(std::vector<float>((size_t)N * OC, 7.0f));
-      const SharedInputLinear layer{out, tw, tb, OC, tr};
-      be->matmul_forward_shared(tx, N, IC, &layer, 1);
+      be->matmul_forward(out, tx, tw, tb, N, IC, OC, tr);
       const std::vector<float> got = download(*be, out, (size_t)N * OC);
       for (int n = 0; n < N; ++n)
         for (int o = 0; o < OC; ++o) {
@@ -248,13 +219,13 @@ TEST(CpuBf16Backend, PackedWeightsFollowEveryWrite) {
   auto fresh = [&](const std::vector<float>& W) {
     TestBackend be(CpuPrecision::kBf16);
     Tensor tx = be.upload(x), tw = be.upload(W), out = be.upload(std::vector<float>((size_t)N * OC));
-    be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+    be->matmul_forward(out, tx, tw, nullptr, N, IC, OC, nullptr);
     return download(*be, out, (size_t)N * OC);
   };
   TestBackend be(CpuPrecision::kBf16);
   Tensor tx = be.upload(x), tw = be.upload(W1), out = be.upload(std::vector<float>((size_t)N * OC));
   auto run = [&] {
-    be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+    be->matmul_forward(out, tx, tw, nullptr, N, IC, OC, nullptr);
     return download(*be, out, (size_t)N * OC);
   };
   EXPECT_EQ(run(), fresh(W1));
@@ -285,7 +256,7 @@ TEST(CpuBf16Backend, PackedBytesAreAccountedAndReleasedWithTheWeight) {
   const size_t before = cpu_backend_memory(*be).current;
   Tensor tw = be.upload(randn((size_t)OC * IC, rng));
   const size_t with_weight = cpu_backend_memory(*be).current;
-  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC, nullptr);
   const size_t tile_bytes = (size_t)IC * OC * 2;  // bf16, IC and OC multiples of 32: no padding
   EXPECT_EQ(cpu_backend_memory(*be).current, with_weight + tile_bytes);
   be->matmul_backward_input(dx, dy, tw, N, IC, OC, false);
@@ -297,7 +268,7 @@ TEST(CpuBf16Backend, PackedBytesAreAccountedAndReleasedWithTheWeight) {
   Tensor fx = fp32.upload(randn((size_t)N * IC, rng)), fo = fp32.upload(std::vector<float>((size_t)N * OC));
   Tensor fw = fp32.upload(randn((size_t)OC * IC, rng));
   const size_t fp32_before = cpu_backend_memory(*fp32).current;
-  fp32->matmul_forward(fo, fx, fw, nullptr, N, IC, OC);
+  fp32->matmul_forward(fo, fx, fw, nullptr, N, IC, OC, nullptr);
   EXPECT_EQ(cpu_backend_memory(*fp32).current, fp32_before);
 }
 
@@ -314,14 +285,14 @@ TEST(CpuBf16Backend, KeepOnlyForwardFormGivesTheWeightBack) {
          dy = be.upload(randn((size_t)N * OC, rng)), dx = be.upload(std::vector<float>((size_t)N * IC));
   const size_t before = cpu_backend_memory(*be).current;
   Tensor tw = be.upload(randn((size_t)OC * IC, rng));
-  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC, nullptr);
   const std::vector<float> want = download(*be, out, (size_t)N * OC);
   const size_t packed = cpu_backend_memory(*be).current;
   be->keep_only_forward_form(tw, IC, OC);
   const size_t weight_bytes = (size_t)OC * IC * sizeof(float), page = 4096;
   EXPECT_LE(packed - cpu_backend_memory(*be).current, weight_bytes);
   EXPECT_GE(packed - cpu_backend_memory(*be).current, weight_bytes - 2 * page);
-  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC);
+  be->matmul_forward(out, tx, tw, nullptr, N, IC, OC, nullptr);
   EXPECT_EQ(download(*be, out, (size_t)N * OC), want);
   std::vector<float> host((size_t)OC * IC);
   EXPECT_THROW(be->download_tensor(host.data(), tw, host.size()), std::logic_error);
