@@ -244,7 +244,7 @@ template <int kD>
 struct QueryBlock {
   using Tr = MmaTraits<kD>;
   int tid, warp, lane, b, kvh, i0, rows, n_tiles;
-  long tok0, q_off, o_off;  // the block's first token, and the offsets of its first q (dq) and out (dout) rows
+  long tok0, q_off;  // the block's first token, and the offset of its first q (dq) row
   uint32_t bh;
   int i[2];
   template <typename T>
@@ -253,9 +253,13 @@ struct QueryBlock {
         // Under the causal mask later query tiles have more keys: the grid starts with them.
         i0((int)(gridDim.x - 1 - blockIdx.x) * Tr::kRows), rows(min(Tr::kRows, p.seqlen - i0)),
         n_tiles(attention_detail::key_tiles(p.seqlen, p.causal, i0, rows, Tr::kBlockN)), tok0((long)b * p.seqlen),
-        q_off((tok0 + i0) * p.q_stride + (long)blockIdx.y * kD), o_off((tok0 + i0) * p.o_stride + (long)blockIdx.y * kD),
-        bh((uint32_t)(b * p.H + blockIdx.y)),
+        q_off((tok0 + i0) * p.q_stride + (long)blockIdx.y * kD), bh((uint32_t)(b * p.H + blockIdx.y)),
         i{i0 + 16 * warp + lane / 4, i0 + 16 * warp + lane / 4 + 8} {}
+  // The offset of its first out (dout) row, computed where it is used (not kept live through the kernel).
+  template <typename T>
+  __device__ long o_off(const AttentionParams<T>& p) const {
+    return (tok0 + i0) * p.o_stride + (long)blockIdx.y * kD;
+  }
   // Starts the copies of key tile t into buffer t % 2 of k_s and v_s [2][kBlockN][kD + 8].
   template <typename T>
   __device__ void copy_kv(const AttentionParams<T>& p, T* k_s, T* v_s, int t) const {
@@ -378,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_fwd_kernel(const At
       p.lse[(long)qb.bh * p.seqlen + qb.i[r]] = l > 0.0f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
     }
   }
-  store_rows<kD>(p.out + qb.o_off, p.o_stride, o, inv_l, 16 * warp, qb.rows, lane);
+  store_rows<kD>(p.out + qb.o_off(p), p.o_stride, o, inv_l, 16 * warp, qb.rows, lane);
 }
 
 template <int kD, typename T>
@@ -396,7 +400,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_mma_dq_kernel(const Att
   const bool dropout = p.dropout_p > 0.0f;
   qb.copy_kv(p, k_s, v_s, 0);
   copy_rows_async<kD, Tr::kRows>(q_s, p.q + qb.q_off, p.q_stride, qb.rows, qb.tid);
-  copy_rows_async<kD, Tr::kRows>(do_s, p.dout + qb.o_off, p.o_stride, qb.rows, qb.tid);
+  copy_rows_async<kD, Tr::kRows>(do_s, p.dout + qb.o_off(p), p.o_stride, qb.rows, qb.tid);
   ptx::cp_async_commit_group();
 
   // lse in base-2 units; a row without a visible key (lse = -inf) or past the end takes +inf, so that

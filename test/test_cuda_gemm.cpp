@@ -216,16 +216,12 @@ struct Blocks {
     ld = w + 1;
   }
 };
-// Columns [col, col + OC) of row-major [N, ld] `wide`, and the reverse.
+// Columns [col, col + OC) of row-major [N, ld] `wide`.
 std::vector<float> block_of(const std::vector<float>& wide, int N, int ld, int col, int OC) {
   std::vector<float> out((size_t)N * OC);
   for (int n = 0; n < N; ++n)
     for (int j = 0; j < OC; ++j) out[(size_t)n * OC + j] = wide[(size_t)n * ld + col + j];
   return out;
-}
-void put_block(std::vector<float>& wide, const std::vector<float>& blk, int N, int ld, int col, int OC) {
-  for (int n = 0; n < N; ++n)
-    for (int j = 0; j < OC; ++j) wide[(size_t)n * ld + col + j] = blk[(size_t)n * OC + j];
 }
 
 TYPED_TEST(Gemm, LoraForward) {
