@@ -3,7 +3,8 @@
 // tile at a time; the forward saves the log-sum-exp of every query row and the backward recomputes the
 // probabilities from q, k and that lse. Contract, layouts and edge cases are those of
 // l2v::cpu::attention_forward / attention_backward (host/cpu_ops.h), which the tests compare against:
-//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), out [N, H*D], lse [B, H, T],
+//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)) with their gradients, rows `ld`
+//   apart (host/qkv_strides.h: packed, or the fused q|k|v product's blocks), out [N, H*D] packed, lse [B, H, T],
 //   key_mask [B, T] or nullptr, causal or bidirectional, scale 1/sqrt(D), rows without a visible key
 //   give out = 0, lse = -inf and zero gradients, attention dropout with dropout_keep_attention's mask.
 //

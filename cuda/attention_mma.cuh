@@ -1,7 +1,8 @@
 // Scaled dot-product attention on tensor cores (mma.sync m16n8k16), FlashAttention-2 style (Dao, 2023):
 // the same contract as the SIMT kernels of cuda/attention.cuh, which stay the readable reference, and as
 // l2v::cpu::attention_forward / attention_backward (host/cpu_ops.h):
-//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)), out [N, H*D], lse [B, H, T] fp32,
+//   q [N, H*D], k and v [N, KV*D] (query head h reads kv head h / (H/KV)) with their gradients, rows `ld`
+//   apart (host/qkv_strides.h), out [N, H*D] packed, lse [B, H, T] fp32,
 //   key_mask [B, T] or nullptr, causal or bidirectional, scale 1/sqrt(D), rows without a visible key give
 //   out = 0, lse = -inf and zero gradients; attention dropout keeps probability (i, j) of batch-head bh
 //   exactly when dropout_keep_attention(seed, site, bh, i, j, p) does (the mask is drawn with

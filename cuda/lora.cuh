@@ -1,5 +1,5 @@
 // The LoRA branch on the GPU (host/cpu_ops.h: lora_forward, lora_backward, lora_merge; PEFT semantics):
-//   out += scale * dropout(inp) A^T B^T,   A [R, IC], B [OC, R],
+//   out += scale * dropout(inp) A^T B^T,   A [R, IC], B [OC, R], out's rows ld >= OC apart,
 // with cuBLAS for the products that do not touch the dropped input, and three kernels that apply the
 // input dropout in registers where it does: no dropped copy of the input is ever written. The launchers
 // take up to kMaxLoraBranches adapters that read one input (q, k and v; gate and up; model/backend.h), each

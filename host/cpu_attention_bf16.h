@@ -1,5 +1,5 @@
 // Attention for the CPU backend's --precision bf16: the contract of cpu::attention_forward / backward
-// (host/cpu_ops.h: shapes, masks, GQA, causal, lse, the same Philox dropout masks) with its products on
+// (host/cpu_ops.h: shapes, q/k/v row strides, masks, GQA, causal, lse, the same Philox dropout masks) with its products on
 // bf16 GEMMs (host/cpu_gemm_bf16.h: AMX where the CPU has it), as flash attention runs on GPUs.
 //
 // Schedule. Query rows in blocks of 32 per (batch, head): the block's scores against every key it may see
