@@ -415,9 +415,9 @@ class CudaBackend final : public Backend {
   };
   template <typename P>
   CudnnQkv cudnn_qkv(P q, P k, P v, QkvStrides ld, long N, int H, int KV, int D, int slot) {
-    auto* q_ = const_cast<T*>(reinterpret_cast<const T*>(q));
-    auto* k_ = const_cast<T*>(reinterpret_cast<const T*>(k));
-    auto* v_ = const_cast<T*>(reinterpret_cast<const T*>(v));
+    T* q_ = const_cast<T*>(t(q));
+    T* k_ = const_cast<T*>(t(k));
+    T* v_ = const_cast<T*>(t(v));
     const QkvStrides packed = packed_qkv(H, KV, D);
     if (ld.q == packed.q && ld.kv == packed.kv) return {q_, k_, v_, false};
     T* s = static_cast<T*>(cudnn_staging_[slot].get((size_t)N * (H + 2 * KV) * D * sizeof(T)));

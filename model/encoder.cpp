@@ -127,12 +127,10 @@ std::vector<float> Encoder::embed(const std::vector<EncoderInput>& inputs, int b
   const auto started = std::chrono::steady_clock::now();  // the progress lines' time: packing, tokenizing, forwards
   if (!forward_forms_only_) {  // inference from here on: e.g. 0.42 GB less for SmolLM2-135M in CPU bf16
     for (const LayerWeights& layer : model_.layers)
-      for (const LinearGroup& g : kLinearGroups)  // a fused group's weights are one allocation [W, IC]
-        for (int i = 0; i < (g.fused ? 1 : g.count); ++i) {
-          const Linear& lin = layer.linear[g.ids[i]];
-          model_.backend->keep_only_forward_form(lin.weight, lin.in,
-                                                 g.fused ? group_out_features(model_.config, g) : lin.out);
-        }
+      for (const LinearGroup& g : kLinearGroups) {  // a group's weights are one allocation [W, IC]
+        const Linear& first = layer.linear[g.ids[0]];
+        model_.backend->keep_only_forward_form(first.weight, first.in, group_out_features(model_.config, g));
+      }
     forward_forms_only_ = true;
   }
   const int C = dim();

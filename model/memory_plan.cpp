@@ -62,18 +62,15 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
   const int K = std::clamp(in.recompute_layers, 0, (int)L);
   plan.recompute_layers = K;
 
-  // load_model: embeddings, per layer two norms and seven linears (+ biases; a fused group's in one
-  // allocation each), the final norm, lm_head.
+  // load_model: embeddings, per layer two norms and the four groups of linears (one allocation of weights
+  // each, + one of biases), the final norm, lm_head.
   a.tensor("weights", "embeddings", V * C);
   for (size_t l = 0; l < L; ++l) {
     a.floats("weights", "norms", C, 2);
     for (const LinearGroup& g : kLinearGroups) {
-      const bool bias = linear_has_bias(c, g.ids[0]);
-      for (int i = 0; i < (g.fused ? 1 : g.count); ++i) {
-        const size_t out = g.fused ? group_out_features(c, g) : out_dims[g.ids[i]];
-        a.tensor("weights", "linear layers", out * in_dims[g.ids[i]]);
-        if (bias) a.tensor("weights", "biases", out);
-      }
+      const size_t W = group_out_features(c, g);
+      a.tensor("weights", "linear layers", W * in_dims[g.ids[0]]);
+      if (linear_has_bias(c, g.ids[0])) a.tensor("weights", "biases", W);
     }
   }
   a.floats("weights", "norms", C);
@@ -83,9 +80,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const PlanInputs& in) {
     // 1 KiB tiles): forward (W^T) and backward (W) tiles of the same size.
     auto tiles = [](size_t in_f, size_t out_f) { return (in_f + 31) / 32 * 32 * ((out_f + 31) / 32 * 32) * 2; };
     size_t bytes = 0;
-    for (const LinearGroup& g : kLinearGroups)  // a fused group is one weight [W, IC]
-      for (int i = 0; i < (g.fused ? 1 : g.count); ++i)
-        bytes += L * 2 * tiles(in_dims[g.ids[i]], g.fused ? group_out_features(c, g) : out_dims[g.ids[i]]);
+    for (const LinearGroup& g : kLinearGroups)  // a group is one weight [W, IC]
+      bytes += L * 2 * tiles(in_dims[g.ids[0]], group_out_features(c, g));
     if (in.mntp) bytes += 2 * tiles(C, V);
     plan.items.push_back({"weights", "bf16 weight tiles (cpu)", bytes});
   }

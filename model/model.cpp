@@ -166,11 +166,11 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
     L.attn_norm = load_floats(m, src, p + "input_layernorm.weight", {C});
     L.mlp_norm = load_floats(m, src, p + "post_attention_layernorm.weight", {C});
     for (const LinearGroup& g : kLinearGroups) {
-      // A fused group's weights (and biases) are row blocks of one allocation; otherwise one each.
+      // The group's weights (and biases) are row blocks of one allocation.
       const int IC = linear_in_features(c, g.ids[0]), W = group_out_features(c, g);
       const bool has_bias = linear_has_bias(c, g.ids[0]);  // alike within a group
-      Tensor weights = g.fused ? m.alloc_tensor((size_t)W * IC) : nullptr;
-      Tensor biases = g.fused && has_bias ? m.alloc_tensor(W) : nullptr;
+      Tensor weights = m.alloc_tensor((size_t)W * IC);
+      Tensor biases = has_bias ? m.alloc_tensor(W) : nullptr;
       int row = 0;
       for (int i = 0; i < g.count; ++i) {
         Linear& lin = L.linear[g.ids[i]];
@@ -178,13 +178,8 @@ void load_model(Model& m, const ModelConfig& c, const TensorSource& src, Backend
         lin.out = linear_out_features(c, g.ids[i]);
         const std::string name = p + (g.ids[i] <= kO ? "self_attn." : "mlp.") + linear_name(g.ids[i]);
         const std::vector<int64_t> shape{lin.out, lin.in};
-        if (g.fused) {
-          read_tensor(m, src, name + ".weight", shape, lin.weight = tensor_offset(m, weights, (size_t)row * IC));
-          if (has_bias) read_tensor(m, src, name + ".bias", {lin.out}, lin.bias = tensor_offset(m, biases, row));
-        } else {
-          lin.weight = load_tensor(m, src, name + ".weight", shape);
-          if (has_bias) lin.bias = load_tensor(m, src, name + ".bias", {lin.out});
-        }
+        read_tensor(m, src, name + ".weight", shape, lin.weight = tensor_offset(m, weights, (size_t)row * IC));
+        if (has_bias) read_tensor(m, src, name + ".bias", {lin.out}, lin.bias = tensor_offset(m, biases, row));
         row += lin.out;
       }
     }
@@ -430,73 +425,49 @@ int active_lora_ids(const Model& m, int layer, const LinearGroup& g, LinearId (&
   return count;
 }
 
-// Where each layer of group g writes its output (reads its output's gradient): outs holds one tensor per
-// layer, or a fused group's one [N, W] whose column blocks they are. Fills `at` by LinearId and returns the
-// row stride.
+// Where each layer of group g writes its output (reads its output's gradient): its column block of the
+// group's [N, W] tensor `out`, by LinearId. Returns W, the row stride.
 template <typename T>
-int group_outputs(const Model& m, int layer, const LinearGroup& g, std::initializer_list<T> outs,
-                  T (&at)[kNumLinears]) {
-  if (!g.fused) {
-    for (int i = 0; i < g.count; ++i) at[g.ids[i]] = outs.begin()[i];
-    return 0;  // each its own width
-  }
+int group_outputs(const Model& m, int layer, const LinearGroup& g, T out, T (&at)[kNumLinears]) {
   int col = 0;
   for (int i = 0; i < g.count; ++i) {
-    at[g.ids[i]] = tensor_offset(m, outs.begin()[0], col);
+    at[g.ids[i]] = tensor_offset(m, out, col);
     col += m.layers[layer].linear[g.ids[i]].out;
   }
   return col;
 }
 
-// outs[i] = inp W_i^T + b_i plus the LoRA branch (plus `residual` when given), for the group's layers in its
-// order: the base products (one GEMM for a fused group), which add bias and residual with the product, then
-// the active adapters in one backend call.
-void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
-                     std::initializer_list<Tensor> outs, const std::array<Tensor, kNumLinears>& xa, ConstTensor inp,
-                     int N, ConstTensor residual = nullptr) {
+// out [N, W] = inp W^T + b (the group's weights and biases as one, plus `residual` when given: one GEMM,
+// which adds bias and residual with the product), then the active adapters into their column blocks in one
+// backend call.
+void linears_forward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g, Tensor out,
+                     const std::array<Tensor, kNumLinears>& xa, ConstTensor inp, int N,
+                     ConstTensor residual = nullptr) {
   const LayerWeights& w = m.layers[layer];
   Tensor out_of[kNumLinears] = {};
-  const int ld = group_outputs(m, layer, g, outs, out_of);
+  const int W = group_outputs(m, layer, g, out, out_of);
   const Linear& first = w.linear[g.ids[0]];
-  if (g.fused) {
-    m.backend->matmul_forward(outs.begin()[0], inp, first.weight, first.bias, N, first.in, ld, residual);
-  } else {
-    for (int i = 0; i < g.count; ++i) {
-      const Linear& lin = w.linear[g.ids[i]];
-      m.backend->matmul_forward(out_of[g.ids[i]], inp, lin.weight, lin.bias, N, lin.in, lin.out, residual);
-    }
-  }
+  m.backend->matmul_forward(out, inp, first.weight, first.bias, N, first.in, W, residual);
   LinearId ids[kMaxLoraBranches];
   const int count = active_lora_ids(m, layer, g, ids);
   if (count == 0) return;
   LoraForwardBranch branches[kMaxLoraBranches];
   for (int i = 0; i < count; ++i) {
     const Linear& lin = w.linear[ids[i]];
-    branches[i] = {out_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lora_site(layer, ids[i]), lin.out,
-                   ld ? ld : lin.out};
+    branches[i] = {out_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lora_site(layer, ids[i]), lin.out, W};
   }
   m.backend->lora_forward(lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
 
-// dinp = sum_i douts[i] W_i over the group's layers (one GEMM for a fused group, whose douts is its one
-// [N, W] gradient), plus their adapters' input gradients (their parameter gradients accumulated): the base
-// products first, then the active adapters in one backend call, which may read inp and update dinp once for
-// all of them.
-void linears_backward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g,
-                      std::initializer_list<ConstTensor> douts, Tensor dinp, ConstTensor inp,
-                      const std::array<Tensor, kNumLinears>& xa, int N) {
+// dinp = dout [N, W] times the group's weights as one (one GEMM), plus the adapters' input gradients (their
+// parameter gradients accumulated) in one backend call, which may read inp and update dinp once for all.
+void linears_backward(Model& m, const ForwardOptions& opt, int layer, const LinearGroup& g, ConstTensor dout,
+                      Tensor dinp, ConstTensor inp, const std::array<Tensor, kNumLinears>& xa, int N) {
   const LayerWeights& w = m.layers[layer];
   ConstTensor dout_of[kNumLinears] = {};
-  const int ld = group_outputs(m, layer, g, douts, dout_of);
+  const int W = group_outputs(m, layer, g, dout, dout_of);
   const Linear& first = w.linear[g.ids[0]];
-  if (g.fused) {
-    m.backend->matmul_backward_input(dinp, douts.begin()[0], first.weight, N, first.in, ld, false);
-  } else {
-    for (int i = 0; i < g.count; ++i) {
-      const Linear& lin = w.linear[g.ids[i]];
-      m.backend->matmul_backward_input(dinp, dout_of[g.ids[i]], lin.weight, N, lin.in, lin.out, i > 0);
-    }
-  }
+  m.backend->matmul_backward_input(dinp, dout, first.weight, N, first.in, W, false);
   LinearId ids[kMaxLoraBranches];
   const int count = active_lora_ids(m, layer, g, ids);
   if (count == 0) return;
@@ -504,7 +475,7 @@ void linears_backward(Model& m, const ForwardOptions& opt, int layer, const Line
   for (int i = 0; i < count; ++i) {
     const Linear& lin = w.linear[ids[i]];
     branches[i] = {dout_of[ids[i]], xa[ids[i]], lin.lora_A, lin.lora_B, lin.grad_A, lin.grad_B,
-                   lora_site(layer, ids[i]), lin.out, ld ? ld : lin.out};
+                   lora_site(layer, ids[i]), lin.out, W};
   }
   m.backend->lora_backward(dinp, lora_input(m, opt, w.linear[ids[0]], inp, N), branches, count);
 }
@@ -537,22 +508,22 @@ void layer_forward(Model& m, const ForwardOptions& opt, int l, LayerActivations&
   {
     Range range(be, "attention block");
     be.rmsnorm_forward(s.x1, s.rstd1, h, w.attn_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, kQkvGroup, {s.qkv}, s.xa, s.x1, N);
+    linears_forward(m, opt, l, kQkvGroup, s.qkv, s.xa, s.x1, N);
     const QkvBlocks<Tensor> qkv(m, s.qkv);
     be.rope_forward(qkv.q, qkv.q, qkv.W, m.rope_cos, m.rope_sin, N, T, H, D);
     be.rope_forward(qkv.k, qkv.k, qkv.W, m.rope_cos, m.rope_sin, N, T, KV, D);
     be.attention_forward(s.att, s.lse, qkv.q, qkv.k, qkv.v, {qkv.W, qkv.W}, a.key_mask, B, T, H, KV, D, opt.causal,
                          attn_dropout(opt), attention_key(m, opt), attention_site(l));
-    linears_forward(m, opt, l, kOGroup, {a.tmp}, s.xa, s.att, N);
+    linears_forward(m, opt, l, kOGroup, a.tmp, s.xa, s.att, N);
   }
   {
     Range range(be, "mlp block");
     // h_mid = h + o and x2 = norm(h_mid) in one pass over the residual stream.
     be.residual_rmsnorm_forward(s.h_mid, s.x2, s.rstd2, h, a.tmp, w.mlp_norm, N, C, c.rms_norm_eps);
-    linears_forward(m, opt, l, kGateUpGroup, {s.gate_up}, s.xa, s.x2, N);
+    linears_forward(m, opt, l, kGateUpGroup, s.gate_up, s.xa, s.x2, N);
     be.swiglu_forward(s.act, s.gate_up, N, c.intermediate_size);
     // h_next = h_mid + down(act): the residual added by the product (no pass of its own).
-    linears_forward(m, opt, l, kDownGroup, {h_next}, s.xa, s.act, N, s.h_mid);
+    linears_forward(m, opt, l, kDownGroup, h_next, s.xa, s.act, N, s.h_mid);
   }
 }
 
@@ -568,20 +539,20 @@ void layer_backward(Model& m, const ForwardOptions& opt, int l, const LayerActiv
   Range layer_range(be, "layer backward");
 
   // MLP block: h_next = h_mid + down(swiglu(gate|up(x2))), x2 = norm(h_mid).
-  linears_backward(m, opt, l, kDownGroup, {a.d_resid}, a.d_act, s.act, s.xa, N);
+  linears_backward(m, opt, l, kDownGroup, a.d_resid, a.d_act, s.act, s.xa, N);
   be.swiglu_backward(a.d_gate_up, a.d_act, s.gate_up, N, c.intermediate_size);
-  linears_backward(m, opt, l, kGateUpGroup, {a.d_gate_up}, a.d_x, s.x2, s.xa, N);
+  linears_backward(m, opt, l, kGateUpGroup, a.d_gate_up, a.d_x, s.x2, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, s.h_mid, w.mlp_norm, s.rstd2, N, C);
 
   // Attention block: h_mid = h + o(attention(rope(q(x1)), rope(k(x1)), v(x1))), x1 = norm(h).
-  linears_backward(m, opt, l, kOGroup, {a.d_resid}, a.d_att, s.att, s.xa, N);
+  linears_backward(m, opt, l, kOGroup, a.d_resid, a.d_att, s.att, s.xa, N);
   const QkvBlocks<Tensor> qkv(m, s.qkv), d_qkv(m, a.d_qkv);
   be.attention_backward(d_qkv.q, d_qkv.k, d_qkv.v, a.d_att, s.att, s.lse, qkv.q, qkv.k, qkv.v, {qkv.W, qkv.W},
                         a.key_mask, B, T, H, KV, D, opt.causal, attn_dropout(opt), attention_key(m, opt),
                         attention_site(l));
   be.rope_backward(d_qkv.q, d_qkv.q, d_qkv.W, m.rope_cos, m.rope_sin, N, T, H, D);
   be.rope_backward(d_qkv.k, d_qkv.k, d_qkv.W, m.rope_cos, m.rope_sin, N, T, KV, D);
-  linears_backward(m, opt, l, kQkvGroup, {a.d_qkv}, a.d_x, s.x1, s.xa, N);
+  linears_backward(m, opt, l, kQkvGroup, a.d_qkv, a.d_x, s.x1, s.xa, N);
   be.rmsnorm_backward(a.d_resid, a.d_x, h, w.attn_norm, s.rstd1, N, C);
 }
 

@@ -22,23 +22,20 @@ namespace l2v {
 // The linear layers of a decoder layer, in Hugging Face / PEFT naming order.
 enum LinearId : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kNumLinears };
 const char* linear_name(int id);  // "q_proj", ..., "down_proj"
-// The linear layers that read one input, run together: their LoRA branches in one backend call
-// (model/backend.h: lora_forward, lora_backward). q/k/v read the
-// attention norm's output, o the attention's, gate/up the MLP norm's, down SwiGLU's. The memory plan sizes
-// the CUDA LoRA workspace by these groups.
-// A fused group is one linear layer of the summed width W in memory: its weights are row blocks of one
-// allocation [W, IC] (each Linear's weight points at its block; biases likewise), its output one tensor
-// [N, W] whose column blocks are the layers' outputs (rows W apart) and its output gradient the same. Its
-// base product is one GEMM forward and one backward (no accumulation of dinp over the layers). q|k|v and
-// gate|up are fused: RoPE and attention read and write q, k and v with that row stride (host/qkv_strides.h),
-// SwiGLU gate|up rows (Backend::swiglu_forward).
+// The linear layers that read one input (q/k/v the attention norm's output, o the attention's, gate/up the
+// MLP norm's, down SwiGLU's), each group one linear layer of the summed width W in memory: its weights are
+// row blocks of one allocation [W, IC] (each Linear's weight points at its block; biases likewise), its
+// output one tensor [N, W] whose column blocks are the layers' outputs (rows W apart), and its output
+// gradient the same. Its base product is one GEMM forward and one backward (no accumulation of dinp over the
+// layers), its LoRA branches one backend call (model/backend.h: lora_forward, lora_backward). RoPE and
+// attention read and write q, k and v in the fused q|k|v rows (host/qkv_strides.h), SwiGLU the gate|up rows
+// (Backend::swiglu_forward). The memory plan sizes the CUDA LoRA workspace by these groups.
 struct LinearGroup {
   int count;
   std::array<LinearId, kMaxLoraBranches> ids;
-  bool fused;
 };
-inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}, true}, kOGroup{1, {kO}, false},
-    kGateUpGroup{2, {kGate, kUp}, true}, kDownGroup{1, {kDown}, false};
+inline constexpr LinearGroup kQkvGroup{3, {kQ, kK, kV}}, kOGroup{1, {kO}}, kGateUpGroup{2, {kGate, kUp}},
+    kDownGroup{1, {kDown}};
 inline constexpr std::array<LinearGroup, 4> kLinearGroups{kQkvGroup, kOGroup, kGateUpGroup, kDownGroup};
 bool parse_linear_name(const std::string& name, int* id);
 
